@@ -1,0 +1,1 @@
+"""stats_service."""

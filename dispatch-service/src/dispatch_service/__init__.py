@@ -1,1 +1,10 @@
-"""dispatch_service."""
+"""dispatch service: comfyui pool, job queue and load balancing."""
+
+import os
+
+__version__ = "0.1.0"
+SERVICE = "dispatch"
+
+# piccolo finds its engine through PICCOLO_CONF; point it at this service's own database before any
+# table is imported (each service runs in its own process).
+os.environ["PICCOLO_CONF"] = "dispatch_service.piccolo_conf"

@@ -1,1 +1,10 @@
-"""gateway."""
+"""gateway service: mcp server, rest api and image delivery."""
+
+import os
+
+__version__ = "0.1.0"
+SERVICE = "gateway"
+
+# piccolo finds its engine through PICCOLO_CONF; point it at this service's own database before any
+# table is imported (each service runs in its own process).
+os.environ["PICCOLO_CONF"] = "gateway.piccolo_conf"

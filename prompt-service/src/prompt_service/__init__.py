@@ -1,1 +1,10 @@
-"""prompt_service."""
+"""prompt service: styles and llm prompt enhancement."""
+
+import os
+
+__version__ = "0.1.0"
+SERVICE = "prompt"
+
+# piccolo finds its engine through PICCOLO_CONF; point it at this service's own database before any
+# table is imported (each service runs in its own process).
+os.environ["PICCOLO_CONF"] = "prompt_service.piccolo_conf"

@@ -1,1 +1,10 @@
-"""stats_service."""
+"""stats service: generation log, figures and image retention."""
+
+import os
+
+__version__ = "0.1.0"
+SERVICE = "stats"
+
+# piccolo finds its engine through PICCOLO_CONF; point it at this service's own database before any
+# table is imported (each service runs in its own process).
+os.environ["PICCOLO_CONF"] = "stats_service.piccolo_conf"

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from contracts.messages.base import Record, Request
+
+
+class HealthRequest(Request):
+    pass
+
+
+class CheckResult(Record):
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+class HealthReply(Record):
+    service: str
+    version: str
+    instance_id: str  # one id per running replica
+    started_at: float  # epoch seconds
+    uptime_s: float
+    ok: bool
+    checks: list[CheckResult] = []
+    host: str = ""
+    pid: int = 0

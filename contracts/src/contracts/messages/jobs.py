@@ -1,0 +1,126 @@
+"""Generation jobs: the request a caller makes, the job's state, and its result."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from contracts.messages.base import Record, Request
+
+JobStatus = Literal["accepted", "queued", "running", "completed", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class InputImage(Request):
+    """An input image for img2img/upscale: a URL the hub fetches, or the bytes as base64."""
+
+    url: Annotated[str | None, msgspec.Meta(description="http(s) URL of the image")] = None
+    base64: Annotated[str | None, msgspec.Meta(description="Base64 bytes (PNG, JPEG or WebP)")] = None
+    filename: str | None = None
+
+
+class GenerationRequest(Request):
+    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=8000, description="What the image should show.")]
+    negative_prompt: Annotated[str, msgspec.Meta(max_length=8000, description="What the image must not show.")] = ""
+    render_type: Annotated[
+        str | None,
+        msgspec.Meta(description="Render type name (see list_render_types); omit for the default."),
+    ] = None
+    styles: Annotated[
+        list[str] | None,
+        msgspec.Meta(description="Style names (see list_styles); omit for the default styles, [] for none."),
+    ] = None
+    enhance_prompt: Annotated[
+        bool, msgspec.Meta(description="Let a local LLM rewrite the prompt with more detail first.")
+    ] = False
+    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1, description="Omit for a random seed.")] | None = None
+    width: Annotated[int, msgspec.Meta(ge=64, le=8192, description="Multiple of 8.")] | None = None
+    height: Annotated[int, msgspec.Meta(ge=64, le=8192, description="Multiple of 8.")] | None = None
+    steps: Annotated[int, msgspec.Meta(ge=1, le=200)] | None = None
+    cfg: Annotated[float, msgspec.Meta(ge=0, le=50)] | None = None
+    count: Annotated[int, msgspec.Meta(ge=1, le=16, description="How many images to make.")] = 1
+    input_image: InputImage | None = None
+    # Filled by the gateway, not by the caller:
+    api_key_id: str | None = None
+    client_name: str | None = None
+
+
+class SubmitReply(Record):
+    job_id: str
+    status: JobStatus
+
+
+class OutputFile(Record):
+    output_id: str  # unguessable; the gateway serves it at /images/<output_id>
+    content_type: str
+    size: int
+    filename: str
+    kind: Literal["image", "video", "audio", "other"] = "image"
+    width: int | None = None
+    height: int | None = None
+
+
+class Timings(Record):
+    accepted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_ms: float | None = None
+    run_ms: float | None = None
+
+
+class Progress(Record):
+    value: int = 0
+    max: int = 0
+    node: str | None = None
+
+
+class JobView(Record):
+    job_id: str
+    status: JobStatus
+    render_type: str
+    prompt: str
+    positive_prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = []
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    instance: str | None = None
+    attempts: int = 0
+    progress: Progress = msgspec.field(default_factory=Progress)
+    queue_position: int | None = None
+    outputs: list[OutputFile] = []
+    timings: Timings = msgspec.field(default_factory=Timings)
+    error: str | None = None
+    enhancement_error: str | None = None
+    api_key_id: str | None = None
+
+
+class GetJob(Request):
+    job_id: str
+
+
+class CancelJob(Request):
+    job_id: str
+    reason: str = "cancelled by the caller"
+
+
+class QueueViewRequest(Request):
+    include_finished: bool = False
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+
+
+class QueueView(Record):
+    jobs: list[JobView]
+    queued: int
+    running: int
+
+
+class DeleteOutputs(Request):
+    output_ids: list[str]
+
+
+class DeletedOutputs(Record):
+    deleted: list[str]
+    missing: list[str] = []

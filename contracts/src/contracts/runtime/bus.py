@@ -1,0 +1,114 @@
+"""The one NATS connection helper, typed request/reply over the bus, and JetStream set-up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.errors import NoRespondersError, NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from contracts.envelope import Reply
+from contracts.errors import ErrorCode, HubError
+from contracts.runtime.config import Settings
+from contracts.runtime.logs import get_logger
+from contracts.streams import StreamSpec
+
+T = TypeVar("T")
+
+log = get_logger("bus")
+
+
+async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0) -> NatsClient:
+    """Connect with endless reconnects; wait up to `initial_wait_s` for a server that is still starting."""
+
+    async def on_disconnect() -> None:
+        if not (nc.is_closed or nc.is_draining):  # a drain at shutdown is not worth a warning
+            log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", server=str(nc.connected_url.netloc) if nc.connected_url else None)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc))
+
+    deadline = asyncio.get_running_loop().time() + initial_wait_s
+    delay = 0.1
+    while True:
+        nc = NatsClient()
+        try:
+            await nc.connect(
+                servers=settings.nats_servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+                drain_timeout=int(max(settings.shutdown_timeout_s, 1)),
+            )
+            return nc
+        except (TimeoutError, NoServersError, OSError) as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise HubError(
+                    ErrorCode.UNAVAILABLE,
+                    f"cannot reach NATS at {settings.nats_url} ({exc}); start nats-server or fix HUB_NATS_URL",
+                ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def request(
+    nc: NatsClient,
+    subject: str,
+    message: msgspec.Struct,
+    result_type: type[T],
+    *,
+    timeout: float = 10.0,
+) -> T:
+    """Send `message` to the service answering `subject` and return its typed result.
+
+    The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
+    """
+    try:
+        msg = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
+    except NoRespondersError:
+        raise HubError(
+            ErrorCode.UNAVAILABLE,
+            f"no service is answering {subject}: is the {subject.split('.')[1]} service running?",
+        ) from None
+    except (TimeoutError, NatsTimeoutError):
+        raise HubError(ErrorCode.TIMEOUT, f"{subject} did not answer within {timeout:g} s") from None
+    try:
+        reply = msgspec.json.decode(msg.data, type=Reply[result_type])  # type: ignore[valid-type]
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise HubError(ErrorCode.INTERNAL, f"{subject} answered with a malformed reply: {exc}") from None
+    return reply.unwrap()
+
+
+def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy(spec.retention),
+        storage=StorageType.FILE,  # survives a NATS restart
+        num_replicas=replicas,
+        max_age=spec.max_age_s,
+        description=spec.description,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
+    """Create the stream, or update it to the spec if it exists (every replica may race to do this)."""
+    config = stream_config(spec, replicas)
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)

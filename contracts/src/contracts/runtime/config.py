@@ -1,0 +1,132 @@
+"""The one configuration loader: environment variables (12-factor) with documented defaults.
+
+Every variable is listed in `ENV_VARS` (the README's table is checked against it by a test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+LogFormat = Literal["auto", "json", "console"]
+
+# name -> (default, description). `{service}` in a name stands for the upper-case service name.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "HUB_NATS_URL": ("nats://127.0.0.1:4222", "NATS server URL(s), comma-separated for a cluster"),
+    "HUB_DATA_DIR": ("./data", "Folder for SQLite files, the local nats-server's JetStream store and logs"),
+    "HUB_{service}_DATABASE_URL": (
+        "sqlite:///<HUB_DATA_DIR>/<service>.sqlite3",
+        "Database of one service: `sqlite:///path` or `postgresql://user:pass@host/db`",
+    ),
+    "HUB_LOG_FORMAT": ("auto", "`json`, `console`, or `auto` (console on a terminal, JSON otherwise)"),
+    "HUB_LOG_LEVEL": ("info", "`debug`, `info`, `warning` or `error`"),
+    "HUB_REQUEST_TIMEOUT_S": ("10", "Timeout of one request between services, in seconds"),
+    "HUB_SHUTDOWN_TIMEOUT_S": ("20", "How long a stopping service waits for requests in flight"),
+    "HUB_JETSTREAM_REPLICAS": ("1", "Replicas of each JetStream stream: 1 on one server, 3 on a cluster"),
+    "HUB_GATEWAY_HOST": ("127.0.0.1", "Address the gateway (MCP, REST, images) listens on"),
+    "HUB_GATEWAY_PORT": ("8600", "Port of the gateway"),
+    "HUB_UI_HOST": ("127.0.0.1", "Address the admin UI listens on"),
+    "HUB_UI_PORT": ("8601", "Port of the admin UI"),
+    "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
+    "HUB_NATS_PORT": ("4222", "`./hub start` only: client port of the local nats-server"),
+    "HUB_NATS_MONITOR_PORT": (
+        "0",
+        "`./hub start` only: HTTP monitoring port of the local nats-server (0: off)",
+    ),
+}
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the variable and the fix."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True):
+    service: str
+    nats_url: str
+    data_dir: Path
+    database_url: str
+    log_format: LogFormat
+    log_level: Literal["debug", "info", "warning", "error"]
+    request_timeout_s: float
+    shutdown_timeout_s: float
+    jetstream_replicas: int
+    gateway_host: str
+    gateway_port: int
+    ui_host: str
+    ui_port: int
+    admin_password: str
+    nats_port: int
+    nats_monitor_port: int
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+
+def database_env_var(service: str) -> str:
+    return f"HUB_{service.upper()}_DATABASE_URL"
+
+
+def default_database_url(data_dir: Path, service: str) -> str:
+    return f"sqlite:///{data_dir / f'{service}.sqlite3'}"
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], *, minimum: float) -> int | float:
+    raw = env.get(name, ENV_VARS[name][0]).strip()
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {kind.__name__}; set it to e.g. {ENV_VARS[name][0]}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, ENV_VARS[name][0]).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}")
+    return raw
+
+
+def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings of `service` from the environment, failing with a message that names the variable."""
+    env = os.environ if env is None else env
+
+    def text(name: str) -> str:
+        return env.get(name, ENV_VARS[name][0]).strip()
+
+    data_dir = Path(text("HUB_DATA_DIR")).expanduser().resolve()
+    database_url = env.get(database_env_var(service), "").strip() or default_database_url(data_dir, service)
+    if not database_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError(
+            f"{database_env_var(service)}={database_url!r} is not supported; "
+            "use sqlite:///path/to/file.sqlite3 or postgresql://user:password@host:5432/database"
+        )
+    nats_url = text("HUB_NATS_URL")
+    if not nats_url or any(
+        not u.strip().startswith(("nats://", "tls://", "ws://", "wss://")) for u in nats_url.split(",")
+    ):
+        raise ConfigError(f"HUB_NATS_URL={nats_url!r} must be nats://host:port (comma-separated for a cluster)")
+    return Settings(
+        service=service,
+        nats_url=nats_url,
+        data_dir=data_dir,
+        database_url=database_url,
+        log_format=_choice(env, "HUB_LOG_FORMAT", ("auto", "json", "console")),  # type: ignore[arg-type]
+        log_level=_choice(env, "HUB_LOG_LEVEL", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
+        request_timeout_s=_number(env, "HUB_REQUEST_TIMEOUT_S", float, minimum=0.1),
+        shutdown_timeout_s=_number(env, "HUB_SHUTDOWN_TIMEOUT_S", float, minimum=0),
+        jetstream_replicas=int(_number(env, "HUB_JETSTREAM_REPLICAS", int, minimum=1)),
+        gateway_host=text("HUB_GATEWAY_HOST"),
+        gateway_port=int(_number(env, "HUB_GATEWAY_PORT", int, minimum=0)),
+        ui_host=text("HUB_UI_HOST"),
+        ui_port=int(_number(env, "HUB_UI_PORT", int, minimum=0)),
+        admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
+        nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
+        nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
+    )

@@ -1,0 +1,268 @@
+"""The request/reply service loop every service runs.
+
+A `ServiceRuntime` connects to NATS, registers a `nats.micro` service (so `$SRV.PING|INFO|STATS.<name>`
+give discovery and per-endpoint statistics), answers each endpoint in the queue group of the service (so
+replicas share the load), decodes requests into msgspec Structs, answers every failure with the error
+envelope, and drains cleanly on SIGTERM/SIGINT: no new requests, requests in flight finish, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats.micro
+from nats.aio.client import Client as NatsClient
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+
+from contracts import subjects
+from contracts.envelope import Reply
+from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
+from contracts.messages.health import CheckResult, HealthReply, HealthRequest
+from contracts.runtime.bus import connect
+from contracts.runtime.config import Settings
+from contracts.runtime.logs import get_logger
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Res = TypeVar("Res")
+Handler = Callable[[Req], Awaitable[Res]]
+Check = Callable[[], Awaitable[str | None]]  # returns a short detail, raises when unhealthy
+Hook = Callable[["ServiceRuntime"], Awaitable[None]]
+
+_encoder = msgspec.json.Encoder()
+
+
+class _Endpoint(msgspec.Struct, frozen=True):
+    subject: str
+    request_type: type
+    handler: Callable[[Any], Awaitable[Any]]
+    name: str
+
+
+class ServiceRuntime:
+    """One running replica of a service."""
+
+    def __init__(self, settings: Settings, *, version: str, description: str) -> None:
+        self.settings = settings
+        self.name = settings.service
+        self.version = version
+        self.description = description
+        self.instance_id = uuid.uuid4().hex[:12]
+        self.log = get_logger(self.name)
+        self.started_at = time.time()
+        self._endpoints: list[_Endpoint] = []
+        self._checks: dict[str, Check] = {}
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stop_requested = asyncio.Event()
+        self._nc: NatsClient | None = None
+        self._micro: Service | None = None
+        self.endpoint(subjects.health(self.name), HealthRequest, self._health, name="health")
+
+    # -- registration (before `run`) ---------------------------------------------------------------
+
+    def endpoint(
+        self, subject: str, request_type: type[Req], handler: Handler[Req, Any], *, name: str | None = None
+    ) -> None:
+        """Answer `subject` with `handler(request)`; raise `HubError` in the handler for a domain error."""
+        endpoint_name = name or subject.removeprefix(f"{subjects.PREFIX}.{self.name}.").replace(".", "_")
+        self._endpoints.append(_Endpoint(subject, request_type, handler, endpoint_name))
+
+    def health_check(self, name: str, check: Check) -> None:
+        self._checks[name] = check
+
+    def on_startup(self, hook: Hook) -> None:
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Hooks run in reverse order of registration, after requests in flight have finished."""
+        self._shutdown.append(hook)
+
+    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
+        """Run a background loop (health polling, consumers); it is cancelled at shutdown."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"{self.name}:{name}")
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task crashed", task=task.get_name(), exc_info=task.exception())
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise RuntimeError("the service is not connected yet")
+        return self._nc
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._nc = await connect(self.settings, f"{self.name}-{self.instance_id}")
+        for hook in self._startup:
+            await hook(self)
+        self._micro = await nats.micro.add_service(
+            self._nc,
+            ServiceConfig(
+                name=f"hub-{self.name}",
+                version=self.version,
+                description=self.description,
+                metadata={"instance_id": self.instance_id},
+                queue_group=subjects.queue_group(self.name),
+            ),
+        )
+        for endpoint in self._endpoints:
+            await self._micro.add_endpoint(
+                EndpointConfig(name=endpoint.name, subject=endpoint.subject, handler=self._make_micro_handler(endpoint))
+            )
+        await self._nc.flush()
+        self.log.info(
+            "service started",
+            version=self.version,
+            instance_id=self.instance_id,
+            endpoints=len(self._endpoints),
+            nats=self.settings.nats_url,
+        )
+
+    async def stop(self) -> None:
+        """Stop taking requests, let those in flight finish, run shutdown hooks, drain the connection."""
+        if self._micro is not None:
+            await self._micro.stop()
+            self._micro = None
+        if self._in_flight:
+            self.log.info("waiting for requests in flight", count=len(self._in_flight))
+            _, pending = await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_timeout_s)
+            for task in pending:
+                task.cancel()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        for hook in reversed(self._shutdown):
+            try:
+                await hook(self)
+            except Exception:
+                self.log.exception("shutdown hook failed", hook=getattr(hook, "__name__", repr(hook)))
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        self.log.info("service stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+            self.log.info("stop requested")
+        finally:
+            await self.stop()
+
+    # -- request handling ---------------------------------------------------------------------------
+
+    def _make_micro_handler(self, endpoint: _Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
+        async def accept(request: MicroRequest) -> None:
+            # nats-py runs one subscription's callbacks one at a time; answer each request in its own task
+            # so a slow request does not hold up the next one.
+            task = asyncio.ensure_future(self._answer(endpoint, request))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+        return accept
+
+    async def _answer(self, endpoint: _Endpoint, request: MicroRequest) -> None:
+        reply: Reply[Any]
+        try:
+            message = msgspec.json.decode(request.data or b"{}", type=endpoint.request_type)
+            result = await endpoint.handler(message)
+            reply = Reply(result=result)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            reply = Reply(error=error_from_validation(exc, endpoint.subject, endpoint.request_type))
+        except HubError as exc:
+            reply = Reply(error=exc.info)
+        except Exception:
+            ref = uuid.uuid4().hex[:10]
+            self.log.exception("request failed", subject=endpoint.subject, ref=ref)
+            reply = Reply(
+                error=ErrorInfo(
+                    code=ErrorCode.INTERNAL,
+                    message=f"internal error in the {self.name} service; its log has the details under ref {ref}",
+                    ref=ref,
+                )
+            )
+        if not request._msg.reply:  # a publish, not a request: nobody to answer
+            if reply.error is not None:
+                self.log.warning("message without reply subject failed", subject=endpoint.subject, error=reply.error)
+            return
+        try:
+            if reply.error is not None:
+                # micro's error headers let NATS tooling count failures; a header value is one line.
+                headline = " ".join(reply.error.message.split())[:200]
+                await request.respond_error(reply.error.code, headline, data=_encoder.encode(reply))
+            else:
+                await request.respond(_encoder.encode(reply))
+        except Exception:
+            self.log.exception("could not send reply", subject=endpoint.subject)
+
+    async def _health(self, _request: HealthRequest) -> HealthReply:
+        checks = [CheckResult(name="nats", ok=self.nc.is_connected, detail=self.settings.nats_url)]
+        for name, check in self._checks.items():
+            try:
+                detail = await asyncio.wait_for(check(), timeout=5)
+                checks.append(CheckResult(name=name, ok=True, detail=detail or ""))
+            except Exception as exc:
+                checks.append(CheckResult(name=name, ok=False, detail=str(exc) or type(exc).__name__))
+        return HealthReply(
+            service=self.name,
+            version=self.version,
+            instance_id=self.instance_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self.started_at,
+            uptime_s=round(time.time() - self.started_at, 3),
+            ok=all(c.ok for c in checks),
+            checks=checks,
+        )
+
+
+def run_main(service: str, app_module: str) -> None:
+    """The entry point of every service: settings, logging, then `<app_module>.build(settings)` serves
+    until stopped. The app module is imported only once the settings are known to be valid, so a
+    configuration mistake ends the process with the message and exit code 2, never a traceback.
+    """
+    import importlib
+    import sys
+
+    from contracts.runtime.config import ConfigError, load_settings
+    from contracts.runtime.logs import configure_logging
+
+    try:
+        settings = load_settings(service)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    log = configure_logging(settings)
+    build: Callable[[Settings], ServiceRuntime] = importlib.import_module(app_module).build
+    try:
+        asyncio.run(build(settings).run())
+    except HubError as exc:
+        log.error("service could not start", error=str(exc))
+        raise SystemExit(1) from None

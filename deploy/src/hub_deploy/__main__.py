@@ -1,0 +1,54 @@
+"""`python -m hub_deploy up` starts the whole hub; `python -m hub_deploy health` checks a running one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from contracts.runtime.bus import connect
+from contracts.runtime.config import ConfigError, Settings, load_settings
+from contracts.runtime.logs import configure_logging
+from hub_deploy.services import SERVICES, health_of, ping_all
+
+
+async def report_health(settings: Settings) -> int:
+    nc = await connect(settings, "hub-health", initial_wait_s=3)
+    failures = 0
+    try:
+        for name, _module in SERVICES:
+            try:
+                reply = await health_of(nc, name)
+                checks = ", ".join(f"{c.name}={'ok' if c.ok else c.detail}" for c in reply.checks)
+                state = "ok" if reply.ok else "UNHEALTHY"
+                failures += not reply.ok
+                print(f"{name:<10} {state:<10} v{reply.version} up {reply.uptime_s:.0f}s  {checks}")
+            except Exception as exc:
+                failures += 1
+                print(f"{name:<10} {'DOWN':<10} {exc}")
+        replicas = await ping_all(nc)
+        print(f"{len(replicas)} replica(s) answered $SRV.PING")
+    finally:
+        await nc.close()
+    return 1 if failures else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m hub_deploy", description=__doc__)
+    parser.add_argument("command", choices=["up", "health"])
+    args = parser.parse_args()
+    try:
+        settings = load_settings("launcher")
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings)
+    if args.command == "up":
+        from hub_deploy.supervisor import run_hub
+
+        raise SystemExit(asyncio.run(run_hub(settings)))
+    raise SystemExit(asyncio.run(report_health(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""`python -m hub_deploy up`: the whole hub on one machine.
+
+Starts a local nats-server with JetStream (data under HUB_DATA_DIR/nats), then every service as its own
+process, waits until each answers its health request over NATS, prints where to go, restarts a service
+that crashes, and on Ctrl-C (or SIGTERM) stops the services gracefully, then NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+
+import msgspec
+
+from contracts.runtime.bus import connect
+from contracts.runtime.config import Settings
+from contracts.runtime.logs import get_logger
+from hub_deploy.natsserver import NatsServer
+from hub_deploy.services import SERVICES, wait_healthy
+
+log = get_logger("launcher")
+
+RESTART_WINDOW_S = 60.0
+MAX_RESTARTS_IN_WINDOW = 5
+
+
+class ServiceProcess:
+    """One service child process, restarted with back-off when it dies on its own."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.module = module
+        self.env = env
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts: list[float] = []
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self.module, env=self.env)
+        log.info("service process started", target=self.name, pid=self.process.pid)
+
+    async def stop(self, timeout_s: float) -> int | None:
+        if self.process is None or self.process.returncode is not None:
+            return self.process.returncode if self.process else None
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.process.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("service did not stop in time; killing it", target=self.name)
+            self.process.kill()
+            return await self.process.wait()
+
+    def may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        self.restarts.append(now)
+        return len(self.restarts) <= MAX_RESTARTS_IN_WINDOW
+
+
+def child_environment(settings: Settings, nats_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["HUB_NATS_URL"] = nats_url
+    env["HUB_DATA_DIR"] = str(settings.data_dir)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def banner(settings: Settings, nats_url: str) -> str:
+    return "\n".join(
+        [
+            "",
+            "GenImage Hub is running.",
+            f"  Admin UI   http://{settings.ui_host}:{settings.ui_port}/",
+            f"  Gateway    http://{settings.gateway_host}:{settings.gateway_port}/  (health: /healthz)",
+            f"  NATS       {nats_url}",
+            f"  Data       {settings.data_dir}",
+            "Press Ctrl-C to stop.",
+            "",
+        ]
+    )
+
+
+async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    nats = NatsServer(
+        settings.data_dir / "nats" / "jetstream",
+        port=settings.nats_port,
+        monitor_port=settings.nats_monitor_port,
+        log_file=settings.data_dir / "nats" / "nats-server.log",
+    )
+    nats.start()
+    log.info("nats-server started", url=nats.url, store=str(nats.store_dir))
+    env = child_environment(settings, nats.url)
+    children = [ServiceProcess(name, module, env) for name, module in SERVICES]
+    nc = None
+    exit_code = 0
+    try:
+        nc = await connect(msgspec.structs.replace(settings, nats_url=nats.url), "hub-launcher")
+        for child in children:
+            await child.start()
+        await asyncio.gather(*(wait_healthy(nc, child.name, start_timeout_s) for child in children))
+        print(banner(settings, nats.url), file=sys.stderr, flush=True)
+        await _supervise(children, stop)
+    except (TimeoutError, OSError) as exc:
+        log.error("the hub could not start", error=str(exc))
+        exit_code = 1
+    finally:
+        log.info("stopping the hub")
+        await asyncio.gather(*(child.stop(settings.shutdown_timeout_s + 5) for child in reversed(children)))
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        nats.stop()
+        log.info("the hub has stopped")
+    return exit_code
+
+
+async def _supervise(children: list[ServiceProcess], stop: asyncio.Event) -> None:
+    stopping = asyncio.ensure_future(stop.wait())
+    while not stop.is_set():
+        exits = {asyncio.ensure_future(c.process.wait()): c for c in children if c.process is not None}
+        done, _ = await asyncio.wait({stopping, *exits}, return_when=asyncio.FIRST_COMPLETED)
+        for task in exits:
+            if task not in done:
+                task.cancel()
+        if stop.is_set():
+            return
+        for task in done:
+            child = exits.get(task)
+            if child is None:
+                continue
+            log.error("service exited", target=child.name, code=task.result())
+            if not child.may_restart():
+                log.error("service keeps crashing; giving up on it", target=child.name)
+                stop.set()
+                return
+            await asyncio.sleep(min(2 ** (len(child.restarts) - 1) * 0.5, 10))
+            await child.start()

@@ -1,0 +1,12 @@
+"""Assembles the registry service: its database and its NATS handlers."""
+
+from contracts.runtime.config import Settings
+from contracts.runtime.database import attach
+from contracts.runtime.service import ServiceRuntime
+from registry_service import __version__, piccolo_conf
+
+
+def build(settings: Settings) -> ServiceRuntime:
+    runtime = ServiceRuntime(settings, version=__version__, description="Render types and ComfyUI workflows")
+    attach(runtime, piccolo_conf.DB, "registry")
+    return runtime

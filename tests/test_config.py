@@ -1,0 +1,58 @@
+"""The one configuration loader: documented defaults, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts.runtime.config import ENV_VARS, ConfigError, load_settings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_defaults_put_everything_under_one_data_folder(tmp_path: Path) -> None:
+    settings = load_settings("registry", {"HUB_DATA_DIR": str(tmp_path)})
+    assert settings.data_dir == tmp_path.resolve()
+    assert settings.database_url == f"sqlite:///{tmp_path.resolve()}/registry.sqlite3"
+    assert settings.nats_servers == ["nats://127.0.0.1:4222"]
+    assert (settings.gateway_port, settings.ui_port) == (8600, 8601)
+    assert settings.jetstream_replicas == 1
+
+
+def test_overrides_and_a_per_service_database_url() -> None:
+    settings = load_settings(
+        "stats",
+        {
+            "HUB_NATS_URL": "nats://a:4222, nats://b:4222",
+            "HUB_STATS_DATABASE_URL": "postgresql://hub:pw@db:5432/stats",
+            "HUB_REGISTRY_DATABASE_URL": "sqlite:////elsewhere.sqlite3",
+            "HUB_REQUEST_TIMEOUT_S": "2.5",
+            "HUB_JETSTREAM_REPLICAS": "3",
+        },
+    )
+    assert settings.nats_servers == ["nats://a:4222", "nats://b:4222"]
+    assert settings.database_url == "postgresql://hub:pw@db:5432/stats"
+    assert settings.request_timeout_s == 2.5
+    assert settings.jetstream_replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"HUB_GATEWAY_PORT": "eighty"}, "HUB_GATEWAY_PORT"),
+        ({"HUB_REQUEST_TIMEOUT_S": "0"}, "HUB_REQUEST_TIMEOUT_S"),
+        ({"HUB_LOG_FORMAT": "xml"}, "HUB_LOG_FORMAT"),
+        ({"HUB_NATS_URL": "localhost:4222"}, "HUB_NATS_URL"),
+        ({"HUB_PROMPT_DATABASE_URL": "mysql://x"}, "HUB_PROMPT_DATABASE_URL"),
+    ],
+)
+def test_a_bad_value_is_an_error_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings("prompt", env)
+
+
+def test_the_readme_documents_every_variable() -> None:
+    text = README.read_text()
+    for name in ENV_VARS:
+        assert f"`{name}`" in text, f"{name} is missing from the README's configuration table"

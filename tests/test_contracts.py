@@ -1,0 +1,204 @@
+"""Every message of the contracts survives a JSON round trip, and errors name the field at fault."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+import msgspec
+import pytest
+
+import contracts.messages as messages
+from contracts import subjects
+from contracts.envelope import Empty, Reply
+from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
+from contracts.messages.events import EVENT_VERSION, GenerationEvent
+
+ALL_STRUCTS = sorted(
+    (
+        obj
+        for name, obj in vars(messages).items()
+        if inspect.isclass(obj)
+        and issubclass(obj, msgspec.Struct)
+        and obj not in (messages.Record, messages.Request)
+        and not name.startswith("_")
+    ),
+    key=lambda cls: cls.__name__,
+)
+
+
+def sample_of(info: msgspec.inspect.Type, depth: int = 0) -> Any:
+    """A valid, non-trivial value of any contract type, built from msgspec's view of that type.
+
+    Every optional field gets a value too, so a field that does not round-trip cannot hide behind None.
+    """
+    i = msgspec.inspect
+    if isinstance(info, i.Metadata):
+        return sample_of(info.type, depth)
+    if isinstance(info, i.StructType):
+        value = {}
+        for field in info.fields:
+            value[field.encode_name] = sample_of(field.type, depth + 1)
+        if info.tag_field is not None:
+            value[info.tag_field] = info.tag
+        return value
+    if isinstance(info, i.UnionType):
+        options = [t for t in info.types if not isinstance(t, i.NoneType)]
+        return sample_of(options[0], depth)
+    if isinstance(info, i.LiteralType):
+        return info.values[-1]
+    if isinstance(info, i.EnumType):
+        return next(iter(info.cls)).value
+    if isinstance(info, i.StrType):
+        if info.pattern:
+            return "sample-1" if "a-z" in info.pattern else "Sample 1"
+        return "sample text"
+    if isinstance(info, i.BoolType):
+        return True
+    if isinstance(info, i.IntType):
+        return max(info.ge or 0, min(7, info.le if info.le is not None else 7))
+    if isinstance(info, i.FloatType):
+        return 1.5
+    if isinstance(info, (i.ListType, i.TupleType, i.VarTupleType, i.FrozenSetType, i.SetType)):
+        return [sample_of(info.item_type, depth + 1)] if hasattr(info, "item_type") else []
+    if isinstance(info, i.DictType):
+        key = sample_of(info.key_type, depth + 1)
+        return {key: sample_of(info.value_type, depth + 1)}
+    if isinstance(info, i.AnyType):
+        return {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}
+    if isinstance(info, i.NoneType):
+        return None
+    raise AssertionError(f"no sample for {info!r}")
+
+
+def test_the_contracts_define_every_boundary_known_today() -> None:
+    names = {cls.__name__ for cls in ALL_STRUCTS}
+    for expected in (
+        "Style", "BuildPrompt", "RenderType", "ResolveRenderType", "Instance", "GenerationRequest",
+        "JobView", "JobAccepted", "JobCompleted", "QueryLog", "QueryFigures", "HealthReply", "CreateApiKey",
+    ):  # fmt: skip
+        assert expected in names
+    assert len(ALL_STRUCTS) > 80
+
+
+@pytest.mark.parametrize("cls", ALL_STRUCTS, ids=lambda cls: cls.__name__)
+def test_every_message_round_trips_through_json(cls: type[msgspec.Struct]) -> None:
+    raw = sample_of(msgspec.inspect.type_info(cls))
+    value = msgspec.convert(raw, type=cls)
+    wire = msgspec.json.encode(value)
+    again = msgspec.json.decode(wire, type=cls)
+    assert again == value
+    # Every field was given a value, so a field the wire loses shows up as None (or a default) here.
+    assert msgspec.to_builtins(again) == msgspec.to_builtins(value)
+    for field in msgspec.structs.fields(cls):
+        assert getattr(again, field.name) is not None, f"{cls.__name__}.{field.name} did not survive"
+
+
+@pytest.mark.parametrize("cls", ALL_STRUCTS, ids=lambda cls: cls.__name__)
+def test_every_message_has_a_json_schema(cls: type[msgspec.Struct]) -> None:
+    """The gateway publishes these schemas (MCP inputSchema/outputSchema, OpenAPI)."""
+    schema = msgspec.json.schema(cls)
+    assert schema["$defs"][cls.__name__]["type"] == "object"
+
+
+@pytest.mark.parametrize("cls", ALL_STRUCTS, ids=lambda cls: cls.__name__)
+def test_every_message_fits_in_a_reply_envelope(cls: type[msgspec.Struct]) -> None:
+    value = msgspec.convert(sample_of(msgspec.inspect.type_info(cls)), type=cls)
+    wire = msgspec.json.encode(Reply(result=value))
+    assert msgspec.json.decode(wire, type=Reply[cls]).unwrap() == value
+
+
+def test_events_are_a_tagged_union_with_a_version() -> None:
+    kinds = typing.get_args(GenerationEvent)
+    assert {k.__struct_config__.tag for k in kinds} >= {
+        "accepted", "queued", "started", "progress", "output_stored", "completed", "failed", "cancelled",
+    }  # fmt: skip
+    for kind in kinds:
+        event = msgspec.convert(sample_of(msgspec.inspect.type_info(kind)), type=kind)
+        decoded = msgspec.json.decode(msgspec.json.encode(event), type=GenerationEvent)
+        assert type(decoded) is kind
+        assert decoded == event
+        assert decoded.version == EVENT_VERSION or decoded.version == event.version
+        assert decoded.event_id == f"{event.job_id}:{event.seq}"
+
+
+def test_an_event_from_a_newer_sender_with_extra_fields_still_decodes() -> None:
+    wire = b'{"kind":"progress","version":2,"job_id":"j1","seq":4,"at":1.0,"value":3,"max":9,"eta_s":12}'
+    event = msgspec.json.decode(wire, type=GenerationEvent)
+    assert isinstance(event, messages.JobProgress)
+    assert (event.version, event.value, event.max) == (2, 3, 9)
+
+
+def test_the_error_envelope_round_trips_and_unwraps_into_hub_error() -> None:
+    info = ErrorInfo(
+        code=ErrorCode.INCOMPATIBLE,
+        message="style 'anime' does not suit render type 'upscale'",
+        field="styles",
+        details={"valid": ["photo", "none"]},
+    )
+    wire = msgspec.json.encode(Reply[messages.BuiltPrompt](error=info))
+    assert msgspec.json.decode(wire) == {
+        "error": {
+            "code": "incompatible",
+            "message": "style 'anime' does not suit render type 'upscale'",
+            "field": "styles",
+            "details": {"valid": ["photo", "none"]},
+        }
+    }
+    reply = msgspec.json.decode(wire, type=Reply[messages.BuiltPrompt])
+    with pytest.raises(HubError) as raised:
+        reply.unwrap()
+    assert raised.value.info == info
+    assert raised.value.code is ErrorCode.INCOMPATIBLE
+
+
+def test_a_reply_with_neither_result_nor_error_is_an_internal_error() -> None:
+    with pytest.raises(HubError) as raised:
+        Reply[Empty]().unwrap()
+    assert raised.value.code is ErrorCode.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"prompt": "a cat", "width": "wide"}', "width", "Expected `int"),
+        (b'{"prompt": "a cat", "width": 12}', "width", ">= 64"),
+        (b'{"prompt": "a cat", "widht": 512}', "widht", "accepted fields are"),
+        (b"{}", "prompt", "is required"),
+        (b'{"prompt": "a cat", "input_image": {"urll": "x"}}', "input_image.urll", "unknown field"),
+        (b'{"prompt": "a cat", "styles": ["ok", 3]}', "styles[1]", "Expected `str`"),
+    ],
+)
+def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, words: str) -> None:
+    with pytest.raises(msgspec.ValidationError) as raised:
+        msgspec.json.decode(body, type=messages.GenerationRequest)
+    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT, messages.GenerationRequest)
+    assert info.code is ErrorCode.INVALID_REQUEST
+    assert info.field == field
+    assert words in info.message
+
+
+def test_malformed_json_is_reported_as_such() -> None:
+    with pytest.raises(msgspec.DecodeError) as raised:
+        msgspec.json.decode(b"{nope", type=messages.GenerationRequest)
+    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT)
+    assert info.field is None
+    assert "not valid JSON" in info.message
+
+
+def test_subjects_are_unique_and_owned_by_their_service() -> None:
+    seen: dict[str, str] = {}
+    for owner in (
+        subjects.Registry,
+        subjects.Prompt,
+        subjects.Dispatch,
+        subjects.Stats,
+        subjects.Gateway,
+        subjects.Ui,
+    ):
+        for attr, value in vars(owner).items():
+            if attr.isupper() and attr != "SERVICE":
+                assert value.startswith(f"hub.{owner.SERVICE}."), (attr, value)
+                assert value not in seen, f"{value} used by {seen.get(value)} and {attr}"
+                seen[value] = attr

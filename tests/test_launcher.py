@@ -1,0 +1,103 @@
+"""`python -m hub_deploy up` (what `./hub start` runs): the whole hub from nothing, supervised, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from harness import hub_env
+
+from hub_deploy.natsserver import free_port
+from hub_deploy.services import SERVICES, health_of
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not printed by the launcher:\n{path.read_text(errors='replace')}")
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    nats_port = free_port()
+    env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port))
+    log_path = tmp_path / "launcher.log"
+    with log_path.open("wb") as log_file:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
+        banner = log_path.read_text()
+        assert f"http://127.0.0.1:{env['HUB_UI_PORT']}/" in banner
+        assert str(tmp_path / "data") in banner
+
+        # The health command a user runs reaches every service through NATS.
+        health = subprocess.run(
+            [sys.executable, "-m", "hub_deploy", "health"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert health.returncode == 0, health.stdout + health.stderr
+        for name, _module in SERVICES:
+            assert f"{name:<10} ok" in health.stdout
+        assert "6 replica(s) answered $SRV.PING" in health.stdout
+
+        # The UI and the gateway listen on loopback; the UI's page shows every service healthy.
+        page = httpx.get(f"http://127.0.0.1:{env['HUB_UI_PORT']}/", timeout=10).text
+        assert page.count(">healthy<") == len(SERVICES)
+        assert httpx.get(f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}/healthz", timeout=10).status_code == 200
+
+        # A service that dies is restarted by the launcher.
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        before = await health_of(nc, "stats")
+        os.kill(before.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                after = await health_of(nc, "stats")
+                if after.instance_id != before.instance_id:
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.2)
+        assert after.ok and after.pid != before.pid
+        pids = [(await health_of(nc, name)).pid for name, _ in SERVICES]
+        await nc.close()
+
+        # Ctrl-C stops everything cleanly.
+        launcher.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(launcher.wait, 60) == 0
+        assert "the hub has stopped" in log_path.read_text()
+        assert not port_is_open(nats_port)
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        for name, _module in SERVICES:
+            assert (tmp_path / "data" / f"{name}.sqlite3").exists()
+        assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -1,0 +1,216 @@
+"""The shared service runtime against a real nats-server: envelopes, queue groups, concurrency, drain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+from nats.js.api import RetentionPolicy, StorageType
+
+from contracts import subjects
+from contracts.envelope import Reply
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import Record, Request
+from contracts.messages.health import HealthReply, HealthRequest
+from contracts.runtime.bus import ensure_stream, request
+from contracts.runtime.config import load_settings
+from contracts.runtime.service import ServiceRuntime
+from contracts.streams import EVENTS
+from hub_deploy.natsserver import NatsServer
+
+ECHO = "hub.echo.say"
+SLOW = "hub.echo.slow"
+BROKEN = "hub.echo.broken"
+
+
+class Say(Request):
+    text: str
+    times: int = 1
+
+
+class Said(Record):
+    text: str
+    replica: str
+
+
+def make_echo(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], ServiceRuntime]:
+    def build() -> ServiceRuntime:
+        env = {
+            "HUB_NATS_URL": nats_url,
+            "HUB_DATA_DIR": str(tmp_path_factory.mktemp("echo")),
+            "HUB_SHUTDOWN_TIMEOUT_S": "5",
+        }
+        runtime = ServiceRuntime(load_settings("echo", env), version="1.2.3", description="test echo service")
+
+        async def say(req: Say) -> Said:
+            if req.times > 3:
+                raise HubError(ErrorCode.INVALID_REQUEST, "say it at most 3 times", field="times")
+            return Said(text=" ".join([req.text] * req.times), replica=runtime.instance_id)
+
+        async def slow(req: Say) -> Said:
+            await asyncio.sleep(float(req.text))
+            return Said(text=req.text, replica=runtime.instance_id)
+
+        async def broken(_req: Say) -> Said:
+            raise RuntimeError("secret internals that must not leak")
+
+        runtime.endpoint(ECHO, Say, say)
+        runtime.endpoint(SLOW, Say, slow)
+        runtime.endpoint(BROKEN, Say, broken)
+        return runtime
+
+    return build
+
+
+@pytest.fixture
+async def echo_factory(
+    nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Callable[[], ServiceRuntime]]:
+    started: list[ServiceRuntime] = []
+    build = make_echo(nats_server.url, tmp_path_factory)
+
+    def factory() -> ServiceRuntime:
+        runtime = build()
+        started.append(runtime)
+        return runtime
+
+    yield factory
+    for runtime in started:
+        if runtime._nc is not None and not runtime._nc.is_closed:
+            await runtime.stop()
+
+
+async def raw_reply(nc: NatsClient, subject: str, data: bytes) -> dict:
+    msg = await nc.request(subject, data, timeout=5)
+    return msgspec.json.decode(msg.data)
+
+
+async def test_a_request_gets_its_typed_result(nc: NatsClient, echo_factory) -> None:
+    runtime = echo_factory()
+    await runtime.start()
+    said = await request(nc, ECHO, Say(text="hi", times=2), Said)
+    assert said == Said(text="hi hi", replica=runtime.instance_id)
+
+
+async def test_bad_requests_get_the_error_envelope_naming_the_field(nc: NatsClient, echo_factory) -> None:
+    await echo_factory().start()
+    not_json = await raw_reply(nc, ECHO, b"{not json")
+    assert not_json["error"]["code"] == "invalid_request"
+    assert "not valid JSON" in not_json["error"]["message"]
+
+    wrong_type = await raw_reply(nc, ECHO, b'{"text": "a", "times": "two"}')
+    assert wrong_type["error"]["field"] == "times"
+    assert "result" not in wrong_type
+
+    typo = await raw_reply(nc, ECHO, b'{"text": "a", "tims": 2}')
+    assert typo["error"]["field"] == "tims"
+    assert typo["error"]["details"]["accepted_fields"] == ["text", "times"]
+
+    missing = await raw_reply(nc, ECHO, b"{}")
+    assert missing["error"] == {"code": "invalid_request", "message": "`text` is required", "field": "text"}
+
+
+async def test_domain_errors_travel_unchanged_to_the_caller(nc: NatsClient, echo_factory) -> None:
+    await echo_factory().start()
+    with pytest.raises(HubError) as raised:
+        await request(nc, ECHO, Say(text="a", times=4), Said)
+    assert raised.value.info.code is ErrorCode.INVALID_REQUEST
+    assert raised.value.info.field == "times"
+    msg = await nc.request(ECHO, b'{"text": "a", "times": 4}', timeout=5)
+    assert msg.headers is not None and msg.headers.get("Nats-Service-Error-Code") == "invalid_request"
+
+
+async def test_a_crashing_handler_answers_an_internal_error_and_the_service_lives_on(
+    nc: NatsClient, echo_factory
+) -> None:
+    await echo_factory().start()
+    reply = msgspec.json.decode((await nc.request(BROKEN, b'{"text": "x"}', timeout=5)).data, type=Reply[Said])
+    assert reply.error is not None and reply.error.code is ErrorCode.INTERNAL
+    assert reply.error.ref and reply.error.ref in reply.error.message
+    assert "secret internals" not in reply.error.message and "Traceback" not in reply.error.message
+    assert (await request(nc, ECHO, Say(text="still here"), Said)).text == "still here"
+
+
+async def test_replicas_share_requests_through_the_queue_group(nc: NatsClient, echo_factory) -> None:
+    first, second = echo_factory(), echo_factory()
+    await first.start()
+    await second.start()
+    answers = await asyncio.gather(*(request(nc, ECHO, Say(text=str(i)), Said) for i in range(60)))
+    replicas = {a.replica for a in answers}
+    assert replicas == {first.instance_id, second.instance_id}  # each request answered once, by either
+    assert sorted(int(a.text) for a in answers) == list(range(60))
+
+
+async def test_a_slow_request_does_not_hold_up_the_next(nc: NatsClient, echo_factory) -> None:
+    await echo_factory().start()
+    slow = asyncio.ensure_future(request(nc, SLOW, Say(text="1.0"), Said))
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    await request(nc, ECHO, Say(text="quick"), Said)
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert not slow.done()
+    await slow
+
+
+async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClient, echo_factory) -> None:
+    runtime = echo_factory()
+    await runtime.start()
+    in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said))
+    await asyncio.sleep(0.1)
+    await runtime.stop()
+    assert (await in_flight).text == "0.5"  # answered although the stop began while it ran
+    with pytest.raises(HubError) as raised:
+        await request(nc, ECHO, Say(text="late"), Said, timeout=1)
+    assert raised.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_health_and_micro_discovery(nc: NatsClient, echo_factory) -> None:
+    runtime = echo_factory()
+    runtime.health_check("always_broken", _failing_check)
+    await runtime.start()
+    health = await request(nc, subjects.health("echo"), HealthRequest(), HealthReply)
+    assert health.service == "echo" and health.version == "1.2.3"
+    assert health.instance_id == runtime.instance_id
+    checks = {c.name: c for c in health.checks}
+    assert checks["nats"].ok
+    assert not checks["always_broken"].ok and checks["always_broken"].detail == "disk on fire"
+    assert health.ok is False
+
+    ping = msgspec.json.decode((await nc.request("$SRV.PING.hub-echo", b"", timeout=2)).data)
+    assert ping["name"] == "hub-echo" and ping["version"] == "1.2.3"
+    info = msgspec.json.decode((await nc.request("$SRV.INFO.hub-echo", b"", timeout=2)).data)
+    assert {e["subject"] for e in info["endpoints"]} >= {ECHO, SLOW, BROKEN, subjects.health("echo")}
+    assert all(e["queue_group"] == "hub-echo" for e in info["endpoints"])
+
+
+async def _failing_check() -> str:
+    raise RuntimeError("disk on fire")
+
+
+async def test_request_helper_reports_no_responders_and_timeouts(nc: NatsClient) -> None:
+    with pytest.raises(HubError) as raised:
+        await request(nc, "hub.nobody.home", Say(text="x"), Said, timeout=1)
+    assert raised.value.code is ErrorCode.UNAVAILABLE
+    assert "nobody service" in raised.value.info.message
+
+    async def never_answer(_msg) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    sub = await nc.subscribe("hub.silent.x", cb=never_answer)
+    with pytest.raises(HubError) as raised:
+        await request(nc, "hub.silent.x", Say(text="x"), Said, timeout=0.3)
+    assert raised.value.code is ErrorCode.TIMEOUT
+    await sub.unsubscribe()
+
+
+async def test_streams_are_created_idempotently_on_file_storage(nc: NatsClient) -> None:
+    js = nc.jetstream()
+    await ensure_stream(js, EVENTS, replicas=1)
+    await ensure_stream(js, EVENTS, replicas=1)  # a second replica starting does the same
+    info = await js.stream_info(EVENTS.name)
+    assert info.config.subjects == list(EVENTS.subjects)
+    assert info.config.storage == StorageType.FILE  # survives a NATS restart
+    assert info.config.retention == RetentionPolicy.LIMITS

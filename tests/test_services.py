@@ -1,0 +1,107 @@
+"""Each of the six services starts as its own process, owns a migrated database, answers health over NATS,
+and stops gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from harness import MODULES, ServiceProcess, hub_env
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.messages.health import HealthReply, HealthRequest
+from contracts.runtime.bus import request
+from hub_deploy.natsserver import NatsServer, free_port
+from hub_deploy.services import ping_all
+
+
+@pytest.mark.parametrize("service", list(MODULES))
+async def test_service_starts_migrates_answers_health_and_stops_cleanly(
+    service: str, start_service, nc: NatsClient, tmp_path: Path
+) -> None:
+    proc = start_service(service, data_dir=tmp_path / "data")
+    await proc.wait_healthy(nc)
+
+    health = await request(nc, subjects.health(service), HealthRequest(), HealthReply)
+    checks = {c.name: c for c in health.checks}
+    assert health.ok and health.service == service
+    assert checks["database"].ok and f"{service}.sqlite3" in checks["database"].detail
+    assert checks["nats"].ok
+
+    # The database is the service's own file, with its migrations applied at start.
+    database = tmp_path / "data" / f"{service}.sqlite3"
+    with sqlite3.connect(database) as db:
+        ran = db.execute("SELECT app_name, name FROM migration").fetchall()
+        journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert ran == [(service, "2026-11-24T14:00:00:000000")]
+    assert journal == "wal"
+
+    if service in ("gateway", "ui"):
+        port = proc.env[f"HUB_{service.upper()}_PORT"]
+        response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert response.status_code == 200 and response.json()["service"] == service
+
+    assert await proc.stop() == 0
+    lines = [json.loads(line) for line in proc.log().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    assert "service started" in events and events[-1] == "service stopped"
+    assert all(line["service"] == service for line in lines)
+
+
+async def test_a_restarted_service_keeps_its_database_and_does_not_migrate_twice(
+    start_service, nc: NatsClient, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    first = start_service("registry", data_dir=data)
+    await first.wait_healthy(nc)
+    assert await first.stop() == 0
+    second = start_service("registry", data_dir=data)
+    await second.wait_healthy(nc)
+    with sqlite3.connect(data / "registry.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM migration").fetchone()[0] == 1
+    assert await second.stop() == 0
+
+
+async def test_replicas_of_a_service_are_all_discoverable(start_service, nc: NatsClient, tmp_path: Path) -> None:
+    replicas = [start_service("prompt", data_dir=tmp_path / "data") for _ in range(2)]
+    for replica in replicas:
+        await replica.wait_healthy(nc)
+    answers = await ping_all(nc, "prompt")
+    assert len({a["id"] for a in answers}) == 2
+    for replica in replicas:
+        assert await replica.stop() == 0
+
+
+async def test_a_configuration_mistake_stops_the_service_with_a_message(start_service, tmp_path: Path) -> None:
+    proc = start_service("stats", HUB_REQUEST_TIMEOUT_S="soon")
+    assert await proc.wait_exit() == 2
+    log = proc.log()
+    assert "HUB_REQUEST_TIMEOUT_S" in log and "Traceback" not in log
+
+
+async def test_a_service_started_before_nats_connects_once_nats_is_up(tmp_path: Path) -> None:
+    """Services tolerate a NATS that comes up after them (e.g. containers starting in any order)."""
+    port = free_port()
+    proc = ServiceProcess(
+        name="dispatch",
+        env=hub_env(f"nats://127.0.0.1:{port}", tmp_path / "data"),
+        log_path=tmp_path / "dispatch.log",
+    )
+    proc.start()
+    await asyncio.sleep(1.0)
+    server = NatsServer(tmp_path / "js", port=port)
+    server.start()
+    try:
+        client = await nats.connect(server.url)
+        await proc.wait_healthy(client)
+        await client.close()
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        server.stop()

@@ -380,9 +380,7 @@ class OllamaDouble:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             out = _openai_stream(completion_id, model, pieces, usage if include_usage else None)
         else:
-            out = _json_out(
-                200, _openai_completion(completion_id, model, "".join(pieces), usage), "application/json"
-            )
+            out = _json_out(200, _openai_completion(completion_id, model, "".join(pieces), usage), "application/json")
         return await self._send(request, out)
 
     async def _openai_models(self, request: web.Request) -> web.StreamResponse:
@@ -480,9 +478,7 @@ def _normalized(messages: object) -> list[Message]:
     if not isinstance(messages, list):
         return []
     return [
-        {"role": str(m.get("role", "")), "content": _text_of(m.get("content"))}
-        for m in messages
-        if isinstance(m, dict)
+        {"role": str(m.get("role", "")), "content": _text_of(m.get("content"))} for m in messages if isinstance(m, dict)
     ]
 
 

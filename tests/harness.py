@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 
 from contracts.runtime.config import Settings, load_settings
 from hub_deploy.natsserver import free_port
-from hub_deploy.services import SERVICES, wait_healthy
+from hub_deploy.services import SERVICES, ping_all, wait_healthy
 
 MODULES = dict(SERVICES)
 
@@ -60,10 +60,22 @@ class ServiceProcess:
         )
 
     async def wait_healthy(self, nc: NatsClient, timeout_s: float = 30.0) -> None:
+        """Until this very process serves: the service answers healthy and this pid is among its replicas
+        (with replicas running, another one may answer the health request first)."""
         try:
             await wait_healthy(nc, self.name, timeout_s)
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while not await self._registered(nc):
+                if self.process is not None and self.process.poll() is not None:
+                    raise TimeoutError(f"{self.name} exited with code {self.process.returncode}")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"{self.name} (pid {self.process and self.process.pid}) never registered")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n--- {self.name} log ---\n{self.log()}") from None
+
+    async def _registered(self, nc: NatsClient) -> bool:
+        replicas = await ping_all(nc, self.name, wait_s=0.1)
+        return any(r.get("metadata", {}).get("pid") == str(self.process and self.process.pid) for r in replicas)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

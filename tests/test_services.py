@@ -20,6 +20,16 @@ from contracts.runtime.bus import request
 from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import ping_all
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MIGRATION_FOLDERS = {
+    "registry": "registry-service/src/registry_service/migrations",
+    "prompt": "prompt-service/src/prompt_service/migrations",
+    "dispatch": "dispatch-service/src/dispatch_service/migrations",
+    "stats": "stats-service/src/stats_service/migrations",
+    "gateway": "gateway/src/gateway/migrations",
+    "ui": "ui/src/ui_service/migrations",
+}
+
 
 @pytest.mark.parametrize("service", list(MODULES))
 async def test_service_starts_migrates_answers_health_and_stops_cleanly(
@@ -39,7 +49,11 @@ async def test_service_starts_migrates_answers_health_and_stops_cleanly(
     with sqlite3.connect(database) as db:
         ran = db.execute("SELECT app_name, name FROM migration").fetchall()
         journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert ran == [(service, "2026-11-24T14:00:00:000000")]
+    # The initial migration and every migration file of the service's folder ran, each once.
+    folder = REPO_ROOT / MIGRATION_FOLDERS[service]
+    files = {f.stem for f in folder.glob(f"{service}_*.py")}
+    assert (service, "2026-11-24T14:00:00:000000") in ran
+    assert len(ran) == len(set(ran)) == len(files)
     assert journal == "wal"
 
     if service in ("gateway", "ui"):
@@ -64,7 +78,8 @@ async def test_a_restarted_service_keeps_its_database_and_does_not_migrate_twice
     second = start_service("registry", data_dir=data)
     await second.wait_healthy(nc)
     with sqlite3.connect(data / "registry.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM migration").fetchone()[0] == 1
+        migrations = len(list((REPO_ROOT / MIGRATION_FOLDERS["registry"]).glob("registry_*.py")))
+        assert db.execute("SELECT count(*) FROM migration").fetchone()[0] == migrations
     assert await second.stop() == 0
 
 
@@ -72,8 +87,13 @@ async def test_replicas_of_a_service_are_all_discoverable(start_service, nc: Nat
     replicas = [start_service("prompt", data_dir=tmp_path / "data") for _ in range(2)]
     for replica in replicas:
         await replica.wait_healthy(nc)
-    answers = await ping_all(nc, "prompt")
-    assert len({a["id"] for a in answers}) == 2
+    # Health is answered by any one replica, so the other may still be starting: ask until both answer.
+    ids: set[object] = set()
+    for _ in range(20):
+        ids = {a["id"] for a in await ping_all(nc, "prompt")}
+        if len(ids) == 2:
+            break
+    assert len(ids) == 2
     for replica in replicas:
         assert await replica.stop() == 0
 
@@ -105,3 +125,18 @@ async def test_a_service_started_before_nats_connects_once_nats_is_up(tmp_path: 
     finally:
         proc.kill()
         server.stop()
+
+
+@pytest.mark.parametrize("service", ["registry", "prompt", "dispatch", "stats"])
+async def test_replicas_starting_together_on_a_fresh_database_migrate_once(
+    service: str, start_service, nc: NatsClient, tmp_path: Path
+) -> None:
+    replicas = [start_service(service, data_dir=tmp_path / "data") for _ in range(3)]
+    for replica in replicas:
+        await replica.wait_healthy(nc)
+    with sqlite3.connect(tmp_path / "data" / f"{service}.sqlite3") as db:
+        names = [row[0] for row in db.execute("SELECT name FROM migration WHERE app_name = ?", (service,))]
+    assert len(names) == len(set(names))  # every migration ran exactly once
+    for replica in replicas:
+        assert await replica.stop() == 0
+        assert "already exists" not in replica.log()

@@ -72,6 +72,8 @@ class Dispatch:
     JOBS_CANCEL: Final = "hub.dispatch.jobs.cancel"
     QUEUE_VIEW: Final = "hub.dispatch.queue.view"
     OUTPUTS_DELETE: Final = "hub.dispatch.outputs.delete"
+    # Fan-out (no queue group): every dispatcher replica hears it; the one running the job interrupts it.
+    CONTROL_CANCEL: Final = "hub.dispatch.control.cancel"
 
 
 class Stats:
@@ -80,6 +82,7 @@ class Stats:
     SERVICE: Final = "stats"
     HEALTH: Final = health("stats")
     LOG_QUERY: Final = "hub.stats.log.query"
+    LOG_GET: Final = "hub.stats.log.get"
     FIGURES: Final = "hub.stats.figures"
     EXPORT: Final = "hub.stats.export"
     RETENTION_GET: Final = "hub.stats.retention.get"

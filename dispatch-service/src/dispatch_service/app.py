@@ -1,12 +1,63 @@
-"""Assembles the dispatch service: its database and its NATS handlers."""
+"""Assembles the dispatch service: database, instance pool, job stream, scheduler and NATS handlers."""
 
+from __future__ import annotations
+
+from contracts.runtime.bus import ensure_stream
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.service import ServiceRuntime
+from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.streams import EVENTS, JOBS
 from dispatch_service import __version__, piccolo_conf
+from dispatch_service.dispatcher import Dispatcher
+from dispatch_service.events import EventPublisher
+from dispatch_service.handlers import NatsUpstream, register, subscribe_cancellations
+from dispatch_service.jobs import JobStore
+from dispatch_service.leases import SlotLeases
+from dispatch_service.pool import Pool
+from dispatch_service.scheduler import Scheduler
 
 
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="ComfyUI pool, job queue and load balancing")
     attach(runtime, piccolo_conf.DB, "dispatch")
+    holder: dict[str, Dispatcher] = {}
+
+    async def start(rt: ServiceRuntime) -> None:
+        js = rt.nc.jetstream()
+        for spec in (JOBS, EVENTS):
+            await ensure_stream(js, spec, settings.jetstream_replicas)
+        pool = Pool(health_interval_s=settings.dispatch_health_interval_s)
+        leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas)
+        await leases.open()
+        storage = ObjectStoreOutputs(js, replicas=settings.jetstream_replicas)
+        events = EventPublisher(js)
+        store = JobStore()
+        scheduler = Scheduler(settings, js, pool, leases, store, events, storage)
+        dispatcher = Dispatcher(
+            nc=rt.nc,
+            pool=pool,
+            scheduler=scheduler,
+            store=store,
+            events=events,
+            storage=storage,
+            upstream=NatsUpstream(rt),
+        )
+        holder["dispatcher"] = dispatcher
+        await dispatcher.reload_instances()
+        await scheduler.open()
+        await dispatcher.requeue_unqueued()
+        await subscribe_cancellations(rt, dispatcher)
+        register(rt, dispatcher)  # before start() returns, so the endpoints go live with the service
+        rt.spawn(pool.health_loop(), name="health")
+        rt.spawn(scheduler.run(), name="scheduler")
+
+    async def stop(_rt: ServiceRuntime) -> None:
+        dispatcher = holder.get("dispatcher")
+        if dispatcher is not None:
+            await dispatcher.scheduler.stop()
+            await dispatcher.pool.close()
+
+    runtime.on_startup(start)
+    runtime.on_shutdown(stop)
     return runtime

@@ -1,9 +1,50 @@
-"""Tables of the dispatch service (piccolo). Only this service reads or writes them.
+"""Tables of the dispatch service (piccolo). Only this service reads or writes them."""
 
-The service's own tables arrive with its feature work (issue 8); until then the database holds
-piccolo's migration log, created and filled by the initial migration at start.
-"""
-
+from piccolo.columns import JSON, Boolean, Float, Integer, Text, Varchar
 from piccolo.table import Table
 
-TABLES: list[type[Table]] = []
+
+class InstanceRow(Table, tablename="instance"):
+    name = Varchar(length=64, unique=True, index=True)
+    base_url = Text()
+    enabled = Boolean(default=True)
+    slots = Integer(default=1)
+    weight = Integer(default=100)
+    auth_header = Text(null=True, default=None)
+    tags = JSON(default=[])
+    created_at = Float()
+    updated_at = Float()
+
+
+class JobRow(Table, tablename="job"):
+    job_id = Varchar(length=40, unique=True, index=True)
+    status = Varchar(length=16, index=True)
+    render_type = Varchar(length=64)
+    render_type_version = Integer(default=0)
+    output_kind = Varchar(length=16, default="image")
+    request = JSON()  # the GenerationRequest as the caller sent it (input image bytes excluded)
+    workflow = JSON()  # the resolved ComfyUI API workflow, prompts and seed injected
+    requirements = JSON()
+    positive_prompt = Text(default="")
+    negative_prompt = Text(default="")
+    styles = JSON(default=[])
+    enhancement_error = Text(null=True, default=None)
+    seed = Varchar(length=24, null=True, default=None)  # up to 2**63: text keeps every digit on every database
+    width = Integer(null=True, default=None)
+    height = Integer(null=True, default=None)
+    input_image_id = Varchar(length=40, null=True, default=None)  # in the output storage
+    instance = Varchar(length=64, null=True, default=None)
+    attempts = Integer(default=0)
+    failures = JSON(default=[])  # why earlier attempts ended: [{"instance", "reason", "at"}]
+    progress_value = Integer(default=0)
+    progress_max = Integer(default=0)
+    outputs = JSON(default=[])
+    error = Text(null=True, default=None)
+    api_key_id = Varchar(length=64, null=True, default=None)
+    client_name = Varchar(length=128, null=True, default=None)
+    accepted_at = Float()
+    started_at = Float(null=True, default=None)
+    finished_at = Float(null=True, default=None)
+
+
+TABLES: list[type[Table]] = [InstanceRow, JobRow]

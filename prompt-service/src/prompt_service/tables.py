@@ -1,9 +1,33 @@
-"""Tables of the prompt service (piccolo). Only this service reads or writes them.
+"""Tables of the prompt service (piccolo). Only this service reads or writes them."""
 
-The service's own tables arrive with its feature work (issue 4); until then the database holds
-piccolo's migration log, created and filled by the initial migration at start.
-"""
-
+from piccolo.columns import Boolean, Integer, Text, Timestamptz, Varchar
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
-TABLES: list[type[Table]] = []
+
+class StyleTable(Table, tablename="style"):
+    """One style. `name_key` (the case-folded name) makes names unique regardless of case."""
+
+    name = Varchar(length=80)
+    name_key = Varchar(length=80, unique=True, index=True)
+    category = Varchar(length=80, default="")
+    positive = Text(default="{prompt}")
+    negative = Text(default="")
+    render_types = Text(default="[]")  # JSON list of render type names; [] suits every render type
+    is_default = Boolean(default=False)
+    enabled = Boolean(default=True)
+    sort_order = Integer(default=0)
+    description = Text(default="")
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class SettingTable(Table, tablename="setting"):
+    """Small service-wide values as JSON: the LLM settings, whether the starter styles were loaded."""
+
+    key = Varchar(length=80, unique=True)
+    value = Text(default="null")
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+TABLES: list[type[Table]] = [StyleTable, SettingTable]

@@ -1,12 +1,25 @@
-"""Assembles the stats service: its database and its NATS handlers."""
+"""Assembles the stats service: its database, the event consumer, the retention schedule and its NATS handlers."""
 
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.service import ServiceRuntime
-from stats_service import __version__, piccolo_conf
+from stats_service import __version__, handlers, piccolo_conf, retention
+from stats_service.consumer import EventConsumer
 
 
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="Generation log, figures and image retention")
     attach(runtime, piccolo_conf.DB, "stats")
+    consumer = EventConsumer(runtime)
+    scheduler = retention.RetentionScheduler(handlers.output_remover(runtime), runtime.log.bind(task="retention"))
+    handlers.register(runtime, scheduler)
+
+    async def start_background(_runtime: ServiceRuntime) -> None:
+        await retention.get_policy()  # creates the policy row: the schedule counts from the first start
+        await consumer.setup()
+        runtime.spawn(consumer.run(), name="events")
+        runtime.spawn(scheduler.run_forever(), name="retention")
+
+    runtime.on_startup(start_background)
+    runtime.health_check("events", consumer.health)
     return runtime

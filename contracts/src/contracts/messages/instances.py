@@ -65,7 +65,7 @@ class DeleteInstance(Request):
     name: InstanceName
 
 
-class TestInstance(Request):
+class ProbeInstance(Request):
     """Probe a URL (saved or not) the way the health loop does, and report what it offers."""
 
     base_url: str

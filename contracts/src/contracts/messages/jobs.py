@@ -49,6 +49,9 @@ class GenerationRequest(Request):
 class SubmitReply(Record):
     job_id: str
     status: JobStatus
+    render_type: str = ""
+    seed: int | None = None
+    error: str | None = None  # set when the job failed at once (e.g. no instance can ever run it)
 
 
 class OutputFile(Record):
@@ -88,6 +91,7 @@ class JobView(Record):
     height: int | None = None
     instance: str | None = None
     attempts: int = 0
+    failures: list[str] = []  # why earlier attempts ended ("<instance>: <reason>"), when the job was retried
     progress: Progress = msgspec.field(default_factory=Progress)
     queue_position: int | None = None
     outputs: list[OutputFile] = []

@@ -20,6 +20,9 @@ RenderTypeName = Annotated[
 
 # A ComfyUI workflow in API format: {node_id: {"class_type": str, "inputs": {...}}}.
 ApiWorkflow = dict[str, dict[str, Any]]
+# A workflow as an admin sends it: any JSON object, so the registry (not the decoder) can say what is wrong
+# with it, e.g. that it is ComfyUI's UI format and how to export the API format instead.
+WorkflowJson = dict[str, Any]
 
 # The request parameters a workflow may take. Each maps to zero or more (node, input) slots.
 ParameterName = Literal[
@@ -46,17 +49,33 @@ class ParameterMap(Record):
 
 
 class RenderDefaults(Record):
+    """The values a request that leaves a parameter out gets."""
+
     width: int = 1024
     height: int = 1024
     steps: int = 25
     cfg: float = 7.0
     batch_size: int = 1
     denoise: float = 1.0
+    negative_prompt: str = ""  # used when a request brings no negative prompt of its own
+
+
+class RenderLimits(Record):
+    """What a request may ask of this render type (the registry also enforces ComfyUI's own limits)."""
+
+    min_size: int = 64  # width and height, in pixels
+    max_size: int = 8192
+    size_multiple: int = 8  # width and height must be multiples of this (8, 16, 32 or 64)
+    max_steps: int = 200
+    max_batch_size: int = 16
 
 
 class ModelRef(Record):
-    folder: str  # ComfyUI model folder, e.g. "checkpoints", "loras", "upscale_models"
+    folder: str  # ComfyUI model folder as `GET /models` names it, e.g. "checkpoints", "loras", "upscale_models"
     name: str
+    # The loader that names the file, so a caller can also check the loader's choices in `/object_info`.
+    node_class: str = ""
+    input_name: str = ""
 
 
 class Requirements(Record):
@@ -69,15 +88,31 @@ OutputKind = Literal["image", "video", "audio", "other"]
 
 class RenderType(Record):
     name: RenderTypeName
-    description: str = ""
-    workflow: ApiWorkflow = {}
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    workflow: WorkflowJson = {}  # API format; the registry rejects anything else with a message saying why
     parameter_map: ParameterMap = msgspec.field(default_factory=ParameterMap)
     defaults: RenderDefaults = msgspec.field(default_factory=RenderDefaults)
-    requirements: Requirements = msgspec.field(default_factory=Requirements)
+    limits: RenderLimits = msgspec.field(default_factory=RenderLimits)
+    requirements: Requirements = msgspec.field(default_factory=Requirements)  # derived from the workflow on save
     output_kind: OutputKind = "image"
     enabled: bool = True
     is_default: bool = False
-    version: int = 0  # incremented on every saved edit; a save with a stale version is a conflict
+    version: int = 0  # incremented on every saved edit; a save with a stale version is a conflict; 0: create
+    updated_at: float | None = None  # set by the registry
+    updated_by: str = ""
+
+
+class ParameterSpec(Record):
+    """One parameter a render type accepts, described for a caller (an LLM choosing arguments, a form)."""
+
+    name: ParameterName
+    type: Literal["string", "integer", "number", "image"]
+    description: str
+    required: bool = False
+    default: int | float | str | None = None
+    minimum: int | float | None = None
+    maximum: int | float | None = None
+    multiple_of: int | None = None
 
 
 class RenderTypeSummary(Record):
@@ -90,6 +125,7 @@ class RenderTypeSummary(Record):
     parameters: list[ParameterName]  # what a request may set for this render type
     defaults: RenderDefaults
     requirements: Requirements
+    parameter_specs: list[ParameterSpec] = []  # the same parameters with their types, defaults and limits
 
 
 class RenderTypeList(Record):
@@ -106,12 +142,19 @@ class GetRenderType(Request):
 
 class SaveRenderType(Request):
     render_type: RenderType
-    original_name: str | None = None
+    original_name: str | None = None  # the name it had, when the save renames it
     changed_by: str = "admin"
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""  # what changed, shown in the history
 
 
 class DeleteRenderType(Request):
     name: RenderTypeName
+    expected_version: int | None = None  # when set, a render type edited meanwhile is not deleted (conflict)
+
+
+class DeletedRenderType(Record):
+    name: str
+    versions_removed: int  # history rows deleted with it
 
 
 class SetDefaultRenderType(Request):
@@ -123,10 +166,12 @@ class RenderTypeVersion(Record):
     changed_by: str
     changed_at: float
     note: str = ""
+    snapshot: RenderType | None = None  # the render type as saved in this version (on request)
 
 
 class GetRenderTypeHistory(Request):
     name: RenderTypeName
+    include_snapshots: bool = False
 
 
 class RenderTypeHistory(Record):
@@ -135,13 +180,18 @@ class RenderTypeHistory(Record):
 
 
 class RollbackRenderType(Request):
+    """Restore the workflow, map, defaults, limits, description and output kind of `version` as a new version."""
+
     name: RenderTypeName
     version: int
     changed_by: str = "admin"
+    expected_version: int | None = None  # when set, a render type edited meanwhile is not rolled back (conflict)
 
 
 class AnalyzeWorkflow(Request):
     workflow_json: Annotated[str, msgspec.Meta(max_length=20_000_000)]
+    # An admin's corrected map to check against the workflow (nothing is saved); None: only propose one.
+    parameter_map: ParameterMap | None = None
 
 
 class WorkflowAnalysis(Record):
@@ -151,6 +201,8 @@ class WorkflowAnalysis(Record):
     requirements: Requirements
     output_kind: OutputKind
     warnings: list[str] = []
+    # One line per detected slot, e.g. "prompt: node 6 (CLIPTextEncode) input `text`", for the admin to check.
+    explanations: list[str] = []
 
 
 class GenerationParams(Record):
@@ -180,3 +232,7 @@ class ResolvedWorkflow(Record):
     params: GenerationParams  # the values used, the drawn seed included, so a result can be reproduced
     requirements: Requirements
     output_kind: OutputKind
+    # Parameters the request set that this render type does not take (they had no effect).
+    ignored: list[ParameterName] = []
+    # Where each parameter went, e.g. to put the input image's final file name in after an upload.
+    parameter_map: ParameterMap = msgspec.field(default_factory=ParameterMap)

@@ -32,6 +32,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_UI_HOST": ("127.0.0.1", "Address the admin UI listens on"),
     "HUB_UI_PORT": ("8601", "Port of the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
+    "HUB_DISPATCH_STRATEGY": ("pull", "`pull` (an instance takes a job when it has a free slot) or `round_robin`"),
+    "HUB_DISPATCH_HEALTH_INTERVAL_S": ("5", "How often the dispatcher polls each ComfyUI instance"),
+    "HUB_DISPATCH_STALL_TIMEOUT_S": ("60", "Silence from a running job after which its instance is probed for a hang"),
+    "HUB_DISPATCH_JOB_TIMEOUT_S": ("3600", "Longest time one attempt of a job may run"),
+    "HUB_DISPATCH_MAX_ATTEMPTS": ("3", "Attempts of a job (on other instances) before it fails"),
+    "HUB_DISPATCH_TAKEOVER_S": ("30", "After this long, the jobs and slots of a dispatcher that died are taken over"),
     "HUB_NATS_PORT": ("4222", "`./hub start` only: client port of the local nats-server"),
     "HUB_NATS_MONITOR_PORT": (
         "0",
@@ -61,6 +67,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     admin_password: str
     nats_port: int
     nats_monitor_port: int
+    dispatch_strategy: Literal["pull", "round_robin"]
+    dispatch_health_interval_s: float
+    dispatch_stall_timeout_s: float
+    dispatch_job_timeout_s: float
+    dispatch_max_attempts: int
+    dispatch_takeover_s: float
 
     @property
     def nats_servers(self) -> list[str]:
@@ -129,4 +141,10 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
+        dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "round_robin")),  # type: ignore[arg-type]
+        dispatch_health_interval_s=_number(env, "HUB_DISPATCH_HEALTH_INTERVAL_S", float, minimum=0.05),
+        dispatch_stall_timeout_s=_number(env, "HUB_DISPATCH_STALL_TIMEOUT_S", float, minimum=0.1),
+        dispatch_job_timeout_s=_number(env, "HUB_DISPATCH_JOB_TIMEOUT_S", float, minimum=1),
+        dispatch_max_attempts=int(_number(env, "HUB_DISPATCH_MAX_ATTEMPTS", int, minimum=1)),
+        dispatch_takeover_s=_number(env, "HUB_DISPATCH_TAKEOVER_S", float, minimum=1),
     )

@@ -120,7 +120,7 @@ class ServiceRuntime:
                 name=f"hub-{self.name}",
                 version=self.version,
                 description=self.description,
-                metadata={"instance_id": self.instance_id},
+                metadata={"instance_id": self.instance_id, "host": socket.gethostname(), "pid": str(os.getpid())},
                 queue_group=subjects.queue_group(self.name),
             ),
         )

@@ -1,0 +1,235 @@
+"""Dispatch benchmark: load balancing and per-job overhead of the hub.
+
+    .venv/bin/python bench/dispatch_bench.py [--jobs 200] [--work 0.2] [--overhead-jobs 60]
+
+1. Makespan: a burst of jobs over 4 ComfyUI test doubles of speeds 1x, 1x, 2x, 4x, once with the `pull`
+   strategy and once with `round_robin`; each makespan is divided by the ideal (total work / total speed).
+2. Overhead: the median time of one job through the hub (submit over NATS -> completed event, output stored)
+   minus the median of a direct ComfyUI client run (submit, follow, fetch the output) against the same
+   instant double, jobs one after the other.
+
+Everything runs on this machine: a nats-server, the registry, prompt and dispatch services as processes,
+and the doubles in this process. Figures are printed; compare ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import nats
+from doubles.comfyui import ComfyUIDouble
+from harness import ServiceProcess, hub_env
+
+from contracts import subjects
+from contracts.envelope import Empty
+from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
+from contracts.messages.jobs import GenerationRequest, SubmitReply
+from contracts.messages.render_types import (
+    GenerationParams,
+    GetRenderType,
+    RenderType,
+    ResolvedWorkflow,
+    ResolveRenderType,
+)
+from contracts.runtime.bus import request
+from dispatch_service.comfyui import ComfyClient
+from hub_deploy.natsserver import NatsServer
+
+SPEEDS = (1.0, 1.0, 2.0, 4.0)
+ENV = {"HUB_LOG_LEVEL": "warning", "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.5"}
+
+
+async def start_services(nats_url: str, data: Path, strategy: str) -> list[ServiceProcess]:
+    processes = []
+    data.mkdir(parents=True, exist_ok=True)
+    for name in ("registry", "prompt", "dispatch"):
+        env = hub_env(nats_url, data, **ENV, HUB_DISPATCH_STRATEGY=strategy)
+        process = ServiceProcess(name=name, env=env, log_path=data / f"{name}-{strategy}.log")
+        process.start()
+        processes.append(process)
+    nc = await nats.connect(nats_url)
+    for process in processes:
+        await process.wait_healthy(nc)
+    await nc.close()
+    return processes
+
+
+async def checkpoint(nc) -> str:  # type: ignore[no-untyped-def]
+    rt = await request(nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    return next(m.name for m in rt.requirements.models if m.folder == "checkpoints")
+
+
+async def register(nc, doubles: dict[str, ComfyUIDouble]) -> None:  # type: ignore[no-untyped-def]
+    for name, double in doubles.items():
+        await request(
+            nc,
+            subjects.Dispatch.INSTANCES_SAVE,
+            SaveInstance(instance=Instance(name=name, base_url=double.url)),
+            InstanceView,
+        )
+    await asyncio.sleep(1.0)  # one health round: every instance up with its capabilities
+
+
+async def unregister(nc, names) -> None:  # type: ignore[no-untyped-def]
+    for name in names:
+        await request(nc, subjects.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name), Empty)
+
+
+class Completions:
+    """Counts completed/failed events of jobs, from a plain subscription to the event subjects."""
+
+    def __init__(self) -> None:
+        self.finished: dict[str, float] = {}
+        self.failed: set[str] = set()
+        self.changed = asyncio.Event()
+
+    async def on_event(self, msg) -> None:  # type: ignore[no-untyped-def]
+        _, _, _, job_id, kind = msg.subject.split(".")
+        if kind in ("completed", "failed", "cancelled"):
+            self.finished[job_id] = time.perf_counter()
+            if kind != "completed":
+                self.failed.add(job_id)
+            self.changed.set()
+
+    async def wait(self, job_ids: set[str]) -> None:
+        while not job_ids <= self.finished.keys():
+            self.changed.clear()
+            await self.changed.wait()
+
+
+async def makespan(nats_url: str, data: Path, strategy: str, jobs: int, work: float) -> tuple[float, float, dict]:
+    processes = await start_services(nats_url, data, strategy)
+    nc = await nats.connect(nats_url)
+    ckpt = await checkpoint(nc)
+    doubles = {
+        f"{strategy}-{i}-{speed:g}x": ComfyUIDouble(
+            name=f"d{i}", speed=speed, work_seconds=work, models={"checkpoints": [ckpt]}
+        )
+        for i, speed in enumerate(SPEEDS)
+    }
+    for double in doubles.values():
+        await double.start()
+    await register(nc, doubles)
+    completions = Completions()
+    await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
+    started = time.perf_counter()
+    replies = await asyncio.gather(
+        *(
+            request(
+                nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"job {i}", seed=i), SubmitReply, timeout=60
+            )
+            for i in range(jobs)
+        )
+    )
+    await completions.wait({r.job_id for r in replies})
+    elapsed = time.perf_counter() - started
+    ideal = jobs * work / sum(SPEEDS)
+    per_instance = {name: len(d.executed_prompt_ids) for name, d in doubles.items()}
+    failed = len(completions.failed)
+    await unregister(nc, doubles)
+    for double in doubles.values():
+        await double.stop()
+    await nc.close()
+    for process in processes:
+        await process.stop()
+    if failed:
+        raise SystemExit(f"{failed} jobs did not complete with {strategy}")
+    return elapsed, ideal, per_instance
+
+
+async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], list[float]]:
+    processes = await start_services(nats_url, data, "pull")
+    nc = await nats.connect(nats_url)
+    ckpt = await checkpoint(nc)
+    double = ComfyUIDouble(name="instant", work_seconds=0.0, models={"checkpoints": [ckpt]})
+    await double.start()
+    await register(nc, {"instant": double})
+    completions = Completions()
+    await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
+
+    hub_times = []
+    for i in range(jobs + 5):
+        started = time.perf_counter()
+        reply = await request(
+            nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"hub {i}", seed=10_000 + i), SubmitReply
+        )
+        await completions.wait({reply.job_id})
+        if i >= 5:  # warm-up excluded
+            hub_times.append(completions.finished[reply.job_id] - started)
+
+    direct_times = []
+    async with ComfyClient(double.url) as client:
+        for i in range(jobs + 5):
+            resolved = await request(
+                nc,
+                subjects.Registry.RESOLVE,
+                ResolveRenderType(render_type="sdxl", params=GenerationParams(prompt=f"direct {i}", seed=20_000 + i)),
+                ResolvedWorkflow,
+            )
+            started = time.perf_counter()
+            result = await client.run(resolved.workflow, prompt_id=f"direct-{i}-{time.time_ns()}")
+            for ref in result.outputs:
+                async with client.open_output(ref) as stream:
+                    async for _chunk in stream.chunks():
+                        pass
+            if i >= 5:
+                direct_times.append(time.perf_counter() - started)
+
+    await unregister(nc, ["instant"])
+    await double.stop()
+    await nc.close()
+    for process in processes:
+        await process.stop()
+    return hub_times, direct_times
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--work", type=float, default=0.2, help="seconds one job takes on a 1x double")
+    parser.add_argument("--overhead-jobs", type=int, default=60)
+    parser.add_argument("--skip-makespan", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        root = Path(tmp)
+        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
+        server.start()
+        try:
+            if not args.skip_makespan:
+                print(f"burst of {args.jobs} jobs over doubles of speed {', '.join(f'{s:g}x' for s in SPEEDS)}")
+                for strategy in ("pull", "round_robin"):
+                    elapsed, ideal, per_instance = await makespan(
+                        server.url, root / strategy, strategy, args.jobs, args.work
+                    )
+                    print(
+                        f"  {strategy:<12} makespan {elapsed:6.2f} s  ideal {ideal:5.2f} s  "
+                        f"ratio {elapsed / ideal:4.2f}  jobs per instance {list(per_instance.values())}"
+                    )
+            hub, direct = await overhead(server.url, root / "overhead", args.overhead_jobs)
+            hub_median, direct_median = statistics.median(hub), statistics.median(direct)
+            print(f"one job at a time, instant double, {len(hub)} jobs")
+            print(
+                f"  through the hub  median {hub_median * 1000:6.1f} ms  p90 "
+                f"{statistics.quantiles(hub, n=10)[-1] * 1000:6.1f} ms"
+            )
+            print(
+                f"  direct client    median {direct_median * 1000:6.1f} ms  p90 "
+                f"{statistics.quantiles(direct, n=10)[-1] * 1000:6.1f} ms"
+            )
+            print(f"  hub overhead per job (median difference) {(hub_median - direct_median) * 1000:6.1f} ms")
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

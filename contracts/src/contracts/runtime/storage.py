@@ -1,0 +1,128 @@
+"""Generated outputs (images, videos, …) behind one storage interface.
+
+The dispatcher writes them, the gateway serves them, the retention run deletes them. The default backend is
+a JetStream Object Store bucket, so outputs live wherever NATS lives (replicated on a cluster) and need no
+shared disk. Output ids are unguessable (128 random bits).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import BinaryIO, Protocol
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+
+from contracts.messages.jobs import OutputFile
+from contracts.streams import OUTPUTS_BUCKET
+
+CHUNK_SIZE = 128 * 1024
+
+
+def new_output_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def output_kind(content_type: str) -> str:
+    major = content_type.split("/", 1)[0]
+    return major if major in ("image", "video", "audio") else "other"
+
+
+class OutputStorage(Protocol):
+    async def save(self, source: BinaryIO, *, filename: str, content_type: str, job_id: str) -> OutputFile: ...
+    async def info(self, output_id: str) -> OutputFile | None: ...
+    def read(self, output_id: str) -> AsyncIterator[bytes]: ...
+    async def delete(self, output_id: str) -> bool: ...
+
+
+class _Headers(msgspec.Struct):
+    filename: str
+    content_type: str
+    job_id: str
+
+
+class ObjectStoreOutputs:
+    """Outputs in a JetStream Object Store bucket (file storage, `replicas` copies)."""
+
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+        self._js = js
+        self._replicas = replicas
+        self._store = None
+
+    async def _bucket(self):  # type: ignore[no-untyped-def]
+        if self._store is None:
+            try:
+                self._store = await self._js.object_store(OUTPUTS_BUCKET)
+            except (BucketNotFoundError, NotFoundError):
+                self._store = await self._js.create_object_store(
+                    OUTPUTS_BUCKET,
+                    config=ObjectStoreConfig(
+                        description="Generated outputs", storage=StorageType.FILE, replicas=self._replicas
+                    ),
+                )
+        return self._store
+
+    async def save(self, source: BinaryIO, *, filename: str, content_type: str, job_id: str) -> OutputFile:
+        """Store from a file-like object, chunk by chunk (the file is never loaded whole)."""
+        store = await self._bucket()
+        output_id = new_output_id()
+        headers = msgspec.json.encode(_Headers(filename=filename, content_type=content_type, job_id=job_id))
+        meta = ObjectMeta(
+            name=output_id,
+            description=headers.decode(),
+            options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+        )
+        info = await store.put(output_id, source, meta=meta)
+        return OutputFile(
+            output_id=output_id,
+            content_type=content_type,
+            size=int(info.size or 0),
+            filename=filename,
+            kind=output_kind(content_type),  # type: ignore[arg-type]
+        )
+
+    async def info(self, output_id: str) -> OutputFile | None:
+        store = await self._bucket()
+        try:
+            info = await store.get_info(output_id)
+        except (ObjectNotFoundError, NotFoundError):
+            return None
+        if info.deleted:
+            return None
+        headers = msgspec.json.decode(info.description or "{}", type=_Headers)
+        return OutputFile(
+            output_id=output_id,
+            content_type=headers.content_type,
+            size=int(info.size or 0),
+            filename=headers.filename,
+            kind=output_kind(headers.content_type),  # type: ignore[arg-type]
+        )
+
+    async def read(self, output_id: str) -> AsyncIterator[bytes]:
+        """The bytes of an output, chunk by chunk (an ordered consumer over the bucket's chunk subject)."""
+        store = await self._bucket()
+        info = await store.get_info(output_id)
+        if not info.size:
+            return
+        sub = await self._js.subscribe(f"$O.{OUTPUTS_BUCKET}.C.{info.nuid}", ordered_consumer=True)
+        try:
+            async for msg in sub._message_iterator:
+                yield msg.data
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+
+    async def read_all(self, output_id: str) -> bytes:
+        return b"".join([chunk async for chunk in self.read(output_id)])
+
+    async def delete(self, output_id: str) -> bool:
+        store = await self._bucket()
+        try:
+            await store.delete(output_id)
+        except (ObjectNotFoundError, NotFoundError):
+            return False
+        return True

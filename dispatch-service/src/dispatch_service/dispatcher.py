@@ -1,0 +1,180 @@
+"""The dispatcher's use cases: submit, follow, cancel and list jobs; manage the instance pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.messages.events import JobAccepted, JobQueued
+from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
+from contracts.messages.jobs import GenerationRequest, JobView, QueueView, SubmitReply
+from contracts.runtime.logs import get_logger
+from contracts.runtime.storage import OutputStorage
+from dispatch_service import instances
+from dispatch_service.comfyui import ComfyClient
+from dispatch_service.events import EventPublisher
+from dispatch_service.jobs import JobStore, Upstream, is_final, job_view, prepare_job
+from dispatch_service.pool import InstanceState, Pool
+from dispatch_service.scheduler import Scheduler
+
+log = get_logger("dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        nc: NatsClient,
+        pool: Pool,
+        scheduler: Scheduler,
+        store: JobStore,
+        events: EventPublisher,
+        storage: OutputStorage,
+        upstream: Upstream,
+    ) -> None:
+        self.nc = nc
+        self.pool = pool
+        self.scheduler = scheduler
+        self.store = store
+        self.events = events
+        self.storage = storage
+        self.upstream = upstream
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest) -> SubmitReply:
+        prepared = await prepare_job(request, self.upstream, self.storage)
+        job_id = prepared.job_id
+        await self.store.insert(prepared)
+        params = prepared.resolved.params
+        await self.events.publish(
+            JobAccepted,
+            job_id=job_id,
+            request=prepared.request,
+            render_type=prepared.resolved.render_type,
+            positive_prompt=prepared.built.positive,
+            negative_prompt=prepared.built.negative,
+            styles=prepared.built.styles_applied,
+            seed=params.seed if params.seed is not None else 0,
+            width=params.width,
+            height=params.height,
+            enhancement_error=prepared.built.enhancement_error,
+        )
+        reply = SubmitReply(job_id=job_id, status="queued", render_type=prepared.resolved.render_type, seed=params.seed)
+        self.pool.want_folders(prepared.resolved.requirements)
+        never = self.pool.why_never(prepared.resolved.requirements)
+        if never:  # fail at once rather than wait for an instance that will never come
+            await self.scheduler.fail(await self.store.require(job_id), never)
+            return msgspec.structs.replace(reply, status="failed", error=never)
+        await self._queue(job_id)
+        return reply
+
+    async def _queue(self, job_id: str) -> None:
+        await self.scheduler.enqueue(job_id)
+        if await self.store.transition(job_id, ("accepted",), status="queued"):
+            await self.events.publish(JobQueued, job_id=job_id)
+
+    async def requeue_unqueued(self) -> int:
+        """Jobs recorded but not yet on the stream (the dispatcher died in between) are queued now."""
+        job_ids = await self.store.unqueued()
+        for job_id in job_ids:
+            await self._queue(job_id)
+        if job_ids:
+            log.info("re-queued jobs accepted before a restart", count=len(job_ids))
+        return len(job_ids)
+
+    async def get(self, job_id: str) -> JobView:
+        row = await self.store.require(job_id)
+        position = None
+        if row["status"] in ("accepted", "queued"):
+            active = await self.store.active(limit=100_000)
+            queued = [r["job_id"] for r in active if r["status"] in ("accepted", "queued")]
+            position = queued.index(job_id) + 1 if job_id in queued else None
+        return job_view(row, position)
+
+    async def cancel(self, job_id: str, reason: str) -> JobView:
+        row = await self.store.require(job_id)
+        if is_final(row):
+            return job_view(row)
+        if not await self.scheduler.cancel_queued(row, reason):
+            # It runs (here or on another replica): every replica hears this, the one running it interrupts.
+            await self.nc.publish(subjects.Dispatch.CONTROL_CANCEL, job_id.encode())
+            await self._wait_final(job_id, timeout_s=10.0)
+        return await self.get(job_id)
+
+    async def _wait_final(self, job_id: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if is_final(await self.store.require(job_id)):
+                return
+            await asyncio.sleep(0.05)
+
+    async def queue_view(self, include_finished: bool, limit: int) -> QueueView:
+        rows = await (self.store.recent(limit) if include_finished else self.store.active(limit))
+        queued_order = [
+            r["job_id"] for r in sorted(rows, key=lambda r: r["accepted_at"]) if r["status"] in ("accepted", "queued")
+        ]
+        views = [
+            job_view(r, queued_order.index(r["job_id"]) + 1 if r["job_id"] in queued_order else None) for r in rows
+        ]
+        return QueueView(
+            jobs=views,
+            queued=sum(v.status in ("accepted", "queued") for v in views),
+            running=sum(v.status == "running" for v in views),
+        )
+
+    # -- instances ----------------------------------------------------------------------------------
+
+    async def reload_instances(self) -> None:
+        await self.pool.set_instances(await instances.list_instances())
+
+    async def list_instances(self) -> InstanceList:
+        render_types = (await self.upstream.list_render_types()).render_types
+        views = []
+        for state in self.pool.states.values():
+            compatible = [rt.name for rt in render_types if rt.enabled and state.can_run(rt.requirements)]
+            views.append(self._view(state, compatible))
+        return InstanceList(instances=sorted(views, key=lambda v: v.instance.name))
+
+    def _view(self, state: InstanceState, compatible: list[str]) -> InstanceView:
+        return InstanceView(
+            instance=instances.masked(state.config),
+            health=state.health,
+            running_jobs=state.running,
+            compatible_render_types=compatible,
+        )
+
+    async def get_instance(self, name: str) -> InstanceView:
+        await instances.get_instance(name)
+        state = self.pool.states.get(name)
+        if state is None:
+            await self.reload_instances()
+            state = self.pool.states[name]
+        render_types = (await self.upstream.list_render_types()).render_types
+        return self._view(state, [rt.name for rt in render_types if rt.enabled and state.can_run(rt.requirements)])
+
+    async def save_instance(self, instance: Instance, original_name: str | None) -> InstanceView:
+        saved = await instances.save_instance(instance, original_name)
+        await self.reload_instances()
+        return await self.get_instance(saved.name)
+
+    async def delete_instance(self, name: str) -> None:
+        await instances.delete_instance(name)
+        await self.reload_instances()
+
+    async def test_instance(self, base_url: str, auth_header: str | None) -> InstanceHealth:
+        """Probe a URL the way the health loop does, without saving it."""
+        url = instances.normalize_base_url(base_url)
+        state = InstanceState(
+            config=Instance(name="probe", base_url=url, auth_header=instances.validate_auth_header(auth_header)),
+            client=ComfyClient(url, auth_header=auth_header, timeout_s=5),
+        )
+        try:
+            await Pool(health_interval_s=60).probe(state)
+        finally:
+            await state.client.aclose()
+        return state.health

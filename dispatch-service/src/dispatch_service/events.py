@@ -1,0 +1,40 @@
+"""Publishing generation events on JetStream, so callers, the stats service and others can follow a job."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+
+from contracts.messages.events import GenerationEvent
+from contracts.streams import event_subject
+
+_encoder = msgspec.json.Encoder()
+
+
+class EventPublisher:
+    """Stamps each event with a per-job sequence and publishes it with a de-duplication id.
+
+    The sequence is a microsecond clock kept strictly increasing in this process, so events of one job stay
+    ordered even when a retry of the job runs on another dispatcher replica.
+    """
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._last_seq = 0
+
+    def next_seq(self) -> int:
+        self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        return self._last_seq
+
+    async def publish(self, event_type: type[GenerationEvent], **fields: Any) -> GenerationEvent:  # type: ignore[valid-type]
+        event = event_type(seq=self.next_seq(), at=time.time(), **fields)
+        kind = event_type.__struct_config__.tag  # type: ignore[attr-defined]
+        await self._js.publish(
+            event_subject(event.job_id, kind),
+            _encoder.encode(event),
+            headers={"Nats-Msg-Id": event.event_id},
+        )
+        return event

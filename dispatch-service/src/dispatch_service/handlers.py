@@ -1,0 +1,113 @@
+"""NATS subjects → dispatcher calls. Transport only: decoding and replies are the runtime's job."""
+
+from __future__ import annotations
+
+from nats.aio.msg import Msg
+
+from contracts import subjects
+from contracts.envelope import Empty
+from contracts.messages.instances import (
+    DeleteInstance,
+    GetInstance,
+    InstanceHealth,
+    InstanceList,
+    InstanceView,
+    ListInstances,
+    ProbeInstance,
+    SaveInstance,
+)
+from contracts.messages.jobs import (
+    CancelJob,
+    DeletedOutputs,
+    DeleteOutputs,
+    GenerationRequest,
+    GetJob,
+    JobView,
+    QueueView,
+    QueueViewRequest,
+    SubmitReply,
+)
+from contracts.messages.render_types import ListRenderTypes, RenderTypeList, ResolvedWorkflow, ResolveRenderType
+from contracts.messages.styles import BuildPrompt, BuiltPrompt
+from contracts.runtime.bus import request
+from contracts.runtime.service import ServiceRuntime
+from dispatch_service.dispatcher import Dispatcher
+
+D = subjects.Dispatch
+
+
+class NatsUpstream:
+    """The registry and prompt services, asked over NATS."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    async def list_render_types(self) -> RenderTypeList:
+        return await self._call(subjects.Registry.LIST, ListRenderTypes(include_disabled=True), RenderTypeList)
+
+    async def resolve(self, req: ResolveRenderType) -> ResolvedWorkflow:
+        return await self._call(subjects.Registry.RESOLVE, req, ResolvedWorkflow)
+
+    async def build_prompt(self, req: BuildPrompt) -> BuiltPrompt:
+        # Enhancement may call a local LLM: allow it the LLM's own timeout on top of ours.
+        return await self._call(subjects.Prompt.BUILD, req, BuiltPrompt, extra_s=120 if req.enhance else 0)
+
+    async def _call(self, subject: str, message, result_type, extra_s: float = 0):  # type: ignore[no-untyped-def]
+        timeout = self._runtime.settings.request_timeout_s + extra_s
+        return await request(self._runtime.nc, subject, message, result_type, timeout=timeout)
+
+
+def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
+    async def submit(req: GenerationRequest) -> SubmitReply:
+        return await dispatcher.submit(req)
+
+    async def get_job(req: GetJob) -> JobView:
+        return await dispatcher.get(req.job_id)
+
+    async def cancel_job(req: CancelJob) -> JobView:
+        return await dispatcher.cancel(req.job_id, req.reason)
+
+    async def queue_view(req: QueueViewRequest) -> QueueView:
+        return await dispatcher.queue_view(req.include_finished, req.limit)
+
+    async def list_instances(_req: ListInstances) -> InstanceList:
+        return await dispatcher.list_instances()
+
+    async def get_instance(req: GetInstance) -> InstanceView:
+        return await dispatcher.get_instance(req.name)
+
+    async def save_instance(req: SaveInstance) -> InstanceView:
+        return await dispatcher.save_instance(req.instance, req.original_name)
+
+    async def delete_instance(req: DeleteInstance) -> Empty:
+        await dispatcher.delete_instance(req.name)
+        return Empty()
+
+    async def test_instance(req: ProbeInstance) -> InstanceHealth:
+        return await dispatcher.test_instance(req.base_url, req.auth_header)
+
+    async def delete_outputs(req: DeleteOutputs) -> DeletedOutputs:
+        deleted, missing = [], []
+        for output_id in req.output_ids:
+            (deleted if await dispatcher.storage.delete(output_id) else missing).append(output_id)
+        return DeletedOutputs(deleted=deleted, missing=missing)
+
+    runtime.endpoint(D.JOBS_SUBMIT, GenerationRequest, submit)
+    runtime.endpoint(D.JOBS_GET, GetJob, get_job)
+    runtime.endpoint(D.JOBS_CANCEL, CancelJob, cancel_job)
+    runtime.endpoint(D.QUEUE_VIEW, QueueViewRequest, queue_view)
+    runtime.endpoint(D.INSTANCES_LIST, ListInstances, list_instances)
+    runtime.endpoint(D.INSTANCES_GET, GetInstance, get_instance)
+    runtime.endpoint(D.INSTANCES_SAVE, SaveInstance, save_instance)
+    runtime.endpoint(D.INSTANCES_DELETE, DeleteInstance, delete_instance)
+    runtime.endpoint(D.INSTANCES_TEST, ProbeInstance, test_instance)
+    runtime.endpoint(D.OUTPUTS_DELETE, DeleteOutputs, delete_outputs)
+
+
+async def subscribe_cancellations(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
+    """Fan-out: every replica hears a cancel; the one running the job interrupts it on its instance."""
+
+    async def on_cancel(msg: Msg) -> None:
+        dispatcher.scheduler.cancel_running(msg.data.decode())
+
+    await runtime.nc.subscribe(D.CONTROL_CANCEL, cb=on_cancel)

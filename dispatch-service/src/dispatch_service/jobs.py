@@ -1,0 +1,334 @@
+"""Jobs: accepting a generation request, recording it, and the job's state from accepted to final.
+
+The request is turned into a runnable job here: the render type is resolved (registry), the prompt built
+(prompt service), an input image fetched and stored. The job row is written before the job is put on the
+JetStream job stream, and a row still `accepted` at start-up is put on the stream again (de-duplicated by
+job id), so an accepted job is never lost between the two.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+import uuid
+from typing import Any, Protocol
+
+import httpx
+import msgspec
+from piccolo.columns import Column
+
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.jobs import (
+    FINAL_STATUSES,
+    GenerationRequest,
+    InputImage,
+    JobView,
+    OutputFile,
+    Progress,
+    Timings,
+)
+from contracts.messages.render_types import (
+    GenerationParams,
+    RenderTypeList,
+    Requirements,
+    ResolvedWorkflow,
+    ResolveRenderType,
+)
+from contracts.messages.styles import BuildPrompt, BuiltPrompt
+from contracts.runtime.storage import OutputStorage
+from dispatch_service.tables import JobRow
+
+MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
+IMAGE_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
+ACTIVE_STATUSES = ("accepted", "queued", "running")
+
+
+class Upstream(Protocol):
+    """What the dispatcher asks of the other services (over NATS in production)."""
+
+    async def list_render_types(self) -> RenderTypeList: ...
+    async def resolve(self, request: ResolveRenderType) -> ResolvedWorkflow: ...
+    async def build_prompt(self, request: BuildPrompt) -> BuiltPrompt: ...
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _sniff_image(data: bytes) -> str | None:
+    for magic, content_type in IMAGE_MAGIC.items():
+        if data.startswith(magic):
+            return content_type
+    return None
+
+
+async def read_input_image(image: InputImage) -> tuple[bytes, str]:
+    """The bytes and content type of an input image given as a URL or base64, or a clear error."""
+    if bool(image.url) == bool(image.base64):
+        raise HubError(
+            ErrorCode.INVALID_REQUEST, "give the input image either as `url` or as `base64`", field="input_image"
+        )
+    if image.base64:
+        payload = image.base64.split(",", 1)[1] if image.base64.startswith("data:") else image.base64
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise HubError(
+                ErrorCode.INVALID_REQUEST, "input_image.base64 is not valid base64", field="input_image.base64"
+            ) from None
+        where = "input_image.base64"
+    else:
+        assert image.url is not None
+        if not image.url.startswith(("http://", "https://")):
+            raise HubError(ErrorCode.INVALID_REQUEST, "input_image.url must be an http(s) URL", field="input_image.url")
+        data = await _download(image.url)
+        where = "input_image.url"
+    if len(data) > MAX_INPUT_IMAGE_BYTES:
+        raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: the image is larger than 25 MiB", field=where)
+    content_type = _sniff_image(data)
+    if content_type is None:
+        raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: not a PNG, JPEG, WebP or GIF image", field=where)
+    return data, content_type
+
+
+async def _download(url: str) -> bytes:
+    try:
+        async with (
+            httpx.AsyncClient(timeout=20, follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise HubError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"input_image.url answered HTTP {response.status_code}",
+                    field="input_image.url",
+                )
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_INPUT_IMAGE_BYTES:
+                    raise HubError(
+                        ErrorCode.INVALID_REQUEST,
+                        "input_image.url: the image is larger than 25 MiB",
+                        field="input_image.url",
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise HubError(
+            ErrorCode.INVALID_REQUEST, f"input_image.url could not be fetched: {exc}", field="input_image.url"
+        ) from None
+
+
+async def default_render_type(upstream: Upstream) -> str:
+    listing = await upstream.list_render_types()
+    for summary in listing.render_types:
+        if summary.is_default and summary.enabled:
+            return summary.name
+    raise HubError(
+        ErrorCode.NOT_FOUND,
+        "no default render type is set; name one in `render_type` or set a default in the admin UI",
+        field="render_type",
+        details={"valid": [s.name for s in listing.render_types if s.enabled]},
+    )
+
+
+class PreparedJob(msgspec.Struct, kw_only=True):
+    job_id: str
+    request: GenerationRequest
+    resolved: ResolvedWorkflow
+    built: BuiltPrompt
+    input_image_id: str | None
+    accepted_at: float
+
+
+async def prepare_job(request: GenerationRequest, upstream: Upstream, storage: OutputStorage) -> PreparedJob:
+    """Everything that can be checked before the job is queued: a bad request fails here, clearly."""
+    job_id = new_job_id()
+    accepted_at = time.time()
+    render_type = request.render_type or await default_render_type(upstream)
+    built = await upstream.build_prompt(
+        BuildPrompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            styles=request.styles,
+            render_type=render_type,
+            enhance=request.enhance_prompt,
+        )
+    )
+    input_image_id: str | None = None
+    input_name: str | None = None
+    if request.input_image is not None:
+        data, content_type = await read_input_image(request.input_image)
+        extension = content_type.split("/")[1].replace("jpeg", "jpg")
+        stored = await storage.save(
+            io.BytesIO(data), filename=f"{job_id}.{extension}", content_type=content_type, job_id=job_id
+        )
+        input_image_id = stored.output_id
+        input_name = f"hub/{job_id}.{extension}"  # the name it gets on the instance (see runner upload)
+    resolved = await upstream.resolve(
+        ResolveRenderType(
+            render_type=render_type,
+            params=GenerationParams(
+                prompt=built.positive,
+                negative_prompt=built.negative,
+                seed=request.seed,
+                width=request.width,
+                height=request.height,
+                steps=request.steps,
+                cfg=request.cfg,
+                batch_size=request.count if request.count > 1 else None,
+                input_image=input_name,
+            ),
+        )
+    )
+    return PreparedJob(
+        job_id=job_id,
+        request=request,
+        resolved=resolved,
+        built=built,
+        input_image_id=input_image_id,
+        accepted_at=accepted_at,
+    )
+
+
+def _request_for_record(request: GenerationRequest) -> dict[str, Any]:
+    """The request as stored and published: input image bytes are kept in storage, not in every copy."""
+    raw = msgspec.to_builtins(request)
+    if request.input_image is not None and request.input_image.base64:
+        raw["input_image"] = {"base64": f"<{len(request.input_image.base64)} base64 characters>"}
+    return raw
+
+
+class JobStore:
+    """Job rows: the only place that writes them."""
+
+    async def insert(self, job: PreparedJob) -> None:
+        params = job.resolved.params
+        await JobRow.insert(
+            JobRow(
+                job_id=job.job_id,
+                status="accepted",
+                render_type=job.resolved.render_type,
+                render_type_version=job.resolved.version,
+                output_kind=job.resolved.output_kind,
+                request=_request_for_record(job.request),
+                workflow=job.resolved.workflow,
+                requirements=msgspec.to_builtins(job.resolved.requirements),
+                positive_prompt=job.built.positive,
+                negative_prompt=job.built.negative,
+                styles=job.built.styles_applied,
+                enhancement_error=job.built.enhancement_error,
+                seed=str(params.seed) if params.seed is not None else None,
+                width=params.width,
+                height=params.height,
+                input_image_id=job.input_image_id,
+                api_key_id=job.request.api_key_id,
+                client_name=job.request.client_name,
+                accepted_at=job.accepted_at,
+            )
+        ).run()
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await JobRow.select().where(JobRow.job_id == job_id).first().output(load_json=True).run()
+
+    async def require(self, job_id: str) -> dict[str, Any]:
+        row = await self.get(job_id)
+        if row is None:
+            raise HubError(ErrorCode.NOT_FOUND, f"no job with id {job_id!r}", field="job_id")
+        return row
+
+    async def transition(self, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
+        """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
+        changes: dict[Column | str, Any] = {getattr(JobRow, name): value for name, value in values.items()}
+        updated = (
+            await JobRow.update(changes)
+            .where((JobRow.job_id == job_id) & JobRow.status.is_in(list(from_statuses)))
+            .returning(JobRow.id)
+            .run()
+        )
+        return bool(updated)
+
+    async def set(self, job_id: str, **values: Any) -> None:
+        await (
+            JobRow.update({getattr(JobRow, name): value for name, value in values.items()})
+            .where(JobRow.job_id == job_id)
+            .run()
+        )
+
+    async def active(self, limit: int) -> list[dict[str, Any]]:
+        return (
+            await JobRow.select()
+            .where(JobRow.status.is_in(list(ACTIVE_STATUSES)))
+            .order_by(JobRow.accepted_at)
+            .limit(limit)
+            .output(load_json=True)
+            .run()
+        )
+
+    async def recent(self, limit: int) -> list[dict[str, Any]]:
+        return (
+            await JobRow.select()
+            .order_by(JobRow.accepted_at, ascending=False)
+            .limit(limit)
+            .output(load_json=True)
+            .run()
+        )
+
+    async def unqueued(self) -> list[str]:
+        rows = await JobRow.select(JobRow.job_id).where(JobRow.status == "accepted").run()
+        return [row["job_id"] for row in rows]
+
+
+def requirements_of(row: dict[str, Any]) -> Requirements:
+    return msgspec.convert(row["requirements"], type=Requirements)
+
+
+def outputs_of(row: dict[str, Any]) -> list[OutputFile]:
+    return msgspec.convert(row["outputs"] or [], type=list[OutputFile])
+
+
+def timings_of(row: dict[str, Any], now: float | None = None) -> Timings:
+    started, finished, accepted = row["started_at"], row["finished_at"], row["accepted_at"]
+    now = time.time() if now is None else now
+    queue_wait_ms = ((started or finished or now) - accepted) * 1000 if accepted else None
+    run_ms = ((finished or now) - started) * 1000 if started else None
+    return Timings(
+        accepted_at=accepted,
+        started_at=started,
+        finished_at=finished,
+        queue_wait_ms=round(queue_wait_ms, 2) if queue_wait_ms is not None else None,
+        run_ms=round(run_ms, 2) if run_ms is not None else None,
+    )
+
+
+def job_view(row: dict[str, Any], queue_position: int | None = None) -> JobView:
+    request = row["request"] or {}
+    return JobView(
+        job_id=row["job_id"],
+        status=row["status"],
+        render_type=row["render_type"],
+        prompt=request.get("prompt", ""),
+        positive_prompt=row["positive_prompt"],
+        negative_prompt=row["negative_prompt"],
+        styles=list(row["styles"] or []),
+        seed=int(row["seed"]) if row["seed"] is not None else None,
+        width=row["width"],
+        height=row["height"],
+        instance=row["instance"],
+        attempts=row["attempts"],
+        failures=[f"{f['instance']}: {f['reason']}" for f in row["failures"] or []],
+        progress=Progress(value=row["progress_value"], max=row["progress_max"]),
+        queue_position=queue_position,
+        outputs=outputs_of(row),
+        timings=timings_of(row),
+        error=row["error"],
+        enhancement_error=row["enhancement_error"],
+        api_key_id=row["api_key_id"],
+    )
+
+
+def is_final(row: dict[str, Any]) -> bool:
+    return row["status"] in FINAL_STATUSES

@@ -1,0 +1,188 @@
+"""The pool of ComfyUI instances as this dispatcher sees it: configuration, health and capabilities.
+
+A health loop polls each enabled instance (`/system_stats`, `/queue`; `/object_info` and model lists when
+it comes up and every few minutes), so the scheduler knows which instances are up, what they can run and
+how loaded they are. Each dispatcher replica keeps its own view; slot leases (leases.py) are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from contracts.messages.instances import Instance, InstanceHealth
+from contracts.messages.render_types import ModelRef, Requirements
+from contracts.runtime.logs import get_logger
+from dispatch_service.comfyui import ComfyClient, ComfyError
+
+log = get_logger("pool")
+
+# Model folders asked for on every capability refresh; folders named by a job's requirements are added.
+COMMON_MODEL_FOLDERS = (
+    "checkpoints",
+    "loras",
+    "vae",
+    "upscale_models",
+    "controlnet",
+    "diffusion_models",
+    "text_encoders",
+    "clip",
+    "clip_vision",
+    "unet",
+)
+CAPABILITY_REFRESH_S = 300.0
+
+
+@dataclass
+class InstanceState:
+    config: Instance
+    client: ComfyClient
+    health: InstanceHealth = field(default_factory=InstanceHealth)
+    node_classes: frozenset[str] = frozenset()
+    models: dict[str, frozenset[str]] = field(default_factory=dict)
+    capabilities_at: float = 0.0
+    running: int = 0  # jobs this replica runs on it now
+
+    @property
+    def capabilities_known(self) -> bool:
+        return self.capabilities_at > 0
+
+    @property
+    def available(self) -> bool:
+        return self.config.enabled and self.health.up
+
+    def missing(self, requirements: Requirements) -> list[str]:
+        """What this instance lacks to run a workflow with `requirements` (empty: it can run it)."""
+        lacks = [f"node class {name}" for name in requirements.node_classes if name not in self.node_classes]
+        for model in requirements.models:
+            if model.name not in self.models.get(model.folder, frozenset()):
+                lacks.append(f"model {model.folder}/{model.name}")
+        return lacks
+
+    def can_run(self, requirements: Requirements) -> bool:
+        return self.capabilities_known and not self.missing(requirements)
+
+
+class Pool:
+    def __init__(self, *, health_interval_s: float, http_timeout_s: float = 5.0) -> None:
+        self.health_interval_s = health_interval_s
+        self.http_timeout_s = http_timeout_s
+        self.states: dict[str, InstanceState] = {}
+        self.wanted_folders: set[str] = set(COMMON_MODEL_FOLDERS)
+        # Set whenever something that could let a waiting job start changes (an instance up, a slot freed).
+        self.changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+
+    async def set_instances(self, instances: list[Instance]) -> None:
+        """Adopt the configured instances, keeping what is known of those that did not change."""
+        fresh: dict[str, InstanceState] = {}
+        for config in instances:
+            old = self.states.get(config.name)
+            if old is not None and (old.config.base_url, old.config.auth_header) == (
+                config.base_url,
+                config.auth_header,
+            ):
+                old.config = config
+                fresh[config.name] = old
+            else:
+                if old is not None:
+                    await old.client.aclose()
+                fresh[config.name] = InstanceState(
+                    config=config,
+                    client=ComfyClient(config.base_url, auth_header=config.auth_header, timeout_s=self.http_timeout_s),
+                )
+        for name, old in self.states.items():
+            if name not in fresh:
+                await old.client.aclose()
+        self.states = fresh
+        await asyncio.gather(*(self.probe(state) for state in fresh.values() if state.config.enabled))
+        self.notify()
+
+    async def close(self) -> None:
+        for state in self.states.values():
+            await state.client.aclose()
+
+    def want_folders(self, requirements: Requirements) -> None:
+        new = {m.folder for m in requirements.models} - self.wanted_folders
+        if new:
+            self.wanted_folders |= new
+            for state in self.states.values():
+                state.capabilities_at = 0.0 if state.health.up else state.capabilities_at
+
+    async def probe(self, state: InstanceState) -> None:
+        """One health check; capabilities are read when the instance comes up or they are stale."""
+        was_up = state.health.up
+        started = time.perf_counter()
+        try:
+            info = await state.client.system_stats()
+            queue = await state.client.queue()
+            latency_ms = (time.perf_counter() - started) * 1000
+            if not was_up or time.time() - state.capabilities_at > CAPABILITY_REFRESH_S:
+                await self._read_capabilities(state)
+        except ComfyError as exc:
+            self.mark_down(state, str(exc))
+            return
+        state.health = InstanceHealth(
+            up=True,
+            checked_at=time.time(),
+            latency_ms=round(latency_ms, 2),
+            device=info.device_name,
+            vram_total=info.vram_total,
+            vram_free=info.vram_free,
+            queue_remaining=len(queue.running) + len(queue.pending),
+            comfyui_version=info.comfyui_version,
+            node_class_count=len(state.node_classes),
+            models=[ModelRef(folder=f, name=n) for f, names in sorted(state.models.items()) for n in sorted(names)],
+        )
+        if not was_up:
+            log.info("instance up", instance=state.config.name, url=state.config.base_url)
+            self.notify()
+
+    async def _read_capabilities(self, state: InstanceState) -> None:
+        object_info = await state.client.object_info()
+        folders = sorted(self.wanted_folders)
+        lists = await asyncio.gather(*(state.client.models(folder) for folder in folders))
+        state.node_classes = frozenset(object_info)
+        state.models = {folder: frozenset(names) for folder, names in zip(folders, lists, strict=True) if names}
+        state.capabilities_at = time.time()
+
+    def mark_down(self, state: InstanceState, reason: str) -> None:
+        if state.health.up:
+            log.warning("instance down", instance=state.config.name, reason=reason)
+        state.health = InstanceHealth(
+            up=False,
+            checked_at=time.time(),
+            last_error=reason,
+            node_class_count=len(state.node_classes),
+            models=state.health.models,
+        )
+
+    async def health_loop(self) -> None:
+        while True:
+            states = [s for s in self.states.values() if s.config.enabled]
+            await asyncio.gather(*(self.probe(s) for s in states))
+            await asyncio.sleep(self.health_interval_s)
+
+    def candidates(self, requirements: Requirements) -> list[InstanceState]:
+        """Up, enabled instances able to run `requirements`, best first: most free capacity, then weight."""
+        able = [s for s in self.states.values() if s.available and s.can_run(requirements)]
+        return sorted(
+            able,
+            key=lambda s: (s.running / s.config.slots, -s.config.weight, s.health.latency_ms or 0.0),
+        )
+
+    def why_never(self, requirements: Requirements) -> str | None:
+        """A reason when no configured instance could ever run `requirements`; None while one might."""
+        enabled = [s for s in self.states.values() if s.config.enabled]
+        if not enabled:
+            return "no ComfyUI instance is configured and enabled; add one in the admin UI (Instances)"
+        if any(not s.capabilities_known for s in enabled):
+            return None  # an instance we have not been able to read yet may have what it takes
+        lacking = {s.config.name: s.missing(requirements) for s in enabled}
+        if all(lacking.values()):
+            detail = "; ".join(f"{name} lacks {', '.join(what)}" for name, what in lacking.items())
+            return f"no ComfyUI instance can run this render type: {detail}"
+        return None

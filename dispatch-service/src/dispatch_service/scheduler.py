@@ -1,0 +1,448 @@
+"""Scheduling: jobs are pulled from the JetStream job stream when an instance can take one, then run.
+
+Strategies:
+- `pull` (default): the dispatcher fetches the next job only when some healthy instance has a free slot, and
+  gives it to the best free instance that can run it (holds its node classes and models). A faster instance
+  frees its slots sooner and so takes more jobs; no compatible job waits while a compatible slot is idle.
+- `round_robin`: jobs are bound to instances in turn as they arrive, whatever their speed (for comparison).
+
+A job that no free instance can take right now is handed back to the stream (NAK with a short delay) so any
+replica can place it as soon as a slot frees. While a job runs, its stream message is kept alive
+(`in_progress`) and its slot lease refreshed; if the dispatcher dies, both expire and the job is run again
+elsewhere. An instance that fails or hangs is marked down and the job retried on another instance, up to
+`max_attempts`, with the reasons kept on the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import tempfile
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+
+from contracts.messages.events import (
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobProgress,
+    JobRetrying,
+    JobStarted,
+    OutputStored,
+)
+from contracts.messages.jobs import OutputFile
+from contracts.runtime.config import Settings
+from contracts.runtime.logs import get_logger
+from contracts.runtime.storage import OutputStorage
+from contracts.streams import JOBS_STREAM, job_subject
+from dispatch_service.comfyui import (
+    ComfyError,
+    ComfyExecutionFailed,
+    ComfyInterrupted,
+    ComfyRejected,
+    ComfyUnavailable,
+    ProgressUpdate,
+    RunResult,
+)
+from dispatch_service.events import EventPublisher
+from dispatch_service.jobs import JobStore, is_final, requirements_of, timings_of
+from dispatch_service.leases import Lease, SlotLeases
+from dispatch_service.pool import InstanceState, Pool
+
+log = get_logger("scheduler")
+
+CONSUMER = "dispatch"
+RETRY_DELAY_S = 0.2
+PROGRESS_WRITE_EVERY_S = 0.5
+
+
+class JobMessage(msgspec.Struct):
+    job_id: str
+
+
+class _Slot:
+    """One taken slot of an instance; freeing it (once) lets the next job start there."""
+
+    def __init__(self, scheduler: Scheduler, state: InstanceState, lease: Lease) -> None:
+        self._scheduler = scheduler
+        self._state = state
+        self._lease = lease
+        self._freed = False
+
+    @property
+    def freed(self) -> bool:
+        return self._freed
+
+    @property
+    def instance(self) -> str:
+        return self._state.config.name
+
+    async def refresh(self, holder: bytes) -> bool:
+        return await self._lease.refresh(holder)
+
+    async def free(self) -> None:
+        if self._freed:
+            return
+        self._freed = True
+        self._state.running -= 1
+        self._scheduler.pool.notify()
+        await self._lease.release()
+
+
+@dataclass
+class _Running:
+    job_id: str
+    instance: str
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        js: JetStreamContext,
+        pool: Pool,
+        leases: SlotLeases,
+        store: JobStore,
+        events: EventPublisher,
+        storage: OutputStorage,
+    ) -> None:
+        self.settings = settings
+        self.js = js
+        self.pool = pool
+        self.leases = leases
+        self.store = store
+        self.events = events
+        self.storage = storage
+        self.holder = f"{socket.gethostname()}:{os.getpid()}".encode()
+        self.running: dict[str, _Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscription: Any = None
+        self._rotation = itertools.count()
+        self._bound: dict[str, deque[Msg]] = defaultdict(deque)  # round_robin: jobs waiting for their instance
+
+    # -- queue ------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._subscription = await self.js.pull_subscribe(
+            job_subject("*"),
+            durable=CONSUMER,
+            stream=JOBS_STREAM,
+            config=ConsumerConfig(
+                durable_name=CONSUMER,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.settings.dispatch_takeover_s,
+                max_deliver=-1,  # attempts are counted on the job, with their reasons
+                max_ack_pending=10_000,
+            ),
+        )
+
+    async def enqueue(self, job_id: str) -> None:
+        """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream."""
+        await self.js.publish(
+            job_subject(job_id), msgspec.json.encode(JobMessage(job_id)), headers={"Nats-Msg-Id": job_id}
+        )
+
+    def _has_free_slot(self) -> bool:
+        return any(s.available and s.running < s.config.slots for s in self.pool.states.values())
+
+    async def run(self) -> None:
+        """The fetch-and-place loop of this replica."""
+        while True:
+            if self.settings.dispatch_strategy == "pull" and not self._has_free_slot():
+                self.pool.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.pool.changed.wait(), timeout=0.5)
+                continue
+            try:
+                messages = await self._subscription.fetch(1, timeout=1.0)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            for msg in messages:
+                try:
+                    await self._place(msg)
+                except Exception:
+                    log.exception("could not place a job; it will be delivered again")
+                    await msg.nak(delay=1.0)
+
+    async def _place(self, msg: Msg) -> None:
+        job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
+        row = await self.store.get(job_id)
+        if row is None:
+            log.error("job message without a job row; dropped", job_id=job_id)
+            await msg.ack()
+            return
+        if is_final(row):  # cancelled (or finished) while it waited
+            await msg.ack()
+            return
+        requirements = requirements_of(row)
+        self.pool.want_folders(requirements)
+        never = self.pool.why_never(requirements)
+        if never:
+            await self.fail(row, never)
+            await msg.ack()
+            return
+        if self.settings.dispatch_strategy == "round_robin":
+            chosen = self._next_in_rotation(row)
+            if chosen is not None:
+                self._bind(chosen, msg)
+                return
+        for state in self.pool.candidates(requirements):
+            lease = await self.leases.try_take(state.config.name, state.config.slots, self.holder)
+            if lease is not None:
+                self._start(msg, row, state, lease)
+                return
+        await msg.nak(delay=RETRY_DELAY_S)
+
+    def _start(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
+        state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
+        self._spawn(self._run(msg, row, state, lease))
+
+    def _next_in_rotation(self, row: dict[str, Any]) -> InstanceState | None:
+        """round_robin: the next instance in a fixed order that can run the job, busy or not."""
+        requirements = requirements_of(row)
+        able = [s for _, s in sorted(self.pool.states.items()) if s.available and s.can_run(requirements)]
+        if not able:
+            return None
+        return able[next(self._rotation) % len(able)]
+
+    def _bind(self, state: InstanceState, msg: Msg) -> None:
+        queue = self._bound[state.config.name]
+        queue.append(msg)
+        if len(queue) == 1:  # no drainer is running for this instance yet
+            self._spawn(self._drain_bound(state))
+
+    async def _drain_bound(self, state: InstanceState) -> None:
+        """round_robin: run the jobs bound to `state` as its slots free up, keeping their messages alive."""
+        queue = self._bound[state.config.name]
+        kept_alive = time.monotonic()
+        while queue:
+            lease = await self.leases.try_take(state.config.name, state.config.slots, self.holder)
+            if lease is None:
+                if time.monotonic() - kept_alive > self.settings.dispatch_takeover_s / 4:
+                    kept_alive = time.monotonic()
+                    for waiting in list(queue):
+                        await waiting.in_progress()
+                self.pool.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.pool.changed.wait(), timeout=0.05)
+                continue
+            msg = queue.popleft()
+            row = await self.store.get(msgspec.json.decode(msg.data, type=JobMessage).job_id)
+            if row is None or is_final(row):
+                await lease.release()
+                await msg.ack()
+                continue
+            self._start(msg, row, state, lease)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Stop running jobs' bookkeeping: their messages are not acked, so another dispatcher takes them."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    # -- running one job ----------------------------------------------------------------------------
+
+    async def _run(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
+        job_id = row["job_id"]
+        attempt = row["attempts"] + 1
+        started = row["started_at"] or time.time()
+        claimed = await self.store.transition(
+            job_id,
+            ("accepted", "queued", "running"),
+            status="running",
+            instance=state.config.name,
+            attempts=attempt,
+            started_at=started,
+            progress_value=0,
+            progress_max=0,
+        )
+        slot = _Slot(self, state, lease)
+        if not claimed:  # cancelled between fetch and start
+            await slot.free()
+            await msg.ack()
+            return
+        running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
+        keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
+        bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
+        try:
+            workflow = await self._with_input_image(row, state)
+            prompt_id = f"{job_id}-{attempt}"
+            await self.events.publish(
+                JobStarted, job_id=job_id, instance=state.config.name, attempt=attempt, comfy_prompt_id=prompt_id
+            )
+            bound_log.info("job started")
+            result = await state.client.run(
+                workflow,
+                prompt_id=prompt_id,
+                on_progress=self._progress_writer(job_id, state.config.name),
+                stall_timeout_s=self.settings.dispatch_stall_timeout_s,
+                total_timeout_s=self.settings.dispatch_job_timeout_s,
+                cancelled=running.cancel,
+            )
+            # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
+            await slot.free()
+            outputs = await self._store_outputs(job_id, state, result)
+            await self._complete(job_id, state.config.name, outputs)
+            bound_log.info("job completed", outputs=len(outputs))
+            await msg.ack()
+        except ComfyInterrupted as exc:
+            if running.cancel.is_set():
+                await self._cancelled(job_id, state.config.name, "cancelled by request")
+            else:
+                await self.fail(await self.store.require(job_id), f"interrupted on {state.config.name}: {exc}")
+            await msg.ack()
+        except (ComfyRejected, ComfyExecutionFailed) as exc:
+            bound_log.warning("job failed on the instance", error=str(exc))
+            await self.fail(await self.store.require(job_id), str(exc))
+            await msg.ack()
+        except ComfyUnavailable as exc:
+            self.pool.mark_down(state, str(exc))
+            await self._retry_or_fail(msg, job_id, state.config.name, attempt, str(exc))
+        except ComfyError as exc:  # e.g. an output that can no longer be fetched
+            await self.fail(await self.store.require(job_id), f"{state.config.name}: {exc}")
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
+        except Exception as exc:
+            bound_log.exception("job crashed the runner")
+            await self.fail(await self.store.require(job_id), f"internal dispatcher error: {type(exc).__name__}")
+            await msg.ack()
+        finally:
+            keep_alive.cancel()
+            self.running.pop(job_id, None)
+            await asyncio.shield(slot.free())
+
+    async def _keep_alive(self, msg: Msg, slot: _Slot) -> None:
+        """While the job is ours: keep its message from being redelivered, and its slot lease alive."""
+        every = self.settings.dispatch_takeover_s / 4
+        while True:
+            await asyncio.sleep(every)
+            await msg.in_progress()
+            if not slot.freed and not await slot.refresh(self.holder):
+                log.warning("slot lease lost while a job ran", instance=slot.instance)
+
+    async def _with_input_image(self, row: dict[str, Any], state: InstanceState) -> dict[str, Any]:
+        """Upload the job's input image to the instance under the name the workflow was resolved with."""
+        if row["input_image_id"]:
+            stored = await self.storage.info(row["input_image_id"])
+            if stored is None:
+                raise ComfyError("the job's input image is no longer in storage")
+            data = b"".join([chunk async for chunk in self.storage.read(row["input_image_id"])])
+            await state.client.upload_image(data, stored.filename, subfolder="hub", overwrite=True)
+        return row["workflow"]
+
+    def _progress_writer(self, job_id: str, instance: str):  # type: ignore[no-untyped-def]
+        last_write = 0.0
+
+        async def on_progress(update: ProgressUpdate) -> None:
+            nonlocal last_write
+            await self.events.publish(
+                JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
+            )
+            now = time.monotonic()
+            if now - last_write >= PROGRESS_WRITE_EVERY_S or update.value >= update.max:
+                last_write = now
+                await self.store.set(job_id, progress_value=update.value, progress_max=update.max)
+
+        return on_progress
+
+    async def _store_outputs(self, job_id: str, state: InstanceState, result: RunResult) -> list[OutputFile]:
+        stored: list[OutputFile] = []
+        # Saved files are the result; previews (type "temp") only when a workflow saves nothing.
+        saved = [ref for ref in result.outputs if ref.type == "output"]
+        for ref in saved or result.outputs:
+            async with state.client.open_output(ref) as stream:
+                with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+                    async for chunk in stream.chunks():
+                        spool.write(chunk)
+                    spool.seek(0)
+                    output = await self.storage.save(
+                        spool,  # type: ignore[arg-type]
+                        filename=ref.filename,
+                        content_type=stream.content_type,
+                        job_id=job_id,
+                    )
+            stored.append(output)
+            await self.events.publish(OutputStored, job_id=job_id, instance=state.config.name, output=output)
+        return stored
+
+    async def _complete(self, job_id: str, instance: str, outputs: list[OutputFile]) -> None:
+        finished = time.time()
+        await self.store.transition(
+            job_id, ("running",), status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
+        )
+        row = await self.store.require(job_id)
+        await self.events.publish(
+            JobCompleted, job_id=job_id, instance=instance, outputs=outputs, timings=timings_of(row)
+        )
+
+    async def _cancelled(self, job_id: str, instance: str | None, reason: str) -> None:
+        await self.store.set(job_id, status="cancelled", finished_at=time.time(), error=reason)
+        row = await self.store.require(job_id)
+        await self.events.publish(
+            JobCancelled, job_id=job_id, instance=instance, reason=reason, timings=timings_of(row)
+        )
+
+    async def fail(self, row: dict[str, Any], reason: str) -> None:
+        job_id = row["job_id"]
+        changed = await self.store.transition(
+            job_id, ("accepted", "queued", "running"), status="failed", finished_at=time.time(), error=reason
+        )
+        if changed:
+            row = await self.store.require(job_id)
+            log.warning("job failed", job_id=job_id, reason=reason)
+            await self.events.publish(
+                JobFailed, job_id=job_id, instance=row["instance"], error=reason, timings=timings_of(row)
+            )
+
+    async def _retry_or_fail(self, msg: Msg, job_id: str, instance: str, attempt: int, reason: str) -> None:
+        row = await self.store.require(job_id)
+        failures = [*(row["failures"] or []), {"instance": instance, "reason": reason, "at": time.time()}]
+        await self.store.set(job_id, failures=failures)
+        if attempt >= self.settings.dispatch_max_attempts:
+            summary = "; ".join(f"{f['instance']}: {f['reason']}" for f in failures)
+            await self.fail(await self.store.require(job_id), f"gave up after {attempt} attempts ({summary})")
+            await msg.ack()
+            return
+        await self.store.transition(job_id, ("running",), status="queued", instance=None)
+        await self.events.publish(JobRetrying, job_id=job_id, instance=instance, attempt=attempt, reason=reason)
+        log.warning("job will be retried on another instance", job_id=job_id, instance=instance, reason=reason)
+        await msg.nak()
+
+    # -- cancellation -------------------------------------------------------------------------------
+
+    def cancel_running(self, job_id: str) -> bool:
+        running = self.running.get(job_id)
+        if running is None:
+            return False
+        running.cancel.set()
+        return True
+
+    async def cancel_queued(self, row: dict[str, Any], reason: str) -> bool:
+        if await self.store.transition(row["job_id"], ("accepted", "queued"), status="cancelled", error=reason,
+                                       finished_at=time.time()):  # fmt: skip
+            fresh = await self.store.require(row["job_id"])
+            await self.events.publish(
+                JobCancelled, job_id=row["job_id"], instance=None, reason=reason, timings=timings_of(fresh)
+            )
+            return True
+        return False

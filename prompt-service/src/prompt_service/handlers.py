@@ -1,0 +1,73 @@
+"""NATS transport of the prompt service: each subject mapped to the domain call that answers it."""
+
+from __future__ import annotations
+
+from contracts import subjects
+from contracts.envelope import Empty
+from contracts.messages.styles import (
+    BuildPrompt,
+    BuiltPrompt,
+    DeleteStyle,
+    ExportStyles,
+    GetLlmSettings,
+    GetStyle,
+    ImportReport,
+    ImportStyles,
+    ListLlmModels,
+    ListStyles,
+    LlmSettings,
+    SaveLlmSettings,
+    SaveStyle,
+    Style,
+    StyleExport,
+    StyleList,
+    TestEnhance,
+)
+from contracts.runtime.service import ServiceRuntime
+from prompt_service import settings_store, styles
+from prompt_service.builder import PromptBuilder
+
+
+def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
+    async def list_styles(req: ListStyles) -> StyleList:
+        return StyleList(styles=await styles.list_styles(req))
+
+    async def get_style(req: GetStyle) -> Style:
+        return await styles.get_style(req.name)
+
+    async def save_style(req: SaveStyle) -> Style:
+        return await styles.save_style(req)
+
+    async def delete_style(req: DeleteStyle) -> Empty:
+        await styles.delete_style(req.name)
+        return Empty()
+
+    async def import_styles(req: ImportStyles) -> ImportReport:
+        return await styles.import_styles(req)
+
+    async def export_styles(req: ExportStyles) -> StyleExport:
+        return await styles.export_styles(req)
+
+    async def build(req: BuildPrompt) -> BuiltPrompt:
+        return await builder.build(req)
+
+    async def get_llm_settings(_req: GetLlmSettings) -> LlmSettings:
+        return settings_store.masked(await settings_store.load_llm_settings())
+
+    async def save_llm_settings(req: SaveLlmSettings) -> LlmSettings:
+        return settings_store.masked(await settings_store.save_llm_settings(req.settings))
+
+    p = subjects.Prompt
+    runtime.endpoint(p.STYLES_LIST, ListStyles, list_styles)
+    runtime.endpoint(p.STYLES_GET, GetStyle, get_style)
+    runtime.endpoint(p.STYLES_SAVE, SaveStyle, save_style)
+    runtime.endpoint(p.STYLES_DELETE, DeleteStyle, delete_style)
+    runtime.endpoint(p.STYLES_IMPORT, ImportStyles, import_styles)
+    runtime.endpoint(p.STYLES_EXPORT, ExportStyles, export_styles)
+    runtime.endpoint(p.BUILD, BuildPrompt, build)
+    # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
+    runtime.endpoint(p.PREVIEW, BuildPrompt, build)
+    runtime.endpoint(p.LLM_SETTINGS_GET, GetLlmSettings, get_llm_settings)
+    runtime.endpoint(p.LLM_SETTINGS_SAVE, SaveLlmSettings, save_llm_settings)
+    runtime.endpoint(p.LLM_MODELS, ListLlmModels, builder.models)
+    runtime.endpoint(p.LLM_TEST, TestEnhance, builder.test)

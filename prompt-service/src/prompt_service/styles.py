@@ -1,0 +1,298 @@
+"""The style library in the service's database: listing, saving, deleting, importing, exporting, and the
+starter set loaded on the very first start.
+
+Names are unique regardless of case (`name_key`); every multi-row write is one IMMEDIATE transaction, so a
+failed import or a racing replica never leaves half a change behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib import resources
+from typing import Any
+
+import msgspec
+
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.render_types import RenderTypeName
+from contracts.messages.styles import (
+    ExportStyles,
+    ImportReport,
+    ImportStyles,
+    ListStyles,
+    SaveStyle,
+    SkippedStyle,
+    Style,
+    StyleExport,
+)
+from prompt_service import library
+from prompt_service.composition import SLOT, listing_order, misspelt_slot, name_key, name_list, suits
+from prompt_service.db import transaction
+from prompt_service.settings_store import read_setting, write_setting
+from prompt_service.tables import StyleTable
+
+STARTER_FLAG = "starter_styles_loaded"
+_INSERT_BATCH = 200
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _from_row(row: dict[str, Any]) -> Style:
+    return Style(
+        name=row["name"],
+        positive=row["positive"],
+        negative=row["negative"],
+        category=row["category"],
+        render_types=json.loads(row["render_types"] or "[]"),
+        is_default=bool(row["is_default"]),
+        enabled=bool(row["enabled"]),
+        sort_order=row["sort_order"],
+        description=row["description"],
+    )
+
+
+def _columns(style: Style) -> dict[Any, Any]:
+    return {
+        StyleTable.name: style.name,
+        StyleTable.name_key: name_key(style.name),
+        StyleTable.category: style.category,
+        StyleTable.positive: style.positive,
+        StyleTable.negative: style.negative,
+        StyleTable.render_types: json.dumps(style.render_types),
+        StyleTable.is_default: style.is_default,
+        StyleTable.enabled: style.enabled,
+        StyleTable.sort_order: style.sort_order,
+        StyleTable.description: style.description,
+        StyleTable.updated_at: _now(),
+    }
+
+
+def _new_row(style: Style) -> StyleTable:
+    return StyleTable(**{column._meta.name: value for column, value in _columns(style).items()})
+
+
+async def all_styles() -> list[Style]:
+    rows = await StyleTable.select().run()
+    return sorted((_from_row(r) for r in rows), key=listing_order)
+
+
+async def candidates(requested: list[str] | None) -> list[Style]:
+    """The styles a build may use: those named, or the defaults; cheap however large the library is."""
+    if requested is None:
+        rows = await StyleTable.select().where(StyleTable.is_default == True).run()  # noqa: E712
+    elif requested:
+        rows = await StyleTable.select().where(StyleTable.name_key.is_in([name_key(n) for n in requested])).run()
+    else:
+        rows = []
+    return [_from_row(r) for r in rows]
+
+
+async def find(name: str) -> Style | None:
+    row = await StyleTable.select().where(StyleTable.name_key == name_key(name)).first().run()
+    return _from_row(row) if row else None
+
+
+async def list_styles(req: ListStyles) -> list[Style]:
+    styles = await all_styles()
+    if req.category is not None:
+        styles = [s for s in styles if name_key(s.category) == name_key(req.category)]
+    if req.render_type is not None:
+        styles = [s for s in styles if suits(s, req.render_type)]
+    if not req.include_disabled:
+        styles = [s for s in styles if s.enabled]
+    return styles
+
+
+async def get_style(name: str) -> Style:
+    style = await find(name)
+    if style is None:
+        raise await _not_found(name)
+    return style
+
+
+async def _not_found(name: str) -> HubError:
+    names = [s.name for s in await all_styles()]
+    return HubError(
+        ErrorCode.NOT_FOUND,
+        f"no style named '{name}'; existing styles: {name_list(names)}",
+        field="name",
+        details={"valid": names},
+    )
+
+
+def checked(style: Style, field: str = "style") -> Style:
+    """The style with tidy name, category and render types; a clear error for what cannot be right."""
+    name = " ".join(style.name.split())
+    if not name:
+        raise HubError(ErrorCode.INVALID_REQUEST, "the style name is blank", field=f"{field}.name")
+    for key, text in (("positive", style.positive), ("negative", style.negative)):
+        odd = misspelt_slot(text)
+        if odd:
+            raise HubError(
+                ErrorCode.INVALID_REQUEST,
+                f"`{key}` contains {odd!r}; write the slot exactly as {SLOT}",
+                field=f"{field}.{key}",
+            )
+    render_types: list[str] = []
+    for index, raw in enumerate(style.render_types):
+        value = raw.strip().lower()
+        try:
+            msgspec.convert(value, RenderTypeName)
+        except msgspec.ValidationError:
+            raise HubError(
+                ErrorCode.INVALID_REQUEST,
+                f"{raw!r} is not a render type name (lowercase letters, digits, '-', '_' or '.', e.g. 'sdxl')",
+                field=f"{field}.render_types[{index}]",
+            ) from None
+        if value not in render_types:
+            render_types.append(value)
+    category = " ".join(style.category.split())
+    if len(category) > 80:
+        message = "the category is longer than 80 characters"
+        raise HubError(ErrorCode.INVALID_REQUEST, message, field=f"{field}.category")
+    return msgspec.structs.replace(
+        style,
+        name=name,
+        positive=style.positive.strip() or SLOT,
+        negative=style.negative.strip(),
+        category=category,
+        render_types=render_types,
+        description=style.description.strip(),
+    )
+
+
+async def save_style(req: SaveStyle) -> Style:
+    """Create a style (`original_name` None) or update/rename the one named `original_name`."""
+    style = checked(req.style)
+    async with transaction():
+        clash = (
+            await StyleTable.select(StyleTable.id, StyleTable.name)
+            .where(StyleTable.name_key == name_key(style.name))
+            .first()
+            .run()
+        )
+        if req.original_name is None:
+            if clash:
+                raise HubError(
+                    ErrorCode.CONFLICT,
+                    f"a style named '{clash['name']}' exists already; choose another name, or edit that style",
+                    field="style.name",
+                )
+            await StyleTable.insert(_new_row(style)).run()
+            return style
+        current = (
+            await StyleTable.select(StyleTable.id)
+            .where(StyleTable.name_key == name_key(req.original_name))
+            .first()
+            .run()
+        )
+        if current is None:
+            raise await _not_found(req.original_name)
+        if clash and clash["id"] != current["id"]:
+            raise HubError(
+                ErrorCode.CONFLICT,
+                f"cannot rename '{req.original_name}' to '{style.name}': a style named '{clash['name']}' exists",
+                field="style.name",
+            )
+        await StyleTable.update(_columns(style)).where(StyleTable.id == current["id"]).run()
+    return style
+
+
+async def delete_style(name: str) -> None:
+    async with transaction():
+        found = await StyleTable.exists().where(StyleTable.name_key == name_key(name)).run()
+        if not found:
+            raise await _not_found(name)
+        await StyleTable.delete().where(StyleTable.name_key == name_key(name)).run()
+
+
+async def import_styles(req: ImportStyles) -> ImportReport:
+    """All of a file or nothing: the file is read in full first, then written in one transaction."""
+    entries = library.parse(req.format, req.content, " ".join(req.category.split()))
+    report = ImportReport(dry_run=req.dry_run)
+    async with transaction():
+        existing = {name_key(s.name): s for s in await all_styles()}
+        next_order = max((s.sort_order for s in existing.values()), default=0) + 1
+        first_seen: dict[str, str] = {}
+        new_rows: list[StyleTable] = []
+        for entry in entries:
+            style = entry.style
+            key = name_key(style.name)
+            if key in first_seen:
+                reason = f"{entry.where}: same name as {first_seen[key]} of the file, which was used"
+                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
+                continue
+            first_seen[key] = entry.where
+            stored = existing.get(key)
+            if stored is None:
+                new_rows.append(_new_row(msgspec.structs.replace(style, sort_order=next_order)))
+                next_order += 1
+                report.added.append(style.name)
+                continue
+            if req.on_conflict == "skip":
+                reason = f"a style named '{stored.name}' exists; on_conflict=skip keeps it (use update to replace)"
+                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
+                continue
+            updated = msgspec.structs.replace(
+                stored,
+                positive=style.positive,
+                negative=style.negative,
+                category=style.category or stored.category,
+            )
+            if updated == stored:
+                reason = f"identical to the stored style '{stored.name}'"
+                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
+                continue
+            report.updated.append(stored.name)
+            if not req.dry_run:
+                await StyleTable.update(_columns(updated)).where(StyleTable.name_key == key).run()
+        if not req.dry_run:
+            for start in range(0, len(new_rows), _INSERT_BATCH):
+                await StyleTable.insert(*new_rows[start : start + _INSERT_BATCH]).run()
+    return report
+
+
+async def export_styles(req: ExportStyles) -> StyleExport:
+    styles = await all_styles()
+    if req.names is not None:
+        by_key = {name_key(s.name): s for s in styles}
+        unknown = [n for n in req.names if name_key(n) not in by_key]
+        if unknown:
+            valid = [s.name for s in styles]
+            raise HubError(
+                ErrorCode.NOT_FOUND,
+                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; existing styles: "
+                f"{name_list(valid)}",
+                field="names",
+                details={"unknown": unknown, "valid": valid},
+            )
+        wanted = {name_key(n) for n in req.names}
+        styles = [s for s in styles if name_key(s.name) in wanted]
+    return StyleExport(
+        format=req.format,
+        filename=library.FILENAMES[req.format],
+        content=library.export(req.format, styles),
+        count=len(styles),
+    )
+
+
+def starter_styles() -> list[Style]:
+    """The styles shipped with the service (starter_styles.json beside this module)."""
+    raw = resources.files("prompt_service").joinpath("starter_styles.json").read_bytes()
+    return [checked(s) for s in msgspec.json.decode(raw, type=list[Style])]
+
+
+async def load_starter_styles() -> int:
+    """Add the starter styles on the service's very first start; never again, even if they are deleted."""
+    async with transaction():
+        if await read_setting(STARTER_FLAG) is not None:
+            return 0
+        taken = {name_key(s.name) for s in await all_styles()}
+        rows = [_new_row(s) for s in starter_styles() if name_key(s.name) not in taken]
+        if rows:
+            await StyleTable.insert(*rows).run()
+        await write_setting(STARTER_FLAG, {"at": _now().isoformat(), "count": len(rows)})
+    return len(rows)

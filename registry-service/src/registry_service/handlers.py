@@ -1,0 +1,63 @@
+"""NATS transport of the registry: one thin handler per subject, the work is done in the domain modules."""
+
+from __future__ import annotations
+
+from contracts.messages.render_types import (
+    AnalyzeWorkflow,
+    DeletedRenderType,
+    DeleteRenderType,
+    GetRenderType,
+    GetRenderTypeHistory,
+    ListRenderTypes,
+    RenderType,
+    RenderTypeHistory,
+    RenderTypeList,
+    ResolvedWorkflow,
+    ResolveRenderType,
+    RollbackRenderType,
+    SaveRenderType,
+    SetDefaultRenderType,
+    WorkflowAnalysis,
+)
+from registry_service.analysis import analyze_json
+from registry_service.definition import summary
+from registry_service.resolver import Resolver
+from registry_service.store import RenderTypeStore
+
+
+class RegistryHandlers:
+    def __init__(self, store: RenderTypeStore, resolver: Resolver) -> None:
+        self.store = store
+        self.resolver = resolver
+
+    async def list(self, request: ListRenderTypes) -> RenderTypeList:
+        render_types = await self.store.all(include_disabled=request.include_disabled)
+        return RenderTypeList(render_types=[summary(r) for r in render_types])
+
+    async def get(self, request: GetRenderType) -> RenderType:
+        return await self.store.get(request.name)
+
+    async def save(self, request: SaveRenderType) -> RenderType:
+        return await self.store.save(
+            request.render_type, original_name=request.original_name, changed_by=request.changed_by, note=request.note
+        )
+
+    async def delete(self, request: DeleteRenderType) -> DeletedRenderType:
+        return await self.store.delete(request.name, expected_version=request.expected_version)
+
+    async def set_default(self, request: SetDefaultRenderType) -> RenderType:
+        return await self.store.set_default(request.name)
+
+    async def history(self, request: GetRenderTypeHistory) -> RenderTypeHistory:
+        return await self.store.history(request.name, include_snapshots=request.include_snapshots)
+
+    async def rollback(self, request: RollbackRenderType) -> RenderType:
+        return await self.store.rollback(
+            request.name, request.version, changed_by=request.changed_by, expected_version=request.expected_version
+        )
+
+    async def analyze(self, request: AnalyzeWorkflow) -> WorkflowAnalysis:
+        return analyze_json(request.workflow_json, request.parameter_map)
+
+    async def resolve(self, request: ResolveRenderType) -> ResolvedWorkflow:
+        return await self.resolver.resolve(request)

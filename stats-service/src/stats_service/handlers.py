@@ -1,0 +1,82 @@
+"""NATS transport of the stats service: each subject calls one domain function."""
+
+from __future__ import annotations
+
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.messages.jobs import DeletedOutputs, DeleteOutputs
+from contracts.messages.stats import (
+    ExportLog,
+    Figures,
+    GenerationRecord,
+    GetGeneration,
+    GetRetention,
+    LogExport,
+    LogPage,
+    QueryFigures,
+    QueryLog,
+    RetentionPolicy,
+    RetentionReport,
+    RunRetention,
+    SaveRetention,
+)
+from contracts.runtime.bus import request
+from contracts.runtime.service import ServiceRuntime
+from stats_service import export, generation_log, retention
+
+REPLY_OVERHEAD = 64 * 1024  # room in a reply for the envelope and the fields besides the exported content
+
+
+def output_remover(runtime: ServiceRuntime) -> retention.OutputRemover:
+    """Deleting output files means asking their owner, the dispatcher."""
+
+    async def remove(output_ids: list[str]) -> DeletedOutputs:
+        return await request(
+            runtime.nc,
+            subjects.Dispatch.OUTPUTS_DELETE,
+            DeleteOutputs(output_ids=output_ids),
+            DeletedOutputs,
+            timeout=runtime.settings.request_timeout_s,
+        )
+
+    return remove
+
+
+def export_budget(nc: NatsClient) -> int:
+    """Bytes of exported content one reply may carry: the server's message size limit less some room."""
+    return max(nc.max_payload - REPLY_OVERHEAD, 64 * 1024)
+
+
+def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler) -> None:
+    async def query_log(req: QueryLog) -> LogPage:
+        return await generation_log.query_log(req)
+
+    async def get_generation(req: GetGeneration) -> GenerationRecord:
+        return await generation_log.get_generation(req)
+
+    async def query_figures(req: QueryFigures) -> Figures:
+        return await generation_log.query_figures(req)
+
+    async def export_log(req: ExportLog) -> LogExport:
+        return await export.export_log(req, max_bytes=export_budget(runtime.nc))
+
+    async def get_retention(_req: GetRetention) -> RetentionPolicy:
+        return await retention.get_policy()
+
+    async def save_retention(req: SaveRetention) -> RetentionPolicy:
+        saved = await retention.save_policy(req.policy)
+        scheduler.wake()
+        return saved
+
+    async def run_retention(req: RunRetention) -> RetentionReport:
+        return await scheduler.run_now(dry_run=req.dry_run)
+
+    stats = subjects.Stats
+    runtime.endpoint(stats.LOG_QUERY, QueryLog, query_log)
+    runtime.endpoint(stats.LOG_GET, GetGeneration, get_generation)
+    runtime.endpoint(stats.FIGURES, QueryFigures, query_figures)
+    runtime.endpoint(stats.EXPORT, ExportLog, export_log)
+    runtime.endpoint(stats.RETENTION_GET, GetRetention, get_retention)
+    runtime.endpoint(stats.RETENTION_SAVE, SaveRetention, save_retention)
+    runtime.endpoint(stats.RETENTION_RUN, RunRetention, run_retention)

@@ -1,0 +1,123 @@
+"""Shared pieces of the dispatch tests: a hub of real registry, prompt and dispatch processes on the test
+session's NATS, and helpers to register ComfyUI test doubles and follow jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from doubles.comfyui import ComfyUIDouble
+from harness import ServiceProcess, hub_env
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.envelope import Empty
+from contracts.messages.events import GenerationEvent
+from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
+from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
+from contracts.messages.render_types import GetRenderType, RenderType
+from contracts.runtime.bus import request
+from contracts.streams import job_events_filter
+
+DISPATCH_ENV = {
+    "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.2",
+    "HUB_DISPATCH_STALL_TIMEOUT_S": "1.5",
+    "HUB_DISPATCH_TAKEOVER_S": "3",
+    "HUB_DISPATCH_MAX_ATTEMPTS": "3",
+    "HUB_REQUEST_TIMEOUT_S": "10",
+}
+
+
+@dataclass
+class Hub:
+    nats_url: str
+    data_dir: Path
+    nc: NatsClient
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def start(self, name: str, **env: str) -> ServiceProcess:
+        process = ServiceProcess(
+            name=name,
+            env=hub_env(self.nats_url, self.data_dir, **{**DISPATCH_ENV, **env}),
+            log_path=self.data_dir / f"{name}-{int(time.time() * 1000)}.log",
+        )
+        process.start()
+        self.processes[name] = process
+        return process
+
+    async def start_all(self) -> None:
+        for name in ("registry", "prompt", "dispatch"):
+            self.start(name)
+        for name in ("registry", "prompt", "dispatch"):
+            await self.processes[name].wait_healthy(self.nc)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.kill()
+
+
+async def checkpoint_of(nc: NatsClient, render_type: str = "sdxl") -> str:
+    """The checkpoint file the shipped render type needs: the doubles that should run it are given it."""
+    rt = await request(nc, subjects.Registry.GET, GetRenderType(name=render_type), RenderType)
+    return next(m.name for m in rt.requirements.models if m.folder == "checkpoints")
+
+
+async def add_instance(nc: NatsClient, double: ComfyUIDouble, name: str, *, slots: int = 1) -> InstanceView:
+    return await request(
+        nc,
+        subjects.Dispatch.INSTANCES_SAVE,
+        SaveInstance(instance=Instance(name=name, base_url=double.url, slots=slots)),
+        InstanceView,
+    )
+
+
+async def remove_instance(nc: NatsClient, name: str) -> None:
+    await request(nc, subjects.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name), Empty)
+
+
+async def submit(nc: NatsClient, prompt: str = "a lighthouse at dusk", **fields: object) -> SubmitReply:
+    return await request(
+        nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=prompt, **fields), SubmitReply, timeout=30
+    )
+
+
+async def job(nc: NatsClient, job_id: str) -> JobView:
+    return await request(nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+
+
+async def wait_for(nc: NatsClient, job_id: str, statuses: set[str], timeout_s: float = 30.0) -> JobView:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = await job(nc, job_id)
+        if view.status in statuses:
+            return view
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is {view.status}, not {statuses}, after {timeout_s} s: {view}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_final(nc: NatsClient, job_id: str, timeout_s: float = 30.0) -> JobView:
+    return await wait_for(nc, job_id, set(FINAL_STATUSES), timeout_s)
+
+
+async def events_of(nc: NatsClient, job_id: str, until_final: bool = True, timeout_s: float = 30.0) -> list:
+    """Every generation event of one job, read back from JetStream in order."""
+    js = nc.jetstream()
+    sub = await js.subscribe(job_events_filter(job_id), ordered_consumer=True)
+    found: list = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=max(0.05, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            found.append(msgspec.json.decode(msg.data, type=GenerationEvent))
+            if until_final and type(found[-1]).__struct_config__.tag in FINAL_STATUSES:
+                break
+    finally:
+        await sub.unsubscribe()
+    return found

@@ -1,0 +1,97 @@
+"""Helpers of the prompt-service tests: a service process shared by a test module, and short request calls."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from aiohttp import web
+from doubles.ollama import OllamaDouble
+from harness import ServiceProcess, hub_env
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.envelope import Empty
+from contracts.errors import HubError
+from contracts.messages.styles import (
+    BuildPrompt,
+    BuiltPrompt,
+    DeleteStyle,
+    ListStyles,
+    LlmSettings,
+    SaveLlmSettings,
+    SaveStyle,
+    Style,
+    StyleList,
+)
+from contracts.runtime.bus import request
+
+T = TypeVar("T")
+P = subjects.Prompt
+
+
+@asynccontextmanager
+async def prompt_service(nats_url: str, data_dir: Path, **env: str) -> AsyncIterator[ServiceProcess]:
+    """A prompt-service process on its own data folder, healthy on entry, stopped (SIGTERM) on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = ServiceProcess(name="prompt", env=hub_env(nats_url, data_dir, **env), log_path=data_dir / "prompt.log")
+    proc.start()
+    try:
+        client = await nats.connect(nats_url)
+        try:
+            await proc.wait_healthy(client)
+        finally:
+            await client.close()
+        yield proc
+        assert await proc.stop() == 0, proc.log()
+    finally:
+        proc.kill()
+
+
+async def call(nc: NatsClient, subject: str, message: msgspec.Struct, result_type: type[T], timeout: float = 10) -> T:
+    return await request(nc, subject, message, result_type, timeout=timeout)
+
+
+async def failure(nc: NatsClient, subject: str, message: msgspec.Struct) -> HubError:
+    """The error a request is answered with; fails the test when it succeeds."""
+    try:
+        result = await request(nc, subject, message, dict[str, Any])
+    except HubError as exc:
+        return exc
+    raise AssertionError(f"{subject} succeeded but should have failed: {result}")
+
+
+async def styles(nc: NatsClient, **filters: Any) -> list[Style]:
+    return (await call(nc, P.STYLES_LIST, ListStyles(**filters), StyleList)).styles
+
+
+async def replace_styles(nc: NatsClient, new: list[Style]) -> None:
+    """Delete every style, then save `new`: each test starts from the library it describes."""
+    for style in await styles(nc):
+        await call(nc, P.STYLES_DELETE, DeleteStyle(name=style.name), Empty)
+    for style in new:
+        await call(nc, P.STYLES_SAVE, SaveStyle(style=style), Style)
+
+
+async def build(nc: NatsClient, prompt: str, *, subject: str = P.BUILD, **fields: Any) -> BuiltPrompt:
+    return await call(nc, subject, BuildPrompt(prompt=prompt, **fields), BuiltPrompt)
+
+
+async def save_llm(nc: NatsClient, **fields: Any) -> LlmSettings:
+    return await call(nc, P.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=LlmSettings(**fields)), LlmSettings)
+
+
+class RecordingOllama(OllamaDouble):
+    """The Ollama double that also keeps the headers of each request (to see the Bearer key)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.headers: list[tuple[str, dict[str, str]]] = []
+
+    async def _faults(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.headers.append((request.path, dict(request.headers)))
+        return await super()._faults(request, handler)

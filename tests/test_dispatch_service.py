@@ -1,0 +1,301 @@
+"""dispatch-service over real NATS with real registry and prompt services, against ComfyUI test doubles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from dispatch_support import (
+    Hub,
+    add_instance,
+    checkpoint_of,
+    events_of,
+    job,
+    remove_instance,
+    submit,
+    wait_final,
+    wait_for,
+)
+from doubles.comfyui import ComfyUIDouble
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.instances import (
+    Instance,
+    InstanceHealth,
+    InstanceList,
+    ListInstances,
+    ProbeInstance,
+    SaveInstance,
+)
+from contracts.messages.jobs import CancelJob, JobView, QueueView, QueueViewRequest
+from contracts.messages.render_types import RenderType, SaveRenderType
+from contracts.runtime.bus import request
+from contracts.runtime.storage import ObjectStoreOutputs
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("dispatch"), nc=nc)
+    await running.start_all()
+    yield running
+    running.stop_all()
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def checkpoint(hub: Hub) -> str:
+    return await checkpoint_of(hub.nc)
+
+
+@contextlib.asynccontextmanager
+async def pool(hub: Hub, *doubles: tuple[str, ComfyUIDouble], slots: int = 1) -> AsyncIterator[None]:
+    """Register the doubles as instances for the time of a test, then remove them."""
+    for name, double in doubles:
+        await double.start()
+        await add_instance(hub.nc, double, name, slots=slots)
+    try:
+        await wait_pool_up(hub.nc, [name for name, _ in doubles])
+        yield
+    finally:
+        for name, double in doubles:
+            with contextlib.suppress(HubError):
+                await remove_instance(hub.nc, name)
+            await double.stop()
+
+
+async def wait_pool_up(nc: NatsClient, names: list[str], timeout_s: float = 10) -> InstanceList:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listing = await request(nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+        up = {v.instance.name for v in listing.instances if v.health.up}
+        if set(names) <= up:
+            return listing
+        assert time.monotonic() < deadline, listing
+        await asyncio.sleep(0.1)
+
+
+# -- instances --------------------------------------------------------------------------------------
+
+
+async def test_instances_are_validated_probed_and_described(hub: Hub, checkpoint: str) -> None:
+    with pytest.raises(HubError) as raised:
+        await request(
+            hub.nc,
+            subjects.Dispatch.INSTANCES_SAVE,
+            SaveInstance(instance=Instance(name="bad", base_url="localhost:8188")),
+            InstanceList,
+        )
+    assert raised.value.info.field == "instance.base_url"
+
+    comfy = ComfyUIDouble(name="described", models={"checkpoints": [checkpoint]}, device_name="cuda:0 NVIDIA H100")
+    async with pool(hub, ("described", comfy)):
+        listing = await wait_pool_up(hub.nc, ["described"])
+        view = next(v for v in listing.instances if v.instance.name == "described")
+        assert view.health.device == "cuda:0 NVIDIA H100"
+        assert view.health.vram_total and view.health.node_class_count > 400
+        assert any(m.name == checkpoint for m in view.health.models)
+        assert "sdxl" in view.compatible_render_types
+
+        with pytest.raises(HubError) as raised:
+            await request(
+                hub.nc,
+                subjects.Dispatch.INSTANCES_SAVE,
+                SaveInstance(instance=Instance(name="described", base_url=comfy.url)),
+                InstanceList,
+            )
+        assert raised.value.code is ErrorCode.CONFLICT
+
+    # A server that is not there: the probe says so without saving anything.
+    health = await request(
+        hub.nc, subjects.Dispatch.INSTANCES_TEST, ProbeInstance(base_url="http://127.0.0.1:9"), InstanceHealth
+    )
+    assert health.up is False and health.last_error
+
+
+# -- one generation ------------------------------------------------------------------------------------
+
+
+async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, checkpoint: str) -> None:
+    comfy = ComfyUIDouble(name="solo", models={"checkpoints": [checkpoint]}, work_seconds=0.3)
+    async with pool(hub, ("solo", comfy)):
+        reply = await submit(hub.nc, "a red fox in the snow", seed=1234, width=512, height=512, steps=8)
+        assert reply.status == "queued" and reply.seed == 1234
+        done = await wait_final(hub.nc, reply.job_id)
+        assert done.status == "completed", done
+        assert done.instance == "solo" and done.seed == 1234 and done.attempts == 1
+        assert "a red fox in the snow" in done.positive_prompt
+        assert done.timings.queue_wait_ms is not None and done.timings.run_ms is not None
+        assert len(done.outputs) == 1 and done.outputs[0].content_type == "image/png"
+
+        # What ComfyUI got is the resolved workflow with our values injected.
+        sent = comfy.prompts_received[-1]["prompt"]
+        assert any(node["inputs"].get("seed") == 1234 for node in sent.values())
+        assert any(node["inputs"].get("text", "").startswith(done.positive_prompt[:20]) for node in sent.values())
+
+        # The output is stored and readable by id.
+        storage = ObjectStoreOutputs(hub.nc.jetstream())
+        data = await storage.read_all(done.outputs[0].output_id)
+        assert data.startswith(b"\x89PNG") and len(data) == done.outputs[0].size
+
+        events = await events_of(hub.nc, reply.job_id)
+        kinds = [type(e).__struct_config__.tag for e in events]
+        assert kinds[:3] == ["accepted", "queued", "started"]
+        assert kinds[-2:] == ["output_stored", "completed"]
+        progress = [(e.value, e.max) for e in events if type(e).__struct_config__.tag == "progress"]
+        assert progress and progress == sorted(progress) and progress[-1] == (8, 8)
+        seqs = [e.seq for e in events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+# -- load balancing ---------------------------------------------------------------------------------
+
+
+async def test_a_burst_is_spread_by_pull_and_no_instance_idles_while_jobs_wait(hub: Hub, checkpoint: str) -> None:
+    models = {"checkpoints": [checkpoint]}
+    doubles = {
+        "slow-a": ComfyUIDouble(name="slow-a", models=models, work_seconds=0.4, speed=1),
+        "slow-b": ComfyUIDouble(name="slow-b", models=models, work_seconds=0.4, speed=1),
+        "fast": ComfyUIDouble(name="fast", models=models, work_seconds=0.4, speed=4),
+    }
+    async with pool(hub, *doubles.items()):
+        replies = await asyncio.gather(*(submit(hub.nc, f"burst {i}", seed=i) for i in range(24)))
+        idle_samples = waiting_samples = 0
+        pending = {r.job_id for r in replies}
+        while pending:
+            queue = await request(hub.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(), QueueView)
+            if queue.queued > 0:
+                waiting_samples += 1
+                idle_samples += any(d.running is None and not d.pending for d in doubles.values())
+            pending = {j.job_id for j in queue.jobs} & pending
+            await asyncio.sleep(0.03)
+        views = [await job(hub.nc, r.job_id) for r in replies]
+        assert all(v.status == "completed" for v in views), [v.error for v in views if v.status != "completed"]
+        per_instance = Counter(v.instance for v in views)
+        # 4x faster takes about 4/6 of the jobs: clearly more than either slow one.
+        assert per_instance["fast"] > per_instance["slow-a"] + per_instance["slow-b"], per_instance
+        assert waiting_samples > 5
+        assert idle_samples / waiting_samples < 0.15, (idle_samples, waiting_samples)
+
+
+async def test_jobs_go_only_to_instances_that_have_the_models(hub: Hub, checkpoint: str) -> None:
+    able = ComfyUIDouble(name="able", models={"checkpoints": [checkpoint]}, work_seconds=0.1)
+    lacking = ComfyUIDouble(name="lacking", models={"checkpoints": ["some-other-model.safetensors"]})
+    async with pool(hub, ("able", able), ("lacking", lacking)):
+        replies = await asyncio.gather(*(submit(hub.nc, f"routed {i}") for i in range(6)))
+        views = [await wait_final(hub.nc, r.job_id) for r in replies]
+        assert {v.instance for v in views} == {"able"}
+        assert lacking.prompts_received == []
+
+
+async def test_a_render_type_no_instance_can_run_fails_at_once(hub: Hub, checkpoint: str) -> None:
+    workflow = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "HubTestOnlyNode", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hub"}},
+    }
+    await request(
+        hub.nc,
+        subjects.Registry.SAVE,
+        SaveRenderType(render_type=RenderType(name="needs-custom-node", workflow=workflow)),
+        RenderType,
+    )
+    comfy = ComfyUIDouble(name="stock", models={"checkpoints": [checkpoint]})
+    async with pool(hub, ("stock", comfy)):
+        started = time.monotonic()
+        reply = await submit(hub.nc, "anything", render_type="needs-custom-node")
+        assert reply.status == "failed" and "HubTestOnlyNode" in (reply.error or "")
+        view = await job(hub.nc, reply.job_id)
+        assert view.status == "failed" and "stock lacks node class HubTestOnlyNode" in (view.error or "")
+        assert time.monotonic() - started < 2
+
+
+# -- failover -----------------------------------------------------------------------------------------
+
+
+async def test_a_job_fails_over_when_its_instance_dies_mid_job(hub: Hub, checkpoint: str) -> None:
+    models = {"checkpoints": [checkpoint]}
+    first = ComfyUIDouble(name="first", models=models, work_seconds=3.0)
+    second = ComfyUIDouble(name="second", models=models, work_seconds=3.0)
+    async with pool(hub, ("first", first), ("second", second)):
+        reply = await submit(hub.nc, "failover")
+        running = await wait_for(hub.nc, reply.job_id, {"running"})
+        victim = first if running.instance == "first" else second
+        await asyncio.sleep(0.5)
+        await victim.go_down()
+        done = await wait_final(hub.nc, reply.job_id, timeout_s=30)
+        assert done.status == "completed", done
+        assert done.instance != running.instance and done.attempts == 2
+        assert done.failures and done.failures[0].startswith(f"{running.instance}:")
+        await victim.go_up()
+
+
+async def test_a_job_fails_over_when_its_instance_hangs(hub: Hub, checkpoint: str) -> None:
+    models = {"checkpoints": [checkpoint]}
+    first = ComfyUIDouble(name="hang-a", models=models, work_seconds=2.0)
+    second = ComfyUIDouble(name="hang-b", models=models, work_seconds=2.0)
+    async with pool(hub, ("hang-a", first), ("hang-b", second)):
+        reply = await submit(hub.nc, "hang")
+        running = await wait_for(hub.nc, reply.job_id, {"running"})
+        victim = first if running.instance == "hang-a" else second
+        victim.hang()
+        done = await wait_final(hub.nc, reply.job_id, timeout_s=30)
+        victim.hang(False)
+        assert done.status == "completed", done
+        assert done.instance != running.instance and done.attempts == 2
+
+
+async def test_a_runtime_error_on_comfyui_fails_the_job_with_the_node_and_cause(hub: Hub, checkpoint: str) -> None:
+    comfy = ComfyUIDouble(name="broken", models={"checkpoints": [checkpoint]})
+    async with pool(hub, ("broken", comfy)):
+        comfy.fail_next_job("torch.OutOfMemoryError", "CUDA out of memory", node="KSampler")
+        reply = await submit(hub.nc, "oom")
+        done = await wait_final(hub.nc, reply.job_id)
+        assert done.status == "failed" and done.attempts == 1
+        assert "KSampler" in (done.error or "") and "out of memory" in (done.error or "")
+
+
+# -- cancellation ---------------------------------------------------------------------------------------
+
+
+async def test_cancel_a_queued_and_a_running_job(hub: Hub, checkpoint: str) -> None:
+    comfy = ComfyUIDouble(name="cancel", models={"checkpoints": [checkpoint]}, work_seconds=3.0)
+    async with pool(hub, ("cancel", comfy)):
+        first = await submit(hub.nc, "will run, then be cancelled", steps=30)
+        second = await submit(hub.nc, "never runs")
+        await wait_for(hub.nc, first.job_id, {"running"})
+        queued = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=second.job_id), JobView)
+        assert queued.status == "cancelled"
+        await asyncio.sleep(0.5)
+        cancelled = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
+        assert cancelled.status == "cancelled", cancelled
+        assert len(comfy.executed_prompt_ids) == 1  # the queued one never reached ComfyUI
+        kinds = [type(e).__struct_config__.tag for e in await events_of(hub.nc, first.job_id)]
+        assert kinds[-1] == "cancelled"
+
+
+async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
+    with pytest.raises(HubError) as raised:
+        await job(hub.nc, "no-such-job")
+    assert raised.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(HubError) as raised:
+        await submit(hub.nc, "x", width=100)
+    assert raised.value.info.field in ("width", "params.width")
+    with pytest.raises(HubError) as raised:
+        await submit(hub.nc, "x", render_type="no-such-render-type")
+    assert raised.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(HubError) as raised:
+        await request(hub.nc, subjects.Dispatch.JOBS_SUBMIT, msgspec.Raw(b'{"prompt": ""}'), JobView)
+    assert raised.value.info.field == "prompt"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -34,7 +36,7 @@ from contracts.messages.instances import (
     ProbeInstance,
     SaveInstance,
 )
-from contracts.messages.jobs import CancelJob, JobView, QueueView, QueueViewRequest
+from contracts.messages.jobs import CancelJob, JobView
 from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.runtime.bus import request
 from contracts.runtime.storage import ObjectStoreOutputs
@@ -163,6 +165,16 @@ async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, check
 # -- load balancing ---------------------------------------------------------------------------------
 
 
+def gaps_between_jobs(double: ComfyUIDouble) -> list[float]:
+    """Seconds each instance sat idle between finishing one job and starting its next (ComfyUI's own clock)."""
+    spans = []
+    for prompt_id in double.executed_prompt_ids:
+        stamps = {name: data["timestamp"] for name, data in double.history[prompt_id]["status"]["messages"]}
+        spans.append((stamps["execution_start"], stamps["execution_success"]))
+    spans.sort()
+    return [(start - previous_end) / 1000 for (_, previous_end), (start, _) in itertools.pairwise(spans)]
+
+
 async def test_a_burst_is_spread_by_pull_and_no_instance_idles_while_jobs_wait(hub: Hub, checkpoint: str) -> None:
     models = {"checkpoints": [checkpoint]}
     doubles = {
@@ -172,22 +184,18 @@ async def test_a_burst_is_spread_by_pull_and_no_instance_idles_while_jobs_wait(h
     }
     async with pool(hub, *doubles.items()):
         replies = await asyncio.gather(*(submit(hub.nc, f"burst {i}", seed=i) for i in range(24)))
-        idle_samples = waiting_samples = 0
-        pending = {r.job_id for r in replies}
-        while pending:
-            queue = await request(hub.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(), QueueView)
-            if queue.queued > 0:
-                waiting_samples += 1
-                idle_samples += any(d.running is None and not d.pending for d in doubles.values())
-            pending = {j.job_id for j in queue.jobs} & pending
-            await asyncio.sleep(0.03)
-        views = [await job(hub.nc, r.job_id) for r in replies]
+        views = [await wait_final(hub.nc, r.job_id, timeout_s=60) for r in replies]
         assert all(v.status == "completed" for v in views), [v.error for v in views if v.status != "completed"]
         per_instance = Counter(v.instance for v in views)
-        # 4x faster takes about 4/6 of the jobs: clearly more than either slow one.
+        # 4x faster takes about 4/6 of the jobs: clearly more than both slow ones together.
         assert per_instance["fast"] > per_instance["slow-a"] + per_instance["slow-b"], per_instance
-        assert waiting_samples > 5
-        assert idle_samples / waiting_samples < 0.15, (idle_samples, waiting_samples)
+        # All 24 jobs were queued at once, so every gap between two jobs on an instance is time it sat idle
+        # while jobs waited. It may only be the hub's turnaround (a few hundredths of a second), never a
+        # scheduling delay (a retry back-off, a missed wake-up: tenths of a second or more).
+        gaps = [gap for double in doubles.values() for gap in gaps_between_jobs(double)]
+        assert len(gaps) == 24 - len(doubles)
+        assert statistics.median(gaps) < 0.06, sorted(gaps)
+        assert max(gaps) < 0.15, sorted(gaps)
 
 
 async def test_jobs_go_only_to_instances_that_have_the_models(hub: Hub, checkpoint: str) -> None:

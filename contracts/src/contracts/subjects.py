@@ -36,6 +36,8 @@ class Registry:
     ROLLBACK: Final = "hub.registry.render_types.rollback"
     ANALYZE: Final = "hub.registry.workflows.analyze"
     RESOLVE: Final = "hub.registry.resolve"
+    # Published (no reply) after every change to the render types, so others can drop what they cached.
+    CHANGED: Final = "hub.registry.changed"
 
 
 class Prompt:

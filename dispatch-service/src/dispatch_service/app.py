@@ -31,9 +31,10 @@ def build(settings: Settings) -> ServiceRuntime:
         leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas)
         await leases.open()
         storage = ObjectStoreOutputs(js, replicas=settings.jetstream_replicas)
-        events = EventPublisher(js)
+        events = EventPublisher(js, rt.nc)
         store = JobStore()
         scheduler = Scheduler(settings, js, pool, leases, store, events, storage)
+        upstream = NatsUpstream(rt)
         dispatcher = Dispatcher(
             nc=rt.nc,
             pool=pool,
@@ -41,9 +42,10 @@ def build(settings: Settings) -> ServiceRuntime:
             store=store,
             events=events,
             storage=storage,
-            upstream=NatsUpstream(rt),
+            upstream=upstream,
         )
         holder["dispatcher"] = dispatcher
+        await upstream.watch_registry()
         await dispatcher.reload_instances()
         await scheduler.open()
         await dispatcher.requeue_unqueued()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -43,6 +45,7 @@ class Dispatcher:
         self.events = events
         self.storage = storage
         self.upstream = upstream
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -51,7 +54,7 @@ class Dispatcher:
         job_id = prepared.job_id
         await self.store.insert(prepared)
         params = prepared.resolved.params
-        await self.events.publish(
+        accepted = self.events.publish(
             JobAccepted,
             job_id=job_id,
             request=prepared.request,
@@ -68,15 +71,29 @@ class Dispatcher:
         self.pool.want_folders(prepared.resolved.requirements)
         never = self.pool.why_never(prepared.resolved.requirements)
         if never:  # fail at once rather than wait for an instance that will never come
+            await accepted
             await self.scheduler.fail(await self.store.require(job_id), never)
             return msgspec.structs.replace(reply, status="failed", error=never)
-        await self._queue(job_id)
+        # Published in this order on one connection, so the stream holds `accepted` before `queued`.
+        await asyncio.gather(accepted, self.scheduler.enqueue(job_id))
+        # The job is on the stream: answer now, record `queued` meanwhile. Should this process die before
+        # that, the row is still `accepted` and is queued again at start (a duplicate message never runs
+        # a job twice: see JobStore.claim).
+        self._background(self._mark_queued(job_id))
         return reply
 
     async def _queue(self, job_id: str) -> None:
         await self.scheduler.enqueue(job_id)
+        await self._mark_queued(job_id)
+
+    async def _mark_queued(self, job_id: str) -> None:
         if await self.store.transition(job_id, ("accepted",), status="queued"):
             await self.events.publish(JobQueued, job_id=job_id)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def requeue_unqueued(self) -> int:
         """Jobs recorded but not yet on the stream (the dispatcher died in between) are queued now."""

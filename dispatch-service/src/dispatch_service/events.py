@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from contracts.messages.events import GenerationEvent
@@ -21,8 +22,9 @@ class EventPublisher:
     ordered even when a retry of the job runs on another dispatcher replica.
     """
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, nc: NatsClient) -> None:
         self._js = js
+        self._nc = nc
         self._last_seq = 0
 
     def next_seq(self) -> int:
@@ -30,11 +32,20 @@ class EventPublisher:
         return self._last_seq
 
     async def publish(self, event_type: type[GenerationEvent], **fields: Any) -> GenerationEvent:  # type: ignore[valid-type]
+        """Publish and wait for JetStream to confirm the event is stored."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
-        kind = event_type.__struct_config__.tag  # type: ignore[attr-defined]
-        await self._js.publish(
-            event_subject(event.job_id, kind),
-            _encoder.encode(event),
-            headers={"Nats-Msg-Id": event.event_id},
-        )
+        subject, payload, headers = self._message(event)
+        await self._js.publish(subject, payload, headers=headers)
         return event
+
+    async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:  # type: ignore[valid-type]
+        """Publish without waiting for JetStream's confirmation: for progress ticks, where a lost one is
+        harmless and waiting for each would slow the job down."""
+        event = event_type(seq=self.next_seq(), at=time.time(), **fields)
+        subject, payload, headers = self._message(event)
+        await self._nc.publish(subject, payload, headers=headers)
+
+    @staticmethod
+    def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:  # type: ignore[valid-type]
+        kind = type(event).__struct_config__.tag  # type: ignore[attr-defined]
+        return event_subject(event.job_id, kind), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}

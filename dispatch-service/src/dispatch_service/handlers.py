@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from nats.aio.msg import Msg
 
 from contracts import subjects
@@ -37,13 +39,33 @@ D = subjects.Dispatch
 
 
 class NatsUpstream:
-    """The registry and prompt services, asked over NATS."""
+    """The registry and prompt services, asked over NATS.
+
+    The render type list (for the default render type and instance compatibility) is cached until the
+    registry announces a change, and for at most `RENDER_TYPES_TTL_S` in case an announcement was missed.
+    """
+
+    RENDER_TYPES_TTL_S = 30.0
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self._runtime = runtime
+        self._render_types: RenderTypeList | None = None
+        self._render_types_at = 0.0
+
+    async def watch_registry(self) -> None:
+        async def forget(_msg: Msg) -> None:
+            self._render_types = None
+
+        await self._runtime.nc.subscribe(subjects.Registry.CHANGED, cb=forget)
 
     async def list_render_types(self) -> RenderTypeList:
-        return await self._call(subjects.Registry.LIST, ListRenderTypes(include_disabled=True), RenderTypeList)
+        if self._render_types is None or time.monotonic() - self._render_types_at > self.RENDER_TYPES_TTL_S:
+            fetched_at = time.monotonic()
+            self._render_types = await self._call(
+                subjects.Registry.LIST, ListRenderTypes(include_disabled=True), RenderTypeList
+            )
+            self._render_types_at = fetched_at
+        return self._render_types
 
     async def resolve(self, req: ResolveRenderType) -> ResolvedWorkflow:
         return await self._call(subjects.Registry.RESOLVE, req, ResolvedWorkflow)

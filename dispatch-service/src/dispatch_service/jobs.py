@@ -251,6 +251,21 @@ class JobStore:
         )
         return bool(updated)
 
+    async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
+        """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
+        runner died (the same message delivered again). A second message for the same job never claims it."""
+        changes: dict[Column | str, Any] = {getattr(JobRow, name): value for name, value in values.items()}
+        changes[JobRow.stream_seq] = stream_seq
+        waiting = JobRow.status.is_in(["accepted", "queued"])
+        taken_over = (JobRow.status == "running") & (JobRow.stream_seq == stream_seq)
+        updated = (
+            await JobRow.update(changes)
+            .where((JobRow.job_id == job_id) & (waiting | taken_over))
+            .returning(JobRow.id)
+            .run()
+        )
+        return bool(updated)
+
     async def set(self, job_id: str, **values: Any) -> None:
         await (
             JobRow.update({getattr(JobRow, name): value for name, value in values.items()})

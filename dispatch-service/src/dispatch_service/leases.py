@@ -13,7 +13,13 @@ import re
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 SLOTS_BUCKET = "hub-dispatch-slots"
@@ -63,7 +69,7 @@ class SlotLeases:
                 config=KeyValueConfig(
                     bucket=SLOTS_BUCKET,
                     ttl=self._ttl_s,
-                    storage=StorageType.MEMORY,  # leases are short-lived; losing them frees slots, which is safe
+                    storage=StorageType.FILE,  # so a NATS restart keeps the leases of jobs still running
                     replicas=self._replicas,
                     description="Which dispatcher holds which ComfyUI slot",
                 )
@@ -71,6 +77,13 @@ class SlotLeases:
 
     async def try_take(self, instance: str, slots: int, holder: bytes) -> Lease | None:
         """Take any free slot of `instance`, or None when all are held."""
+        try:
+            return await self._try_take(instance, slots, holder)
+        except NoStreamResponseError:
+            await self.open()  # the bucket is gone (e.g. a new NATS server without our data): make it again
+            return await self._try_take(instance, slots, holder)
+
+    async def _try_take(self, instance: str, slots: int, holder: bytes) -> Lease | None:
         assert self._kv is not None
         for slot in range(slots):
             key = slot_key(instance, slot)

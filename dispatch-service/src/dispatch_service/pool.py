@@ -163,7 +163,10 @@ class Pool:
     async def health_loop(self) -> None:
         while True:
             states = [s for s in self.states.values() if s.config.enabled]
-            await asyncio.gather(*(self.probe(s) for s in states))
+            results = await asyncio.gather(*(self.probe(s) for s in states), return_exceptions=True)
+            for state, result in zip(states, results, strict=True):
+                if isinstance(result, Exception):  # a bug in a probe must not stop the loop for every instance
+                    log.error("health probe failed", instance=state.config.name, exc_info=result)
             await asyncio.sleep(self.health_interval_s)
 
     def candidates(self, requirements: Requirements) -> list[InstanceState]:

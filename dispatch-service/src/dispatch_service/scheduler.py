@@ -170,6 +170,10 @@ class Scheduler:
                 messages = await self._subscription.fetch(1, timeout=1.0)
             except (FetchTimeoutError, TimeoutError):
                 continue
+            except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
+                log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
             for msg in messages:
                 try:
                     await self._place(msg)
@@ -265,9 +269,10 @@ class Scheduler:
         job_id = row["job_id"]
         attempt = row["attempts"] + 1
         started = row["started_at"] or time.time()
-        claimed = await self.store.transition(
+        stream_seq = msg.metadata.sequence.stream
+        claimed = await self.store.claim(
             job_id,
-            ("accepted", "queued", "running"),
+            stream_seq,
             status="running",
             instance=state.config.name,
             attempts=attempt,
@@ -286,8 +291,11 @@ class Scheduler:
         try:
             workflow = await self._with_input_image(row, state)
             prompt_id = f"{job_id}-{attempt}"
-            await self.events.publish(
-                JobStarted, job_id=job_id, instance=state.config.name, attempt=attempt, comfy_prompt_id=prompt_id
+            # Confirmed by JetStream while ComfyUI already works (awaited before any later event).
+            started_event = asyncio.ensure_future(
+                self.events.publish(
+                    JobStarted, job_id=job_id, instance=state.config.name, attempt=attempt, comfy_prompt_id=prompt_id
+                )
             )
             bound_log.info("job started")
             result = await state.client.run(
@@ -300,10 +308,10 @@ class Scheduler:
             )
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
+            await started_event
             outputs = await self._store_outputs(job_id, state, result)
-            await self._complete(job_id, state.config.name, outputs)
+            await self._complete(row, started, state.config.name, outputs, msg)
             bound_log.info("job completed", outputs=len(outputs))
-            await msg.ack()
         except ComfyInterrupted as exc:
             if running.cancel.is_set():
                 await self._cancelled(job_id, state.config.name, "cancelled by request")
@@ -355,7 +363,7 @@ class Scheduler:
 
         async def on_progress(update: ProgressUpdate) -> None:
             nonlocal last_write
-            await self.events.publish(
+            await self.events.publish_quietly(
                 JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
             )
             now = time.monotonic()
@@ -382,17 +390,23 @@ class Scheduler:
                         job_id=job_id,
                     )
             stored.append(output)
-            await self.events.publish(OutputStored, job_id=job_id, instance=state.config.name, output=output)
+            # Not awaited for confirmation: `completed`, sent after it on the same connection, is.
+            await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)
         return stored
 
-    async def _complete(self, job_id: str, instance: str, outputs: list[OutputFile]) -> None:
+    async def _complete(
+        self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg
+    ) -> None:
+        job_id = row["job_id"]
         finished = time.time()
         await self.store.transition(
             job_id, ("running",), status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
         )
-        row = await self.store.require(job_id)
-        await self.events.publish(
-            JobCompleted, job_id=job_id, instance=instance, outputs=outputs, timings=timings_of(row)
+        timings = timings_of({**row, "started_at": started, "finished_at": finished})
+        # The job is recorded as completed: its event and the ack of its stream message can go together.
+        await asyncio.gather(
+            self.events.publish(JobCompleted, job_id=job_id, instance=instance, outputs=outputs, timings=timings),
+            msg.ack(),
         )
 
     async def _cancelled(self, job_id: str, instance: str | None, reason: str) -> None:

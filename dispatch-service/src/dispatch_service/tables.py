@@ -34,6 +34,8 @@ class JobRow(Table, tablename="job"):
     height = Integer(null=True, default=None)
     input_image_id = Varchar(length=40, null=True, default=None)  # in the output storage
     instance = Varchar(length=64, null=True, default=None)
+    # The job stream message that runs the job: only a redelivery of that message may take over a running job.
+    stream_seq = Integer(null=True, default=None)
     attempts = Integer(default=0)
     failures = JSON(default=[])  # why earlier attempts ended: [{"instance", "reason", "at"}]
     progress_value = Integer(default=0)

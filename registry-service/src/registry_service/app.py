@@ -25,7 +25,11 @@ from registry_service.store import RenderTypeStore
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="Render types and ComfyUI workflows")
     store = RenderTypeStore()
-    handlers = RegistryHandlers(store, Resolver(store))
+
+    async def announce_change() -> None:
+        await runtime.nc.publish(subjects.Registry.CHANGED, b"")
+
+    handlers = RegistryHandlers(store, Resolver(store), on_change=announce_change)
 
     async def load_shipped_render_types() -> None:
         loaded = await store.seed(load_seed_render_types(), changed_by="registry", note="shipped with the hub")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
     DeletedRenderType,
@@ -24,11 +26,18 @@ from registry_service.definition import summary
 from registry_service.resolver import Resolver
 from registry_service.store import RenderTypeStore
 
+Notify = Callable[[], Awaitable[None]]
+
+
+async def _nobody() -> None:
+    return None
+
 
 class RegistryHandlers:
-    def __init__(self, store: RenderTypeStore, resolver: Resolver) -> None:
+    def __init__(self, store: RenderTypeStore, resolver: Resolver, on_change: Notify = _nobody) -> None:
         self.store = store
         self.resolver = resolver
+        self.on_change = on_change  # told after every change, so other services can drop cached render types
 
     async def list(self, request: ListRenderTypes) -> RenderTypeList:
         render_types = await self.store.all(include_disabled=request.include_disabled)
@@ -38,23 +47,31 @@ class RegistryHandlers:
         return await self.store.get(request.name)
 
     async def save(self, request: SaveRenderType) -> RenderType:
-        return await self.store.save(
+        saved = await self.store.save(
             request.render_type, original_name=request.original_name, changed_by=request.changed_by, note=request.note
         )
+        await self.on_change()
+        return saved
 
     async def delete(self, request: DeleteRenderType) -> DeletedRenderType:
-        return await self.store.delete(request.name, expected_version=request.expected_version)
+        deleted = await self.store.delete(request.name, expected_version=request.expected_version)
+        await self.on_change()
+        return deleted
 
     async def set_default(self, request: SetDefaultRenderType) -> RenderType:
-        return await self.store.set_default(request.name)
+        changed = await self.store.set_default(request.name)
+        await self.on_change()
+        return changed
 
     async def history(self, request: GetRenderTypeHistory) -> RenderTypeHistory:
         return await self.store.history(request.name, include_snapshots=request.include_snapshots)
 
     async def rollback(self, request: RollbackRenderType) -> RenderType:
-        return await self.store.rollback(
+        rolled_back = await self.store.rollback(
             request.name, request.version, changed_by=request.changed_by, expected_version=request.expected_version
         )
+        await self.on_change()
+        return rolled_back
 
     async def analyze(self, request: AnalyzeWorkflow) -> WorkflowAnalysis:
         return analyze_json(request.workflow_json, request.parameter_map)

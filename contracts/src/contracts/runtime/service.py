@@ -251,6 +251,8 @@ def run_main(service: str, app_module: str) -> None:
     import importlib
     import sys
 
+    import uvloop
+
     from contracts.runtime.config import ConfigError, load_settings
     from contracts.runtime.logs import configure_logging
 
@@ -262,7 +264,7 @@ def run_main(service: str, app_module: str) -> None:
     log = configure_logging(settings)
     build: Callable[[Settings], ServiceRuntime] = importlib.import_module(app_module).build
     try:
-        asyncio.run(build(settings).run())
+        uvloop.run(build(settings).run())  # a faster event loop: every request, publish and query gains
     except HubError as exc:
         log.error("service could not start", error=str(exc))
         raise SystemExit(1) from None

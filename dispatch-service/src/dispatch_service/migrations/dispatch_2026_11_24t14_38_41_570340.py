@@ -7,7 +7,7 @@ from piccolo.columns.column_types import Text
 from piccolo.columns.column_types import Varchar
 from piccolo.columns.indexes import IndexMethod
 
-ID = "2026-11-24T14:03:27:386042"
+ID = "2026-11-24T14:38:41:570340"
 VERSION = "1.38.0"
 DESCRIPTION = "instances and jobs"
 
@@ -376,6 +376,27 @@ async def forwards():
         column_class=Varchar,
         params={
             "length": 64,
+            "default": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="JobRow",
+        tablename="job",
+        column_name="stream_seq",
+        db_column_name="stream_seq",
+        column_class_name="Integer",
+        column_class=Integer,
+        params={
             "default": None,
             "null": True,
             "primary_key": False,

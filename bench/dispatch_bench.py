@@ -68,12 +68,12 @@ async def checkpoint(nc) -> str:  # type: ignore[no-untyped-def]
     return next(m.name for m in rt.requirements.models if m.folder == "checkpoints")
 
 
-async def register(nc, doubles: dict[str, ComfyUIDouble]) -> None:  # type: ignore[no-untyped-def]
+async def register(nc, doubles: dict[str, ComfyUIDouble], slots: int = 1) -> None:  # type: ignore[no-untyped-def]
     for name, double in doubles.items():
         await request(
             nc,
             subjects.Dispatch.INSTANCES_SAVE,
-            SaveInstance(instance=Instance(name=name, base_url=double.url)),
+            SaveInstance(instance=Instance(name=name, base_url=double.url, slots=slots)),
             InstanceView,
         )
     await asyncio.sleep(1.0)  # one health round: every instance up with its capabilities
@@ -106,7 +106,9 @@ class Completions:
             await self.changed.wait()
 
 
-async def makespan(nats_url: str, data: Path, strategy: str, jobs: int, work: float) -> tuple[float, float, dict]:
+async def makespan(
+    nats_url: str, data: Path, strategy: str, jobs: int, work: float, size: int, slots: int
+) -> tuple[float, float, dict]:
     processes = await start_services(nats_url, data, strategy)
     nc = await nats.connect(nats_url)
     ckpt = await checkpoint(nc)
@@ -118,14 +120,18 @@ async def makespan(nats_url: str, data: Path, strategy: str, jobs: int, work: fl
     }
     for double in doubles.values():
         await double.start()
-    await register(nc, doubles)
+    await register(nc, doubles, slots)
     completions = Completions()
     await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(
             request(
-                nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"job {i}", seed=i), SubmitReply, timeout=60
+                nc,
+                subjects.Dispatch.JOBS_SUBMIT,
+                GenerationRequest(prompt=f"job {i}", seed=i, width=size, height=size),
+                SubmitReply,
+                timeout=60,
             )
             for i in range(jobs)
         )
@@ -197,6 +203,8 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--work", type=float, default=0.2, help="seconds one job takes on a 1x double")
     parser.add_argument("--overhead-jobs", type=int, default=60)
+    parser.add_argument("--size", type=int, default=256, help="image width and height (the doubles encode PNGs)")
+    parser.add_argument("--slots", type=int, nargs="+", default=[1, 2], help="slots per instance, one run each")
     parser.add_argument("--skip-makespan", action="store_true")
     args = parser.parse_args()
 
@@ -206,15 +214,17 @@ async def main() -> None:
         server.start()
         try:
             if not args.skip_makespan:
-                print(f"burst of {args.jobs} jobs over doubles of speed {', '.join(f'{s:g}x' for s in SPEEDS)}")
-                for strategy in ("pull", "round_robin"):
-                    elapsed, ideal, per_instance = await makespan(
-                        server.url, root / strategy, strategy, args.jobs, args.work
-                    )
-                    print(
-                        f"  {strategy:<12} makespan {elapsed:6.2f} s  ideal {ideal:5.2f} s  "
-                        f"ratio {elapsed / ideal:4.2f}  jobs per instance {list(per_instance.values())}"
-                    )
+                speeds = ", ".join(f"{s:g}x" for s in SPEEDS)
+                print(f"burst of {args.jobs} jobs of {args.work:g} s (at 1x) over doubles of speed {speeds}")
+                for slots in args.slots:
+                    for strategy in ("pull", "round_robin"):
+                        elapsed, ideal, per_instance = await makespan(
+                            server.url, root / f"{strategy}-{slots}", strategy, args.jobs, args.work, args.size, slots
+                        )
+                        print(
+                            f"  {strategy:<12} slots {slots}  makespan {elapsed:6.2f} s  ideal {ideal:5.2f} s  "
+                            f"ratio {elapsed / ideal:4.2f}  jobs per instance {list(per_instance.values())}"
+                        )
             hub, direct = await overhead(server.url, root / "overhead", args.overhead_jobs)
             hub_median, direct_median = statistics.median(hub), statistics.median(direct)
             print(f"one job at a time, instant double, {len(hub)} jobs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import statistics
@@ -36,7 +37,7 @@ from contracts.messages.instances import (
     ProbeInstance,
     SaveInstance,
 )
-from contracts.messages.jobs import CancelJob, JobView
+from contracts.messages.jobs import CancelJob, InputImage, JobView
 from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.runtime.bus import request
 from contracts.runtime.storage import ObjectStoreOutputs
@@ -307,3 +308,41 @@ async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
     with pytest.raises(HubError) as raised:
         await request(hub.nc, subjects.Dispatch.JOBS_SUBMIT, msgspec.Raw(b'{"prompt": ""}'), JobView)
     assert raised.value.info.field == "prompt"
+
+
+async def test_an_input_image_is_uploaded_to_the_instance_that_runs_the_job(hub: Hub, checkpoint: str) -> None:
+    from doubles.png import encode_solid_png
+
+    picture = encode_solid_png(64, 48, (200, 10, 10))
+    comfy = ComfyUIDouble(name="img2img", models={"checkpoints": [checkpoint]}, work_seconds=0.1)
+    async with pool(hub, ("img2img", comfy)):
+        reply = await submit(
+            hub.nc,
+            "repaint it",
+            render_type="img2img",
+            input_image=InputImage(base64=base64.b64encode(picture).decode()),
+        )
+        done = await wait_final(hub.nc, reply.job_id)
+        assert done.status == "completed", done
+        loaded = [
+            node["inputs"]["image"]
+            for node in comfy.prompts_received[-1]["prompt"].values()
+            if node["class_type"] == "LoadImage"
+        ]
+        assert loaded == [f"hub/{reply.job_id}.png"]
+        assert (comfy.input_dir / "hub" / f"{reply.job_id}.png").read_bytes() == picture
+
+        # The same picture by URL (served here by the double itself), and the clear errors of bad inputs.
+        view_url = f"{comfy.url}/view?filename={reply.job_id}.png&subfolder=hub&type=input"
+        by_url = await submit(hub.nc, "again", render_type="img2img", input_image=InputImage(url=view_url))
+        assert (await wait_final(hub.nc, by_url.job_id)).status == "completed"
+        for bad, field in (
+            (InputImage(base64="not base64!"), "input_image.base64"),
+            (InputImage(base64=base64.b64encode(b"plain text").decode()), "input_image.base64"),
+            (InputImage(url="http://127.0.0.1:9/nothing.png"), "input_image.url"),
+            (InputImage(url="ftp://example/x.png"), "input_image.url"),
+            (InputImage(), "input_image"),
+        ):
+            with pytest.raises(HubError) as raised:
+                await submit(hub.nc, "x", render_type="img2img", input_image=bad)
+            assert raised.value.info.field == field, raised.value.info

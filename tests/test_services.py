@@ -140,3 +140,16 @@ async def test_replicas_starting_together_on_a_fresh_database_migrate_once(
     for replica in replicas:
         assert await replica.stop() == 0
         assert "already exists" not in replica.log()
+
+
+async def test_a_service_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> None:
+    proc = ServiceProcess(
+        name="registry",
+        env=hub_env(f"nats://127.0.0.1:{free_port()}", tmp_path / "data"),  # nothing listens there
+        log_path=tmp_path / "registry.log",
+    )
+    proc.start()
+    await asyncio.sleep(1.5)
+    assert proc.process is not None and proc.process.poll() is None  # still waiting for NATS
+    assert await proc.stop(timeout_s=10) == 0
+    assert "stop requested while starting" in proc.log()

@@ -25,7 +25,10 @@ log = get_logger("bus")
 
 
 async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0) -> NatsClient:
-    """Connect with endless reconnects; wait up to `initial_wait_s` for a server that is still starting."""
+    """Connect with endless reconnects; wait up to `initial_wait_s` for a server that is still starting.
+
+    (nats-py itself may keep retrying a first connection; a service stays stoppable meanwhile, see
+    ServiceRuntime.run.)"""
 
     async def on_disconnect() -> None:
         if not (nc.is_closed or nc.is_draining):  # a drain at shutdown is not worth a warning

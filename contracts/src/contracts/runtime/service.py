@@ -170,7 +170,17 @@ class ServiceRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self.start()
+            starting = asyncio.ensure_future(self.start())
+            stopping = asyncio.ensure_future(self._stop_requested.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():  # e.g. still waiting for NATS: a stop request ends the wait
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                self.log.info("stop requested while starting")
+                return
+            stopping.cancel()
+            starting.result()  # a failed start raises here
             await self._stop_requested.wait()
             self.log.info("stop requested")
         finally:

@@ -75,7 +75,9 @@ def banner(settings: Settings, nats_url: str) -> str:
             "",
             "GenImage Hub is running.",
             f"  Admin UI   http://{settings.ui_host}:{settings.ui_port}/",
-            f"  Gateway    http://{settings.gateway_host}:{settings.gateway_port}/  (health: /healthz)",
+            f"  MCP        http://{settings.gateway_host}:{settings.gateway_port}/mcp  (Bearer API key from the UI)",
+            f"  REST API   http://{settings.gateway_host}:{settings.gateway_port}/api/v1  "
+            f"(OpenAPI: /api/v1/openapi.json)",
             f"  NATS       {nats_url}",
             f"  Data       {settings.data_dir}",
             "Press Ctrl-C to stop.",

@@ -1,15 +1,36 @@
-"""Assembles the gateway: its database (API keys, issue 9), its NATS handlers and its HTTP server."""
+"""Assembles the gateway: its database (API keys), its NATS handlers and its HTTP server (MCP, images)."""
 
+from contracts import subjects
+from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.http import serve_http
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__, piccolo_conf
+from gateway.api_keys import ApiKeyStore
+from gateway.handlers import KeyHandlers
 from gateway.http_app import create_http_app
+from gateway.hub_client import HubClient
+from gateway.mcp_server import HubMcp, McpSettings
 
 
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="MCP server, REST API and image delivery")
     attach(runtime, piccolo_conf.DB, "gateway")
-    serve_http(runtime, create_http_app(runtime), host=settings.gateway_host, port=settings.gateway_port)
+    tuning = McpSettings(
+        tool_budget_s=settings.gateway_tool_budget_s, thumbnail_max_bytes=settings.gateway_thumbnail_max_bytes
+    )
+    keys = ApiKeyStore()
+    handlers = KeyHandlers(keys)
+    gateway = subjects.Gateway
+    runtime.endpoint(gateway.KEYS_LIST, ListApiKeys, handlers.list)
+    runtime.endpoint(gateway.KEYS_CREATE, CreateApiKey, handlers.create)
+    runtime.endpoint(gateway.KEYS_REVOKE, RevokeApiKey, handlers.revoke)
+
+    def make_mcp(hub: HubClient) -> HubMcp:
+        return HubMcp(hub, tuning, runtime.log)
+
+    serve_http(
+        runtime, create_http_app(runtime, keys, make_mcp), host=settings.gateway_host, port=settings.gateway_port
+    )
     return runtime

@@ -1,23 +1,263 @@
-"""The gateway's HTTP application (litestar). MCP, REST and image routes arrive with issue 9."""
+"""The gateway's HTTP application: MCP at /mcp, images at /images/<output_id>, health probes.
+
+An ASGI layer in front of litestar checks, for /mcp and /api, the `Origin` (DNS-rebinding defence: only no
+Origin, a loopback origin or the gateway's own origin) and the `Authorization: Bearer <API key>` header.
+Image URLs need no key: an output id is a 128-bit secret, so the URL itself is the capability (it can be
+shown in a browser or fetched by a client that has no key, like any signed link).
+"""
 
 from __future__ import annotations
 
-from litestar import Litestar, get
-from litestar.response import Response
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Litestar, Request, get
+from litestar.handlers import asgi
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Response, Stream
 
 from contracts.runtime.service import ServiceRuntime
+from gateway import __version__
+from gateway.api_keys import ApiKeyStore
+from gateway.hub_client import HubClient
+from gateway.mcp_server import API_KEY_SCOPE_KEY, MAX_REQUEST_BODY_BYTES, HubMcp
+from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, GenerationsController
+
+REALM = 'Bearer realm="genimage-hub"'
+PROTECTED_PREFIXES = ("/mcp", "/api/")
+PUBLIC_PATHS = ("/api/v1/openapi.json",)  # the OpenAPI document describes the API; it needs no key
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+_NOT_JSON = object()
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def create_http_app(runtime: ServiceRuntime) -> Litestar:
-    @get("/healthz", sync_to_thread=False)
+async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    payload = msgspec.json.encode(body)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _is_json_rpc_message(value: object) -> bool:
+    if not isinstance(value, dict) or value.get("jsonrpc") != "2.0":
+        return False
+    if "id" in value and (isinstance(value["id"], bool) or not isinstance(value["id"], (str, int))):
+        return False
+    if "method" in value:
+        return isinstance(value["method"], str) and isinstance(value.get("params", {}), dict)
+    return "id" in value and ("result" in value or "error" in value)
+
+
+def origin_allowed(origin: str | None, host: str | None) -> bool:
+    """No Origin (not a browser), a loopback page, or the gateway's own origin."""
+    if not origin:
+        return True
+    parts = urlsplit(origin)
+    if parts.hostname in LOOPBACK_HOSTS:
+        return True
+    return bool(host) and parts.netloc.lower() == (host or "").lower()
+
+
+class GatewayGuard:
+    """ASGI middleware: Origin and API-key checks for the protected paths, then the litestar app."""
+
+    def __init__(self, app: Any, keys: ApiKeyStore) -> None:
+        self._app = app
+        self._keys = keys
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PROTECTED_PREFIXES) or path.startswith(PUBLIC_PATHS):
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not origin_allowed(headers.get("origin"), headers.get("host")):
+            await _send_json(
+                send,
+                403,
+                {"error": {"code": "forbidden", "message": f"Origin {headers.get('origin')} is not allowed"}},
+                [],
+            )
+            return
+        authorization = headers.get("authorization", "")
+        scheme, _, secret = authorization.partition(" ")
+        key = await self._keys.authenticate(secret.strip()) if scheme.lower() == "bearer" and secret else None
+        if key is None:
+            message = (
+                "missing API key: send `Authorization: Bearer <key>` (create a key in the admin UI)"
+                if not authorization
+                else "the API key is not valid or was revoked"
+            )
+            await _send_json(
+                send,
+                401,
+                {"error": {"code": "unauthorized", "message": message}},
+                [(b"www-authenticate", REALM.encode())],
+            )
+            return
+        scope[API_KEY_SCOPE_KEY] = key
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/mcp":
+            receive = await self._checked_json_rpc(receive, send)
+            if receive is None:
+                return
+        await self._app(scope, receive, send)
+
+    async def _checked_json_rpc(self, receive: Any, send: Any) -> Any:
+        """Answer -32600 (Invalid Request) for JSON that is not a JSON-RPC message, as JSON-RPC 2.0 says (the SDK
+        answers -32602 there); otherwise hand the SDK the body as it came. Non-JSON is left to the SDK (-32700)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # the client went away; let the app see it
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_REQUEST_BODY_BYTES:
+                await _send_json(send, 413, {"error": {"code": "too_large", "message": "request body too large"}}, [])
+                return None
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            parsed = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            parsed = _NOT_JSON
+        if parsed is not _NOT_JSON and not _is_json_rpc_message(parsed):
+            error = {"code": -32600, "message": 'Invalid Request: send a JSON-RPC 2.0 object with `jsonrpc`: "2.0"'}
+            await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
+            return None
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
+    """(start, end inclusive) for one satisfiable range; None: no usable Range (serve all); False: 416."""
+    match = _RANGE.match(header.strip())
+    if not match:
+        return None  # several ranges or another unit: the whole file is a valid answer
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            return False
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or (last and int(last) < start):
+        return False
+    return start, end
+
+
+def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any) -> Any:
+    state: dict[str, Any] = {}
+
+    @get("/healthz", sync_to_thread=False, include_in_schema=False)
     def healthz() -> dict[str, object]:
         """Liveness: the process serves HTTP."""
         return {"service": runtime.name, "version": runtime.version, "instance_id": runtime.instance_id}
 
-    @get("/readyz", sync_to_thread=False)
+    @get("/readyz", sync_to_thread=False, include_in_schema=False)
     def readyz() -> Response[dict[str, object]]:
         """Readiness: the gateway can reach the other services (NATS is connected)."""
         ready = runtime.nc.is_connected
         return Response({"ready": ready}, status_code=200 if ready else 503)
 
-    return Litestar(route_handlers=[healthz, readyz], openapi_config=None, logging_config=None)
+    @asgi("/mcp", is_mount=True, copy_scope=False)
+    async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await state["mcp"].session_manager.handle_request(scope, receive, send)
+
+    @get("/images/{output_id:str}", include_in_schema=False)
+    async def image(request: Request[Any, Any, Any], output_id: str) -> Response[Any]:
+        hub: HubClient = state["hub"]
+        info = await hub.outputs.info(output_id) if len(output_id) <= 64 else None
+        if info is None:
+            return Response(
+                {"error": {"code": "not_found", "message": f"no image `{output_id}` (it may have been deleted)"}},
+                status_code=404,
+            )
+        etag = '"' + hashlib.sha256(output_id.encode()).hexdigest()[:32] + '"'
+        headers = {
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'inline; filename="{info.filename}"',
+        }
+        if request.headers.get("if-none-match") == etag:
+            return Response(b"", status_code=304, headers=headers)
+        wanted = request.headers.get("range")
+        span = parse_range(wanted, info.size) if wanted else None
+        if span is False:
+            return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{info.size}"})
+        start, end = span if isinstance(span, tuple) else (0, info.size - 1)
+
+        async def body() -> AsyncIterator[bytes]:
+            offset = 0
+            async for chunk in hub.outputs.read(output_id):
+                chunk_start, offset = offset, offset + len(chunk)
+                if offset <= start:
+                    continue
+                if chunk_start > end:
+                    break
+                yield chunk[max(0, start - chunk_start) : end + 1 - chunk_start]
+
+        headers["Content-Length"] = str(end - start + 1)
+        if isinstance(span, tuple):
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        return Stream(
+            body(), status_code=206 if isinstance(span, tuple) else 200, media_type=info.content_type, headers=headers
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        # The HTTP server starts after NATS is connected (serve_http), so the hub client can be built here.
+        hub = HubClient(runtime.nc, timeout_s=runtime.settings.request_timeout_s)
+        mcp: HubMcp = mcp_factory(hub)
+        state["hub"], state["mcp"] = hub, mcp
+        app.state.hub = hub
+        async with mcp.session_manager.run():
+            yield
+
+    app = Litestar(
+        route_handlers=[healthz, readyz, mcp_endpoint, image, GenerationsController, CatalogController],
+        openapi_config=OpenAPIConfig(
+            title="GenImage Hub API",
+            version=__version__,
+            path=API_PREFIX,
+            render_plugins=[JsonRenderPlugin()],
+            components=Components(
+                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="hub API key")}
+            ),
+            security=[{"apiKey": []}],
+        ),
+        exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=None,
+        lifespan=[lifespan],
+    )
+    return GatewayGuard(app, keys)

@@ -29,6 +29,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_JETSTREAM_REPLICAS": ("1", "Replicas of each JetStream stream: 1 on one server, 3 on a cluster"),
     "HUB_GATEWAY_HOST": ("127.0.0.1", "Address the gateway (MCP, REST, images) listens on"),
     "HUB_GATEWAY_PORT": ("8600", "Port of the gateway"),
+    "HUB_GATEWAY_TOOL_BUDGET_S": ("50", "Longest an MCP generate_image call is held before it returns the job id"),
+    "HUB_GATEWAY_THUMBNAIL_MAX_BYTES": ("49152", "Largest inline WebP preview in an MCP tool result, in bytes"),
     "HUB_UI_HOST": ("127.0.0.1", "Address the admin UI listens on"),
     "HUB_UI_PORT": ("8601", "Port of the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
@@ -62,6 +64,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     jetstream_replicas: int
     gateway_host: str
     gateway_port: int
+    gateway_tool_budget_s: float
+    gateway_thumbnail_max_bytes: int
     ui_host: str
     ui_port: int
     admin_password: str
@@ -136,6 +140,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         jetstream_replicas=int(_number(env, "HUB_JETSTREAM_REPLICAS", int, minimum=1)),
         gateway_host=text("HUB_GATEWAY_HOST"),
         gateway_port=int(_number(env, "HUB_GATEWAY_PORT", int, minimum=0)),
+        gateway_tool_budget_s=_number(env, "HUB_GATEWAY_TOOL_BUDGET_S", float, minimum=0.1),
+        gateway_thumbnail_max_bytes=int(_number(env, "HUB_GATEWAY_THUMBNAIL_MAX_BYTES", int, minimum=1024)),
         ui_host=text("HUB_UI_HOST"),
         ui_port=int(_number(env, "HUB_UI_PORT", int, minimum=0)),
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),

@@ -1,0 +1,136 @@
+"""Gateway benchmark: generations through MCP (/mcp, official SDK client) against the direct NATS path.
+
+    .venv/bin/python bench/gateway_bench.py [--jobs 100] [--concurrency 8]
+
+Runs a nats-server, the registry, prompt, dispatch and gateway services as processes, and instant ComfyUI test
+doubles in this process. Each path runs `--jobs` generations, `--concurrency` at a time:
+- nats: Dispatch.JOBS_SUBMIT, then wait for the job's final event on JetStream (what the gateway does inside);
+- mcp: `tools/call generate_image` over Streamable HTTP, which also builds the inline thumbnail.
+Printed: generations/s and median/p99 latency per path; compare the two figures of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import httpx2
+import msgspec
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from contracts import subjects
+from contracts.messages.events import GenerationEvent
+from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, SubmitReply
+from contracts.runtime.bus import request
+from contracts.streams import job_events_filter
+from hub_deploy.natsserver import NatsServer
+
+
+async def run_path(jobs: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            started = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+def report(label: str, jobs: int, elapsed: float, latencies: list[float]) -> None:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    print(
+        f"{label:5s}: {jobs / elapsed:7.1f} generations/s   median {statistics.median(ordered) * 1000:7.1f} ms"
+        f"   p99 {p99 * 1000:7.1f} ms   ({jobs} jobs)"
+    )
+
+
+async def bench(gw: GatewayHub, jobs: int, concurrency: int) -> None:
+    nc = gw.nc
+    gw.comfy.work_seconds = 0.0
+
+    async def via_nats(i: int) -> None:
+        reply = await request(
+            nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), SubmitReply, timeout=30
+        )
+        sub = await nc.jetstream().subscribe(job_events_filter(reply.job_id), ordered_consumer=True)
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=30)
+                event = msgspec.json.decode(msg.data, type=GenerationEvent)
+                if type(event).__struct_config__.tag in FINAL_STATUSES:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    http = httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(30, read=120))
+    sessions: list[ClientSession] = []
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(http)
+        for _ in range(concurrency):
+            read, write = await stack.enter_async_context(
+                streamable_http_client(f"{gw.base_url}/mcp", http_client=http)
+            )
+            session = await stack.enter_async_context(ClientSession(read, write))
+            await session.initialize()
+            sessions.append(session)
+        free: asyncio.Queue[ClientSession] = asyncio.Queue()
+        for session in sessions:
+            free.put_nowait(session)
+
+        async def via_mcp(i: int) -> None:
+            session = await free.get()
+            try:
+                result = await session.call_tool("generate_image", {"prompt": f"bench {i}", "steps": 1})
+                assert not result.is_error and result.structured_content["status"] == "completed", result
+            finally:
+                free.put_nowait(session)
+
+        await run_path(concurrency, concurrency, via_nats)  # warm-up
+        await run_path(concurrency, concurrency, via_mcp)
+        elapsed, latencies = await run_path(jobs, concurrency, via_nats)
+        report("nats", jobs, elapsed, latencies)
+        elapsed, latencies = await run_path(jobs, concurrency, via_mcp)
+        report("mcp", jobs, elapsed, latencies)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
+        server.start()
+        try:
+            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
+                await bench(gw, args.jobs, args.concurrency)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

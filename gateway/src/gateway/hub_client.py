@@ -1,0 +1,83 @@
+"""The gateway's calls into the hub: typed NATS requests and a job's generation events (no business logic)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from nats.aio.client import Client as NatsClient
+
+from contracts import subjects
+from contracts.messages.events import GenerationEvent
+from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
+from contracts.messages.render_types import ListRenderTypes, RenderTypeList
+from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
+from contracts.runtime.bus import request
+from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.streams import job_events_filter
+
+
+class HubClient:
+    def __init__(self, nc: NatsClient, *, timeout_s: float) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+        self.outputs = ObjectStoreOutputs(nc.jetstream())
+
+    async def submit(self, generation: GenerationRequest) -> SubmitReply:
+        # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
+        return await request(
+            self.nc, subjects.Dispatch.JOBS_SUBMIT, generation, SubmitReply, timeout=3 * self.timeout_s
+        )
+
+    async def job(self, job_id: str) -> JobView:
+        return await request(
+            self.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView, timeout=self.timeout_s
+        )
+
+    async def cancel(self, job_id: str, reason: str) -> JobView:
+        return await request(
+            self.nc,
+            subjects.Dispatch.JOBS_CANCEL,
+            CancelJob(job_id=job_id, reason=reason),
+            JobView,
+            timeout=self.timeout_s,
+        )
+
+    async def render_types(self) -> RenderTypeList:
+        listing = await request(
+            self.nc,
+            subjects.Registry.LIST,
+            ListRenderTypes(include_disabled=False),
+            RenderTypeList,
+            timeout=self.timeout_s,
+        )
+        return listing
+
+    async def styles(self, render_type: str | None = None) -> StyleList:
+        listing = await request(
+            self.nc,
+            subjects.Prompt.STYLES_LIST,
+            ListStyles(render_type=render_type, include_disabled=False),
+            StyleList,
+            timeout=self.timeout_s,
+        )
+        return listing
+
+    async def preview(self, build: BuildPrompt) -> BuiltPrompt:
+        return await request(self.nc, subjects.Prompt.PREVIEW, build, BuiltPrompt, timeout=3 * self.timeout_s)
+
+    async def events(self, job_id: str) -> AsyncIterator[GenerationEvent]:
+        """Every event of one job from its first, in order, until the caller stops (replayed from JetStream)."""
+        sub = await self.nc.jetstream().subscribe(job_events_filter(job_id), ordered_consumer=True)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=3600)
+                except TimeoutError:
+                    continue
+                try:
+                    yield msgspec.json.decode(msg.data, type=GenerationEvent)
+                except (msgspec.ValidationError, msgspec.DecodeError):
+                    continue  # an event of a newer version this gateway does not know: skip it
+        finally:
+            await sub.unsubscribe()

@@ -1,0 +1,87 @@
+"""What the gateway returns about a generation, to MCP and REST callers alike."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from contracts.messages.base import Record, Request
+from contracts.messages.jobs import JobStatus, JobView, Progress, Timings
+
+
+class ImageLink(Record):
+    output_id: str
+    url: Annotated[str, msgspec.Meta(description="Full image on the gateway; also readable with resources/read.")]
+    content_type: str
+    size: int
+    filename: str
+    width: int | None = None
+    height: int | None = None
+
+
+class Generation(Record):
+    job_id: Annotated[str, msgspec.Meta(description="Pass to get_generation or cancel_generation.")]
+    status: JobStatus
+    done: Annotated[bool, msgspec.Meta(description="False: call get_generation with job_id to follow the job.")]
+    render_type: str
+    prompt: str
+    positive_prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = []
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    instance: str | None = None
+    queue_position: int | None = None
+    progress: Progress = msgspec.field(default_factory=Progress)
+    images: list[ImageLink] = []
+    timings: Timings = msgspec.field(default_factory=Timings)
+    error: str | None = None
+    enhancement_error: str | None = None
+
+
+def generation_of(view: JobView, base_url: str) -> Generation:
+    return Generation(
+        job_id=view.job_id,
+        status=view.status,
+        done=view.status in ("completed", "failed", "cancelled"),
+        render_type=view.render_type,
+        prompt=view.prompt,
+        positive_prompt=view.positive_prompt,
+        negative_prompt=view.negative_prompt,
+        styles=view.styles,
+        seed=view.seed,
+        width=view.width,
+        height=view.height,
+        instance=view.instance,
+        queue_position=view.queue_position,
+        progress=view.progress,
+        images=[
+            ImageLink(
+                output_id=o.output_id,
+                url=f"{base_url}/images/{o.output_id}",
+                content_type=o.content_type,
+                size=o.size,
+                filename=o.filename,
+                width=o.width,
+                height=o.height,
+            )
+            for o in view.outputs
+        ],
+        timings=view.timings,
+        error=view.error,
+        enhancement_error=view.enhancement_error,
+    )
+
+
+class JobRef(Request):
+    job_id: Annotated[str, msgspec.Meta(min_length=1, description="The job_id returned by generate_image.")]
+
+
+class StylesQuery(Request):
+    render_type: Annotated[str | None, msgspec.Meta(description="Only styles suited to this render type.")] = None
+
+
+class NoArguments(Request):
+    pass

@@ -1,0 +1,70 @@
+"""Shared pieces of the gateway tests: a hub (registry, prompt, dispatch, gateway processes) with one ComfyUI
+double registered, and an API key created over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import nats
+from dispatch_support import Hub, add_instance, checkpoint_of
+from doubles.comfyui import ComfyUIDouble
+
+from contracts import subjects
+from contracts.messages.instances import InstanceList, ListInstances
+from contracts.messages.keys import CreateApiKey, CreatedApiKey
+from contracts.runtime.bus import request
+
+
+@dataclass
+class GatewayHub:
+    hub: Hub
+    comfy: ComfyUIDouble
+    base_url: str
+    key: CreatedApiKey
+
+    @property
+    def nc(self):  # type: ignore[no-untyped-def]
+        return self.hub.nc
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key.secret}"}
+
+
+@contextlib.asynccontextmanager
+async def gateway_hub(nats_url: str, data_dir, **gateway_env: str) -> AsyncIterator[GatewayHub]:  # type: ignore[no-untyped-def]
+    nc = await nats.connect(nats_url)
+    hub = Hub(nats_url=nats_url, data_dir=data_dir, nc=nc)
+    comfy: ComfyUIDouble | None = None
+    try:
+        await hub.start_all()
+        gateway = hub.start("gateway", **gateway_env)
+        await gateway.wait_healthy(nc)
+        base_url = f"http://127.0.0.1:{gateway.env['HUB_GATEWAY_PORT']}"
+        comfy = ComfyUIDouble(name="gw-comfy", models={"checkpoints": [await checkpoint_of(nc)]}, work_seconds=0.2)
+        await comfy.start()
+        await add_instance(nc, comfy, "gw-comfy", slots=2)
+        deadline = time.monotonic() + 15
+        while True:
+            listing = await request(nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+            if any(v.health.up for v in listing.instances if v.instance.name == "gw-comfy"):
+                break
+            assert time.monotonic() < deadline, listing
+            await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            deadline = time.monotonic() + 15
+            while (await http.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        key = await request(nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="tests"), CreatedApiKey)
+        yield GatewayHub(hub=hub, comfy=comfy, base_url=base_url, key=key)
+    finally:
+        hub.stop_all()
+        if comfy is not None:
+            await comfy.stop()
+        await nc.close()

@@ -1,0 +1,416 @@
+"""The gateway: API keys over NATS, authentication and Origin checks, MCP over Streamable HTTP (official SDK
+client), images with Range, all against real registry, prompt, dispatch and gateway processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import mcp_types as types
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from PIL import Image
+
+from contracts import subjects
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
+from contracts.runtime.bus import request
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(
+        nats_server.url, tmp_path_factory.mktemp("gateway"), HUB_GATEWAY_TOOL_BUDGET_S="4"
+    ) as running:
+        yield running
+
+
+def mcp_session(gw: GatewayHub, secret: str | None = None):  # type: ignore[no-untyped-def]
+    headers = {"Authorization": f"Bearer {secret or gw.key.secret}"}
+    return httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=120))
+
+
+class Mcp:
+    """An initialized official-SDK client session to the gateway's /mcp."""
+
+    def __init__(self, gw: GatewayHub) -> None:
+        self._gw = gw
+        self._stack = None
+
+    async def __aenter__(self) -> ClientSession:
+        import contextlib
+
+        self._stack = contextlib.AsyncExitStack()
+        http = await self._stack.enter_async_context(mcp_session(self._gw))
+        read, write = await self._stack.enter_async_context(
+            streamable_http_client(f"{self._gw.base_url}/mcp", http_client=http)
+        )
+        session = await self._stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        return session
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._stack is not None
+        await self._stack.aclose()
+
+
+# -- API keys ---------------------------------------------------------------------------------------
+
+
+async def test_api_keys_are_created_listed_and_revoked_over_nats(gw: GatewayHub) -> None:
+    created = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="  laptop "), CreatedApiKey)
+    assert created.secret.startswith("ghub_") and len(created.secret) == len("ghub_") + 32
+    assert created.key.name == "laptop" and created.secret.startswith(created.key.prefix)
+    assert created.key.prefix != created.secret
+
+    listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+    assert created.key.key_id in {k.key_id for k in listing.keys}
+    assert created.secret not in repr(listing)  # the secret is shown once, never listed
+
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        ok = await http.get("/api/v1/render-types", headers={"Authorization": f"Bearer {created.secret}"})
+        assert ok.status_code != 401
+        listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        used = next(k for k in listing.keys if k.key_id == created.key.key_id)
+        assert used.last_used_at is not None and used.last_used_at >= created.key.created_at
+
+        revoked = await request(gw.nc, subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=created.key.key_id), ApiKey)
+        assert revoked.revoked_at is not None
+        listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        assert created.key.key_id not in {k.key_id for k in listing.keys}
+        everything = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True), ApiKeyList)
+        assert created.key.key_id in {k.key_id for k in everything.keys}
+
+        refused = await http.post("/mcp", headers={"Authorization": f"Bearer {created.secret}"}, json={})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
+
+    with pytest.raises(HubError) as raised:
+        await request(gw.nc, subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id="key_nope"), ApiKey)
+    assert raised.value.code == ErrorCode.NOT_FOUND and raised.value.info.field == "key_id"
+    with pytest.raises(HubError) as raised:
+        await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="   "), CreatedApiKey)
+    assert raised.value.info.field == "name"
+
+
+# -- HTTP checks in front of /mcp -------------------------------------------------------------------
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer ghub_not-a-real-key-000000000000000000"}, 401),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+    ],
+)
+async def test_mcp_refuses_missing_or_bad_keys(gw: GatewayHub, headers: dict[str, str], status: int) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        response = await http.post("/mcp", json=INIT, headers={**ACCEPT, **headers})
+    assert response.status_code == status
+    assert response.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+async def test_mcp_refuses_foreign_origins_and_accepts_loopback(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        foreign = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth, "Origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        local = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth, "Origin": "http://localhost:5173"})
+        assert local.status_code == 200, local.text
+
+
+async def raw_session(http: httpx.AsyncClient, gw: GatewayHub) -> dict[str, str]:
+    """Initialize over raw HTTP; the headers the following requests need."""
+    response = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth})
+    assert response.status_code == 200, response.text
+    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": "2025-06-18"}
+    if "mcp-session-id" in response.headers:
+        headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
+    done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post("/mcp", json=done, headers=headers)).status_code == 202
+    return headers
+
+
+def sse_or_json(response: httpx.Response) -> dict[str, Any]:
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = next(
+            line[5:].strip() for line in response.text.splitlines() if line.startswith("data:") and line[5:].strip()
+        )
+        return json.loads(data)
+    return response.json()
+
+
+def rpc_error(response: httpx.Response) -> dict[str, object]:
+    return sse_or_json(response)["error"]
+
+
+async def test_malformed_json_rpc_gets_the_right_error_codes(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
+        headers = await raw_session(http, gw)
+        parse = await http.post("/mcp", content=b"{not json", headers=headers)
+        assert rpc_error(parse)["code"] == -32700
+
+        for not_a_request in (
+            {"jsonrpc": "2.0", "id": 5, "params": {}},
+            {"jsonrpc": "1.0", "id": 5, "method": "ping"},
+            {"jsonrpc": "2.0", "id": {"x": 1}, "method": "ping"},
+            [1, 2],
+        ):
+            invalid = await http.post("/mcp", json=not_a_request, headers=headers)
+            assert invalid.status_code == 400 and rpc_error(invalid)["code"] == -32600, not_a_request
+
+        unknown = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 6, "method": "nope/nothing"}, headers=headers)
+        assert rpc_error(unknown)["code"] == -32601
+
+        bad = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"arguments": {}}}
+        assert rpc_error(await http.post("/mcp", json=bad, headers=headers))["code"] == -32602
+        no_tool = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}
+        assert rpc_error(await http.post("/mcp", json=no_tool, headers=headers))["code"] == -32602
+
+        for version in ("2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01"):
+            init = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
+            answer = await http.post("/mcp", json=init, headers={**ACCEPT, **gw.auth})
+            assert answer.status_code == 200
+            agreed = sse_or_json(answer)["result"]["protocolVersion"]
+            # A known version is kept; an unknown one is answered with one the server speaks (negotiation).
+            assert agreed == version if version != "1999-01-01" else agreed.startswith("20")
+
+        versioned = {**headers, "MCP-Protocol-Version": "1999-01-01"}
+        listing = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+        assert (await http.post("/mcp", json=listing, headers=versioned)).status_code == 400
+
+
+# -- MCP tools ---------------------------------------------------------------------------------------
+
+
+async def test_tools_are_listed_with_schemas_from_the_contracts(gw: GatewayHub) -> None:
+    async with Mcp(gw) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    assert set(tools) == {
+        "generate_image",
+        "get_generation",
+        "cancel_generation",
+        "list_render_types",
+        "list_styles",
+        "preview_prompt",
+    }
+    generate = tools["generate_image"]
+    assert generate.input_schema["required"] == ["prompt"]
+    assert "api_key_id" not in generate.input_schema["properties"]
+    assert "input_image" in generate.input_schema["properties"] and "$defs" in generate.input_schema
+    assert generate.output_schema and "job_id" in generate.output_schema["properties"]
+    assert all(t.description and len(t.description) > 30 for t in tools.values())
+
+
+async def test_catalog_tools_and_resources(gw: GatewayHub) -> None:
+    async with Mcp(gw) as session:
+        render_types = await session.call_tool("list_render_types", {})
+        assert not render_types.is_error
+        names = [r["name"] for r in render_types.structured_content["render_types"]]
+        assert "sdxl" in names
+
+        styles = await session.call_tool("list_styles", {})
+        assert not styles.is_error and styles.structured_content["styles"]
+        style = styles.structured_content["styles"][0]["name"]
+
+        preview = await session.call_tool("preview_prompt", {"prompt": "a red fox", "styles": [style]})
+        assert not preview.is_error, preview.content
+        assert "a red fox" in preview.structured_content["positive"]
+        assert preview.structured_content["styles_applied"] == [style]
+
+        wrong = await session.call_tool("preview_prompt", {"prompt": "a red fox", "styles": ["no-such-style"]})
+        assert wrong.is_error and "no-such-style" in wrong.content[0].text
+
+        bad = await session.call_tool("generate_image", {"prompt": "x", "width": "wide"})
+        assert bad.is_error and "width" in bad.content[0].text
+
+        resources = {str(r.uri) for r in (await session.list_resources()).resources}
+        assert resources == {"hub://render-types", "hub://styles"}
+        read = await session.read_resource("hub://render-types")
+        assert "sdxl" in read.contents[0].text
+
+
+async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail(gw: GatewayHub) -> None:
+    progress: list[tuple[float, float | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total))
+
+    async with Mcp(gw) as session:
+        result = await session.call_tool(
+            "generate_image",
+            {"prompt": "a lighthouse at dusk", "steps": 8, "seed": 42, "count": 1},
+            progress_callback=on_progress,
+        )
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data["status"] == "completed" and data["done"] is True
+        assert data["seed"] == 42 and data["render_type"] == "sdxl" and data["instance"] == "gw-comfy"
+        assert "a lighthouse at dusk" in data["positive_prompt"]
+        assert data["timings"]["finished_at"] >= data["timings"]["accepted_at"]
+
+        links = [c for c in result.content if isinstance(c, types.ResourceLink)]
+        assert len(links) == 1 and str(links[0].uri) == f"{gw.base_url}/images/{data['images'][0]['output_id']}"
+        thumbs = [c for c in result.content if isinstance(c, types.ImageContent)]
+        assert len(thumbs) == 1 and thumbs[0].mime_type == "image/webp"
+        thumb = base64.b64decode(thumbs[0].data)
+        assert len(thumb) <= 48 * 1024
+        assert Image.open(io.BytesIO(thumb)).format == "WEBP"
+
+        assert progress, "no notifications/progress arrived"
+        values = [v for v, _ in progress]
+        assert values == sorted(values) and values[-1] == 100.0
+
+        view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=data["job_id"]), JobView)
+        assert view.api_key_id == gw.key.key.key_id
+
+        again = await session.call_tool("get_generation", {"job_id": data["job_id"]})
+        assert again.structured_content["images"] == data["images"]
+
+        blob = await session.read_resource(str(links[0].uri))
+        contents = blob.contents[0]
+        assert contents.mime_type == data["images"][0]["content_type"]
+        image_bytes = base64.b64decode(contents.blob)
+
+        missing = await session.call_tool("get_generation", {"job_id": "no-such-job"})
+        assert missing.is_error
+
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        url = f"/images/{data['images'][0]['output_id']}"
+        full = await http.get(url)
+        assert full.status_code == 200 and full.content == image_bytes
+        assert full.headers["content-type"].startswith(data["images"][0]["content_type"])
+        assert full.headers["cache-control"] == "private, max-age=31536000, immutable"
+        etag = full.headers["etag"]
+        assert (await http.get(url, headers={"If-None-Match": etag})).status_code == 304
+
+        part = await http.get(url, headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == image_bytes[10:20]
+        assert part.headers["content-range"] == f"bytes 10-19/{len(image_bytes)}"
+        tail = await http.get(url, headers={"Range": "bytes=-5"})
+        assert tail.status_code == 206 and tail.content == image_bytes[-5:]
+        beyond = await http.get(url, headers={"Range": f"bytes={len(image_bytes)}-"})
+        assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(image_bytes)}"
+        assert (await http.get("/images/nope")).status_code == 404
+
+
+async def test_cancelling_the_request_cancels_the_job(gw: GatewayHub) -> None:
+    gw.comfy.work_seconds = 20.0
+    try:
+        async with Mcp(gw) as session:
+            started = time.monotonic()
+            job_ids: list[str] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                pass
+
+            with anyio.move_on_after(2.0):
+                await session.call_tool(
+                    "generate_image", {"prompt": "a very slow painting", "steps": 50}, progress_callback=on_progress
+                )
+            assert time.monotonic() - started < 10
+        from contracts.messages.jobs import QueueView, QueueViewRequest
+
+        deadline = time.monotonic() + 15
+        while True:
+            queue = await request(
+                gw.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True), QueueView
+            )
+            slow = [j for j in queue.jobs if j.prompt == "a very slow painting"]
+            job_ids = [j.job_id for j in slow]
+            if slow and all(j.status == "cancelled" for j in slow):
+                break
+            assert time.monotonic() < deadline, slow
+            await asyncio.sleep(0.2)
+        assert len(job_ids) == 1
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_cancel_generation_tool_and_budget(gw: GatewayHub) -> None:
+    gw.comfy.work_seconds = 20.0
+    try:
+        async with Mcp(gw) as session:
+            # The module's gateway holds a call at most HUB_GATEWAY_TOOL_BUDGET_S (see the fixture).
+            started = time.monotonic()
+            pending = await session.call_tool("generate_image", {"prompt": "a slow sunset", "steps": 50})
+            assert time.monotonic() - started < 8
+            assert not pending.is_error
+            assert pending.structured_content["done"] is False
+            job_id = pending.structured_content["job_id"]
+            cancelled = await session.call_tool("cancel_generation", {"job_id": job_id})
+            assert cancelled.structured_content["status"] == "cancelled"
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_stdio_bridge_relays_a_desktop_client_to_the_hub(gw: GatewayHub) -> None:
+    import os
+    import sys
+
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command=sys.executable,
+        args=["-m", "gateway.stdio", "--url", f"{gw.base_url}/mcp"],
+        env={**os.environ, "HUB_API_KEY": gw.key.secret},
+    )
+    with anyio.fail_after(60):
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {t.name for t in (await session.list_tools()).tools}
+            assert "generate_image" in tools
+            listing = await session.call_tool("list_render_types", {})
+            assert not listing.is_error and "sdxl" in [r["name"] for r in listing.structured_content["render_types"]]
+
+
+async def test_the_2026_era_works_without_a_handshake(gw: GatewayHub) -> None:
+    """A 2026-07-28 request is self-contained (version, client info and capabilities in `_meta`)."""
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    call = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "list_render_types", "arguments": {}, "_meta": meta},
+    }
+    headers = {
+        **ACCEPT,
+        **gw.auth,
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "list_render_types",
+    }
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
+        answer = await http.post("/mcp", json=call, headers=headers)
+        assert answer.status_code == 200, answer.text
+        result = sse_or_json(answer)["result"]
+        assert "sdxl" in [r["name"] for r in result["structuredContent"]["render_types"]]
+        refused = await http.post("/mcp", json=call, headers={**headers, "Authorization": "Bearer ghub_wrong"})
+        assert refused.status_code == 401

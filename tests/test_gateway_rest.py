@@ -1,0 +1,125 @@
+"""The gateway's REST API under /api/v1 and its OpenAPI document, against real hub processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import msgspec
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+from openapi_spec_validator import validate
+
+from contracts import subjects
+from contracts.messages.jobs import GetJob, JobView
+from contracts.runtime.bus import request
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-rest")) as running:
+        yield running
+
+
+@pytest.fixture
+async def api(gw: GatewayHub) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as client:
+        yield client
+
+
+async def test_openapi_document_is_valid_and_public(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        response = await http.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    validate(document)
+    paths = document["paths"]
+    for path in (
+        "/api/v1/generations",
+        "/api/v1/generations/{job_id}",
+        "/api/v1/generations/{job_id}/events",
+        "/api/v1/render-types",
+        "/api/v1/styles",
+        "/api/v1/prompt-preview",
+    ):
+        assert path in paths, sorted(paths)
+    assert not any(p.startswith(("/mcp", "/images", "/healthz")) for p in paths)
+
+
+async def test_api_needs_a_key(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        response = await http.get("/api/v1/render-types")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
+
+
+async def test_catalog_and_preview(api: httpx.AsyncClient) -> None:
+    render_types = (await api.get("/api/v1/render-types")).json()
+    assert "sdxl" in [r["name"] for r in render_types["render_types"]]
+    styles = (await api.get("/api/v1/styles")).json()["styles"]
+    assert styles
+    preview = await api.post("/api/v1/prompt-preview", json={"prompt": "a fox", "styles": [styles[0]["name"]]})
+    assert preview.status_code == 200 and "a fox" in preview.json()["positive"]
+    unknown = await api.post("/api/v1/prompt-preview", json={"prompt": "a fox", "styles": ["no-such-style"]})
+    assert unknown.status_code in (400, 404)
+    error = unknown.json()["error"]
+    assert error["code"] in ("invalid_request", "not_found") and "no-such-style" in error["message"]
+
+
+async def test_generation_lifecycle_with_events(gw: GatewayHub, api: httpx.AsyncClient) -> None:
+    submitted = await api.post("/api/v1/generations", json={"prompt": "a harbour at night", "seed": 7, "steps": 4})
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    assert submitted.headers["location"] == f"/api/v1/generations/{job_id}"
+
+    kinds: list[str] = []
+    async with api.stream("GET", f"/api/v1/generations/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for line in stream.aiter_lines():
+            if line.startswith("event:"):
+                kinds.append(line.split(":", 1)[1].strip())
+    assert kinds[0] == "accepted" and kinds[-1] == "completed" and "progress" in kinds
+
+    result = (await api.get(f"/api/v1/generations/{job_id}")).json()
+    assert result["status"] == "completed" and result["seed"] == 7 and result["images"]
+    assert result["images"][0]["url"] == f"{gw.base_url}/images/{result['images'][0]['output_id']}"
+    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    assert view.api_key_id == gw.key.key.key_id
+
+    image = await api.get(result["images"][0]["url"])
+    assert image.status_code == 200 and len(image.content) == result["images"][0]["size"]
+
+
+async def test_errors_are_json_with_the_right_status(gw: GatewayHub, api: httpx.AsyncClient) -> None:
+    missing = await api.get("/api/v1/generations/no-such-job")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+    bad = await api.post("/api/v1/generations", json={"prompt": "x", "width": "wide"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_request" and "width" in str(bad.json()["error"])
+
+    sneaky = await api.post("/api/v1/generations", json={"prompt": "x", "api_key_id": "someone-else"})
+    assert sneaky.status_code == 400
+
+    unknown_style = await api.post("/api/v1/generations", json={"prompt": "x", "styles": ["no-such-style"]})
+    assert unknown_style.status_code in (400, 404)
+    assert unknown_style.json()["error"]["details"], unknown_style.json()
+
+
+async def test_delete_cancels_a_running_generation(gw: GatewayHub, api: httpx.AsyncClient) -> None:
+    gw.comfy.work_seconds = 20.0
+    try:
+        submitted = await api.post("/api/v1/generations", json={"prompt": "a long exposure", "steps": 20})
+        job_id = submitted.json()["job_id"]
+        deadline = time.monotonic() + 10
+        while (await api.get(f"/api/v1/generations/{job_id}")).json()["status"] not in ("running", "queued"):
+            assert time.monotonic() < deadline
+        cancelled = await api.delete(f"/api/v1/generations/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    finally:
+        gw.comfy.work_seconds = 0.2
+    assert msgspec.json.decode(cancelled.content)["job_id"] == job_id

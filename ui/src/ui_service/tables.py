@@ -1,9 +1,16 @@
-"""Tables of the ui service (piccolo). Only this service reads or writes them.
+"""Tables of the ui service (piccolo). Only this service reads or writes them."""
 
-The service's own tables arrive with its feature work (issue 6); until then the database holds
-piccolo's migration log, created and filled by the initial migration at start.
-"""
-
+from piccolo.columns import Text, Timestamptz, Varchar
 from piccolo.table import Table
 
-TABLES: list[type[Table]] = []
+
+class AdminAccount(Table, tablename="admin_account"):
+    """The admin who may sign in; the password is kept only as a salted scrypt hash."""
+
+    username = Varchar(length=64, unique=True)
+    password_hash = Text()
+    created_at = Timestamptz()
+    updated_at = Timestamptz()
+
+
+TABLES: list[type[Table]] = [AdminAccount]

@@ -1,0 +1,419 @@
+"""The admin UI in a real headless chromium, against the real services on a real NATS server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from dispatch_support import Hub, checkpoint_of
+from doubles.comfyui import ComfyUIDouble
+from playwright.async_api import Browser, BrowserContext, async_playwright
+from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
+
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    import nats
+    from ui_support import start_ui_hub
+
+    nc = await nats.connect(nats_server.url)
+    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui"), nc=nc)
+    running.ui_url = await start_ui_hub(running)  # type: ignore[attr-defined]
+    yield running
+    running.stop_all()
+    await nc.close()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    fresh = await browser.new_context(viewport={"width": 1280, "height": 860})
+    yield fresh
+    await fresh.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def url(hub: Hub, path: str = "/") -> str:
+    return f"{hub.ui_url}{path}"  # type: ignore[attr-defined]
+
+
+async def test_pages_need_a_signed_in_admin(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    page = await context.new_page()
+    await page.goto(url(hub, "/instances"))
+    assert page.url.startswith(url(hub, "/login")), page.url
+    await screenshot(page, shots, "login")
+
+    await sign_in(page, hub.ui_url, password="not the password")  # type: ignore[attr-defined]
+    assert "Wrong user name or password" in await page.inner_text("main")
+    assert "/login" in page.url
+
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    assert page.url == url(hub, "/")
+    assert await page.inner_text("h1") == "Dashboard"
+    cookies = {c["name"]: c for c in await context.cookies()}
+    session = cookies["session"]
+    assert session["httpOnly"] and session["sameSite"] == "Lax"
+    await screenshot(page, shots, "dashboard")
+
+    await page.click("text=Sign out")
+    await page.goto(url(hub, "/styles"))
+    assert page.url.startswith(url(hub, "/login"))
+
+
+async def test_a_form_post_without_its_csrf_token_is_refused(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    # Same cookies as the signed-in page (session and CSRF cookie), but no token in the form.
+    response = await context.request.post(url(hub, "/styles"), form={"name": "sneaky", "positive": "{prompt}"})
+    assert response.status == 403
+    body = await response.text()
+    assert "security token" in body and "Traceback" not in body
+    await page.goto(url(hub, "/styles"))
+    assert "sneaky" not in await page.inner_text("table")
+
+
+async def test_a_style_name_with_markup_is_shown_as_text(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/styles"))
+    hostile = "<script>window.pwned=1</script> noir"
+    await page.fill("#f-name", hostile)
+    await page.fill("#f-category", "test")
+    await page.fill("#f-positive", "{prompt}, film noir, deep shadows")
+    await page.click("#style-form button[type=submit]")
+    assert "Saved style" in await page.inner_text(".flash")
+    names = await page.locator(".style-name").all_inner_texts()
+    assert hostile in names
+    assert await page.evaluate("window.pwned") is None
+    await page.fill("input[name=q]", "noir")
+    await page.click("text=Filter")
+    assert await page.locator(".style-name").all_inner_texts() == [hostile]
+    await screenshot(page, shots, "styles")
+
+
+async def test_a_style_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/styles"))
+    await page.fill("#f-name", "no placeholder")
+    await page.fill("#f-positive", "x" * 5000)  # beyond the positive text's limit
+    await page.click("#style-form button[type=submit]")
+    error = page.locator(".field-error")
+    assert await error.count() >= 1
+    assert (await error.first.inner_text()).strip()
+    assert await page.input_value("#f-name") == "no placeholder"  # the admin's input is kept
+
+
+async def test_an_instance_is_tested_added_and_shown(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    checkpoint = await checkpoint_of(hub.nc)
+    async with ComfyUIDouble(models={"checkpoints": [checkpoint]}) as comfy:
+        page = await context.new_page()
+        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+        await page.goto(url(hub, "/instances"))
+        await page.fill("#f-name", "gpu-test")
+        await page.fill("#f-base_url", comfy.url)
+        await page.fill("#f-slots", "2")
+        await page.click("text=Test connection")
+        await page.wait_for_load_state()
+        assert await page.locator("#probe").count() == 1, await page.inner_text("main")
+        probe = await page.inner_text("#probe")
+        assert "reachable" in probe and checkpoint in probe, probe
+        assert await page.input_value("#f-name") == "gpu-test"
+
+        await page.click("#instance-form button:has-text('Save instance')")
+        assert "Saved instance gpu-test" in await page.inner_text(".flash")
+        row = page.locator("tr", has_text="gpu-test")
+        assert "/ 2" in await row.inner_text()
+        assert "sdxl" in await row.inner_text()  # the render types it can run
+        await page.wait_for_timeout(600)  # one health round
+        await page.reload()
+        assert "up" in await page.locator("tr", has_text="gpu-test").inner_text()
+        await screenshot(page, shots, "instances")
+
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.goto(url(hub, "/"))
+        assert "gpu-test" in await page.inner_text("main")
+        await screenshot(page, shots, "dashboard-phone")
+        await page.set_viewport_size({"width": 1280, "height": 860})
+
+        page.on("dialog", lambda dialog: dialog.accept())
+        await page.goto(url(hub, "/instances"))
+        await page.locator("tr", has_text="gpu-test").locator("button:has-text('Remove')").click()
+        assert "Removed instance gpu-test" in await page.inner_text(".flash")
+
+
+async def test_a_bad_instance_url_is_named_beside_its_field(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/instances"))
+    await page.fill("#f-name", "broken")
+    await page.fill("#f-base_url", "not a url")
+    await page.click("#instance-form button:has-text('Save instance')")
+    errors = await page.locator(".field-error, .flash.error").all_inner_texts()
+    assert errors and any(text.strip() for text in errors), await page.content()
+    assert await page.input_value("#f-base_url") == "not a url"
+
+
+async def test_errors_show_a_friendly_page_without_a_stack_trace(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    for path in ("/ui-images/no-such-image", "/no/such/page"):
+        response = await page.goto(url(hub, path))
+        assert response is not None and response.status == 404
+        text = await page.inner_text("body")
+        assert "Back to the dashboard" in text
+        assert "Traceback" not in text and 'File "' not in text
+    assert ADMIN_PASSWORD not in await page.content()
+
+
+RECORD_PROGRESS = """
+document.addEventListener("DOMContentLoaded", () => {
+  const bar = document.getElementById("job-progress");
+  if (!bar) return;
+  new MutationObserver(() => {
+    const seen = JSON.parse(sessionStorage.getItem("widths") || "[]");
+    seen.push(bar.style.width);
+    sessionStorage.setItem("widths", JSON.stringify(seen));
+  }).observe(bar, {attributes: true});
+});
+"""
+
+
+async def test_a_test_generation_shows_live_progress_and_its_image(
+    hub: Hub, context: BrowserContext, shots: Path
+) -> None:
+    checkpoint = await checkpoint_of(hub.nc)
+    async with ComfyUIDouble(models={"checkpoints": [checkpoint]}, work_seconds=2.0) as comfy:
+        from dispatch_support import add_instance, remove_instance
+
+        await add_instance(hub.nc, comfy, "gpu-gen")
+        try:
+            await context.add_init_script(RECORD_PROGRESS)
+            page = await context.new_page()
+            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+            await page.goto(url(hub, "/generate"))
+            await page.fill("#f-prompt", "a lighthouse at dusk")
+            await page.fill("#f-seed", "1234")
+            await page.select_option("#f-render_type", "sdxl")
+            await screenshot(page, shots, "generate")
+            await page.click("#generate-form button[type=submit]")
+            assert "/jobs/" in page.url
+            await page.wait_for_selector("#outputs img", timeout=60_000)
+            assert await page.inner_text("#job-status") == "completed"
+            source = await page.get_attribute("#outputs img", "src")
+            image = await context.request.get(url(hub, source or ""))
+            assert image.status == 200, await image.text()
+            assert image.headers["content-type"] == "image/png"
+            await page.wait_for_function("document.querySelector('#outputs img').naturalWidth > 0")
+            widths = await page.evaluate("JSON.parse(sessionStorage.getItem('widths') || '[]')")
+            partial = [w for w in widths if w not in ("0%", "100%", "")]
+            assert partial, f"the bar never showed a partial step: {widths}"
+            assert "lighthouse" in await page.inner_text("#final-positive")
+            assert "seed 1234" in await page.inner_text("main")
+            await screenshot(page, shots, "job")
+
+            await page.goto(url(hub, "/"))
+            assert await page.locator(".thumbs img").count() >= 1
+            await screenshot(page, shots, "dashboard-with-images")
+        finally:
+            await remove_instance(hub.nc, "gpu-gen")
+
+
+async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/generate"))
+    await page.fill("#f-prompt", "a cat")
+    await page.fill("#f-width", "12")  # below the minimum
+    await page.click("#generate-form button[type=submit]")
+    assert "/generate" in page.url
+    error = page.locator(".has-error .field-error")
+    assert await error.count() == 1, await page.inner_text("main")
+    assert await page.input_value("#f-width") == "12"
+
+
+async def test_statistics_show_the_generation_and_its_image(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    # Runs after the test generation above (same module hub): the log holds at least that job.
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/stats"))
+    row = page.locator("#log tr", has_text="a lighthouse at dusk")
+    await row.first.wait_for(timeout=10_000)
+    assert "completed" in await row.first.inner_text()
+    assert await row.first.locator("img").count() == 1
+    assert await page.locator("svg.chart").count() >= 1
+    await page.fill("#q-text", "no such prompt anywhere")
+    await page.click("#log-filter button")
+    assert "No generation matches" in await page.inner_text("#log")
+    await page.goto(url(hub, "/stats"))
+    await screenshot(page, shots, "stats")
+
+
+async def test_maintenance_saves_the_policy_and_exports_the_log(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/maintenance"))
+    await page.fill("#f-keep_images_days", "45")
+    await page.click("#retention-form button")
+    assert "Saved the retention policy" in await page.inner_text(".flash")
+    assert await page.input_value("#f-keep_images_days") == "45"
+    await page.check("input[name=dry_run]")
+    await page.click("text=Run the clean-up")
+    assert "Would remove" in await page.inner_text("#clean-report")
+    await screenshot(page, shots, "maintenance")
+    export = await context.request.get(url(hub, "/maintenance/export?format=csv"))
+    assert export.status == 200 and "attachment" in export.headers["content-disposition"]
+    assert "a lighthouse at dusk" in await export.text()
+
+
+async def test_a_render_type_is_made_from_a_workflow_file(
+    hub: Hub, context: BrowserContext, shots: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from contracts import subjects
+    from contracts.messages.render_types import GetRenderType, RenderType
+    from contracts.runtime.bus import request
+
+    sdxl = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    workflow_file = tmp_path / "portrait.json"
+    workflow_file.write_text(json.dumps(sdxl.workflow))
+
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/render-types"))
+    assert "sdxl" in await page.inner_text("#render-types")
+    await page.click("text=New render type from a workflow")
+    await page.set_input_files("#f-workflow_file", str(workflow_file))
+    await page.click("#analyze-form button")
+    proposed = await page.input_value("#f-parameter_map")
+    assert "prompt:" in proposed and "seed:" in proposed, proposed
+    await screenshot(page, shots, "render-type-analysis")
+
+    await page.fill("#f-name", "portrait-ui")
+    await page.fill("#f-width", "832")
+    await page.fill("#f-height", "1216")
+    await page.click("#save-form button[type=submit]")
+    assert "Saved render type portrait-ui (version 1)" in await page.inner_text(".flash")
+    saved = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="portrait-ui"), RenderType)
+    assert (saved.defaults.width, saved.defaults.height) == (832, 1216)
+
+    await page.fill("#f-prompt", "a portrait in <b>oil</b>")
+    await page.fill("#f-seed", "77")
+    await page.click("#dry-run-form button")
+    resolved = await page.inner_text("#resolved")
+    assert "a portrait in <b>oil</b>" in resolved and "77" in resolved
+    await screenshot(page, shots, "render-type")
+
+    await page.goto(url(hub, "/render-types"))
+    await page.locator("tr", has_text="portrait-ui").locator("button:has-text('Make default')").click()
+    assert "portrait-ui is now the default" in await page.inner_text(".flash")
+    await page.locator("tr", has_text="sdxl").first.locator("button:has-text('Make default')").click()
+    assert "sdxl is now the default" in await page.inner_text(".flash")
+
+
+async def test_a_broken_workflow_is_named_beside_its_field(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/render-types/new"))
+    await page.fill("#f-workflow", "{not json")
+    await page.click("#analyze-form button")
+    assert (await page.inner_text("#error-workflow")).strip()
+
+
+async def test_the_prompt_preview_and_the_llm_test_box(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    from doubles.ollama import OllamaDouble
+
+    async with OllamaDouble(models=["tiny:1b", "writer:7b"], reply="a cat on a roof, golden hour, 35mm") as ollama:
+        page = await context.new_page()
+        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+        await page.goto(url(hub, "/prompt"))
+        await page.fill("#f-preview_prompt", "a red bicycle")
+        await page.click("#preview-form button")
+        assert "a red bicycle" in await page.inner_text("#preview-positive")
+
+        await page.fill("#f-base_url", ollama.url)
+        await page.click("#llm-form button")
+        assert "Saved the prompt enhancement settings" in await page.inner_text(".flash")
+        assert await page.locator("#f-model option").all_inner_texts() == ["tiny:1b", "writer:7b"]
+        await page.select_option("#f-model", "writer:7b")
+        await page.click("#llm-form button")
+        await page.fill("#f-test_prompt", "a cat")
+        await page.click("#llm-test-form button")
+        result = await page.inner_text("#enhance-result")
+        assert "Before: a cat" in result and "golden hour" in result, result
+        await screenshot(page, shots, "prompts")
+
+
+async def test_styles_are_exported_and_imported(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    exported = await context.request.get(url(hub, "/styles/export?format=a1111_csv"))
+    assert exported.status == 200 and "attachment" in exported.headers["content-disposition"]
+    assert "name" in (await exported.text()).splitlines()[0]
+    await page.goto(url(hub, "/styles"))
+    await page.select_option("#f-format", "a1111_csv")
+    await page.fill("#f-content", 'name,prompt,negative_prompt\nimported-watercolor,"{prompt}, watercolor",photo\n')
+    await page.click("#import-form button[type=submit]")
+    assert "1 added" in await page.inner_text(".flash"), await page.inner_text("main")
+    assert "imported-watercolor" in await page.locator(".style-name").all_inner_texts()
+
+
+async def test_a_style_is_edited_in_place(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/styles"))
+    await page.fill("#f-name", "to-edit")
+    await page.fill("#f-positive", "{prompt}, first version")
+    await page.click("#style-form button[type=submit]")
+    await page.locator("tr", has_text="to-edit").locator("a:has-text('Edit')").click()
+    assert await page.input_value("#f-positive") == "{prompt}, first version"
+    await page.fill("#f-name", "edited")
+    await page.fill("#f-positive", "{prompt}, second version")
+    await page.check("input[name=is_default]")
+    await page.click("#style-form button[type=submit]")
+    assert "Saved style edited" in await page.inner_text(".flash")
+    names = await page.locator(".style-name").all_inner_texts()
+    assert "edited" in names and "to-edit" not in names
+    assert "default" in await page.locator("tr", has_text="second version").inner_text()
+
+
+async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    gateway = hub.start("gateway")  # the gateway owns the keys; started for this test only
+    try:
+        await gateway.wait_healthy(hub.nc)
+        page = await context.new_page()
+        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+        await page.goto(url(hub, "/api-keys"))
+        await page.fill("#f-name", "claude-desktop")
+        await page.click("button:has-text('Create key')")
+        secret = (await page.inner_text("#new-secret pre")).strip()
+        assert len(secret) >= 20
+        row = page.locator("#keys tr", has_text="claude-desktop")
+        assert "active" in await row.inner_text()
+        assert secret[:6] in await row.inner_text()  # the prefix, never the whole secret
+        await screenshot(page, shots, "api-keys")
+        await page.reload()
+        assert secret not in await page.content()
+        page.on("dialog", lambda dialog: dialog.accept())
+        await row.locator("button:has-text('Revoke')").click()
+        assert "Revoked the key claude-desktop" in await page.inner_text(".flash")
+        assert "revoked" in await page.locator("#keys tr", has_text="claude-desktop").inner_text()
+    finally:
+        gateway.kill()

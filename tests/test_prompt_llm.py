@@ -24,7 +24,7 @@ from contracts.messages.styles import (
     Style,
 )
 from contracts.messages.styles import (
-    TestEnhance as TryEnhance,  # renamed so that pytest does not take it for a test class
+    TryEnhancement as TryEnhance,
 )
 from hub_deploy.natsserver import NatsServer
 

@@ -21,8 +21,8 @@ from contracts.messages.styles import (
     ListLlmModels,
     LlmModels,
     LlmSettings,
-    TestEnhance,
     TraceStep,
+    TryEnhancement,
 )
 from contracts.runtime.database import describe
 from prompt_service import llm, styles
@@ -96,7 +96,7 @@ class PromptBuilder:
         stored = await load_llm_settings()
         return stored if trial is None else resolved(trial, stored)
 
-    async def test(self, req: TestEnhance) -> EnhanceResult:
+    async def test(self, req: TryEnhancement) -> EnhanceResult:
         settings = await self._settings(req.settings)
         return await llm.enhance(self.http, settings, req.prompt, self.llm_time(settings))
 

@@ -21,7 +21,7 @@ from contracts.messages.styles import (
     Style,
     StyleExport,
     StyleList,
-    TestEnhance,
+    TryEnhancement,
 )
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import settings_store, styles
@@ -70,4 +70,4 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
     runtime.endpoint(p.LLM_SETTINGS_GET, GetLlmSettings, get_llm_settings)
     runtime.endpoint(p.LLM_SETTINGS_SAVE, SaveLlmSettings, save_llm_settings)
     runtime.endpoint(p.LLM_MODELS, ListLlmModels, builder.models)
-    runtime.endpoint(p.LLM_TEST, TestEnhance, builder.test)
+    runtime.endpoint(p.LLM_TEST, TryEnhancement, builder.test)

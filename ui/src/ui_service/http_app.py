@@ -106,7 +106,7 @@ from contracts.messages.styles import (
     Style,
     StyleExport,
     StyleList,
-    TestEnhance,
+    TryEnhancement,
 )
 from contracts.runtime.bus import request
 from contracts.runtime.service import ServiceRuntime
@@ -491,7 +491,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         form = {k: str(v) for k, v in (await request.form()).items()}
         try:
             result = await ask(
-                subjects.Prompt.LLM_TEST, TestEnhance(prompt=form.get("test_prompt", "")), EnhanceResult, 90
+                subjects.Prompt.LLM_TEST, TryEnhancement(prompt=form.get("test_prompt", "")), EnhanceResult, 90
             )
         except HubError as exc:
             return await prompt_page(request, form=form, errors={"test_prompt": exc.info.message})

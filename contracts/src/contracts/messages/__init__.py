@@ -109,8 +109,8 @@ from contracts.messages.styles import (
     Style,
     StyleExport,
     StyleList,
-    TestEnhance,
     TraceStep,
+    TryEnhancement,
 )
 
 __all__ = [
@@ -217,9 +217,9 @@ __all__ = [
     "StyleExport",
     "StyleList",
     "SubmitReply",
-    "TestEnhance",
     "Timings",
     "TraceStep",
+    "TryEnhancement",
     "WorkflowAnalysis",
     "WorkflowJson",
 ]

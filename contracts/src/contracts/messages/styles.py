@@ -183,7 +183,7 @@ class LlmModels(Record):
     base_url: str = ""
 
 
-class TestEnhance(Request):
+class TryEnhancement(Request):
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
     settings: LlmSettings | None = None  # settings to try before saving them; None: the stored settings
 

@@ -76,6 +76,8 @@ class Dispatch:
     OUTPUTS_DELETE: Final = "hub.dispatch.outputs.delete"
     # Fan-out (no queue group): every dispatcher replica hears it; the one running the job interrupts it.
     CONTROL_CANCEL: Final = "hub.dispatch.control.cancel"
+    # Fan-out: an instance was added, changed or removed; every replica reloads the pool.
+    CONTROL_INSTANCES: Final = "hub.dispatch.control.instances"
 
 
 class Stats:

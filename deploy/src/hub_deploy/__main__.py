@@ -1,4 +1,5 @@
-"""`python -m hub_deploy up` starts the whole hub; `python -m hub_deploy health` checks a running one."""
+"""`python -m hub_deploy up` starts the whole hub; `python -m hub_deploy health` checks a running one;
+`python -m hub_deploy cluster` rehearses the clustered deployment (3 NATS servers, 2 replicas of each service)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ async def report_health(settings: Settings) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m hub_deploy", description=__doc__)
-    parser.add_argument("command", choices=["up", "health"])
+    parser.add_argument("command", choices=["up", "health", "cluster"])
+    parser.add_argument("--replicas", type=int, default=2, help="cluster: processes per service (default 2)")
     args = parser.parse_args()
     try:
         settings = load_settings("launcher")
@@ -47,6 +49,10 @@ def main() -> None:
         from hub_deploy.supervisor import run_hub
 
         raise SystemExit(asyncio.run(run_hub(settings)))
+    if args.command == "cluster":
+        from hub_deploy.cluster import run_cluster
+
+        raise SystemExit(asyncio.run(run_cluster(settings.data_dir / "cluster", replicas=args.replicas)))
     raise SystemExit(asyncio.run(report_health(settings)))
 
 

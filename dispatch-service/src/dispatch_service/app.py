@@ -11,7 +11,7 @@ from contracts.streams import EVENTS, JOBS
 from dispatch_service import __version__, piccolo_conf
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
-from dispatch_service.handlers import NatsUpstream, register, subscribe_cancellations
+from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
 from dispatch_service.jobs import JobStore
 from dispatch_service.leases import SlotLeases
 from dispatch_service.pool import Pool
@@ -31,6 +31,7 @@ def build(settings: Settings) -> ServiceRuntime:
         leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas)
         await leases.open()
         storage = ObjectStoreOutputs(js, replicas=settings.jetstream_replicas)
+        await storage.open()  # now, while every NATS server is up, not at the first output
         events = EventPublisher(js, rt.nc)
         store = JobStore()
         scheduler = Scheduler(settings, js, pool, leases, store, events, storage)
@@ -49,9 +50,10 @@ def build(settings: Settings) -> ServiceRuntime:
         await dispatcher.reload_instances()
         await scheduler.open()
         await dispatcher.requeue_unqueued()
-        await subscribe_cancellations(rt, dispatcher)
+        await subscribe_control(rt, dispatcher)
         register(rt, dispatcher)  # before start() returns, so the endpoints go live with the service
         rt.spawn(pool.health_loop(), name="health")
+        rt.spawn(resync_instances(rt, dispatcher), name="instances")
         rt.spawn(scheduler.run(), name="scheduler")
 
     async def stop(_rt: ServiceRuntime) -> None:

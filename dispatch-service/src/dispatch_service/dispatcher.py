@@ -93,7 +93,13 @@ class Dispatcher:
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # The job stays `accepted` and is queued again when a dispatcher starts.
+            log.error("recording a queued job failed", exc_info=task.exception())
 
     async def requeue_unqueued(self) -> int:
         """Jobs recorded but not yet on the stream (the dispatcher died in between) are queued now."""
@@ -177,11 +183,13 @@ class Dispatcher:
     async def save_instance(self, instance: Instance, original_name: str | None) -> InstanceView:
         saved = await instances.save_instance(instance, original_name)
         await self.reload_instances()
+        await self.nc.publish(subjects.Dispatch.CONTROL_INSTANCES, b"")  # the other replicas reload too
         return await self.get_instance(saved.name)
 
     async def delete_instance(self, name: str) -> None:
         await instances.delete_instance(name)
         await self.reload_instances()
+        await self.nc.publish(subjects.Dispatch.CONTROL_INSTANCES, b"")
 
     async def test_instance(self, base_url: str, auth_header: str | None) -> InstanceHealth:
         """Probe a URL the way the health loop does, without saving it."""

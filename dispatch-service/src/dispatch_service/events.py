@@ -10,6 +10,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from contracts.messages.events import GenerationEvent
+from contracts.runtime.bus import publish_durably
 from contracts.streams import event_subject
 
 _encoder = msgspec.json.Encoder()
@@ -22,9 +23,10 @@ class EventPublisher:
     ordered even when a retry of the job runs on another dispatcher replica.
     """
 
-    def __init__(self, js: JetStreamContext, nc: NatsClient) -> None:
+    def __init__(self, js: JetStreamContext, nc: NatsClient, *, within_s: float = 30.0) -> None:
         self._js = js
         self._nc = nc
+        self._within_s = within_s  # how long a publish rides out a stream without leader
         self._last_seq = 0
 
     def next_seq(self) -> int:
@@ -35,7 +37,7 @@ class EventPublisher:
         """Publish and wait for JetStream to confirm the event is stored."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
         subject, payload, headers = self._message(event)
-        await self._js.publish(subject, payload, headers=headers)
+        await publish_durably(self._js, subject, payload, headers=headers, within_s=self._within_s)
         return event
 
     async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:  # type: ignore[valid-type]

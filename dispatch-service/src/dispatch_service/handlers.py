@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from nats.aio.msg import Msg
@@ -126,10 +127,28 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
     runtime.endpoint(D.OUTPUTS_DELETE, DeleteOutputs, delete_outputs)
 
 
-async def subscribe_cancellations(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
-    """Fan-out: every replica hears a cancel; the one running the job interrupts it on its instance."""
+async def subscribe_control(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
+    """Fan-out messages every replica hears: a cancel (the replica running the job interrupts it) and a
+    change of the instances (every replica reloads its pool)."""
 
     async def on_cancel(msg: Msg) -> None:
         dispatcher.scheduler.cancel_running(msg.data.decode())
 
+    async def on_instances_changed(_msg: Msg) -> None:
+        try:
+            await dispatcher.reload_instances()
+        except Exception:
+            runtime.log.exception("could not reload the instances")
+
     await runtime.nc.subscribe(D.CONTROL_CANCEL, cb=on_cancel)
+    await runtime.nc.subscribe(D.CONTROL_INSTANCES, cb=on_instances_changed)
+
+
+async def resync_instances(runtime: ServiceRuntime, dispatcher: Dispatcher, every_s: float = 30.0) -> None:
+    """Reload the instances now and then, in case a change message was missed (NATS core is at most once)."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await dispatcher.reload_instances()
+        except Exception:
+            runtime.log.exception("could not reload the instances")

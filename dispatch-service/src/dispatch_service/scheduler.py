@@ -42,6 +42,7 @@ from contracts.messages.events import (
     OutputStored,
 )
 from contracts.messages.jobs import OutputFile
+from contracts.runtime.bus import publish_durably
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
@@ -151,8 +152,11 @@ class Scheduler:
 
     async def enqueue(self, job_id: str) -> None:
         """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream."""
-        await self.js.publish(
-            job_subject(job_id), msgspec.json.encode(JobMessage(job_id)), headers={"Nats-Msg-Id": job_id}
+        await publish_durably(
+            self.js,
+            job_subject(job_id),
+            msgspec.json.encode(JobMessage(job_id)),
+            headers={"Nats-Msg-Id": job_id},
         )
 
     def _has_free_slot(self) -> bool:
@@ -179,7 +183,9 @@ class Scheduler:
                     await self._place(msg)
                 except Exception:
                     log.exception("could not place a job; it will be delivered again")
-                    await msg.nak(delay=1.0)
+                    # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
 
     async def _place(self, msg: Msg) -> None:
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id

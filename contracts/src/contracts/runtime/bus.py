@@ -11,7 +11,7 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
@@ -94,6 +94,32 @@ async def request(
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise HubError(ErrorCode.INTERNAL, f"{subject} answered with a malformed reply: {exc}") from None
     return reply.unwrap()
+
+
+async def publish_durably(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    within_s: float = 30.0,
+) -> None:
+    """Publish to a stream and wait for it to be stored, retrying while the stream has no leader (a NATS
+    server of a cluster just died: a new leader is elected within seconds). With a `Nats-Msg-Id` header a
+    retry of a publish that did land is dropped by JetStream, so nothing is stored twice."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    delay = 0.1
+    while True:
+        try:
+            await js.publish(subject, payload, headers=headers)
+            return
+        except (TimeoutError, NoStreamResponseError, NatsTimeoutError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise HubError(
+                    ErrorCode.UNAVAILABLE, f"JetStream did not store {subject} within {within_s:g} s: {exc}"
+                ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:

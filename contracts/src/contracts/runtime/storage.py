@@ -52,6 +52,10 @@ class ObjectStoreOutputs:
         self._replicas = replicas
         self._store = None
 
+    async def open(self) -> None:
+        """Find or create the bucket."""
+        await self._bucket()
+
     async def _bucket(self):  # type: ignore[no-untyped-def]
         if self._store is None:
             try:

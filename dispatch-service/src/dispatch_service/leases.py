@@ -47,10 +47,13 @@ class Lease:
             return True
         except KeyWrongLastSequenceError:
             return False
+        except (NoStreamResponseError, TimeoutError):
+            return True  # unreachable for a moment: try again at the next refresh, well before the TTL
 
     async def release(self) -> None:
-        # Already expired or taken over: nothing of ours to release.
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError):
+        # Already expired or taken over: nothing of ours to release. The bucket unreachable (a NATS server of
+        # the cluster died, a leader is being elected): the lease expires by itself after its TTL.
+        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError, NoStreamResponseError, TimeoutError):
             await self._kv.delete(self.key, last=self.revision)
 
 

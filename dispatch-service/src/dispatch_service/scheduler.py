@@ -28,9 +28,10 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import FetchTimeoutError, NoStreamResponseError
 
 from contracts.messages.events import (
     JobCancelled,
@@ -388,17 +389,26 @@ class Scheduler:
                 with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
                     async for chunk in stream.chunks():
                         spool.write(chunk)
-                    spool.seek(0)
-                    output = await self.storage.save(
-                        spool,  # type: ignore[arg-type]
-                        filename=ref.filename,
-                        content_type=stream.content_type,
-                        job_id=job_id,
-                    )
+                    output = await self._save_output(spool, ref.filename, stream.content_type, job_id)
             stored.append(output)
             # Not awaited for confirmation: `completed`, sent after it on the same connection, is.
             await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)
         return stored
+
+    async def _save_output(self, spool: Any, filename: str, content_type: str, job_id: str) -> OutputFile:
+        """Store one output, riding out a JetStream leader election (a NATS server of a cluster died)."""
+        delay = 0.2
+        deadline = time.monotonic() + 30
+        while True:
+            spool.seek(0)
+            try:
+                return await self.storage.save(spool, filename=filename, content_type=content_type, job_id=job_id)
+            except (NoStreamResponseError, NatsTimeoutError, TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("output store unavailable; retrying", job_id=job_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _complete(
         self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg

@@ -157,8 +157,12 @@ class ServiceRuntime:
             except Exception:
                 self.log.exception("shutdown hook failed", hook=getattr(hook, "__name__", repr(hook)))
         if self._nc is not None and not self._nc.is_closed:
+            # Endpoints are stopped and requests in flight answered: flush what was published, then close.
+            # (A drain would also wait out open JetStream fetches, up to its whole timeout.)
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self._nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
         self.log.info("service stopped")
 
     def request_stop(self) -> None:

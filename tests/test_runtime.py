@@ -159,7 +159,10 @@ async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClien
     runtime = echo_factory()
     await runtime.start()
     in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said))
-    await asyncio.sleep(0.1)
+    deadline = asyncio.get_running_loop().time() + 5
+    while not runtime._in_flight:  # until the service is really handling it
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
     await runtime.stop()
     assert (await in_flight).text == "0.5"  # answered although the stop began while it ran
     with pytest.raises(HubError) as raised:

@@ -194,9 +194,10 @@ class Dispatcher:
     async def test_instance(self, base_url: str, auth_header: str | None) -> InstanceHealth:
         """Probe a URL the way the health loop does, without saving it."""
         url = instances.normalize_base_url(base_url)
+        header = instances.validate_auth_header(auth_header)
         state = InstanceState(
-            config=Instance(name="probe", base_url=url, auth_header=instances.validate_auth_header(auth_header)),
-            client=ComfyClient(url, auth_header=auth_header, timeout_s=5),
+            config=Instance(name="probe", base_url=url, auth_header=header),
+            client=ComfyClient(url, auth_header=header, timeout_s=5),
         )
         try:
             await Pool(health_interval_s=60).probe(state)

@@ -161,7 +161,9 @@ async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClien
     in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said))
     deadline = asyncio.get_running_loop().time() + 5
     while not runtime._in_flight:  # until the service is really handling it
-        assert asyncio.get_running_loop().time() < deadline
+        if in_flight.done():  # it failed before reaching the service: show why
+            raise AssertionError(f"the request never reached the service: {in_flight.exception()!r}")
+        assert asyncio.get_running_loop().time() < deadline, "the service did not take the request within 5 s"
         await asyncio.sleep(0.01)
     await runtime.stop()
     assert (await in_flight).text == "0.5"  # answered although the stop began while it ran

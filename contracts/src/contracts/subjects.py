@@ -57,6 +57,8 @@ class Prompt:
     LLM_SETTINGS_SAVE: Final = "hub.prompt.llm.settings.save"
     LLM_MODELS: Final = "hub.prompt.llm.models"
     LLM_TEST: Final = "hub.prompt.llm.test"
+    # Published (no reply) after every change to the styles (save, delete, import), like Registry.CHANGED.
+    STYLES_CHANGED: Final = "hub.prompt.styles.changed"
 
 
 class Dispatch:

@@ -17,8 +17,10 @@ import anyio
 import mcp_types as types
 import msgspec
 from mcp.server import Server, ServerRequestContext
+from mcp.server.context import CallNext, HandlerResult
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from contracts.errors import ErrorCode, HubError, error_from_validation
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobProgress
@@ -28,6 +30,21 @@ from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway import __version__
 from gateway.hub_client import HubClient
+from gateway.mcp_listen import ListenHandler
+from gateway.mcp_tasks import (
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
+    RELATED_TASK_META,
+    TASKS_EXTENSION,
+    TASKS_VERSION,
+    TERMINAL,
+    TaskRef,
+    TaskUpdate,
+    declares_tasks_extension,
+    legacy_capabilities,
+    legacy_task,
+    missing_capability_data,
+    modern_task,
+)
 from gateway.results import Generation, JobRef, NoArguments, StylesQuery, generation_of
 from gateway.schemas import object_schema
 from gateway.thumbnails import webp_thumbnail
@@ -52,6 +69,10 @@ class McpSettings:
 
 
 INT_INPUT_ERROR = -32602
+METHOD_NOT_FOUND = -32601
+INTERNAL_ERROR = -32603
+HEADER_MISMATCH = -32020  # the code the SDK answers for a standard request whose Mcp-* headers disagree
+TASK_TOOLS = frozenset({"generate_image"})  # the tools that may run as a task
 
 
 class _Tool(msgspec.Struct, frozen=True):
@@ -60,6 +81,7 @@ class _Tool(msgspec.Struct, frozen=True):
     input_type: type
     output_type: type | None
     drop: tuple[str, ...] = ()
+    runs_as_task: bool = False
 
 
 TOOLS: tuple[_Tool, ...] = (
@@ -72,6 +94,7 @@ TOOLS: tuple[_Tool, ...] = (
         GenerationRequest,
         Generation,
         CALLER_FIELDS,
+        runs_as_task=True,
     ),
     _Tool(
         "get_generation",
@@ -112,9 +135,24 @@ def _tool_definitions() -> list[types.Tool]:
             description=tool.description,
             input_schema=object_schema(tool.input_type, drop=tool.drop),
             output_schema=object_schema(tool.output_type) if tool.output_type else None,
+            execution=types.ToolExecution(task_support="optional") if tool.runs_as_task else None,
         )
         for tool in TOOLS
     ]
+
+
+class _HubServer(Server[Any]):
+    """The SDK's low-level server, plus the 2025-11-25 `tasks` capability that the SDK does not derive."""
+
+    def get_capabilities(self, *args: Any, protocol_version: str | None = None, **kwargs: Any) -> Any:
+        capabilities = super().get_capabilities(*args, protocol_version=protocol_version, **kwargs)
+        if protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            capabilities.tasks = legacy_capabilities()
+        else:
+            # What subscriptions/listen really delivers here (gateway.mcp_listen): resource updates, no list changes.
+            capabilities.tools = types.ToolsCapability(list_changed=False)
+            capabilities.resources = types.ResourcesCapability(subscribe=True, list_changed=False)
+        return capabilities
 
 
 def _error_result(error: HubError) -> types.CallToolResult:
@@ -147,7 +185,7 @@ class HubMcp:
         self._log = log
         self._tools = {tool.name: tool for tool in TOOLS}
         self._definitions = _tool_definitions()
-        self.server: Server[Any] = Server(
+        self.server: Server[Any] = _HubServer(
             "genimage-hub",
             version=__version__,
             title="GenImage Hub",
@@ -157,7 +195,14 @@ class HubMcp:
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
+            on_subscriptions_listen=ListenHandler(hub.nc, self._listened_task, hub.events),
         )
+        self.server.extensions[TASKS_EXTENSION] = {}
+        self.server.middleware.append(self._legacy_task_call)
+        self.server.add_request_handler("tasks/get", TaskRef, self._tasks_get)
+        self.server.add_request_handler("tasks/result", TaskRef, self._tasks_result)
+        self.server.add_request_handler("tasks/cancel", TaskRef, self._tasks_cancel)
+        self.server.add_request_handler("tasks/update", TaskUpdate, self._tasks_update)
         self.session_manager = StreamableHTTPSessionManager(
             # Origin and Host are checked by the gateway's own layer in front (GatewayGuard), with its rules.
             app=self.server,
@@ -172,20 +217,23 @@ class HubMcp:
         tool = self._tools.get(params.name)
         if tool is None:
             raise MCPError(INT_INPUT_ERROR, f"unknown tool `{params.name}`; tools: {', '.join(self._tools)}")
-        arguments = dict(params.arguments or {})
         try:
-            for name in tool.drop:
-                if name in arguments:
-                    raise HubError(ErrorCode.INVALID_REQUEST, f"`{name}` is set by the hub, leave it out", field=name)
-            message = msgspec.convert(arguments, tool.input_type)
-            handler: Callable[[ServerRequestContext[Any], Any], Awaitable[types.CallToolResult]] = getattr(
-                self, f"_tool_{tool.name}"
-            )
+            message = self._arguments(tool, params.arguments)
+            handler: Callable[[ServerRequestContext[Any], Any], Awaitable[Any]] = getattr(self, f"_tool_{tool.name}")
             return await handler(ctx, message)
         except msgspec.ValidationError as exc:
             return _error_result(HubError.from_info(error_from_validation(exc, params.name, tool.input_type)))
         except HubError as exc:
             return _error_result(exc)
+
+    @staticmethod
+    def _arguments(tool: _Tool, arguments: dict[str, Any] | None) -> Any:
+        """A tool call's arguments as the tool's contract type (raises msgspec.ValidationError or HubError)."""
+        arguments = dict(arguments or {})
+        for name in tool.drop:
+            if name in arguments:
+                raise HubError(ErrorCode.INVALID_REQUEST, f"`{name}` is set by the hub, leave it out", field=name)
+        return msgspec.convert(arguments, tool.input_type)
 
     @staticmethod
     def _structured(value: msgspec.Struct, text: str | None = None) -> types.CallToolResult:
@@ -209,18 +257,23 @@ class HubMcp:
         view = await self._hub.cancel(ref.job_id, "cancelled by the MCP caller")
         return await self._generation_result(ctx, view, thumbnails=False)
 
-    async def _tool_generate_image(
-        self, ctx: ServerRequestContext[Any], generation: GenerationRequest
-    ) -> types.CallToolResult:
+    async def _submit(self, ctx: ServerRequestContext[Any], generation: GenerationRequest) -> str:
         key = _api_key(ctx)
         generation = msgspec.structs.replace(
             generation, api_key_id=key.key_id if key else None, client_name=f"mcp:{key.name}" if key else "mcp"
         )
-        submitted = await self._hub.submit(generation)
-        job_id = submitted.job_id
+        return (await self._hub.submit(generation)).job_id
+
+    async def _tool_generate_image(
+        self, ctx: ServerRequestContext[Any], generation: GenerationRequest
+    ) -> types.CallToolResult | dict[str, Any]:
+        job_id = await self._submit(ctx, generation)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and declares_tasks_extension(ctx.params):
+            # The client takes tasks: answer at once with the task; it polls tasks/get (the job is stored, so
+            # tasks/get resolves on any gateway replica from now on).
+            return {"resultType": "task", **modern_task(await self._hub.job(job_id))}
         try:
-            if submitted.status not in ("completed", "failed", "cancelled"):
-                await self._follow(ctx, job_id)
+            await self._follow(ctx, job_id)
             view = await self._hub.job(job_id)
         except anyio.get_cancelled_exc_class():
             # The caller cancelled the request (notifications/cancelled, or closed the 2026-era response
@@ -283,6 +336,117 @@ class HubMcp:
         return types.CallToolResult(
             content=content, structured_content=msgspec.to_builtins(result), is_error=view.status == "failed"
         )
+
+    # --- tasks (see gateway.mcp_tasks) ---
+
+    async def _legacy_task_call(self, ctx: ServerRequestContext[Any], call_next: CallNext) -> HandlerResult:
+        """2025-11-25 `tools/call` with `params.task`: submit and answer `CreateTaskResult` at once.
+
+        A middleware, because the SDK shapes 2025-era `tools/call` results as `CallToolResult` only.
+        """
+        params = ctx.params or {}
+        if ctx.method != "tools/call" or ctx.protocol_version != TASKS_VERSION or params.get("task") is None:
+            return await call_next(ctx)
+        name = params.get("name")
+        tool = self._tools.get(name) if isinstance(name, str) else None
+        if tool is None or not tool.runs_as_task:
+            runnable = ", ".join(t.name for t in TOOLS if t.runs_as_task)
+            raise MCPError(METHOD_NOT_FOUND, f"`{name}` cannot run as a task (tools that can: {runnable})")
+        try:
+            job_id = await self._submit(ctx, self._arguments(tool, params.get("arguments")))
+            view = await self._hub.job(job_id)
+        except msgspec.ValidationError as exc:
+            info = error_from_validation(exc, tool.name, tool.input_type)
+            raise MCPError(INT_INPUT_ERROR, info.message, msgspec.to_builtins(info)) from None
+        except HubError as exc:
+            code = INTERNAL_ERROR if exc.code in (ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE) else INT_INPUT_ERROR
+            raise MCPError(code, exc.info.message, msgspec.to_builtins(exc.info)) from None
+        return {"task": legacy_task(view)}
+
+    @staticmethod
+    def _modern(ctx: ServerRequestContext[Any]) -> bool:
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if modern and not declares_tasks_extension(ctx.params):
+            raise MCPError(
+                MISSING_REQUIRED_CLIENT_CAPABILITY,
+                f"Missing required client capability: declare the {TASKS_EXTENSION} extension in "
+                "_meta io.modelcontextprotocol/clientCapabilities",
+                missing_capability_data(),
+            )
+        return modern
+
+    async def _task_job(self, ctx: ServerRequestContext[Any], task_id: str, *, routed: bool = True) -> JobView:
+        """The job of a task the caller may see. `routed`: a tasks/* request, whose Mcp-Name names the task."""
+        routed_as = ctx.request.headers.get("mcp-name") if ctx.request is not None else None
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if routed and modern and routed_as is not None and routed_as != task_id:
+            # Load balancers route task requests by this header, so a mismatch would reach the wrong place.
+            raise MCPError(HEADER_MISMATCH, f"Mcp-Name header `{routed_as}` does not match params.taskId `{task_id}`")
+        not_found = MCPError(INT_INPUT_ERROR, f"Failed to retrieve task: task {task_id} not found")
+        try:
+            view = await self._hub.job(task_id)
+        except HubError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise not_found from None
+            raise MCPError(INTERNAL_ERROR, exc.info.message) from None
+        key = _api_key(ctx)
+        if view.api_key_id is not None and (key is None or key.key_id != view.api_key_id):
+            raise not_found  # another key's job: its existence is not told
+        return view
+
+    async def _task_state(self, ctx: ServerRequestContext[Any], view: JobView) -> dict[str, Any]:
+        """The 2026-07-28 task of a job, with the tool result inlined once it is complete."""
+        task = modern_task(view)
+        if task["status"] == "completed":
+            result = await self._generation_result(ctx, view)
+            task["result"] = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return task
+
+    async def _listened_task(self, ctx: ServerRequestContext[Any], task_id: str) -> dict[str, Any] | None:
+        try:
+            return await self._task_state(ctx, await self._task_job(ctx, task_id, routed=False))
+        except MCPError:
+            return None  # unknown, or another key's: not honoured on the stream
+
+    async def _tasks_get(self, ctx: ServerRequestContext[Any], ref: TaskRef) -> dict[str, Any]:
+        if not self._modern(ctx):
+            return legacy_task(await self._task_job(ctx, ref.task_id))
+        return await self._task_state(ctx, await self._task_job(ctx, ref.task_id))
+
+    async def _tasks_result(self, ctx: ServerRequestContext[Any], ref: TaskRef) -> dict[str, Any]:
+        """2025-11-25: wait for the end of the task and return its tool result."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(METHOD_NOT_FOUND, "tasks/result is not in the 2026-07-28 tasks extension: poll tasks/get")
+        view = await self._task_job(ctx, ref.task_id)
+        if view.status not in TERMINAL:
+            async for event in self._hub.events(view.job_id):
+                if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+                    break
+            view = await self._hub.job(view.job_id)
+        result = (await self._generation_result(ctx, view)).model_dump(by_alias=True, mode="json", exclude_none=True)
+        result.setdefault("_meta", {})[RELATED_TASK_META] = {"taskId": view.job_id}
+        return result
+
+    async def _tasks_cancel(self, ctx: ServerRequestContext[Any], ref: TaskRef) -> dict[str, Any]:
+        modern = self._modern(ctx)
+        view = await self._task_job(ctx, ref.task_id)
+        if view.status in TERMINAL:
+            if not modern:
+                raise MCPError(INT_INPUT_ERROR, f"Cannot cancel task {ref.task_id}: it is already {view.status}")
+        else:
+            try:
+                view = await self._hub.cancel(view.job_id, "cancelled through tasks/cancel")
+            except HubError as exc:
+                raise MCPError(INTERNAL_ERROR, exc.info.message) from None
+        return {} if modern else legacy_task(view)
+
+    async def _tasks_update(self, ctx: ServerRequestContext[Any], update: TaskUpdate) -> dict[str, Any]:
+        """2026-07-28: a generation never asks for input, so every response is one the spec says to ignore."""
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(METHOD_NOT_FOUND, "tasks/update belongs to the 2026-07-28 tasks extension")
+        self._modern(ctx)
+        await self._task_job(ctx, update.task_id)
+        return {}
 
     async def _list_resources(self, ctx: ServerRequestContext[Any], params: Any) -> types.ListResourcesResult:
         return types.ListResourcesResult(

@@ -35,15 +35,24 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
     async def get_style(req: GetStyle) -> Style:
         return await styles.get_style(req.name)
 
+    async def announce_change() -> None:
+        await runtime.nc.publish(subjects.Prompt.STYLES_CHANGED, b"")
+
     async def save_style(req: SaveStyle) -> Style:
-        return await styles.save_style(req)
+        saved = await styles.save_style(req)
+        await announce_change()
+        return saved
 
     async def delete_style(req: DeleteStyle) -> Empty:
         await styles.delete_style(req.name)
+        await announce_change()
         return Empty()
 
     async def import_styles(req: ImportStyles) -> ImportReport:
-        return await styles.import_styles(req)
+        report = await styles.import_styles(req)
+        if not req.dry_run:
+            await announce_change()
+        return report
 
     async def export_styles(req: ExportStyles) -> StyleExport:
         return await styles.export_styles(req)

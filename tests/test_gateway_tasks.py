@@ -1,0 +1,347 @@
+"""MCP tasks on the gateway, both eras, over raw Streamable HTTP (the official SDK client has no tasks API):
+2025-11-25 core tasks (`params.task`, tasks/get, tasks/result, tasks/cancel) and the 2026-07-28 tasks extension
+(`resultType: "task"`, tasks/get with the result inlined, tasks/update, tasks/cancel, -32021)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+from test_gateway_mcp import ACCEPT, sse_or_json
+
+from contracts import subjects
+from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.keys import CreateApiKey, CreatedApiKey
+from contracts.messages.styles import SaveStyle, Style
+from contracts.runtime.bus import request
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+TASKS = "io.modelcontextprotocol/tasks"
+MODERN = "2026-07-28"
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-tasks")) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(gw: GatewayHub) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=60) as client:
+        yield client
+
+
+class Legacy:
+    """A raw 2025-11-25 session (initialize, then requests with the session id)."""
+
+    def __init__(self, http: httpx.AsyncClient, gw: GatewayHub, secret: str | None = None) -> None:
+        self.http, self.gw = http, gw
+        self.auth = {"Authorization": f"Bearer {secret or gw.key.secret}"}
+        self.headers: dict[str, str] = {}
+        self.capabilities: dict[str, Any] = {}
+        self._id = 1
+
+    async def start(self) -> Legacy:
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        }
+        answer = await self.http.post("/mcp", json=init, headers={**ACCEPT, **self.auth})
+        result = sse_or_json(answer)["result"]
+        assert result["protocolVersion"] == "2025-11-25"
+        self.capabilities = result["capabilities"]
+        self.headers = {**ACCEPT, **self.auth, "MCP-Protocol-Version": "2025-11-25"}
+        if "mcp-session-id" in answer.headers:
+            self.headers["Mcp-Session-Id"] = answer.headers["mcp-session-id"]
+        done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await self.http.post("/mcp", json=done, headers=self.headers)).status_code == 202
+        return self
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._id += 1
+        message = {"jsonrpc": "2.0", "id": self._id, "method": method, "params": params}
+        return sse_or_json(await self.http.post("/mcp", json=message, headers=self.headers))
+
+
+async def modern(
+    http: httpx.AsyncClient,
+    gw: GatewayHub,
+    method: str,
+    params: dict[str, Any],
+    *,
+    tasks: bool = True,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """One self-contained 2026-07-28 request (no session), declaring the tasks extension unless told not to.
+
+    `Mcp-Name` carries the tool name or task id as the transport requires, unless `name` says otherwise."""
+    capabilities: dict[str, Any] = {"extensions": {TASKS: {}}} if tasks else {}
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+    }
+    message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    name = params.get("name") or params.get("taskId") if name is None else name
+    if name:
+        headers["Mcp-Name"] = name
+    answer = await http.post("/mcp", json=message, headers=headers)
+    assert answer.status_code in (200, 400, 404), answer.text
+    return sse_or_json(answer)
+
+
+async def wait_status(gw: GatewayHub, job_id: str, *statuses: str, within_s: float = 30) -> JobView:
+    deadline = time.monotonic() + within_s
+    while True:
+        view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+        if view.status in statuses:
+            return view
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.1)
+
+
+# -- 2025-11-25 ------------------------------------------------------------------------------------------
+
+
+async def test_legacy_tasks_are_announced_and_generate_image_runs_as_one(
+    gw: GatewayHub, http: httpx.AsyncClient
+) -> None:
+    session = await Legacy(http, gw).start()
+    assert session.capabilities["tasks"]["requests"]["tools"]["call"] == {}
+    assert "cancel" in session.capabilities["tasks"]
+    tools = {t["name"]: t for t in (await session.call("tools/list", {}))["result"]["tools"]}
+    assert tools["generate_image"]["execution"] == {"taskSupport": "optional"}
+    assert "execution" not in tools["list_styles"]
+
+    created = await session.call(
+        "tools/call", {"name": "generate_image", "arguments": {"prompt": "a lighthouse"}, "task": {"ttl": 60000}}
+    )
+    task = created["result"]["task"]
+    assert task["status"] == "working" and task["createdAt"].endswith("Z") and task["pollInterval"] > 0
+    job_id = task["taskId"]
+    assert (await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)).prompt == "a lighthouse"
+
+    # tasks/result waits for the end and gives the tool result, tied to the task.
+    result = (await session.call("tasks/result", {"taskId": job_id}))["result"]
+    assert result["structuredContent"]["status"] == "completed" and result["structuredContent"]["job_id"] == job_id
+    assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": job_id}
+    assert any(c["type"] == "resource_link" for c in result["content"])
+    got = (await session.call("tasks/get", {"taskId": job_id}))["result"]
+    assert got["taskId"] == job_id and got["status"] == "completed"
+
+    refused = await session.call("tasks/cancel", {"taskId": job_id})
+    assert refused["error"]["code"] == -32602 and "already completed" in refused["error"]["message"]
+    unknown = await session.call("tasks/get", {"taskId": "no-such-task"})
+    assert unknown["error"]["code"] == -32602
+
+
+async def test_legacy_task_cancel_and_refusals(gw: GatewayHub, http: httpx.AsyncClient) -> None:
+    session = await Legacy(http, gw).start()
+    not_a_task_tool = await session.call("tools/call", {"name": "list_styles", "arguments": {}, "task": {}})
+    assert not_a_task_tool["error"]["code"] == -32601 and "generate_image" in not_a_task_tool["error"]["message"]
+    bad = await session.call("tools/call", {"name": "generate_image", "arguments": {"prompt": ""}, "task": {}})
+    assert bad["error"]["code"] == -32602 and bad["error"]["data"]["field"] == "prompt"
+    unknown_style = await session.call(
+        "tools/call", {"name": "generate_image", "arguments": {"prompt": "x", "styles": ["Nope"]}, "task": {}}
+    )
+    assert unknown_style["error"]["code"] == -32602 and "Nope" in unknown_style["error"]["message"]
+
+    gw.comfy.work_seconds = 20.0
+    try:
+        created = await session.call(
+            "tools/call", {"name": "generate_image", "arguments": {"prompt": "slow dunes", "steps": 40}, "task": {}}
+        )
+        job_id = created["result"]["task"]["taskId"]
+        await wait_status(gw, job_id, "running")
+        cancelled = (await session.call("tasks/cancel", {"taskId": job_id}))["result"]
+        assert cancelled["taskId"] == job_id and cancelled["status"] in ("working", "cancelled")
+        await wait_status(gw, job_id, "cancelled")
+        assert (await session.call("tasks/get", {"taskId": job_id}))["result"]["status"] == "cancelled"
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+    # Another key does not see this key's task.
+    other = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="other"), CreatedApiKey)
+    stranger = await Legacy(http, gw, other.secret).start()
+    assert (await stranger.call("tasks/get", {"taskId": job_id}))["error"]["code"] == -32602
+
+
+# -- 2026-07-28 ------------------------------------------------------------------------------------------
+
+
+async def test_modern_discover_announces_the_tasks_extension(gw: GatewayHub, http: httpx.AsyncClient) -> None:
+    discovered = (await modern(http, gw, "server/discover", {}))["result"]
+    assert MODERN in discovered["supportedVersions"]
+    assert discovered["capabilities"]["extensions"][TASKS] == {}
+    assert "tasks" not in discovered["capabilities"]  # the 2025-11-25 capability is not on this wire
+
+
+async def test_modern_generate_image_returns_a_task_then_tasks_get_inlines_the_result(
+    gw: GatewayHub, http: httpx.AsyncClient
+) -> None:
+    created = (await modern(http, gw, "tools/call", {"name": "generate_image", "arguments": {"prompt": "a fox"}}))[
+        "result"
+    ]
+    assert created["resultType"] == "task" and created["status"] == "working"
+    assert created["ttlMs"] is None and created["pollIntervalMs"] > 0
+    job_id = created["taskId"]
+
+    missing = await modern(http, gw, "tasks/get", {"taskId": job_id}, tasks=False)
+    assert missing["error"]["code"] == -32021
+    assert missing["error"]["data"] == {"requiredCapabilities": {"extensions": {TASKS: {}}}}
+
+    deadline = time.monotonic() + 30
+    while True:
+        got = (await modern(http, gw, "tasks/get", {"taskId": job_id}))["result"]
+        assert got["resultType"] == "complete" and got["taskId"] == job_id
+        if got["status"] != "working":
+            break
+        assert "result" not in got
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.1)
+    assert got["status"] == "completed"
+    assert got["result"]["structuredContent"]["job_id"] == job_id and not got["result"].get("isError")
+    assert any(c["type"] == "resource_link" for c in got["result"]["content"])
+
+    ack = await modern(http, gw, "tasks/update", {"taskId": job_id, "inputResponses": {}})
+    assert ack["result"]["resultType"] == "complete"
+    assert (await modern(http, gw, "tasks/cancel", {"taskId": job_id}))["result"]["resultType"] == "complete"
+    assert (await modern(http, gw, "tasks/get", {"taskId": "nope"}))["error"]["code"] == -32602
+    mismatch = await modern(http, gw, "tasks/get", {"taskId": job_id}, name="another-task")
+    assert mismatch["error"]["code"] == -32020 and "Mcp-Name" in mismatch["error"]["message"]
+    assert (await modern(http, gw, "tasks/result", {"taskId": job_id}))["error"]["code"] == -32601
+
+
+async def test_modern_without_the_extension_gets_a_plain_result_and_a_failure_is_a_completed_task(
+    gw: GatewayHub, http: httpx.AsyncClient
+) -> None:
+    plain = await modern(
+        http, gw, "tools/call", {"name": "generate_image", "arguments": {"prompt": "a cat"}}, tasks=False
+    )
+    assert "result" in plain, plain
+    assert plain["result"]["resultType"] == "complete" and plain["result"]["structuredContent"]["status"] == "completed"
+
+    # A generation that fails is a tool result with isError, so the task is `completed` with that result.
+    gw.comfy.fail_next_job()
+    created = await modern(http, gw, "tools/call", {"name": "generate_image", "arguments": {"prompt": "doomed"}})
+    job_id = created["result"]["taskId"]
+    await wait_status(gw, job_id, "failed")
+    got = (await modern(http, gw, "tasks/get", {"taskId": job_id}))["result"]
+    assert got["status"] == "completed" and got["result"]["isError"] is True
+    assert got["result"]["structuredContent"]["status"] == "failed"
+
+    gw.comfy.work_seconds = 20.0
+    try:
+        created = (
+            await modern(
+                http, gw, "tools/call", {"name": "generate_image", "arguments": {"prompt": "slow", "steps": 40}}
+            )
+        )["result"]
+        job_id = created["taskId"]
+        await wait_status(gw, job_id, "running")
+        ack = (await modern(http, gw, "tasks/cancel", {"taskId": job_id}))["result"]
+        assert ack["resultType"] == "complete" and "taskId" not in ack  # an empty acknowledgement
+        await wait_status(gw, job_id, "cancelled")
+        got = (await modern(http, gw, "tasks/get", {"taskId": job_id}))["result"]
+        assert got["status"] == "cancelled" and "result" not in got
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+# -- subscriptions/listen (2026-07-28) --------------------------------------------------------------------
+
+
+class ListenStream:
+    """A raw `subscriptions/listen` request; its SSE response is read frame by frame."""
+
+    def __init__(self, http: httpx.AsyncClient, gw: GatewayHub, notifications: dict[str, Any], request_id: int) -> None:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}},
+        }
+        self._request = http.stream(
+            "POST",
+            "/mcp",
+            json={
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "subscriptions/listen",
+                "params": {"notifications": notifications, "_meta": meta},
+            },
+            headers={**ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"},
+        )
+
+    async def __aenter__(self) -> ListenStream:
+        self.response = await self._request.__aenter__()
+        assert self.response.status_code == 200
+        if not self.response.headers["content-type"].startswith("text/event-stream"):
+            raise AssertionError((await self.response.aread()).decode())
+        self._lines = self.response.aiter_lines()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._request.__aexit__(None, None, None)
+
+    async def next_frame(self, within_s: float = 30) -> dict[str, Any]:
+        async with asyncio.timeout(within_s):
+            async for line in self._lines:
+                if line.startswith("data:") and line[5:].strip():
+                    return json.loads(line[5:])
+        raise AssertionError("the listen stream ended")
+
+
+async def test_listen_streams_resource_updates_and_task_status(gw: GatewayHub, http: httpx.AsyncClient) -> None:
+    gw.comfy.work_seconds = 3.0
+    try:
+        created = await modern(http, gw, "tools/call", {"name": "generate_image", "arguments": {"prompt": "owl"}})
+        job_id = created["result"]["taskId"]
+        wanted = {
+            "resourceSubscriptions": ["hub://styles", "hub://render-types", "hub://nothing"],
+            "taskIds": [job_id, "nope"],
+        }
+        async with ListenStream(http, gw, wanted, request_id=77) as stream:
+            ack = await stream.next_frame()
+            assert ack["method"] == "notifications/subscriptions/acknowledged"
+            assert ack["params"]["notifications"] == {
+                "resourceSubscriptions": ["hub://styles", "hub://render-types"],
+                "taskIds": [job_id],
+            }
+            assert ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 77
+            first = await stream.next_frame()
+            assert first["method"] == "notifications/tasks" and first["params"]["taskId"] == job_id
+            assert first["params"]["status"] == "working"
+
+            await request(gw.nc, subjects.Prompt.STYLES_SAVE, SaveStyle(style=Style(name="Listen Test")), Style)
+            frames = [await stream.next_frame()]
+            while not (frames[-1]["method"] == "notifications/tasks" and frames[-1]["params"]["status"] == "completed"):
+                frames.append(await stream.next_frame())
+            updates = [f for f in frames if f["method"] == "notifications/resources/updated"]
+            assert updates and updates[0]["params"]["uri"] == "hub://styles"
+            done = frames[-1]["params"]
+            assert done["result"]["structuredContent"]["job_id"] == job_id
+            assert all(f["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"] == 77 for f in frames)
+            assert all(f["method"] != "notifications/progress" for f in frames)
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_listen_for_tasks_needs_the_extension(gw: GatewayHub, http: httpx.AsyncClient) -> None:
+    refused = await modern(http, gw, "subscriptions/listen", {"notifications": {"taskIds": ["x"]}}, tasks=False)
+    assert refused["error"]["code"] == -32021

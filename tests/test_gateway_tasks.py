@@ -187,6 +187,8 @@ async def test_legacy_task_cancel_and_refusals(gw: GatewayHub, http: httpx.Async
 
 async def test_modern_discover_announces_the_tasks_extension(gw: GatewayHub, http: httpx.AsyncClient) -> None:
     discovered = (await modern(http, gw, "server/discover", {}))["result"]
+    assert discovered["resultType"] == "complete"
+    assert discovered["capabilities"]["resources"] == {"subscribe": True, "listChanged": False}
     assert MODERN in discovered["supportedVersions"]
     assert discovered["capabilities"]["extensions"][TASKS] == {}
     assert "tasks" not in discovered["capabilities"]  # the 2025-11-25 capability is not on this wire
@@ -262,6 +264,26 @@ async def test_modern_without_the_extension_gets_a_plain_result_and_a_failure_is
         assert got["status"] == "cancelled" and "result" not in got
     finally:
         gw.comfy.work_seconds = 0.2
+
+
+async def test_modern_requests_are_checked_against_their_headers_and_version(
+    gw: GatewayHub, http: httpx.AsyncClient
+) -> None:
+    call = {"name": "list_styles", "arguments": {}}
+    wrong_name = await modern(http, gw, "tools/call", call, name="list_render_types")
+    assert wrong_name["error"]["code"] == -32020
+
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2099-01-01",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    future = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}
+    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": "2099-01-01", "Mcp-Method": "tools/list"}
+    answer = await http.post("/mcp", json=future, headers=headers)
+    assert answer.status_code == 400
+    error = sse_or_json(answer)["error"]
+    assert error["code"] == -32022 and MODERN in json.dumps(error)  # says which versions it speaks
 
 
 # -- subscriptions/listen (2026-07-28) --------------------------------------------------------------------

@@ -1,12 +1,17 @@
 """Dispatch benchmark: load balancing and per-job overhead of the hub.
 
-    .venv/bin/python bench/dispatch_bench.py [--jobs 200] [--work 0.2] [--overhead-jobs 60]
+    .venv/bin/python bench/dispatch_bench.py [--jobs 200] [--work 2.0] [--slots 1 2] [--overhead-jobs 100]
 
 1. Makespan: a burst of jobs over 4 ComfyUI test doubles of speeds 1x, 1x, 2x, 4x, once with the `pull`
    strategy and once with `round_robin`; each makespan is divided by the ideal (total work / total speed).
 2. Overhead: the median time of one job through the hub (submit over NATS -> completed event, output stored)
    minus the median of a direct ComfyUI client run (submit, follow, fetch the output) against the same
-   instant double, jobs one after the other.
+   instant double, jobs one after the other (a hub job and a direct run in turn).
+
+Per instance, the makespan part also prints what the double measured: its busy time beside the nominal work
+(the difference is the double's own cost per job: encoding the PNG, its messages, timer slack on a busy machine)
+and the gaps between two jobs (the time the hub takes to start the next job once one ends). Short jobs make both
+weigh more: compare `--work 0.5` with the default.
 
 Everything runs on this machine: a nats-server, the registry, prompt and dispatch services as processes,
 and the doubles in this process. Figures are printed; compare ratios measured in one run.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -140,6 +146,16 @@ async def makespan(
     elapsed = time.perf_counter() - started
     ideal = jobs * work / sum(SPEEDS)
     per_instance = {name: len(d.executed_prompt_ids) for name, d in doubles.items()}
+    for name, double in doubles.items():
+        spans = double.job_spans
+        gaps = [b[0] - a[1] for a, b in itertools.pairwise(spans)]
+        busy = sum(end - start for start, end in spans)
+        nominal = len(spans) * work / double.speed
+        print(
+            f"    {name:<20} jobs {len(spans):3d}  busy {busy:6.2f} s (nominal {nominal:6.2f} s)  "
+            f"first start {spans[0][0] - started:5.2f} s  last end {spans[-1][1] - started:6.2f} s  "
+            f"gap median {statistics.median(gaps) * 1000 if gaps else 0:5.1f} ms  total gaps {sum(gaps):5.2f} s"
+        )
     failed = len(completions.failed)
     await unregister(nc, doubles)
     for double in doubles.values():
@@ -162,19 +178,18 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
     completions = Completions()
     await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
 
-    hub_times = []
-    for i in range(jobs + 5):
-        started = time.perf_counter()
-        reply = await request(
-            nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"hub {i}", seed=10_000 + i), SubmitReply
-        )
-        await completions.wait({reply.job_id})
-        if i >= 5:  # warm-up excluded
-            hub_times.append(completions.finished[reply.job_id] - started)
-
-    direct_times = []
+    hub_times: list[float] = []
+    direct_times: list[float] = []
+    # Alternated, one hub job then one direct run, so a change in the machine's load weighs on both alike.
     async with ComfyClient(double.url) as client:
         for i in range(jobs + 5):
+            started = time.perf_counter()
+            reply = await request(
+                nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"hub {i}", seed=10_000 + i), SubmitReply
+            )
+            await completions.wait({reply.job_id})
+            hub_time = completions.finished[reply.job_id] - started
+
             resolved = await request(
                 nc,
                 subjects.Registry.RESOLVE,
@@ -187,7 +202,8 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
                 async with client.open_output(ref) as stream:
                     async for _chunk in stream.chunks():
                         pass
-            if i >= 5:
+            if i >= 5:  # warm-up excluded
+                hub_times.append(hub_time)
                 direct_times.append(time.perf_counter() - started)
 
     await unregister(nc, ["instant"])
@@ -201,10 +217,11 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--work", type=float, default=0.2, help="seconds one job takes on a 1x double")
-    parser.add_argument("--overhead-jobs", type=int, default=60)
+    parser.add_argument("--work", type=float, default=2.0, help="seconds one job takes on a 1x double")
+    parser.add_argument("--overhead-jobs", type=int, default=100)
     parser.add_argument("--size", type=int, default=256, help="image width and height (the doubles encode PNGs)")
     parser.add_argument("--slots", type=int, nargs="+", default=[1, 2], help="slots per instance, one run each")
+    parser.add_argument("--strategies", nargs="+", default=["pull", "round_robin"], choices=["pull", "round_robin"])
     parser.add_argument("--skip-makespan", action="store_true")
     args = parser.parse_args()
 
@@ -217,7 +234,7 @@ async def main() -> None:
                 speeds = ", ".join(f"{s:g}x" for s in SPEEDS)
                 print(f"burst of {args.jobs} jobs of {args.work:g} s (at 1x) over doubles of speed {speeds}")
                 for slots in args.slots:
-                    for strategy in ("pull", "round_robin"):
+                    for strategy in args.strategies:
                         elapsed, ideal, per_instance = await makespan(
                             server.url, root / f"{strategy}-{slots}", strategy, args.jobs, args.work, args.size, slots
                         )

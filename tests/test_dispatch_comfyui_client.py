@@ -487,7 +487,7 @@ async def test_run_reports_progress_and_streams_outputs(comfy: ComfyUIDouble, cl
     assert sorted(again.cached_nodes) == sorted(TXT2IMG)
     assert sorted(path.name for path in comfy.output_dir.iterdir()) == ["t2i_00001_.png"]
     client_ids = [body["client_id"] for body in comfy.prompts_received]
-    assert client_ids[0].startswith("hub-t2i-1-") and client_ids[1].startswith("hub-t2i-2-")
+    assert all(c.startswith("hub-") for c in client_ids) and len(set(client_ids)) == 2  # one id per run
     assert [body["prompt_id"] for body in comfy.prompts_received] == ["t2i-1", "t2i-2"]
 
 
@@ -608,7 +608,9 @@ async def test_hanging_server_is_unavailable_after_the_stall_timeout(make_double
         assert 0.4 <= time.monotonic() - started < 2.5
         with pytest.raises(ComfyUnavailable, match=r"did not answer GET /system_stats within 0\.4 s"):
             await client.system_stats()
-        with pytest.raises(ComfyUnavailable, match=r"cannot open the WebSocket of ComfyUI at .*TimeoutError"):
+        # The spare socket opened during hang-1 may still be open: then the submit is what times out.
+        hung = r"cannot open the WebSocket of ComfyUI at .*TimeoutError|did not answer POST /prompt within 0\.4 s"
+        with pytest.raises(ComfyUnavailable, match=hung):
             await client.run(trivial(7), prompt_id="hang-2")
 
 

@@ -805,6 +805,8 @@ class ComfyUIDouble:
         self._validator = PromptValidator(self._object_info, self._image_exists)
         self.prompts_received: list[dict[str, Any]] = []
         self.executed_prompt_ids: list[str] = []
+        # (start, end) of every job the worker ran, perf_counter seconds: benchmarks read idle gaps from it.
+        self.job_spans: list[tuple[float, float]] = []
         self.history: dict[str, dict[str, Any]] = {}
         self._number = 0
         self._seq = 0
@@ -1371,11 +1373,13 @@ class ComfyUIDouble:
             self._running = item
             self.executed_prompt_ids.append(item.prompt_id)
             self._broadcast_status()  # the running prompt still counts in queue_remaining
+            began = time.perf_counter()
             try:
                 await self._run_job(item)
             except Exception:  # a bug of the double must not stop the queue for the rest of a test run
                 self._log.exception("ComfyUIDouble failed while running %s", item.prompt_id)
                 self._running = None
+            self.job_spans.append((began, time.perf_counter()))
 
     def _job_seconds(self, item: _QueueItem) -> float:
         seconds = item.extra_data.get("double_work_seconds", self.work_seconds)

@@ -27,6 +27,7 @@ import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.protocol import State
 
 log = logging.getLogger(__name__)
 
@@ -451,15 +452,27 @@ class ComfyClient:
         self._jobs_cancel_api: bool | None = None
         self._seen_version: str | None = None
         self._run_sockets: set[ClientConnection] = set()
+        self._closing: set[asyncio.Future[None]] = set()
+        self._spare: _SpareSocket | None = None
 
     def __repr__(self) -> str:  # never shows the auth header
         return f"ComfyClient({self.base_url!r})"
 
     async def aclose(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            await spare.discard()
         for ws in list(self._run_sockets):
             with contextlib.suppress(Exception):
                 await ws.close()
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=QUIET_CANCEL_TIMEOUT_S)
         await self._http.aclose()
+
+    def _socket_closed(self, closing: asyncio.Future[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled():
+            closing.exception()  # retrieved: a failed close handshake is of no interest
 
     async def __aenter__(self) -> ComfyClient:
         return self
@@ -673,13 +686,11 @@ class ComfyClient:
         _check_id("prompt_id", prompt_id)
         if not stall_timeout_s > 0 or not total_timeout_s > 0:
             raise ValueError("stall_timeout_s and total_timeout_s must be positive")
-        # Never reused: a second socket with the same id silently takes over the first one's messages.
         if cancelled is not None and cancelled.is_set():
             raise ComfyInterrupted(f"prompt {prompt_id} was cancelled before it was sent to ComfyUI at {self.base_url}")
-        client_id = f"hub-{prompt_id}-{secrets.token_hex(4)}"
+        client_id, ws = await self._run_socket()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         helpers: list[asyncio.Task[None]] = []
-        ws = await self._open_run_socket(client_id)
         server_id: str | None = None
         submitting = False
         settled = False  # the prompt reached an end (or was withdrawn): nothing to clean up on the server
@@ -690,6 +701,8 @@ class ComfyClient:
                 helpers.append(asyncio.create_task(_watch(cancelled, events)))
             submitting = True  # from here on the prompt may be queued even if no answer comes back
             server_id = await self.submit(workflow, client_id=client_id, prompt_id=prompt_id, extra_data=extra_data)
+            if ws is not None:
+                self._prepare_spare()
             follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled)
             try:
                 return await follower.follow(stall_timeout_s, total_timeout_s)
@@ -702,11 +715,35 @@ class ComfyClient:
             for helper in helpers:
                 helper.cancel()
             if ws is not None:
+                # Closed in the background: the caller frees the instance's slot for the next job without
+                # waiting for the close handshake (aclose still closes sockets whose close is under way).
                 self._run_sockets.discard(ws)
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(ws.close())
+                closing = asyncio.ensure_future(ws.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._socket_closed)
             if submitting and not settled:
                 await asyncio.shield(self._cancel_quietly(server_id or prompt_id))
+
+    async def _run_socket(self) -> tuple[str, ClientConnection | None]:
+        """A greeted WebSocket, with a client id of its own, for one run.
+
+        It is the spare opened in the background during the previous run when that one is still open, else a
+        new one; so back-to-back jobs do not each wait for a handshake.
+        """
+        spare, self._spare = self._spare, None
+        taken = await spare.take() if spare is not None else None
+        if taken is None:
+            client_id = _new_client_id()
+            taken = client_id, await self._open_run_socket(client_id)
+        if taken[1] is not None:
+            self._run_sockets.add(taken[1])
+        return taken
+
+    def _prepare_spare(self) -> None:
+        """Open the next run's socket now (once per accepted prompt, so a server that rejects prompts or has no
+        WebSocket route is not sent sockets it does not need)."""
+        if self._spare is None:
+            self._spare = _SpareSocket(self)
 
     async def _open_run_socket(self, client_id: str) -> ClientConnection | None:
         """Connect `/ws?clientId=` and wait for the greeting (the server has registered us by then).
@@ -748,7 +785,6 @@ class ComfyClient:
         if not isinstance(message, dict) or message.get("type") != "status":
             await ws.close()
             raise self._not_comfyui("GET /ws", "the first WebSocket frame is not a status message")
-        self._run_sockets.add(ws)
         return ws
 
     async def _drop_websockets_for_test(self) -> int:
@@ -849,6 +885,62 @@ class ComfyClient:
 
     def _not_comfyui(self, what: str, reason: str) -> ComfyUnavailable:
         return ComfyUnavailable(f"{self.base_url} is not a ComfyUI server: {what}: {reason}")
+
+
+def _new_client_id() -> str:
+    # Never reused: a second socket with the same id silently takes over the first one's messages.
+    return f"hub-{secrets.token_hex(8)}"
+
+
+class _SpareSocket:
+    """A run socket opened ahead of its run. Until it is taken, what the server broadcasts on it (queue
+    status) is read and dropped, so an idle spare never makes the server wait on a full connection."""
+
+    def __init__(self, client: ComfyClient) -> None:
+        self._client_id = _new_client_id()
+        self._drain: asyncio.Task[None] | None = None
+        self._opening = asyncio.ensure_future(self._open(client))
+
+    async def _open(self, client: ComfyClient) -> ClientConnection | None:
+        ws = await client._open_run_socket(self._client_id)
+        if ws is not None:
+            self._drain = asyncio.ensure_future(_read_and_drop(ws))
+        return ws
+
+    async def _stop(self) -> ClientConnection | None:
+        await asyncio.wait([self._opening])  # never raises the opening's error: that is looked at below
+        if self._opening.cancelled() or self._opening.exception() is not None:
+            return None  # e.g. the server is down: the caller opens a socket itself and reports why that fails
+        ws = self._opening.result()
+        if self._drain is not None:
+            self._drain.cancel()  # cancelling a websockets recv() loses no message
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._drain
+        return ws
+
+    async def take(self) -> tuple[str, ClientConnection] | None:
+        ws = await self._stop()
+        if ws is None:
+            return None
+        if ws.state is not State.OPEN:  # closed while it waited (server restarted, idle timeout of a proxy)
+            with contextlib.suppress(Exception):
+                await ws.close()
+            return None
+        return self._client_id, ws
+
+    async def discard(self) -> None:
+        if not self._opening.done():
+            self._opening.cancel()
+        ws = await self._stop()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+
+async def _read_and_drop(ws: ClientConnection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        async for _ in ws:
+            pass
 
 
 class _Follower:

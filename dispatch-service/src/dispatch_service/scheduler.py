@@ -69,6 +69,11 @@ RETRY_DELAY_S = 0.2
 PROGRESS_WRITE_EVERY_S = 0.5
 
 
+def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("could not record a job's progress", error=str(task.exception()))
+
+
 class JobMessage(msgspec.Struct):
     job_id: str
 
@@ -367,16 +372,22 @@ class Scheduler:
 
     def _progress_writer(self, job_id: str, instance: str):  # type: ignore[no-untyped-def]
         last_write = 0.0
+        writing: asyncio.Task[bool] | None = None
 
         async def on_progress(update: ProgressUpdate) -> None:
-            nonlocal last_write
+            nonlocal last_write, writing
             await self.events.publish_quietly(
                 JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
             )
+            # The row's progress is for queue views, so it is written at most every PROGRESS_WRITE_EVERY_S and
+            # beside the run, not in its way (the events carry every step).
             now = time.monotonic()
-            if now - last_write >= PROGRESS_WRITE_EVERY_S or update.value >= update.max:
+            if now - last_write >= PROGRESS_WRITE_EVERY_S and (writing is None or writing.done()):
                 last_write = now
-                await self.store.set(job_id, progress_value=update.value, progress_max=update.max)
+                writing = asyncio.ensure_future(
+                    self.store.transition(job_id, ("running",), progress_value=update.value, progress_max=update.max)
+                )
+                writing.add_done_callback(_log_progress_write_failure)
 
         return on_progress
 

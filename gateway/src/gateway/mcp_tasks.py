@@ -92,32 +92,28 @@ def _timestamps(view: JobView) -> tuple[str, str]:
     return _iso(created), _iso(updated)
 
 
-def modern_task(view: JobView) -> dict[str, Any]:
-    """The 2026-07-28 `Task` of a job (no result inlined)."""
+def _task(view: JobView, *, modern: bool) -> dict[str, Any]:
     created, updated = _timestamps(view)
     return {
         "taskId": view.job_id,
-        "status": task_status(view, tool_error_fails=False),
+        "status": task_status(view, tool_error_fails=not modern),
         "statusMessage": status_message(view),
         "createdAt": created,
         "lastUpdatedAt": updated,
-        "ttlMs": TASK_TTL_MS,
-        "pollIntervalMs": poll_interval_ms(view),
+        # The same two values, named differently by the two eras.
+        "ttlMs" if modern else "ttl": TASK_TTL_MS,
+        "pollIntervalMs" if modern else "pollInterval": poll_interval_ms(view),
     }
+
+
+def modern_task(view: JobView) -> dict[str, Any]:
+    """The 2026-07-28 `Task` of a job (no result inlined)."""
+    return _task(view, modern=True)
 
 
 def legacy_task(view: JobView) -> dict[str, Any]:
     """The 2025-11-25 `Task` of a job."""
-    created, updated = _timestamps(view)
-    return {
-        "taskId": view.job_id,
-        "status": task_status(view, tool_error_fails=True),
-        "statusMessage": status_message(view),
-        "createdAt": created,
-        "lastUpdatedAt": updated,
-        "ttl": TASK_TTL_MS,
-        "pollInterval": poll_interval_ms(view),
-    }
+    return _task(view, modern=False)
 
 
 def legacy_capabilities() -> types.ServerTasksCapability:

@@ -16,7 +16,7 @@ from gateway_support import GatewayHub, gateway_hub
 from test_gateway_mcp import ACCEPT, sse_or_json
 
 from contracts import subjects
-from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.jobs import GetJob, JobView, QueueView, QueueViewRequest
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
 from contracts.messages.styles import SaveStyle, Style
 from contracts.runtime.bus import request
@@ -367,3 +367,39 @@ async def test_listen_streams_resource_updates_and_task_status(gw: GatewayHub, h
 async def test_listen_for_tasks_needs_the_extension(gw: GatewayHub, http: httpx.AsyncClient) -> None:
     refused = await modern(http, gw, "subscriptions/listen", {"notifications": {"taskIds": ["x"]}}, tasks=False)
     assert refused["error"]["code"] == -32021
+
+
+# -- disconnects ---------------------------------------------------------------------------------------------
+
+
+async def test_a_handshake_era_client_that_disconnects_does_not_lose_the_job(
+    gw: GatewayHub, http: httpx.AsyncClient
+) -> None:
+    """2025 era: a dropped response stream is not a cancellation; the job runs on and get_generation finds it.
+    (On 2026-07-28 closing the stream IS the cancellation, by the spec: such clients use tasks.)"""
+    session = await Legacy(http, gw).start()
+    gw.comfy.work_seconds = 2.0
+    try:
+        call = {
+            "jsonrpc": "2.0",
+            "id": 99,
+            "method": "tools/call",
+            "params": {"name": "generate_image", "arguments": {"prompt": "left alone"}},
+        }
+        async with asyncio.timeout(30):
+            async with http.stream("POST", "/mcp", json=call, headers=session.headers) as response:
+                assert response.status_code == 200
+                job_id = None
+                while job_id is None:
+                    queue = await request(
+                        gw.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True), QueueView
+                    )
+                    job_id = next((j.job_id for j in queue.jobs if j.prompt == "left alone"), None)
+                    await asyncio.sleep(0.05)
+            # the stream is closed here, long before the job ends
+        view = await wait_status(gw, job_id, "completed", "cancelled", "failed")
+        assert view.status == "completed"
+        fetched = await session.call("tools/call", {"name": "get_generation", "arguments": {"job_id": job_id}})
+        assert fetched["result"]["structuredContent"]["status"] == "completed"
+    finally:
+        gw.comfy.work_seconds = 0.2

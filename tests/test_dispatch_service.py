@@ -336,11 +336,21 @@ async def test_an_input_image_is_uploaded_to_the_instance_that_runs_the_job(hub:
         view_url = f"{comfy.url}/view?filename={reply.job_id}.png&subfolder=hub&type=input"
         by_url = await submit(hub.nc, "again", render_type="img2img", input_image=InputImage(url=view_url))
         assert (await wait_final(hub.nc, by_url.job_id)).status == "completed"
+        # An output of an earlier job, by its id in the hub's store (e.g. to upscale it).
+        earlier = (await wait_final(hub.nc, by_url.job_id)).outputs[0]
+        by_id = await submit(
+            hub.nc, "once more", render_type="img2img", input_image=InputImage(stored_id=earlier.output_id)
+        )
+        assert (await wait_final(hub.nc, by_id.job_id)).status == "completed"
+        stored = await ObjectStoreOutputs(hub.nc.jetstream()).read_all(earlier.output_id)
+        assert (comfy.input_dir / "hub" / f"{by_id.job_id}.png").read_bytes() == stored
         for bad, field in (
             (InputImage(base64="not base64!"), "input_image.base64"),
             (InputImage(base64=base64.b64encode(b"plain text").decode()), "input_image.base64"),
             (InputImage(url="http://127.0.0.1:9/nothing.png"), "input_image.url"),
             (InputImage(url="ftp://example/x.png"), "input_image.url"),
+            (InputImage(stored_id="no-such-image"), "input_image.stored_id"),
+            (InputImage(url=view_url, stored_id=earlier.output_id), "input_image"),
             (InputImage(), "input_image"),
         ):
             with pytest.raises(HubError) as raised:

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -414,3 +415,37 @@ async def test_the_2026_era_works_without_a_handshake(gw: GatewayHub) -> None:
         assert "sdxl" in [r["name"] for r in result["structuredContent"]["render_types"]]
         refused = await http.post("/mcp", json=call, headers={**headers, "Authorization": "Bearer ghub_wrong"})
         assert refused.status_code == 401
+
+
+async def test_a_large_input_image_goes_through_the_store_not_a_nats_message(gw: GatewayHub) -> None:
+    """A 2 MB image is twice NATS's default max_payload: the gateway stages it in the object store."""
+    noisy = Image.frombytes("RGB", (1024, 700), bytes(random.Random(7).randbytes(1024 * 700 * 3)))
+    buffer = io.BytesIO()
+    noisy.save(buffer, format="PNG", compress_level=0)
+    picture = buffer.getvalue()
+    assert len(picture) > 2 * gw.nc.max_payload
+    async with Mcp(gw) as session:
+        result = await session.call_tool(
+            "generate_image",
+            {
+                "prompt": "repaint the noise",
+                "render_type": "img2img",
+                "input_image": {"base64": base64.b64encode(picture).decode(), "filename": "noise.png"},
+            },
+        )
+        assert not result.is_error, result.content
+        job_id = result.structured_content["job_id"]
+        assert (gw.comfy.input_dir / "hub" / f"{job_id}.png").read_bytes() == picture
+
+        # An earlier output as the input of the next job, by its id.
+        earlier = result.structured_content["images"][0]["output_id"]
+        again = await session.call_tool(
+            "generate_image",
+            {"prompt": "once more", "render_type": "img2img", "input_image": {"stored_id": earlier}},
+        )
+        assert not again.is_error and again.structured_content["status"] == "completed"
+
+        bad = await session.call_tool(
+            "generate_image", {"prompt": "x", "render_type": "img2img", "input_image": {"base64": "%%%"}}
+        )
+        assert bad.is_error and bad.structured_content["error"]["field"] == "input_image.base64"

@@ -8,8 +8,6 @@ job id), so an accepted job is never lost between the two.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import time
 import uuid
@@ -37,7 +35,7 @@ from contracts.messages.render_types import (
     ResolveRenderType,
 )
 from contracts.messages.styles import BuildPrompt, BuiltPrompt
-from contracts.runtime.storage import OutputStorage
+from contracts.runtime.storage import OutputStorage, decode_base64_image
 from dispatch_service.tables import JobRow
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
@@ -64,21 +62,20 @@ def _sniff_image(data: bytes) -> str | None:
     return None
 
 
-async def read_input_image(image: InputImage) -> tuple[bytes, str]:
-    """The bytes and content type of an input image given as a URL or base64, or a clear error."""
-    if bool(image.url) == bool(image.base64):
+async def read_input_image(image: InputImage, storage: OutputStorage) -> tuple[bytes, str]:
+    """The bytes and content type of an input image given as a URL, base64 or a stored image, or a clear error."""
+    if sum(1 for given in (image.url, image.base64, image.stored_id) if given) != 1:
         raise HubError(
-            ErrorCode.INVALID_REQUEST, "give the input image either as `url` or as `base64`", field="input_image"
+            ErrorCode.INVALID_REQUEST,
+            "give the input image as exactly one of `url`, `base64` or `stored_id`",
+            field="input_image",
         )
     if image.base64:
-        payload = image.base64.split(",", 1)[1] if image.base64.startswith("data:") else image.base64
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise HubError(
-                ErrorCode.INVALID_REQUEST, "input_image.base64 is not valid base64", field="input_image.base64"
-            ) from None
         where = "input_image.base64"
+        data = decode_base64_image(image.base64, where)
+    elif image.stored_id:
+        where = "input_image.stored_id"
+        data = await _read_stored(storage, image.stored_id)
     else:
         assert image.url is not None
         if not image.url.startswith(("http://", "https://")):
@@ -91,6 +88,20 @@ async def read_input_image(image: InputImage) -> tuple[bytes, str]:
     if content_type is None:
         raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: not a PNG, JPEG, WebP or GIF image", field=where)
     return data, content_type
+
+
+async def _read_stored(storage: OutputStorage, stored_id: str) -> bytes:
+    where = "input_image.stored_id"
+    info = await storage.info(stored_id)
+    if info is None:
+        raise HubError(
+            ErrorCode.NOT_FOUND,
+            f"{where}: the hub stores no image {stored_id!r} (a typo, or removed by the retention policy?)",
+            field=where,
+        )
+    if info.size > MAX_INPUT_IMAGE_BYTES:
+        raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: the image is larger than 25 MiB", field=where)
+    return b"".join([chunk async for chunk in storage.read(stored_id)])
 
 
 async def _download(url: str) -> bytes:
@@ -161,7 +172,7 @@ async def prepare_job(request: GenerationRequest, upstream: Upstream, storage: O
     input_image_id: str | None = None
     input_name: str | None = None
     if request.input_image is not None:
-        data, content_type = await read_input_image(request.input_image)
+        data, content_type = await read_input_image(request.input_image, storage)
         extension = content_type.split("/")[1].replace("jpeg", "jpg")
         stored = await storage.save(
             io.BytesIO(data), filename=f"{job_id}.{extension}", content_type=content_type, job_id=job_id

@@ -13,10 +13,14 @@ FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class InputImage(Request):
-    """An input image for img2img/upscale: a URL the hub fetches, or the bytes as base64."""
+    """An input image for img2img/upscale: a URL the hub fetches, the bytes as base64, or an image the hub has."""
 
     url: Annotated[str | None, msgspec.Meta(description="http(s) URL of the image")] = None
     base64: Annotated[str | None, msgspec.Meta(description="Base64 bytes (PNG, JPEG or WebP)")] = None
+    stored_id: Annotated[
+        str | None,
+        msgspec.Meta(description="An image the hub stores: the output_id of an earlier generation (e.g. to upscale)"),
+    ] = None
     filename: str | None = None
 
 

@@ -7,6 +7,8 @@ shared disk. Output ids are unguessable (128 random bits).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from collections.abc import AsyncIterator
 from typing import BinaryIO, Protocol
@@ -16,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import OutputFile
 from contracts.streams import OUTPUTS_BUCKET
 
@@ -29,6 +32,15 @@ def new_output_id() -> str:
 def output_kind(content_type: str) -> str:
     major = content_type.split("/", 1)[0]
     return major if major in ("image", "video", "audio") else "other"
+
+
+def decode_base64_image(text: str, field: str) -> bytes:
+    """The bytes of a base64 image (a `data:` URL prefix is allowed), or an error naming `field`."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise HubError(ErrorCode.INVALID_REQUEST, f"{field} is not valid base64", field=field) from None
 
 
 class OutputStorage(Protocol):

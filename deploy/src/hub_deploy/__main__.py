@@ -1,5 +1,6 @@
 """`python -m hub_deploy up` starts the whole hub; `python -m hub_deploy health` checks a running one;
-`python -m hub_deploy cluster` rehearses the clustered deployment (3 NATS servers, 2 replicas of each service)."""
+`python -m hub_deploy cluster` rehearses the clustered deployment (3 NATS servers, 2 replicas of each service);
+`python -m hub_deploy probe <service>` is a container's health check (exit 0: this host's replica is healthy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from contracts.runtime.bus import connect
 from contracts.runtime.config import ConfigError, Settings, load_settings
 from contracts.runtime.logs import configure_logging
+from hub_deploy.probe import SERVICE_NAMES, probe
 from hub_deploy.services import SERVICES, health_of, ping_all
 
 
@@ -36,7 +38,8 @@ async def report_health(settings: Settings) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m hub_deploy", description=__doc__)
-    parser.add_argument("command", choices=["up", "health", "cluster"])
+    parser.add_argument("command", choices=["up", "health", "cluster", "probe"])
+    parser.add_argument("service", nargs="?", choices=SERVICE_NAMES, help="probe: the service to check")
     parser.add_argument("--replicas", type=int, default=2, help="cluster: processes per service (default 2)")
     args = parser.parse_args()
     try:
@@ -44,6 +47,12 @@ def main() -> None:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if args.command == "probe":
+        if args.service is None:
+            parser.error(f"probe needs the service to check: one of {', '.join(SERVICE_NAMES)}")
+        healthy, reason = asyncio.run(probe(settings, args.service))
+        print(reason, file=sys.stdout if healthy else sys.stderr)
+        raise SystemExit(0 if healthy else 1)
     configure_logging(settings)
     if args.command == "up":
         from hub_deploy.supervisor import run_hub

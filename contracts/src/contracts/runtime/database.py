@@ -20,7 +20,7 @@ import aiosqlite
 from piccolo.apps.migrations.commands.forwards import run_forwards
 from piccolo.conf.apps import AppConfig
 from piccolo.engine.base import Engine
-from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 from piccolo.engine.sqlite import SQLiteEngine
 
 from contracts.errors import ErrorCode, HubError
@@ -204,9 +204,24 @@ def piccolo_engine(service: str) -> Engine:
 
 def write_transaction(engine: Engine):  # type: ignore[no-untyped-def]
     """A transaction for writes: on SQLite it takes the write lock at once (BEGIN IMMEDIATE), so two writers
-    never deadlock upgrading read locks; on PostgreSQL a plain transaction."""
+    never deadlock upgrading read locks; on PostgreSQL one that takes the database's writer lock first."""
     from piccolo.engine.sqlite import TransactionType
 
     if isinstance(engine, SQLiteEngine):
         return engine.transaction(transaction_type=TransactionType.immediate)
+    if isinstance(engine, PostgresEngine):
+        return WriterLockedPostgresTransaction(engine)
     return engine.transaction()
+
+
+class WriterLockedPostgresTransaction(PostgresTransaction):
+    """A PostgreSQL transaction that first takes the database's writer lock (a transaction advisory lock), so
+    writers run one at a time as on SQLite: the services' read-check-write steps (e.g. "the edit started from
+    the current version") stay correct under PostgreSQL's default READ COMMITTED isolation."""
+
+    async def begin(self) -> None:
+        await super().begin()
+        await self.connection.execute("SELECT pg_advisory_xact_lock($1)", _WRITER_LOCK_KEY)
+
+
+_WRITER_LOCK_KEY = 0x6875625F77726974  # "hub_writ"; not the start-up lock's key, which a seed runs under

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dispatch_support import Hub, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
-from playwright.async_api import Browser, BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
 
 from hub_deploy.natsserver import NatsServer
@@ -51,6 +51,13 @@ def shots(tmp_path: Path) -> Path:
 
 def url(hub: Hub, path: str = "/") -> str:
     return f"{hub.ui_url}{path}"  # type: ignore[attr-defined]
+
+
+async def navigate_by_click(page: Page, selector: str) -> None:
+    """Click something that loads another page, and wait until that page has loaded (a click alone does not wait,
+    so the next assertion could read the page before)."""
+    async with page.expect_navigation():
+        await page.click(selector)
 
 
 async def test_pages_need_a_signed_in_admin(hub: Hub, context: BrowserContext, shots: Path) -> None:
@@ -212,7 +219,7 @@ async def test_a_test_generation_shows_live_progress_and_its_image(
             await page.fill("#f-seed", "1234")
             await page.select_option("#f-render_type", "sdxl")
             await screenshot(page, shots, "generate")
-            await page.click("#generate-form button[type=submit]")
+            await navigate_by_click(page, "#generate-form button[type=submit]")
             assert "/jobs/" in page.url
             await page.wait_for_selector("#outputs img", timeout=60_000)
             assert await page.inner_text("#job-status") == "completed"
@@ -241,7 +248,7 @@ async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: B
     await page.goto(url(hub, "/generate"))
     await page.fill("#f-prompt", "a cat")
     await page.fill("#f-width", "12")  # below the minimum
-    await page.click("#generate-form button[type=submit]")
+    await navigate_by_click(page, "#generate-form button[type=submit]")
     assert "/generate" in page.url
     error = page.locator(".has-error .field-error")
     assert await error.count() == 1, await page.inner_text("main")
@@ -417,3 +424,216 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         assert "revoked" in await page.locator("#keys tr", has_text="claude-desktop").inner_text()
     finally:
         gateway.kill()
+
+
+async def test_an_img2img_generation_sends_the_uploaded_image(
+    hub: Hub, context: BrowserContext, shots: Path, tmp_path: Path
+) -> None:
+    from dispatch_support import add_instance, remove_instance
+    from doubles.png import encode_solid_png
+
+    picture = encode_solid_png(64, 48, (200, 10, 10))
+    (tmp_path / "red.png").write_bytes(picture)
+    (tmp_path / "notes.png").write_bytes(b"these are words, not pixels")
+    checkpoint = await checkpoint_of(hub.nc, "img2img")
+    async with ComfyUIDouble(models={"checkpoints": [checkpoint]}, work_seconds=0.5) as comfy:
+        await add_instance(hub.nc, comfy, "gpu-img2img")
+        try:
+            page = await context.new_page()
+            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+            await page.goto(url(hub, "/generate"))
+            # The field shows only for render types that take an input image.
+            await page.select_option("#f-render_type", "sdxl")
+            assert not await page.is_visible("#input-image")
+            await page.select_option("#f-render_type", "img2img")
+            assert await page.is_visible("#f-input_image_file")
+            await page.fill("#f-prompt", "the same scene in watercolour")
+
+            # Not an image: the error stands beside the file field, the rest of the form is kept.
+            await page.set_input_files("#f-input_image_file", str(tmp_path / "notes.png"))
+            await navigate_by_click(page, "#generate-form button[type=submit]")
+            assert "/generate" in page.url
+            assert "not a PNG, JPEG, WebP or GIF" in await page.inner_text("#error-input_image_file")
+            assert await page.input_value("#f-prompt") == "the same scene in watercolour"
+            assert await page.is_visible("#f-input_image_file")  # still img2img, still shown
+            await screenshot(page, shots, "generate-input-image-error")
+
+            # Neither file nor URL for a render type that needs one: said beside the field too.
+            await navigate_by_click(page, "#generate-form button[type=submit]")
+            assert "starts from an input image" in await page.inner_text("#error-input_image_file")
+
+            await page.set_input_files("#f-input_image_file", str(tmp_path / "red.png"))
+            await page.wait_for_selector("#input-preview:not([hidden])")
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await screenshot(page, shots, "generate-img2img-phone")
+            await page.set_viewport_size({"width": 1280, "height": 860})
+            await screenshot(page, shots, "generate-img2img")
+            await navigate_by_click(page, "#generate-form button[type=submit]")
+            assert "/jobs/" in page.url, await page.inner_text("main")
+            await page.wait_for_selector("#outputs img", timeout=60_000)
+            assert await page.inner_text("#job-status") == "completed"
+            job_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+            # The double got exactly the uploaded bytes, and the workflow loads that file.
+            assert (comfy.input_dir / "hub" / f"{job_id}.png").read_bytes() == picture
+            loaded = [
+                node["inputs"]["image"]
+                for node in comfy.prompts_received[-1]["prompt"].values()
+                if node["class_type"] == "LoadImage"
+            ]
+            assert loaded == [f"hub/{job_id}.png"]
+            await screenshot(page, shots, "job-img2img")
+
+            # The URL alternative: the hub fetches the picture (served here by the double itself).
+            await page.goto(url(hub, "/generate"))
+            await page.select_option("#f-render_type", "img2img")
+            await page.fill("#f-prompt", "again, from a URL")
+            await page.fill("#f-input_image_url", f"{comfy.url}/view?filename={job_id}.png&subfolder=hub&type=input")
+            await navigate_by_click(page, "#generate-form button[type=submit]")
+            assert "/jobs/" in page.url, await page.inner_text("main")
+            await page.wait_for_selector("#outputs img", timeout=60_000)
+            by_url = page.url.rstrip("/").rsplit("/", 1)[-1]
+            assert (comfy.input_dir / "hub" / f"{by_url}.png").read_bytes() == picture
+        finally:
+            await remove_instance(hub.nc, "gpu-img2img")
+
+
+async def test_an_input_image_too_big_for_the_form_is_named_beside_its_field(
+    hub: Hub, context: BrowserContext, tmp_path: Path
+) -> None:
+    from doubles.png import encode_solid_png
+
+    big = tmp_path / "huge.png"
+    big.write_bytes(encode_solid_png(8, 8, (0, 0, 0)) + b"\0" * (25 * 1024 * 1024 + 1))  # the hub's limit
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/generate"))
+    await page.select_option("#f-render_type", "img2img")
+    await page.fill("#f-prompt", "x")
+    await page.set_input_files("#f-input_image_file", str(big))
+    await page.wait_for_selector("#check-input_image_file:not([hidden])")  # said at once, in the browser
+    assert "too big" in await page.inner_text("#check-input_image_file")
+    await navigate_by_click(page, "#generate-form button[type=submit]")
+    error = await page.inner_text("#error-input_image_file")
+    assert "huge.png is" in error and "up to" in error and "URL" in error, error
+
+    # A URL that is not http(s) is refused beside the URL field.
+    await page.fill("#f-input_image_url", "ftp://example.org/photo.png")
+    await navigate_by_click(page, "#generate-form button[type=submit]")
+    assert "http://" in await page.inner_text("#error-input_image_url")
+    assert await page.input_value("#f-input_image_url") == "ftp://example.org/photo.png"
+
+
+async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    from contracts import subjects
+    from contracts.messages.render_types import (
+        GetRenderType,
+        GetRenderTypeHistory,
+        ListRenderTypes,
+        RenderType,
+        RenderTypeHistory,
+        RenderTypeList,
+        SaveRenderType,
+    )
+    from contracts.runtime.bus import request
+
+    sdxl = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    await request(
+        hub.nc,
+        subjects.Registry.SAVE,
+        SaveRenderType(
+            render_type=RenderType(name="edit-me", workflow=sdxl.workflow, parameter_map=sdxl.parameter_map)
+        ),
+        RenderType,
+    )
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/render-types/edit-me"))
+    await navigate_by_click(page, "#edit-link")
+    assert "prompt:" in await page.input_value("#f-parameter_map")
+    assert '"class_type"' in await page.input_value("#f-workflow")
+
+    # A broken map line, then a size the registry refuses: each error beside its field, nothing saved.
+    await page.fill("#f-description", "Edited <b>in</b> the UI")
+    await page.fill("#f-parameter_map", "prompt 6/text")
+    await navigate_by_click(page, "#edit-form button[type=submit]")
+    assert "line 1" in await page.inner_text("#error-parameter_map")
+    assert await page.input_value("#f-description") == "Edited <b>in</b> the UI"
+    good_map = "\n".join(
+        f"{name}: " + ", ".join(f"{slot.node_id}/{slot.input_name}" for slot in slots)
+        for name, slots in sdxl.parameter_map.slots.items()
+    )
+    await page.fill("#f-parameter_map", good_map)
+    await page.fill("#f-width", "1001")
+    await navigate_by_click(page, "#edit-form button[type=submit]")
+    assert (await page.inner_text("#error-width")).strip()
+    await screenshot(page, shots, "render-type-edit-error")
+    unchanged = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="edit-me"), RenderType)
+    assert unchanged.version == 1 and unchanged.description == ""
+
+    await page.fill("#f-width", "768")
+    await page.uncheck("input[name=enabled]")
+    await page.fill("#f-note", "narrower, off for now")
+    await navigate_by_click(page, "#edit-form button[type=submit]")
+    assert "Saved render type edit-me (version 2)" in await page.inner_text(".flash")
+    assert "Edited <b>in</b> the UI" in await page.inner_text("main")  # shown as text, not markup
+    saved = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="edit-me"), RenderType)
+    assert (saved.version, saved.defaults.width, saved.enabled) == (2, 768, False)
+    assert saved.description == "Edited <b>in</b> the UI"
+    history = await request(hub.nc, subjects.Registry.HISTORY, GetRenderTypeHistory(name="edit-me"), RenderTypeHistory)
+    assert "narrower, off for now" in [v.note for v in history.versions]
+    await screenshot(page, shots, "render-type-edited")
+
+    # The default render type: the confirmation says so and the registry's refusal is shown.
+    await page.goto(url(hub, "/render-types/sdxl/delete"))
+    assert "is the default render type" in await page.inner_text("#delete-confirm")
+    await navigate_by_click(page, "#delete-form button[type=submit]")
+    assert "make another one the default first" in await page.inner_text("#delete-error")
+    assert "sdxl" in [
+        rt.name
+        for rt in (await request(hub.nc, subjects.Registry.LIST, ListRenderTypes(), RenderTypeList)).render_types
+    ]
+
+    await page.goto(url(hub, "/render-types/edit-me"))
+    await navigate_by_click(page, "#delete-link")
+    assert "2 versions" in await page.inner_text("#delete-confirm")
+    await screenshot(page, shots, "render-type-delete")
+    await navigate_by_click(page, "#delete-form button[type=submit]")
+    assert "Deleted render type edit-me and its 2 versions" in await page.inner_text(".flash")
+    assert "edit-me" not in await page.inner_text("#render-types")
+    missing = await page.goto(url(hub, "/render-types/edit-me"))
+    assert missing is not None and missing.status == 404
+
+
+PAGES = (
+    ("/", "dashboard"),
+    ("/instances", "instances"),
+    ("/render-types", "render-types"),
+    ("/render-types/sdxl", "render-type-sdxl"),
+    ("/render-types/sdxl/edit", "render-type-sdxl-edit"),
+    ("/styles", "styles"),
+    ("/prompt", "prompts"),
+    ("/generate", "generate"),
+    ("/stats", "stats"),
+    ("/api-keys", "api-keys"),
+    ("/maintenance", "maintenance"),
+    ("/status", "services"),
+)
+
+
+async def test_every_page_fits_a_phone_and_a_laptop(hub: Hub, context: BrowserContext, shots: Path) -> None:
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    for width, height, suffix in ((390, 844, "phone"), (1366, 900, "laptop")):
+        await page.set_viewport_size({"width": width, "height": height})
+        for path, name in PAGES:
+            response = await page.goto(url(hub, path))
+            assert response is not None and response.status == 200, (path, response and response.status)
+            title = await page.title()
+            # A title block left open swallows the page's markup into the title.
+            assert title.endswith(" · GenImage Hub") and "<" not in title and len(title) < 80, (path, title)
+            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{path} is {overflow}px wider than a {width}px screen"
+            await screenshot(page, shots, f"{name}-{suffix}")
+    assert not errors, errors  # no script on any page fails

@@ -60,3 +60,27 @@ JOBS: Final = StreamSpec(
 )
 
 ALL_STREAMS: Final = (EVENTS, JOBS)
+
+
+class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A JetStream key-value bucket; `replicas` comes from configuration, like the streams'."""
+
+    name: str
+    ttl_s: float  # every entry expires this long after its last write; 0 = never
+    description: str
+
+
+# Admin UI sessions, shared by every UI replica and kept across restarts. A session is rewritten on each
+# request, so the TTL is the idle lifetime of a session (the cookie's max-age is the same).
+UI_SESSIONS: Final = BucketSpec(
+    name="hub-ui-sessions",
+    ttl_s=12 * 3600,
+    description="Admin UI sessions (server side; the cookie holds only the id)",
+)
+
+# Secrets every UI replica must share (the CSRF signing key), created once by the first replica.
+UI_SECRETS: Final = BucketSpec(
+    name="hub-ui-secrets",
+    ttl_s=0,
+    description="Secrets shared by the admin UI replicas",
+)

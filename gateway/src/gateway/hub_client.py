@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -10,11 +9,11 @@ from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
 from contracts.messages.events import GenerationEvent
-from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, InputImage, JobView, SubmitReply
+from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
 from contracts.runtime.bus import request
-from contracts.runtime.storage import ObjectStoreOutputs, decode_base64_image
+from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 from contracts.streams import job_events_filter
 
 
@@ -25,38 +24,11 @@ class HubClient:
         self.outputs = ObjectStoreOutputs(nc.jetstream())
 
     async def submit(self, generation: GenerationRequest) -> SubmitReply:
-        staged = await self._stage_input_image(generation)
-        if staged is not None:
-            image = generation.input_image
-            assert image is not None
-            generation = msgspec.structs.replace(
-                generation, input_image=InputImage(stored_id=staged, filename=image.filename)
-            )
-        try:
+        async with input_image_staged(self.outputs, generation) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
             return await request(
-                self.nc, subjects.Dispatch.JOBS_SUBMIT, generation, SubmitReply, timeout=3 * self.timeout_s
+                self.nc, subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=3 * self.timeout_s
             )
-        finally:
-            if staged is not None:  # the dispatcher keeps its own copy with the job, made before it answers
-                await self.outputs.delete(staged)
-
-    async def _stage_input_image(self, generation: GenerationRequest) -> str | None:
-        """Put a base64 input image in the store and return its id: a NATS message is capped by the server's
-        max_payload (1 MiB by default), an input image may be 25 MiB."""
-        image = generation.input_image
-        if image is None or not image.base64:
-            return None
-        if image.url or image.stored_id:
-            return None  # ambiguous: the dispatcher says so, naming the fields
-        data = decode_base64_image(image.base64, "input_image.base64")
-        stored = await self.outputs.save(
-            io.BytesIO(data),
-            filename=image.filename or "input-image",
-            content_type="application/octet-stream",  # the dispatcher checks what the bytes are
-            job_id="staged-input",
-        )
-        return stored.output_id
 
     async def job(self, job_id: str) -> JobView:
         return await request(

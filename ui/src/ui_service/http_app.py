@@ -7,21 +7,24 @@ autoescape; any error renders a friendly page (never a stack trace).
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
+from litestar import types as litestar_types
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
-from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware.session.server_side import ServerSideSessionConfig
+from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, ServerSentEvent, Stream, Template
 from litestar.response.sse import ServerSentEventMessage
 from litestar.static_files import create_static_files_router
@@ -49,6 +52,7 @@ from contracts.messages.jobs import (
     CancelJob,
     GenerationRequest,
     GetJob,
+    InputImage,
     JobView,
     QueueView,
     QueueViewRequest,
@@ -57,6 +61,8 @@ from contracts.messages.jobs import (
 from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
+    DeletedRenderType,
+    DeleteRenderType,
     GenerationParams,
     GetRenderType,
     GetRenderTypeHistory,
@@ -66,6 +72,7 @@ from contracts.messages.render_types import (
     RenderType,
     RenderTypeHistory,
     RenderTypeList,
+    RenderTypeSummary,
     ResolvedWorkflow,
     ResolveRenderType,
     RollbackRenderType,
@@ -110,13 +117,36 @@ from contracts.messages.styles import (
 )
 from contracts.runtime.bus import request
 from contracts.runtime.service import ServiceRuntime
-from contracts.runtime.storage import ObjectStoreOutputs
-from contracts.streams import job_events_filter
+from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
+from contracts.streams import UI_SECRETS, UI_SESSIONS, job_events_filter
 from ui_service import accounts
+from ui_service.sessions import KvSessionStore, open_bucket, shared_secret
 
 HERE = Path(__file__).parent
 FINAL_EVENTS = {"completed", "failed", "cancelled"}
 SESSION_KEY = "admin"
+SESSION_COOKIE = "session"
+# Set by the login handler: the session id the signed-in admin gets instead of the one the browser sent.
+NEW_SESSION_ID = "ui.new_session_id"
+
+
+class RotatingSessionBackend(ServerSideSessionBackend):
+    """litestar's server-side sessions with two changes: a sign-in gets a fresh session id (no session
+    fixation), and an empty session (a visitor who is not signed in) is neither stored nor given a cookie."""
+
+    def get_session_id(self, connection: ASGIConnection) -> str:
+        return connection.scope.get(NEW_SESSION_ID) or super().get_session_id(connection)  # type: ignore[misc]
+
+    async def store_in_message(self, scope_session: Any, message: Any, connection: ASGIConnection) -> None:
+        if isinstance(scope_session, dict) and not scope_session:
+            if not connection.cookies.get(self.config.key):
+                return
+            scope_session = litestar_types.Empty  # a session emptied by a handler: delete it, expire the cookie
+        await super().store_in_message(scope_session, message, connection)
+
+
+class SessionConfig(ServerSideSessionConfig):
+    _backend_class = RotatingSessionBackend
 
 
 def field_of(error: HubError) -> str:
@@ -153,12 +183,163 @@ def text_to_map(text: str) -> ParameterMap:
     return ParameterMap(slots=slots)
 
 
+# The largest input image the dispatcher takes (dispatch_service.jobs.MAX_INPUT_IMAGE_BYTES), and the kinds it
+# recognises by their first bytes.
+MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
+IMAGE_KINDS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
+
+
+def image_kind(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((kind for magic, kind in IMAGE_KINDS.items() if data.startswith(magic)), None)
+
+
+def human_size(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} MiB"
+
+
+def takes_input_image(render_type: RenderTypeSummary | None) -> bool:
+    return render_type is not None and "input_image" in render_type.parameters
+
+
+async def read_input_image(upload: Any, url: str, render_type: RenderTypeSummary | None) -> InputImage | None:
+    """The form's input image (an uploaded file, or a URL the hub fetches), checked, or an error naming the field."""
+    content = await upload.read() if upload is not None and hasattr(upload, "read") else b""
+    filename = getattr(upload, "filename", None) or None
+    if not content and not url:
+        if takes_input_image(render_type):
+            assert render_type is not None
+            raise HubError(
+                ErrorCode.INVALID_REQUEST,
+                f"{render_type.name} starts from an input image: choose a file, or give the image's URL",
+                field="input_image_file",
+            )
+        return None
+    field = "input_image_url" if url else "input_image_file"
+    if content and url:
+        raise HubError(ErrorCode.INVALID_REQUEST, "choose a file or give a URL, not both", field="input_image_file")
+    if not takes_input_image(render_type):
+        name = render_type.name if render_type else "the chosen render type"
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            f"{name} takes no input image; pick a render type that does (such as img2img or upscale) or remove it",
+            field=field,
+        )
+    if url:
+        if not url.startswith(("http://", "https://")) or len(url) > 4096:
+            raise HubError(ErrorCode.INVALID_REQUEST, "the URL must start with http:// or https://", field=field)
+        return InputImage(url=url)
+    if len(content) > MAX_INPUT_IMAGE_BYTES:
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            f"{filename or 'the file'} is {human_size(len(content))}; the hub takes input images up to "
+            f"{human_size(MAX_INPUT_IMAGE_BYTES)}. Scale it down first (a URL has the same limit).",
+            field=field,
+        )
+    if image_kind(content) is None:
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            f"{filename or 'the file'} is not a PNG, JPEG, WebP or GIF image",
+            field=field,
+        )
+    return InputImage(base64=base64.b64encode(content).decode(), filename=filename)
+
+
+def generation_field(error: HubError) -> str:
+    """The test generation form's input a HubError names (the input image's errors go beside its field)."""
+    field = error.info.field or ""
+    if "input_image" in field:
+        return "input_image_url" if field.endswith(".url") or field == "input_image_url" else "input_image_file"
+    return field_of(error) or "form"
+
+
+def render_type_field(error: HubError, fields: set[str]) -> str:
+    """The render type form's input a registry error names (`render_type.defaults.width` -> `width`);
+    "form" when the form has no such input (the error then shows above the form)."""
+    path = (error.info.field or "").removeprefix("render_type.").removeprefix("params.")
+    head = path.split(".", 1)[0].split("[", 1)[0]
+    if head in ("defaults", "limits"):
+        head = path.rsplit(".", 1)[-1]
+    head = {"workflow_json": "workflow", "is_default": "enabled", "original_name": "name"}.get(head, head)
+    return head if head in fields else "form"
+
+
+DEFAULT_FIELDS = ("width", "height", "steps", "cfg", "batch_size", "denoise")
+EDIT_FIELDS = {"name", "description", "enabled", "workflow", "parameter_map", "note", "negative_prompt"}
+
+
+def defaults_from_form(form: dict[str, str], base: RenderDefaults) -> RenderDefaults:
+    """The defaults an admin typed (an empty box keeps `base`'s value), or an error naming the box."""
+    values: dict[str, Any] = {"negative_prompt": form.get("negative_prompt", base.negative_prompt)}
+    for name in DEFAULT_FIELDS:
+        text = form.get(name, "").strip()
+        kind = float if name in ("cfg", "denoise") else int
+        try:
+            values[name] = kind(text) if text else getattr(base, name)
+        except ValueError:
+            whole = "a whole number" if kind is int else "a number"
+            raise HubError(ErrorCode.INVALID_REQUEST, f"{name} must be {whole}", field=name) from None
+    return RenderDefaults(**values)
+
+
+def workflow_from_form(form: dict[str, str]) -> dict[str, Any]:
+    try:
+        workflow = msgspec.json.decode(form.get("workflow", "").encode())
+    except msgspec.DecodeError as exc:
+        raise HubError(ErrorCode.INVALID_REQUEST, f"the workflow is not valid JSON: {exc}", field="workflow") from None
+    if not isinstance(workflow, dict):
+        raise HubError(
+            ErrorCode.INVALID_REQUEST, "the workflow must be a JSON object (ComfyUI's API format)", field="workflow"
+        )
+    return workflow
+
+
+def when(timestamp: float | None) -> str:
+    """Epoch seconds as the admin reads them in a table: `2026-11-24 16:38 UTC` (every replica alike)."""
+    if not timestamp:
+        return "\u2013"  # an en dash, as the templates show a missing value
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def add_template_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["when"] = when
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path of this site only (never another site: no open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
 def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if not connection.session.get(SESSION_KEY):
         raise NotAuthorizedException("sign in first")
 
 
 def create_http_app(runtime: ServiceRuntime) -> Litestar:
+    session_store = KvSessionStore()
+    # The real key comes from the shared secrets bucket at start (below); until then nothing is served.
+    csrf_config = CSRFConfig(
+        secret=secrets.token_hex(32),
+        cookie_httponly=True,
+        cookie_samesite="lax",
+        exclude=["/healthz", "/static"],
+    )
+
+    async def open_shared_state(_runtime: ServiceRuntime) -> None:
+        js = runtime.nc.jetstream()
+        replicas = runtime.settings.jetstream_replicas
+        session_store.open(await open_bucket(js, UI_SESSIONS, replicas))
+        csrf_config.secret = await shared_secret(await open_bucket(js, UI_SECRETS, replicas), "csrf")
+
+    runtime.on_startup(open_shared_state)
+
     async def ask(subject: str, message: Any, result_type: type, timeout: float = 5.0) -> Any:
         return await request(runtime.nc, subject, message, result_type, timeout=timeout)
 
@@ -179,18 +360,33 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
 
     @get("/login")
     async def login_page(request: Request) -> Template:
-        return page("login.html", request, error="", has_admin=await accounts.admin_exists())
+        return page(
+            "login.html",
+            request,
+            error="",
+            has_admin=await accounts.admin_exists(),
+            next=safe_next(request.query_params.get("next")),
+        )
 
     @post("/login")
     async def login(request: Request) -> Template | Redirect:
         form = await request.form()
         username = str(form.get("username", "")).strip() or accounts.ADMIN_USERNAME
         if await accounts.check_login(username, str(form.get("password", ""))):
-            request.clear_session()  # a fresh session id on sign-in (no session fixation)
-            request.set_session({SESSION_KEY: username})
-            return Redirect("/")
+            # A fresh session id on sign-in (no session fixation); whatever the old id held is dropped.
+            if old_id := request.cookies.get(SESSION_COOKIE):
+                await session_store.delete(old_id)
+            request.scope[NEW_SESSION_ID] = secrets.token_hex(32)  # type: ignore[literal-required]
+            request.set_session({SESSION_KEY: username, "signed_in_at": time.time()})
+            return Redirect(safe_next(request.query_params.get("next")))
         await asyncio.sleep(0.3)  # slows guessing
-        return page("login.html", request, error="Wrong user name or password.", has_admin=True)
+        return page(
+            "login.html",
+            request,
+            error="Wrong user name or password.",
+            has_admin=True,
+            next=safe_next(request.query_params.get("next")),
+        )
 
     @post("/logout")
     async def logout(request: Request) -> Redirect:
@@ -520,7 +716,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
 
     # -- API keys (the gateway's) -------------------------------------------------------------------
 
-    async def keys_page(request: Request, errors: dict | None = None) -> Template:
+    async def keys_page(request: Request, errors: dict | None = None, form: dict | None = None) -> Template:
         listed, error = await try_ask(subjects.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True), ApiKeyList)
         # The new secret rides in the session for exactly one page view (post/redirect/get: a reload
         # neither creates a second key nor shows the secret again).
@@ -532,6 +728,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             load_error=error,
             created=created,
             errors=errors or {},
+            form=form or {},
         )
 
     @get("/api-keys", guards=[require_admin])
@@ -544,7 +741,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         try:
             created = await ask(subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name), CreatedApiKey)
         except HubError as exc:
-            return await keys_page(request, errors={"name": exc.info.message})
+            return await keys_page(request, errors={"name": exc.info.message}, form={"name": name})
         request.session["new_key"] = {"name": created.key.name, "secret": created.secret}
         return Redirect("/api-keys")
 
@@ -606,6 +803,8 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             height=str(defaults.height),
             steps=str(defaults.steps),
             cfg=str(defaults.cfg),
+            batch_size=str(defaults.batch_size),
+            denoise=str(defaults.denoise),
             negative_prompt=defaults.negative_prompt,
             output_kind=analysis.output_kind,
         )
@@ -615,28 +814,15 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
     async def save_render_type(request: Request) -> Template | Redirect:
         form = {k: str(v) for k, v in (await request.form()).items()}
         try:
-            try:
-                workflow = msgspec.json.decode(form.get("workflow", "").encode())
-                defaults = RenderDefaults(
-                    width=int(form.get("width") or 1024),
-                    height=int(form.get("height") or 1024),
-                    steps=int(form.get("steps") or 25),
-                    cfg=float(form.get("cfg") or 7),
-                    negative_prompt=form.get("negative_prompt", ""),
-                )
-            except msgspec.DecodeError:
-                raise HubError(ErrorCode.INVALID_REQUEST, "the workflow is not valid JSON", field="workflow") from None
-            except ValueError:
-                raise HubError(ErrorCode.INVALID_REQUEST, "defaults must be numbers", field="width") from None
             saved = await ask(
                 subjects.Registry.SAVE,
                 SaveRenderType(
                     render_type=RenderType(
                         name=form.get("name", "").strip(),
                         description=form.get("description", ""),
-                        workflow=workflow,
+                        workflow=workflow_from_form(form),
                         parameter_map=text_to_map(form.get("parameter_map", "")),
-                        defaults=defaults,
+                        defaults=defaults_from_form(form, RenderDefaults()),
                         output_kind=form.get("output_kind") or "image",  # type: ignore[arg-type]
                     ),
                     note=form.get("note", "") or "created in the admin UI",
@@ -644,9 +830,114 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
                 RenderType,
             )
         except HubError as exc:
-            return new_render_type_page(request, form, {field_of(exc) or "form": exc.info.message})
+            fields = {"parameter_map", "name", "description", "note", "negative_prompt", *DEFAULT_FIELDS}
+            return new_render_type_page(request, form, {render_type_field(exc, fields): exc.info.message})
         flash(request, f"Saved render type {saved.name} (version {saved.version}).")
         return Redirect(f"/render-types/{saved.name}")
+
+    # Editing: the whole definition is sent back with the version the edit started from; the registry
+    # stores all of it as a new version or nothing (a stale version is a conflict, shown as such).
+    def edit_form_of(render_type: RenderType) -> dict[str, str]:
+        defaults = render_type.defaults
+        return {
+            "name": render_type.name,
+            "description": render_type.description,
+            "enabled": "on" if render_type.enabled else "",
+            "workflow": msgspec.json.format(msgspec.json.encode(render_type.workflow)).decode(),
+            "parameter_map": map_to_text(render_type.parameter_map),
+            "negative_prompt": defaults.negative_prompt,
+            "version": str(render_type.version),
+            **{name: str(getattr(defaults, name)) for name in DEFAULT_FIELDS},
+        }
+
+    async def edit_render_type_page(
+        request: Request, name: str, form: dict[str, str] | None = None, errors: dict | None = None
+    ) -> Template:
+        render_type = await ask(subjects.Registry.GET, GetRenderType(name=name), RenderType)
+        return page(
+            "render_type_edit.html",
+            request,
+            rt=render_type,
+            form=form or edit_form_of(render_type),
+            errors=errors or {},
+        )
+
+    @get("/render-types/{name:str}/edit", guards=[require_admin])
+    async def edit_render_type(request: Request, name: str) -> Template:
+        return await edit_render_type_page(request, name)
+
+    @post("/render-types/{name:str}/edit", guards=[require_admin])
+    async def update_render_type(request: Request, name: str) -> Template | Redirect:
+        data = await request.form()
+        form = {k: str(v) for k, v in data.items() if k != "workflow_file"}
+        upload = data.get("workflow_file")
+        if upload is not None and hasattr(upload, "read") and (content := await upload.read()):
+            form["workflow"] = content.decode("utf-8", errors="replace")
+        try:
+            current = await ask(subjects.Registry.GET, GetRenderType(name=name), RenderType)
+            version = int(form.get("version") or current.version)
+            saved = await ask(
+                subjects.Registry.SAVE,
+                SaveRenderType(
+                    render_type=msgspec.structs.replace(
+                        current,
+                        name=form.get("name", "").strip(),
+                        description=form.get("description", ""),
+                        enabled=form.get("enabled") == "on",
+                        workflow=workflow_from_form(form),
+                        parameter_map=text_to_map(form.get("parameter_map", "")),
+                        defaults=defaults_from_form(form, current.defaults),
+                        version=version,
+                    ),
+                    original_name=name,
+                    note=form.get("note", "").strip(),
+                ),
+                RenderType,
+            )
+        except HubError as exc:
+            field = render_type_field(exc, EDIT_FIELDS | set(DEFAULT_FIELDS))
+            return await edit_render_type_page(request, name, form, {field: exc.info.message})
+        if saved.version == int(form.get("version") or 0):
+            flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
+        else:
+            flash(request, f"Saved render type {saved.name} (version {saved.version}).")
+        return Redirect(f"/render-types/{saved.name}")
+
+    @get("/render-types/{name:str}/delete", guards=[require_admin])
+    async def confirm_delete_render_type(request: Request, name: str) -> Template:
+        render_type, history = await asyncio.gather(
+            ask(subjects.Registry.GET, GetRenderType(name=name), RenderType),
+            ask(subjects.Registry.HISTORY, GetRenderTypeHistory(name=name), RenderTypeHistory),
+        )
+        return page("render_type_delete.html", request, rt=render_type, versions=len(history.versions), error="")
+
+    @post("/render-types/{name:str}/delete", guards=[require_admin])
+    async def delete_render_type(request: Request, name: str) -> Template | Redirect:
+        expected = str((await request.form()).get("version", ""))
+        try:
+            deleted = await ask(
+                subjects.Registry.DELETE,
+                DeleteRenderType(name=name, expected_version=int(expected) if expected.isdigit() else None),
+                DeletedRenderType,
+            )
+        except HubError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                flash(request, exc.info.message, "error")
+                return Redirect("/render-types")
+            render_type, history = await asyncio.gather(
+                ask(subjects.Registry.GET, GetRenderType(name=name), RenderType),
+                ask(subjects.Registry.HISTORY, GetRenderTypeHistory(name=name), RenderTypeHistory),
+            )
+            return page(
+                "render_type_delete.html",
+                request,
+                rt=render_type,
+                versions=len(history.versions),
+                error=exc.info.message,
+            )
+        plural = "s" if deleted.versions_removed != 1 else ""
+        flash(request, f"Deleted render type {deleted.name} and its {deleted.versions_removed} version{plural}.")
+        return Redirect("/render-types")
 
     async def render_type_detail_page(
         request: Request, name: str, resolved: ResolvedWorkflow | None = None, errors: dict | None = None
@@ -709,13 +1000,17 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList),
             try_ask(subjects.Prompt.STYLES_LIST, ListStyles(include_disabled=False), StyleList),
         )
+        listed = render_types.render_types if render_types else []
         return page(
             "generate.html",
             request,
-            render_types=render_types.render_types if render_types else [],
+            render_types=listed,
+            default_render_type=next((rt for rt in listed if rt.is_default), None),
             styles=styles.styles if styles else [],
             form=form or {"count": "1", "style_mode": "default"},
             errors=errors or {},
+            upload_limit=MAX_INPUT_IMAGE_BYTES,
+            upload_limit_text=human_size(MAX_INPUT_IMAGE_BYTES),
         )
 
     @get("/generate", guards=[require_admin])
@@ -725,7 +1020,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
     @post("/generate", guards=[require_admin])
     async def submit_generation(request: Request) -> Template | Redirect:
         data = await request.form()
-        form = {k: str(v) for k, v in data.items() if k != "styles"}
+        form = {k: str(v) for k, v in data.items() if k not in ("styles", "input_image_file")}
         chosen_styles = [str(v) for v in data.getall("styles")] if "styles" in data else []
         form["styles"] = ",".join(chosen_styles)
 
@@ -739,6 +1034,18 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
                 raise HubError(ErrorCode.INVALID_REQUEST, f"{name} must be a number", field=name) from None
 
         try:
+            listed = await ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList)
+            chosen = next(
+                (
+                    rt
+                    for rt in listed.render_types
+                    if rt.name == form.get("render_type") or (not form.get("render_type") and rt.is_default)
+                ),
+                None,
+            )
+            input_image = await read_input_image(
+                data.get("input_image_file"), form.get("input_image_url", "").strip(), chosen
+            )
             generation = GenerationRequest(
                 prompt=form.get("prompt", ""),
                 negative_prompt=form.get("negative_prompt", ""),
@@ -751,11 +1058,14 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
                 steps=number("steps"),
                 cfg=number("cfg", float),
                 count=number("count") or 1,
+                input_image=input_image,
                 client_name="admin-ui",
             )
-            reply = await ask(subjects.Dispatch.JOBS_SUBMIT, generation, SubmitReply, timeout=60)
+            # An uploaded image goes through the object store, not inside the NATS request (max_payload).
+            async with input_image_staged(ObjectStoreOutputs(runtime.nc.jetstream()), generation) as staged:
+                reply = await ask(subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=60)
         except HubError as exc:
-            return await generate_page(request, form, {field_of(exc) or "form": exc.info.message})
+            return await generate_page(request, form, {generation_field(exc): exc.info.message})
         return Redirect(f"/jobs/{reply.job_id}")
 
     @get("/jobs/{job_id:str}", guards=[require_admin])
@@ -833,9 +1143,19 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             pages=max(1, -(-log.total // per_page)) if log else 1,
         )
 
-    async def maintenance_page(request: Request, errors: dict | None = None, report: Any = None) -> Template:
+    async def maintenance_page(
+        request: Request, errors: dict | None = None, report: Any = None, form: dict[str, str] | None = None
+    ) -> Template:
         policy, error = await try_ask(subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
-        return page("maintenance.html", request, policy=policy, load_error=error, errors=errors or {}, report=report)
+        return page(
+            "maintenance.html",
+            request,
+            policy=policy,
+            load_error=error,
+            errors=errors or {},
+            report=report,
+            form=form,
+        )
 
     @get("/maintenance", guards=[require_admin])
     async def maintenance(request: Request) -> Template:
@@ -844,17 +1164,20 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
     @post("/maintenance/retention", guards=[require_admin])
     async def save_retention(request: Request) -> Template | Redirect:
         form = {k: str(v) for k, v in (await request.form()).items()}
+        values: dict[str, Any] = {}
+        for name, kind, unit in (
+            ("keep_images_days", int, "whole days"),
+            ("keep_log_days", int, "whole days"),
+            ("run_every_hours", float, "hours"),
+        ):
+            try:
+                values[name] = kind(form.get(name, "").strip() or 0)
+            except ValueError:
+                return await maintenance_page(request, {name: f"give a number of {unit}"}, form=form)
         try:
-            policy = RetentionPolicy(
-                keep_images_days=int(form.get("keep_images_days") or 0),
-                keep_log_days=int(form.get("keep_log_days") or 0),
-                run_every_hours=float(form.get("run_every_hours") or 6),
-            )
-            await ask(subjects.Stats.RETENTION_SAVE, SaveRetention(policy=policy), RetentionPolicy)
-        except ValueError:
-            return await maintenance_page(request, {"form": "Days and hours must be numbers."})
+            await ask(subjects.Stats.RETENTION_SAVE, SaveRetention(policy=RetentionPolicy(**values)), RetentionPolicy)
         except HubError as exc:
-            return await maintenance_page(request, {field_of(exc) or "form": exc.info.message})
+            return await maintenance_page(request, {field_of(exc) or "form": exc.info.message}, form=form)
         flash(request, "Saved the retention policy.")
         return Redirect("/maintenance")
 
@@ -897,9 +1220,10 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         return Redirect(f"/login?next={request.url.path}")
 
     def on_http_error(request: Request, exc: HTTPException) -> Response:
-        titles = {403: "This form has expired", 404: "Not found", 405: "Not allowed"}
+        titles = {403: "This form has expired", 404: "Not found", 405: "Not allowed", 413: "Upload too large"}
         hint = {
             403: "The form's security token was missing or stale. Go back, reload the page and try again.",
+            413: "The form sent more than 32 MiB. Go back and choose a smaller file, or give a large image by URL.",
         }.get(exc.status_code, exc.detail)
         return Template(
             template_name="error.html",
@@ -911,10 +1235,16 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         ref = secrets.token_hex(4)
         runtime.log.error("page failed", path=request.url.path, ref=ref, error=repr(exc))
         message = exc.info.message if isinstance(exc, HubError) else "The page could not be shown."
+        missing = isinstance(exc, HubError) and exc.code is ErrorCode.NOT_FOUND
         return Template(
             template_name="error.html",
-            context={"title": "Something went wrong", "message": message, "ref": ref, "path": ""},
-            status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+            context={
+                "title": "Not found" if missing else "Something went wrong",
+                "message": message,
+                "ref": "" if missing else ref,
+                "path": "",
+            },
+            status_code=404 if missing else HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
     return Litestar(
@@ -945,6 +1275,10 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             analyze_workflow,
             save_render_type,
             render_type_detail,
+            edit_render_type,
+            update_render_type,
+            confirm_delete_render_type,
+            delete_render_type,
             rollback_render_type,
             dry_run_render_type,
             generate,
@@ -962,19 +1296,22 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             healthz,
             create_static_files_router(path="/static", directories=[HERE / "static"]),
         ],
-        template_config=TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine),
-        middleware=[ServerSideSessionConfig(httponly=True, samesite="lax", max_age=12 * 3600).middleware],
-        csrf_config=CSRFConfig(
-            secret=secrets.token_hex(32),  # per process: a restart only asks the admin to reload a form
-            cookie_httponly=True,
-            cookie_samesite="lax",
-            exclude=["/healthz", "/static"],
+        template_config=TemplateConfig(
+            directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=add_template_filters
         ),
+        middleware=[
+            SessionConfig(
+                key=SESSION_COOKIE, httponly=True, samesite="lax", max_age=int(UI_SESSIONS.ttl_s), store="sessions"
+            ).middleware
+        ],
+        stores={"sessions": session_store},
+        csrf_config=csrf_config,
         exception_handlers={
             NotAuthorizedException: on_not_authorized,
             HTTPException: on_http_error,
             Exception: on_error,
         },
+        request_max_body_size=32 * 1024 * 1024,  # an image or workflow upload beyond it gets a clear 413 page
         openapi_config=None,
         logging_config=None,  # the service runtime owns logging
         debug=False,

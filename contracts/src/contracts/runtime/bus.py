@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -107,17 +108,20 @@ async def publish_durably(
     """Publish to a stream and wait for it to be stored, retrying while the stream has no leader (a NATS
     server of a cluster just died: a new leader is elected within seconds). With a `Nats-Msg-Id` header a
     retry of a publish that did land is dropped by JetStream, so nothing is stored twice."""
+    await through_election(lambda: js.publish(subject, payload, headers=headers), f"storing {subject}", within_s)
+
+
+async def through_election(call: Callable[[], Awaitable[T]], what: str, within_s: float = 30.0) -> T:
+    """Run a JetStream call, retrying while its stream or bucket has no leader (a NATS server of a cluster just
+    died, or a replicated stream was just created: a leader is elected within seconds)."""
     deadline = asyncio.get_running_loop().time() + within_s
     delay = 0.1
     while True:
         try:
-            await js.publish(subject, payload, headers=headers)
-            return
+            return await call()
         except (TimeoutError, NoStreamResponseError, NatsTimeoutError) as exc:
             if asyncio.get_running_loop().time() + delay > deadline:
-                raise HubError(
-                    ErrorCode.UNAVAILABLE, f"JetStream did not store {subject} within {within_s:g} s: {exc}"
-                ) from exc
+                raise HubError(ErrorCode.UNAVAILABLE, f"JetStream: {what} failed for {within_s:g} s: {exc}") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

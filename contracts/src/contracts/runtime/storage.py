@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import io
 import secrets
 from collections.abc import AsyncIterator
 from typing import BinaryIO, Protocol
@@ -19,7 +21,7 @@ from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, Storag
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.jobs import OutputFile
+from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
 from contracts.streams import OUTPUTS_BUCKET
 
 CHUNK_SIZE = 128 * 1024
@@ -41,6 +43,29 @@ def decode_base64_image(text: str, field: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise HubError(ErrorCode.INVALID_REQUEST, f"{field} is not valid base64", field=field) from None
+
+
+@contextlib.asynccontextmanager
+async def input_image_staged(storage: OutputStorage, generation: GenerationRequest) -> AsyncIterator[GenerationRequest]:
+    """`generation` with its base64 input image moved into the store (referred to by `stored_id`) while the block
+    runs: a NATS message is capped by the server's max_payload (1 MiB by default), an input image may be 25 MiB.
+    The dispatcher copies the image to the job before it answers a submit, so the staged copy is removed after."""
+    image = generation.input_image
+    if image is None or not image.base64 or image.url or image.stored_id:
+        yield generation  # nothing to stage (or an ambiguous image: the dispatcher says so, naming the fields)
+        return
+    data = decode_base64_image(image.base64, "input_image.base64")
+    stored = await storage.save(
+        io.BytesIO(data),
+        filename=image.filename or "input-image",
+        content_type="application/octet-stream",  # the dispatcher checks what the bytes are
+        job_id="staged-input",
+    )
+    try:
+        staged = InputImage(stored_id=stored.output_id, filename=image.filename)
+        yield msgspec.structs.replace(generation, input_image=staged)
+    finally:
+        await storage.delete(stored.output_id)
 
 
 class OutputStorage(Protocol):

@@ -1,0 +1,128 @@
+"""Server-side admin sessions in a JetStream key-value bucket, and the secrets every UI replica shares.
+
+Sessions live in NATS rather than in one process, so they survive a restart of the UI and any replica behind
+a load balancer knows them. The browser holds only the random session id (HttpOnly, SameSite cookie); the
+bucket's TTL expires a session that has been idle for its lifetime. The CSRF signing key is shared the same
+way, so a form rendered by one replica (or before a restart) is accepted by another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from datetime import timedelta
+
+from litestar.stores.base import Store
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from contracts.runtime.bus import through_election
+from contracts.streams import BucketSpec
+
+# Session ids are hex from litestar's backend; anything else in a cookie is not a key we could have made
+# (and KV keys allow few characters), so it is simply not found.
+_SESSION_ID = re.compile(r"^[0-9a-f]{16,128}$")
+
+
+async def open_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
+    """Bind to the bucket, creating it on first use (another replica may create it at the same moment)."""
+    try:
+        return await js.key_value(spec.name)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    try:
+        return await js.create_key_value(
+            config=KeyValueConfig(
+                bucket=spec.name,
+                description=spec.description,
+                ttl=spec.ttl_s or None,
+                history=1,
+                storage=StorageType.FILE,  # a NATS restart keeps the admins signed in
+                replicas=replicas,
+            )
+        )
+    except Exception as creation_error:
+        # Lost a creation race with another replica: the bucket exists now. Otherwise the creation's own
+        # error (e.g. more replicas asked for than NATS servers are up) is the one worth reading.
+        try:
+            return await js.key_value(spec.name)
+        except (BucketNotFoundError, NotFoundError):
+            raise creation_error from None
+
+
+async def shared_secret(kv: KeyValue, name: str) -> str:
+    """The secret stored under `name`, made by whichever replica asks first (an atomic create). A bucket just
+    created with several replicas has no leader for a moment: the calls ride that out."""
+    candidate = secrets.token_hex(32)
+    try:
+        await through_election(lambda: kv.create(name, candidate.encode()), f"creating {name}")
+        return candidate
+    except KeyWrongLastSequenceError:
+        entry = await through_election(lambda: kv.get(name), f"reading {name}")
+        assert entry.value is not None
+        return entry.value.decode()
+
+
+class KvSessionStore(Store):
+    """litestar's session store interface over a NATS KV bucket (opened at service start with `open`)."""
+
+    def __init__(self) -> None:
+        self._kv: KeyValue | None = None
+        self._ready = asyncio.Event()
+
+    def open(self, kv: KeyValue) -> None:
+        self._kv = kv
+        self._ready.set()
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            await asyncio.wait_for(self._ready.wait(), timeout=10)
+        assert self._kv is not None
+        return self._kv
+
+    async def set(self, key: str, value: str | bytes, expires_in: int | timedelta | None = None) -> None:
+        # expires_in is the bucket's TTL: every write starts the entry's lifetime again.
+        if not _SESSION_ID.match(key):
+            return
+        data = value.encode() if isinstance(value, str) else value
+        await (await self._bucket()).put(key, data)
+
+    async def get(self, key: str, renew_for: int | timedelta | None = None) -> bytes | None:
+        if not _SESSION_ID.match(key):
+            return None
+        try:
+            entry = await (await self._bucket()).get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        return entry.value or None
+
+    async def delete(self, key: str) -> None:
+        if not _SESSION_ID.match(key):
+            return
+        # A purge leaves no earlier value behind for anyone to read back.
+        await (await self._bucket()).purge(key)
+
+    async def delete_all(self) -> None:
+        kv = await self._bucket()
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            await kv.purge(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self.get(key) is not None
+
+    async def expires_in(self, key: str) -> int | None:
+        return None  # the bucket expires entries by itself; litestar never asks for sessions

@@ -173,6 +173,7 @@ class ServiceRuntime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        self.log.info("starting", nats=self.settings.nats_url)
         try:
             starting = asyncio.ensure_future(self.start())
             stopping = asyncio.ensure_future(self._stop_requested.wait())

@@ -41,6 +41,7 @@ from contracts.messages.jobs import CancelJob, InputImage, JobView
 from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.runtime.bus import request
 from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.streams import OUTPUTS_BUCKET
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -342,8 +343,14 @@ async def test_an_input_image_is_uploaded_to_the_instance_that_runs_the_job(hub:
             hub.nc, "once more", render_type="img2img", input_image=InputImage(stored_id=earlier.output_id)
         )
         assert (await wait_final(hub.nc, by_id.job_id)).status == "completed"
-        stored = await ObjectStoreOutputs(hub.nc.jetstream()).read_all(earlier.output_id)
+        outputs = ObjectStoreOutputs(hub.nc.jetstream())
+        stored = await outputs.read_all(earlier.output_id)
         assert (comfy.input_dir / "hub" / f"{by_id.job_id}.png").read_bytes() == stored
+        # A finished job's own copy of its input image is removed; the image it came from (an output) is not.
+        bucket = await hub.nc.jetstream().object_store(OUTPUTS_BUCKET)
+        names = {info.description for info in await bucket.list(ignore_deletes=True)}
+        assert not any(f'"{by_id.job_id}.png"' in (name or "") for name in names), names
+        assert await outputs.info(earlier.output_id) is not None
         for bad, field in (
             (InputImage(base64="not base64!"), "input_image.base64"),
             (InputImage(base64=base64.b64encode(b"plain text").decode()), "input_image.base64"),

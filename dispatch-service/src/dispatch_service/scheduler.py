@@ -435,6 +435,7 @@ class Scheduler:
             self.events.publish(JobCompleted, job_id=job_id, instance=instance, outputs=outputs, timings=timings),
             msg.ack(),
         )
+        await self._drop_input_image(row)
 
     async def _cancelled(self, job_id: str, instance: str | None, reason: str) -> None:
         await self.store.set(job_id, status="cancelled", finished_at=time.time(), error=reason)
@@ -442,6 +443,7 @@ class Scheduler:
         await self.events.publish(
             JobCancelled, job_id=job_id, instance=instance, reason=reason, timings=timings_of(row)
         )
+        await self._drop_input_image(row)
 
     async def fail(self, row: dict[str, Any], reason: str) -> None:
         job_id = row["job_id"]
@@ -454,6 +456,7 @@ class Scheduler:
             await self.events.publish(
                 JobFailed, job_id=job_id, instance=row["instance"], error=reason, timings=timings_of(row)
             )
+            await self._drop_input_image(row)
 
     async def _retry_or_fail(self, msg: Msg, job_id: str, instance: str, attempt: int, reason: str) -> None:
         row = await self.store.require(job_id)
@@ -468,6 +471,16 @@ class Scheduler:
         await self.events.publish(JobRetrying, job_id=job_id, instance=instance, attempt=attempt, reason=reason)
         log.warning("job will be retried on another instance", job_id=job_id, instance=instance, reason=reason)
         await msg.nak()
+
+    async def _drop_input_image(self, row: dict[str, Any]) -> None:
+        """A job that has ended needs its copy of the input image no more (it was kept for retries on another
+        instance); the outputs stay, for the retention policy to remove."""
+        if not row.get("input_image_id"):
+            return
+        try:
+            await self.storage.delete(row["input_image_id"])
+        except Exception as exc:  # best effort: the job's outcome is recorded already
+            log.warning("could not remove a finished job's input image", job_id=row["job_id"], error=str(exc))
 
     # -- cancellation -------------------------------------------------------------------------------
 
@@ -485,5 +498,6 @@ class Scheduler:
             await self.events.publish(
                 JobCancelled, job_id=row["job_id"], instance=None, reason=reason, timings=timings_of(fresh)
             )
+            await self._drop_input_image(fresh)
             return True
         return False

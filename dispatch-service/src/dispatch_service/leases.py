@@ -22,6 +22,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from contracts.runtime.bus import through_election
+
 SLOTS_BUCKET = "hub-dispatch-slots"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -65,10 +67,13 @@ class SlotLeases:
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
+        self._kv = await through_election(self._find_or_create, f"opening the {SLOTS_BUCKET} bucket")
+
+    async def _find_or_create(self) -> KeyValue:
         try:
-            self._kv = await self._js.key_value(SLOTS_BUCKET)
+            return await self._js.key_value(SLOTS_BUCKET)
         except (BucketNotFoundError, NotFoundError):
-            self._kv = await self._js.create_key_value(
+            return await self._js.create_key_value(
                 config=KeyValueConfig(
                     bucket=SLOTS_BUCKET,
                     ttl=self._ttl_s,

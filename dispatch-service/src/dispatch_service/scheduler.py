@@ -43,7 +43,7 @@ from contracts.messages.events import (
     OutputStored,
 )
 from contracts.messages.jobs import OutputFile
-from contracts.runtime.bus import publish_durably
+from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
@@ -142,18 +142,21 @@ class Scheduler:
     # -- queue ------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._subscription = await self.js.pull_subscribe(
-            job_subject("*"),
-            durable=CONSUMER,
-            stream=JOBS_STREAM,
-            config=ConsumerConfig(
-                durable_name=CONSUMER,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.settings.dispatch_takeover_s,
-                max_deliver=-1,  # attempts are counted on the job, with their reasons
-                max_ack_pending=10_000,
+        self._subscription = await through_election(
+            lambda: self.js.pull_subscribe(
+                job_subject("*"),
+                durable=CONSUMER,
+                stream=JOBS_STREAM,
+                config=ConsumerConfig(
+                    durable_name=CONSUMER,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self.settings.dispatch_takeover_s,
+                    max_deliver=-1,  # attempts are counted on the job, with their reasons
+                    max_ack_pending=10_000,
+                ),
             ),
+            "creating the job consumer",
         )
 
     async def enqueue(self, job_id: str) -> None:

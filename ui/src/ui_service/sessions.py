@@ -35,7 +35,12 @@ _SESSION_ID = re.compile(r"^[0-9a-f]{16,128}$")
 
 
 async def open_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
-    """Bind to the bucket, creating it on first use (another replica may create it at the same moment)."""
+    """Bind to the bucket, creating it on first use (another replica may create it at the same moment), riding
+    out a cluster without a JetStream leader for a moment."""
+    return await through_election(lambda: _find_or_create(js, spec, replicas), f"opening the {spec.name} bucket")
+
+
+async def _find_or_create(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
     try:
         return await js.key_value(spec.name)
     except (BucketNotFoundError, NotFoundError):

@@ -141,7 +141,12 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
 async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
     """Create the stream, or update it to the spec if it exists (every replica may race to do this)."""
     config = stream_config(spec, replicas)
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+
+    async def create_or_update() -> None:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+
+    # A cluster that has just started (or lost a server) may have no meta leader for a few seconds.
+    await through_election(create_or_update, f"creating the {spec.name} stream")

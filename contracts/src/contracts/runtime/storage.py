@@ -18,10 +18,11 @@ from typing import BinaryIO, Protocol
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
+from contracts.runtime.bus import through_election
 from contracts.streams import OUTPUTS_BUCKET
 
 CHUNK_SIZE = 128 * 1024
@@ -95,16 +96,19 @@ class ObjectStoreOutputs:
 
     async def _bucket(self):  # type: ignore[no-untyped-def]
         if self._store is None:
-            try:
-                self._store = await self._js.object_store(OUTPUTS_BUCKET)
-            except (BucketNotFoundError, NotFoundError):
-                self._store = await self._js.create_object_store(
-                    OUTPUTS_BUCKET,
-                    config=ObjectStoreConfig(
-                        description="Generated outputs", storage=StorageType.FILE, replicas=self._replicas
-                    ),
-                )
+            self._store = await through_election(self._find_or_create, f"opening the {OUTPUTS_BUCKET} bucket")
         return self._store
+
+    async def _find_or_create(self):  # type: ignore[no-untyped-def]
+        try:
+            return await self._js.object_store(OUTPUTS_BUCKET)
+        except (BucketNotFoundError, NotFoundError):
+            pass
+        config = ObjectStoreConfig(description="Generated outputs", storage=StorageType.FILE, replicas=self._replicas)
+        try:
+            return await self._js.create_object_store(OUTPUTS_BUCKET, config=config)
+        except BadRequestError:  # another replica created it meanwhile
+            return await self._js.object_store(OUTPUTS_BUCKET)
 
     async def save(self, source: BinaryIO, *, filename: str, content_type: str, job_id: str) -> OutputFile:
         """Store from a file-like object, chunk by chunk (the file is never loaded whole)."""

@@ -18,7 +18,7 @@ from nats.aio.client import Client as NatsClient
 from contracts import subjects
 from contracts.errors import HubError
 from contracts.messages.instances import InstanceList, ListInstances
-from contracts.messages.jobs import GenerationRequest, SubmitReply
+from contracts.messages.jobs import GenerationRequest, JobView, SubmitReply
 from contracts.runtime.bus import request
 from hub_deploy.cluster import NATS_NODES, ClusterRehearsal
 from hub_deploy.services import SERVICES, ping_all
@@ -53,11 +53,11 @@ async def submit_retrying(nc: NatsClient, index: int, timeout_s: float = 20) -> 
             await asyncio.sleep(0.2)
 
 
-async def final_retrying(nc: NatsClient, job_id: str, timeout_s: float = 45) -> str:
+async def final_retrying(nc: NatsClient, job_id: str, timeout_s: float = 45) -> JobView:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return (await wait_final(nc, job_id, timeout_s=max(1.0, deadline - time.monotonic()))).status
+            return await wait_final(nc, job_id, timeout_s=max(1.0, deadline - time.monotonic()))
         except HubError:
             if time.monotonic() > deadline:
                 raise
@@ -104,8 +104,10 @@ async def test_cluster_survives_a_nats_server_and_a_dispatcher_killed_mid_burst(
         job_ids += [await submit_retrying(nc, index) for index in range(BURST // 2, BURST)]
 
         assert len(set(job_ids)) == BURST
-        statuses = await asyncio.gather(*(final_retrying(nc, job_id) for job_id in job_ids))
-        assert Counter(statuses) == {"completed": BURST}, f"{Counter(statuses)}\n{logs_of(rehearsal)}"
+        views = await asyncio.gather(*(final_retrying(nc, job_id) for job_id in job_ids))
+        statuses = Counter(view.status for view in views)
+        why = [f"{v.job_id}: {v.status}: {v.error} (earlier attempts: {v.failures})" for v in views if v.error]
+        assert statuses == {"completed": BURST}, f"{statuses}\n" + "\n".join(why) + f"\n{logs_of(rehearsal)}"
         # The survivors kept serving: one dispatcher left, the other services still at two replicas.
         survivors = Counter(str(r["name"]) for r in await ping_all(nc, wait_s=1.0))
         assert survivors["hub-dispatch"] == 1 and survivors["hub-registry"] == 2, survivors

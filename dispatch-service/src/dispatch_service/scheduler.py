@@ -28,10 +28,9 @@ from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, NoStreamResponseError
+from nats.js.errors import FetchTimeoutError
 
 from contracts.messages.events import (
     JobCancelled,
@@ -411,18 +410,12 @@ class Scheduler:
 
     async def _save_output(self, spool: Any, filename: str, content_type: str, job_id: str) -> OutputFile:
         """Store one output, riding out a JetStream leader election (a NATS server of a cluster died)."""
-        delay = 0.2
-        deadline = time.monotonic() + 30
-        while True:
-            spool.seek(0)
-            try:
-                return await self.storage.save(spool, filename=filename, content_type=content_type, job_id=job_id)
-            except (NoStreamResponseError, NatsTimeoutError, TimeoutError):
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("output store unavailable; retrying", job_id=job_id)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+
+        async def attempt() -> OutputFile:
+            spool.seek(0)  # from the start again after a failed attempt
+            return await self.storage.save(spool, filename=filename, content_type=content_type, job_id=job_id)
+
+        return await through_election(attempt, f"storing an output of job {job_id}")
 
     async def _complete(
         self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg

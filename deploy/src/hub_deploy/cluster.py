@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from hub_deploy.natsserver import NatsServer, free_port
+from hub_deploy.natsserver import NatsServer, free_port, kill_process, stop_process
 from hub_deploy.services import SERVICES, ping_all, wait_healthy
 
 NATS_NODES = 3
@@ -64,21 +64,10 @@ class Replica:
 
     def kill(self) -> None:
         """SIGKILL: the replica gets no chance to clean up (what a crash or an OOM kill looks like)."""
-        if self.alive():
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
-        if not self.alive():
-            return self.process.returncode if self.process else None
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, timeout_s)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

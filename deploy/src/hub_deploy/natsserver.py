@@ -29,6 +29,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after `timeout_s`; the exit code (None for a process never started)."""
+    if process is None or process.poll() is not None:
+        return process.returncode if process else None
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def kill_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL: no chance to clean up (what a crash or an OOM kill looks like)."""
+    if process is not None and process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -105,16 +124,7 @@ class NatsServer:
         wait_for_port(self.host, self.port, timeout_s, self.process)
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process, timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)

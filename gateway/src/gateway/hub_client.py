@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
@@ -12,9 +11,8 @@ from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
-from contracts.runtime.bus import request
+from contracts.runtime.bus import job_events, request
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
-from contracts.streams import job_events_filter
 
 
 class HubClient:
@@ -69,16 +67,6 @@ class HubClient:
 
     async def events(self, job_id: str) -> AsyncIterator[GenerationEvent]:
         """Every event of one job from its first, in order, until the caller stops (replayed from JetStream)."""
-        sub = await self.nc.jetstream().subscribe(job_events_filter(job_id), ordered_consumer=True)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=3600)
-                except TimeoutError:
-                    continue
-                try:
-                    yield msgspec.json.decode(msg.data, type=GenerationEvent)
-                except (msgspec.ValidationError, msgspec.DecodeError):
-                    continue  # an event of a newer version this gateway does not know: skip it
-        finally:
-            await sub.unsubscribe()
+        async for event in job_events(self.nc, job_id):
+            if event is not None:
+                yield event

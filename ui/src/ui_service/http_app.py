@@ -34,7 +34,6 @@ from litestar.template.config import TemplateConfig
 from contracts import subjects
 from contracts.envelope import Empty
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.events import GenerationEvent
 from contracts.messages.health import HealthReply, HealthRequest
 from contracts.messages.instances import (
     DeleteInstance,
@@ -115,10 +114,10 @@ from contracts.messages.styles import (
     StyleList,
     TryEnhancement,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import job_events, request
 from contracts.runtime.service import ServiceRuntime
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
-from contracts.streams import UI_SECRETS, UI_SESSIONS, job_events_filter
+from contracts.streams import UI_SECRETS, UI_SESSIONS
 from ui_service import accounts
 from ui_service.sessions import KvSessionStore, open_bucket, shared_secret
 
@@ -1082,25 +1081,19 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         return Redirect(f"/jobs/{job_id}")
 
     @get("/jobs/{job_id:str}/events", guards=[require_admin])
-    async def job_events(job_id: str) -> ServerSentEvent:
+    async def job_event_stream(job_id: str) -> ServerSentEvent:
         """The job's generation events, replayed from JetStream from the first one, as server-sent events."""
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
-            subscription = await runtime.nc.jetstream().subscribe(job_events_filter(job_id), ordered_consumer=True)
-            try:
-                while True:
-                    try:
-                        message = await subscription.next_msg(timeout=15)
-                    except TimeoutError:
-                        yield ServerSentEventMessage(comment="keep-alive")
-                        continue
-                    event = msgspec.json.decode(message.data, type=GenerationEvent)
-                    kind = type(event).__struct_config__.tag
-                    yield ServerSentEventMessage(data=message.data.decode(), event=str(kind), id=event.event_id)
-                    if kind in FINAL_EVENTS:
-                        return
-            finally:
-                await subscription.unsubscribe()
+            async for event in job_events(runtime.nc, job_id, idle_s=15):
+                if event is None:
+                    yield ServerSentEventMessage(comment="keep-alive")
+                    continue
+                kind = type(event).__struct_config__.tag
+                data = msgspec.json.encode(event).decode()
+                yield ServerSentEventMessage(data=data, event=str(kind), id=event.event_id)
+                if kind in FINAL_EVENTS:
+                    return
 
         return ServerSentEvent(stream())
 
@@ -1285,7 +1278,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             submit_generation,
             job_page,
             cancel_job,
-            job_events,
+            job_event_stream,
             stats,
             maintenance,
             save_retention,

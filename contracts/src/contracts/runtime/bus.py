@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
@@ -16,9 +16,10 @@ from nats.js.errors import BadRequestError, NoStreamResponseError
 
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.events import GenerationEvent
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
-from contracts.streams import StreamSpec
+from contracts.streams import StreamSpec, job_events_filter
 
 T = TypeVar("T")
 
@@ -150,3 +151,28 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
 
     # A cluster that has just started (or lost a server) may have no meta leader for a few seconds.
     await through_election(create_or_update, f"creating the {spec.name} stream")
+
+
+async def job_events(
+    nc: NatsClient, job_id: str, *, idle_s: float | None = None
+) -> AsyncIterator[GenerationEvent | None]:
+    """Every event of one job from its first, in order (replayed from JetStream), until the caller stops.
+
+    With `idle_s`, None comes after that long without an event (an SSE stream sends a keep-alive then). An event
+    of a newer version than this code knows is skipped.
+    """
+    subscription = await nc.jetstream().subscribe(job_events_filter(job_id), ordered_consumer=True)
+    try:
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=idle_s or 3600)
+            except TimeoutError:
+                if idle_s is not None:
+                    yield None
+                continue
+            try:
+                yield msgspec.json.decode(message.data, type=GenerationEvent)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                continue
+    finally:
+        await subscription.unsubscribe()

@@ -158,13 +158,20 @@ async def test_a_slow_request_does_not_hold_up_the_next(nc: NatsClient, echo_fac
 async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClient, echo_factory) -> None:
     runtime = echo_factory()
     await runtime.start()
-    in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said, timeout=30))
-    # Generous: a CI machine once took over 5 s here (cause unknown); what is tested is what follows.
+    # Generous: a CI machine once took over 5 s here. Twice, only in full CI runs, the first request got
+    # "no responders" although `start` had flushed its subscriptions (never reproduced locally, cause unknown);
+    # what is tested is what follows, so such a request is sent again until the service takes one.
     deadline = asyncio.get_running_loop().time() + 20
+    refused: list[str] = []
+    in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said, timeout=30))
     while not runtime._in_flight:  # until the service is really handling it
-        if in_flight.done():  # it failed before reaching the service: show why
-            raise AssertionError(f"the request never reached the service: {in_flight.exception()!r}")
-        assert asyncio.get_running_loop().time() < deadline, "the service did not take the request within 20 s"
+        if in_flight.done():
+            error = in_flight.exception()
+            if not (isinstance(error, HubError) and error.code is ErrorCode.UNAVAILABLE):
+                raise AssertionError(f"the request never reached the service: {error!r}")
+            refused.append(str(error))
+            in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said, timeout=30))
+        assert asyncio.get_running_loop().time() < deadline, f"the service took no request within 20 s: {refused}"
         await asyncio.sleep(0.01)
     await runtime.stop()
     assert (await in_flight).text == "0.5"  # answered although the stop began while it ran

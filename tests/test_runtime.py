@@ -180,6 +180,26 @@ async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClien
     assert raised.value.code is ErrorCode.UNAVAILABLE
 
 
+async def test_a_stop_during_start_ends_it_even_when_a_cancellation_is_lost(echo_factory) -> None:
+    runtime = echo_factory()
+    cancellations: list[str] = []
+
+    async def slow_start_that_swallows_one_cancellation(_runtime: ServiceRuntime) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:  # as nats-py's first-connection loop may do
+            cancellations.append("swallowed")
+        await asyncio.sleep(60)
+
+    runtime.on_startup(slow_start_that_swallows_one_cancellation)
+    running = asyncio.ensure_future(runtime.run())
+    await asyncio.sleep(0.3)
+    runtime.request_stop()
+    done, _ = await asyncio.wait({running}, timeout=5)
+    assert running in done, "the stop request did not end the start"
+    assert cancellations == ["swallowed"]
+
+
 async def test_health_and_micro_discovery(nc: NatsClient, echo_factory) -> None:
     runtime = echo_factory()
     runtime.health_check("always_broken", _failing_check)

@@ -179,9 +179,7 @@ class ServiceRuntime:
             stopping = asyncio.ensure_future(self._stop_requested.wait())
             await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not starting.done():  # e.g. still waiting for NATS: a stop request ends the wait
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
+                await _cancel_for_sure(starting)
                 self.log.info("stop requested while starting")
                 return
             stopping.cancel()
@@ -283,3 +281,16 @@ def run_main(service: str, app_module: str) -> None:
     except HubError as exc:
         log.error("service could not start", error=str(exc))
         raise SystemExit(1) from None
+
+
+async def _cancel_for_sure(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` and wait for it to end, cancelling again while it goes on.
+
+    nats-py keeps retrying a first connection inside `connect`, and a cancellation can be lost in there (its
+    clean-up catches CancelledError; Python 3.11's wait_for can drop one). Seen in CI: a service waiting for NATS
+    ignored SIGTERM."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()

@@ -1054,7 +1054,7 @@ async def test_speed_scales_the_job_duration(
 ) -> None:
     normal, fast = await make_double(work_seconds=0.4), await make_double(work_seconds=0.4, speed=2)
     slow_time, fast_time = await asyncio.gather(_run_timed(http, normal, rec), _run_timed(http, fast, rec))
-    assert 0.4 <= slow_time < 0.6
+    assert 0.4 <= slow_time < 0.9  # (the upper bound leaves room for a loaded machine)
     assert 0.35 < fast_time / slow_time < 0.65
 
 

@@ -556,7 +556,7 @@ async def test_cancel_while_queued_removes_the_prompt(comfy: RecordingDouble, cl
     cancel.set()
     with pytest.raises(ComfyInterrupted, match="withdrawn from the queue before it ran"):
         await run
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # well before the 3 s blocker ends
     assert comfy.pending == [] and "queued-1" not in comfy.executed_prompt_ids and comfy.running == blocker
     assert comfy.count("POST", "/interrupt") == 0  # the running prompt is someone else's: left alone
     await client.cancel("queued-1")  # 0.3.64 has no /api/jobs: tried once, then remembered
@@ -571,7 +571,7 @@ async def test_cancel_while_running_lands_at_the_next_node(comfy: ComfyUIDouble,
     cancel.set()
     with pytest.raises(ComfyInterrupted, match="running-1 was interrupted"):
         await run
-    assert time.monotonic() - started < 1.0  # ten nodes of 0.2 s: it stopped at the next one
+    assert time.monotonic() - started < 1.5  # ten nodes of 0.2 s (2 s): it stopped at the next one
     assert comfy.history["running-1"]["status"]["status_str"] == "error"
 
 

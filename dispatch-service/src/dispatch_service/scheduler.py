@@ -205,6 +205,12 @@ class Scheduler:
         if is_final(row):  # cancelled (or finished) while it waited
             await msg.ack()
             return
+        if job_id in self.running:
+            # Delivered again while this replica still runs it (its keep-alive did not reach NATS in time, e.g.
+            # during a leader election): one run is enough. The runner acks the job when it ends; until then
+            # each new delivery is only marked in progress, so it does not go to another replica.
+            await msg.in_progress()
+            return
         requirements = requirements_of(row)
         self.pool.want_folders(requirements)
         never = self.pool.why_never(requirements)
@@ -358,9 +364,12 @@ class Scheduler:
         every = self.settings.dispatch_takeover_s / 4
         while True:
             await asyncio.sleep(every)
-            await msg.in_progress()
-            if not slot.freed and not await slot.refresh(self.holder):
-                log.warning("slot lease lost while a job ran", instance=slot.instance)
+            try:
+                await msg.in_progress()
+                if not slot.freed and not await slot.refresh(self.holder):
+                    log.warning("slot lease lost while a job ran", instance=slot.instance)
+            except Exception as exc:  # NATS busy electing a leader or reconnecting: keep trying, well before the TTL
+                log.warning("could not keep a running job's claim alive; trying again", error=repr(exc))
 
     async def _with_input_image(self, row: dict[str, Any], state: InstanceState) -> dict[str, Any]:
         """Upload the job's input image to the instance under the name the workflow was resolved with."""

@@ -16,7 +16,7 @@ from gateway_support import GatewayHub, gateway_hub
 from test_gateway_mcp import ACCEPT, sse_or_json
 
 from contracts import subjects
-from contracts.messages.jobs import GetJob, JobView, QueueView, QueueViewRequest
+from contracts.messages.jobs import GetJob, JobPage, JobView, ListJobs, QueueView, QueueViewRequest
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
 from contracts.messages.styles import SaveStyle, Style
 from contracts.runtime.bus import request
@@ -180,6 +180,40 @@ async def test_legacy_task_cancel_and_refusals(gw: GatewayHub, http: httpx.Async
     other = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="other"), CreatedApiKey)
     stranger = await Legacy(http, gw, other.secret).start()
     assert (await stranger.call("tasks/get", {"taskId": job_id}))["error"]["code"] == -32602
+
+
+async def test_legacy_tasks_list_shows_the_callers_tasks_newest_first(gw: GatewayHub, http: httpx.AsyncClient) -> None:
+    mine = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="lister"), CreatedApiKey)
+    theirs = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="neighbour"), CreatedApiKey)
+    session, neighbour = await Legacy(http, gw, mine.secret).start(), await Legacy(http, gw, theirs.secret).start()
+    assert session.capabilities["tasks"]["list"] == {}
+    assert (await session.call("tasks/list", {}))["result"] == {"tasks": []}
+
+    async def task(caller: Legacy, prompt: str) -> str:
+        created = await caller.call(
+            "tools/call", {"name": "generate_image", "arguments": {"prompt": prompt}, "task": {}}
+        )
+        return created["result"]["task"]["taskId"]
+
+    made = [await task(session, f"a quiet harbour, take {n}") for n in range(3)]
+    other = await task(neighbour, "somebody else's harbour")
+    listed = (await session.call("tasks/list", {}))["result"]
+    assert [t["taskId"] for t in listed["tasks"]] == made[::-1] and "nextCursor" not in listed
+    assert all(t["status"] in ("working", "completed") and t["createdAt"].endswith("Z") for t in listed["tasks"])
+    assert [t["taskId"] for t in (await neighbour.call("tasks/list", {}))["result"]["tasks"]] == [other]
+
+    # Pages: the dispatcher's listing behind it, two at a time, goes on from each page's mark.
+    first = await request(gw.nc, subjects.Dispatch.JOBS_LIST, ListJobs(api_key_id=mine.key.key_id, limit=2), JobPage)
+    assert [v.job_id for v in first.jobs] == [made[2], made[1]] and first.next_after
+    rest = ListJobs(api_key_id=mine.key.key_id, limit=2, after=first.next_after)
+    second = await request(gw.nc, subjects.Dispatch.JOBS_LIST, rest, JobPage)
+    assert [v.job_id for v in second.jobs] == [made[0]] and second.next_after is None
+
+    bad = await session.call("tasks/list", {"cursor": "not-a-cursor"})
+    assert bad["error"]["code"] == -32602 and "cursor" in bad["error"]["message"]
+    assert (await modern(http, gw, "tasks/list", {}))["error"]["code"] == -32601
+    for job_id in [*made, other]:
+        await wait_status(gw, job_id, "completed")
 
 
 # -- 2026-07-28 ------------------------------------------------------------------------------------------

@@ -74,6 +74,7 @@ class Dispatch:
     JOBS_SUBMIT: Final = "hub.dispatch.jobs.submit"
     JOBS_GET: Final = "hub.dispatch.jobs.get"
     JOBS_CANCEL: Final = "hub.dispatch.jobs.cancel"
+    JOBS_LIST: Final = "hub.dispatch.jobs.list"
     QUEUE_VIEW: Final = "hub.dispatch.queue.view"
     OUTPUTS_DELETE: Final = "hub.dispatch.outputs.delete"
     # Fan-out (no queue group): every dispatcher replica hears it; the one running the job interrupts it.

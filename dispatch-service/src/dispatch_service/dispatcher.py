@@ -11,9 +11,10 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import JobAccepted, JobQueued
 from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
-from contracts.messages.jobs import GenerationRequest, JobView, QueueView, SubmitReply
+from contracts.messages.jobs import GenerationRequest, JobPage, JobView, QueueView, SubmitReply
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
@@ -136,6 +137,14 @@ class Dispatcher:
                 return
             await asyncio.sleep(0.05)
 
+    async def jobs_of(self, api_key_id: str | None, limit: int, after: str | None) -> JobPage:
+        """One page of a caller's jobs, newest first; `after` is the `next_after` of the page before."""
+        rows = await self.store.of_caller(api_key_id, limit + 1, _page_mark(after) if after else None)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_after = f"{rows[-1]['accepted_at']!r}/{rows[-1]['job_id']}" if more else None
+        return JobPage(jobs=[job_view(r) for r in rows], next_after=next_after)
+
     async def queue_view(self, include_finished: bool, limit: int) -> QueueView:
         rows = await (self.store.recent(limit) if include_finished else self.store.active(limit))
         queued_order = [
@@ -204,3 +213,16 @@ class Dispatcher:
         finally:
             await state.client.aclose()
         return state.health
+
+
+def _page_mark(after: str) -> tuple[float, str]:
+    """`next_after` of a page ("<accepted_at>/<job_id>") read back; anything else is refused, naming the field."""
+    accepted_at, _, job_id = after.rpartition("/")
+    try:
+        return float(accepted_at), job_id
+    except ValueError:
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            "`after` is not a page mark this hub gave: pass the `next_after` of the previous page, or omit it",
+            field="after",
+        ) from None

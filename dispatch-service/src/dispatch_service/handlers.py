@@ -25,7 +25,9 @@ from contracts.messages.jobs import (
     DeleteOutputs,
     GenerationRequest,
     GetJob,
+    JobPage,
     JobView,
+    ListJobs,
     QueueView,
     QueueViewRequest,
     SubmitReply,
@@ -90,6 +92,9 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
     async def cancel_job(req: CancelJob) -> JobView:
         return await dispatcher.cancel(req.job_id, req.reason)
 
+    async def list_jobs(req: ListJobs) -> JobPage:
+        return await dispatcher.jobs_of(req.api_key_id, req.limit, req.after)
+
     async def queue_view(req: QueueViewRequest) -> QueueView:
         return await dispatcher.queue_view(req.include_finished, req.limit)
 
@@ -118,6 +123,7 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
     runtime.endpoint(D.JOBS_SUBMIT, GenerationRequest, submit)
     runtime.endpoint(D.JOBS_GET, GetJob, get_job)
     runtime.endpoint(D.JOBS_CANCEL, CancelJob, cancel_job)
+    runtime.endpoint(D.JOBS_LIST, ListJobs, list_jobs)
     runtime.endpoint(D.QUEUE_VIEW, QueueViewRequest, queue_view)
     runtime.endpoint(D.INSTANCES_LIST, ListInstances, list_instances)
     runtime.endpoint(D.INSTANCES_GET, GetInstance, get_instance)

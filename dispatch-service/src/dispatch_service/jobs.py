@@ -303,6 +303,26 @@ class JobStore:
             .run()
         )
 
+    async def of_caller(
+        self, api_key_id: str | None, limit: int, after: tuple[float, str] | None
+    ) -> list[dict[str, Any]]:
+        """A caller's jobs, newest first, from just after `after` = (accepted_at, job_id) of the last one seen."""
+        mine = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id
+        if after is not None:
+            accepted_at, job_id = after
+            older = (JobRow.accepted_at < accepted_at) | (
+                (JobRow.accepted_at == accepted_at) & (JobRow.job_id < job_id)
+            )
+            mine = mine & older
+        return (
+            await JobRow.select()
+            .where(mine)
+            .order_by(JobRow.accepted_at, JobRow.job_id, ascending=False)
+            .limit(limit)
+            .output(load_json=True)
+            .run()
+        )
+
     async def unqueued(self) -> list[str]:
         rows = await JobRow.select(JobRow.job_id).where(JobRow.status == "accepted").run()
         return [row["job_id"] for row in rows]

@@ -8,7 +8,7 @@ from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
 from contracts.messages.events import GenerationEvent
-from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
+from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
 from contracts.runtime.bus import job_events, request
@@ -41,6 +41,11 @@ class HubClient:
             JobView,
             timeout=self.timeout_s,
         )
+
+    async def jobs_of(self, api_key_id: str | None, limit: int, after: str | None) -> JobPage:
+        """One page of the jobs made with `api_key_id` (None: without a key), newest first."""
+        listing = ListJobs(api_key_id=api_key_id, limit=limit, after=after)
+        return await request(self.nc, subjects.Dispatch.JOBS_LIST, listing, JobPage, timeout=self.timeout_s)
 
     async def render_types(self) -> RenderTypeList:
         listing = await request(

@@ -73,6 +73,7 @@ METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020  # the code the SDK answers for a standard request whose Mcp-* headers disagree
 TASK_TOOLS = frozenset({"generate_image"})  # the tools that may run as a task
+TASKS_PAGE_SIZE = 50  # tasks per tasks/list page
 
 
 class _Tool(msgspec.Struct, frozen=True):
@@ -202,6 +203,7 @@ class HubMcp:
         self.server.add_request_handler("tasks/get", TaskRef, self._tasks_get)
         self.server.add_request_handler("tasks/result", TaskRef, self._tasks_result)
         self.server.add_request_handler("tasks/cancel", TaskRef, self._tasks_cancel)
+        self.server.add_request_handler("tasks/list", types.PaginatedRequestParams, self._tasks_list)
         self.server.add_request_handler("tasks/update", TaskUpdate, self._tasks_update)
         self.session_manager = StreamableHTTPSessionManager(
             # Origin and Host are checked by the gateway's own layer in front (GatewayGuard), with its rules.
@@ -426,6 +428,23 @@ class HubMcp:
         result = (await self._generation_result(ctx, view)).model_dump(by_alias=True, mode="json", exclude_none=True)
         result.setdefault("_meta", {})[RELATED_TASK_META] = {"taskId": view.job_id}
         return result
+
+    async def _tasks_list(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
+        """2025-11-25: the caller's tasks, newest first, a page at a time. A task is a job, so these are the jobs
+        of the caller's API key (those made through REST too); only that key sees them."""
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            raise MCPError(METHOD_NOT_FOUND, "tasks/list is not in the 2026-07-28 tasks extension")
+        key = _api_key(ctx)
+        try:
+            page = await self._hub.jobs_of(key.key_id if key else None, TASKS_PAGE_SIZE, params.cursor)
+        except HubError as exc:
+            if exc.code is ErrorCode.INVALID_REQUEST:
+                raise MCPError(INT_INPUT_ERROR, "Invalid cursor: pass the nextCursor of the previous page") from None
+            raise MCPError(INTERNAL_ERROR, exc.info.message) from None
+        listing: dict[str, Any] = {"tasks": [legacy_task(view) for view in page.jobs]}
+        if page.next_after is not None:
+            listing["nextCursor"] = page.next_after
+        return listing
 
     async def _tasks_cancel(self, ctx: ServerRequestContext[Any], ref: TaskRef) -> dict[str, Any]:
         modern = self._modern(ctx)

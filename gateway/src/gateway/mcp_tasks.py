@@ -117,8 +117,9 @@ def legacy_task(view: JobView) -> dict[str, Any]:
 
 
 def legacy_capabilities() -> types.ServerTasksCapability:
-    """2025-11-25: tools/call may be task-augmented and tasks may be cancelled (tasks/list is not offered)."""
+    """2025-11-25: tools/call may be task-augmented, and tasks may be listed and cancelled."""
     return types.ServerTasksCapability(
+        list=types.TasksListCapability(),
         cancel=types.TasksCancelCapability(),
         requests=types.ServerTasksRequestsCapability(
             tools=types.TasksToolsCapability(call=types.TasksCallCapability())

@@ -119,6 +119,23 @@ class QueueViewRequest(Request):
     limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
 
 
+class ListJobs(Request):
+    """One page of the jobs one caller made, newest first (what MCP's tasks/list shows a key)."""
+
+    api_key_id: Annotated[
+        str | None, msgspec.Meta(description="The key whose jobs to list; omit for the jobs made without a key.")
+    ] = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    after: Annotated[
+        str | None, msgspec.Meta(description="The `next_after` of the previous page, to go on from there.")
+    ] = None
+
+
+class JobPage(Record):
+    jobs: list[JobView]
+    next_after: str | None = None  # set when older jobs follow
+
+
 class QueueView(Record):
     jobs: list[JobView]
     queued: int

@@ -164,6 +164,26 @@ async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, check
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
+async def test_progress_of_a_fast_sampler_is_thinned_but_keeps_its_first_and_last_step(
+    hub: Hub, checkpoint: str
+) -> None:
+    comfy = ComfyUIDouble(name="quick-steps", models={"checkpoints": [checkpoint]}, work_seconds=0.4)
+    async with pool(hub, ("quick-steps", comfy)):
+        fast = await submit(hub.nc, "sixty quick steps", seed=5, steps=60)  # a step every few milliseconds
+        assert (await wait_final(hub.nc, fast.job_id)).status == "completed"
+        comfy.work_seconds = 1.5
+        slow = await submit(hub.nc, "three slow steps", seed=6, steps=3)  # steps well over 0.1 s apart
+        assert (await wait_final(hub.nc, slow.job_id)).status == "completed"
+
+        def progress_of(events: list) -> list[tuple[int, int]]:
+            return [(e.value, e.max) for e in events if type(e).__struct_config__.tag == "progress"]
+
+        thinned = progress_of(await events_of(hub.nc, fast.job_id))
+        assert thinned[0] == (1, 60) and thinned[-1] == (60, 60) and thinned == sorted(thinned)
+        assert len(thinned) < 30, thinned  # about one every 0.1 s of a ~0.4 s run (more on a loaded machine)
+        assert progress_of(await events_of(hub.nc, slow.job_id)) == [(1, 3), (2, 3), (3, 3)]  # nothing dropped
+
+
 # -- load balancing ---------------------------------------------------------------------------------
 
 

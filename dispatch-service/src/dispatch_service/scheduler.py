@@ -66,6 +66,7 @@ log = get_logger("scheduler")
 CONSUMER = "dispatch"
 RETRY_DELAY_S = 0.2
 PROGRESS_WRITE_EVERY_S = 0.5
+PROGRESS_EVENT_EVERY_S = 0.1
 
 
 def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
@@ -382,17 +383,23 @@ class Scheduler:
         return row["workflow"]
 
     def _progress_writer(self, job_id: str, instance: str):  # type: ignore[no-untyped-def]
-        last_write = 0.0
+        last_write = last_event = 0.0
+        last_node: str | None = None
         writing: asyncio.Task[bool] | None = None
 
         async def on_progress(update: ProgressUpdate) -> None:
-            nonlocal last_write, writing
-            await self.events.publish_quietly(
-                JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
-            )
-            # The row's progress is for queue views, so it is written at most every PROGRESS_WRITE_EVERY_S and
-            # beside the run, not in its way (the events carry every step).
+            nonlocal last_write, last_event, last_node, writing
             now = time.monotonic()
+            # Every step of a fast sampler would be a stored event (and a notification to every follower): at
+            # most one every PROGRESS_EVENT_EVERY_S, but always a node's first and last step.
+            last_step = update.max > 0 and update.value >= update.max
+            if last_step or update.node != last_node or now - last_event >= PROGRESS_EVENT_EVERY_S:
+                last_event, last_node = now, update.node
+                await self.events.publish_quietly(
+                    JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
+                )
+            # The row's progress is for queue views, so it is written at most every PROGRESS_WRITE_EVERY_S and
+            # beside the run, not in its way.
             if now - last_write >= PROGRESS_WRITE_EVERY_S and (writing is None or writing.done()):
                 last_write = now
                 writing = asyncio.ensure_future(

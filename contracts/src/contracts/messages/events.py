@@ -47,6 +47,9 @@ class JobStarted(_Event, tag="started"):
 
 
 class JobProgress(_Event, tag="progress"):
+    """A node's progress (e.g. sampler steps): at most one event every 0.1 s a job, but always each node's first
+    and last step, so a fast sampler does not flood the stream."""
+
     value: int
     max: int
     node: str | None = None

@@ -317,6 +317,20 @@ async def test_cancel_a_queued_and_a_running_job(hub: Hub, checkpoint: str) -> N
         assert kinds[-1] == "cancelled"
 
 
+async def test_waiting_jobs_know_their_place_in_the_queue(hub: Hub, checkpoint: str) -> None:
+    comfy = ComfyUIDouble(name="one-at-a-time", models={"checkpoints": [checkpoint]}, work_seconds=5.0)
+    async with pool(hub, ("one-at-a-time", comfy)):
+        running = await submit(hub.nc, "holds the only slot")
+        await wait_for(hub.nc, running.job_id, {"running"})
+        waiting = [(await submit(hub.nc, f"waits, take {n}")).job_id for n in range(3)]
+        assert (await job(hub.nc, running.job_id)).queue_position is None
+        assert [(await job(hub.nc, job_id)).queue_position for job_id in waiting] == [1, 2, 3]
+        await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=waiting[0]), JobView)
+        assert [(await job(hub.nc, job_id)).queue_position for job_id in waiting] == [None, 1, 2]
+        for job_id in [running.job_id, *waiting[1:]]:
+            await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id), JobView)
+
+
 async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
     with pytest.raises(HubError) as raised:
         await job(hub.nc, "no-such-job")

@@ -113,12 +113,8 @@ class Dispatcher:
 
     async def get(self, job_id: str) -> JobView:
         row = await self.store.require(job_id)
-        position = None
-        if row["status"] in ("accepted", "queued"):
-            active = await self.store.active(limit=100_000)
-            queued = [r["job_id"] for r in active if r["status"] in ("accepted", "queued")]
-            position = queued.index(job_id) + 1 if job_id in queued else None
-        return job_view(row, position)
+        waiting = row["status"] in ("accepted", "queued")
+        return job_view(row, await self.store.queue_position(row) if waiting else None)
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
         row = await self.store.require(job_id)

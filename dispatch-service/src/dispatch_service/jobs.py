@@ -303,6 +303,13 @@ class JobStore:
             .run()
         )
 
+    async def queue_position(self, row: dict[str, Any]) -> int:
+        """Where a waiting job stands: 1 + the waiting jobs accepted before it (counted, not loaded)."""
+        waiting = JobRow.status.is_in(["accepted", "queued"])
+        same_time = (JobRow.accepted_at == row["accepted_at"]) & (JobRow.id < row["id"])
+        earlier = (JobRow.accepted_at < row["accepted_at"]) | same_time
+        return await JobRow.count().where(waiting & earlier).run() + 1
+
     async def of_caller(
         self, api_key_id: str | None, limit: int, after: tuple[float, str] | None
     ) -> list[dict[str, Any]]:

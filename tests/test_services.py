@@ -150,11 +150,14 @@ async def test_a_service_waiting_for_nats_stops_on_sigterm(tmp_path: Path) -> No
         log_path=tmp_path / "registry.log",
     )
     proc.start()
-    deadline = time.monotonic() + 30
-    while "starting" not in proc.log():  # its signal handlers are in place (a loaded machine starts slowly)
-        assert time.monotonic() < deadline, proc.log()
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
-    assert proc.process is not None and proc.process.poll() is None  # still waiting for NATS
-    assert await proc.stop(timeout_s=10) == 0
-    assert "stop requested while starting" in proc.log()
+    try:
+        deadline = time.monotonic() + 30
+        while "starting" not in proc.log():  # its signal handlers are in place (a loaded machine starts slowly)
+            assert time.monotonic() < deadline, proc.log()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert proc.process is not None and proc.process.poll() is None  # still waiting for NATS
+        assert await proc.stop(timeout_s=10) == 0
+        assert "stop requested while starting" in proc.log()
+    finally:
+        proc.kill()  # a service that ignored SIGTERM must not outlive the test

@@ -20,7 +20,7 @@ from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
-from dispatch_service.jobs import JobStore, Upstream, is_final, job_view, prepare_job
+from dispatch_service.jobs import WAITING_STATUSES, JobStore, Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
 
@@ -113,7 +113,7 @@ class Dispatcher:
 
     async def get(self, job_id: str) -> JobView:
         row = await self.store.require(job_id)
-        waiting = row["status"] in ("accepted", "queued")
+        waiting = row["status"] in WAITING_STATUSES
         return job_view(row, await self.store.queue_position(row) if waiting else None)
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
@@ -144,14 +144,14 @@ class Dispatcher:
     async def queue_view(self, include_finished: bool, limit: int) -> QueueView:
         rows = await (self.store.recent(limit) if include_finished else self.store.active(limit))
         queued_order = [
-            r["job_id"] for r in sorted(rows, key=lambda r: r["accepted_at"]) if r["status"] in ("accepted", "queued")
+            r["job_id"] for r in sorted(rows, key=lambda r: r["accepted_at"]) if r["status"] in WAITING_STATUSES
         ]
         views = [
             job_view(r, queued_order.index(r["job_id"]) + 1 if r["job_id"] in queued_order else None) for r in rows
         ]
         return QueueView(
             jobs=views,
-            queued=sum(v.status in ("accepted", "queued") for v in views),
+            queued=sum(v.status in WAITING_STATUSES for v in views),
             running=sum(v.status == "running" for v in views),
         )
 

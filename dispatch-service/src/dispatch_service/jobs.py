@@ -40,7 +40,8 @@ from dispatch_service.tables import JobRow
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
 IMAGE_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
-ACTIVE_STATUSES = ("accepted", "queued", "running")
+WAITING_STATUSES = ("accepted", "queued")  # not yet running: they have a place in the queue
+ACTIVE_STATUSES = (*WAITING_STATUSES, "running")
 
 
 class Upstream(Protocol):
@@ -267,7 +268,7 @@ class JobStore:
         runner died (the same message delivered again). A second message for the same job never claims it."""
         changes: dict[Column | str, Any] = {getattr(JobRow, name): value for name, value in values.items()}
         changes[JobRow.stream_seq] = stream_seq
-        waiting = JobRow.status.is_in(["accepted", "queued"])
+        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
         taken_over = (JobRow.status == "running") & (JobRow.stream_seq == stream_seq)
         updated = (
             await JobRow.update(changes)
@@ -305,7 +306,7 @@ class JobStore:
 
     async def queue_position(self, row: dict[str, Any]) -> int:
         """Where a waiting job stands: 1 + the waiting jobs accepted before it (counted, not loaded)."""
-        waiting = JobRow.status.is_in(["accepted", "queued"])
+        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
         same_time = (JobRow.accepted_at == row["accepted_at"]) & (JobRow.id < row["id"])
         earlier = (JobRow.accepted_at < row["accepted_at"]) | same_time
         return await JobRow.count().where(waiting & earlier).run() + 1

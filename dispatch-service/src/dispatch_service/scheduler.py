@@ -57,7 +57,7 @@ from dispatch_service.comfyui import (
     RunResult,
 )
 from dispatch_service.events import EventPublisher
-from dispatch_service.jobs import JobStore, is_final, requirements_of, timings_of
+from dispatch_service.jobs import ACTIVE_STATUSES, WAITING_STATUSES, JobStore, is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
 
@@ -460,7 +460,7 @@ class Scheduler:
     async def fail(self, row: dict[str, Any], reason: str) -> None:
         job_id = row["job_id"]
         changed = await self.store.transition(
-            job_id, ("accepted", "queued", "running"), status="failed", finished_at=time.time(), error=reason
+            job_id, ACTIVE_STATUSES, status="failed", finished_at=time.time(), error=reason
         )
         if changed:
             row = await self.store.require(job_id)
@@ -504,7 +504,7 @@ class Scheduler:
         return True
 
     async def cancel_queued(self, row: dict[str, Any], reason: str) -> bool:
-        if await self.store.transition(row["job_id"], ("accepted", "queued"), status="cancelled", error=reason,
+        if await self.store.transition(row["job_id"], WAITING_STATUSES, status="cancelled", error=reason,
                                        finished_at=time.time()):  # fmt: skip
             fresh = await self.store.require(row["job_id"])
             await self.events.publish(

@@ -13,14 +13,14 @@ from nats.aio.client import Client as NatsClient
 from hub_deploy.natsserver import NatsServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTOCOL_DIR = REPO_ROOT.parent / "shared" / "comfyui-protocol"
+PROTOCOL_DIR = REPO_ROOT / "tests" / "data" / "comfyui-0.3.64"
 
 
 @pytest.fixture(scope="session")
 def protocol_dir() -> Path:
-    """The recorded ComfyUI 0.3.64 exchanges (../shared/comfyui-protocol beside the repository)."""
+    """The recorded ComfyUI 0.3.64 exchanges (tests/data/comfyui-0.3.64, kept in the repository)."""
     if not PROTOCOL_DIR.is_dir():
-        pytest.fail(f"recorded ComfyUI exchanges not found at {PROTOCOL_DIR}: clone the repository beside shared/")
+        pytest.fail(f"recorded ComfyUI exchanges not found at {PROTOCOL_DIR}: the repository checkout is incomplete")
     return PROTOCOL_DIR
 
 

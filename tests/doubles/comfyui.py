@@ -1,7 +1,7 @@
 """A ComfyUI 0.3.64 test double: an aiohttp server speaking the recorded HTTP + WebSocket protocol.
 
 Every behaviour here mirrors an exchange recorded from an unmodified ComfyUI 0.3.64 (see
-`shared/comfyui-protocol/README.md`); where the recordings are silent, ComfyUI's own `server.py` /
+`tests/data/comfyui-0.3.64/README.md`); where the recordings are silent, ComfyUI's own `server.py` /
 `execution.py` were followed, quirks included (they are what a real client meets). Nothing is rendered:
 a job sleeps `work_seconds / speed`, spread over the nodes it executes, and image outputs are small
 solid-colour PNGs. Fault injection (`go_down`, `hang`, `fail_next_job`) is toggled at run time.
@@ -47,7 +47,7 @@ try:
 except ImportError:  # run as a script: tests/doubles itself is sys.path[0]
     from png import encode_solid_png, looks_like_image, png_size  # type: ignore[no-redef]
 
-PROTOCOL_DIR = Path(__file__).resolve().parents[3] / "shared" / "comfyui-protocol"
+PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "data" / "comfyui-0.3.64"
 
 COMFYUI_VERSION = "0.3.64"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024

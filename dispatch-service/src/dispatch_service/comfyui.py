@@ -1,6 +1,6 @@
 """An asyncio client for one ComfyUI server: HTTP for everything, one WebSocket per run for live events.
 
-Follows the protocol recorded from a real ComfyUI 0.3.64 (`shared/comfyui-protocol/README.md`) and uses the
+Follows the protocol recorded from a real ComfyUI 0.3.64 (`tests/data/comfyui-0.3.64/README.md`) and uses the
 newer `/api/jobs` routes (job status, cancel) when a server offers them. Every failure is mapped onto who is at
 fault, so a dispatcher can act on the exception type alone:
 

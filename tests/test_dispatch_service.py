@@ -301,20 +301,44 @@ async def test_a_runtime_error_on_comfyui_fails_the_job_with_the_node_and_cause(
 # -- cancellation ---------------------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_and_a_running_job(hub: Hub, checkpoint: str) -> None:
-    comfy = ComfyUIDouble(name="cancel", models={"checkpoints": [checkpoint]}, work_seconds=3.0)
+# Stock image nodes only, none with sampler steps: ComfyUI reports them by node (`executing`, `progress_state`).
+IMAGE_NODES_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
+    "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 4, "sigma": 1.0}},
+    "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+    "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "hub/nodes"}},
+}
+
+
+async def save_render_type(nc: NatsClient, name: str, workflow: dict) -> RenderType:
+    return await request(
+        nc, subjects.Registry.SAVE, SaveRenderType(render_type=RenderType(name=name, workflow=workflow)), RenderType
+    )
+
+
+async def test_cancel_answers_at_once_with_one_wording_for_a_queued_and_a_running_job(hub: Hub) -> None:
+    await save_render_type(hub.nc, "image-nodes-cancel", IMAGE_NODES_WORKFLOW)
+    comfy = ComfyUIDouble(name="cancel", work_seconds=8.0)  # 2 s a node; ComfyUI stops only between nodes
     async with pool(hub, ("cancel", comfy)):
-        first = await submit(hub.nc, "will run, then be cancelled", steps=30)
-        second = await submit(hub.nc, "never runs")
+        first = await submit(hub.nc, "will run, then be cancelled", render_type="image-nodes-cancel")
+        second = await submit(hub.nc, "never runs", render_type="image-nodes-cancel")
         await wait_for(hub.nc, first.job_id, {"running"})
         queued = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=second.job_id), JobView)
-        assert queued.status == "cancelled"
+        assert queued.status == "cancelled" and queued.error == "cancelled by the caller", queued
         await asyncio.sleep(0.5)
-        cancelled = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
-        assert cancelled.status == "cancelled", cancelled
+        asked = time.monotonic()
+        cancelling = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
+        answered_in = time.monotonic() - asked
+        assert cancelling.status == "cancelling", cancelling  # ComfyUI is still in the middle of a node
+        assert answered_in < 0.5, answered_in  # not held until that node ends (up to 2 s here)
+        again = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
+        assert again.status in ("cancelling", "cancelled")
+        cancelled = await wait_final(hub.nc, first.job_id)
+        assert cancelled.status == "cancelled" and cancelled.error == queued.error, cancelled
         assert len(comfy.executed_prompt_ids) == 1  # the queued one never reached ComfyUI
-        kinds = [type(e).__struct_config__.tag for e in await events_of(hub.nc, first.job_id)]
-        assert kinds[-1] == "cancelled"
+        assert comfy.history[comfy.executed_prompt_ids[0]]["status"]["status_str"] == "error"  # it was interrupted
+        events = await events_of(hub.nc, first.job_id)
+        assert type(events[-1]).__struct_config__.tag == "cancelled" and events[-1].reason == queued.error
 
 
 async def test_waiting_jobs_know_their_place_in_the_queue(hub: Hub, checkpoint: str) -> None:

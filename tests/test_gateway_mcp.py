@@ -363,7 +363,15 @@ async def test_cancel_generation_tool_and_budget(gw: GatewayHub) -> None:
             assert pending.structured_content["done"] is False
             job_id = pending.structured_content["job_id"]
             cancelled = await session.call_tool("cancel_generation", {"job_id": job_id})
-            assert cancelled.structured_content["status"] == "cancelled"
+            assert cancelled.structured_content["status"] in ("cancelling", "cancelled")  # the former: running
+            deadline = time.monotonic() + 10
+            while (view := await session.call_tool("get_generation", {"job_id": job_id})).structured_content[
+                "status"
+            ] == "cancelling":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert view.structured_content["status"] == "cancelled"
+            assert view.structured_content["error"] == "cancelled by the caller"
     finally:
         gw.comfy.work_seconds = 0.2
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -117,21 +116,15 @@ class Dispatcher:
         return job_view(row, await self.store.queue_position(row) if waiting else None)
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
+        """Cancel a job and answer at once: a waiting job is `cancelled` now; a running one is `cancelling` until
+        ComfyUI stops it (its interrupt lands when the next node starts), then `cancelled` with the same reason."""
         row = await self.store.require(job_id)
-        if is_final(row):
-            return job_view(row)
-        if not await self.scheduler.cancel_queued(row, reason):
+        if is_final(row) or await self.scheduler.cancel_queued(row, reason):
+            return await self.get(job_id)
+        if await self.store.transition(job_id, ("running",), status="cancelling", error=reason):
             # It runs (here or on another replica): every replica hears this, the one running it interrupts.
             await self.nc.publish(subjects.Dispatch.CONTROL_CANCEL, job_id.encode())
-            await self._wait_final(job_id, timeout_s=10.0)
         return await self.get(job_id)
-
-    async def _wait_final(self, job_id: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if is_final(await self.store.require(job_id)):
-                return
-            await asyncio.sleep(0.05)
 
     async def jobs_of(self, api_key_id: str | None, limit: int, after: str | None) -> JobPage:
         """One page of a caller's jobs, newest first; `after` is the `next_after` of the page before."""

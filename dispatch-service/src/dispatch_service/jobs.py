@@ -41,7 +41,8 @@ from dispatch_service.tables import JobRow
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
 IMAGE_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
 WAITING_STATUSES = ("accepted", "queued")  # not yet running: they have a place in the queue
-ACTIVE_STATUSES = (*WAITING_STATUSES, "running")
+ACTIVE_STATUSES = (*WAITING_STATUSES, "running", "cancelling")
+RUNNING_STATUSES = ("running", "cancelling")  # on an instance (a cancel may be landing)
 
 
 class Upstream(Protocol):

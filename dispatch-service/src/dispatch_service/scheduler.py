@@ -41,7 +41,7 @@ from contracts.messages.events import (
     JobStarted,
     OutputStored,
 )
-from contracts.messages.jobs import OutputFile
+from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile
 from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
@@ -57,7 +57,15 @@ from dispatch_service.comfyui import (
     RunResult,
 )
 from dispatch_service.events import EventPublisher
-from dispatch_service.jobs import ACTIVE_STATUSES, WAITING_STATUSES, JobStore, is_final, requirements_of, timings_of
+from dispatch_service.jobs import (
+    ACTIVE_STATUSES,
+    RUNNING_STATUSES,
+    WAITING_STATUSES,
+    JobStore,
+    is_final,
+    requirements_of,
+    timings_of,
+)
 from dispatch_service.leases import Lease, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
 
@@ -212,6 +220,10 @@ class Scheduler:
             # each new delivery is only marked in progress, so it does not go to another replica.
             await msg.in_progress()
             return
+        if row["status"] == "cancelling":  # a cancel reached it, then the replica running it died
+            await self._cancelled(job_id, row["instance"])
+            await msg.ack()
+            return
         requirements = requirements_of(row)
         self.pool.want_folders(requirements)
         never = self.pool.why_never(requirements)
@@ -307,6 +319,8 @@ class Scheduler:
             await msg.ack()
             return
         running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
+        if (await self.store.require(job_id))["status"] == "cancelling":  # cancelled while it was being claimed
+            running.cancel.set()
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
         try:
@@ -333,32 +347,40 @@ class Scheduler:
             outputs = await self._store_outputs(job_id, state, result)
             await self._complete(row, started, state.config.name, outputs, msg)
             bound_log.info("job completed", outputs=len(outputs))
-        except ComfyInterrupted as exc:
-            if running.cancel.is_set():
-                await self._cancelled(job_id, state.config.name, "cancelled by request")
-            else:
-                await self.fail(await self.store.require(job_id), f"interrupted on {state.config.name}: {exc}")
-            await msg.ack()
-        except (ComfyRejected, ComfyExecutionFailed) as exc:
-            bound_log.warning("job failed on the instance", error=str(exc))
-            await self.fail(await self.store.require(job_id), str(exc))
-            await msg.ack()
-        except ComfyUnavailable as exc:
-            self.pool.mark_down(state, str(exc))
-            await self._retry_or_fail(msg, job_id, state.config.name, attempt, str(exc))
-        except ComfyError as exc:  # e.g. an output that can no longer be fetched
-            await self.fail(await self.store.require(job_id), f"{state.config.name}: {exc}")
-            await msg.ack()
         except asyncio.CancelledError:
             raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
         except Exception as exc:
-            bound_log.exception("job crashed the runner")
-            await self.fail(await self.store.require(job_id), f"internal dispatcher error: {type(exc).__name__}")
-            await msg.ack()
+            await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
             keep_alive.cancel()
             self.running.pop(job_id, None)
             await asyncio.shield(slot.free())
+
+    async def _run_failed(
+        self, exc: Exception, msg: Msg, job_id: str, state: InstanceState, attempt: int, *, cancelled: bool
+    ) -> None:
+        """Record how a run that raised ends. Once a cancel was asked for, the job ends `cancelled` whatever
+        ComfyUI did meanwhile (it was stopped, it failed, or it went away)."""
+        instance = state.config.name
+        bound_log = log.bind(job_id=job_id, instance=instance, attempt=attempt)
+        if isinstance(exc, ComfyUnavailable):
+            self.pool.mark_down(state, str(exc))
+        if cancelled and isinstance(exc, ComfyError):
+            await self._cancelled(job_id, instance)
+        elif isinstance(exc, ComfyUnavailable):
+            await self._retry_or_fail(msg, job_id, instance, attempt, str(exc))
+            return  # retried: the message goes back to the stream
+        elif isinstance(exc, ComfyInterrupted):
+            await self.fail(await self.store.require(job_id), f"interrupted on {instance}: {exc}")
+        elif isinstance(exc, (ComfyRejected, ComfyExecutionFailed)):
+            bound_log.warning("job failed on the instance", error=str(exc))
+            await self.fail(await self.store.require(job_id), str(exc))
+        elif isinstance(exc, ComfyError):  # e.g. an output that can no longer be fetched
+            await self.fail(await self.store.require(job_id), f"{instance}: {exc}")
+        else:
+            bound_log.error("job crashed the runner", exc_info=exc)
+            await self.fail(await self.store.require(job_id), f"internal dispatcher error: {type(exc).__name__}")
+        await msg.ack()
 
     async def _keep_alive(self, msg: Msg, slot: _Slot) -> None:
         """While the job is ours: keep its message from being redelivered, and its slot lease alive."""
@@ -439,7 +461,7 @@ class Scheduler:
         job_id = row["job_id"]
         finished = time.time()
         await self.store.transition(
-            job_id, ("running",), status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
+            job_id, RUNNING_STATUSES, status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
         )
         timings = timings_of({**row, "started_at": started, "finished_at": finished})
         # The job is recorded as completed: its event and the ack of its stream message can go together.
@@ -449,7 +471,9 @@ class Scheduler:
         )
         await self._drop_input_image(row)
 
-    async def _cancelled(self, job_id: str, instance: str | None, reason: str) -> None:
+    async def _cancelled(self, job_id: str, instance: str | None) -> None:
+        """A running job's cancel has landed: it ends `cancelled` with the reason its cancel recorded."""
+        reason = (await self.store.require(job_id))["error"] or CANCELLED_BY_CALLER
         await self.store.set(job_id, status="cancelled", finished_at=time.time(), error=reason)
         row = await self.store.require(job_id)
         await self.events.publish(

@@ -24,7 +24,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from contracts.errors import ErrorCode, HubError, error_from_validation
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobProgress
-from contracts.messages.jobs import GenerationRequest, JobView
+from contracts.messages.jobs import CANCELLED_BY_CALLER, GenerationRequest, JobView
 from contracts.messages.keys import ApiKey
 from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
@@ -256,7 +256,7 @@ class HubMcp:
         return await self._generation_result(ctx, view)
 
     async def _tool_cancel_generation(self, ctx: ServerRequestContext[Any], ref: JobRef) -> types.CallToolResult:
-        view = await self._hub.cancel(ref.job_id, "cancelled by the MCP caller")
+        view = await self._hub.cancel(ref.job_id, CANCELLED_BY_CALLER)
         return await self._generation_result(ctx, view, thumbnails=False)
 
     async def _submit(self, ctx: ServerRequestContext[Any], generation: GenerationRequest) -> str:
@@ -282,7 +282,7 @@ class HubMcp:
             # stream): cancel the job too, so no GPU time is spent on an image nobody waits for.
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._hub.cancel(job_id, "the MCP request was cancelled")
+                    await self._hub.cancel(job_id, CANCELLED_BY_CALLER)
                 except HubError as exc:
                     self._log.info("could not cancel the job of a cancelled request", job_id=job_id, error=str(exc))
             raise

@@ -59,7 +59,7 @@ def task_status(view: JobView, *, tool_error_fails: bool) -> str:
     A failed generation is a tool result with `isError`, not a JSON-RPC error: the 2026 extension reports it as
     `completed` (the result carries the error), 2025-11-25 as `failed`.
     """
-    if view.status in ("accepted", "queued", "running"):
+    if view.status in ("accepted", "queued", "running", "cancelling"):
         return "working"
     if view.status == "failed":
         return "failed" if tool_error_fails else "completed"
@@ -76,6 +76,8 @@ def status_message(view: JobView) -> str:
         return f"running on {view.instance or 'an instance'}{step}"
     if view.status == "failed":
         return f"generation failed: {view.error or 'no reason given'}"
+    if view.status == "cancelling":
+        return f"cancelling on {view.instance or 'an instance'} (stops when its current node ends)"
     if view.status == "cancelled":
         return view.error or "cancelled"
     return f"{len(view.outputs)} output(s) ready"

@@ -13,7 +13,7 @@ from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.base import Request as HubRequest
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed
-from contracts.messages.jobs import GenerationRequest, SubmitReply
+from contracts.messages.jobs import CANCELLED_BY_CALLER, GenerationRequest, SubmitReply
 from contracts.messages.keys import ApiKey
 from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
@@ -121,7 +121,7 @@ class GenerationsController(Controller):
     async def cancel_generation(self, request: Request[Any, Any, Any], job_id: str) -> Generation:
         """Cancel a queued or running generation (a finished one is returned as it is)."""
         hub: HubClient = request.app.state.hub
-        return generation_of(await hub.cancel(job_id, "cancelled by the REST caller"), _base_url(request))
+        return generation_of(await hub.cancel(job_id, CANCELLED_BY_CALLER), _base_url(request))
 
     @get("/{job_id:str}/events")
     async def events(self, request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:

@@ -413,7 +413,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
             up=sum(1 for v in views if v.health.up),
             queue=queue,
             queue_error=queue_error,
-            active=[j for j in jobs if j.status in ("queued", "running")],
+            active=[j for j in jobs if j.status in ("queued", "running", "cancelling")],
             recent=[j for j in jobs if j.status == "completed"][:12],
             failed=[j for j in jobs if j.status == "failed"],
             hour=hour.total if hour else None,

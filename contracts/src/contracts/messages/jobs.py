@@ -8,8 +8,10 @@ import msgspec
 
 from contracts.messages.base import Record, Request
 
-JobStatus = Literal["accepted", "queued", "running", "completed", "failed", "cancelled"]
+# `cancelling`: a cancel reached a running job; it is `cancelled` once ComfyUI stops (at its next node).
+JobStatus = Literal["accepted", "queued", "running", "cancelling", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+CANCELLED_BY_CALLER = "cancelled by the caller"  # the one reason a caller's cancel records, whatever the job's state
 
 
 class InputImage(Request):
@@ -111,7 +113,7 @@ class GetJob(Request):
 
 class CancelJob(Request):
     job_id: str
-    reason: str = "cancelled by the caller"
+    reason: str = CANCELLED_BY_CALLER
 
 
 class QueueViewRequest(Request):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import httpx
 import nats
 import pytest
 from harness import hub_env
+from nats.js.api import StorageType
 
 from hub_deploy.natsserver import free_port
 from hub_deploy.services import SERVICES, health_of
@@ -31,6 +33,16 @@ def wait_for_text(path: Path, text: str, process: subprocess.Popen[bytes], timeo
             break
         time.sleep(0.1)
     raise AssertionError(f"{text!r} not printed by the launcher:\n{path.read_text(errors='replace')}")
+
+
+def nats_pid(data_dir: Path) -> int:
+    """The pid of the nats-server running with its config under `data_dir`."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if args[0].endswith(b"nats-server") and str(data_dir).encode() in b" ".join(args):
+                return int(cmdline.parent.name)
+    raise AssertionError(f"no nats-server runs for {data_dir}")
 
 
 def port_is_open(port: int) -> bool:
@@ -71,7 +83,7 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
         assert f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}/mcp" in banner
 
         # A service that dies is restarted by the launcher.
-        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         before = await health_of(nc, "stats")
         os.kill(before.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -85,6 +97,24 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
             assert time.monotonic() < deadline, log_path.read_text()
             await asyncio.sleep(0.2)
         assert after.ok and after.pid != before.pid
+
+        # nats-server killed -9 is restarted on the same port and data folder: what JetStream held is still
+        # there, and every service answers again through it.
+        js = nc.jetstream()
+        await js.add_stream(name="LAUNCHER_TEST", subjects=["launcher.test"], storage=StorageType.FILE)
+        await js.publish("launcher.test", b"kept")
+        os.kill(nats_pid(tmp_path / "data"), signal.SIGKILL)
+        await asyncio.to_thread(wait_for_text, log_path, "nats-server restarted", launcher, 30)
+        assert "nats-server exited; restarting it on the same port and data folder" in log_path.read_text()
+        deadline = time.monotonic() + 60
+        for name, _module in SERVICES:
+            while True:
+                with contextlib.suppress(Exception):
+                    if (await health_of(nc, name)).ok:
+                        break
+                assert time.monotonic() < deadline, f"{name} unhealthy after NATS came back:\n{log_path.read_text()}"
+                await asyncio.sleep(0.2)
+        assert (await js.get_last_msg("LAUNCHER_TEST", "launcher.test")).data == b"kept"
         pids = [(await health_of(nc, name)).pid for name, _ in SERVICES]
         await nc.close()
 

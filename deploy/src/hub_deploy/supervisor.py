@@ -2,7 +2,8 @@
 
 Starts a local nats-server with JetStream (data under HUB_DATA_DIR/nats), then every service as its own
 process, waits until each answers its health request over NATS, prints where to go, restarts a service
-that crashes, and on Ctrl-C (or SIGTERM) stops the services gracefully, then NATS.
+or nats-server that crashes (nats-server on the same port and data folder, so the services reconnect and
+the jobs in its streams are kept), and on Ctrl-C (or SIGTERM) stops the services gracefully, then NATS.
 """
 
 from __future__ import annotations
@@ -27,17 +28,35 @@ log = get_logger("launcher")
 
 RESTART_WINDOW_S = 60.0
 MAX_RESTARTS_IN_WINDOW = 5
+NATS_WATCH_EVERY_S = 0.2
 
 
-class ServiceProcess:
+class RestartBudget:
+    """At most MAX_RESTARTS_IN_WINDOW restarts a minute, each after a growing pause (0.5 s, 1 s, 2 s ... 10 s)."""
+
+    def __init__(self) -> None:
+        self.restarts: list[float] = []
+
+    def may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        self.restarts.append(now)
+        return len(self.restarts) <= MAX_RESTARTS_IN_WINDOW
+
+    @property
+    def pause_s(self) -> float:
+        return min(2 ** (len(self.restarts) - 1) * 0.5, 10)
+
+
+class ServiceProcess(RestartBudget):
     """One service child process, restarted with back-off when it dies on its own."""
 
     def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
+        super().__init__()
         self.name = name
         self.module = module
         self.env = env
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts: list[float] = []
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self.module, env=self.env)
@@ -54,12 +73,6 @@ class ServiceProcess:
             log.warning("service did not stop in time; killing it", target=self.name)
             self.process.kill()
             return await self.process.wait()
-
-    def may_restart(self) -> bool:
-        now = time.monotonic()
-        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
-        self.restarts.append(now)
-        return len(self.restarts) <= MAX_RESTARTS_IN_WINDOW
 
 
 def child_environment(settings: Settings, nats_url: str) -> dict[str, str]:
@@ -137,7 +150,7 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
         log_file=settings.data_dir / "nats" / "nats-server.log",
     )
     nats.start()
-    log.info("nats-server started", url=nats.url, store=str(nats.store_dir))
+    log.info("nats-server started", url=nats.url, store=str(nats.store_dir), pid=nats.process and nats.process.pid)
     env = child_environment(settings, nats.url)
     children = [ServiceProcess(name, module, env) for name, module in SERVICES]
     nc = None
@@ -148,7 +161,7 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
             await child.start()
         await asyncio.gather(*(wait_healthy(nc, child.name, start_timeout_s) for child in children))
         print(banner(settings, nats.url), file=sys.stderr, flush=True)
-        await _supervise(children, stop)
+        await asyncio.gather(_supervise(children, stop), _supervise_nats(nats, stop))
     except (TimeoutError, OSError) as exc:
         log.error("the hub could not start", error=str(exc))
         exit_code = 1
@@ -182,5 +195,28 @@ async def _supervise(children: list[ServiceProcess], stop: asyncio.Event) -> Non
                 log.error("service keeps crashing; giving up on it", target=child.name)
                 stop.set()
                 return
-            await asyncio.sleep(min(2 ** (len(child.restarts) - 1) * 0.5, 10))
+            await asyncio.sleep(child.pause_s)
             await child.start()
+
+
+async def _supervise_nats(nats: NatsServer, stop: asyncio.Event) -> None:
+    """Restart nats-server when it dies (kill -9, OOM): same port, same data folder. The services reconnect by
+    themselves (endless reconnects) and find their streams, jobs and buckets where they were."""
+    budget = RestartBudget()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), NATS_WATCH_EVERY_S)
+        if stop.is_set() or nats.process is None or nats.process.poll() is None:
+            continue
+        log.error("nats-server exited; restarting it on the same port and data folder", code=nats.process.returncode)
+        if not budget.may_restart():
+            log.error("nats-server keeps crashing; giving up on it (see its log)", log=str(nats.log_file))
+            stop.set()
+            return
+        await asyncio.sleep(budget.pause_s)
+        try:
+            await asyncio.to_thread(nats.start)
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.error("nats-server did not come back; trying again", error=str(exc))
+            continue
+        log.info("nats-server restarted", url=nats.url, store=str(nats.store_dir), pid=nats.process.pid)

@@ -28,6 +28,8 @@ DISPATCH_ENV = {
     "HUB_DISPATCH_TAKEOVER_S": "3",
     "HUB_DISPATCH_MAX_ATTEMPTS": "3",
     "HUB_REQUEST_TIMEOUT_S": "10",
+    # The ComfyUI doubles, whose /view serves input images by URL, listen on loopback, which is refused by default.
+    "HUB_INPUT_URL_ALLOW": "127.0.0.1",
 }
 
 

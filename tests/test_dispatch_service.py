@@ -422,3 +422,13 @@ async def test_an_input_image_is_uploaded_to_the_instance_that_runs_the_job(hub:
             with pytest.raises(HubError) as raised:
                 await submit(hub.nc, "x", render_type="img2img", input_image=bad)
             assert raised.value.info.field == field, raised.value.info
+        # Only the allowlisted loopback address is fetched from: the rest of the hub's network stays out of reach.
+        for url, rule in (
+            ("http://169.254.169.254/latest/meta-data/", "link-local"),
+            (f"http://[::1]:{comfy.port}/", "loopback"),
+        ):
+            with pytest.raises(HubError) as raised:
+                await submit(hub.nc, "x", render_type="img2img", input_image=InputImage(url=url))
+            assert raised.value.info.details is not None and raised.value.info.details["rule"] == rule, (
+                raised.value.info
+            )

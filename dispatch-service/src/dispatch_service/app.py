@@ -12,6 +12,7 @@ from dispatch_service import __version__, piccolo_conf
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
 from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
+from dispatch_service.input_url import UrlAllowlist
 from dispatch_service.jobs import JobStore
 from dispatch_service.leases import SlotLeases
 from dispatch_service.pool import Pool
@@ -44,6 +45,7 @@ def build(settings: Settings) -> ServiceRuntime:
             events=events,
             storage=storage,
             upstream=upstream,
+            input_url_allow=UrlAllowlist.parse(settings.input_url_allow),
         )
         holder["dispatcher"] = dispatcher
         await upstream.watch_registry()

@@ -19,6 +19,7 @@ from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
+from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist
 from dispatch_service.jobs import WAITING_STATUSES, JobStore, Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
@@ -37,6 +38,7 @@ class Dispatcher:
         events: EventPublisher,
         storage: OutputStorage,
         upstream: Upstream,
+        input_url_allow: UrlAllowlist = PUBLIC_ONLY,
     ) -> None:
         self.nc = nc
         self.pool = pool
@@ -45,12 +47,13 @@ class Dispatcher:
         self.events = events
         self.storage = storage
         self.upstream = upstream
+        self.input_url_allow = input_url_allow
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- jobs ---------------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> SubmitReply:
-        prepared = await prepare_job(request, self.upstream, self.storage)
+        prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
         job_id = prepared.job_id
         await self.store.insert(prepared)
         params = prepared.resolved.params

@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Any, Protocol
 
-import httpx
 import msgspec
 from piccolo.columns import Column
 
@@ -36,6 +35,7 @@ from contracts.messages.render_types import (
 )
 from contracts.messages.styles import BuildPrompt, BuiltPrompt
 from contracts.runtime.storage import OutputStorage, decode_base64_image
+from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url
 from dispatch_service.tables import JobRow
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
@@ -64,7 +64,9 @@ def _sniff_image(data: bytes) -> str | None:
     return None
 
 
-async def read_input_image(image: InputImage, storage: OutputStorage) -> tuple[bytes, str]:
+async def read_input_image(
+    image: InputImage, storage: OutputStorage, allow: UrlAllowlist = PUBLIC_ONLY
+) -> tuple[bytes, str]:
     """The bytes and content type of an input image given as a URL, base64 or a stored image, or a clear error."""
     if sum(1 for given in (image.url, image.base64, image.stored_id) if given) != 1:
         raise HubError(
@@ -82,7 +84,7 @@ async def read_input_image(image: InputImage, storage: OutputStorage) -> tuple[b
         assert image.url is not None
         if not image.url.startswith(("http://", "https://")):
             raise HubError(ErrorCode.INVALID_REQUEST, "input_image.url must be an http(s) URL", field="input_image.url")
-        data = await _download(image.url)
+        data = await fetch_input_url(image.url, allow, MAX_INPUT_IMAGE_BYTES)
         where = "input_image.url"
     if len(data) > MAX_INPUT_IMAGE_BYTES:
         raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: the image is larger than 25 MiB", field=where)
@@ -104,35 +106,6 @@ async def _read_stored(storage: OutputStorage, stored_id: str) -> bytes:
     if info.size > MAX_INPUT_IMAGE_BYTES:
         raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: the image is larger than 25 MiB", field=where)
     return b"".join([chunk async for chunk in storage.read(stored_id)])
-
-
-async def _download(url: str) -> bytes:
-    try:
-        async with (
-            httpx.AsyncClient(timeout=20, follow_redirects=True) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise HubError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"input_image.url answered HTTP {response.status_code}",
-                    field="input_image.url",
-                )
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_INPUT_IMAGE_BYTES:
-                    raise HubError(
-                        ErrorCode.INVALID_REQUEST,
-                        "input_image.url: the image is larger than 25 MiB",
-                        field="input_image.url",
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise HubError(
-            ErrorCode.INVALID_REQUEST, f"input_image.url could not be fetched: {exc}", field="input_image.url"
-        ) from None
 
 
 async def default_render_type(upstream: Upstream) -> str:
@@ -157,7 +130,9 @@ class PreparedJob(msgspec.Struct, kw_only=True):
     accepted_at: float
 
 
-async def prepare_job(request: GenerationRequest, upstream: Upstream, storage: OutputStorage) -> PreparedJob:
+async def prepare_job(
+    request: GenerationRequest, upstream: Upstream, storage: OutputStorage, allow: UrlAllowlist = PUBLIC_ONLY
+) -> PreparedJob:
     """Everything that can be checked before the job is queued: a bad request fails here, clearly."""
     job_id = new_job_id()
     accepted_at = time.time()
@@ -174,7 +149,7 @@ async def prepare_job(request: GenerationRequest, upstream: Upstream, storage: O
     input_image_id: str | None = None
     input_name: str | None = None
     if request.input_image is not None:
-        data, content_type = await read_input_image(request.input_image, storage)
+        data, content_type = await read_input_image(request.input_image, storage, allow)
         extension = content_type.split("/")[1].replace("jpeg", "jpg")
         stored = await storage.save(
             io.BytesIO(data), filename=f"{job_id}.{extension}", content_type=content_type, job_id=job_id

@@ -5,7 +5,9 @@ Every variable is listed in `ENV_VARS` (the README's table is checked against it
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -40,6 +42,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_DISPATCH_JOB_TIMEOUT_S": ("3600", "Longest time one attempt of a job may run"),
     "HUB_DISPATCH_MAX_ATTEMPTS": ("3", "Attempts of a job (on other instances) before it fails"),
     "HUB_DISPATCH_TAKEOVER_S": ("30", "After this long, the jobs and slots of a dispatcher that died are taken over"),
+    "HUB_INPUT_URL_ALLOW": (
+        "",
+        "Hosts and networks (comma-separated names, IPs or CIDRs) that `input_image.url` may fetch from although "
+        "they are loopback, private, link-local or otherwise not public; empty: public addresses only",
+    ),
     "HUB_NATS_PORT": ("4222", "`./hub start` only: client port of the local nats-server"),
     "HUB_NATS_MONITOR_PORT": (
         "0",
@@ -77,6 +84,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dispatch_job_timeout_s: float
     dispatch_max_attempts: int
     dispatch_takeover_s: float
+    input_url_allow: tuple[str, ...]
 
     @property
     def nats_servers(self) -> list[str]:
@@ -107,6 +115,25 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     if raw not in choices:
         raise ConfigError(f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}")
     return raw
+
+
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$"
+)
+
+
+def _host_or_network_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    entries = tuple(e.strip().lower().rstrip(".") for e in env.get(name, ENV_VARS[name][0]).split(",") if e.strip())
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry):
+                raise ConfigError(
+                    f"{name}: {entry!r} is neither a host name, an IP address nor a network; "
+                    "write e.g. images.internal,127.0.0.1,10.0.0.0/8"
+                ) from None
+    return entries
 
 
 def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,4 +180,5 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         dispatch_job_timeout_s=_number(env, "HUB_DISPATCH_JOB_TIMEOUT_S", float, minimum=1),
         dispatch_max_attempts=int(_number(env, "HUB_DISPATCH_MAX_ATTEMPTS", int, minimum=1)),
         dispatch_takeover_s=_number(env, "HUB_DISPATCH_TAKEOVER_S", float, minimum=1),
+        input_url_allow=_host_or_network_list(env, "HUB_INPUT_URL_ALLOW"),
     )

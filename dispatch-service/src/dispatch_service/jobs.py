@@ -8,6 +8,7 @@ job id), so an accepted job is never lost between the two.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 import uuid
@@ -34,12 +35,12 @@ from contracts.messages.render_types import (
     ResolveRenderType,
 )
 from contracts.messages.styles import BuildPrompt, BuiltPrompt
+from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import OutputStorage, decode_base64_image
 from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url
 from dispatch_service.tables import JobRow
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
-IMAGE_MAGIC = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"RIFF": "image/webp", b"GIF8": "image/gif"}
 WAITING_STATUSES = ("accepted", "queued")  # not yet running: they have a place in the queue
 ACTIVE_STATUSES = (*WAITING_STATUSES, "running", "cancelling")
 RUNNING_STATUSES = ("running", "cancelling")  # on an instance (a cancel may be landing)
@@ -55,13 +56,6 @@ class Upstream(Protocol):
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def _sniff_image(data: bytes) -> str | None:
-    for magic, content_type in IMAGE_MAGIC.items():
-        if data.startswith(magic):
-            return content_type
-    return None
 
 
 async def read_input_image(
@@ -88,10 +82,7 @@ async def read_input_image(
         where = "input_image.url"
     if len(data) > MAX_INPUT_IMAGE_BYTES:
         raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: the image is larger than 25 MiB", field=where)
-    content_type = _sniff_image(data)
-    if content_type is None:
-        raise HubError(ErrorCode.INVALID_REQUEST, f"{where}: not a PNG, JPEG, WebP or GIF image", field=where)
-    return data, content_type
+    return data, await asyncio.to_thread(checked_image_type, data, where)
 
 
 async def _read_stored(storage: OutputStorage, stored_id: str) -> bytes:

@@ -28,13 +28,16 @@ from gateway import __version__
 from gateway.api_keys import ApiKeyStore
 from gateway.hub_client import HubClient
 from gateway.mcp_server import API_KEY_SCOPE_KEY, MAX_REQUEST_BODY_BYTES, HubMcp
-from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, GenerationsController
+from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, GenerationsController, error_body
 
 REALM = 'Bearer realm="genimage-hub"'
 PROTECTED_PREFIXES = ("/mcp", "/api/")
-PUBLIC_PATHS = ("/api/v1/openapi.json",)  # the OpenAPI document describes the API; it needs no key
+OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
+PUBLIC_PATHS = (OPENAPI_PATH,)  # the OpenAPI document describes the API; it needs no key
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _NOT_JSON = object()
+BODY_METHODS = ("POST", "PUT", "PATCH")
+TOO_DEEP = "the JSON nests too deeply to be decoded; send a flatter document"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -52,6 +55,36 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _buffered_body(receive: Any, send: Any) -> tuple[bytes, Any] | Any:
+    """(the whole body, a `receive` that replays it), `receive` itself when the client went away, or None when the
+    body is over MAX_REQUEST_BODY_BYTES (413 sent)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return receive  # the client went away; let the app see it
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_REQUEST_BODY_BYTES:
+            text = f"the request body is larger than {MAX_REQUEST_BODY_BYTES // (1024 * 1024)} MiB"
+            await _send_json(send, 413, error_body("too_large", text), [])
+            return None
+        if not message.get("more_body", False):
+            break
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
 
 
 def _is_json_rpc_message(value: object) -> bool:
@@ -112,46 +145,58 @@ class GatewayGuard:
             )
             return
         scope[API_KEY_SCOPE_KEY] = key
+        receive = await self._checked_body(scope, headers, receive, send)
+        if receive is not None:
+            await self._app(scope, receive, send)
+
+    async def _checked_body(self, scope: dict[str, Any], headers: dict[str, str], receive: Any, send: Any) -> Any:
+        """`receive` for the app once the body passed the checks of its door, or None when an error was sent."""
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/mcp":
-            receive = await self._checked_json_rpc(receive, send)
-            if receive is None:
-                return
-        await self._app(scope, receive, send)
+            return await self._checked_json_rpc(receive, send)
+        if scope["method"] in BODY_METHODS and scope["path"].startswith(API_PREFIX):
+            return await self._checked_rest_body(headers, receive, send)
+        return receive
+
+    async def _checked_rest_body(self, headers: dict[str, str], receive: Any, send: Any) -> Any:
+        """REST bodies are JSON: say so for another Content-Type (415), and refuse JSON nested too deep to decode
+        (400) here, where it is known to be the body's fault rather than a bug's."""
+        media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            message = f"send the body as JSON with `Content-Type: application/json` (got `{media_type or 'none'}`)"
+            await _send_json(send, 415, error_body("unsupported_media_type", message, "Content-Type"), [])
+            return None
+        buffered = await _buffered_body(receive, send)
+        if buffered is None or buffered is receive:
+            return buffered
+        body, replay = buffered
+        try:
+            msgspec.json.decode(body)
+        except RecursionError:
+            await _send_json(send, 400, error_body("invalid_request", TOO_DEEP), [])
+            return None
+        except msgspec.DecodeError:
+            pass  # litestar answers it, with the decoder's words
+        return replay
 
     async def _checked_json_rpc(self, receive: Any, send: Any) -> Any:
         """Answer -32600 (Invalid Request) for JSON that is not a JSON-RPC message, as JSON-RPC 2.0 says (the SDK
         answers -32602 there); otherwise hand the SDK the body as it came. Non-JSON is left to the SDK (-32700)."""
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive  # the client went away; let the app see it
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > MAX_REQUEST_BODY_BYTES:
-                await _send_json(send, 413, {"error": {"code": "too_large", "message": "request body too large"}}, [])
-                return None
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        buffered = await _buffered_body(receive, send)
+        if buffered is None or buffered is receive:
+            return buffered
+        body, replay = buffered
         try:
             parsed = msgspec.json.decode(body)
         except msgspec.DecodeError:
             parsed = _NOT_JSON
+        except RecursionError:
+            error = {"code": -32700, "message": f"Parse error: {TOO_DEEP}"}
+            await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
+            return None
         if parsed is not _NOT_JSON and not _is_json_rpc_message(parsed):
             error = {"code": -32600, "message": 'Invalid Request: send a JSON-RPC 2.0 object with `jsonrpc`: "2.0"'}
             await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
             return None
-        replayed = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         return replay
 
 
@@ -249,8 +294,10 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
         openapi_config=OpenAPIConfig(
             title="GenImage Hub API",
             version=__version__,
-            path=API_PREFIX,
-            render_plugins=[JsonRenderPlugin()],
+            # The document's own path, served at "/": litestar answers unknown paths under an OpenAPI path with
+            # an HTML page, which would shadow the API's JSON 404 for every unknown /api/v1/... path.
+            path=OPENAPI_PATH,
+            render_plugins=[JsonRenderPlugin(path="/")],
             components=Components(
                 security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="hub API key")}
             ),
@@ -258,6 +305,7 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
         ),
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,
+        request_max_body_size=MAX_REQUEST_BODY_BYTES,  # the guard's limit, the same as /mcp's
         lifespan=[lifespan],
     )
     return GatewayGuard(app, keys)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NatsClient
@@ -12,7 +13,12 @@ from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPag
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
 from contracts.runtime.bus import job_events, request
+from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
+
+
+async def _checked_in_thread(data: bytes, field: str) -> str:
+    return await asyncio.to_thread(checked_image_type, data, field)
 
 
 class HubClient:
@@ -22,7 +28,7 @@ class HubClient:
         self.outputs = ObjectStoreOutputs(nc.jetstream())
 
     async def submit(self, generation: GenerationRequest) -> SubmitReply:
-        async with input_image_staged(self.outputs, generation) as staged:
+        async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
             return await request(
                 self.nc, subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=3 * self.timeout_s

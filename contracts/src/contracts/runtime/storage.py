@@ -12,7 +12,7 @@ import binascii
 import contextlib
 import io
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO, Protocol
 
 import msgspec
@@ -47,15 +47,24 @@ def decode_base64_image(text: str, field: str) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def input_image_staged(storage: OutputStorage, generation: GenerationRequest) -> AsyncIterator[GenerationRequest]:
+async def input_image_staged(
+    storage: OutputStorage,
+    generation: GenerationRequest,
+    check: Callable[[bytes, str], Awaitable[object]] | None = None,
+) -> AsyncIterator[GenerationRequest]:
     """`generation` with its base64 input image moved into the store (referred to by `stored_id`) while the block
     runs: a NATS message is capped by the server's max_payload (1 MiB by default), an input image may be 25 MiB.
-    The dispatcher copies the image to the job before it answers a submit, so the staged copy is removed after."""
+    The dispatcher copies the image to the job before it answers a submit, so the staged copy is removed after.
+
+    `check(data, field)` runs on the decoded bytes first: the dispatcher only sees the staged `stored_id`, so a
+    refusal there would name the wrong field."""
     image = generation.input_image
     if image is None or not image.base64 or image.url or image.stored_id:
         yield generation  # nothing to stage (or an ambiguous image: the dispatcher says so, naming the fields)
         return
     data = decode_base64_image(image.base64, "input_image.base64")
+    if check is not None:
+        await check(data, "input_image.base64")
     stored = await storage.save(
         io.BytesIO(data),
         filename=image.filename or "input-image",

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import nats
 import pytest
-from dispatch_support import Hub, add_instance, checkpoint_of, submit, wait_final
+from dispatch_support import Hub, add_instance, checkpoint_of, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 
+from dispatch_service.replica import take_identity
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -93,3 +94,61 @@ async def test_queued_jobs_survive_a_restart_of_nats(private_nats: NatsServer, t
         await double.stop()
         hub.stop_all()
         await hub.nc.close()
+
+
+async def test_a_restarted_dispatcher_runs_the_job_it_died_with_first_and_at_once(
+    private_nats: NatsServer, tmp_path: Path
+):
+    # The take-over time is long: only a replica that knows its own leases can start anything soon after.
+    slow_takeover = {"HUB_DISPATCH_TAKEOVER_S": "60", "HUB_DISPATCH_STALL_TIMEOUT_S": "20"}
+    data = tmp_path / "data"
+    data.mkdir()
+    hub = Hub(nats_url=private_nats.url, data_dir=data, nc=await nats.connect(private_nats.url))
+    for name in ("registry", "prompt", "dispatch"):
+        hub.start(name, **slow_takeover)
+    double: ComfyUIDouble | None = None
+    try:
+        for name in ("registry", "prompt", "dispatch"):
+            await hub.processes[name].wait_healthy(hub.nc)
+        double = ComfyUIDouble(name="only", models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=2)
+        await double.start()
+        await add_instance(hub.nc, double, "only")
+        await asyncio.sleep(0.5)
+        first = await submit(hub.nc, "the one that was running", seed=1)
+        await wait_for(hub.nc, first.job_id, {"running"})
+        behind = [await submit(hub.nc, f"waiting {i}", seed=2 + i) for i in range(2)]
+
+        hub.processes["dispatch"].kill()
+        killed_at = time.time()
+        restarted = hub.start("dispatch", **slow_takeover)
+        await restarted.wait_healthy(hub.nc)
+        healthy_at = time.monotonic()
+        while first.job_id + "-2" not in double.executed_prompt_ids:
+            assert time.monotonic() - healthy_at < 15, (double.executed_prompt_ids, restarted.log())
+            await asyncio.sleep(0.05)
+
+        views = [await wait_final(hub.nc, r.job_id, timeout_s=60) for r in (first, *behind)]
+        assert [v.status for v in views] == ["completed"] * 3, [(v.status, v.error) for v in views]
+        # Run again first, before the jobs that waited behind it, on the attempt after the crash.
+        ran = [p for p in double.executed_prompt_ids if p != first.job_id + "-1"]
+        assert ran == [first.job_id + "-2", *(r.job_id + "-1" for r in behind)]
+        done = views[0]
+        assert done.attempts == 2
+        # Its timings are those of the run that produced the result, and the total from acceptance.
+        assert done.timings.started_at >= killed_at
+        assert done.timings.run_ms < done.timings.total_ms
+        assert done.timings.total_ms == pytest.approx(
+            (done.timings.finished_at - done.timings.accepted_at) * 1000, abs=1
+        )
+    finally:
+        if double is not None:
+            await double.stop()
+        hub.stop_all()
+        await hub.nc.close()
+
+
+def test_replicas_sharing_a_data_folder_get_distinct_identities_and_a_restart_gets_its_own_back(tmp_path: Path):
+    first, second = take_identity(tmp_path), take_identity(tmp_path)
+    assert first.name != second.name  # two live replicas never reclaim each other's leases
+    first.release()  # what the OS does when the process dies, kill -9 included
+    assert take_identity(tmp_path).name == first.name

@@ -16,6 +16,7 @@ from dispatch_service.input_url import UrlAllowlist
 from dispatch_service.jobs import JobStore
 from dispatch_service.leases import SlotLeases
 from dispatch_service.pool import Pool
+from dispatch_service.replica import take_identity
 from dispatch_service.scheduler import Scheduler
 
 
@@ -23,6 +24,8 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="ComfyUI pool, job queue and load balancing")
     attach(runtime, piccolo_conf.DB, "dispatch")
     holder: dict[str, Dispatcher] = {}
+    # Taken before NATS is reached; kept for the life of the process (the OS frees it when the process dies).
+    identity = take_identity(settings.data_dir)
 
     async def start(rt: ServiceRuntime) -> None:
         js = rt.nc.jetstream()
@@ -35,7 +38,7 @@ def build(settings: Settings) -> ServiceRuntime:
         await storage.open()  # now, while every NATS server is up, not at the first output
         events = EventPublisher(js, rt.nc)
         store = JobStore()
-        scheduler = Scheduler(settings, js, pool, leases, store, events, storage)
+        scheduler = Scheduler(settings, js, pool, leases, store, events, storage, nc=rt.nc, replica=identity.name)
         upstream = NatsUpstream(rt)
         dispatcher = Dispatcher(
             nc=rt.nc,

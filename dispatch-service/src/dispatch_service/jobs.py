@@ -316,12 +316,14 @@ def timings_of(row: dict[str, Any], now: float | None = None) -> Timings:
     now = time.time() if now is None else now
     queue_wait_ms = ((started or finished or now) - accepted) * 1000 if accepted else None
     run_ms = ((finished or now) - started) * 1000 if started else None
+    total_ms = ((finished or now) - accepted) * 1000 if accepted else None
     return Timings(
         accepted_at=accepted,
         started_at=started,
         finished_at=finished,
         queue_wait_ms=round(queue_wait_ms, 2) if queue_wait_ms is not None else None,
         run_ms=round(run_ms, 2) if run_ms is not None else None,
+        total_ms=round(total_ms, 2) if total_ms is not None else None,
     )
 
 

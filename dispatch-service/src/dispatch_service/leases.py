@@ -4,6 +4,11 @@ Each slot of each instance is a key in a JetStream KV bucket (`<instance key>.<s
 is an atomic create; the holder refreshes it while the job runs; a dispatcher that dies (kill -9) leaves its
 leases to expire after the take-over time, after which the slot is free again. So no instance is ever given more
 jobs than its slots, whatever the number of replicas.
+
+A lease names the replica that holds it (a stable identity, see replica.py), the job and the reply subject of the
+job's stream message. A replica restarted after a crash takes the same identity: it frees its predecessor's
+leases at once and hands their jobs back to the stream (a NAK on that reply subject), so they run again first,
+without waiting out the take-over time. Leases of another replica are left to expire.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import re
 
+import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
+    NoKeysError,
     NoStreamResponseError,
     NotFoundError,
 )
@@ -29,23 +36,32 @@ SLOTS_BUCKET = "hub-dispatch-slots"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
+class LeaseNote(msgspec.Struct, frozen=True):
+    """The value of a lease: who holds the slot, for which job, and how to hand that job's message back."""
+
+    replica: str
+    job_id: str
+    reply: str  # the reply subject of the job's stream message (a NAK there redelivers it at once)
+
+
 def slot_key(instance: str, slot: int) -> str:
     # KV keys allow few characters; instance names are free text, so they are escaped (and kept unique).
     return f"{_UNSAFE.sub(lambda m: f'={ord(m.group()):x}', instance)}.{slot}"
 
 
 class Lease:
-    def __init__(self, kv: KeyValue, key: str, revision: int, instance: str, slot: int) -> None:
+    def __init__(self, kv: KeyValue, key: str, revision: int, instance: str, slot: int, value: bytes) -> None:
         self._kv = kv
         self.key = key
         self.revision = revision
         self.instance = instance
         self.slot = slot
+        self._value = value
 
-    async def refresh(self, holder: bytes) -> bool:
+    async def refresh(self) -> bool:
         """Extend the lease; False if it was lost (expired and taken by someone else)."""
         try:
-            self.revision = await self._kv.update(self.key, holder, last=self.revision)
+            self.revision = await self._kv.update(self.key, self._value, last=self.revision)
             return True
         except KeyWrongLastSequenceError:
             return False
@@ -83,24 +99,44 @@ class SlotLeases:
                 )
             )
 
-    async def try_take(self, instance: str, slots: int, holder: bytes) -> Lease | None:
+    async def try_take(self, instance: str, slots: int, note: LeaseNote) -> Lease | None:
         """Take any free slot of `instance`, or None when all are held."""
+        value = msgspec.json.encode(note)
         try:
-            return await self._try_take(instance, slots, holder)
+            return await self._try_take(instance, slots, value)
         except NoStreamResponseError:
             await self.open()  # the bucket is gone (e.g. a new NATS server without our data): make it again
-            return await self._try_take(instance, slots, holder)
+            return await self._try_take(instance, slots, value)
 
-    async def _try_take(self, instance: str, slots: int, holder: bytes) -> Lease | None:
+    async def _try_take(self, instance: str, slots: int, value: bytes) -> Lease | None:
         assert self._kv is not None
         for slot in range(slots):
             key = slot_key(instance, slot)
             try:
-                revision = await self._kv.create(key, holder)
+                revision = await self._kv.create(key, value)
             except KeyWrongLastSequenceError:
                 continue
-            return Lease(self._kv, key, revision, instance, slot)
+            return Lease(self._kv, key, revision, instance, slot, value)
         return None
+
+    async def reclaim(self, replica: str) -> list[LeaseNote]:
+        """Free the leases `replica` still holds and return them. Only for a replica that has just taken its
+        identity: no live process holds these leases (the one that did has died)."""
+        assert self._kv is not None
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return []
+        reclaimed: list[LeaseNote] = []
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await self._kv.get(key)
+                note = _note_of(entry.value)
+                if note is not None and note.replica == replica:
+                    with contextlib.suppress(KeyWrongLastSequenceError):  # expired and taken meanwhile
+                        await self._kv.delete(key, last=entry.revision)
+                        reclaimed.append(note)
+        return reclaimed
 
     async def held(self, instance: str, slots: int) -> int:
         """How many slots of `instance` are held by any replica right now."""
@@ -113,3 +149,10 @@ class SlotLeases:
             except KeyNotFoundError:
                 pass
         return count
+
+
+def _note_of(value: bytes | None) -> LeaseNote | None:
+    try:
+        return msgspec.json.decode(value, type=LeaseNote) if value else None
+    except (msgspec.ValidationError, msgspec.DecodeError):  # a lease written by an older version
+        return None

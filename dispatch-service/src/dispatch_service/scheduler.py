@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import socket
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -66,7 +65,7 @@ from dispatch_service.jobs import (
     requirements_of,
     timings_of,
 )
-from dispatch_service.leases import Lease, SlotLeases
+from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
 
 log = get_logger("scheduler")
@@ -103,8 +102,8 @@ class _Slot:
     def instance(self) -> str:
         return self._state.config.name
 
-    async def refresh(self, holder: bytes) -> bool:
-        return await self._lease.refresh(holder)
+    async def refresh(self) -> bool:
+        return await self._lease.refresh()
 
     async def free(self) -> None:
         if self._freed:
@@ -132,15 +131,19 @@ class Scheduler:
         store: JobStore,
         events: EventPublisher,
         storage: OutputStorage,
+        *,
+        nc: NatsClient,
+        replica: str,
     ) -> None:
         self.settings = settings
+        self.nc = nc
         self.js = js
         self.pool = pool
         self.leases = leases
         self.store = store
         self.events = events
         self.storage = storage
-        self.holder = f"{socket.gethostname()}:{os.getpid()}".encode()
+        self.replica = replica  # stable across a restart: see replica.py
         self.running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Any = None
@@ -166,6 +169,17 @@ class Scheduler:
             ),
             "creating the job consumer",
         )
+        await self._hand_back_orphans()
+
+    async def _hand_back_orphans(self) -> None:
+        """Jobs this replica's predecessor ran when it died (kill -9): their slots are freed and their messages
+        handed back now, so they run again before the waiting jobs, not after the take-over time."""
+        notes = await self.leases.reclaim(self.replica)
+        for note in notes:
+            await self.nc.publish(note.reply, b"-NAK")
+        if notes:
+            await self.nc.flush()
+            log.info("handed back the jobs of this replica before its restart", jobs=[n.job_id for n in notes])
 
     async def enqueue(self, job_id: str) -> None:
         """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream."""
@@ -236,12 +250,16 @@ class Scheduler:
             if chosen is not None:
                 self._bind(chosen, msg)
                 return
+        note = self._note(job_id, msg)
         for state in self.pool.candidates(requirements):
-            lease = await self.leases.try_take(state.config.name, state.config.slots, self.holder)
+            lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is not None:
                 self._start(msg, row, state, lease)
                 return
         await msg.nak(delay=RETRY_DELAY_S)
+
+    def _note(self, job_id: str, msg: Msg) -> LeaseNote:
+        return LeaseNote(replica=self.replica, job_id=job_id, reply=msg.reply)
 
     def _start(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
@@ -266,7 +284,8 @@ class Scheduler:
         queue = self._bound[state.config.name]
         kept_alive = time.monotonic()
         while queue:
-            lease = await self.leases.try_take(state.config.name, state.config.slots, self.holder)
+            note = self._note(msgspec.json.decode(queue[0].data, type=JobMessage).job_id, queue[0])
+            lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is None:
                 if time.monotonic() - kept_alive > self.settings.dispatch_takeover_s / 4:
                     kept_alive = time.monotonic()
@@ -301,7 +320,7 @@ class Scheduler:
     async def _run(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
         job_id = row["job_id"]
         attempt = row["attempts"] + 1
-        started = row["started_at"] or time.time()
+        started = time.time()  # of this attempt: the timings show the run that produced the result
         stream_seq = msg.metadata.sequence.stream
         claimed = await self.store.claim(
             job_id,
@@ -389,7 +408,7 @@ class Scheduler:
             await asyncio.sleep(every)
             try:
                 await msg.in_progress()
-                if not slot.freed and not await slot.refresh(self.holder):
+                if not slot.freed and not await slot.refresh():
                     log.warning("slot lease lost while a job ran", instance=slot.instance)
             except Exception as exc:  # NATS busy electing a leader or reconnecting: keep trying, well before the TTL
                 log.warning("could not keep a running job's claim alive; trying again", error=repr(exc))

@@ -74,8 +74,11 @@ class Timings(Record):
     accepted_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # started_at and run_ms are those of the attempt that produced the result (a job run again after a crash or
+    # on another instance started more than once); total_ms runs from acceptance to the end, every attempt included.
     queue_wait_ms: float | None = None
     run_ms: float | None = None
+    total_ms: float | None = None
 
 
 class Progress(Record):

@@ -98,7 +98,10 @@ async def test_api_keys_are_created_listed_and_revoked_over_nats(gw: GatewayHub)
 
         refused = await http.post("/mcp", headers={"Authorization": f"Bearer {created.secret}"}, json={})
         assert refused.status_code == 401
-        assert refused.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
+        assert (
+            'error_description="invalid API key: the key is not valid or was revoked'
+            in refused.headers["www-authenticate"]
+        )
 
     with pytest.raises(HubError) as raised:
         await request(gw.nc, subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id="key_nope"), ApiKey)
@@ -120,19 +123,41 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 
 
 @pytest.mark.parametrize(
-    ("headers", "status"),
+    ("headers", "problem"),
     [
-        ({}, 401),
-        ({"Authorization": "Bearer ghub_not-a-real-key-000000000000000000"}, 401),
-        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+        ({}, "invalid API key: none was sent"),
+        ({"Authorization": "Bearer ghub_not-a-real-key-000000000000000000"}, "invalid API key: the key is not valid"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid API key: the key is not valid"),
     ],
 )
-async def test_mcp_refuses_missing_or_bad_keys(gw: GatewayHub, headers: dict[str, str], status: int) -> None:
+async def test_mcp_refuses_missing_or_bad_keys(gw: GatewayHub, headers: dict[str, str], problem: str) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
         response = await http.post("/mcp", json=INIT, headers={**ACCEPT, **headers})
-    assert response.status_code == status
-    assert response.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
-    assert response.json()["error"]["code"] == "unauthorized"
+    assert response.status_code == 401
+    # RFC 6750: the key is wrong (invalid_token), said in words; no resource_metadata pointing at an OAuth server.
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith(f'Bearer realm="genimage-hub", error="invalid_token", error_description="{problem}')
+    assert "resource_metadata" not in challenge
+    # A JSON-RPC error, which MCP clients show as the error.
+    body = response.json()
+    assert body["jsonrpc"] == "2.0" and body["error"]["code"] == -32001
+    assert body["error"]["message"].startswith(problem) and body["error"]["data"] == {"code": "unauthorized"}
+
+
+async def test_a_wrong_key_reads_as_an_invalid_api_key_in_the_sdk_client(gw: GatewayHub) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    with anyio.fail_after(30):
+        async with (
+            mcp_session(gw, "ghub_wrong-key-00000000000000000000000000") as http,
+            streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            with pytest.raises(MCPError, match="invalid API key: the key is not valid or was revoked"):
+                await session.initialize()
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"):
+            assert (await http.get(path)).status_code == 404  # no OAuth metadata: the hub has no OAuth
 
 
 async def test_mcp_refuses_foreign_origins_and_accepts_loopback(gw: GatewayHub) -> None:
@@ -191,17 +216,69 @@ async def test_malformed_json_rpc_gets_the_right_error_codes(gw: GatewayHub) -> 
         no_tool = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "nope", "arguments": {}}}
         assert rpc_error(await http.post("/mcp", json=no_tool, headers=headers))["code"] == -32602
 
-        for version in ("2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01"):
+        for version in ("2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01", "2024-11-05", "2026-07-28"):
             init = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
             answer = await http.post("/mcp", json=init, headers={**ACCEPT, **gw.auth})
             assert answer.status_code == 200
             agreed = sse_or_json(answer)["result"]["protocolVersion"]
-            # A known version is kept; an unknown one is answered with one the server speaks (negotiation).
-            assert agreed == version if version != "1999-01-01" else agreed.startswith("20")
+            # A listed version is kept; any other is answered with the hub's own newest one (the spec's rule),
+            # also 2024-11-05 (no Streamable HTTP) and 2026-07-28 (no initialize).
+            assert agreed == (version if version.startswith("2025") else "2025-11-25"), version
 
         versioned = {**headers, "MCP-Protocol-Version": "1999-01-01"}
         listing = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
-        assert (await http.post("/mcp", json=listing, headers=versioned)).status_code == 400
+        wrong = await http.post("/mcp", json=listing, headers=versioned)
+        assert wrong.status_code == 400
+        # About versions, not about the 2026 `_meta` keys the SDK would ask for.
+        assert "unsupported MCP-Protocol-Version '1999-01-01'" in rpc_error(wrong)["message"]  # type: ignore[operator]
+        assert "_meta" not in rpc_error(wrong)["message"]  # type: ignore[operator]
+        modern = await http.post("/mcp", json=listing, headers={**headers, "MCP-Protocol-Version": "2026-07-28"})
+        assert modern.status_code == 400 and "has no sessions" in rpc_error(modern)["message"]  # type: ignore[operator]
+
+
+async def test_a_rejected_request_names_no_session_that_was_never_created(gw: GatewayHub) -> None:
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
+        for body, headers, status in (
+            (INIT, {**gw.auth, "Accept": "text/html", "Content-Type": "application/json"}, 406),
+            (listing, {**ACCEPT, **gw.auth}, 400),  # not initialize, and no session
+            (b"{not json", {**ACCEPT, **gw.auth}, 400),
+        ):
+            sent = {"content": body} if isinstance(body, bytes) else {"json": body}
+            answer = await http.post("/mcp", headers=headers, **sent)  # type: ignore[arg-type]
+            assert answer.status_code == status, answer.text
+            assert "mcp-session-id" not in answer.headers, (body, answer.headers)
+        # An accepted initialize still gets its session.
+        assert "mcp-session-id" in (await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth})).headers
+
+
+async def test_a_batch_on_a_2025_03_26_session_is_answered_as_that_revision_says(gw: GatewayHub) -> None:
+    old = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}  # type: ignore[dict-item]
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
+        started = await http.post("/mcp", json=old, headers={**ACCEPT, **gw.auth})
+        assert sse_or_json(started)["result"]["protocolVersion"] == "2025-03-26"
+        session = {**ACCEPT, **gw.auth, "Mcp-Session-Id": started.headers["mcp-session-id"]}
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post("/mcp", json=[initialized], headers=session)).status_code == 202
+        batch = [
+            {"jsonrpc": "2.0", "id": "a", "method": "tools/list"},
+            {"jsonrpc": "2.0", "id": "b", "method": "ping"},
+            {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}},
+            {"jsonrpc": "2.0", "id": "c", "method": "nope/nothing"},
+            {"jsonrpc": "1.0", "id": "d", "method": "ping"},
+        ]
+        answer = await http.post("/mcp", json=batch, headers=session)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+        by_id = {reply["id"]: reply for reply in answer.json()}
+        assert set(by_id) == {"a", "b", "c", None}
+        assert "generate_image" in {tool["name"] for tool in by_id["a"]["result"]["tools"]}
+        assert by_id["b"]["result"] == {}
+        assert by_id["c"]["error"]["code"] == -32601 and by_id[None]["error"]["code"] == -32600
+        # initialize may not be batched; later revisions have no batches at all.
+        assert (await http.post("/mcp", json=[old], headers=session)).status_code == 400
+        newer = await raw_session(http, gw)  # 2025-06-18
+        refused = await http.post("/mcp", json=[batch[1]], headers=newer)
+        assert refused.status_code == 400 and "only in protocol version 2025-03-26" in rpc_error(refused)["message"]  # type: ignore[operator]
 
 
 # -- MCP tools ---------------------------------------------------------------------------------------

@@ -55,7 +55,10 @@ async def test_api_needs_a_key(gw: GatewayHub) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
         response = await http.get("/api/v1/render-types")
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == 'Bearer realm="genimage-hub"'
+    assert response.headers["www-authenticate"].startswith(
+        'Bearer realm="genimage-hub", error="invalid_token", error_description="invalid API key: none was sent'
+    )
+    assert response.json()["error"]["code"] == "unauthorized"
 
 
 async def test_catalog_and_preview(api: httpx.AsyncClient) -> None:

@@ -27,10 +27,23 @@ from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
 from gateway.api_keys import ApiKeyStore
 from gateway.hub_client import HubClient
+from gateway.mcp_http import (
+    INVALID_REQUEST,
+    MCP_PATH,
+    answer_batch,
+    batch_allowed,
+    batch_refusal,
+    json_rpc_error,
+    key_challenge,
+    key_problem,
+    key_refusal_body,
+    negotiated_initialize,
+    session_version_problem,
+    without_orphan_session_id,
+)
 from gateway.mcp_server import API_KEY_SCOPE_KEY, MAX_REQUEST_BODY_BYTES, HubMcp
 from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, GenerationsController, error_body
 
-REALM = 'Bearer realm="genimage-hub"'
 PROTECTED_PREFIXES = ("/mcp", "/api/")
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 PUBLIC_PATHS = (OPENAPI_PATH,)  # the OpenAPI document describes the API; it needs no key
@@ -41,7 +54,9 @@ TOO_DEEP = "the JSON nests too deeply to be decoded; send a flatter document"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+async def _send_json(
+    send: Any, status: int, body: dict[str, Any] | list[Any], headers: list[tuple[bytes, bytes]]
+) -> None:
     payload = msgspec.json.encode(body)
     await send(
         {
@@ -85,6 +100,22 @@ async def _buffered_body(receive: Any, send: Any) -> tuple[bytes, Any] | Any:
         return await receive()
 
     return body, replay
+
+
+def _replaying(scope: dict[str, Any], body: bytes, receive: Any) -> Any:
+    """A `receive` that gives the app `body` in place of the one sent (its Content-Length set to match)."""
+    kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    scope["headers"] = [*kept, (b"content-length", str(len(body)).encode())]
+    replayed = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _is_json_rpc_message(value: object) -> bool:
@@ -132,19 +163,19 @@ class GatewayGuard:
         scheme, _, secret = authorization.partition(" ")
         key = await self._keys.authenticate(secret.strip()) if scheme.lower() == "bearer" and secret else None
         if key is None:
-            message = (
-                "missing API key: send `Authorization: Bearer <key>` (create a key in the admin UI)"
-                if not authorization
-                else "the API key is not valid or was revoked"
-            )
+            problem = key_problem(authorization)
             await _send_json(
-                send,
-                401,
-                {"error": {"code": "unauthorized", "message": message}},
-                [(b"www-authenticate", REALM.encode())],
+                send, 401, key_refusal_body(path, problem), [(b"www-authenticate", key_challenge(problem))]
             )
             return
         scope[API_KEY_SCOPE_KEY] = key
+        if path.rstrip("/") == MCP_PATH:
+            problem = session_version_problem(headers)
+            if problem is not None:
+                await _send_json(send, 400, json_rpc_error(None, INVALID_REQUEST, problem), [])
+                return
+            if "mcp-session-id" not in headers:
+                send = without_orphan_session_id(send)
         receive = await self._checked_body(scope, headers, receive, send)
         if receive is not None:
             await self._app(scope, receive, send)
@@ -152,7 +183,7 @@ class GatewayGuard:
     async def _checked_body(self, scope: dict[str, Any], headers: dict[str, str], receive: Any, send: Any) -> Any:
         """`receive` for the app once the body passed the checks of its door, or None when an error was sent."""
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/mcp":
-            return await self._checked_json_rpc(receive, send)
+            return await self._checked_json_rpc(scope, headers, receive, send)
         if scope["method"] in BODY_METHODS and scope["path"].startswith(API_PREFIX):
             return await self._checked_rest_body(headers, receive, send)
         return receive
@@ -178,7 +209,7 @@ class GatewayGuard:
             pass  # litestar answers it, with the decoder's words
         return replay
 
-    async def _checked_json_rpc(self, receive: Any, send: Any) -> Any:
+    async def _checked_json_rpc(self, scope: dict[str, Any], headers: dict[str, str], receive: Any, send: Any) -> Any:
         """Answer -32600 (Invalid Request) for JSON that is not a JSON-RPC message, as JSON-RPC 2.0 says (the SDK
         answers -32602 there); otherwise hand the SDK the body as it came. Non-JSON is left to the SDK (-32700)."""
         buffered = await _buffered_body(receive, send)
@@ -193,11 +224,27 @@ class GatewayGuard:
             error = {"code": -32700, "message": f"Parse error: {TOO_DEEP}"}
             await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
             return None
+        if isinstance(parsed, list) and parsed:
+            await self._batch(scope, headers, parsed, send)
+            return None
         if parsed is not _NOT_JSON and not _is_json_rpc_message(parsed):
             error = {"code": -32600, "message": 'Invalid Request: send a JSON-RPC 2.0 object with `jsonrpc`: "2.0"'}
             await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
             return None
+        if parsed is not _NOT_JSON and (negotiated := negotiated_initialize(parsed)) is not parsed:
+            return _replaying(scope, msgspec.json.encode(negotiated), receive)
         return replay
+
+    async def _batch(self, scope: dict[str, Any], headers: dict[str, str], batch: list[Any], send: Any) -> None:
+        if not batch_allowed(headers):
+            await _send_json(send, 400, json_rpc_error(None, INVALID_REQUEST, batch_refusal(headers)), [])
+            return
+        status, answer = await answer_batch(self._app, scope, batch, _is_json_rpc_message)
+        if answer is None:
+            await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await _send_json(send, status, answer, [])
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:

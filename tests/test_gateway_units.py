@@ -9,7 +9,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
-from gateway.http_app import _is_json_rpc_message, origin_allowed, parse_range
+from contracts.runtime.output_http import parse_range
+from gateway.http_app import _is_json_rpc_message, origin_allowed
 from gateway.mcp_server import TOOLS, _tool_definitions
 from gateway.thumbnails import webp_thumbnail
 

@@ -31,6 +31,11 @@ def job_events_filter(job_id: str) -> str:
     return f"hub.events.generation.{job_id}.>"
 
 
+def job_of_event_subject(subject: str) -> str:
+    """The job id in `hub.events.generation.<job_id>.<kind>`."""
+    return subject.split(".")[3]
+
+
 def job_subject(job_id: str) -> str:
     return f"hub.jobs.pending.{job_id}"
 

@@ -9,8 +9,6 @@ shown in a browser or fetched by a client that has no key, like any signed link)
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +21,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response, Stream
 
+from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
 from gateway.api_keys import ApiKeyStore
@@ -51,7 +50,6 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 _NOT_JSON = object()
 BODY_METHODS = ("POST", "PUT", "PATCH")
 TOO_DEEP = "the JSON nests too deeply to be decoded; send a flatter document"
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 async def _send_json(
@@ -247,26 +245,6 @@ class GatewayGuard:
         await _send_json(send, status, answer, [])
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
-    """(start, end inclusive) for one satisfiable range; None: no usable Range (serve all); False: 416."""
-    match = _RANGE.match(header.strip())
-    if not match:
-        return None  # several ranges or another unit: the whole file is a valid answer
-    first, last = match.groups()
-    if not first and not last:
-        return None
-    if not first:  # suffix: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
-            return False
-        return max(0, size - length), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
-        return False
-    return start, end
-
-
 def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any) -> Any:
     state: dict[str, Any] = {}
 
@@ -288,43 +266,17 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
     @get("/images/{output_id:str}", include_in_schema=False)
     async def image(request: Request[Any, Any, Any], output_id: str) -> Response[Any]:
         hub: HubClient = state["hub"]
-        info = await hub.outputs.info(output_id) if len(output_id) <= 64 else None
-        if info is None:
-            return Response(
-                {"error": {"code": "not_found", "message": f"no image `{output_id}` (it may have been deleted)"}},
-                status_code=404,
-            )
-        etag = '"' + hashlib.sha256(output_id.encode()).hexdigest()[:32] + '"'
-        headers = {
-            "Cache-Control": "private, max-age=31536000, immutable",
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": f'inline; filename="{info.filename}"',
-        }
-        if request.headers.get("if-none-match") == etag:
-            return Response(b"", status_code=304, headers=headers)
-        wanted = request.headers.get("range")
-        span = parse_range(wanted, info.size) if wanted else None
-        if span is False:
-            return Response(b"", status_code=416, headers={**headers, "Content-Range": f"bytes */{info.size}"})
-        start, end = span if isinstance(span, tuple) else (0, info.size - 1)
-
-        async def body() -> AsyncIterator[bytes]:
-            offset = 0
-            async for chunk in hub.outputs.read(output_id):
-                chunk_start, offset = offset, offset + len(chunk)
-                if offset <= start:
-                    continue
-                if chunk_start > end:
-                    break
-                yield chunk[max(0, start - chunk_start) : end + 1 - chunk_start]
-
-        headers["Content-Length"] = str(end - start + 1)
-        if isinstance(span, tuple):
-            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-        return Stream(
-            body(), status_code=206 if isinstance(span, tuple) else 200, media_type=info.content_type, headers=headers
+        reply = await output_reply(
+            hub.outputs,
+            output_id,
+            if_none_match=request.headers.get("if-none-match"),
+            range_header=request.headers.get("range"),
         )
+        if reply.error is not None:
+            raise reply.error  # the JSON error envelope, 404 or 503
+        if isinstance(reply.body, bytes):
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+        return Stream(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:

@@ -115,6 +115,7 @@ from contracts.messages.styles import (
     TryEnhancement,
 )
 from contracts.runtime.bus import job_events, request
+from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 from contracts.streams import UI_SECRETS, UI_SESSIONS
@@ -338,6 +339,13 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         csrf_config.secret = await shared_secret(await open_bucket(js, UI_SECRETS, replicas), "csrf")
 
     runtime.on_startup(open_shared_state)
+    kept: dict[str, ObjectStoreOutputs] = {}
+
+    def outputs() -> ObjectStoreOutputs:
+        """One store handle for the app (opening the bucket asks JetStream; not once per request)."""
+        if "outputs" not in kept:
+            kept["outputs"] = ObjectStoreOutputs(runtime.nc.jetstream())
+        return kept["outputs"]
 
     async def ask(subject: str, message: Any, result_type: type, timeout: float = 5.0) -> Any:
         return await request(runtime.nc, subject, message, result_type, timeout=timeout)
@@ -421,17 +429,22 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
         )
 
     @get("/ui-images/{output_id:str}", guards=[require_admin])
-    async def image(output_id: str) -> Stream:
-        """An output's bytes from the shared object store, streamed, for the signed-in admin only."""
-        outputs = ObjectStoreOutputs(runtime.nc.jetstream())
-        info = await outputs.info(output_id)
-        if info is None:
-            raise HTTPException(status_code=404, detail="This image is no longer stored.")
-        return Stream(
-            outputs.read(output_id),
-            media_type=info.content_type,
-            headers={"Cache-Control": "private, max-age=3600", "Content-Length": str(info.size)},
+    async def image(request: Request, output_id: str) -> Response | Stream:
+        """An output's bytes from the shared object store, for the signed-in admin only."""
+        reply = await output_reply(
+            outputs(),
+            output_id,
+            if_none_match=request.headers.get("if-none-match"),
+            range_header=request.headers.get("range"),
+            cache_control="private, max-age=3600",
         )
+        if reply.status == 404:
+            raise HTTPException(status_code=404, detail="This image is no longer stored.")
+        if reply.error is not None:
+            raise HTTPException(status_code=503, detail=f"The image cannot be read now: {reply.error.info.message}")
+        if isinstance(reply.body, bytes):
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+        return Stream(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
     # -- instances --------------------------------------------------------------------------------
 
@@ -1061,7 +1074,7 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
                 client_name="admin-ui",
             )
             # An uploaded image goes through the object store, not inside the NATS request (max_payload).
-            async with input_image_staged(ObjectStoreOutputs(runtime.nc.jetstream()), generation) as staged:
+            async with input_image_staged(outputs(), generation) as staged:
                 reply = await ask(subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=60)
         except HubError as exc:
             return await generate_page(request, form, {generation_field(exc): exc.info.message})

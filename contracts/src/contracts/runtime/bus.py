@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
-from contracts.streams import StreamSpec, job_events_filter
+from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, job_events_filter, job_of_event_subject
 
 T = TypeVar("T")
 
 log = get_logger("bus")
+
+# A follower without an idle timeout still re-reads the stream this often while no event comes (see job_events).
+CATCH_UP_S = 5.0
 
 
 async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0) -> NatsClient:
@@ -136,6 +142,7 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         num_replicas=replicas,
         max_age=spec.max_age_s,
         description=spec.description,
+        allow_direct=True,  # followers read a job's events by direct gets, without a consumer each (job_events)
     )
 
 
@@ -153,26 +160,112 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
     await through_election(create_or_update, f"creating the {spec.name} stream")
 
 
+class _JobEventFanout:
+    """One core subscription to every job's events per connection, handed to the followers of each job: a
+    follower costs the server nothing (no consumer each; nats-server refuses consumers past its limit)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._followers: dict[str, set[asyncio.Queue[bytes]]] = {}
+        self._subscribing = asyncio.Lock()
+        self._subscribed = False
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """A queue that gets each event of `job_id` published from now on (payloads, in publish order)."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._followers.setdefault(job_id, set()).add(queue)
+        try:
+            await self._subscribe()
+            yield queue
+        finally:
+            followers = self._followers.get(job_id, set())
+            followers.discard(queue)
+            if not followers:
+                self._followers.pop(job_id, None)
+
+    async def _subscribe(self) -> None:
+        async with self._subscribing:
+            if not self._subscribed:
+                await self._nc.subscribe(EVENTS_SUBJECTS, cb=self._deliver)
+                self._subscribed = True
+        await self._nc.flush()  # the server has the interest: whatever is published after this reaches us
+
+    async def _deliver(self, message: Msg) -> None:
+        for queue in self._followers.get(job_of_event_subject(message.subject), ()):
+            queue.put_nowait(message.data)
+
+
+_fanouts: weakref.WeakKeyDictionary[NatsClient, _JobEventFanout] = weakref.WeakKeyDictionary()
+
+
+def _fanout(nc: NatsClient) -> _JobEventFanout:
+    if nc not in _fanouts:
+        _fanouts[nc] = _JobEventFanout(nc)
+    return _fanouts[nc]
+
+
+class _StoredEvents:
+    """A job's events as stored in the events stream, read by direct gets from a cursor (no consumer)."""
+
+    def __init__(self, js: JetStreamContext, job_id: str) -> None:
+        self._js = js
+        self._filter = job_events_filter(job_id)
+        self._next_seq = 1
+
+    async def newer(self) -> AsyncIterator[bytes]:
+        """The payloads stored since the last call (from the job's first event on the first call)."""
+        while True:
+            try:
+                message = await self._js.get_msg(
+                    EVENTS_STREAM, seq=self._next_seq, subject=self._filter, next=True, direct=True
+                )
+            except NotFoundError:
+                return
+            except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+                raise HubError(ErrorCode.UNAVAILABLE, f"the events stream does not answer ({exc!r})") from exc
+            self._next_seq = message.seq + 1
+            yield message.data or b""
+
+
 async def job_events(
     nc: NatsClient, job_id: str, *, idle_s: float | None = None
 ) -> AsyncIterator[GenerationEvent | None]:
-    """Every event of one job from its first, in order (replayed from JetStream), until the caller stops.
+    """Every event of one job from its first, in order, until the caller stops: those stored so far (direct
+    gets from the events stream), then those published since (the connection's shared subscription).
 
     With `idle_s`, None comes after that long without an event (an SSE stream sends a keep-alive then). An event
     of a newer version than this code knows is skipped.
     """
-    subscription = await nc.jetstream().subscribe(job_events_filter(job_id), ordered_consumer=True)
-    try:
+    stored = _StoredEvents(nc.jetstream(), job_id)
+    last_seq = 0
+    async with _fanout(nc).follow(job_id) as live:
+        payload: bytes | None = None
+        reread, read_at = True, -1  # read_at: nc.stats["reconnects"] at the last re-read after a live event
         while True:
+            if reread:
+                async for older in stored.newer():
+                    if (event := _decoded(older)) is not None and event.seq > last_seq:
+                        last_seq = event.seq
+                        yield event
+            if payload is not None and (event := _decoded(payload)) is not None and event.seq > last_seq:
+                last_seq = event.seq
+                yield event
             try:
-                message = await subscription.next_msg(timeout=idle_s or 3600)
+                payload = await asyncio.wait_for(live.get(), idle_s or CATCH_UP_S)
             except TimeoutError:
+                payload = None
                 if idle_s is not None:
                     yield None
-                continue
-            try:
-                yield msgspec.json.decode(message.data, type=GenerationEvent)
-            except (msgspec.ValidationError, msgspec.DecodeError):
-                continue
-    finally:
-        await subscription.unsubscribe()
+            # Re-read the stream before the first live event (one published while we joined may be stored only
+            # now), after a reconnect (live ones were lost meanwhile) and in each quiet spell.
+            reread = payload is None or read_at != nc.stats["reconnects"]
+            if payload is not None:
+                read_at = nc.stats["reconnects"]
+
+
+def _decoded(payload: bytes) -> GenerationEvent | None:
+    try:
+        return msgspec.json.decode(payload, type=GenerationEvent)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None

@@ -16,9 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO, Protocol
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, StorageType
+from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
@@ -26,6 +29,7 @@ from contracts.runtime.bus import through_election
 from contracts.streams import OUTPUTS_BUCKET
 
 CHUNK_SIZE = 128 * 1024
+OUTPUTS_STREAM = OBJ_STREAM_TEMPLATE.format(bucket=OUTPUTS_BUCKET)
 
 
 def new_output_id() -> str:
@@ -110,14 +114,26 @@ class ObjectStoreOutputs:
 
     async def _find_or_create(self):  # type: ignore[no-untyped-def]
         try:
-            return await self._js.object_store(OUTPUTS_BUCKET)
+            store = await self._js.object_store(OUTPUTS_BUCKET)
         except (BucketNotFoundError, NotFoundError):
-            pass
+            store = await self._create()
+        await self._allow_direct_reads()
+        return store
+
+    async def _create(self):  # type: ignore[no-untyped-def]
         config = ObjectStoreConfig(description="Generated outputs", storage=StorageType.FILE, replicas=self._replicas)
         try:
             return await self._js.create_object_store(OUTPUTS_BUCKET, config=config)
         except BadRequestError:  # another replica created it meanwhile
             return await self._js.object_store(OUTPUTS_BUCKET)
+
+    async def _allow_direct_reads(self) -> None:
+        """Outputs are read by direct gets (no consumer per read); a bucket made by an older hub (or nats-py)
+        may not allow them yet, so switch it on (idempotent; every replica may race to do this)."""
+        config = (await self._js.stream_info(OUTPUTS_STREAM)).config
+        if not config.allow_direct:
+            config.allow_direct = True
+            await self._js.update_stream(config)
 
     async def save(self, source: BinaryIO, *, filename: str, content_type: str, job_id: str) -> OutputFile:
         """Store from a file-like object, chunk by chunk (the file is never loaded whole)."""
@@ -139,36 +155,55 @@ class ObjectStoreOutputs:
         )
 
     async def info(self, output_id: str) -> OutputFile | None:
-        store = await self._bucket()
-        try:
-            info = await store.get_info(output_id)
-        except (ObjectNotFoundError, NotFoundError):
+        located = await self._object_info(output_id)
+        if located is None:
             return None
-        if info.deleted:
-            return None
-        headers = msgspec.json.decode(info.description or "{}", type=_Headers)
+        headers = msgspec.json.decode(located.description or "{}", type=_Headers)
         return OutputFile(
             output_id=output_id,
             content_type=headers.content_type,
-            size=int(info.size or 0),
+            size=int(located.size or 0),
             filename=headers.filename,
             kind=output_kind(headers.content_type),  # type: ignore[arg-type]
         )
 
     async def read(self, output_id: str) -> AsyncIterator[bytes]:
-        """The bytes of an output, chunk by chunk (an ordered consumer over the bucket's chunk subject)."""
-        store = await self._bucket()
-        info = await store.get_info(output_id)
-        if not info.size:
-            return
-        sub = await self._js.subscribe(f"$O.{OUTPUTS_BUCKET}.C.{info.nuid}", ordered_consumer=True)
+        """The bytes of an output, chunk by chunk, by direct gets: no consumer per read (nats-server limits
+        consumers, and a read at every image request would soon reach that limit). A chunk that is gone (the
+        output was deleted meanwhile) raises NOT_FOUND."""
+        located = await self._object_info(output_id)
+        if located is None:
+            raise HubError(ErrorCode.NOT_FOUND, f"no output `{output_id}` (it may have been deleted)")
+        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=located.nuid)
+        seq = 1
+        for _ in range(int(located.chunks or 0)):
+            chunk = await self._direct_get(subject, seq)
+            if chunk is None:
+                raise HubError(ErrorCode.NOT_FOUND, f"output `{output_id}` was deleted while being read")
+            seq = chunk.seq + 1
+            yield chunk.data or b""
+
+    async def _object_info(self, output_id: str) -> ObjectInfo | None:
+        """The object's meta message (its last one), or None for an unknown or deleted output."""
+        name = base64.urlsafe_b64encode(output_id.encode()).decode()
+        message = await self._direct_get(OBJ_META_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=name))
+        if message is None:
+            return None
+        info = ObjectInfo.from_response(msgspec.json.decode(message.data or b"{}"))
+        return None if info.deleted else info
+
+    async def _direct_get(self, subject: str, after_seq: int | None = None) -> RawStreamMsg | None:
+        """The last message on `subject`, or with `after_seq` the first at or after that sequence; None if none.
+        A direct get is answered by any replica of the stream, without a consumer."""
+        await self._bucket()
         try:
-            async for msg in sub._message_iterator:
-                yield msg.data
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+            if after_seq is None:
+                return await self._js.get_last_msg(OUTPUTS_STREAM, subject, direct=True)
+            return await self._js.get_msg(OUTPUTS_STREAM, seq=after_seq, subject=subject, next=True, direct=True)
+        except NotFoundError:
+            return None
+        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            raise HubError(ErrorCode.UNAVAILABLE, f"the output store does not answer ({exc!r}); is NATS up?") from exc
 
     async def read_all(self, output_id: str) -> bytes:
         return b"".join([chunk async for chunk in self.read(output_id)])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from dispatch_support import Hub, add_instance, checkpoint_of, submit, wait_final, wait_for
+from dispatch_support import Hub, add_instance, checkpoint_of, job, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 
 from dispatch_service.replica import take_identity
@@ -152,3 +152,52 @@ def test_replicas_sharing_a_data_folder_get_distinct_identities_and_a_restart_ge
     assert first.name != second.name  # two live replicas never reclaim each other's leases
     first.release()  # what the OS does when the process dies, kill -9 included
     assert take_identity(tmp_path).name == first.name
+
+
+async def test_a_graceful_stop_lets_short_jobs_finish_and_hands_the_others_back_at_once(
+    private_nats: NatsServer, tmp_path: Path
+):
+    # Grace of 3 s: the job on `quick` (1.5 s) finishes in it, the one on `slow` (20 s) does not. The take-over
+    # time is long: only a job handed back runs again soon.
+    env = {"HUB_DISPATCH_TAKEOVER_S": "60", "HUB_DISPATCH_STALL_TIMEOUT_S": "30", "HUB_SHUTDOWN_TIMEOUT_S": "3"}
+    data = tmp_path / "data"
+    data.mkdir()
+    hub = Hub(nats_url=private_nats.url, data_dir=data, nc=await nats.connect(private_nats.url))
+    for name in ("registry", "prompt", "dispatch"):
+        hub.start(name, **env)
+    doubles: list[ComfyUIDouble] = []
+    try:
+        for name in ("registry", "prompt", "dispatch"):
+            await hub.processes[name].wait_healthy(hub.nc)
+        ckpt = await checkpoint_of(hub.nc)
+        for name, seconds in (("quick", 1.5), ("slow", 20)):
+            doubles.append(ComfyUIDouble(name=name, models={"checkpoints": [ckpt]}, work_seconds=seconds))
+            await doubles[-1].start()
+            await add_instance(hub.nc, doubles[-1], name)
+        quick, slow = doubles
+        await asyncio.sleep(0.5)
+        replies = [await submit(hub.nc, f"stopped mid-run {i}", seed=i) for i in range(2)]
+        views = [await wait_for(hub.nc, r.job_id, {"running"}) for r in replies]
+        on_slow = next(v for v in views if v.instance == "slow")
+        on_quick = next(v for v in views if v.instance == "quick")
+
+        assert await hub.processes["dispatch"].stop(timeout_s=30) == 0
+        stopped_at = time.monotonic()
+        # The other was interrupted on ComfyUI, not left running there (it would end after 20 s, a success).
+        while f"{on_slow.job_id}-1" not in slow.history:
+            assert time.monotonic() - stopped_at < 10, "the job handed back was left running on ComfyUI"
+            await asyncio.sleep(0.05)
+        assert slow.history[f"{on_slow.job_id}-1"]["status"]["status_str"] == "error"
+        restarted = hub.start("dispatch", **env)  # the stopped one answers no more: ask the next one
+        await restarted.wait_healthy(hub.nc)
+        done = await job(hub.nc, on_quick.job_id)
+        assert (done.status, done.attempts) == ("completed", 1)  # it finished within the grace
+        # The job handed back runs again at once, not after the take-over time.
+        while f"{on_slow.job_id}-2" not in quick.executed_prompt_ids + slow.executed_prompt_ids:
+            assert time.monotonic() - stopped_at < 20, restarted.log()
+            await asyncio.sleep(0.05)
+    finally:
+        for double in doubles:
+            await double.stop()
+        hub.stop_all()
+        await hub.nc.close()

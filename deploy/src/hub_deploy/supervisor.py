@@ -167,7 +167,8 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
         exit_code = 1
     finally:
         log.info("stopping the hub")
-        await asyncio.gather(*(child.stop(settings.shutdown_timeout_s + 5) for child in reversed(children)))
+        # A dispatcher may take the shutdown timeout to let jobs finish, then a few seconds to hand the rest back.
+        await asyncio.gather(*(child.stop(settings.shutdown_timeout_s + 15) for child in reversed(children)))
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()

@@ -64,7 +64,7 @@ def build(settings: Settings) -> ServiceRuntime:
     async def stop(_rt: ServiceRuntime) -> None:
         dispatcher = holder.get("dispatcher")
         if dispatcher is not None:
-            await dispatcher.scheduler.stop()
+            await dispatcher.scheduler.stop(settings.shutdown_timeout_s)
             await dispatcher.pool.close()
 
     runtime.on_startup(start)

@@ -72,6 +72,7 @@ log = get_logger("scheduler")
 
 CONSUMER = "dispatch"
 RETRY_DELAY_S = 0.2
+HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of the jobs handed back
 PROGRESS_WRITE_EVERY_S = 0.5
 PROGRESS_EVENT_EVERY_S = 0.1
 
@@ -119,6 +120,7 @@ class _Running:
     job_id: str
     instance: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    hand_back: bool = False  # interrupted because this dispatcher stops: the job goes back to the stream
 
 
 class Scheduler:
@@ -308,12 +310,32 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def stop(self) -> None:
-        """Stop running jobs' bookkeeping: their messages are not acked, so another dispatcher takes them."""
-        for task in list(self._tasks):
+    async def stop(self, grace_s: float) -> None:
+        """A graceful stop, once the fetch loop has ended (no new job starts). Running jobs may finish within
+        `grace_s`; the others are interrupted on ComfyUI and handed back to the stream at once, so another replica
+        or the next start runs them first, without waiting out the take-over time (nor ComfyUI running them twice).
+        """
+        await self._hand_back_bound()
+        pending = set(self._tasks)
+        if self.running:
+            log.info("waiting for running jobs before stopping", jobs=sorted(self.running), within_s=grace_s)
+            _, pending = await asyncio.wait(pending, timeout=grace_s) if pending else (set(), set())
+        if pending:
+            for running in self.running.values():
+                running.hand_back = True
+                running.cancel.set()
+            _, pending = await asyncio.wait(pending, timeout=HAND_BACK_WITHIN_S)
+        for task in pending:  # not handed back in time: its message is redelivered after the take-over time
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        if pending:
+            await asyncio.wait(pending, timeout=2)
+
+    async def _hand_back_bound(self) -> None:
+        """round_robin: jobs bound to an instance but not started go back to the stream."""
+        for queue in self._bound.values():
+            while queue:
+                with contextlib.suppress(Exception):
+                    await queue.popleft().nak()
 
     # -- running one job ----------------------------------------------------------------------------
 
@@ -369,7 +391,10 @@ class Scheduler:
         except asyncio.CancelledError:
             raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
         except Exception as exc:
-            await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
+            if running.hand_back and isinstance(exc, ComfyError):
+                await self._hand_back(msg, job_id, state.config.name, attempt)
+            else:
+                await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
             keep_alive.cancel()
             self.running.pop(job_id, None)
@@ -400,6 +425,21 @@ class Scheduler:
             bound_log.error("job crashed the runner", exc_info=exc)
             await self.fail(await self.store.require(job_id), f"internal dispatcher error: {type(exc).__name__}")
         await msg.ack()
+
+    async def _hand_back(self, msg: Msg, job_id: str, instance: str, attempt: int) -> None:
+        """This dispatcher stops: the interrupted job is waiting again and its message is redelivered at once, ahead
+        of the jobs that wait behind it."""
+        requeued = await self.store.transition(
+            job_id, ("running",), status="queued", instance=None, progress_value=0, progress_max=0
+        )
+        if not requeued:  # a cancel came first
+            await self._cancelled(job_id, instance)
+            await msg.ack()
+            return
+        await msg.nak()
+        reason = "handed back: the dispatcher running it is stopping"
+        await self.events.publish(JobRetrying, job_id=job_id, instance=instance, attempt=attempt, reason=reason)
+        log.info("job handed back to the queue: this dispatcher is stopping", job_id=job_id, instance=instance)
 
     async def _keep_alive(self, msg: Msg, slot: _Slot) -> None:
         """While the job is ours: keep its message from being redelivered, and its slot lease alive."""

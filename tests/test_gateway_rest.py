@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import msgspec
 import pytest
+from doubles.png import png_size
 from gateway_support import GatewayHub, gateway_hub
 from openapi_spec_validator import validate
 
@@ -133,3 +134,24 @@ async def test_delete_cancels_a_running_generation(gw: GatewayHub, api: httpx.As
     finally:
         gw.comfy.work_seconds = 0.2
     assert msgspec.json.decode(cancelled.content)["job_id"] == job_id
+
+
+async def wait_done(api: httpx.AsyncClient, job_id: str, timeout_s: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout_s
+    while not (view := (await api.get(f"/api/v1/generations/{job_id}")).json())["done"]:
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)
+    return view
+
+
+async def test_every_image_reports_the_size_read_from_its_file(api: httpx.AsyncClient) -> None:
+    submitted = await api.post(
+        "/api/v1/generations", json={"prompt": "a narrow tower", "width": 320, "height": 192, "count": 2}
+    )
+    assert submitted.status_code == 202, submitted.text
+    result = await wait_done(api, submitted.json()["job_id"])
+    assert result["status"] == "completed" and len(result["images"]) == 2, result
+    for image in result["images"]:
+        assert (image["width"], image["height"]) == (320, 192), image
+        data = (await api.get(image["url"])).content
+        assert png_size(data) == (320, 192)

@@ -43,6 +43,7 @@ from contracts.messages.events import (
 from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile
 from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
+from contracts.runtime.images import image_size
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
 from contracts.streams import JOBS_STREAM, job_subject
@@ -500,6 +501,9 @@ class Scheduler:
                     async for chunk in stream.chunks():
                         spool.write(chunk)
                     output = await self._save_output(spool, ref.filename, stream.content_type, job_id)
+                    size = await asyncio.to_thread(image_size, spool)
+            if size is not None:
+                output = msgspec.structs.replace(output, width=size[0], height=size[1])
             stored.append(output)
             # Not awaited for confirmation: `completed`, sent after it on the same connection, is.
             await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)

@@ -7,6 +7,8 @@ Needs the `images` extra of genimage-contracts (Pillow).
 from __future__ import annotations
 
 import io
+import warnings
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -52,3 +54,18 @@ def checked_image_type(data: bytes, field: str) -> str:
         # Pillow reports a damaged or truncated file with these (SyntaxError from some plugins' parsers).
         raise _refused(field, f"not a valid image ({exc})") from None
     return ACCEPTED_FORMATS[kind]
+
+
+def image_size(source: BinaryIO) -> tuple[int, int] | None:
+    """(width, height) read from an image file's header (PNG, JPEG, WebP, GIF, ...); None for anything else
+    (a video, a damaged file). Pillow opens lazily: only the header is read, no pixel is decoded."""
+    source.seek(0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # only the size is wanted
+            with Image.open(source) as image:
+                return image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError):
+        return None
+    finally:
+        source.seek(0)

@@ -534,3 +534,95 @@ async def test_a_large_input_image_goes_through_the_store_not_a_nats_message(gw:
             "generate_image", {"prompt": "x", "render_type": "img2img", "input_image": {"base64": "%%%"}}
         )
         assert bad.is_error and bad.structured_content["error"]["field"] == "input_image.base64"
+
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientInfo": {"name": "desktop", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+class StdioBridge:
+    """`python -m gateway.stdio` as a desktop client runs it: JSON-RPC lines on its stdin and stdout."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self._args = ("-m", "gateway.stdio", "--url", url, "--key", key)
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> StdioBridge:
+        import sys
+
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, *self._args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), 10)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(json.dumps(message).encode() + b"\n")
+        await self._process.stdin.drain()
+
+    async def ask(self, message: dict[str, Any], within_s: float = 15) -> dict[str, Any]:
+        """Send a request; its answer (notifications before it are skipped), which must come within `within_s`."""
+        assert self._process is not None and self._process.stdout is not None
+        await self.send(message)
+        async with asyncio.timeout(within_s):
+            while True:
+                line = await self._process.stdout.readline()
+                assert line, "the bridge closed its stdout"
+                answer = json.loads(line)
+                if answer.get("id") == message["id"]:
+                    return answer
+
+
+def modern(request_id: int, method: str, **params: Any) -> dict[str, Any]:
+    meta = MODERN_META
+    if method.startswith("tasks/"):
+        tasks = {"extensions": {"io.modelcontextprotocol/tasks": {}}}
+        meta = {**MODERN_META, "io.modelcontextprotocol/clientCapabilities": tasks}
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {**params, "_meta": meta}}
+
+
+async def test_stdio_bridge_speaks_every_era_to_the_hub(gw: GatewayHub) -> None:
+    async with StdioBridge(f"{gw.base_url}/mcp", gw.key.secret) as bridge:
+        # 2026-07-28: no handshake; the bridge adds MCP-Protocol-Version, Mcp-Method and Mcp-Name from each message.
+        discovered = await bridge.ask(modern(1, "server/discover"))
+        assert "2026-07-28" in discovered["result"]["supportedVersions"], discovered
+        called = await bridge.ask(modern(2, "tools/call", name="list_render_types", arguments={}))
+        assert "sdxl" in [r["name"] for r in called["result"]["structuredContent"]["render_types"]], called
+        unknown_task = await bridge.ask(modern(3, "tasks/get", taskId="no-such-task"))
+        assert "not found" in unknown_task["error"]["message"], unknown_task
+    for version in ("2025-03-26", "2025-06-18", "2025-11-25"):
+        async with StdioBridge(f"{gw.base_url}/mcp", gw.key.secret) as bridge:
+            init = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
+            assert (await bridge.ask(init))["result"]["protocolVersion"] == version
+            await bridge.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            listed = await bridge.ask({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+            assert "generate_image" in {tool["name"] for tool in listed["result"]["tools"]}, (version, listed)
+
+
+async def test_stdio_bridge_says_at_once_that_a_key_is_wrong(gw: GatewayHub) -> None:
+    async with StdioBridge(f"{gw.base_url}/mcp", "ghub_wrong-key-00000000000000000000000000") as bridge:
+        for request in (INIT, modern(2, "tools/list")):
+            answer = await bridge.ask(request)
+            assert answer["error"]["message"].startswith("invalid API key: the key is not valid"), answer
+
+
+async def test_stdio_bridge_says_at_once_that_the_hub_cannot_be_reached() -> None:
+    from hub_deploy.natsserver import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    async with StdioBridge(url, "ghub_any") as bridge:
+        for request in (INIT, modern(2, "tools/list")):
+            answer = await bridge.ask(request, within_s=10)
+            assert answer["error"]["message"].startswith(f"cannot reach the hub at {url}"), answer

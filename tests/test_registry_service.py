@@ -23,6 +23,7 @@ from contracts.messages.render_types import (
     GetRenderTypeHistory,
     ListRenderTypes,
     ParameterMap,
+    ParameterSpec,
     RenderDefaults,
     RenderLimits,
     RenderType,
@@ -133,6 +134,34 @@ async def test_the_shipped_render_types_are_listed_with_the_parameters_each_acce
     assert render_types["video"].output_kind == "video" and render_types["sdxl"].output_kind == "image"
     flux_width = next(s for s in render_types["flux"].parameter_specs if s.name == "width")
     assert (flux_width.multiple_of, flux_width.maximum) == (16, 2048)
+    assert (specs["seed"].maximum, specs["cfg"].maximum) == (2**63 - 1, 50)
+    for summary in render_types.values():
+        assert_specs_within_the_request_limits(summary.parameter_specs)
+
+
+def assert_specs_within_the_request_limits(specs: list[ParameterSpec]) -> None:
+    """Every advertised bound is one a generation request can reach: the request's validation agrees with it."""
+    from contracts.messages.jobs import GenerationRequest
+
+    schema = msgspec.json.schema(GenerationRequest)
+    fields = schema["$defs"]["GenerationRequest"]["properties"]
+    for spec in specs:
+        field = fields.get("count" if spec.name == "batch_size" else spec.name)
+        if field is None or spec.maximum is None:
+            continue
+        bounds = next(option for option in field.get("anyOf", [field]) if option.get("type") in ("integer", "number"))
+        assert bounds["minimum"] <= spec.minimum and spec.maximum <= bounds["maximum"], (spec, bounds)
+        if spec.name != "batch_size":
+            msgspec.convert({"prompt": "x", spec.name: spec.maximum}, GenerationRequest)  # accepted, not refused
+
+
+def test_parameter_specs_never_advertise_more_than_a_request_may_ask() -> None:
+    from registry_service.parameters import parameter_specs
+
+    generous = tiny("generous", limits=RenderLimits(min_size=16, max_size=16384, max_steps=10000, max_batch_size=64))
+    specs = {spec.name: spec for spec in parameter_specs(generous)}
+    assert (specs["width"].minimum, specs["width"].maximum, specs["batch_size"].maximum) == (64, 8192, 16)
+    assert_specs_within_the_request_limits(list(specs.values()))
 
 
 # -- resolve ------------------------------------------------------------------------------------------------

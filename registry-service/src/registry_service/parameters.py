@@ -13,6 +13,14 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.jobs import (
+    REQUEST_MAX_CFG,
+    REQUEST_MAX_COUNT,
+    REQUEST_MAX_SEED,
+    REQUEST_MAX_SIZE,
+    REQUEST_MAX_STEPS,
+    REQUEST_MIN_SIZE,
+)
 from contracts.messages.render_types import (
     GenerationParams,
     ParameterMap,
@@ -227,18 +235,20 @@ def parameter_specs(render_type: RenderType) -> list[ParameterSpec]:
             continue
         info = PARAMETERS[name]
         spec = ParameterSpec(name=name, type=info.type, description=info.description)
+        # A request passes the generation request's limits first, then the render type's: advertise both at once.
         if name in ("width", "height"):
-            spec.minimum, spec.maximum, spec.multiple_of = limits.min_size, limits.max_size, limits.size_multiple
+            spec.minimum = max(limits.min_size, REQUEST_MIN_SIZE)
+            spec.maximum, spec.multiple_of = min(limits.max_size, REQUEST_MAX_SIZE), limits.size_multiple
         elif name == "steps":
-            spec.minimum, spec.maximum = 1, limits.max_steps
+            spec.minimum, spec.maximum = 1, min(limits.max_steps, REQUEST_MAX_STEPS)
         elif name == "batch_size":
-            spec.minimum, spec.maximum = 1, limits.max_batch_size
+            spec.minimum, spec.maximum = 1, min(limits.max_batch_size, REQUEST_MAX_COUNT)
         elif name == "cfg":
-            spec.minimum, spec.maximum = 0.0, COMFY_MAX_CFG
+            spec.minimum, spec.maximum = 0.0, min(COMFY_MAX_CFG, REQUEST_MAX_CFG)
         elif name == "denoise":
             spec.minimum, spec.maximum = 0.0, 1.0
         elif name == "seed":
-            spec.minimum, spec.maximum = 0, COMFY_MAX_SEED
+            spec.minimum, spec.maximum = 0, min(COMFY_MAX_SEED, REQUEST_MAX_SEED)
             spec.description += " Omit it for a random one (the one used is reported)."
         elif name == "input_image":
             spec.required = True

@@ -26,6 +26,14 @@ class InputImage(Request):
     filename: str | None = None
 
 
+# What a generation request may ask; the registry's parameter_specs advertise these, clamped to a render type's own.
+REQUEST_MAX_SEED = 2**63 - 1  # a signed 64-bit integer, which every client and database holds exactly
+REQUEST_MIN_SIZE, REQUEST_MAX_SIZE = 64, 8192
+REQUEST_MAX_STEPS = 200
+REQUEST_MAX_CFG = 50.0
+REQUEST_MAX_COUNT = 16
+
+
 class GenerationRequest(Request):
     prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=8000, description="What the image should show.")]
     negative_prompt: Annotated[str, msgspec.Meta(max_length=8000, description="What the image must not show.")] = ""
@@ -40,12 +48,16 @@ class GenerationRequest(Request):
     enhance_prompt: Annotated[
         bool, msgspec.Meta(description="Let a local LLM rewrite the prompt with more detail first.")
     ] = False
-    seed: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1, description="Omit for a random seed.")] | None = None
-    width: Annotated[int, msgspec.Meta(ge=64, le=8192, description="Multiple of 8.")] | None = None
-    height: Annotated[int, msgspec.Meta(ge=64, le=8192, description="Multiple of 8.")] | None = None
-    steps: Annotated[int, msgspec.Meta(ge=1, le=200)] | None = None
-    cfg: Annotated[float, msgspec.Meta(ge=0, le=50)] | None = None
-    count: Annotated[int, msgspec.Meta(ge=1, le=16, description="How many images to make.")] = 1
+    seed: Annotated[int, msgspec.Meta(ge=0, le=REQUEST_MAX_SEED, description="Omit for a random seed.")] | None = None
+    width: (
+        Annotated[int, msgspec.Meta(ge=REQUEST_MIN_SIZE, le=REQUEST_MAX_SIZE, description="Multiple of 8.")] | None
+    ) = None
+    height: (
+        Annotated[int, msgspec.Meta(ge=REQUEST_MIN_SIZE, le=REQUEST_MAX_SIZE, description="Multiple of 8.")] | None
+    ) = None
+    steps: Annotated[int, msgspec.Meta(ge=1, le=REQUEST_MAX_STEPS)] | None = None
+    cfg: Annotated[float, msgspec.Meta(ge=0, le=REQUEST_MAX_CFG)] | None = None
+    count: Annotated[int, msgspec.Meta(ge=1, le=REQUEST_MAX_COUNT, description="How many images to make.")] = 1
     input_image: InputImage | None = None
     # Filled by the gateway, not by the caller:
     api_key_id: str | None = None

@@ -19,6 +19,8 @@ from contracts.messages.instances import InstanceList, ListInstances
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
 from contracts.runtime.bus import request
 
+UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # what the shipped `upscale` render type loads
+
 
 @dataclass
 class GatewayHub:
@@ -46,7 +48,8 @@ async def gateway_hub(nats_url: str, data_dir, **gateway_env: str) -> AsyncItera
         gateway = hub.start("gateway", **gateway_env)
         await gateway.wait_healthy(nc)
         base_url = f"http://127.0.0.1:{gateway.env['HUB_GATEWAY_PORT']}"
-        comfy = ComfyUIDouble(name="gw-comfy", models={"checkpoints": [await checkpoint_of(nc)]}, work_seconds=0.2)
+        models = {"checkpoints": [await checkpoint_of(nc)], "upscale_models": [UPSCALE_MODEL]}
+        comfy = ComfyUIDouble(name="gw-comfy", models=models, work_seconds=0.2)
         await comfy.start()
         await add_instance(nc, comfy, "gw-comfy", slots=2)
         deadline = time.monotonic() + 15

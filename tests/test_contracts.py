@@ -165,7 +165,7 @@ def test_a_reply_with_neither_result_nor_error_is_an_internal_error() -> None:
         (b'{"prompt": "a cat", "width": "wide"}', "width", "Expected `int"),
         (b'{"prompt": "a cat", "width": 12}', "width", ">= 64"),
         (b'{"prompt": "a cat", "widht": 512}', "widht", "accepted fields are"),
-        (b"{}", "prompt", "is required"),
+        (b'{"prompt": 3}', "prompt", "Expected `str`"),
         (b'{"prompt": "a cat", "input_image": {"urll": "x"}}', "input_image.urll", "unknown field"),
         (b'{"prompt": "a cat", "styles": ["ok", 3]}', "styles[1]", "Expected `str`"),
     ],

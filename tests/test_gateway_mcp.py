@@ -296,7 +296,10 @@ async def test_tools_are_listed_with_schemas_from_the_contracts(gw: GatewayHub) 
         "preview_prompt",
     }
     generate = tools["generate_image"]
-    assert generate.input_schema["required"] == ["prompt"]
+    # Not every render type takes a prompt (upscale does not): the description says where it is needed.
+    assert "prompt" not in generate.input_schema.get("required", [])
+    assert "omit it" in generate.input_schema["properties"]["prompt"]["description"]
+    assert "without a prompt slot" in (generate.description or "")
     assert "api_key_id" not in generate.input_schema["properties"]
     assert "input_image" in generate.input_schema["properties"] and "$defs" in generate.input_schema
     assert generate.output_schema and "job_id" in generate.output_schema["properties"]
@@ -626,3 +629,26 @@ async def test_stdio_bridge_says_at_once_that_the_hub_cannot_be_reached() -> Non
         for request in (INIT, modern(2, "tools/list")):
             answer = await bridge.ask(request, within_s=10)
             assert answer["error"]["message"].startswith(f"cannot reach the hub at {url}"), answer
+
+
+async def test_a_render_type_without_a_prompt_slot_runs_without_a_prompt(gw: GatewayHub) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 24), (10, 200, 10)).save(picture, format="PNG")
+    async with Mcp(gw) as session:
+        listed = (await session.call_tool("list_render_types", {})).structured_content
+        assert listed is not None
+        specs = {rt["name"]: {s["name"]: s for s in rt["parameter_specs"]} for rt in listed["render_types"]}
+        assert specs["sdxl"]["prompt"]["required"] is True and "prompt" not in specs["upscale"]
+
+        image = {"base64": base64.b64encode(picture.getvalue()).decode()}
+        result = await session.call_tool("generate_image", {"render_type": "upscale", "input_image": image})
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data is not None and data["status"] == "completed", data
+        assert data["prompt"] == "" and data["positive_prompt"] == "" and data["images"]
+        assert data["seed"] is None  # upscale has no seed: none is made up
+
+        blank = await session.call_tool("generate_image", {"render_type": "sdxl", "prompt": "  "})
+        assert blank.is_error and blank.structured_content is not None
+        error = blank.structured_content["error"]
+        assert error["field"] == "prompt" and "'sdxl' takes a prompt" in error["message"], error

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import csv
+import io
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 import pytest
-from doubles.png import png_size
+from dispatch_support import events_of
+from doubles.png import encode_solid_png, png_size
 from gateway_support import GatewayHub, gateway_hub
 from openapi_spec_validator import validate
 
 from contracts import subjects
+from contracts.errors import HubError
 from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.stats import ExportLog, GenerationRecord, GetGeneration, LogExport, QueryLog
 from contracts.runtime.bus import request
 from hub_deploy.natsserver import NatsServer
 
@@ -155,3 +161,56 @@ async def test_every_image_reports_the_size_read_from_its_file(api: httpx.AsyncC
         assert (image["width"], image["height"]) == (320, 192), image
         data = (await api.get(image["url"])).content
         assert png_size(data) == (320, 192)
+
+
+def png_of(width: int, height: int) -> str:
+    return base64.b64encode(encode_solid_png(width, height, (30, 60, 90))).decode()
+
+
+async def test_an_upscale_needs_no_prompt_and_a_blank_prompt_elsewhere_names_the_field(api: httpx.AsyncClient) -> None:
+    document = (await api.get("/api/v1/openapi.json")).json()
+    (schema,) = [s for name, s in document["components"]["schemas"].items() if name.endswith("NewGeneration")]
+    assert "prompt" not in schema.get("required", []) and "omit it" in schema["properties"]["prompt"]["description"]
+    image = {"base64": png_of(32, 24)}
+    upscale = await api.post("/api/v1/generations", json={"render_type": "upscale", "input_image": image})
+    assert upscale.status_code == 202, upscale.text
+    done = await wait_done(api, upscale.json()["job_id"])
+    assert done["status"] == "completed" and done["images"] and done["prompt"] == "", done
+    blank = await api.post("/api/v1/generations", json={"render_type": "sdxl"})
+    assert blank.status_code == 400 and blank.json()["error"]["field"] == "prompt", blank.text
+
+
+async def stats_record(gw: GatewayHub, job_id: str) -> GenerationRecord:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            record = await request(gw.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=job_id), GenerationRecord)
+            if record.status == "completed" and record.render_type:
+                return record
+        except HubError:
+            pass
+        assert time.monotonic() < deadline, job_id
+        await asyncio.sleep(0.1)
+
+
+async def test_the_seed_is_the_same_in_the_api_the_events_and_the_csv_export(
+    gw: GatewayHub, api: httpx.AsyncClient
+) -> None:
+    if "stats" not in gw.hub.processes:
+        await gw.hub.start("stats").wait_healthy(gw.nc)
+    drawn = await api.post("/api/v1/generations", json={"prompt": "a seeded fox"})
+    image = {"base64": png_of(16, 16)}
+    upscale = await api.post("/api/v1/generations", json={"render_type": "upscale", "input_image": image})
+    seen: dict[str, int | None] = {}
+    for submitted in (drawn, upscale):
+        job_id = submitted.json()["job_id"]
+        view = await wait_done(api, job_id)
+        accepted = (await events_of(gw.nc, job_id))[0]
+        record = await stats_record(gw, job_id)
+        query = QueryLog(render_type=view["render_type"])
+        part = await request(gw.nc, subjects.Stats.EXPORT, ExportLog(format="csv", query=query), LogExport)
+        cells = {row["job_id"]: row["seed"] for row in csv.DictReader(io.StringIO(part.content))}
+        assert submitted.json()["seed"] == view["seed"] == accepted.seed == record.seed, (view, accepted, record)
+        assert cells[job_id] == ("" if view["seed"] is None else str(view["seed"]))
+        seen[view["render_type"]] = view["seed"]
+    assert isinstance(seen["sdxl"], int) and seen["upscale"] is None  # null only where there is no seed slot

@@ -65,7 +65,7 @@ class Dispatcher:
             positive_prompt=prepared.built.positive,
             negative_prompt=prepared.built.negative,
             styles=prepared.built.styles_applied,
-            seed=params.seed if params.seed is not None else 0,
+            seed=params.seed,
             width=params.width,
             height=params.height,
             enhancement_error=prepared.built.enhancement_error,

@@ -34,7 +34,7 @@ from contracts.messages.render_types import (
     ResolvedWorkflow,
     ResolveRenderType,
 )
-from contracts.messages.styles import BuildPrompt, BuiltPrompt
+from contracts.messages.styles import BuildPrompt, BuiltPrompt, TraceStep
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import OutputStorage, decode_base64_image
 from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url
@@ -121,14 +121,19 @@ class PreparedJob(msgspec.Struct, kw_only=True):
     accepted_at: float
 
 
-async def prepare_job(
-    request: GenerationRequest, upstream: Upstream, storage: OutputStorage, allow: UrlAllowlist = PUBLIC_ONLY
-) -> PreparedJob:
-    """Everything that can be checked before the job is queued: a bad request fails here, clearly."""
-    job_id = new_job_id()
-    accepted_at = time.time()
-    render_type = request.render_type or await default_render_type(upstream)
-    built = await upstream.build_prompt(
+async def build_prompt(request: GenerationRequest, render_type: str, upstream: Upstream) -> BuiltPrompt:
+    """The final prompts (styles, LLM); a blank prompt stays blank: styles alone are no prompt, and a render type
+    without a prompt slot (an upscale, a filter) takes none. `require_prompt` refuses it where one is needed."""
+    if not request.prompt.strip():
+        return BuiltPrompt(
+            positive="",
+            negative=request.negative_prompt,
+            styles_applied=[],
+            enhanced=False,
+            trace=[TraceStep(step="no_prompt", detail="no prompt given: no style or LLM rewrite applied")],
+            render_type=render_type,
+        )
+    return await upstream.build_prompt(
         BuildPrompt(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -137,6 +142,26 @@ async def prepare_job(
             enhance=request.enhance_prompt,
         )
     )
+
+
+def require_prompt(request: GenerationRequest, resolved: ResolvedWorkflow) -> None:
+    """A render type with a prompt slot needs a prompt; only one without may be asked for with none."""
+    if not request.prompt.strip() and resolved.parameter_map.slots.get("prompt"):
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            f"the prompt is blank; render type {resolved.render_type!r} takes a prompt: describe the image",
+            field="prompt",
+        )
+
+
+async def prepare_job(
+    request: GenerationRequest, upstream: Upstream, storage: OutputStorage, allow: UrlAllowlist = PUBLIC_ONLY
+) -> PreparedJob:
+    """Everything that can be checked before the job is queued: a bad request fails here, clearly."""
+    job_id = new_job_id()
+    accepted_at = time.time()
+    render_type = request.render_type or await default_render_type(upstream)
+    built = await build_prompt(request, render_type, upstream)
     input_image_id: str | None = None
     input_name: str | None = None
     if request.input_image is not None:
@@ -163,6 +188,12 @@ async def prepare_job(
             ),
         )
     )
+    try:
+        require_prompt(request, resolved)
+    except HubError:
+        if input_image_id is not None:
+            await storage.delete(input_image_id)
+        raise
     return PreparedJob(
         job_id=job_id,
         request=request,

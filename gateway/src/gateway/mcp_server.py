@@ -89,6 +89,8 @@ TOOLS: tuple[_Tool, ...] = (
     _Tool(
         "generate_image",
         "Generate images from a text prompt (and optionally an input image for img2img/upscale render types). "
+        "`prompt` is required by render types that take one; render types without a prompt slot (e.g. upscale, "
+        "image filters: list_render_types shows no `prompt` parameter) take none, so omit it there. "
         "Waits for the result up to a time budget; returns links to the full images, a small inline preview and "
         "the job's details (final prompts, seed, render type, instance, timings). If `done` is false, call "
         "get_generation with the job_id later. Unknown styles or render types fail with the valid names.",

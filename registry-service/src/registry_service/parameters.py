@@ -250,7 +250,7 @@ def parameter_specs(render_type: RenderType) -> list[ParameterSpec]:
         elif name == "seed":
             spec.minimum, spec.maximum = 0, min(COMFY_MAX_SEED, REQUEST_MAX_SEED)
             spec.description += " Omit it for a random one (the one used is reported)."
-        elif name == "input_image":
+        elif name in ("input_image", "prompt"):
             spec.required = True
         default = default_of(name, defaults)
         if name == "negative_prompt" and not default:

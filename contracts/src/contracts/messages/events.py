@@ -31,7 +31,7 @@ class JobAccepted(_Event, tag="accepted"):
     positive_prompt: str
     negative_prompt: str
     styles: list[str]
-    seed: int
+    seed: int | None  # None: the render type has no seed slot
     width: int | None = None
     height: int | None = None
     enhancement_error: str | None = None

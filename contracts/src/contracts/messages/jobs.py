@@ -35,7 +35,15 @@ REQUEST_MAX_COUNT = 16
 
 
 class GenerationRequest(Request):
-    prompt: Annotated[str, msgspec.Meta(min_length=1, max_length=8000, description="What the image should show.")]
+    prompt: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=8000,
+            description="What the image should show. Required by render types that take a prompt (their "
+            "parameter_specs in list_render_types mark it required); omit it for those without a prompt slot "
+            "(e.g. upscale, image filters).",
+        ),
+    ] = ""
     negative_prompt: Annotated[str, msgspec.Meta(max_length=8000, description="What the image must not show.")] = ""
     render_type: Annotated[
         str | None,

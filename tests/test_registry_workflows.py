@@ -754,3 +754,32 @@ async def test_the_shipped_files_are_plain_data_with_a_manifest(registry: NatsCl
     expected = copy.deepcopy(sdxl.workflow)
     expected["6"]["inputs"]["text"], expected["3"]["inputs"]["seed"] = "x", 5
     assert resolved.workflow == expected
+
+
+async def test_a_workflow_without_a_text_encoder_is_offered_its_text_inputs_as_the_prompt(
+    registry: NatsClient, protocol_dir: Path
+) -> None:
+    recorded = recorded_prompt(protocol_dir, "success-basic")  # a PrimitiveString feeds SaveImage's prefix
+    analysis = await analyze(registry, recorded)
+    assert "prompt" not in analysis.proposed_map.slots and analysis.warnings == []
+    assert analysis.prompt_candidates == [Slot(node_id="5", input_name="value")]
+    assert "node 5 (PrimitiveString) input `value`" in analysis.notes[0], analysis.notes
+    # The offered input is accepted as the prompt slot, and a request's prompt lands there.
+    chosen = ParameterMap(slots={**analysis.proposed_map.slots, "prompt": analysis.prompt_candidates})
+    mapped = await analyze(registry, json.dumps(recorded), chosen)
+    assert mapped.notes == [] and "prompt: node 5 (PrimitiveString) input `value`" in mapped.explanations
+    await request(
+        registry,
+        R.SAVE,
+        SaveRenderType(render_type=RenderType(name="primitive-prompt", workflow=recorded, parameter_map=chosen)),
+        RenderType,
+    )
+    resolved = await resolve(registry, "primitive-prompt", prompt="hub/from-the-prompt")
+    assert resolved.workflow["5"]["inputs"]["value"] == "hub/from-the-prompt" and resolved.ignored == []
+
+
+async def test_a_workflow_without_any_text_input_says_it_takes_no_prompt(registry: NatsClient) -> None:
+    shipped = Path(__file__).parents[1] / "registry-service/src/registry_service/seed/upscale.json"
+    analysis = await analyze(registry, shipped.read_text())
+    assert "prompt" not in analysis.proposed_map.slots and analysis.prompt_candidates == []
+    assert any("takes no prompt" in note for note in analysis.notes), analysis.notes

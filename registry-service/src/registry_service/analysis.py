@@ -372,6 +372,7 @@ def analyze(workflow: Workflow, parameter_map: ParameterMap | None = None) -> Wo
     output_kind = output_kind_of(workflow, warnings)
     if not proposed.slots:
         warnings.append("no parameter slot was detected: requests cannot change anything in this workflow yet")
+    candidates = [] if chosen.slots.get("prompt") else prompt_candidates(workflow, chosen)
     return WorkflowAnalysis(
         workflow=workflow,
         proposed_map=chosen,
@@ -380,7 +381,44 @@ def analyze(workflow: Workflow, parameter_map: ParameterMap | None = None) -> Wo
         output_kind=output_kind,
         warnings=_unique(warnings),
         explanations=explain(workflow, chosen),
+        prompt_candidates=candidates,
+        notes=prompt_notes(workflow, chosen, candidates),
     )
+
+
+TEXT_PRIMITIVES = ("PrimitiveString", "PrimitiveStringMultiline")
+
+
+def prompt_candidates(workflow: Workflow, parameter_map: ParameterMap) -> list[Slot]:
+    """Literal text inputs that could hold a prompt: the value of a string primitive, or an input named like one
+    (`text`, `prompt`), not already mapped and not a model file name."""
+    taken = {(s.node_id, s.input_name) for slots in parameter_map.slots.values() for s in slots}
+    found: list[Slot] = []
+    for node_id in node_ids_in_order(workflow):
+        node = workflow[node_id]
+        for input_name, value in node["inputs"].items():
+            if not isinstance(value, str) or (node_id, input_name) in taken:
+                continue
+            if value.lower().endswith(known.MODEL_FILE_SUFFIXES):
+                continue
+            if node["class_type"] in TEXT_PRIMITIVES or input_name in known.GENERIC_TEXT_INPUTS:
+                found.append(Slot(node_id=node_id, input_name=input_name))
+    return found
+
+
+def prompt_notes(workflow: Workflow, parameter_map: ParameterMap, candidates: list[Slot]) -> list[str]:
+    if parameter_map.slots.get("prompt"):
+        return []
+    if not candidates:
+        return [
+            "no prompt slot: no text encoder and no text input was found, so this render type takes no prompt "
+            "(requests may leave it out; one they send is reported as ignored)"
+        ]
+    where = ", ".join(f"{describe_node(workflow, c.node_id)} input `{c.input_name}`" for c in candidates)
+    return [
+        f"no text encoder was found; text inputs that could take the prompt: {where}. Map `prompt` to one of "
+        "them (e.g. `prompt: node_id/input_name`), or leave it: requests then take no prompt"
+    ]
 
 
 def _unique(lines: Iterable[str]) -> list[str]:

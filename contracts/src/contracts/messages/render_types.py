@@ -203,6 +203,10 @@ class WorkflowAnalysis(Record):
     warnings: list[str] = []
     # One line per detected slot, e.g. "prompt: node 6 (CLIPTextEncode) input `text`", for the admin to check.
     explanations: list[str] = []
+    # Text inputs that could take the prompt when no text encoder gave the workflow a prompt slot (e.g. a
+    # PrimitiveString feeding a custom node); the admin maps `prompt` to one of them, or leaves it prompt-less.
+    prompt_candidates: list[Slot] = []
+    notes: list[str] = []  # what the admin should know that is not a problem (e.g. "takes no prompt")
 
 
 class GenerationParams(Record):

@@ -76,6 +76,27 @@ async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0
             delay = min(delay * 2, 2.0)
 
 
+# A replica that restarts or subscribes a moment after the caller looked is not "down": ask again briefly.
+NO_RESPONDER_RETRIES_S = (0.05, 0.1, 0.2)
+
+
+async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes, timeout: float) -> Msg:
+    """One request, asked again within ~0.35 s while nobody listens on `subject` yet."""
+    for pause in (*NO_RESPONDER_RETRIES_S, None):
+        try:
+            return await nc.request(subject, payload, timeout=timeout)
+        except NoRespondersError:
+            if pause is None:
+                raise HubError(
+                    ErrorCode.UNAVAILABLE,
+                    f"no service is answering {subject}: is the {subject.split('.')[1]} service running?",
+                ) from None
+            await asyncio.sleep(pause)
+        except (TimeoutError, NatsTimeoutError):
+            raise HubError(ErrorCode.TIMEOUT, f"{subject} did not answer within {timeout:g} s") from None
+    raise AssertionError("unreachable")
+
+
 async def request(
     nc: NatsClient,
     subject: str,
@@ -88,15 +109,7 @@ async def request(
 
     The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
     """
-    try:
-        msg = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
-    except NoRespondersError:
-        raise HubError(
-            ErrorCode.UNAVAILABLE,
-            f"no service is answering {subject}: is the {subject.split('.')[1]} service running?",
-        ) from None
-    except (TimeoutError, NatsTimeoutError):
-        raise HubError(ErrorCode.TIMEOUT, f"{subject} did not answer within {timeout:g} s") from None
+    msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
     try:
         reply = msgspec.json.decode(msg.data, type=Reply[result_type])  # type: ignore[valid-type]
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -219,6 +219,23 @@ async def test_health_and_micro_discovery(nc: NatsClient, echo_factory) -> None:
     assert all(e["queue_group"] == "hub-echo" for e in info["endpoints"])
 
 
+async def test_micro_stats_report_the_time_and_errors_of_the_handlers(nc: NatsClient, echo_factory) -> None:
+    await echo_factory().start()
+    await request(nc, SLOW, Say(text="0.2"), Said)
+    with pytest.raises(HubError):
+        await request(nc, ECHO, Say(text="a", times=4), Said)
+    await request(nc, ECHO, Say(text="a"), Said)
+    stats = msgspec.json.decode((await nc.request("$SRV.STATS.hub-echo", b"", timeout=2)).data)
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    slow, echo = by_name["slow"], by_name["say"]
+    assert slow["num_requests"] == 1 and slow["num_errors"] == 0
+    assert slow["processing_time"] >= 200_000_000  # the handler's 0.2 s, not the task spawn
+    assert slow["average_processing_time"] == slow["processing_time"]
+    assert echo["num_requests"] == 2 and echo["num_errors"] == 1
+    assert echo["last_error"].startswith("invalid_request: say it at most 3 times")
+    assert echo["data"] == {"answered": 2, "in_flight": 0}
+
+
 async def _failing_check() -> str:
     raise RuntimeError("disk on fire")
 

@@ -88,60 +88,71 @@ def select_styles(requested: list[str] | None, library: list[Style], render_type
         return _default_styles(ordered, render_type)
     if not requested:
         return Selection([], [TraceStep(step="default_styles", detail="no style asked for ([]): none applied")])
-
+    sorting = _Sorting()
     by_key = {name_key(s.name): s for s in ordered}
-    valid = [s.name for s in ordered if s.enabled and (render_type is None or suits(s, render_type))]
-    chosen: list[Style] = []
-    trace: list[TraceStep] = []
-    unknown: list[str] = []
-    disabled: list[str] = []
-    incompatible: dict[str, list[str]] = {}
     for name in requested:
-        style = by_key.get(name_key(name))
+        sorting.take(name, by_key.get(name_key(name)), render_type)
+    valid = [s.name for s in ordered if s.enabled and (render_type is None or suits(s, render_type))]
+    sorting.refuse_the_unusable(render_type, valid)
+    return Selection(sorting.chosen, sorting.trace)
+
+
+@dataclass
+class _Sorting:
+    """The requested styles sorted into those applied and those that cannot be (each kind its own error)."""
+
+    chosen: list[Style] = field(default_factory=list)
+    trace: list[TraceStep] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    incompatible: dict[str, list[str]] = field(default_factory=dict)
+
+    def take(self, name: str, style: Style | None, render_type: str | None) -> None:
         if style is None:
-            unknown.append(name)
-        elif any(s is style for s in chosen):
-            trace.append(TraceStep(step="style_skipped", detail="named more than once: applied once", style=style.name))
+            self.unknown.append(name)
+        elif any(s is style for s in self.chosen):
+            detail = "named more than once: applied once"
+            self.trace.append(TraceStep(step="style_skipped", detail=detail, style=style.name))
         elif not style.enabled:
-            disabled.append(style.name)
+            self.disabled.append(style.name)
         elif render_type is not None and not suits(style, render_type):
-            incompatible[style.name] = list(style.render_types)
+            self.incompatible[style.name] = list(style.render_types)
         else:
-            chosen.append(style)
+            self.chosen.append(style)
             if render_type is None and style.render_types:
-                trace.append(
-                    TraceStep(
-                        step="style_unchecked",
-                        detail=f"made for {', '.join(style.render_types)}; the request named no render type, "
-                        "so it was applied without checking",
-                        style=style.name,
-                    )
+                detail = (
+                    f"made for {', '.join(style.render_types)}; the request named no render type, "
+                    "so it was applied without checking"
                 )
-    if unknown:
-        raise HubError(
-            ErrorCode.NOT_FOUND,
-            f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; valid styles: {name_list(valid)}",
-            field="styles",
-            details={"unknown": unknown, "valid": valid},
-        )
-    if disabled:
-        raise HubError(
-            ErrorCode.INVALID_REQUEST,
-            f"style{'s' if len(disabled) > 1 else ''} {name_list(disabled)} "
-            f"{'are' if len(disabled) > 1 else 'is'} disabled; enable it in the styles admin or choose one of: "
-            f"{name_list(valid)}",
-            field="styles",
-            details={"disabled": disabled, "valid": valid},
-        )
-    if incompatible:
-        reasons = "; ".join(f"'{n}' is for {', '.join(types)}" for n, types in incompatible.items())
-        raise HubError(
-            ErrorCode.INCOMPATIBLE,
-            f"{reasons}, not for render type '{render_type}'; styles that suit '{render_type}': {name_list(valid)}",
-            field="styles",
-            details={"incompatible": incompatible, "render_type": render_type, "valid": valid},
-        )
-    return Selection(chosen, trace)
+                self.trace.append(TraceStep(step="style_unchecked", detail=detail, style=style.name))
+
+    def refuse_the_unusable(self, render_type: str | None, valid: list[str]) -> None:
+        unknown, disabled, incompatible = self.unknown, self.disabled, self.incompatible
+        if unknown:
+            raise HubError(
+                ErrorCode.NOT_FOUND,
+                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; "
+                f"valid styles: {name_list(valid)}",
+                field="styles",
+                details={"unknown": unknown, "valid": valid},
+            )
+        if disabled:
+            raise HubError(
+                ErrorCode.INVALID_REQUEST,
+                f"style{'s' if len(disabled) > 1 else ''} {name_list(disabled)} "
+                f"{'are' if len(disabled) > 1 else 'is'} disabled; enable it in the styles admin or choose one of: "
+                f"{name_list(valid)}",
+                field="styles",
+                details={"disabled": disabled, "valid": valid},
+            )
+        if incompatible:
+            reasons = "; ".join(f"'{n}' is for {', '.join(types)}" for n, types in incompatible.items())
+            raise HubError(
+                ErrorCode.INCOMPATIBLE,
+                f"{reasons}, not for render type '{render_type}'; styles that suit '{render_type}': {name_list(valid)}",
+                field="styles",
+                details={"incompatible": incompatible, "render_type": render_type, "valid": valid},
+            )
 
 
 def _default_styles(ordered: list[Style], render_type: str | None) -> Selection:

@@ -213,12 +213,25 @@ def _from_json(text: str) -> str | None:
 
 def clean_answer(raw: str, original: str) -> str:
     """The prompt inside a model's answer, or `LlmError` saying why the answer is not one."""
+    text = _unwrap_data(_strip_reasoning(raw))
+    if _REFUSAL.match(text):
+        raise LlmError(f"the LLM refused: {' '.join(text.split())[:120]!r}")
+    text = _drop_commentary(_strip_preambles(text.replace("**", "")))  # markdown bold never belongs in a prompt
+    _check_reads_as_prompt(text, original)
+    return text
+
+
+def _strip_reasoning(raw: str) -> str:
     if "\ufffd" in raw or "\x00" in raw:
         raise LlmError("the LLM's answer is garbled (it holds invalid characters)")
     text = raw.strip()
     if re.match(r"<think>", text, re.IGNORECASE) and "</think>" not in text.lower():
         raise LlmError("the LLM's answer stopped inside its reasoning (<think> without </think>)")
-    text = _THINK.sub("", text).strip()
+    return _THINK.sub("", text).strip()
+
+
+def _unwrap_data(text: str) -> str:
+    """The text inside a code fence, and the prompt field of a JSON answer."""
     fence = _FENCE.match(text)
     if fence:
         text = fence.group(1).strip()
@@ -227,9 +240,10 @@ def clean_answer(raw: str, original: str) -> str:
         if extracted is None:
             raise LlmError("the LLM answered with data (JSON), not a prompt")
         text = extracted.strip()
-    if _REFUSAL.match(text):
-        raise LlmError(f"the LLM refused: {' '.join(text.split())[:120]!r}")
-    text = text.replace("**", "")  # markdown bold ("**Prompt:** ...") never belongs in a prompt
+    return text
+
+
+def _strip_preambles(text: str) -> str:
     for _ in range(3):  # "Sure! Here is the prompt:\n### Prompt\nPrompt: ..." has several layers
         before = text
         text = _CHATTY_OPENING.sub("", text, count=1).strip()
@@ -240,10 +254,18 @@ def clean_answer(raw: str, original: str) -> str:
             text = "\n".join(lines[1:]).strip()  # "A more detailed version of your prompt:" / "### Prompt"
         if text == before:
             break
+    return text
+
+
+def _drop_commentary(text: str) -> str:
+    """One line of prompt: paragraphs after the first are dropped when they only comment on it."""
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if len(paragraphs) > 1 and all(_COMMENTARY.match(_unquote(p)) for p in paragraphs[1:]):
         paragraphs = paragraphs[:1]
-    text = " ".join(_unquote(" ".join(paragraphs)).split())
+    return " ".join(_unquote(" ".join(paragraphs)).split())
+
+
+def _check_reads_as_prompt(text: str, original: str) -> None:
     if not text:
         raise LlmError("the LLM's answer was empty")
     if len(text) > max_length(original):
@@ -253,7 +275,6 @@ def clean_answer(raw: str, original: str) -> str:
         raise LlmError(f"the LLM's answer does not read as a prompt: {text[:80]!r}")
     if text.endswith("?") and len(text) < 300:
         raise LlmError(f"the LLM asked a question instead of rewriting: {text[:120]!r}")
-    return text
 
 
 async def enhance(http: httpx.AsyncClient, settings: LlmSettings, prompt: str, timeout_s: float) -> EnhanceResult:

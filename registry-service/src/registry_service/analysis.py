@@ -228,20 +228,33 @@ class _Finder:
             for node_id, input_name in parts[sampler]["seed"]:
                 self.add_literal("seed", node_id, input_name)
         for setting in ("steps", "cfg"):
-            everywhere = [slot for s in samplers for slot in parts[s][setting]]
-            values = {repr(self.node(n)["inputs"].get(i)) for n, i in everywhere}
-            chosen = everywhere if len(values) == 1 else [slot for s in first_pass for slot in parts[s][setting]]
-            if len(values) > 1 and len(samplers) > 1:
-                self.warnings.append(
-                    f"the samplers use different {setting}; `{setting}` was mapped to the first pass only "
-                    f"({', '.join(describe_node(self.workflow, s) for s in first_pass)}); correct the map if needed"
-                )
-            for node_id, input_name in chosen:
-                self.add_literal(setting, node_id, input_name)
+            self._map_sampler_setting(setting, samplers, first_pass, parts)
         for sampler in first_pass:
             if not self.starts_from_noise(sampler):  # image to image: how much of the input is repainted
                 for node_id, input_name in parts[sampler]["denoise"]:
                     self.add_literal("denoise", node_id, input_name)
+        self._trace_conditioning(samplers)
+
+    def _map_sampler_setting(
+        self,
+        setting: str,
+        samplers: list[str],
+        first_pass: list[str],
+        parts: dict[str, dict[str, list[tuple[str, str]]]],
+    ) -> None:
+        """`steps`/`cfg`: every sampler when they agree, else the first pass only (with a warning)."""
+        everywhere = [slot for s in samplers for slot in parts[s][setting]]
+        values = {repr(self.node(n)["inputs"].get(i)) for n, i in everywhere}
+        chosen = everywhere if len(values) == 1 else [slot for s in first_pass for slot in parts[s][setting]]
+        if len(values) > 1 and len(samplers) > 1:
+            self.warnings.append(
+                f"the samplers use different {setting}; `{setting}` was mapped to the first pass only "
+                f"({', '.join(describe_node(self.workflow, s) for s in first_pass)}); correct the map if needed"
+            )
+        for node_id, input_name in chosen:
+            self.add_literal(setting, node_id, input_name)
+
+    def _trace_conditioning(self, samplers: list[str]) -> None:
         for sampler in samplers:
             positive, negative = self.sampler_conditioning(sampler)
             self.trace_text("prompt", positive)

@@ -228,36 +228,40 @@ def check_map(workflow: dict[str, Any], parameter_map: ParameterMap, field: str)
 
 def parameter_specs(render_type: RenderType) -> list[ParameterSpec]:
     """The parameters a render type takes, described for a caller choosing values (e.g. an LLM)."""
-    limits, defaults = render_type.limits, render_type.defaults
     specs: list[ParameterSpec] = []
     for name in PARAMETER_ORDER:
         if not render_type.parameter_map.slots.get(name):
             continue
         info = PARAMETERS[name]
         spec = ParameterSpec(name=name, type=info.type, description=info.description)
-        # A request passes the generation request's limits first, then the render type's: advertise both at once.
-        if name in ("width", "height"):
-            spec.minimum = max(limits.min_size, REQUEST_MIN_SIZE)
-            spec.maximum, spec.multiple_of = min(limits.max_size, REQUEST_MAX_SIZE), limits.size_multiple
-        elif name == "steps":
-            spec.minimum, spec.maximum = 1, min(limits.max_steps, REQUEST_MAX_STEPS)
-        elif name == "batch_size":
-            spec.minimum, spec.maximum = 1, min(limits.max_batch_size, REQUEST_MAX_COUNT)
-        elif name == "cfg":
-            spec.minimum, spec.maximum = 0.0, min(COMFY_MAX_CFG, REQUEST_MAX_CFG)
-        elif name == "denoise":
-            spec.minimum, spec.maximum = 0.0, 1.0
-        elif name == "seed":
-            spec.minimum, spec.maximum = 0, min(COMFY_MAX_SEED, REQUEST_MAX_SEED)
-            spec.description += " Omit it for a random one (the one used is reported)."
-        elif name in ("input_image", "prompt"):
-            spec.required = True
-        default = default_of(name, defaults)
+        _bound(spec, render_type.limits)
+        default = default_of(name, render_type.defaults)
         if name == "negative_prompt" and not default:
             default = None
         spec.default = default
         specs.append(spec)
     return specs
+
+
+def _bound(spec: ParameterSpec, limits: RenderLimits) -> None:
+    """A request passes the generation request's limits first, then the render type's: advertise both at once."""
+    name = spec.name
+    if name in ("width", "height"):
+        spec.minimum = max(limits.min_size, REQUEST_MIN_SIZE)
+        spec.maximum, spec.multiple_of = min(limits.max_size, REQUEST_MAX_SIZE), limits.size_multiple
+    elif name == "steps":
+        spec.minimum, spec.maximum = 1, min(limits.max_steps, REQUEST_MAX_STEPS)
+    elif name == "batch_size":
+        spec.minimum, spec.maximum = 1, min(limits.max_batch_size, REQUEST_MAX_COUNT)
+    elif name == "cfg":
+        spec.minimum, spec.maximum = 0.0, min(COMFY_MAX_CFG, REQUEST_MAX_CFG)
+    elif name == "denoise":
+        spec.minimum, spec.maximum = 0.0, 1.0
+    elif name == "seed":
+        spec.minimum, spec.maximum = 0, min(COMFY_MAX_SEED, REQUEST_MAX_SEED)
+        spec.description += " Omit it for a random one (the one used is reported)."
+    elif name in ("input_image", "prompt"):
+        spec.required = True
 
 
 # -- resolving a request ------------------------------------------------------------------------------

@@ -170,25 +170,7 @@ class RenderTypeStore:
                     )
                 return await self._create(prepared, changed_by, note or "created")
             current = _render_type(row)
-            if prepared.version == 0:
-                raise _conflict(
-                    f"a render type named {prepared.name!r} already exists (version {current.version}); pick another "
-                    f"name, or send version {current.version} to edit it",
-                    current_version=current.version,
-                )
-            if prepared.version != current.version:
-                raise _conflict(
-                    f"render type {source!r} was changed meanwhile (it is at version {current.version}, your edit "
-                    f"started from version {prepared.version}); reload it and apply your changes again",
-                    current_version=current.version,
-                )
-            if prepared.name != source and await RenderTypeRow.exists().where(RenderTypeRow.name == prepared.name):
-                raise HubError(
-                    ErrorCode.CONFLICT,
-                    f"cannot rename {source!r} to {prepared.name!r}: a render type with that name exists",
-                    field="render_type.name",
-                )
-            self._check_default_rules(prepared, was_default=current.is_default)
+            await self._check_update(prepared, current, source)
             if prepared.name == source and same_definition(prepared, current):
                 return current  # nothing changed: no new version
             if prepared.is_default and not current.is_default:
@@ -199,6 +181,28 @@ class RenderTypeStore:
             if not note:
                 note = f"renamed from {source!r}" if prepared.name != source else "updated"
             return await self._update(row["id"], prepared, current.version + 1, changed_by, note, name=prepared.name)
+
+    async def _check_update(self, prepared: RenderType, current: RenderType, source: str) -> None:
+        """An edit must start from the current version and may not take another render type's name."""
+        if prepared.version == 0:
+            raise _conflict(
+                f"a render type named {prepared.name!r} already exists (version {current.version}); pick another "
+                f"name, or send version {current.version} to edit it",
+                current_version=current.version,
+            )
+        if prepared.version != current.version:
+            raise _conflict(
+                f"render type {source!r} was changed meanwhile (it is at version {current.version}, your edit "
+                f"started from version {prepared.version}); reload it and apply your changes again",
+                current_version=current.version,
+            )
+        if prepared.name != source and await RenderTypeRow.exists().where(RenderTypeRow.name == prepared.name):
+            raise HubError(
+                ErrorCode.CONFLICT,
+                f"cannot rename {source!r} to {prepared.name!r}: a render type with that name exists",
+                field="render_type.name",
+            )
+        self._check_default_rules(prepared, was_default=current.is_default)
 
     async def rollback(self, name: str, version: int, *, changed_by: str, expected_version: int | None) -> RenderType:
         """Make the definition of an earlier version current again, as a new version."""

@@ -46,6 +46,20 @@ class _Frame(BaseModel):
     params: dict[str, Any]
 
 
+def _requested_task_ids(ctx: ServerRequestContext[Any], requested: Any) -> list[str]:
+    """The task ids a listen asks to follow, refused when the client lacks the tasks extension or asks too many."""
+    task_ids = list((requested.model_extra or {}).get("taskIds") or [])
+    if task_ids and not declares_tasks_extension(ctx.params):
+        raise MCPError(
+            MISSING_REQUIRED_CLIENT_CAPABILITY,
+            "Missing required client capability: taskIds need the io.modelcontextprotocol/tasks extension",
+            missing_capability_data(),
+        )
+    if len(task_ids) > MAX_TASKS_PER_STREAM:
+        raise MCPError(-32602, f"at most {MAX_TASKS_PER_STREAM} taskIds per stream; open another stream")
+    return task_ids
+
+
 class ListenHandler:
     def __init__(self, nc: NatsClient, task_state: TaskState, job_events: JobEvents) -> None:
         self._nc = nc
@@ -58,15 +72,7 @@ class ListenHandler:
         if ctx.request_id is None:
             raise MCPError(-32600, "subscriptions/listen needs a request id")
         requested = params.notifications
-        task_ids = list((requested.model_extra or {}).get("taskIds") or [])
-        if task_ids and not declares_tasks_extension(ctx.params):
-            raise MCPError(
-                MISSING_REQUIRED_CLIENT_CAPABILITY,
-                "Missing required client capability: taskIds need the io.modelcontextprotocol/tasks extension",
-                missing_capability_data(),
-            )
-        if len(task_ids) > MAX_TASKS_PER_STREAM:
-            raise MCPError(-32602, f"at most {MAX_TASKS_PER_STREAM} taskIds per stream; open another stream")
+        task_ids = _requested_task_ids(ctx, requested)
         uris = [uri for uri in requested.resource_subscriptions or [] if uri in WATCHED_RESOURCES]
         first_states = {task_id: await self._task_state(ctx, task_id) for task_id in dict.fromkeys(task_ids)}
         tasks = {task_id: state for task_id, state in first_states.items() if state is not None}

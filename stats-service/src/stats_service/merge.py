@@ -106,6 +106,13 @@ def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:  # 
             state.final_timings = event.timings
             state.seen_finished_at = event.at
             state.error = _final_error(event)
+    _apply_details(state, event)
+    _derive(state)
+    return state
+
+
+def _apply_details(state: JobState, event: GenerationEvent) -> None:  # type: ignore[valid-type]
+    """What an event of one kind adds beyond the status: the request, attempts, retry reasons, outputs."""
     if isinstance(event, JobAccepted):
         _apply_request(state, event)
     elif isinstance(event, JobStarted):
@@ -123,8 +130,6 @@ def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:  # 
         _add_outputs(state, [event.output], from_final=False)
     elif isinstance(event, JobCompleted):
         _add_outputs(state, event.outputs, from_final=True)
-    _derive(state)
-    return state
 
 
 def _final_error(event: JobCompleted | JobFailed | JobCancelled) -> str | None:

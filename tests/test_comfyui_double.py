@@ -1087,6 +1087,49 @@ async def test_sampler_steps_emit_progress(comfy: ComfyUIDouble, http: aiohttp.C
     assert png_size((await request(http, comfy, "GET", "/view", params=image)).body) == (512, 512)
 
 
+def _txt2img(ckpt: str, seed: int) -> dict[str, Any]:
+    prompt = copy.deepcopy(TXT2IMG)
+    prompt["4"]["inputs"]["ckpt_name"] = ckpt
+    prompt["3"]["inputs"]["seed"] = seed
+    return prompt
+
+
+async def test_switching_a_loader_model_costs_time_and_reusing_it_costs_nothing(
+    make_double: DoubleFactory, http: aiohttp.ClientSession
+) -> None:
+    double = await make_double(
+        work_seconds=0.05, models={"checkpoints": ["a.safetensors", "b.safetensors"]}, model_switch_seconds=0.6
+    )
+
+    async def timed(prompt: dict[str, Any], **extra: Any) -> float:
+        started = time.monotonic()
+        entry = await wait_history(http, double, await post_prompt(http, double, prompt, **extra))
+        assert next(iter(entry.values()))["status"]["completed"] is True
+        return time.monotonic() - started
+
+    first_a = await timed(_txt2img("a.safetensors", 1))
+    again_a = await timed(_txt2img("a.safetensors", 2))  # a new seed: the sampler runs, the loader is cached
+    switch_b = await timed(_txt2img("b.safetensors", 3))
+    again_b = await timed(_txt2img("b.safetensors", 4))
+    free = await request(http, double, "POST", "/free", json={"unload_models": True, "free_memory": False})
+    assert free.status == 200
+    after_free = await timed(_txt2img("b.safetensors", 5))
+    assert min(first_a, switch_b, after_free) >= 0.6
+    assert max(again_a, again_b) < 0.45
+    assert double.model_loads == [(("a.safetensors",), 0.6), (("b.safetensors",), 0.6), (("b.safetensors",), 0.6)]
+
+
+async def test_model_switch_seconds_per_model_file(make_double: DoubleFactory, http: aiohttp.ClientSession) -> None:
+    double = await make_double(
+        work_seconds=0.02,
+        models={"checkpoints": ["big.safetensors", "small.safetensors"]},
+        model_switch_seconds={"big.safetensors": 0.5},
+    )
+    for seed, ckpt in enumerate(["small.safetensors", "big.safetensors"]):
+        await wait_history(http, double, await post_prompt(http, double, _txt2img(ckpt, seed)))
+    assert double.model_loads == [(("small.safetensors",), 0.0), (("big.safetensors",), 0.5)]
+
+
 async def test_go_down_refuses_connections_and_go_up_resumes(
     make_double: DoubleFactory, http: aiohttp.ClientSession, rec: Recordings
 ) -> None:

@@ -4,7 +4,9 @@ Every behaviour here mirrors an exchange recorded from an unmodified ComfyUI 0.3
 `tests/data/comfyui-0.3.64/README.md`); where the recordings are silent, ComfyUI's own `server.py` /
 `execution.py` were followed, quirks included (they are what a real client meets). Nothing is rendered:
 a job sleeps `work_seconds / speed`, spread over the nodes it executes, and image outputs are small
-solid-colour PNGs. Fault injection (`go_down`, `hang`, `fail_next_job`) is toggled at run time.
+solid-colour PNGs. A model loader node that runs (its output not cached from the previous prompt, as in
+ComfyUI) also sleeps `model_switch_seconds` first: switching models costs time, reusing them costs nothing
+(`POST /free` unloads them). Fault injection (`go_down`, `hang`, `fail_next_job`) is toggled at run time.
 
 In-process:   `async with ComfyUIDouble(speed=2) as comfy: ...comfy.url...`
 Standalone:   `python tests/doubles/comfyui.py --port 8188 --speed 2 --work-seconds 0.5`
@@ -118,6 +120,7 @@ MODEL_INPUT_FOLDERS: dict[tuple[str, str], str] = {
     ("ModelPatchLoader", "name"): "model_patches",
     ("DiffusersLoader", "model_path"): "diffusers",
 }
+LOADER_CLASSES = frozenset(class_type for class_type, _ in MODEL_INPUT_FOLDERS)
 IMAGE_INPUT_CLASSES = ("LoadImage", "LoadImageMask")  # their `image` combo lists the input folder
 # Inputs checked by the node's VALIDATE_INPUTS instead of the generic range/combo checks.
 CUSTOM_VALIDATED_INPUTS = {"LoadImage": "image", "LoadImageMask": "image"}
@@ -626,6 +629,7 @@ class _Job:
 @dataclass
 class _CacheEntry:
     ui: dict[str, Any] | None
+    loader: bool = False  # a model loader's output: dropped by POST /free
 
 
 @dataclass
@@ -783,6 +787,7 @@ class ComfyUIDouble:
         work_seconds: float = 0.05,
         object_info: dict[str, Any] | None = None,
         models: dict[str, list[str]] | None = None,
+        model_switch_seconds: float | dict[str, float] = 0.0,
         device_name: str = "cpu",
         vram_total: int = DEFAULT_VRAM_TOTAL,
         output_dir: Path | None = None,
@@ -794,6 +799,10 @@ class ComfyUIDouble:
         self.speed = speed
         self.work_seconds = work_seconds
         self.models = copy.deepcopy(DEFAULT_MODELS if models is None else models)
+        # Seconds a loader node takes to load its model: one figure, or per model file name (unlisted: 0).
+        self.model_switch_seconds = model_switch_seconds
+        # (model file names, seconds) of every model load the worker simulated: benchmarks sum them.
+        self.model_loads: list[tuple[tuple[str, ...], float]] = []
         self.device_name = device_name
         self.vram_total = vram_total
         self.name = name
@@ -1174,7 +1183,10 @@ class ComfyUIDouble:
         return _empty()
 
     async def _post_free(self, request: web.Request) -> web.Response:
-        await request.json()
+        body = await request.json()
+        if isinstance(body, dict) and (body.get("unload_models") or body.get("free_memory")):
+            # The models leave memory: the next prompt runs its loaders again, paying the load.
+            self._cache = {key: entry for key, entry in self._cache.items() if not entry.loader}
         return _empty()
 
     async def _get_history(self, request: web.Request) -> web.Response:
@@ -1575,7 +1587,7 @@ class ComfyUIDouble:
             )
             failure.current_inputs = self._current_inputs(job, node_id)
             raise failure from exc
-        self._cache[signature] = _CacheEntry(ui)
+        self._cache[signature] = _CacheEntry(ui, loader=job.item.prompt[node_id]["class_type"] in LOADER_CLASSES)
         job.executed.append(node_id)
         if ui is not None:
             job.ui_outputs[node_id] = ui
@@ -1630,12 +1642,29 @@ class ComfyUIDouble:
         if class_type == "SaveImageWebsocket":
             await self._stream_ws_images(job, node_id)
             return None
+        if class_type in LOADER_CLASSES:
+            await self._load_models(job, node)
         steps = self._resolve(job.item.prompt, node["inputs"].get("steps"))
         if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
             await self._work_with_progress(job, node_id, steps)
         else:
             await self._work(job.work_per_node)
         return await self._node_ui(job, node_id)
+
+    async def _load_models(self, job: _Job, node: dict[str, Any]) -> None:
+        """A loader node that runs loads its model files: `model_switch_seconds` (not scaled by `speed`)."""
+        names = tuple(
+            str(self._resolve(job.item.prompt, node["inputs"].get(input_name)))
+            for (class_type, input_name) in MODEL_INPUT_FOLDERS
+            if class_type == node["class_type"] and input_name in node["inputs"]
+        )
+        if isinstance(self.model_switch_seconds, dict):
+            seconds = sum(self.model_switch_seconds.get(name, 0.0) for name in names)
+        else:
+            seconds = self.model_switch_seconds if names else 0.0
+        if seconds > 0:
+            await self._work(seconds)
+        self.model_loads.append((names, seconds))
 
     def _check_loadable(self, node_id: str, node: dict[str, Any]) -> None:
         path = self._annotated_path(str(node["inputs"].get("image")))
@@ -1798,6 +1827,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8188)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--work-seconds", type=float, default=0.05)
+    parser.add_argument("--model-switch-seconds", type=float, default=0.0, help="time a loader node takes to load")
     parser.add_argument("--device-name", default="cpu")
     parser.add_argument("--vram-total", type=int, default=DEFAULT_VRAM_TOTAL)
     parser.add_argument("--output-dir", type=Path, default=None)
@@ -1810,6 +1840,7 @@ async def _serve(args: argparse.Namespace) -> None:
     double = ComfyUIDouble(
         speed=args.speed,
         work_seconds=args.work_seconds,
+        model_switch_seconds=args.model_switch_seconds,
         models=args.models,
         device_name=args.device_name,
         vram_total=args.vram_total,

@@ -12,7 +12,11 @@ import asyncio
 import re
 import secrets
 from datetime import timedelta
+from typing import Any
 
+from litestar import types as litestar_types
+from litestar.connection import ASGIConnection
+from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.stores.base import Store
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
@@ -32,6 +36,28 @@ from contracts.streams import BucketSpec
 # Session ids are hex from litestar's backend; anything else in a cookie is not a key we could have made
 # (and KV keys allow few characters), so it is simply not found.
 _SESSION_ID = re.compile(r"^[0-9a-f]{16,128}$")
+SESSION_COOKIE = "session"
+# Set by the login handler: the session id the signed-in admin gets instead of the one the browser sent.
+NEW_SESSION_ID = "ui.new_session_id"
+
+
+class RotatingSessionBackend(ServerSideSessionBackend):
+    """litestar's server-side sessions with two changes: a sign-in gets a fresh session id (no session
+    fixation), and an empty session (a visitor who is not signed in) is neither stored nor given a cookie."""
+
+    def get_session_id(self, connection: ASGIConnection) -> str:
+        return connection.scope.get(NEW_SESSION_ID) or super().get_session_id(connection)  # type: ignore[misc]
+
+    async def store_in_message(self, scope_session: Any, message: Any, connection: ASGIConnection) -> None:
+        if isinstance(scope_session, dict) and not scope_session:
+            if not connection.cookies.get(self.config.key):
+                return
+            scope_session = litestar_types.Empty  # a session emptied by a handler: delete it, expire the cookie
+        await super().store_in_message(scope_session, message, connection)
+
+
+class SessionConfig(ServerSideSessionConfig):
+    _backend_class = RotatingSessionBackend
 
 
 async def open_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:

@@ -1,0 +1,54 @@
+"""The gateway's API keys: list, create (the secret shown once), revoke."""
+
+from __future__ import annotations
+
+from litestar import Controller, Request, get, post
+from litestar.response import Redirect, Template
+
+from contracts import subjects
+from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
+from ui_service.forms import form_of
+from ui_service.hub_client import HubClient
+from ui_service.pages import Rejection, act_then_redirect, always, page, require_admin
+
+
+async def keys_page(request: Request, hub: HubClient, errors: dict | None = None, form: dict | None = None) -> Template:
+    listed, error = await hub.try_ask(subjects.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True), ApiKeyList)
+    # The new secret rides in the session for exactly one page view (post/redirect/get: a reload
+    # neither creates a second key nor shows the secret again).
+    created = request.session.pop("new_key", None) if request.session else None
+    return page(
+        "api_keys.html",
+        request,
+        keys=listed.keys if listed else [],
+        load_error=error,
+        created=created,
+        errors=errors or {},
+        form=form or {},
+    )
+
+
+class ApiKeysController(Controller):
+    path = "/api-keys"
+    guards = [require_admin]
+
+    @get("/")
+    async def api_keys(self, request: Request, hub: HubClient) -> Template:
+        return await keys_page(request, hub)
+
+    @post("/")
+    async def create_api_key(self, request: Request, hub: HubClient) -> Template | Redirect:
+        name = (await form_of(request)).get("name", "").strip()
+        with Rejection(always("name")) as rejected:
+            created = await hub.ask(subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name), CreatedApiKey)
+        if rejected:
+            return await keys_page(request, hub, errors=rejected.errors, form={"name": name})
+        request.session["new_key"] = {"name": created.key.name, "secret": created.secret}
+        return Redirect("/api-keys")
+
+    @post("/revoke")
+    async def revoke_api_key(self, request: Request, hub: HubClient) -> Redirect:
+        key_id = (await form_of(request)).get("key_id", "")
+        with Rejection() as rejected:
+            revoked = await hub.ask(subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=key_id), ApiKey)
+        return act_then_redirect(request, "/api-keys", rejected, "" if rejected else f"Revoked the key {revoked.name}.")

@@ -1,0 +1,67 @@
+"""The dashboard (instances, queue, recent images, service health) and the output images it shows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from litestar import Controller, Request, Response, get
+from litestar.exceptions import HTTPException
+from litestar.response import Stream, Template
+
+from contracts import subjects
+from contracts.messages.instances import InstanceList, ListInstances
+from contracts.messages.jobs import QueueView, QueueViewRequest
+from contracts.messages.stats import Figures, QueryFigures
+from contracts.runtime.output_http import output_reply
+from ui_service.hub_client import HubClient
+from ui_service.pages import page, require_admin
+
+
+class DashboardController(Controller):
+    path = "/"
+    guards = [require_admin]
+
+    @get("/")
+    async def dashboard(self, request: Request, hub: HubClient) -> Template:
+        last_hour = QueryFigures(group_by="instance", since=time.time() - 3600)
+        (instances, instances_error), (queue, queue_error), health, (hour, _) = await asyncio.gather(
+            hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList),
+            hub.try_ask(subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True, limit=24), QueueView),
+            hub.service_health(),
+            hub.try_ask(subjects.Stats.FIGURES, last_hour, Figures),
+        )
+        views = instances.instances if instances else []
+        jobs = queue.jobs if queue else []
+        return page(
+            "dashboard.html",
+            request,
+            instances=views,
+            instances_error=instances_error,
+            up=sum(1 for v in views if v.health.up),
+            queue=queue,
+            queue_error=queue_error,
+            active=[j for j in jobs if j.status in ("queued", "running", "cancelling")],
+            recent=[j for j in jobs if j.status == "completed"][:12],
+            failed=[j for j in jobs if j.status == "failed"],
+            hour=hour.total if hour else None,
+            health=health,
+        )
+
+    @get("/ui-images/{output_id:str}")
+    async def image(self, request: Request, hub: HubClient, output_id: str) -> Response | Stream:
+        """An output's bytes from the shared object store, for the signed-in admin only."""
+        reply = await output_reply(
+            hub.outputs(),
+            output_id,
+            if_none_match=request.headers.get("if-none-match"),
+            range_header=request.headers.get("range"),
+            cache_control="private, max-age=3600",
+        )
+        if reply.status == 404:
+            raise HTTPException(status_code=404, detail="This image is no longer stored.")
+        if reply.error is not None:
+            raise HTTPException(status_code=503, detail=f"The image cannot be read now: {reply.error.info.message}")
+        if isinstance(reply.body, bytes):
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+        return Stream(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)

@@ -1,0 +1,129 @@
+"""Test generation: the form, submitting a job, following it live (server-sent events), cancelling it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.response import Redirect, ServerSentEvent, Template
+from litestar.response.sse import ServerSentEventMessage
+
+from contracts import subjects
+from contracts.messages.jobs import FINAL_STATUSES, CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
+from contracts.messages.render_types import ListRenderTypes, RenderTypeList, RenderTypeSummary
+from contracts.messages.styles import ListStyles, StyleList
+from contracts.runtime.bus import job_events
+from contracts.runtime.storage import input_image_staged
+from ui_service.forms import MAX_INPUT_IMAGE_BYTES, generation_field, human_size, number_of, read_input_image
+from ui_service.hub_client import HubClient
+from ui_service.pages import Rejection, flash, page, require_admin
+
+FINAL_EVENTS = {"completed", "failed", "cancelled"}
+
+
+async def generate_page(
+    request: Request, hub: HubClient, form: dict[str, str] | None = None, errors: dict | None = None
+) -> Template:
+    (render_types, _), (styles, _) = await asyncio.gather(
+        hub.try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList),
+        hub.try_ask(subjects.Prompt.STYLES_LIST, ListStyles(include_disabled=False), StyleList),
+    )
+    listed = render_types.render_types if render_types else []
+    return page(
+        "generate.html",
+        request,
+        render_types=listed,
+        default_render_type=next((rt for rt in listed if rt.is_default), None),
+        styles=styles.styles if styles else [],
+        form=form or {"count": "1", "style_mode": "default"},
+        errors=errors or {},
+        upload_limit=MAX_INPUT_IMAGE_BYTES,
+        upload_limit_text=human_size(MAX_INPUT_IMAGE_BYTES),
+    )
+
+
+def chosen_render_type(listed: RenderTypeList, form: dict[str, str]) -> RenderTypeSummary | None:
+    """The render type the form names, or the default one when it names none."""
+    wanted = form.get("render_type")
+    return next((rt for rt in listed.render_types if rt.name == wanted or (not wanted and rt.is_default)), None)
+
+
+async def generation_of(hub: HubClient, data: Any, form: dict[str, str], styles: list[str]) -> GenerationRequest:
+    listed = await hub.ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList)
+    chosen = chosen_render_type(listed, form)
+    input_image = await read_input_image(data.get("input_image_file"), form.get("input_image_url", "").strip(), chosen)
+    return GenerationRequest(
+        prompt=form.get("prompt", ""),
+        negative_prompt=form.get("negative_prompt", ""),
+        render_type=form.get("render_type") or None,
+        styles=None if form.get("style_mode") == "default" else styles,
+        enhance_prompt=form.get("enhance_prompt") == "on",
+        seed=number_of(form, "seed"),
+        width=number_of(form, "width"),
+        height=number_of(form, "height"),
+        steps=number_of(form, "steps"),
+        cfg=number_of(form, "cfg", float),
+        count=number_of(form, "count") or 1,
+        input_image=input_image,
+        client_name="admin-ui",
+    )
+
+
+async def event_messages(hub: HubClient, job_id: str) -> AsyncIterator[ServerSentEventMessage]:
+    """The job's generation events, replayed from JetStream from the first one, until the final one."""
+    async for event in job_events(hub.nc, job_id, idle_s=15):
+        if event is None:
+            yield ServerSentEventMessage(comment="keep-alive")
+            continue
+        kind = type(event).__struct_config__.tag
+        data = msgspec.json.encode(event).decode()
+        yield ServerSentEventMessage(data=data, event=str(kind), id=event.event_id)
+        if kind in FINAL_EVENTS:
+            return
+
+
+class GenerateController(Controller):
+    path = "/"
+    guards = [require_admin]
+
+    @get("/generate")
+    async def generate(self, request: Request, hub: HubClient) -> Template:
+        return await generate_page(request, hub)
+
+    @post("/generate")
+    async def submit_generation(self, request: Request, hub: HubClient) -> Template | Redirect:
+        data = await request.form()
+        form = {k: str(v) for k, v in data.items() if k not in ("styles", "input_image_file")}
+        chosen_styles = [str(v) for v in data.getall("styles")] if "styles" in data else []
+        form["styles"] = ",".join(chosen_styles)
+        with Rejection(generation_field) as rejected:
+            generation = await generation_of(hub, data, form, chosen_styles)
+            # An uploaded image goes through the object store, not inside the NATS request (max_payload).
+            async with input_image_staged(hub.outputs(), generation) as staged:
+                reply = await hub.ask(subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=60)
+        if rejected:
+            return await generate_page(request, hub, form, rejected.errors)
+        return Redirect(f"/jobs/{reply.job_id}")
+
+    @get("/jobs/{job_id:str}")
+    async def job_page(self, request: Request, hub: HubClient, job_id: str) -> Template:
+        view = await hub.ask(subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+        return page("job.html", request, job=view, final=view.status in FINAL_STATUSES)
+
+    @post("/jobs/{job_id:str}/cancel")
+    async def cancel_job(self, request: Request, hub: HubClient, job_id: str) -> Redirect:
+        with Rejection() as rejected:
+            await hub.ask(
+                subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id, reason="cancelled by the admin"), JobView
+            )
+        if rejected:
+            flash(request, rejected.message, "error")
+        return Redirect(f"/jobs/{job_id}")
+
+    @get("/jobs/{job_id:str}/events")
+    async def job_event_stream(self, hub: HubClient, job_id: str) -> ServerSentEvent:
+        """The job's generation events as server-sent events."""
+        return ServerSentEvent(event_messages(hub, job_id))

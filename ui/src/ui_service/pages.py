@@ -1,0 +1,166 @@
+"""What every page of the admin UI shares: rendering with the flash message, the admin guard, and the one place
+where a service's error becomes what the admin sees (beside a form field, as a flash, or as an error page)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from contracts.errors import ErrorCode, HubError
+
+SESSION_KEY = "admin"
+
+# Names the form input a HubError belongs beside.
+FieldNamer = Callable[[HubError], str]
+
+
+def page(name: str, request: Request, **context: Any) -> Template:
+    flash_message = request.session.pop("flash", None) if request.session else None
+    return Template(template_name=name, context={"path": request.url.path, "flash": flash_message, **context})
+
+
+def flash(request: Request, text: str, kind: str = "ok") -> None:
+    request.session["flash"] = {"text": text, "kind": kind}
+
+
+def when(timestamp: float | None) -> str:
+    """Epoch seconds as the admin reads them in a table: `2026-11-24 16:38 UTC` (every replica alike)."""
+    if not timestamp:
+        return "\u2013"  # an en dash, as the templates show a missing value
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def add_template_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["when"] = when
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path of this site only (never another site: no open redirect)."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    if not connection.session.get(SESSION_KEY):
+        raise NotAuthorizedException("sign in first")
+
+
+# -- a service's error, shown to the admin -------------------------------------------------------------
+
+
+def field_of(error: HubError) -> str:
+    """The form input a HubError names: `instance.base_url` -> `base_url`."""
+    return (error.info.field or "").rsplit(".", 1)[-1]
+
+
+def named_or(default: str) -> FieldNamer:
+    """The input the error names, or `default` when it names none."""
+    return lambda error: field_of(error) or default
+
+
+def always(name: str) -> FieldNamer:
+    """Every error of this form shows beside one input."""
+    return lambda _: name
+
+
+class Rejection:
+    """Catches the HubError a form's submission meets, as the errors the form shows again:
+
+    with Rejection(named_or("form")) as rejected:
+        await hub.ask(...)
+    if rejected:
+        return await the_form_again(errors=rejected.errors)
+    """
+
+    def __init__(self, field: FieldNamer | None = None) -> None:
+        self._field = field or named_or("form")
+        self.error: HubError | None = None
+
+    def __enter__(self) -> Rejection:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if isinstance(exc, HubError):
+            self.error = exc
+            return True
+        return False
+
+    def __bool__(self) -> bool:
+        return self.error is not None
+
+    @property
+    def code(self) -> ErrorCode | None:
+        return self.error.code if self.error else None
+
+    @property
+    def message(self) -> str:
+        return self.error.info.message if self.error else ""
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return {self._field(self.error): self.error.info.message} if self.error else {}
+
+
+def act_then_redirect(request: Request, target: str, rejected: Rejection, done: str) -> Redirect:
+    """After a button's action: the admin returns to `target` with what happened (`done`, or the error)."""
+    if rejected:
+        flash(request, rejected.message, "error")
+    else:
+        flash(request, done)
+    return Redirect(target)
+
+
+# -- errors no page handled ------------------------------------------------------------------------------
+
+
+def on_not_authorized(request: Request, _: Exception) -> Response:
+    return Redirect(f"/login?next={request.url.path}")
+
+
+def on_http_error(request: Request, exc: HTTPException) -> Response:
+    titles = {403: "This form has expired", 404: "Not found", 405: "Not allowed", 413: "Upload too large"}
+    hint = {
+        403: "The form's security token was missing or stale. Go back, reload the page and try again.",
+        413: "The form sent more than 32 MiB. Go back and choose a smaller file, or give a large image by URL.",
+    }.get(exc.status_code, exc.detail)
+    return Template(
+        template_name="error.html",
+        context={"title": titles.get(exc.status_code, "Something went wrong"), "message": hint, "path": ""},
+        status_code=exc.status_code,
+    )
+
+
+def on_error(request: Request, exc: Exception) -> Response:
+    ref = secrets.token_hex(4)
+    request.app.state.hub.log.error("page failed", path=request.url.path, ref=ref, error=repr(exc))
+    message = exc.info.message if isinstance(exc, HubError) else "The page could not be shown."
+    missing = isinstance(exc, HubError) and exc.code is ErrorCode.NOT_FOUND
+    return Template(
+        template_name="error.html",
+        context={
+            "title": "Not found" if missing else "Something went wrong",
+            "message": message,
+            "ref": "" if missing else ref,
+            "path": "",
+        },
+        status_code=404 if missing else HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    NotAuthorizedException: on_not_authorized,
+    HTTPException: on_http_error,
+    Exception: on_error,
+}

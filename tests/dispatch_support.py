@@ -4,6 +4,8 @@ session's NATS, and helpers to register ComfyUI test doubles and follow jobs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +17,19 @@ from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
 from contracts.envelope import Empty
+from contracts.errors import HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
 from contracts.messages.render_types import GetRenderType, RenderType
+from contracts.messages.stats import (
+    GenerationRecord,
+    GetGeneration,
+    RetentionPolicy,
+    RetentionReport,
+    RunRetention,
+    SaveRetention,
+)
 from contracts.runtime.bus import request
 from contracts.streams import job_events_filter
 
@@ -123,3 +134,23 @@ async def events_of(nc: NatsClient, job_id: str, until_final: bool = True, timeo
     finally:
         await sub.unsubscribe()
     return found
+
+
+async def retention_removes_images_of(hub: Hub, job_id: str) -> RetentionReport:
+    """Run the real retention (stats service -> dispatcher) so that it removes this finished job's images: the
+    job's stats log row is made to look 40 days old (retention picks jobs by that row's time, and a test cannot
+    wait a month), the policy keeps images 30 days, and one run is asked for. Nothing else is touched."""
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(HubError):
+            record = await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=job_id), GenerationRecord)
+            if record.status in FINAL_STATUSES:
+                break
+        assert time.monotonic() < deadline, f"job {job_id} never reached the stats log"
+        await asyncio.sleep(0.1)
+    with contextlib.closing(sqlite3.connect(hub.data_dir / "stats.sqlite3", timeout=10)) as db:
+        db.execute("UPDATE generation SET logged_at = logged_at - ? WHERE job_id = ?", (40 * 86400, job_id))
+        db.commit()
+    policy = RetentionPolicy(keep_images_days=30, keep_log_days=0, run_every_hours=168)
+    await request(hub.nc, subjects.Stats.RETENTION_SAVE, SaveRetention(policy=policy), RetentionPolicy)
+    return await request(hub.nc, subjects.Stats.RETENTION_RUN, RunRetention(), RetentionReport)

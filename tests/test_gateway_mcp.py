@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import random
@@ -17,6 +18,7 @@ import httpx
 import httpx2
 import mcp_types as types
 import pytest
+from dispatch_support import retention_removes_images_of
 from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -53,8 +55,6 @@ class Mcp:
         self._stack = None
 
     async def __aenter__(self) -> ClientSession:
-        import contextlib
-
         self._stack = contextlib.AsyncExitStack()
         http = await self._stack.enter_async_context(mcp_session(self._gw))
         read, write = await self._stack.enter_async_context(
@@ -652,3 +652,56 @@ async def test_a_render_type_without_a_prompt_slot_runs_without_a_prompt(gw: Gat
         assert blank.is_error and blank.structured_content is not None
         error = blank.structured_content["error"]
         assert error["field"] == "prompt" and "'sdxl' takes a prompt" in error["message"], error
+
+
+# -- retention ----------------------------------------------------------------------------------------------
+
+
+async def test_images_removed_by_retention_are_reported_as_removed_with_when(gw: GatewayHub) -> None:
+    if "stats" not in gw.hub.processes:
+        await gw.hub.start("stats").wait_healthy(gw.nc)
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        jobs = []
+        for prompt in ("an old harbour", "a new harbour"):
+            submitted = await api.post("/api/v1/generations", json={"prompt": prompt, "count": 2})
+            assert submitted.status_code == 202, submitted.text
+            jobs.append(submitted.json()["job_id"])
+        old, young = jobs
+        for job_id in jobs:
+            await wait_for_done(api, job_id)
+        before = (await api.get(f"/api/v1/generations/{old}")).json()["images"]
+        assert len(before) == 2 and all(i["url"] and not i["removed"] and i["removed_at"] is None for i in before)
+
+        started = time.time()
+        report = await retention_removes_images_of(gw.hub, old)
+        assert (report.images_removed, report.jobs_cleared, report.error) == (2, 1, None), report
+
+        view = (await api.get(f"/api/v1/generations/{old}")).json()
+        images = view["images"]
+        assert [i["output_id"] for i in images] == [i["output_id"] for i in before]
+        for image in images:
+            assert image["removed"] is True and image["url"] is None, image
+            assert started <= image["removed_at"] <= time.time()
+        for image in before:  # what the view no longer links to is really gone
+            assert (await api.get(image["url"])).status_code == 404
+        kept = (await api.get(f"/api/v1/generations/{young}")).json()["images"]
+        assert len(kept) == 2 and not any(i["removed"] for i in kept)
+        assert [(await api.get(i["url"])).status_code for i in kept] == [200, 200]
+
+    async with Mcp(gw) as session:
+        result = await session.call_tool("get_generation", {"job_id": old})
+        assert not result.is_error and result.structured_content is not None
+        assert result.structured_content["images"] == images
+        text = " ".join(c.text for c in result.content if isinstance(c, types.TextContent))
+        assert "2 of 2 image(s) removed by retention" in text, text
+        # Neither a link nor a preview of an image that is gone.
+        assert not [c for c in result.content if isinstance(c, (types.ResourceLink, types.ImageContent))]
+        fresh = await session.call_tool("get_generation", {"job_id": young})
+        assert len([c for c in fresh.content if isinstance(c, types.ResourceLink)]) == 2
+
+
+async def wait_for_done(api: httpx.AsyncClient, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while (view := (await api.get(f"/api/v1/generations/{job_id}")).json())["status"] != "completed":
+        assert not view["done"] and time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)

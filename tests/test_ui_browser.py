@@ -242,6 +242,28 @@ async def test_a_test_generation_shows_live_progress_and_its_image(
             await remove_instance(hub.nc, "gpu-gen")
 
 
+async def test_the_job_page_says_when_retention_removed_its_images(hub: Hub, context: BrowserContext) -> None:
+    from dispatch_support import add_instance, remove_instance, retention_removes_images_of, submit, wait_final
+
+    async with ComfyUIDouble(models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=0.1) as comfy:
+        await add_instance(hub.nc, comfy, "gpu-retention")
+        try:
+            job_id = (await submit(hub.nc, "a harbour long ago")).job_id
+            assert (await wait_final(hub.nc, job_id)).status == "completed"
+            report = await retention_removes_images_of(hub, job_id)
+            assert report.images_removed == 1 and report.error is None, report
+        finally:
+            await remove_instance(hub.nc, "gpu-retention")
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, f"/jobs/{job_id}"))
+    removed = await page.inner_text("#outputs .removed-output")
+    assert "removed by retention on 20" in removed and "UTC" in removed, removed
+    assert await page.locator("#outputs img").count() == 0  # no broken image of a file that is gone
+    await page.goto(url(hub, "/"))
+    assert await page.locator(f'.thumbs a[href="/jobs/{job_id}"]').count() == 0
+
+
 async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -13,7 +14,7 @@ from contracts import subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import JobAccepted, JobQueued
 from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
-from contracts.messages.jobs import GenerationRequest, JobPage, JobView, QueueView, SubmitReply
+from contracts.messages.jobs import DeletedOutputs, GenerationRequest, JobPage, JobView, QueueView, SubmitReply
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
@@ -150,6 +151,16 @@ class Dispatcher:
             queued=sum(v.status in WAITING_STATUSES for v in views),
             running=sum(v.status == "running" for v in views),
         )
+
+    async def delete_outputs(self, output_ids: list[str], job_ids: list[str]) -> DeletedOutputs:
+        """Retention: delete output files, then mark them removed in their jobs, so that a job's view says when its
+        images went instead of listing URLs that answer 404. A file already gone counts as removed too."""
+        deleted, missing = [], []
+        for output_id in output_ids:
+            (deleted if await self.storage.delete(output_id) else missing).append(output_id)
+        if job_ids:
+            await self.store.mark_outputs_removed(job_ids, set(deleted) | set(missing), time.time())
+        return DeletedOutputs(deleted=deleted, missing=missing)
 
     # -- instances ----------------------------------------------------------------------------------
 

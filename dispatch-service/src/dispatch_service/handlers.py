@@ -115,10 +115,7 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
         return await dispatcher.test_instance(req.base_url, req.auth_header)
 
     async def delete_outputs(req: DeleteOutputs) -> DeletedOutputs:
-        deleted, missing = [], []
-        for output_id in req.output_ids:
-            (deleted if await dispatcher.storage.delete(output_id) else missing).append(output_id)
-        return DeletedOutputs(deleted=deleted, missing=missing)
+        return await dispatcher.delete_outputs(req.output_ids, req.job_ids)
 
     runtime.endpoint(D.JOBS_SUBMIT, GenerationRequest, submit)
     runtime.endpoint(D.JOBS_GET, GetJob, get_job)

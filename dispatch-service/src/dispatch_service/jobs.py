@@ -283,6 +283,19 @@ class JobStore:
             .run()
         )
 
+    async def mark_outputs_removed(self, job_ids: list[str], gone: set[str], at: float) -> None:
+        """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""
+        rows = (
+            await JobRow.select(JobRow.job_id, JobRow.outputs)
+            .where(JobRow.job_id.is_in(job_ids))
+            .output(load_json=True)
+        )
+        for row in rows:
+            outputs = row["outputs"] or []
+            marked = [{**o, "removed_at": o.get("removed_at") or at} if o["output_id"] in gone else o for o in outputs]
+            if marked != outputs:
+                await JobRow.update({JobRow.outputs: marked}).where(JobRow.job_id == row["job_id"])
+
     async def active(self, limit: int) -> list[dict[str, Any]]:
         return (
             await JobRow.select()

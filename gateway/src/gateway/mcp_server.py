@@ -11,6 +11,7 @@ import base64
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -167,6 +168,20 @@ def _error_result(error: HubError) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured, is_error=True)
 
 
+def result_summary(result: Generation) -> str:
+    """The text line of a generation's tool result: status, error, and images retention removed (with when)."""
+    summary = f"job {result.job_id}: {result.status}"
+    if not result.done:
+        summary += " (not finished: call get_generation with this job_id to follow it)"
+    if result.error:
+        summary += f"; error: {result.error}"
+    removed = [image.removed_at for image in result.images if image.removed_at is not None]
+    if removed:
+        when = datetime.fromtimestamp(max(removed), UTC).isoformat(timespec="seconds")
+        summary += f"; {len(removed)} of {len(result.images)} image(s) removed by retention (last at {when})"
+    return summary
+
+
 def _base_url(ctx: ServerRequestContext[Any]) -> str:
     request = ctx.request
     if request is None:
@@ -312,25 +327,21 @@ class HubMcp:
         self, ctx: ServerRequestContext[Any], view: JobView, *, thumbnails: bool = True
     ) -> types.CallToolResult:
         result = generation_of(view, _base_url(ctx))
-        summary = f"job {result.job_id}: {result.status}"
-        if not result.done:
-            summary += " (not finished: call get_generation with this job_id to follow it)"
-        if result.error:
-            summary += f"; error: {result.error}"
-        content: list[Any] = [types.TextContent(text=summary)]
-        for image in result.images:
+        kept = [image for image in result.images if image.url is not None]  # retention may have removed some
+        content: list[Any] = [types.TextContent(text=result_summary(result))]
+        for image in kept:
             content.append(
                 types.ResourceLink(
                     name=image.filename,
-                    uri=image.url,
+                    uri=image.url or "",
                     mime_type=image.content_type,
                     size=image.size,
                     description=f"generated image of job {result.job_id}",
                 )
             )
-        if thumbnails and result.images:
-            budget = self._settings.thumbnail_max_bytes // len(result.images)
-            for image in result.images:
+        if thumbnails and kept:
+            budget = self._settings.thumbnail_max_bytes // len(kept)
+            for image in kept:
                 if not image.content_type.startswith("image/"):
                     continue
                 data = await self._hub.outputs.read_all(image.output_id)

@@ -80,6 +80,9 @@ def status_message(view: JobView) -> str:
         return f"cancelling on {view.instance or 'an instance'} (stops when its current node ends)"
     if view.status == "cancelled":
         return view.error or "cancelled"
+    removed = sum(o.removed_at is not None for o in view.outputs)
+    if removed:
+        return f"{len(view.outputs)} output(s), {removed} of them removed by retention"
     return f"{len(view.outputs)} output(s) ready"
 
 

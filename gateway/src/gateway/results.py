@@ -7,17 +7,27 @@ from typing import Annotated
 import msgspec
 
 from contracts.messages.base import Record, Request
-from contracts.messages.jobs import JobStatus, JobView, Progress, Timings
+from contracts.messages.jobs import JobStatus, JobView, OutputFile, Progress, Timings
 
 
 class ImageLink(Record):
     output_id: str
-    url: Annotated[str, msgspec.Meta(description="Full image on the gateway; also readable with resources/read.")]
+    url: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Full image on the gateway; also readable with resources/read. Null once retention removed "
+            "the image (see removed_at)."
+        ),
+    ]
     content_type: str
     size: int
     filename: str
     width: int | None = None
     height: int | None = None
+    removed: Annotated[bool, msgspec.Meta(description="True when retention deleted the image file.")] = False
+    removed_at: Annotated[
+        float | None, msgspec.Meta(description="When retention deleted the image file (Unix time); null while kept.")
+    ] = None
 
 
 class Generation(Record):
@@ -41,6 +51,21 @@ class Generation(Record):
     enhancement_error: str | None = None
 
 
+def image_link(output: OutputFile, base_url: str) -> ImageLink:
+    removed = output.removed_at is not None
+    return ImageLink(
+        output_id=output.output_id,
+        url=None if removed else f"{base_url}/images/{output.output_id}",
+        content_type=output.content_type,
+        size=output.size,
+        filename=output.filename,
+        width=output.width,
+        height=output.height,
+        removed=removed,
+        removed_at=output.removed_at,
+    )
+
+
 def generation_of(view: JobView, base_url: str) -> Generation:
     return Generation(
         job_id=view.job_id,
@@ -57,18 +82,7 @@ def generation_of(view: JobView, base_url: str) -> Generation:
         instance=view.instance,
         queue_position=view.queue_position,
         progress=view.progress,
-        images=[
-            ImageLink(
-                output_id=o.output_id,
-                url=f"{base_url}/images/{o.output_id}",
-                content_type=o.content_type,
-                size=o.size,
-                filename=o.filename,
-                width=o.width,
-                height=o.height,
-            )
-            for o in view.outputs
-        ],
+        images=[image_link(o, base_url) for o in view.outputs],
         timings=view.timings,
         error=view.error,
         enhancement_error=view.enhancement_error,

@@ -31,11 +31,11 @@ REPLY_OVERHEAD = 64 * 1024  # room in a reply for the envelope and the fields be
 def output_remover(runtime: ServiceRuntime) -> retention.OutputRemover:
     """Deleting output files means asking their owner, the dispatcher."""
 
-    async def remove(output_ids: list[str]) -> DeletedOutputs:
+    async def remove(output_ids: list[str], job_ids: list[str]) -> DeletedOutputs:
         return await request(
             runtime.nc,
             subjects.Dispatch.OUTPUTS_DELETE,
-            DeleteOutputs(output_ids=output_ids),
+            DeleteOutputs(output_ids=output_ids, job_ids=job_ids),
             DeletedOutputs,
             timeout=runtime.settings.request_timeout_s,
         )

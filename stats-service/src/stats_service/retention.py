@@ -29,7 +29,8 @@ SCAN_PAGE = 500  # log rows read at a time
 RETRY_AFTER_FAILURE_S = 15 * 60  # a run that could not finish is tried again this soon (or at the next run)
 MAX_SLEEP_S = 60.0  # the scheduler looks again at least this often (another replica may have changed the policy)
 
-OutputRemover = Callable[[list[str]], Awaitable[DeletedOutputs]]
+# (output ids, the jobs they belong to) -> what the dispatcher deleted; it marks those outputs removed in the jobs.
+OutputRemover = Callable[[list[str], list[str]], Awaitable[DeletedOutputs]]
 Trigger = Literal["request", "schedule"]
 
 
@@ -214,7 +215,7 @@ async def _remove_images(cutoff: float, remover: OutputRemover, *, dry_run: bool
         for chunk in _chunks(rows):
             asked = [o.output_id for _, outputs in chunk for o in outputs]
             try:
-                reply = await remover(asked)
+                reply = await remover(asked, [job_id for job_id, _ in chunk])
             except HubError as exc:
                 tally.error = (
                     f"the dispatcher did not delete output files ({exc}); no job was marked images_removed for "

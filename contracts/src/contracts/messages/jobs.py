@@ -88,6 +88,8 @@ class OutputFile(Record):
     kind: Literal["image", "video", "audio", "other"] = "image"
     width: int | None = None
     height: int | None = None
+    # When retention deleted the file (the gateway answers 404 for it from then on); None while it is kept.
+    removed_at: float | None = None
 
 
 class Timings(Record):
@@ -169,6 +171,8 @@ class QueueView(Record):
 
 class DeleteOutputs(Request):
     output_ids: list[str]
+    # The jobs these outputs belong to: their views then mark each deleted (or already missing) output removed.
+    job_ids: list[str] = []
 
 
 class DeletedOutputs(Record):

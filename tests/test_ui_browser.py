@@ -11,6 +11,9 @@ from doubles.comfyui import ComfyUIDouble
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
 
+from contracts import subjects
+from contracts.messages.keys import ApiKeyList, ListApiKeys
+from contracts.runtime.bus import request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -444,6 +447,14 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         await row.locator("button:has-text('Revoke')").click()
         assert "Revoked the key claude-desktop" in await page.inner_text(".flash")
         assert "revoked" in await page.locator("#keys tr", has_text="claude-desktop").inner_text()
+        assert "its own jobs" in await page.locator("#keys tr", has_text="claude-desktop").inner_text()
+        # A key that reads every job (a monitoring client) is an explicit choice on the form.
+        await page.fill("#f-name", "monitoring")
+        await page.check("#f-scope-read-all")
+        await page.click("button:has-text('Create key')")
+        assert "jobs:read-all" in await page.locator("#keys tr", has_text="monitoring").inner_text()
+        listing = await request(hub.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        assert [k.scopes for k in listing.keys if k.name == "monitoring"] == [["jobs:read-all"]]
     finally:
         gateway.kill()
 

@@ -19,6 +19,7 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"  # the caller is known but may not do this (e.g. cancel a job another key made)
     INTERNAL = "internal"  # a bug: the service logged the details under `ref`
 
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.keys import ApiKey, ApiKeyList, CreatedApiKey
+from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey
 from contracts.runtime.database import write_transaction
 from gateway.tables import ApiKeyRow
 
@@ -34,7 +34,20 @@ def _to_key(row: dict[str, Any]) -> ApiKey:
         created_at=row["created_at"],
         last_used_at=row["last_used_at"],
         revoked_at=row["revoked_at"],
+        scopes=row["scopes"].split(),
     )
+
+
+def _checked_scopes(scopes: list[str]) -> list[str]:
+    unknown = [scope for scope in scopes if scope not in SCOPES]
+    if unknown:
+        raise HubError(
+            ErrorCode.INVALID_REQUEST,
+            f"unknown scope `{unknown[0]}`; scopes: {', '.join(SCOPES)}",
+            field="scopes",
+            details={"valid": list(SCOPES)},
+        )
+    return sorted(set(scopes))
 
 
 class ApiKeyStore:
@@ -42,12 +55,13 @@ class ApiKeyStore:
         self._clock = clock
         self._last_written: dict[str, float] = {}  # key_id -> last_used_at written by this replica
 
-    async def create(self, name: str) -> CreatedApiKey:
+    async def create(self, name: str, scopes: list[str] | None = None) -> CreatedApiKey:
         name = name.strip()
         if not name:
             raise HubError(
                 ErrorCode.INVALID_REQUEST, "`name` must not be blank; name the key after its user", field="name"
             )
+        granted = _checked_scopes(scopes or [])
         secret = SECRET_PREFIX + secrets.token_urlsafe(24)  # 24 bytes -> 32 URL-safe characters
         row = {
             "key_id": "key_" + secrets.token_hex(8),
@@ -56,6 +70,7 @@ class ApiKeyStore:
             "created_at": self._clock(),
             "last_used_at": None,
             "revoked_at": None,
+            "scopes": " ".join(granted),
         }
         await ApiKeyRow.insert(ApiKeyRow(secret_hash=hash_secret(secret), **row))
         return CreatedApiKey(key=_to_key(row), secret=secret)

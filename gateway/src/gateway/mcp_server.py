@@ -31,6 +31,7 @@ from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway import __version__
 from gateway.hub_client import HubClient
+from gateway.job_access import cancel_own_job, cancellable_job, readable_job
 from gateway.mcp_listen import ListenHandler
 from gateway.mcp_tasks import (
     MISSING_REQUIRED_CLIENT_CAPABILITY,
@@ -269,11 +270,11 @@ class HubMcp:
         return self._structured(await self._hub.preview(build))
 
     async def _tool_get_generation(self, ctx: ServerRequestContext[Any], ref: JobRef) -> types.CallToolResult:
-        view = await self._hub.job(ref.job_id)
+        view = await readable_job(self._hub, _api_key(ctx), ref.job_id)
         return await self._generation_result(ctx, view)
 
     async def _tool_cancel_generation(self, ctx: ServerRequestContext[Any], ref: JobRef) -> types.CallToolResult:
-        view = await self._hub.cancel(ref.job_id, CANCELLED_BY_CALLER)
+        view = await cancel_own_job(self._hub, _api_key(ctx), ref.job_id, CANCELLED_BY_CALLER)
         return await self._generation_result(ctx, view, thumbnails=False)
 
     async def _submit(self, ctx: ServerRequestContext[Any], generation: GenerationRequest) -> str:
@@ -390,24 +391,26 @@ class HubMcp:
             )
         return modern
 
-    async def _task_job(self, ctx: ServerRequestContext[Any], task_id: str, *, routed: bool = True) -> JobView:
-        """The job of a task the caller may see. `routed`: a tasks/* request, whose Mcp-Name names the task."""
+    async def _task_job(
+        self, ctx: ServerRequestContext[Any], task_id: str, *, routed: bool = True, cancel: bool = False
+    ) -> JobView:
+        """The job of a task the caller may see (`cancel`: may cancel; gateway.job_access decides). `routed`: a
+        tasks/* request, whose Mcp-Name names the task."""
         routed_as = ctx.request.headers.get("mcp-name") if ctx.request is not None else None
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
         if routed and modern and routed_as is not None and routed_as != task_id:
             # Load balancers route task requests by this header, so a mismatch would reach the wrong place.
             raise MCPError(HEADER_MISMATCH, f"Mcp-Name header `{routed_as}` does not match params.taskId `{task_id}`")
         not_found = MCPError(INT_INPUT_ERROR, f"Failed to retrieve task: task {task_id} not found")
+        access = cancellable_job if cancel else readable_job
         try:
-            view = await self._hub.job(task_id)
+            return await access(self._hub, _api_key(ctx), task_id)
         except HubError as exc:
-            if exc.code is ErrorCode.NOT_FOUND:
+            if exc.code is ErrorCode.NOT_FOUND:  # unknown, or another key's: its existence is not told
                 raise not_found from None
+            if exc.code is ErrorCode.FORBIDDEN:
+                raise MCPError(INT_INPUT_ERROR, exc.info.message) from None
             raise MCPError(INTERNAL_ERROR, exc.info.message) from None
-        key = _api_key(ctx)
-        if view.api_key_id is not None and (key is None or key.key_id != view.api_key_id):
-            raise not_found  # another key's job: its existence is not told
-        return view
 
     async def _task_state(self, ctx: ServerRequestContext[Any], view: JobView) -> dict[str, Any]:
         """The 2026-07-28 task of a job, with the tool result inlined once it is complete."""
@@ -461,7 +464,7 @@ class HubMcp:
 
     async def _tasks_cancel(self, ctx: ServerRequestContext[Any], ref: TaskRef) -> dict[str, Any]:
         modern = self._modern(ctx)
-        view = await self._task_job(ctx, ref.task_id)
+        view = await self._task_job(ctx, ref.task_id, cancel=True)
         if view.status in TERMINAL:
             if not modern:
                 raise MCPError(INT_INPUT_ERROR, f"Cannot cancel task {ref.task_id}: it is already {view.status}")

@@ -18,6 +18,7 @@ from contracts.messages.keys import ApiKey
 from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway.hub_client import HubClient
+from gateway.job_access import cancel_own_job, readable_job
 from gateway.mcp_server import API_KEY_SCOPE_KEY, CALLER_FIELDS
 from gateway.results import Generation, generation_of
 
@@ -27,6 +28,7 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 400,
     ErrorCode.INCOMPATIBLE: 400,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.CONFLICT: 409,
     ErrorCode.CANCELLED: 409,
@@ -95,6 +97,10 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def _key(request: Request[Any, Any, Any]) -> ApiKey | None:
+    return request.scope.get(API_KEY_SCOPE_KEY)  # type: ignore[call-overload,no-any-return]
+
+
 class GenerationsController(Controller):
     path = f"{API_PREFIX}/generations"
     tags = ["generations"]
@@ -103,7 +109,7 @@ class GenerationsController(Controller):
     async def submit(self, request: Request[Any, Any, Any], data: NewGeneration) -> Response[SubmitReply]:  # type: ignore[valid-type]
         """Submit a generation; follow it at the `Location` (GET) or its `/events` (server-sent events)."""
         hub: HubClient = request.app.state.hub
-        key: ApiKey | None = request.scope.get(API_KEY_SCOPE_KEY)  # type: ignore[call-overload]
+        key = _key(request)
         generation = msgspec.convert(
             {**msgspec.structs.asdict(data), "api_key_id": key.key_id if key else None, "client_name": "rest"},
             GenerationRequest,
@@ -113,21 +119,22 @@ class GenerationsController(Controller):
 
     @get("/{job_id:str}")
     async def get_generation(self, request: Request[Any, Any, Any], job_id: str) -> Generation:
-        """Status and result of a generation (image URLs under /images/)."""
+        """Status and result of a generation (image URLs under /images/); only the API key that made it sees it."""
         hub: HubClient = request.app.state.hub
-        return generation_of(await hub.job(job_id), _base_url(request))
+        return generation_of(await readable_job(hub, _key(request), job_id), _base_url(request))
 
     @delete("/{job_id:str}", status_code=200)
     async def cancel_generation(self, request: Request[Any, Any, Any], job_id: str) -> Generation:
-        """Cancel a queued or running generation (a finished one is returned as it is)."""
+        """Cancel a queued or running generation made with this API key (a finished one is returned as it is)."""
         hub: HubClient = request.app.state.hub
-        return generation_of(await hub.cancel(job_id, CANCELLED_BY_CALLER), _base_url(request))
+        view = await cancel_own_job(hub, _key(request), job_id, CANCELLED_BY_CALLER)
+        return generation_of(view, _base_url(request))
 
     @get("/{job_id:str}/events")
     async def events(self, request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
         """The job's events from the first, as server-sent events (`event` = kind), until the final one."""
         hub: HubClient = request.app.state.hub
-        await hub.job(job_id)  # 404 for an unknown job, before the stream starts
+        await readable_job(hub, _key(request), job_id)  # 404 for an unknown or another key's job, before streaming
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
             async for event in hub.events(job_id):

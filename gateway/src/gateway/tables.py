@@ -15,6 +15,7 @@ class ApiKeyRow(Table, tablename="api_key"):
     last_used_at = Float(null=True, default=None)
     revoked_at = Float(null=True, default=None)
     note = Text(default="")
+    scopes = Text(default="")  # space-separated names from contracts.messages.keys.SCOPES
 
 
 TABLES: list[type[Table]] = [ApiKeyRow]

@@ -8,6 +8,12 @@ import msgspec
 
 from contracts.messages.base import Record, Request
 
+# A key sees and cancels only the jobs it made. A scope widens that, and only where an admin sets it (UI).
+READ_ALL_JOBS = "jobs:read-all"
+SCOPES: dict[str, str] = {
+    READ_ALL_JOBS: "reads every job (status, prompt, events), e.g. for a monitoring client; cancels only its own",
+}
+
 
 class ApiKey(Record):
     key_id: str
@@ -16,6 +22,7 @@ class ApiKey(Record):
     created_at: float
     last_used_at: float | None = None
     revoked_at: float | None = None
+    scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
 
 
 class ApiKeyList(Record):
@@ -28,6 +35,7 @@ class ListApiKeys(Request):
 
 class CreateApiKey(Request):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
 
 
 class CreatedApiKey(Record):

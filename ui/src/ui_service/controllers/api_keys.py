@@ -9,7 +9,7 @@ from contracts import subjects
 from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
 from ui_service.forms import form_of
 from ui_service.hub_client import HubClient
-from ui_service.pages import Rejection, act_then_redirect, always, page, require_admin
+from ui_service.pages import Rejection, act_then_redirect, named_or, page, require_admin
 
 
 async def keys_page(request: Request, hub: HubClient, errors: dict | None = None, form: dict | None = None) -> Template:
@@ -38,11 +38,13 @@ class ApiKeysController(Controller):
 
     @post("/")
     async def create_api_key(self, request: Request, hub: HubClient) -> Template | Redirect:
-        name = (await form_of(request)).get("name", "").strip()
-        with Rejection(always("name")) as rejected:
-            created = await hub.ask(subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name), CreatedApiKey)
+        data = await request.form()
+        name = (await form_of(request, "scopes")).get("name", "").strip()
+        scopes = [str(v) for v in data.getall("scopes")] if "scopes" in data else []  # checkboxes (SCOPES)
+        with Rejection(named_or("name")) as rejected:
+            created = await hub.ask(subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes), CreatedApiKey)
         if rejected:
-            return await keys_page(request, hub, errors=rejected.errors, form={"name": name})
+            return await keys_page(request, hub, errors=rejected.errors, form={"name": name, "scopes": scopes})
         request.session["new_key"] = {"name": created.key.name, "secret": created.secret}
         return Redirect("/api-keys")
 

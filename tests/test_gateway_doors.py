@@ -1,0 +1,154 @@
+"""Who may pass the gateway's doors, against real hub processes: a job belongs to the API key that made it (every
+door that takes a job id answers another key exactly as an unknown id), a `jobs:read-all` key reads every job,
+and the Host/Origin allowlists that stop DNS rebinding (HUB_GATEWAY_ALLOWED_HOSTS / _ORIGINS)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from contracts import subjects
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.keys import READ_ALL_JOBS, CreateApiKey, CreatedApiKey
+from contracts.runtime.bus import request
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+PUBLIC_NAME = "hub.example.org"
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(
+        nats_server.url,
+        tmp_path_factory.mktemp("gateway-doors"),
+        HUB_GATEWAY_ALLOWED_HOSTS=PUBLIC_NAME,
+        HUB_GATEWAY_ALLOWED_ORIGINS="https://console.example.net",
+    ) as running:
+        yield running
+
+
+async def new_key(gw: GatewayHub, name: str, scopes: list[str] | None = None) -> CreatedApiKey:
+    return await request(
+        gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes or []), CreatedApiKey
+    )
+
+
+def bearer(key: CreatedApiKey) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key.secret}"}
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(gw: GatewayHub, key: CreatedApiKey) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers=bearer(key), timeout=httpx2.Timeout(30, read=60)) as http,
+        streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def tool_answer(session: ClientSession, tool: str, job_id: str) -> tuple[bool, str, Any]:
+    result = await session.call_tool(tool, {"job_id": job_id})
+    return result.is_error, result.content[0].text, result.structured_content  # type: ignore[union-attr]
+
+
+async def door_answers(gw: GatewayHub, key: CreatedApiKey, job_id: str) -> dict[str, Any]:
+    """What every door that takes a job id answers `key` for `job_id`, with the id itself replaced by `<id>`."""
+    answers: dict[str, Any] = {}
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=bearer(key), timeout=30) as http:
+        for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/events")):
+            response = await http.request(method, f"/api/v1/generations/{job_id}{path}")
+            answers[f"{method} {path}"] = (response.status_code, response.text.replace(job_id, "<id>"))
+    async with mcp_client(gw, key) as session:
+        for tool in ("get_generation", "cancel_generation"):
+            is_error, text, _ = await tool_answer(session, tool, job_id)
+            answers[tool] = (is_error, text.replace(job_id, "<id>"))
+    return answers
+
+
+async def running_job(gw: GatewayHub, owner: CreatedApiKey) -> str:
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=bearer(owner), timeout=30) as http:
+        submitted = await http.post("/api/v1/generations", json={"prompt": "a lighthouse in fog", "steps": 20})
+    assert submitted.status_code == 202, submitted.text
+    return submitted.json()["job_id"]
+
+
+async def test_another_key_gets_on_every_door_what_an_unknown_id_gets(gw: GatewayHub) -> None:
+    owner, stranger = await new_key(gw, "owner"), await new_key(gw, "stranger")
+    gw.comfy.work_seconds = 3.0  # the job is still running while the stranger tries to cancel it
+    try:
+        job_id = await running_job(gw, owner)
+        unknown = await door_answers(gw, stranger, uuid.uuid4().hex)
+        foreign = await door_answers(gw, stranger, job_id)
+        assert foreign == unknown
+        assert {key: answer[0] for key, answer in foreign.items() if key.startswith(("GET", "DELETE"))} == {
+            "GET ": 404,
+            "DELETE ": 404,
+            "GET /events": 404,
+        }
+        assert foreign["get_generation"][0] is True and "no job with id '<id>'" in foreign["get_generation"][1]
+        assert "a lighthouse" not in str(foreign)  # the prompt is not told
+        # The stranger's DELETE and cancel_generation did nothing: the job runs on and the owner sees it end.
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=bearer(owner), timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while not (view := (await http.get(f"/api/v1/generations/{job_id}")).json())["done"]:
+                assert time.monotonic() < deadline, view
+        assert view["status"] == "completed", view
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_the_owner_reads_and_cancels_its_job_through_every_door(gw: GatewayHub) -> None:
+    owner = await new_key(gw, "owner-2")
+    gw.comfy.work_seconds = 20.0
+    try:
+        job_id = await running_job(gw, owner)
+        async with mcp_client(gw, owner) as session:
+            is_error, _, read = await tool_answer(session, "get_generation", job_id)
+            assert not is_error and read["job_id"] == job_id
+            is_error, _, cancelled = await tool_answer(session, "cancel_generation", job_id)
+            assert not is_error and cancelled["status"] in ("cancelling", "cancelled"), cancelled
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_a_read_all_key_reads_every_job_but_cancels_only_its_own(gw: GatewayHub) -> None:
+    owner, monitor = await new_key(gw, "owner-3"), await new_key(gw, "monitor", [READ_ALL_JOBS])
+    assert monitor.key.scopes == [READ_ALL_JOBS]
+    job_id = await running_job(gw, owner)
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=bearer(monitor), timeout=30) as http:
+        read = await http.get(f"/api/v1/generations/{job_id}")
+        assert read.status_code == 200 and read.json()["job_id"] == job_id
+        async with http.stream("GET", f"/api/v1/generations/{job_id}/events") as stream:
+            assert stream.status_code == 200
+            kinds = [line.split(":", 1)[1].strip() async for line in stream.aiter_lines() if line.startswith("event:")]
+        assert kinds[0] == "accepted" and kinds[-1] == "completed"
+        refused = await http.delete(f"/api/v1/generations/{job_id}")
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["field"] == "job_id" and READ_ALL_JOBS in refused.json()["error"]["message"]
+    async with mcp_client(gw, monitor) as session:
+        is_error, _, seen = await tool_answer(session, "get_generation", job_id)
+        assert not is_error and seen["status"] == "completed"
+    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    assert view.api_key_id == owner.key.key_id
+
+
+async def test_an_unknown_scope_is_refused_naming_the_field(gw: GatewayHub) -> None:
+    with pytest.raises(HubError) as raised:
+        await new_key(gw, "typo", ["jobs:read-everything"])
+    assert raised.value.code == ErrorCode.INVALID_REQUEST and raised.value.info.field == "scopes"
+    assert READ_ALL_JOBS in raised.value.info.message

@@ -44,9 +44,13 @@ class LeaseNote(msgspec.Struct, frozen=True):
     reply: str  # the reply subject of the job's stream message (a NAK there redelivers it at once)
 
 
-def slot_key(instance: str, slot: int) -> str:
+def instance_key(instance: str) -> str:
     # KV keys allow few characters; instance names are free text, so they are escaped (and kept unique).
-    return f"{_UNSAFE.sub(lambda m: f'={ord(m.group()):x}', instance)}.{slot}"
+    return _UNSAFE.sub(lambda m: f"={ord(m.group()):x}", instance)
+
+
+def slot_key(instance: str, slot: int) -> str:
+    return f"{instance_key(instance)}.{slot}"
 
 
 class Lease:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from contracts.messages.instances import Instance, InstanceHealth
@@ -49,6 +50,11 @@ class InstanceState:
         return self.capabilities_at > 0
 
     @property
+    def model_files(self) -> frozenset[str]:
+        """Every model file the instance lists, whatever its folder."""
+        return frozenset().union(*self.models.values()) if self.models else frozenset()
+
+    @property
     def available(self) -> bool:
         return self.config.enabled and self.health.up
 
@@ -72,6 +78,8 @@ class Pool:
         self.wanted_folders: set[str] = set(COMMON_MODEL_FOLDERS)
         # Set whenever something that could let a waiting job start changes (an instance up, a slot freed).
         self.changed = asyncio.Event()
+        # Called with an instance's name when it is up again after being seen down (it may have restarted).
+        self.on_back_up: Callable[[str], Awaitable[None]] | None = None
 
     def notify(self) -> None:
         self.changed.set()
@@ -115,6 +123,7 @@ class Pool:
     async def probe(self, state: InstanceState) -> None:
         """One health check; capabilities are read when the instance comes up or they are stale."""
         was_up = state.health.up
+        seen_down = not was_up and state.health.checked_at is not None
         started = time.perf_counter()
         try:
             info = await state.client.system_stats()
@@ -139,6 +148,8 @@ class Pool:
         )
         if not was_up:
             log.info("instance up", instance=state.config.name, url=state.config.base_url)
+            if seen_down and self.on_back_up is not None:
+                await self.on_back_up(state.config.name)
             self.notify()
 
     async def _read_capabilities(self, state: InstanceState) -> None:

@@ -41,12 +41,15 @@ from contracts.messages.events import (
     OutputStored,
 )
 from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile
+from contracts.messages.render_types import Requirements
 from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.images import image_size
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
 from contracts.streams import JOBS_STREAM, job_subject
+from dispatch_service.affinity import Affinity, CostModel, ModelMemory
+from dispatch_service.affinity_queue import AffinityQueue
 from dispatch_service.comfyui import (
     ComfyError,
     ComfyExecutionFailed,
@@ -152,6 +155,12 @@ class Scheduler:
         self._subscription: Any = None
         self._rotation = itertools.count()
         self._bound: dict[str, deque[Msg]] = defaultdict(deque)  # round_robin: jobs waiting for their instance
+        # Which models each instance holds (every strategy keeps it); pull_affinity places jobs by it.
+        self.affinity = Affinity(
+            ModelMemory(js, replicas=settings.jetstream_replicas), CostModel(settings.dispatch_model_switch_s)
+        )
+        pool.on_back_up = self.affinity.memory.forget
+        self._affinity_queue = AffinityQueue(self)
 
     # -- queue ------------------------------------------------------------------------------------------
 
@@ -172,6 +181,7 @@ class Scheduler:
             ),
             "creating the job consumer",
         )
+        await self.affinity.memory.open()
         await self._hand_back_orphans()
 
     async def _hand_back_orphans(self) -> None:
@@ -196,8 +206,14 @@ class Scheduler:
     def _has_free_slot(self) -> bool:
         return any(s.available and s.running < s.config.slots for s in self.pool.states.values())
 
+    async def fetch_one(self, timeout: float) -> list[Msg]:
+        return await self._subscription.fetch(1, timeout=timeout)
+
     async def run(self) -> None:
         """The fetch-and-place loop of this replica."""
+        if self.settings.dispatch_strategy == "pull_affinity":
+            await self._affinity_queue.run()
+            return
         while True:
             if self.settings.dispatch_strategy == "pull" and not self._has_free_slot():
                 self.pool.changed.clear()
@@ -222,38 +238,16 @@ class Scheduler:
                         await msg.nak(delay=1.0)
 
     async def _place(self, msg: Msg) -> None:
-        job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
-        row = await self.store.get(job_id)
-        if row is None:
-            log.error("job message without a job row; dropped", job_id=job_id)
-            await msg.ack()
+        admitted = await self.admit(msg)
+        if admitted is None:
             return
-        if is_final(row):  # cancelled (or finished) while it waited
-            await msg.ack()
-            return
-        if job_id in self.running:
-            # Delivered again while this replica still runs it (its keep-alive did not reach NATS in time, e.g.
-            # during a leader election): one run is enough. The runner acks the job when it ends; until then
-            # each new delivery is only marked in progress, so it does not go to another replica.
-            await msg.in_progress()
-            return
-        if row["status"] == "cancelling":  # a cancel reached it, then the replica running it died
-            await self._cancelled(job_id, row["instance"])
-            await msg.ack()
-            return
-        requirements = requirements_of(row)
-        self.pool.want_folders(requirements)
-        never = self.pool.why_never(requirements)
-        if never:
-            await self.fail(row, never)
-            await msg.ack()
-            return
+        row, requirements = admitted
         if self.settings.dispatch_strategy == "round_robin":
             chosen = self._next_in_rotation(row)
             if chosen is not None:
                 self._bind(chosen, msg)
                 return
-        note = self._note(job_id, msg)
+        note = self._note(row["job_id"], msg)
         for state in self.pool.candidates(requirements):
             lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is not None:
@@ -261,11 +255,43 @@ class Scheduler:
                 return
         await msg.nak(delay=RETRY_DELAY_S)
 
+    async def admit(self, msg: Msg) -> tuple[dict[str, Any], Requirements] | None:
+        """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
+        here (no such job, already ended, running here, a cancel to finish, or no instance could ever run it)."""
+        job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
+        row = await self.store.get(job_id)
+        if row is None:
+            log.error("job message without a job row; dropped", job_id=job_id)
+            await msg.ack()
+            return None
+        if is_final(row):  # cancelled (or finished) while it waited
+            await msg.ack()
+            return None
+        if job_id in self.running:
+            # Delivered again while this replica still runs it (its keep-alive did not reach NATS in time, e.g.
+            # during a leader election): one run is enough. The runner acks the job when it ends; until then
+            # each new delivery is only marked in progress, so it does not go to another replica.
+            await msg.in_progress()
+            return None
+        if row["status"] == "cancelling":  # a cancel reached it, then the replica running it died
+            await self._cancelled(job_id, row["instance"])
+            await msg.ack()
+            return None
+        requirements = requirements_of(row)
+        self.pool.want_folders(requirements)
+        never = self.pool.why_never(requirements)
+        if never:
+            await self.fail(row, never)
+            await msg.ack()
+            return None
+        return row, requirements
+
     def _note(self, job_id: str, msg: Msg) -> LeaseNote:
         return LeaseNote(replica=self.replica, job_id=job_id, reply=msg.reply)
 
     def _start(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
+        self.affinity.begin(row["job_id"], state, row)
         self._spawn(self._run(msg, row, state, lease))
 
     def _next_in_rotation(self, row: dict[str, Any]) -> InstanceState | None:
@@ -317,6 +343,7 @@ class Scheduler:
         or the next start runs them first, without waiting out the take-over time (nor ComfyUI running them twice).
         """
         await self._hand_back_bound()
+        await self._affinity_queue.hand_back()
         pending = set(self._tasks)
         if self.running:
             log.info("waiting for running jobs before stopping", jobs=sorted(self.running), within_s=grace_s)
@@ -330,6 +357,7 @@ class Scheduler:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=2)
+        await self.affinity.memory.close()
 
     async def _hand_back_bound(self) -> None:
         """round_robin: jobs bound to an instance but not started go back to the stream."""
@@ -357,6 +385,7 @@ class Scheduler:
         )
         slot = _Slot(self, state, lease)
         if not claimed:  # cancelled between fetch and start
+            self.affinity.ended(job_id)
             await slot.free()
             await msg.ack()
             return
@@ -375,6 +404,7 @@ class Scheduler:
                 )
             )
             bound_log.info("job started")
+            await self.affinity.starting(job_id)
             result = await state.client.run(
                 workflow,
                 prompt_id=prompt_id,
@@ -383,6 +413,7 @@ class Scheduler:
                 total_timeout_s=self.settings.dispatch_job_timeout_s,
                 cancelled=running.cancel,
             )
+            self.affinity.ran(job_id, result.cached_nodes)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
             await started_event
@@ -398,6 +429,7 @@ class Scheduler:
                 await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
             keep_alive.cancel()
+            self.affinity.ended(job_id)
             self.running.pop(job_id, None)
             await asyncio.shield(slot.free())
 

@@ -36,7 +36,15 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_UI_HOST": ("127.0.0.1", "Address the admin UI listens on"),
     "HUB_UI_PORT": ("8601", "Port of the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
-    "HUB_DISPATCH_STRATEGY": ("pull", "`pull` (an instance takes a job when it has a free slot) or `round_robin`"),
+    "HUB_DISPATCH_STRATEGY": (
+        "pull",
+        "`pull` (an instance takes a job when it has a free slot), `pull_affinity` (pull, preferring an instance "
+        "that holds the job's models) or `round_robin`",
+    ),
+    "HUB_DISPATCH_MODEL_SWITCH_S": (
+        "10",
+        "pull_affinity: seconds a model switch is assumed to take until measured per render type and instance",
+    ),
     "HUB_DISPATCH_HEALTH_INTERVAL_S": ("5", "How often the dispatcher polls each ComfyUI instance"),
     "HUB_DISPATCH_STALL_TIMEOUT_S": ("60", "Silence from a running job after which its instance is probed for a hang"),
     "HUB_DISPATCH_JOB_TIMEOUT_S": ("3600", "Longest time one attempt of a job may run"),
@@ -78,7 +86,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     admin_password: str
     nats_port: int
     nats_monitor_port: int
-    dispatch_strategy: Literal["pull", "round_robin"]
+    dispatch_strategy: Literal["pull", "pull_affinity", "round_robin"]
+    dispatch_model_switch_s: float
     dispatch_health_interval_s: float
     dispatch_stall_timeout_s: float
     dispatch_job_timeout_s: float
@@ -174,7 +183,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
-        dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "round_robin")),  # type: ignore[arg-type]
+        dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),  # type: ignore[arg-type]
+        dispatch_model_switch_s=_number(env, "HUB_DISPATCH_MODEL_SWITCH_S", float, minimum=0),
         dispatch_health_interval_s=_number(env, "HUB_DISPATCH_HEALTH_INTERVAL_S", float, minimum=0.05),
         dispatch_stall_timeout_s=_number(env, "HUB_DISPATCH_STALL_TIMEOUT_S", float, minimum=0.1),
         dispatch_job_timeout_s=_number(env, "HUB_DISPATCH_JOB_TIMEOUT_S", float, minimum=1),

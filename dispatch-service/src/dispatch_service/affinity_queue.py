@@ -1,0 +1,159 @@
+"""The `pull_affinity` strategy: a window of fetched jobs, matched to free instances by model affinity.
+
+Plain pull gives the next job to whichever instance frees first. Here this replica holds a small window of the
+next jobs of the stream (kept alive with `in_progress`, as a running job's message is), so that when a slot frees
+it can pick the job whose models that instance holds, and when a job could go to several free instances it can
+pick the one holding its models (see affinity.plan). Jobs leave the window oldest first among equals; a job no
+available instance can run goes back to the stream, as with pull, so it never blocks the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+from nats.js.errors import FetchTimeoutError
+
+from contracts.messages.render_types import Requirements
+from contracts.runtime.logs import get_logger
+from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
+from dispatch_service.jobs import is_final
+
+if TYPE_CHECKING:
+    from dispatch_service.scheduler import Scheduler
+
+log = get_logger("affinity")
+
+MIN_WINDOW = 8
+WINDOW_PER_SLOT = 4  # jobs held per slot of the available instances: enough to find a warm one for each
+RETRY_DELAY_S = 0.2
+PLACE_EVERY_S = 0.25  # placement is looked at again this often (estimates change as jobs run)
+
+
+@dataclass
+class _Held:
+    msg: Msg
+    row: dict[str, Any]
+    requirements: Requirements
+    models: frozenset[str]
+
+
+class AffinityQueue:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._pool = scheduler.pool
+        self.window: list[_Held] = []
+
+    def _window_size(self) -> int:
+        slots = sum(s.config.slots for s in self._pool.states.values() if s.available)
+        return max(MIN_WINDOW, WINDOW_PER_SLOT * slots)
+
+    async def run(self) -> None:
+        fetcher = asyncio.ensure_future(self._fetch_loop())
+        try:
+            while True:
+                self._pool.changed.clear()
+                await self._place_round()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._pool.changed.wait(), timeout=PLACE_EVERY_S)
+        finally:
+            fetcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fetcher
+
+    async def _fetch_loop(self) -> None:
+        every = self._scheduler.settings.dispatch_takeover_s / 4
+        kept_alive = time.monotonic()
+        while True:
+            if time.monotonic() - kept_alive > every:
+                kept_alive = time.monotonic()
+                await self._keep_alive()
+            if len(self.window) >= self._window_size() or not any(s.available for s in self._pool.states.values()):
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                messages = await self._scheduler.fetch_one(timeout=0.5)
+            except (FetchTimeoutError, TimeoutError):
+                continue
+            except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
+                log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in messages:
+                try:
+                    await self._hold(msg)
+                except Exception:
+                    log.exception("could not take a job into the window; it will be delivered again")
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=1.0)
+
+    async def _hold(self, msg: Msg) -> None:
+        admitted = await self._scheduler.admit(msg)
+        if admitted is None:
+            return
+        row, requirements = admitted
+        if not self._pool.candidates(requirements):  # none up that can run it: back to the stream, as with pull
+            await msg.nak(delay=RETRY_DELAY_S)
+            return
+        known = frozenset().union(*(s.model_files for s in self._pool.states.values()))
+        self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row["workflow"], known))))
+        self._pool.notify()
+
+    async def _place_round(self) -> None:
+        if not self.window:
+            return
+        affinity = self._scheduler.affinity
+        states = self._pool.states
+        servers = {
+            name: Server(
+                name=name,
+                free_slots=s.config.slots - s.running,
+                loaded=affinity.memory.loaded(name),
+                frees_in_s=affinity.frees_in_s(name),
+            )
+            for name, s in states.items()
+        }
+        jobs = [
+            Waiting(
+                render_type=held.row["render_type"],
+                models=held.models,
+                able=[s.config.name for s in self._pool.candidates(held.requirements)],
+            )
+            for held in self.window
+        ]
+        plan(jobs, servers, affinity.costs)
+        for held, job in zip(list(self.window), jobs, strict=True):
+            if job.placed is not None and job.placed in states:
+                await self._start(held, job.placed)
+
+    async def _start(self, held: _Held, instance: str) -> None:
+        state = self._pool.states[instance]
+        note = self._scheduler._note(held.row["job_id"], held.msg)
+        lease = await self._scheduler.leases.try_take(instance, state.config.slots, note)
+        if lease is None:  # another replica took the slot: the job waits for the next round
+            return
+        self.window.remove(held)
+        self._scheduler._start(held.msg, held.row, state, lease)
+
+    async def _keep_alive(self) -> None:
+        """The held jobs' messages stay ours; a job cancelled meanwhile leaves the window."""
+        for held in list(self.window):
+            try:
+                row = await self._scheduler.store.get(held.row["job_id"])
+                if row is None or is_final(row):
+                    self.window.remove(held)
+                    await held.msg.ack()
+                else:
+                    await held.msg.in_progress()
+            except Exception as exc:  # NATS busy electing a leader: try again at the next round, before ack_wait
+                log.warning("could not keep a waiting job's claim alive", error=str(exc) or repr(exc))
+
+    async def hand_back(self) -> None:
+        """This dispatcher stops: the held jobs go back to the stream at once."""
+        while self.window:
+            with contextlib.suppress(Exception):
+                await self.window.pop(0).msg.nak()

@@ -1,0 +1,236 @@
+"""Model affinity (HUB_DISPATCH_STRATEGY=pull_affinity): real registry, prompt and dispatch processes on real NATS,
+ComfyUI doubles whose loader nodes take time to switch models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import msgspec
+import pytest
+from dispatch_support import Hub, add_instance, remove_instance, submit, wait_final, wait_for
+from doubles.comfyui import ComfyUIDouble
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError
+
+from contracts import subjects
+from contracts.errors import HubError
+from contracts.messages.instances import InstanceList, ListInstances
+from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
+from contracts.runtime.bus import request
+from dispatch_service.affinity import MODELS_BUCKET, CostModel, Server, Waiting, loader_nodes, plan
+from dispatch_service.leases import instance_key
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+SWITCH_S = 1.0  # what the dispatcher assumes a switch takes until it measured one
+CHECKPOINTS = {"aff-a": "a.safetensors", "aff-b": "b.safetensors"}
+
+
+def _workflow(ckpt: str) -> dict:
+    workflow = json.loads(resources.files("registry_service").joinpath("seed/sdxl.json").read_text())
+    workflow["4"]["inputs"]["ckpt_name"] = ckpt
+    return workflow
+
+
+async def save_render_types(nc: NatsClient) -> None:
+    """The shipped sdxl render type (prompt and seed mapped, so every job differs) on checkpoints of its own."""
+    sdxl = await request(nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    for name, ckpt in CHECKPOINTS.items():
+        workflow = copy.deepcopy(sdxl.workflow)
+        loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
+        loader["inputs"]["ckpt_name"] = ckpt
+        copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
+        await request(nc, subjects.Registry.SAVE, SaveRenderType(render_type=copy_of), RenderType)
+
+
+@pytest.fixture(scope="module")
+async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    import nats
+
+    nc = await nats.connect(nats_server.url)
+    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("affinity"), nc=nc)
+    env = {"HUB_DISPATCH_STRATEGY": "pull_affinity", "HUB_DISPATCH_MODEL_SWITCH_S": str(SWITCH_S)}
+    for name in ("registry", "prompt", "dispatch"):
+        running.start(name, **env)
+    for name in ("registry", "prompt", "dispatch"):
+        await running.processes[name].wait_healthy(nc)
+    await save_render_types(nc)
+    yield running
+    running.stop_all()
+    await nc.close()
+
+
+def double(name: str, work_seconds: float, switch_s: float = 0.3) -> ComfyUIDouble:
+    return ComfyUIDouble(
+        name=name,
+        work_seconds=work_seconds,
+        models={"checkpoints": sorted(CHECKPOINTS.values())},
+        model_switch_seconds=switch_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def instances(hub: Hub, *doubles: tuple[str, ComfyUIDouble]) -> AsyncIterator[None]:
+    try:
+        await add(hub, *doubles)
+        yield
+    finally:
+        for name, comfy in doubles:
+            with contextlib.suppress(HubError):
+                await remove_instance(hub.nc, name)
+            await comfy.stop()
+
+
+async def add(hub: Hub, *doubles: tuple[str, ComfyUIDouble]) -> None:
+    for name, comfy in doubles:
+        await comfy.start()
+        await add_instance(hub.nc, comfy, name)
+    deadline = time.monotonic() + 10
+    names = {name for name, _ in doubles}
+    while True:
+        listing = await request(hub.nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+        if names <= {v.instance.name for v in listing.instances if v.health.up and v.health.models}:
+            return
+        assert time.monotonic() < deadline, listing
+        await asyncio.sleep(0.1)
+
+
+async def run(nc: NatsClient, render_type: str) -> str:
+    """One job, waited for: the instance that ran it."""
+    view = await wait_final(nc, (await submit(nc, f"{render_type} job", render_type=render_type)).job_id)
+    assert view.status == "completed", view
+    return view.instance or ""
+
+
+def loads(comfy: ComfyUIDouble) -> list[str]:
+    return [name for names, _ in comfy.model_loads for name in names]
+
+
+async def test_a_warm_instance_gets_the_job_when_free_and_is_waited_for_when_it_frees_sooner(hub: Hub) -> None:
+    first, second = double("warm-1", 0.2), double("warm-2", 0.2)
+    async with instances(hub, ("warm-1", first), ("warm-2", second)):
+        a, b = await asyncio.gather(
+            submit(hub.nc, "a", render_type="aff-a"), submit(hub.nc, "b", render_type="aff-b")
+        )  # both free and cold: one each
+        holder = {(await wait_final(hub.nc, r.job_id)).instance: rt for r, rt in ((a, "aff-a"), (b, "aff-b"))}
+        assert set(holder) == {"warm-1", "warm-2"}
+        by_type = {rt: name for name, rt in holder.items()}
+        # One at a time, both instances free each time: each job goes where its checkpoint is loaded.
+        for render_type in ("aff-a", "aff-b", "aff-b", "aff-a", "aff-a", "aff-b"):
+            assert await run(hub.nc, render_type) == by_type[render_type]
+        # Three jobs of one type at once: the warm instance frees (0.2 s) sooner than a switch (1 s) would take,
+        # so the other instance, free but holding the other checkpoint, is left to it.
+        burst = await asyncio.gather(*(submit(hub.nc, f"burst {i}", render_type="aff-a") for i in range(3)))
+        views = [await wait_final(hub.nc, r.job_id) for r in burst]
+        assert {v.instance for v in views} == {by_type["aff-a"]}
+        assert sorted(loads(first) + loads(second)) == sorted(CHECKPOINTS.values())  # each loaded once
+
+
+async def test_a_job_goes_to_a_cold_free_instance_when_no_warm_one_frees_sooner(hub: Hub) -> None:
+    slow, other = double("slow", 2.5), double("other", 0.2)
+    async with instances(hub, ("slow", slow)):
+        assert await run(hub.nc, "aff-a") == "slow"  # learns how long aff-a runs there: 2.5 s, more than a switch
+        assert await run(hub.nc, "aff-a") == "slow"
+        await add(hub, ("other", other))
+        try:
+            running = await submit(hub.nc, "warm", render_type="aff-a")
+            assert (await wait_for(hub.nc, running.job_id, {"running"})).instance == "slow"
+            waiting = await submit(hub.nc, "would wait 2.5 s for slow", render_type="aff-a")
+            started = await wait_for(hub.nc, waiting.job_id, {"running", "completed"}, timeout_s=2.0)
+            assert started.instance == "other"
+            assert (await job_status(hub.nc, running.job_id)) == "running"  # it did not wait for the warm one
+            assert (await wait_final(hub.nc, waiting.job_id)).status == "completed"
+            await wait_final(hub.nc, running.job_id)
+        finally:
+            with contextlib.suppress(HubError):
+                await remove_instance(hub.nc, "other")
+            await other.stop()
+
+
+async def job_status(nc: NatsClient, job_id: str) -> str:
+    from dispatch_support import job
+
+    return (await job(nc, job_id)).status
+
+
+async def test_the_loaded_models_are_shared_and_forgotten_when_the_instance_restarts(hub: Hub) -> None:
+    comfy = double("restarting", 0.1)
+    bucket = await hub.nc.jetstream().key_value(MODELS_BUCKET)
+    async with instances(hub, ("restarting", comfy)):
+        await run(hub.nc, "aff-b")
+        entry = await bucket.get(instance_key("restarting"))
+        assert json.loads(entry.value or b"{}")["models"] == ["b.safetensors"]
+        await comfy.go_down()
+        await asyncio.sleep(0.8)  # a few health rounds: seen down
+        await comfy.go_up()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                entry = await bucket.get(instance_key("restarting"))
+            except KeyNotFoundError:
+                break  # forgotten
+            assert time.monotonic() < deadline, entry
+            await asyncio.sleep(0.1)
+
+
+# -- the placement rule itself ------------------------------------------------------------------------
+
+
+def test_loader_nodes_are_found_by_input_name_and_by_known_model_files() -> None:
+    workflow = copy.deepcopy(_workflow("a.safetensors"))
+    workflow["20"] = {"class_type": "LoraLoader", "inputs": {"lora_name": "detail.safetensors", "model": ["4", 0]}}
+    workflow["21"] = {"class_type": "CustomLoader", "inputs": {"weights": "custom.pt", "text": "not a model"}}
+    found = loader_nodes(workflow, frozenset({"custom.pt"}))
+    assert found == {
+        "4": frozenset({"a.safetensors"}),
+        "20": frozenset({"detail.safetensors"}),
+        "21": frozenset({"custom.pt"}),
+    }
+
+
+def _costs(run_s: float, switch_s: float) -> CostModel:
+    costs = CostModel(switch_s)
+    costs.observe("a", "warm", run_s, warm=True)
+    return costs
+
+
+def test_plan_waits_for_a_warm_instance_only_while_that_is_sooner_than_a_switch() -> None:
+    a = frozenset({"a.safetensors"})
+    servers = {
+        "warm": Server("warm", free_slots=0, loaded=a, frees_in_s=0.5),
+        "cold": Server("cold", free_slots=1, loaded=frozenset({"b.safetensors"})),
+    }
+    one = [Waiting("a", a, able=["warm", "cold"])]
+    plan(one, copy.deepcopy(servers), _costs(run_s=2.0, switch_s=5.0))
+    assert one[0].placed is None  # 0.5 s < 5 s: waits
+    # Three jobs of the same models ahead: the fourth would wait 0.5 + 3 x 2 s > 5 s, so it takes the cold one.
+    four = [Waiting("a", a, able=["warm", "cold"]) for _ in range(4)]
+    plan(four, copy.deepcopy(servers), _costs(run_s=2.0, switch_s=5.0))
+    assert [job.placed for job in four] == [None, None, None, "cold"]
+    # Unknown run time: no reason to wait, the free instance takes it.
+    unknown = [Waiting("a", a, able=["warm", "cold"])]
+    plan(unknown, copy.deepcopy(servers), CostModel(5.0))
+    assert unknown[0].placed == "cold"
+
+
+def test_plan_prefers_the_warm_free_instance_and_fills_every_free_one() -> None:
+    a, b = frozenset({"a.safetensors"}), frozenset({"b.safetensors"})
+    servers = {
+        "holds-b": Server("holds-b", free_slots=1, loaded=b),
+        "holds-a": Server("holds-a", free_slots=1, loaded=a),
+        "empty": Server("empty", free_slots=1, loaded=frozenset()),
+    }
+    jobs = [
+        Waiting("a", a, able=list(servers)),
+        Waiting("b", b, able=list(servers)),
+        Waiting("c", frozenset({"c"}), able=list(servers)),
+    ]
+    plan(jobs, servers, CostModel(5.0))
+    assert [job.placed for job in jobs] == ["holds-a", "holds-b", "empty"]

@@ -38,7 +38,7 @@ from contracts.messages.instances import (
     SaveInstance,
 )
 from contracts.messages.jobs import CancelJob, InputImage, JobView
-from contracts.messages.render_types import RenderType, SaveRenderType
+from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
 from contracts.runtime.bus import request
 from contracts.runtime.storage import ObjectStoreOutputs
 from contracts.streams import OUTPUTS_BUCKET
@@ -162,6 +162,26 @@ async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, check
         assert progress and progress == sorted(progress) and progress[-1] == (8, 8)
         seqs = [e.seq for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_a_workflow_without_a_negative_prompt_reports_none(hub: Hub, checkpoint: str) -> None:
+    flux = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="flux"), RenderType)
+    assert "negative_prompt" not in flux.parameter_map.slots  # the shipped flux guides with FluxGuidance alone
+    models: dict[str, list[str]] = {"checkpoints": [checkpoint]}
+    for model in flux.requirements.models:
+        models.setdefault(model.folder, []).append(model.name)
+    comfy = ComfyUIDouble(name="flux-and-sdxl", models=models, work_seconds=0.1)
+    async with pool(hub, ("flux-and-sdxl", comfy)):
+        flux_job = await submit(hub.nc, "a neon sign", render_type="flux", negative_prompt="blurry, text")
+        sdxl_job = await submit(hub.nc, "a neon sign", render_type="sdxl", negative_prompt="blurry, text")
+        flux_done, sdxl_done = await wait_final(hub.nc, flux_job.job_id), await wait_final(hub.nc, sdxl_job.job_id)
+        assert flux_done.status == sdxl_done.status == "completed", (flux_done, sdxl_done)
+        assert flux_done.negative_prompt == ""  # nothing reached ComfyUI, so nothing is reported
+        assert "blurry, text" in sdxl_done.negative_prompt
+        accepted = (await events_of(hub.nc, flux_job.job_id))[0]
+        assert accepted.negative_prompt == ""
+        sent = comfy.prompts_received[0]["prompt"]
+        assert not any("blurry" in str(node["inputs"]) for node in sent.values())
 
 
 async def test_progress_of_a_fast_sampler_is_thinned_but_keeps_its_first_and_last_step(

@@ -118,9 +118,9 @@ async def test_the_shipped_render_types_are_listed_with_the_parameters_each_acce
     assert sdxl.parameters == ["prompt", "negative_prompt", "seed", "width", "height", "steps", "cfg", "batch_size"]
     specs = {spec.name: spec for spec in sdxl.parameter_specs}
     assert (specs["width"].minimum, specs["width"].maximum, specs["width"].multiple_of) == (64, 8192, 8)
-    assert specs["width"].default == 1024 and specs["steps"].default == sdxl.defaults.steps == 30
+    assert specs["width"].default == 1024 and specs["steps"].default == sdxl.defaults["steps"] == 30
     assert specs["seed"].default is None and "random" in specs["seed"].description
-    assert specs["negative_prompt"].default == sdxl.defaults.negative_prompt != ""
+    assert specs["negative_prompt"].default == sdxl.defaults["negative_prompt"] != ""
     assert [(m.folder, m.node_class, m.input_name) for m in sdxl.requirements.models] == [
         ("checkpoints", "CheckpointLoaderSimple", "ckpt_name")
     ]
@@ -132,6 +132,13 @@ async def test_the_shipped_render_types_are_listed_with_the_parameters_each_acce
     assert "denoise" in render_types["img2img"].parameters and "input_image" in render_types["img2img"].parameters
     assert "denoise" not in sdxl.parameters  # text to image: denoise below 1 would only spoil the result
     assert render_types["video"].output_kind == "video" and render_types["sdxl"].output_kind == "image"
+    # A summary's defaults are those of the parameters the workflow has, no more.
+    for summary in render_types.values():
+        assert set(summary.defaults) <= set(summary.parameters), summary
+    assert set(sdxl.defaults) == {"negative_prompt", "width", "height", "steps", "cfg", "batch_size"}
+    assert upscale.defaults == {}  # no size, steps or cfg: the input image and the model decide
+    flux = render_types["flux"]
+    assert flux.defaults == {"width": 1024, "height": 1024, "steps": 20, "batch_size": 1}  # no cfg, no negative
     flux_width = next(s for s in render_types["flux"].parameter_specs if s.name == "width")
     assert (flux_width.multiple_of, flux_width.maximum) == (16, 2048)
     assert (specs["seed"].maximum, specs["cfg"].maximum) == (2**63 - 1, 50)

@@ -267,6 +267,23 @@ async def test_the_job_page_says_when_retention_removed_its_images(hub: Hub, con
     assert await page.locator(f'.thumbs a[href="/jobs/{job_id}"]').count() == 0
 
 
+async def test_render_type_settings_show_only_what_the_workflow_has(hub: Hub, context: BrowserContext) -> None:
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    await page.goto(url(hub, "/render-types"))
+
+    async def row(name: str) -> str:
+        return await page.inner_text(f'#render-types tr:has(a[href="/render-types/{name}"]) td.settings')
+
+    assert await row("sdxl") == "1024\u00d71024 · 30 steps · cfg 7 · batch 1"
+    assert await row("flux") == "1024\u00d71024 · 20 steps · batch 1"  # no cfg: FluxGuidance is in the workflow
+    assert await row("upscale") == "no settings (the workflow fixes them)"
+    await page.goto(url(hub, "/render-types/upscale"))
+    assert await page.inner_text("#settings-line") == "no settings (the workflow fixes them)"
+    await page.goto(url(hub, "/render-types/img2img"))
+    assert await page.inner_text("#settings-line") == "30 steps · cfg 7 · denoise 0.6 · batch 1"
+
+
 async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]

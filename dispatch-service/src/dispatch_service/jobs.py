@@ -194,6 +194,10 @@ async def prepare_job(
         if input_image_id is not None:
             await storage.delete(input_image_id)
         raise
+    if not resolved.parameter_map.slots.get("negative_prompt"):
+        # A workflow without a negative prompt (flux-style guidance) gets none: the job reports none either, not
+        # the styles' negative text that never reached ComfyUI.
+        built = msgspec.structs.replace(built, negative="")
     return PreparedJob(
         job_id=job_id,
         request=request,

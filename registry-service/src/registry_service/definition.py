@@ -54,7 +54,7 @@ def summary(render_type: RenderType) -> RenderTypeSummary:
         is_default=render_type.is_default,
         version=render_type.version,
         parameters=[spec.name for spec in specs],
-        defaults=render_type.defaults,
+        defaults={spec.name: spec.default for spec in specs if spec.default is not None},
         requirements=render_type.requirements,
         parameter_specs=specs,
     )

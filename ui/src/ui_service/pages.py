@@ -4,11 +4,12 @@ where a service's error becomes what the admin sees (beside a form field, as a f
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
@@ -18,6 +19,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.render_types import RenderType
 
 SESSION_KEY = "admin"
 
@@ -41,8 +43,30 @@ def when(timestamp: float | None) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+SETTINGS_SHOWN = (("steps", "{} steps"), ("cfg", "cfg {}"), ("denoise", "denoise {}"), ("batch_size", "batch {}"))
+TIMES = "\u00d7"  # the multiplication sign of "1024 x 1024", as the other pages write sizes
+
+
+def settings_line(defaults: Mapping[str, Any]) -> str:
+    """A render type's default settings in one line, only those its workflow has ("1024 x 1024 · 30 steps · cfg 7"
+    with a multiplication sign; an upscale shows none, a flux workflow no cfg)."""
+    parts = [f"{defaults['width']}{TIMES}{defaults['height']}"] if "width" in defaults and "height" in defaults else []
+    for name, shown in SETTINGS_SHOWN:
+        if name in defaults:
+            value = defaults[name]
+            parts.append(shown.format(f"{value:g}" if isinstance(value, float) else value))
+    return " · ".join(parts) or "no settings (the workflow fixes them)"
+
+
+def mapped_defaults(render_type: RenderType) -> dict[str, Any]:
+    """The defaults of the parameters a full render type's workflow has (as its summary lists them)."""
+    values = msgspec.to_builtins(render_type.defaults)
+    return {name: values[name] for name in render_type.parameter_map.slots if name in values}
+
+
 def add_template_filters(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["when"] = when
+    engine.engine.filters["settings_line"] = settings_line
 
 
 def safe_next(target: str | None) -> str:

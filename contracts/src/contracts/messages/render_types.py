@@ -123,8 +123,10 @@ class RenderTypeSummary(Record):
     is_default: bool
     version: int
     parameters: list[ParameterName]  # what a request may set for this render type
-    defaults: RenderDefaults
     requirements: Requirements
+    # The defaults of those parameters only: an upscale has no steps or cfg, a flux workflow no cfg and, like any
+    # workflow without a negative prompt (or with an empty one), no negative_prompt.
+    defaults: dict[ParameterName, int | float | str] = {}
     parameter_specs: list[ParameterSpec] = []  # the same parameters with their types, defaults and limits
 
 

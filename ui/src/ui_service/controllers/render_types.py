@@ -44,7 +44,16 @@ from ui_service.forms import (
     workflow_of,
 )
 from ui_service.hub_client import HubClient
-from ui_service.pages import Rejection, act_then_redirect, always, flash, named_or, page, require_admin
+from ui_service.pages import (
+    Rejection,
+    act_then_redirect,
+    always,
+    flash,
+    mapped_defaults,
+    named_or,
+    page,
+    require_admin,
+)
 
 NEW_FIELDS = {"parameter_map", "name", "description", "note", "negative_prompt", *DEFAULT_FIELDS}
 
@@ -143,6 +152,7 @@ async def render_type_detail_page(
         "render_type.html",
         request,
         rt=render_type,
+        defaults=mapped_defaults(render_type),
         history=history.versions,
         parameter_map=map_to_text(render_type.parameter_map),
         resolved=resolved,

@@ -23,6 +23,7 @@ import yaml
 from test_deploy_dockerfile import DOCKERFILE, parse
 
 from contracts.runtime.config import ENV_VARS, ConfigError, database_env_var, load_settings
+from contracts.runtime.host_guard import policy_of
 from hub_deploy.natsserver import free_port, nats_server_binary, wait_for_port
 from hub_deploy.services import SERVICES
 
@@ -140,7 +141,8 @@ def test_every_service_keeps_its_data_in_a_volume_of_its_own(compose: dict[str, 
 
 @pytest.mark.parametrize("service", ["gateway", "ui"])
 def test_the_http_ports_are_published_to_the_port_the_service_listens_on(compose: dict[str, Any], service: str) -> None:
-    settings = load_settings(service, compose["services"][service]["environment"])
+    environment = compose["services"][service]["environment"]
+    settings = load_settings(service, {k: interpolate(str(v), {}) for k, v in environment.items()})
     port = settings.gateway_port if service == "gateway" else settings.ui_port
     host = settings.gateway_host if service == "gateway" else settings.ui_host
     assert host == "0.0.0.0"
@@ -272,3 +274,25 @@ def test_the_cluster_compose_file_runs_three_nats_servers_postgres_and_replicas(
     declared = set(cluster["volumes"])
     used = {m.split(":")[0] for s in services.values() for m in s.get("volumes", []) if not m.startswith(".")}
     assert used == declared
+
+
+@pytest.mark.parametrize("path", [COMPOSE, CLUSTER], ids=lambda p: p.name)
+@pytest.mark.parametrize(("service", "port"), [("gateway", 8600), ("ui", 8601)])
+def test_gateway_and_ui_answer_to_localhost_their_service_name_and_the_public_name_from_env(
+    path: Path, service: str, port: int
+) -> None:
+    """The containers listen on 0.0.0.0 behind published ports and other containers' service names: the host
+    allowlist (DNS-rebinding protection) must let those through, and the admin's public name from .env."""
+    environment = load(path)["services"][service]["environment"]
+    variable = f"HUB_{service.upper()}_ALLOWED_HOSTS"
+    variables = {"POSTGRES_PASSWORD": "pw", "HUB_ADMIN_PASSWORD": "pw"}
+    plain = policy_of(
+        load_settings(service, {k: interpolate(str(v), variables) for k, v in environment.items()}), service
+    )
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"{service}:{port}"):
+        assert plain.host_problem(host) is None, host
+    assert plain.host_problem(f"hub.example.com:{port}") is not None
+    assert plain.host_problem(f"0.0.0.0:{port}") is not None  # the bind address is no name
+    public = {**variables, variable: "hub.example.com"}
+    env = {k: interpolate(str(v), public) for k, v in environment.items()}
+    assert policy_of(load_settings(service, env), service).host_problem(f"hub.example.com:{port}") is None

@@ -152,3 +152,57 @@ async def test_an_unknown_scope_is_refused_naming_the_field(gw: GatewayHub) -> N
         await new_key(gw, "typo", ["jobs:read-everything"])
     assert raised.value.code == ErrorCode.INVALID_REQUEST and raised.value.info.field == "scopes"
     assert READ_ALL_JOBS in raised.value.info.message
+
+
+# -- Host and Origin (DNS rebinding) -------------------------------------------------------------------
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+async def test_a_rebound_name_is_refused_on_mcp_and_rest_even_with_a_valid_key(gw: GatewayHub) -> None:
+    port = gw.base_url.rsplit(":", 1)[1]
+    rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as http:
+        mcp = await http.post("/mcp", json=INIT, headers={**ACCEPT, **rebound})
+        assert mcp.status_code == 403
+        error = mcp.json()["error"]  # a JSON-RPC error: MCP clients show its message
+        assert "HUB_GATEWAY_ALLOWED_HOSTS=evil.example" in error["message"] and error["data"]["field"] == "Host"
+        rest = await http.get("/api/v1/render-types", headers=rebound)
+        assert rest.status_code == 403 and rest.json()["error"]["field"] == "Host"
+        assert "HUB_GATEWAY_ALLOWED_HOSTS" in rest.json()["error"]["message"]
+        image = await http.get(f"/images/{uuid.uuid4().hex}", headers=rebound)
+        assert image.status_code == 403
+        # Health probes answer whatever name they come under (orchestrators probe by address).
+        assert (await http.get("/healthz", headers=rebound)).status_code == 200
+
+
+async def test_a_foreign_origin_is_refused_under_an_allowed_host(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as http:
+        for origin in ("https://evil.example", "null"):
+            refused = await http.post("/mcp", json=INIT, headers={**ACCEPT, "Origin": origin})
+            assert refused.status_code == 403, origin
+            assert "HUB_GATEWAY_ALLOWED_ORIGINS" in refused.json()["error"]["message"]
+            assert (await http.get("/api/v1/styles", headers={"Origin": origin})).status_code == 403
+        listed = await http.get("/api/v1/styles", headers={"Origin": "https://console.example.net"})
+        assert listed.status_code == 200, listed.text
+
+
+async def test_loopback_names_and_the_listed_public_name_pass(gw: GatewayHub) -> None:
+    port = gw.base_url.rsplit(":", 1)[1]
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as http:
+        for host, origin in (
+            (f"localhost:{port}", f"http://localhost:{port}"),
+            (f"[::1]:{port}", "http://[::1]:6274"),
+            (f"127.0.0.1:{port}", "http://localhost:5173"),
+            (PUBLIC_NAME, f"https://{PUBLIC_NAME}"),
+        ):
+            answer = await http.post("/mcp", json=INIT, headers={**ACCEPT, "Host": host, "Origin": origin})
+            assert answer.status_code == 200, (host, answer.text)
+            rest = await http.get("/api/v1/render-types", headers={"Host": host})
+            assert rest.status_code == 200, (host, rest.text)

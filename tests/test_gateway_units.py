@@ -1,4 +1,4 @@
-"""Pure parts of the gateway: Range parsing, Origin rules, thumbnails, tool schemas, JSON-RPC envelope check."""
+"""Pure parts of the gateway: Range parsing, thumbnails, tool schemas, JSON-RPC envelope check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from PIL import Image
 
 from contracts.runtime.output_http import parse_range
-from gateway.http_app import _is_json_rpc_message, origin_allowed
+from gateway.http_app import _is_json_rpc_message
 from gateway.mcp_server import TOOLS, _tool_definitions
 from gateway.thumbnails import webp_thumbnail
 
@@ -32,23 +32,6 @@ from gateway.thumbnails import webp_thumbnail
 )
 def test_range_header_parsing(header: str, size: int, expected: object) -> None:
     assert parse_range(header, size) == expected
-
-
-@pytest.mark.parametrize(
-    ("origin", "host", "allowed"),
-    [
-        (None, "127.0.0.1:8600", True),
-        ("http://localhost:3000", "127.0.0.1:8600", True),
-        ("http://127.0.0.1:9999", "hub.example:443", True),
-        ("http://[::1]:8080", "127.0.0.1:8600", True),
-        ("https://hub.example", "hub.example", True),  # the gateway's own origin
-        ("https://evil.example", "127.0.0.1:8600", False),
-        ("https://localhost.evil.example", "127.0.0.1:8600", False),
-        ("null", "127.0.0.1:8600", False),
-    ],
-)
-def test_origin_rules(origin: str | None, host: str, allowed: bool) -> None:
-    assert origin_allowed(origin, host) is allowed
 
 
 def test_json_rpc_envelope_check() -> None:

@@ -1,7 +1,8 @@
 """The gateway's HTTP application: MCP at /mcp, images at /images/<output_id>, health probes.
 
-An ASGI layer in front of litestar checks, for /mcp and /api, the `Origin` (DNS-rebinding defence: only no
-Origin, a loopback origin or the gateway's own origin) and the `Authorization: Bearer <API key>` header.
+Two ASGI layers in front of litestar: the shared HostGuard checks `Host` and `Origin` against their allowlists
+(DNS-rebinding defence, HUB_GATEWAY_ALLOWED_HOSTS / _ORIGINS) on every path but the health probes; then, for /mcp
+and /api, the `Authorization: Bearer <API key>` header and the body's shape.
 Image URLs need no key: an output id is a 128-bit secret, so the URL itself is the capability (it can be
 shown in a browser or fetched by a client that has no key, like any signed link).
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Litestar, Request, get
@@ -21,6 +21,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response, Stream
 
+from contracts.runtime.host_guard import HostGuard, json_refusal, policy_of
 from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
@@ -46,7 +47,7 @@ from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, Gene
 PROTECTED_PREFIXES = ("/mcp", "/api/")
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 PUBLIC_PATHS = (OPENAPI_PATH,)  # the OpenAPI document describes the API; it needs no key
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+FORBIDDEN = -32003  # server-defined JSON-RPC code: the request's Host or Origin is not allowed
 _NOT_JSON = object()
 BODY_METHODS = ("POST", "PUT", "PATCH")
 TOO_DEEP = "the JSON nests too deeply to be decoded; send a flatter document"
@@ -126,18 +127,16 @@ def _is_json_rpc_message(value: object) -> bool:
     return "id" in value and ("result" in value or "error" in value)
 
 
-def origin_allowed(origin: str | None, host: str | None) -> bool:
-    """No Origin (not a browser), a loopback page, or the gateway's own origin."""
-    if not origin:
-        return True
-    parts = urlsplit(origin)
-    if parts.hostname in LOOPBACK_HOSTS:
-        return True
-    return bool(host) and parts.netloc.lower() == (host or "").lower()
+def host_refusal(path: str, message: str, header: str) -> tuple[bytes, bytes]:
+    """A JSON-RPC error on /mcp (MCP clients show its message), the JSON error envelope elsewhere."""
+    if path.rstrip("/") == MCP_PATH:
+        body = json_rpc_error(None, FORBIDDEN, message, {"code": "forbidden", "field": header})
+        return b"application/json", msgspec.json.encode(body)
+    return json_refusal(path, message, header)
 
 
 class GatewayGuard:
-    """ASGI middleware: Origin and API-key checks for the protected paths, then the litestar app."""
+    """ASGI middleware: API-key and body checks for the protected paths, then the litestar app."""
 
     def __init__(self, app: Any, keys: ApiKeyStore) -> None:
         self._app = app
@@ -149,14 +148,6 @@ class GatewayGuard:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if not origin_allowed(headers.get("origin"), headers.get("host")):
-            await _send_json(
-                send,
-                403,
-                {"error": {"code": "forbidden", "message": f"Origin {headers.get('origin')} is not allowed"}},
-                [],
-            )
-            return
         authorization = headers.get("authorization", "")
         scheme, _, secret = authorization.partition(" ")
         key = await self._keys.authenticate(secret.strip()) if scheme.lower() == "bearer" and secret else None
@@ -307,4 +298,5 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
         request_max_body_size=MAX_REQUEST_BODY_BYTES,  # the guard's limit, the same as /mcp's
         lifespan=[lifespan],
     )
-    return GatewayGuard(app, keys)
+    guarded = GatewayGuard(app, keys)
+    return HostGuard(guarded, policy_of(runtime.settings, "gateway"), refusal=host_refusal, log=runtime.log)

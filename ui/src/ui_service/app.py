@@ -2,6 +2,7 @@
 
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
+from contracts.runtime.host_guard import HostGuard, policy_of, text_refusal
 from contracts.runtime.http import serve_http
 from contracts.runtime.service import ServiceRuntime
 from ui_service import __version__, accounts, piccolo_conf
@@ -19,5 +20,7 @@ def build(settings: Settings) -> ServiceRuntime:
             runtime.log.info("admin account", outcome=outcome)
 
     attach(runtime, piccolo_conf.DB, "ui", seed=create_admin)
-    serve_http(runtime, create_http_app(runtime), host=settings.ui_host, port=settings.ui_port)
+    # Host and Origin allowlists (DNS-rebinding defence, HUB_UI_ALLOWED_HOSTS / _ORIGINS) before any page.
+    app = HostGuard(create_http_app(runtime), policy_of(settings, "ui"), refusal=text_refusal, log=runtime.log)
+    serve_http(runtime, app, host=settings.ui_host, port=settings.ui_port)
     return runtime

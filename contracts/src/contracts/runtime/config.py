@@ -14,6 +14,8 @@ from typing import Literal
 
 import msgspec
 
+from contracts.runtime.host_guard import ANY, normalized_origin
+
 LogFormat = Literal["auto", "json", "console"]
 
 # name -> (default, description). `{service}` in a name stands for the upper-case service name.
@@ -33,8 +35,21 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_GATEWAY_PORT": ("8600", "Port of the gateway"),
     "HUB_GATEWAY_TOOL_BUDGET_S": ("50", "Longest an MCP generate_image call is held before it returns the job id"),
     "HUB_GATEWAY_THUMBNAIL_MAX_BYTES": ("49152", "Largest inline WebP preview in an MCP tool result, in bytes"),
+    "HUB_GATEWAY_ALLOWED_HOSTS": (
+        "",
+        "Names (and addresses) clients reach the gateway under, beyond loopback and `HUB_GATEWAY_HOST`: other "
+        "`Host` headers get 403 (DNS-rebinding protection); comma-separated, `*.example.com` for subdomains, `*` "
+        "for any",
+    ),
+    "HUB_GATEWAY_ALLOWED_ORIGINS": (
+        "",
+        "Browser origins (`https://app.example.com`) that may call the gateway besides pages on its own names; "
+        "`*` for any",
+    ),
     "HUB_UI_HOST": ("127.0.0.1", "Address the admin UI listens on"),
     "HUB_UI_PORT": ("8601", "Port of the admin UI"),
+    "HUB_UI_ALLOWED_HOSTS": ("", "As `HUB_GATEWAY_ALLOWED_HOSTS`, for the admin UI"),
+    "HUB_UI_ALLOWED_ORIGINS": ("", "As `HUB_GATEWAY_ALLOWED_ORIGINS`, for the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
     "HUB_DISPATCH_STRATEGY": (
         "pull",
@@ -81,8 +96,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     gateway_port: int
     gateway_tool_budget_s: float
     gateway_thumbnail_max_bytes: int
+    gateway_allowed_hosts: tuple[str, ...]
+    gateway_allowed_origins: tuple[str, ...]
     ui_host: str
     ui_port: int
+    ui_allowed_hosts: tuple[str, ...]
+    ui_allowed_origins: tuple[str, ...]
     admin_password: str
     nats_port: int
     nats_monitor_port: int
@@ -145,6 +164,49 @@ def _host_or_network_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return entries
 
 
+def _entries(env: Mapping[str, str], name: str) -> list[str]:
+    return [e.strip() for e in env.get(name, ENV_VARS[name][0]).split(",") if e.strip()]
+
+
+def _allowed_host(entry: str) -> str | None:
+    """A host name, `*.suffix`, an address (IPv6 with or without brackets) or `*`, as HostGuard compares it;
+    None for anything else (a scheme, a port, a path)."""
+    text = entry.lower().rstrip(".")
+    if text == ANY:
+        return ANY
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        return bare if _HOST_NAME.match(bare.removeprefix("*.")) else None
+
+
+def _allowed_hosts(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    allowed = []
+    for entry in _entries(env, name):
+        host = _allowed_host(entry)
+        if host is None:
+            raise ConfigError(
+                f"{name}: {entry!r} is not a host name or address; write names without scheme or port, "
+                f"e.g. {name}=hub.example.com,*.hub.internal,10.0.0.5"
+            )
+        allowed.append(host)
+    return tuple(allowed)
+
+
+def _allowed_origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    allowed = []
+    for entry in _entries(env, name):
+        normalized = ANY if entry == ANY else normalized_origin(entry)
+        if normalized is None:
+            raise ConfigError(
+                f"{name}: {entry!r} is not an origin; write scheme://host[:port] without a path, "
+                f"e.g. {name}=https://app.example.com"
+            )
+        allowed.append(normalized)
+    return tuple(allowed)
+
+
 def load_settings(service: str, env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings of `service` from the environment, failing with a message that names the variable."""
     env = os.environ if env is None else env
@@ -178,8 +240,12 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         gateway_port=int(_number(env, "HUB_GATEWAY_PORT", int, minimum=0)),
         gateway_tool_budget_s=_number(env, "HUB_GATEWAY_TOOL_BUDGET_S", float, minimum=0.1),
         gateway_thumbnail_max_bytes=int(_number(env, "HUB_GATEWAY_THUMBNAIL_MAX_BYTES", int, minimum=1024)),
+        gateway_allowed_hosts=_allowed_hosts(env, "HUB_GATEWAY_ALLOWED_HOSTS"),
+        gateway_allowed_origins=_allowed_origins(env, "HUB_GATEWAY_ALLOWED_ORIGINS"),
         ui_host=text("HUB_UI_HOST"),
         ui_port=int(_number(env, "HUB_UI_PORT", int, minimum=0)),
+        ui_allowed_hosts=_allowed_hosts(env, "HUB_UI_ALLOWED_HOSTS"),
+        ui_allowed_origins=_allowed_origins(env, "HUB_UI_ALLOWED_ORIGINS"),
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +115,11 @@ def history_outcome(protocol_dir: Path, name: str) -> tuple[str, RunResult | Com
         return prompt_id, exc
 
 
-def replay(frames: list[dict[str, Any]], prompt_id: str) -> tuple[RunResult | ComfyError, list[ProgressUpdate]]:
+def replay(
+    frames: list[dict[str, Any]], prompt_id: str, nodes: Collection[str] = ()
+) -> tuple[RunResult | ComfyError, list[ProgressUpdate]]:
     """Feed a recorded WebSocket session to a RunTracker for one prompt, as `run` does."""
-    tracker, progress = RunTracker(INSTANCE, prompt_id), []
+    tracker, progress = RunTracker(INSTANCE, prompt_id, nodes), []
     for frame in frames:
         if not tracker.concerns(frame):
             continue
@@ -221,9 +223,49 @@ def test_websocket_sessions_give_the_same_outcome_as_history(
 def test_progress_messages_become_updates(protocol_dir: Path) -> None:
     frames = recorded_frames(protocol_dir, "ws-binary-previews-legacy.jsonl")
     prompt_id = next(f["data"]["prompt_id"] for f in frames if f["type"] == "progress")
-    _, progress = replay(frames, prompt_id)
-    assert progress and [p.value for p in progress] == list(range(len(progress)))
-    assert all(p.max == len(progress) and p.node == "2" for p in progress)
+    _, progress = replay(frames, prompt_id, nodes=("1", "2"))  # EmptyImage -> SaveImageWebsocket (3 steps)
+    assert [(p.node, p.value, p.max, p.nodes_done) for p in progress] == [
+        ("1", 0, 0, 0),  # the first node starts: the job is under way before any step
+        ("1", 0, 0, 1),
+        ("2", 0, 0, 1),
+        ("2", 0, 3, 1),
+        ("2", 1, 3, 1),
+        ("2", 2, 3, 1),
+        ("2", 3, 3, 2),
+        ("2", 3, 3, 2),  # execution_success (`run` returns the result then, and reports no progress)
+    ]
+    assert [p.percent for p in progress] == [0.0, 50.0, 50.0, 50.0, 66.7, 83.3, 99.9, 100.0]
+    assert all(p.nodes_total == 2 for p in progress)
+
+
+def nodes_of_prompt(frames: list[dict[str, Any]], prompt_id: str) -> set[str]:
+    """The nodes a recorded prompt ran or took from the cache, as its messages name them."""
+    nodes: set[str] = set()
+    for frame in frames:
+        data = frame.get("data") or {}
+        if data.get("prompt_id") == prompt_id:
+            nodes.update(data.get("nodes") or [])  # execution_cached's list, progress_state's keys
+            if frame["type"] == "executed":
+                nodes.add(data["node"])
+    return nodes
+
+
+def test_progress_of_node_only_and_cached_prompts_grows_from_the_first_node(protocol_dir: Path) -> None:
+    frames = recorded_frames(protocol_dir, "ws-success-basic-then-cached-reruns.jsonl")
+    prompt_ids = list(dict.fromkeys(f["data"]["prompt_id"] for f in frames if f["type"] == "execution_start"))
+    first, cached, partial = prompt_ids  # nothing cached; everything cached; only the PrimitiveString changed
+    fractions = {}
+    for prompt_id in prompt_ids:
+        nodes = nodes_of_prompt(frames, prompt_id)
+        assert len(nodes) == 8
+        outcome, progress = replay(frames, prompt_id, nodes)
+        assert isinstance(outcome, RunResult)
+        fractions[prompt_id] = [p.fraction for p in progress]
+        assert fractions[prompt_id] == sorted(fractions[prompt_id]) and fractions[prompt_id][-1] == 1.0
+    # No sampler in it, yet a step for every node: 8 nodes run one after the other.
+    assert len(set(fractions[first])) >= 8 and fractions[first][0] == 0.0
+    assert fractions[cached] == [0.999, 1.0]  # all eight from the cache: done before any node runs
+    assert 0.0 < fractions[partial][0] < 1.0  # the cached ones count at once, the changed ones follow
 
 
 def error_files(protocol_dir: Path) -> list[str]:
@@ -476,7 +518,10 @@ async def test_run_reports_progress_and_streams_outputs(comfy: ComfyUIDouble, cl
         progress.append(update)
 
     result = await client.run(TXT2IMG, prompt_id="t2i-1", on_progress=on_progress)
-    assert progress == [ProgressUpdate(step, 4, "3") for step in range(1, 5)]
+    assert [(p.value, p.max) for p in progress if p.node == "3" and p.max] == [(step, 4) for step in range(1, 5)]
+    assert next(p.node for p in progress) == "4"  # from the first node on, sampler or not
+    assert [p.fraction for p in progress] == sorted(p.fraction for p in progress)
+    assert progress[-1].nodes_total == len(TXT2IMG) and progress[-1].nodes_done == len(TXT2IMG)
     assert result == RunResult("t2i-1", [OutputRef("9", "t2i_00001_.png", "", "output", "images")], [])
     content_type, size, body, chunks = await read_output(client, result.outputs[0])
     assert content_type == "image/png" and png_size(body) == (512, 512) and size == len(body) and chunks >= 1

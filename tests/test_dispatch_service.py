@@ -158,8 +158,9 @@ async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, check
         kinds = [type(e).__struct_config__.tag for e in events]
         assert kinds[:3] == ["accepted", "queued", "started"]
         assert kinds[-2:] == ["output_stored", "completed"]
-        progress = [(e.value, e.max) for e in events if type(e).__struct_config__.tag == "progress"]
-        assert progress and progress == sorted(progress) and progress[-1] == (8, 8)
+        percents = [e.percent for e in events if type(e).__struct_config__.tag == "progress"]
+        assert percents and percents == sorted(percents) and percents[-1] < 100
+        assert done.progress.percent == 100 and done.progress.value == done.progress.max  # its end, not a stale write
         seqs = [e.seq for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
@@ -184,24 +185,21 @@ async def test_a_workflow_without_a_negative_prompt_reports_none(hub: Hub, check
         assert not any("blurry" in str(node["inputs"]) for node in sent.values())
 
 
-async def test_progress_of_a_fast_sampler_is_thinned_but_keeps_its_first_and_last_step(
+async def test_progress_of_a_fast_sampler_is_thinned_to_ten_a_second_and_keeps_growing(
     hub: Hub, checkpoint: str
 ) -> None:
     comfy = ComfyUIDouble(name="quick-steps", models={"checkpoints": [checkpoint]}, work_seconds=0.4)
     async with pool(hub, ("quick-steps", comfy)):
         fast = await submit(hub.nc, "sixty quick steps", seed=5, steps=60)  # a step every few milliseconds
         assert (await wait_final(hub.nc, fast.job_id)).status == "completed"
-        comfy.work_seconds = 1.5
-        slow = await submit(hub.nc, "three slow steps", seed=6, steps=3)  # steps well over 0.1 s apart
-        assert (await wait_final(hub.nc, slow.job_id)).status == "completed"
-
-        def progress_of(events: list) -> list[tuple[int, int]]:
-            return [(e.value, e.max) for e in events if type(e).__struct_config__.tag == "progress"]
-
-        thinned = progress_of(await events_of(hub.nc, fast.job_id))
-        assert thinned[0] == (1, 60) and thinned[-1] == (60, 60) and thinned == sorted(thinned)
+        events = await events_of(hub.nc, fast.job_id)
+        thinned = [e for e in events if type(e).__struct_config__.tag == "progress"]
+        assert thinned and [e.percent for e in thinned] == sorted(e.percent for e in thinned)
         assert len(thinned) < 30, thinned  # about one every 0.1 s of a ~0.4 s run (more on a loaded machine)
-        assert progress_of(await events_of(hub.nc, slow.job_id)) == [(1, 3), (2, 3), (3, 3)]  # nothing dropped
+        gaps = [b.at - a.at for a, b in itertools.pairwise(thinned)]
+        assert sum(gap < 0.08 for gap in gaps) <= 2, gaps  # at most ~10 a second (one late callback may bunch)
+        steps = [e.value for e in thinned if e.max == 60]
+        assert steps and steps == sorted(steps)
 
 
 # -- load balancing ---------------------------------------------------------------------------------
@@ -334,6 +332,30 @@ async def save_render_type(nc: NatsClient, name: str, workflow: dict) -> RenderT
     return await request(
         nc, subjects.Registry.SAVE, SaveRenderType(render_type=RenderType(name=name, workflow=workflow)), RenderType
     )
+
+
+async def test_a_node_only_job_reports_progress_from_its_first_node_and_every_second(hub: Hub) -> None:
+    await save_render_type(hub.nc, "image-nodes-progress", IMAGE_NODES_WORKFLOW)
+    comfy = ComfyUIDouble(name="nodes-only", work_seconds=6.0)  # 1.5 s a node, not one sampler step
+    async with pool(hub, ("nodes-only", comfy)):
+        reply = await submit(hub.nc, "slow filters", render_type="image-nodes-progress")
+        await wait_for(hub.nc, reply.job_id, {"running"})
+        await asyncio.sleep(2.5)
+        running = await job(hub.nc, reply.job_id)  # the row's progress follows the job too
+        assert running.status == "running" and 0 < running.progress.percent < 100, running.progress
+        done = await wait_final(hub.nc, reply.job_id)
+        assert done.status == "completed" and done.progress.percent == 100, done.progress
+        events = await events_of(hub.nc, reply.job_id)
+        tags = [type(e).__struct_config__.tag for e in events]
+        started, completed = events[tags.index("started")], events[tags.index("completed")]
+        progress = [e for e in events if type(e).__struct_config__.tag == "progress"]
+        assert progress[0].at - started.at < 0.5, (started, progress[0])
+        stamps = [e.at for e in progress] + [completed.at]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+        assert max(gaps) < 1.35, gaps  # a heartbeat at least once a second, also within one slow node
+        percents = [e.percent for e in progress]
+        assert percents == sorted(percents) and len({p for p in percents if 0 < p < 100}) >= 3, percents
+        assert all(e.nodes_total == len(IMAGE_NODES_WORKFLOW) and e.max == 0 for e in progress)
 
 
 async def test_cancel_answers_at_once_with_one_wording_for_a_queued_and_a_running_job(hub: Hub) -> None:

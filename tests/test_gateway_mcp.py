@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import itertools
 import json
 import random
 import time
@@ -705,3 +706,37 @@ async def wait_for_done(api: httpx.AsyncClient, job_id: str) -> None:
     while (view := (await api.get(f"/api/v1/generations/{job_id}")).json())["status"] != "completed":
         assert not view["done"] and time.monotonic() < deadline, view
         await asyncio.sleep(0.05)
+
+
+async def test_a_node_only_generation_notifies_progress_from_the_start_and_every_second(gw: GatewayHub) -> None:
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 24), (200, 10, 10)).save(picture, format="PNG")
+    image = {"base64": base64.b64encode(picture.getvalue()).decode()}
+    arrivals: list[tuple[float, float, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        arrivals.append((time.monotonic(), value, message))
+
+    gw.comfy.work_seconds = 2.8  # upscale: a few image nodes, not one sampler step (within this module's 4 s budget)
+    try:
+        async with Mcp(gw) as session:
+            called = time.monotonic()
+            result = await session.call_tool(
+                "generate_image", {"render_type": "upscale", "input_image": image}, progress_callback=on_progress
+            )
+            returned = time.monotonic()
+    finally:
+        gw.comfy.work_seconds = 0.2
+    assert not result.is_error and result.structured_content["status"] == "completed", result.content
+    assert returned - called > 2.8 and arrivals, arrivals
+    values = [value for _, value, _ in arrivals]
+    assert all(later > earlier for earlier, later in itertools.pairwise(values)), values  # as MCP asks
+    assert values[-1] == 100.0 and any(0 < v < 100 for v in values)
+    stamps = [called + 0.1, *(at for at, _, _ in arrivals)]  # the job starts a moment after the call
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    assert max(gaps) < 1.35, gaps  # the first soon after the start, then at least one a second
+    assert len(arrivals) < 10 * (returned - called) + 2  # and still thinned
+    assert any("node" in (message or "") for _, _, message in arrivals), arrivals
+    job_id = result.structured_content["job_id"]
+    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    assert view.progress.percent == 100  # the finished job shows its end

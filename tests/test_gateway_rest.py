@@ -6,6 +6,7 @@ import asyncio
 import base64
 import csv
 import io
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -178,6 +179,35 @@ async def test_an_upscale_needs_no_prompt_and_a_blank_prompt_elsewhere_names_the
     assert done["status"] == "completed" and done["images"] and done["prompt"] == "", done
     blank = await api.post("/api/v1/generations", json={"render_type": "sdxl"})
     assert blank.status_code == 400 and blank.json()["error"]["field"] == "prompt", blank.text
+
+
+async def test_a_node_only_generation_streams_progress_from_the_start(gw: GatewayHub, api: httpx.AsyncClient) -> None:
+    gw.comfy.work_seconds = 3.0  # upscale: image nodes only, none with sampler steps
+    try:
+        submitted = await api.post(
+            "/api/v1/generations", json={"render_type": "upscale", "input_image": {"base64": png_of(32, 24)}}
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        events: list[tuple[str, dict]] = []
+        async with api.stream("GET", f"/api/v1/generations/{job_id}/events") as stream:
+            kind = ""
+            async for line in stream.aiter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    events.append((kind, msgspec.json.decode(line.split(":", 1)[1])))
+    finally:
+        gw.comfy.work_seconds = 0.2
+    kinds = [kind for kind, _ in events]
+    started, completed = events[kinds.index("started")][1], events[kinds.index("completed")][1]
+    progress = [data for kind, data in events if kind == "progress"]
+    assert progress and progress[0]["at"] - started["at"] < 0.5, progress
+    stamps = [p["at"] for p in progress] + [completed["at"]]
+    assert max(later - earlier for earlier, later in itertools.pairwise(stamps)) < 1.35, stamps
+    assert any(0 < p["percent"] < 100 for p in progress) and progress[-1]["nodes_total"] > 1
+    done = (await api.get(f"/api/v1/generations/{job_id}")).json()
+    assert done["status"] == "completed" and done["progress"]["percent"] == 100, done["progress"]
 
 
 async def stats_record(gw: GatewayHub, job_id: str) -> GenerationRecord:

@@ -18,7 +18,7 @@ import mimetypes
 import re
 import secrets
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,8 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
+
+from dispatch_service.progress import ProgressUpdate, PromptProgress
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +110,6 @@ class OutputRef:
     subfolder: str
     type: str  # "output", or "temp" for previews (PreviewImage)
     kind: str  # the key under the node's output: "images", "gifs", "videos", "audio", ...
-
-
-@dataclass(frozen=True)
-class ProgressUpdate:
-    value: int
-    max: int
-    node: str | None
 
 
 @dataclass(frozen=True)
@@ -375,10 +370,15 @@ class RunTracker:
 
     instance: str
     prompt_id: str
+    nodes: Collection[str] = ()  # the workflow's node ids: what "nodes done of nodes to run" counts
     outputs: dict[str, list[OutputRef]] = field(default_factory=dict)
     cached_nodes: list[str] = field(default_factory=list)
     current_node: str | None = None
     finished: bool = False
+    progress: PromptProgress = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.progress = PromptProgress(self.nodes)
 
     def concerns(self, message: Any) -> bool:
         return (
@@ -388,13 +388,9 @@ class RunTracker:
         )
 
     def apply(self, message: dict[str, Any]) -> ProgressUpdate | None:
-        """Apply one message of this prompt; returns a progress update to report, if any."""
+        """Apply one message of this prompt; returns the job's progress when it moved."""
         kind, data = message.get("type"), message["data"]
-        if kind == "progress":
-            with contextlib.suppress(TypeError, ValueError):
-                node = data.get("node")
-                return ProgressUpdate(int(data["value"]), int(data["max"]), None if node is None else str(node))
-        elif kind == "executing":
+        if kind == "executing":
             node = data.get("node")
             if node is None:  # the classic "prompt done" signal: always last, for success and errors alike
                 self.finished = True
@@ -411,7 +407,7 @@ class RunTracker:
             raise interrupted(self.instance, self.prompt_id, data)
         elif kind == "execution_success":
             self.finished = True
-        return None
+        return self.progress.update() if self.progress.apply(kind, data) else None
 
     def result(self) -> RunResult:
         outputs = [ref for refs in self.outputs.values() for ref in refs]
@@ -703,7 +699,7 @@ class ComfyClient:
             server_id = await self.submit(workflow, client_id=client_id, prompt_id=prompt_id, extra_data=extra_data)
             if ws is not None:
                 self._prepare_spare()
-            follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled)
+            follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled, workflow.keys())
             try:
                 return await follower.follow(stall_timeout_s, total_timeout_s)
             finally:
@@ -954,6 +950,7 @@ class _Follower:
         live: bool,
         on_progress: Callable[[ProgressUpdate], Awaitable[None]] | None,
         cancelled: asyncio.Event | None,
+        nodes: Collection[str],
     ) -> None:
         self.client = client
         self.prompt_id = prompt_id
@@ -961,7 +958,7 @@ class _Follower:
         self.polling = not live
         self.on_progress = on_progress
         self.cancelled = cancelled
-        self.tracker = RunTracker(client.base_url, prompt_id)
+        self.tracker = RunTracker(client.base_url, prompt_id, nodes)
         self.cancel_sent = False
         self.settled = False
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -11,8 +13,11 @@ from nats.js import JetStreamContext
 
 from contracts.messages.events import GenerationEvent
 from contracts.runtime.bus import publish_durably
+from contracts.runtime.logs import get_logger
 from contracts.streams import event_subject
+from dispatch_service.progress import ProgressUpdate
 
+log = get_logger("events")
 _encoder = msgspec.json.Encoder()
 
 
@@ -51,3 +56,71 @@ class EventPublisher:
     def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:  # type: ignore[valid-type]
         kind = type(event).__struct_config__.tag  # type: ignore[attr-defined]
         return event_subject(event.job_id, kind), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}
+
+
+class ProgressRelay:
+    """Turns one run's progress updates into progress events, thinned and with a heartbeat.
+
+    At most one event every `every_s` (a fast sampler's every step would be a stored event and a notification
+    to every follower); a change held back is sent when that time is up, so the last one is never lost. When
+    nothing was sent for `heartbeat_s` the current progress is sent again (the first time `first_s` after the
+    start), so followers hear from a job that sits in one slow node or in ComfyUI's queue.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[ProgressUpdate], Awaitable[None]],
+        *,
+        every_s: float = 0.1,
+        heartbeat_s: float = 1.0,
+        first_s: float = 0.4,
+        nodes_total: int = 0,
+    ) -> None:
+        self._send = send
+        self._every_s = every_s
+        self._heartbeat_s = heartbeat_s
+        self._loop = asyncio.get_running_loop()
+        self._latest = ProgressUpdate(0, 0, None, nodes_total=nodes_total)
+        self._held = False  # a change not sent yet
+        self._last_sent = self._loop.time() - heartbeat_s + first_s
+        self._timer: asyncio.TimerHandle | None = self._loop.call_at(self._last_sent + heartbeat_s, self._due)
+        self._sending: set[asyncio.Future[None]] = set()
+
+    async def update(self, update: ProgressUpdate) -> None:
+        """The run's progress moved (the `on_progress` of `ComfyClient.run`)."""
+        self._latest = update
+        if self._timer is None:
+            return  # closed
+        if self._loop.time() - self._last_sent >= self._every_s:
+            self._held = False
+            self._schedule(self._loop.time() + self._heartbeat_s)
+            self._last_sent = self._loop.time()
+            await self._send(update)
+        elif not self._held:
+            self._held = True
+            self._schedule(self._last_sent + self._every_s)
+
+    def close(self) -> None:
+        """The run ended: no more events (its final event says how it ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._due)
+
+    def _due(self) -> None:
+        """A held change, or the heartbeat: send the current progress (beside the run, not in its way)."""
+        self._held = False
+        self._last_sent = self._loop.time()
+        self._timer = self._loop.call_at(self._last_sent + self._heartbeat_s, self._due)
+        sending = asyncio.ensure_future(self._send(self._latest))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sent)
+
+    def _sent(self, sending: asyncio.Future[None]) -> None:
+        self._sending.discard(sending)
+        if not sending.cancelled() and sending.exception() is not None:
+            log.warning("could not send a job's progress", error=str(sending.exception()))

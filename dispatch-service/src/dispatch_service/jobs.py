@@ -375,6 +375,15 @@ def timings_of(row: dict[str, Any], now: float | None = None) -> Timings:
     )
 
 
+def progress_of(row: dict[str, Any]) -> Progress:
+    """The row's progress; a completed job's is its end (the row is written at most every 0.5 s while it runs,
+    so its last write is older than the end)."""
+    value, maximum = row["progress_value"], row["progress_max"]
+    if row["status"] == "completed":
+        return Progress(value=maximum, max=maximum, percent=100.0)
+    return Progress(value=value, max=maximum, percent=row.get("progress_percent") or 0.0)
+
+
 def job_view(row: dict[str, Any], queue_position: int | None = None) -> JobView:
     request = row["request"] or {}
     return JobView(
@@ -391,7 +400,7 @@ def job_view(row: dict[str, Any], queue_position: int | None = None) -> JobView:
         instance=row["instance"],
         attempts=row["attempts"],
         failures=[f"{f['instance']}: {f['reason']}" for f in row["failures"] or []],
-        progress=Progress(value=row["progress_value"], max=row["progress_max"]),
+        progress=progress_of(row),
         queue_position=queue_position,
         outputs=outputs_of(row),
         timings=timings_of(row),

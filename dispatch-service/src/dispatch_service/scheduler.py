@@ -59,7 +59,7 @@ from dispatch_service.comfyui import (
     ProgressUpdate,
     RunResult,
 )
-from dispatch_service.events import EventPublisher
+from dispatch_service.events import EventPublisher, ProgressRelay
 from dispatch_service.jobs import (
     ACTIVE_STATUSES,
     RUNNING_STATUSES,
@@ -382,6 +382,7 @@ class Scheduler:
             started_at=started,
             progress_value=0,
             progress_max=0,
+            progress_percent=0.0,
         )
         slot = _Slot(self, state, lease)
         if not claimed:  # cancelled between fetch and start
@@ -394,6 +395,7 @@ class Scheduler:
             running.cancel.set()
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
+        relay: ProgressRelay | None = None
         try:
             workflow = await self._with_input_image(row, state)
             prompt_id = f"{job_id}-{attempt}"
@@ -405,10 +407,11 @@ class Scheduler:
             )
             bound_log.info("job started")
             await self.affinity.starting(job_id)
+            relay = self._progress_relay(job_id, state.config.name, len(workflow))
             result = await state.client.run(
                 workflow,
                 prompt_id=prompt_id,
-                on_progress=self._progress_writer(job_id, state.config.name),
+                on_progress=relay.update,
                 stall_timeout_s=self.settings.dispatch_stall_timeout_s,
                 total_timeout_s=self.settings.dispatch_job_timeout_s,
                 cancelled=running.cancel,
@@ -428,6 +431,8 @@ class Scheduler:
             else:
                 await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
+            if relay is not None:
+                relay.close()
             keep_alive.cancel()
             self.affinity.ended(job_id)
             self.running.pop(job_id, None)
@@ -463,7 +468,7 @@ class Scheduler:
         """This dispatcher stops: the interrupted job is waiting again and its message is redelivered at once, ahead
         of the jobs that wait behind it."""
         requeued = await self.store.transition(
-            job_id, ("running",), status="queued", instance=None, progress_value=0, progress_max=0
+            job_id, ("running",), status="queued", instance=None, progress_value=0, progress_max=0, progress_percent=0.0
         )
         if not requeued:  # a cancel came first
             await self._cancelled(job_id, instance)
@@ -496,32 +501,40 @@ class Scheduler:
             await state.client.upload_image(data, stored.filename, subfolder="hub", overwrite=True)
         return row["workflow"]
 
-    def _progress_writer(self, job_id: str, instance: str):  # type: ignore[no-untyped-def]
-        last_write = last_event = 0.0
-        last_node: str | None = None
+    def _progress_relay(self, job_id: str, instance: str, nodes_total: int) -> ProgressRelay:
+        last_write = 0.0
         writing: asyncio.Task[bool] | None = None
 
-        async def on_progress(update: ProgressUpdate) -> None:
-            nonlocal last_write, last_event, last_node, writing
-            now = time.monotonic()
-            # Every step of a fast sampler would be a stored event (and a notification to every follower): at
-            # most one every PROGRESS_EVENT_EVERY_S, but always a node's first and last step.
-            last_step = update.max > 0 and update.value >= update.max
-            if last_step or update.node != last_node or now - last_event >= PROGRESS_EVENT_EVERY_S:
-                last_event, last_node = now, update.node
-                await self.events.publish_quietly(
-                    JobProgress, job_id=job_id, instance=instance, value=update.value, max=update.max, node=update.node
-                )
+        async def send(update: ProgressUpdate) -> None:
+            nonlocal last_write, writing
+            await self.events.publish_quietly(
+                JobProgress,
+                job_id=job_id,
+                instance=instance,
+                value=update.value,
+                max=update.max,
+                node=update.node,
+                percent=update.percent,
+                nodes_done=update.nodes_done,
+                nodes_total=update.nodes_total,
+            )
             # The row's progress is for queue views, so it is written at most every PROGRESS_WRITE_EVERY_S and
             # beside the run, not in its way.
+            now = time.monotonic()
             if now - last_write >= PROGRESS_WRITE_EVERY_S and (writing is None or writing.done()):
                 last_write = now
                 writing = asyncio.ensure_future(
-                    self.store.transition(job_id, ("running",), progress_value=update.value, progress_max=update.max)
+                    self.store.transition(
+                        job_id,
+                        ("running",),
+                        progress_value=update.value,
+                        progress_max=update.max,
+                        progress_percent=update.percent,
+                    )
                 )
                 writing.add_done_callback(_log_progress_write_failure)
 
-        return on_progress
+        return ProgressRelay(send, every_s=PROGRESS_EVENT_EVERY_S, nodes_total=nodes_total)
 
     async def _store_outputs(self, job_id: str, state: InstanceState, result: RunResult) -> list[OutputFile]:
         stored: list[OutputFile] = []

@@ -40,6 +40,7 @@ class JobRow(Table, tablename="job"):
     failures = JSON(default=[])  # why earlier attempts ended: [{"instance", "reason", "at"}]
     progress_value = Integer(default=0)
     progress_max = Integer(default=0)
+    progress_percent = Float(default=0.0)  # of the whole job (progress_value/max are the running node's steps)
     outputs = JSON(default=[])
     error = Text(null=True, default=None)
     api_key_id = Varchar(length=64, null=True, default=None)

@@ -46,6 +46,7 @@ from gateway.mcp_tasks import (
     legacy_task,
     missing_capability_data,
     modern_task,
+    progress_message,
 )
 from gateway.results import Generation, JobRef, NoArguments, StylesQuery, generation_of
 from gateway.schemas import object_schema
@@ -74,6 +75,7 @@ INT_INPUT_ERROR = -32602
 METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020  # the code the SDK answers for a standard request whose Mcp-* headers disagree
+PROGRESS_NUDGE = 0.001  # percent: how much a repeated progress notification is raised to stay increasing
 TASK_TOOLS = frozenset({"generate_image"})  # the tools that may run as a task
 TASKS_PAGE_SIZE = 50  # tasks per tasks/list page
 
@@ -308,17 +310,28 @@ class HubMcp:
 
     async def _follow(self, ctx: ServerRequestContext[Any], job_id: str) -> None:
         """Relay progress until the job ends or the budget is spent (the caller then polls get_generation)."""
-        sent = 0.0
+        sent: float | None = None
+
+        async def report(percent: float, message: str, *, final: bool = False) -> None:
+            nonlocal sent
+            # MCP wants each notification's progress above the last: a heartbeat that repeats the job's progress
+            # (one slow node) or a retry that starts again from 0 is nudged up by a hair, and only the completed
+            # job reaches 100.
+            if sent is not None:
+                percent = max(percent, sent + PROGRESS_NUDGE)
+                if percent >= 100.0 and not final:
+                    return
+            sent = percent
+            await ctx.session.report_progress(percent, 100.0, message)
 
         async def follow() -> None:
-            nonlocal sent
             async for event in self._hub.events(job_id):
-                if isinstance(event, JobProgress) and event.max > 0:
-                    percent = min(100.0, 100.0 * event.value / event.max)
-                    if percent > sent:  # progress must only grow, also across a retry on another instance
-                        sent = percent
-                        await ctx.session.report_progress(percent, 100.0, f"step {event.value}/{event.max}")
-                elif isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+                if isinstance(event, JobProgress):
+                    await report(min(event.percent, 100.0), progress_message(event))
+                elif isinstance(event, JobCompleted):
+                    await report(100.0, "completed", final=True)
+                    return
+                elif isinstance(event, (JobFailed, JobCancelled)):
                     return
 
         with anyio.move_on_after(self._settings.tool_budget_s):

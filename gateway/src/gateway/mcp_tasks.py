@@ -16,6 +16,7 @@ from typing import Any
 import mcp_types as types
 from pydantic import Field
 
+from contracts.messages.events import JobProgress
 from contracts.messages.jobs import JobView
 
 TASKS_EXTENSION = "io.modelcontextprotocol/tasks"
@@ -73,7 +74,7 @@ def status_message(view: JobView) -> str:
     if view.status == "running":
         progress = view.progress
         step = f", step {progress.value}/{progress.max}" if progress.max else ""
-        return f"running on {view.instance or 'an instance'}{step}"
+        return f"running on {view.instance or 'an instance'}, {progress.percent:g}%{step}"
     if view.status == "failed":
         return f"generation failed: {view.error or 'no reason given'}"
     if view.status == "cancelling":
@@ -84,6 +85,14 @@ def status_message(view: JobView) -> str:
     if removed:
         return f"{len(view.outputs)} output(s), {removed} of them removed by retention"
     return f"{len(view.outputs)} output(s) ready"
+
+
+def progress_message(event: JobProgress) -> str:
+    """A progress notification's message: `42% (node 3 of 8, step 5/20)`."""
+    where = [f"node {min(event.nodes_done + 1, event.nodes_total)} of {event.nodes_total}"] if event.nodes_total else []
+    if event.max:
+        where.append(f"step {event.value}/{event.max}")
+    return f"{event.percent:g}%" + (f" ({', '.join(where)})" if where else "")
 
 
 def poll_interval_ms(view: JobView) -> int:

@@ -47,12 +47,22 @@ class JobStarted(_Event, tag="started"):
 
 
 class JobProgress(_Event, tag="progress"):
-    """A node's progress (e.g. sampler steps): at most one event every 0.1 s a job, but always each node's first
-    and last step, so a fast sampler does not flood the stream."""
+    """How far a running job has come, for every workflow (sampler or not).
+
+    `percent` is the whole job: nodes done of `nodes_total` to run (cached ones count as done) plus the running
+    node's share of its steps; it only grows within an attempt and is 100 only once ComfyUI reports success.
+    `value` of `max` are the steps of the running `node` (0 of 0 for a node without steps, e.g. an upscale).
+    Sent from the job's start: at most one every 0.1 s, a change not sent at once follows within 0.1 s, and a
+    heartbeat re-sends the current progress when nothing was sent for 1 s (the first within 0.4 s of the start),
+    so a single slow node still ticks. A heartbeat may repeat the previous event's values.
+    """
 
     value: int
     max: int
     node: str | None = None
+    percent: float = 0.0
+    nodes_done: int = 0
+    nodes_total: int = 0
 
 
 class OutputStored(_Event, tag="output_stored"):

@@ -104,9 +104,13 @@ class Timings(Record):
 
 
 class Progress(Record):
+    """How far a job has come. `percent` is the whole job (0-100, only grows, 100 once it completed); `value` of
+    `max` are the steps of the node that ran last (a sampler's steps; 0 of 0 for a node without steps)."""
+
     value: int = 0
     max: int = 0
     node: str | None = None
+    percent: float = 0.0
 
 
 class JobView(Record):

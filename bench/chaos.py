@@ -420,6 +420,7 @@ class Rehearsal:
         fault_after = self.args.jobs if fault == "hub-sigterm" else max(1, self.args.jobs // 3)
         await self.burst(rnd, fault_after)
         await self.settle(rnd)
+        await self.wait_whole(90)  # the checks ask the recovered hub (a restarted stats service catching up)
         statuses = Counter(job["status"] for job in rnd.final.values())
         runs = journaled(self.doubles, "executed")
         self.announced.update(rnd.jobs)

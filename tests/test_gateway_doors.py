@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
@@ -206,3 +207,18 @@ async def test_loopback_names_and_the_listed_public_name_pass(gw: GatewayHub) ->
             assert answer.status_code == 200, (host, answer.text)
             rest = await http.get("/api/v1/render-types", headers={"Host": host})
             assert rest.status_code == 200, (host, rest.text)
+
+
+async def test_the_sdk_client_shows_the_refusal_and_the_variable(gw: GatewayHub) -> None:
+    from mcp.shared.exceptions import MCPError
+
+    port = gw.base_url.rsplit(":", 1)[1]
+    headers = {**gw.auth, "Host": f"evil.example:{port}"}
+    with anyio.fail_after(30):
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as http,
+            streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            with pytest.raises(MCPError, match=r"HUB_GATEWAY_ALLOWED_HOSTS=evil\.example"):
+                await session.initialize()

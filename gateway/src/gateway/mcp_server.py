@@ -105,11 +105,17 @@ TOOLS: tuple[_Tool, ...] = (
     ),
     _Tool(
         "get_generation",
-        "Status and result of a generation by job_id (same shape as generate_image's result); returns at once.",
+        "Status and result of a generation by job_id (same shape as generate_image's result); returns at once. "
+        "Only generations made with this API key are found.",
         JobRef,
         Generation,
     ),
-    _Tool("cancel_generation", "Cancel a queued or running generation by job_id.", JobRef, Generation),
+    _Tool(
+        "cancel_generation",
+        "Cancel a queued or running generation made with this API key, by job_id.",
+        JobRef,
+        Generation,
+    ),
     _Tool(
         "list_render_types",
         "The render types (kinds of generation, e.g. sdxl, flux, img2img, upscale) with their parameters and "

@@ -15,9 +15,9 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar, Request, get
+from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response, Stream
 
@@ -25,6 +25,7 @@ from contracts.runtime.host_guard import HostGuard, json_refusal, policy_of
 from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
+from gateway.api_document import ContractJsonRenderPlugin
 from gateway.api_keys import ApiKeyStore
 from gateway.hub_client import HubClient
 from gateway.mcp_http import (
@@ -42,7 +43,14 @@ from gateway.mcp_http import (
     without_orphan_session_id,
 )
 from gateway.mcp_server import API_KEY_SCOPE_KEY, MAX_REQUEST_BODY_BYTES, HubMcp
-from gateway.rest import API_PREFIX, EXCEPTION_HANDLERS, CatalogController, GenerationsController, error_body
+from gateway.rest import (
+    API_PREFIX,
+    EXCEPTION_HANDLERS,
+    CatalogController,
+    GenerationsController,
+    before_api_request,
+    error_body,
+)
 
 PROTECTED_PREFIXES = ("/mcp", "/api/")
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
@@ -54,7 +62,7 @@ TOO_DEEP = "the JSON nests too deeply to be decoded; send a flatter document"
 
 
 async def _send_json(
-    send: Any, status: int, body: dict[str, Any] | list[Any], headers: list[tuple[bytes, bytes]]
+    send: Any, status: int, body: dict[str, Any] | list[Any] | msgspec.Struct, headers: list[tuple[bytes, bytes]]
 ) -> None:
     payload = msgspec.json.encode(body)
     await send(
@@ -173,9 +181,18 @@ class GatewayGuard:
         """`receive` for the app once the body passed the checks of its door, or None when an error was sent."""
         if scope["method"] == "POST" and scope["path"].rstrip("/") == "/mcp":
             return await self._checked_json_rpc(scope, headers, receive, send)
-        if scope["method"] in BODY_METHODS and scope["path"].startswith(API_PREFIX):
+        if scope["method"] in BODY_METHODS and scope["path"].startswith(API_PREFIX) and self._routed(scope):
             return await self._checked_rest_body(headers, receive, send)
         return receive
+
+    def _routed(self, scope: dict[str, Any]) -> bool:
+        """Whether a handler takes this method on this path: another is litestar's 404 or 405 (with `Allow`), not a
+        complaint about a body that no handler reads."""
+        try:
+            self._app.asgi_router.handle_routing(path=scope["path"], method=scope["method"])
+        except (NotFoundException, MethodNotAllowedException):
+            return False
+        return True
 
     async def _checked_rest_body(self, headers: dict[str, str], receive: Any, send: Any) -> Any:
         """REST bodies are JSON: say so for another Content-Type (415), and refuse JSON nested too deep to decode
@@ -287,13 +304,14 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
             # The document's own path, served at "/": litestar answers unknown paths under an OpenAPI path with
             # an HTML page, which would shadow the API's JSON 404 for every unknown /api/v1/... path.
             path=OPENAPI_PATH,
-            render_plugins=[JsonRenderPlugin(path="/")],
+            render_plugins=[ContractJsonRenderPlugin(path="/")],
             components=Components(
                 security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="hub API key")}
             ),
             security=[{"apiKey": []}],
         ),
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=before_api_request,
         logging_config=None,
         request_max_body_size=MAX_REQUEST_BODY_BYTES,  # the guard's limit, the same as /mcp's
         lifespan=[lifespan],

@@ -50,6 +50,7 @@ class Result:
     switch_s: float
     switches: int
     per_instance: list[int]
+    idle_s: float  # instance time spent neither running nor loading, between the first start and the last end
 
 
 async def start_services(nats_url: str, data: Path, strategy: str, scale: float) -> list[ServiceProcess]:
@@ -120,6 +121,7 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
         switch_s=sum(seconds for d in doubles.values() for _, seconds in d.model_loads),
         switches=sum(len(d.model_loads) for d in doubles.values()),
         per_instance=[len(d.executed_prompt_ids) for d in doubles.values()],
+        idle_s=idle_time([d.job_spans for d in doubles.values()]),
     )
     failed = len(completions.failed)
     await unregister(nc, doubles)
@@ -133,10 +135,17 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
     return result
 
 
+def idle_time(spans: list[list[tuple[float, float]]]) -> float:
+    first = min(s[0][0] for s in spans if s)
+    last = max(s[-1][1] for s in spans if s)
+    return sum((last - first) - sum(end - start for start, end in s) for s in spans)
+
+
 def show(label: str, result: Result) -> None:
     print(
         f"  {label:<14} makespan {result.makespan_s:7.2f} s  model loads {result.switches:3d}  "
-        f"total switch time {result.switch_s:7.2f} s  jobs per instance {result.per_instance}"
+        f"total switch time {result.switch_s:7.2f} s  instances idle {result.idle_s:6.2f} s  "
+        f"jobs per instance {result.per_instance}"
     )
 
 

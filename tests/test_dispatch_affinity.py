@@ -29,7 +29,7 @@ from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
-SWITCH_S = 1.0  # what the dispatcher assumes a switch takes until it measured one
+SWITCH_S = 1.5  # what the dispatcher assumes a switch takes until it measured one
 CHECKPOINTS = {"aff-a": "a.safetensors", "aff-b": "b.safetensors"}
 
 
@@ -114,7 +114,7 @@ def loads(comfy: ComfyUIDouble) -> list[str]:
 
 
 async def test_a_warm_instance_gets_the_job_when_free_and_is_waited_for_when_it_frees_sooner(hub: Hub) -> None:
-    first, second = double("warm-1", 0.2), double("warm-2", 0.2)
+    first, second = double("warm-1", 0.1), double("warm-2", 0.1)
     async with instances(hub, ("warm-1", first), ("warm-2", second)):
         a, b = await asyncio.gather(
             submit(hub.nc, "a", render_type="aff-a"), submit(hub.nc, "b", render_type="aff-b")
@@ -125,7 +125,7 @@ async def test_a_warm_instance_gets_the_job_when_free_and_is_waited_for_when_it_
         # One at a time, both instances free each time: each job goes where its checkpoint is loaded.
         for render_type in ("aff-a", "aff-b", "aff-b", "aff-a", "aff-a", "aff-b"):
             assert await run(hub.nc, render_type) == by_type[render_type]
-        # Three jobs of one type at once: the warm instance frees (0.2 s) sooner than a switch (1 s) would take,
+        # Three jobs of one type at once: the warm instance frees (0.1 s a job) sooner than a switch (1.5 s) would take,
         # so the other instance, free but holding the other checkpoint, is left to it.
         burst = await asyncio.gather(*(submit(hub.nc, f"burst {i}", render_type="aff-a") for i in range(3)))
         views = [await wait_final(hub.nc, r.job_id) for r in burst]
@@ -193,6 +193,17 @@ def test_loader_nodes_are_found_by_input_name_and_by_known_model_files() -> None
         "20": frozenset({"detail.safetensors"}),
         "21": frozenset({"custom.pt"}),
     }
+
+
+def test_switch_cost_and_run_time_are_learnt_per_render_type_and_instance() -> None:
+    costs = CostModel(default_switch_s=10.0)
+    assert (costs.run_s("a", "x"), costs.switch_s("a", "x")) == (None, 10.0)  # nothing measured: the default
+    costs.observe("a", "x", 7.0, warm=False)
+    assert (costs.run_s("a", "x"), costs.switch_s("a", "x")) == (7.0, 10.0)  # a cold run: an upper bound
+    for _ in range(20):
+        costs.observe("a", "x", 2.0, warm=True)
+    assert costs.run_s("a", "x") == pytest.approx(2.0) and costs.switch_s("a", "x") == pytest.approx(5.0)
+    assert (costs.run_s("a", "y"), costs.switch_s("b", "x")) == (None, 10.0)
 
 
 def _costs(run_s: float, switch_s: float) -> CostModel:

@@ -259,7 +259,7 @@ def plan(jobs: list[Waiting], servers: dict[str, Server], costs: CostModel) -> N
     for job in jobs:
         warm = [name for name in job.able if servers[name].free_slots > 0 and _holds(servers[name], job)]
         if warm:
-            _take(job, servers[warm[0]])
+            _take(job, servers[warm[0]], costs)
     for index, job in enumerate(jobs):
         if job.placed is not None:
             continue
@@ -271,15 +271,19 @@ def plan(jobs: list[Waiting], servers: dict[str, Server], costs: CostModel) -> N
         wait = _warm_wait(job, ahead, servers, costs)
         if wait is not None and wait < costs.switch_s(job.render_type, pick):
             continue
-        _take(job, servers[pick])
+        _take(job, servers[pick], costs)
 
 
-def _take(job: Waiting, server: Server) -> None:
+def _take(job: Waiting, server: Server, costs: CostModel) -> None:
+    """`job` starts on `server`: the jobs after it in this round see the models it loads and when it frees."""
     job.placed = server.name
     server.free_slots -= 1
-    if not _holds(server, job):
-        server.loaded = job.models
-        server.frees_in_s = None  # a switch now: when it ends is not known well enough to wait for it
+    switch = 0.0 if _holds(server, job) else costs.switch_s(job.render_type, server.name)
+    server.loaded = job.models
+    run = costs.run_s(job.render_type, server.name)
+    ends = None if run is None else run + switch
+    if ends is not None and (server.frees_in_s is None or ends < server.frees_in_s):
+        server.frees_in_s = ends
 
 
 def _demand(server: Server, jobs: Iterable[Waiting]) -> int:

@@ -127,7 +127,10 @@ class AffinityQueue:
         ]
         plan(jobs, servers, affinity.costs)
         for held, job in zip(list(self.window), jobs, strict=True):
-            if job.placed is not None and job.placed in states:
+            if not job.able:  # its instances went down: back to the stream, not held here while others wait
+                self.window.remove(held)
+                await held.msg.nak(delay=RETRY_DELAY_S)
+            elif job.placed is not None and job.placed in states:
                 await self._start(held, job.placed)
 
     async def _start(self, held: _Held, instance: str) -> None:

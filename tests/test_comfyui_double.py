@@ -1087,6 +1087,40 @@ async def test_sampler_steps_emit_progress(comfy: ComfyUIDouble, http: aiohttp.C
     assert png_size((await request(http, comfy, "GET", "/view", params=image)).body) == (512, 512)
 
 
+async def test_sampler_previews_come_as_type_1_frames_after_each_progress_as_recorded(
+    make_double: DoubleFactory, http: aiohttp.ClientSession, rec: Recordings
+) -> None:
+    comfy = await make_double(work_seconds=0.02, sampler_previews=True)
+    ws = await WSClient.open(http, comfy, "t2i-previews")
+    prompt_id = await post_prompt(http, comfy, TXT2IMG, "t2i-previews")
+    await ws.wait_done(prompt_id)
+    start = next(i for i, f in enumerate(ws.frames) if is_executing(f, "3"))
+    kinds = [f.get("type", "binary") for f in ws.frames[start : start + 14]]
+    assert kinds == ["executing"] + ["progress_state", "progress", "binary"] * 4 + ["progress_state"]
+    # The same order and header as the recorded frames of a node with steps (SaveImageWebsocket, no metadata).
+    recorded = rec.frames("ws-binary-previews-legacy.jsonl")
+    first = next(i for i, f in enumerate(recorded) if f.get("type") == "progress")
+    recorded_kinds = [f.get("type", "binary") for f in recorded[first - 1 : first + 2]]
+    assert recorded_kinds == ["progress_state", "progress", "binary"]
+    previews = [f["binary"] for f in ws.frames if "binary" in f]
+    assert {(p["event_type"], p["image_format_code"]) for p in previews} == {(1, 2)}
+    assert comfy.websocket_images == []  # previews are no SaveImageWebsocket output
+
+
+async def test_dropped_websockets_leave_http_and_the_running_job_alone(
+    make_double: DoubleFactory, http: aiohttp.ClientSession, rec: Recordings
+) -> None:
+    comfy = await make_double(work_seconds=0.6)
+    ws = await WSClient.open(http, comfy, "cut-1")
+    prompt_id = await post_prompt(http, comfy, rec.workflows.ws_save(1, batch=3, size=64), "cut-1")
+    await ws.wait_for(lambda frame: is_executing(frame, "1"))
+    assert await comfy.drop_websockets() == 1
+    history = await wait_history(http, comfy, prompt_id)
+    assert history[prompt_id]["status"]["status_str"] == "success" and history[prompt_id]["outputs"] == {}
+    assert len(comfy.websocket_images) == 3  # sent, to nobody
+    assert not any("binary" in f for f in ws.frames)
+
+
 def _txt2img(ckpt: str, seed: int) -> dict[str, Any]:
     prompt = copy.deepcopy(TXT2IMG)
     prompt["4"]["inputs"]["ckpt_name"] = ckpt

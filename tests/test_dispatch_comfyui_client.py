@@ -29,7 +29,9 @@ from dispatch_service.comfyui import (
     ProgressUpdate,
     RunResult,
     RunTracker,
+    WebSocketImage,
     describe_node_errors,
+    parse_binary_image,
     parse_queue,
     parse_system_stats,
     rejection_message,
@@ -509,6 +511,46 @@ async def test_upload_then_load_the_image(comfy: ComfyUIDouble, client: ComfyCli
 
 
 # --------------------------------------------------------------------------- runs
+
+# The recordings' `ws_save` workflow: its images come only as binary WebSocket frames.
+WS_SAVE = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 48, "height": 32, "batch_size": 3, "color": 0x3366CC}},
+    "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+}
+
+
+async def test_run_keeps_the_images_a_savewebsocket_node_sends_and_not_sampler_previews(
+    make_double: DoubleFactory,
+) -> None:
+    comfy = await make_double(sampler_previews=True)
+    async with ComfyClient(comfy.url, timeout_s=2.0) as client:
+        saved = await client.run(WS_SAVE, prompt_id="ws-save-1")
+        assert saved.outputs == []  # nothing in `executed` or the history
+        assert [image.data for image in saved.images] == comfy.websocket_images and len(saved.images) == 3
+        assert {(i.node_id, i.content_type, i.extension) for i in saved.images} == {("2", "image/png", "png")}
+        assert png_size(saved.images[0].data) == (48, 32)
+        drawn = await client.run(TXT2IMG, prompt_id="t2i-previews")  # a preview frame with each sampler step
+        assert drawn.images == [] and [ref.node_id for ref in drawn.outputs] == ["9"]
+
+
+def test_binary_frames_parse_as_recorded_types() -> None:
+    png = encode_solid_png(2, 2, (1, 2, 3))
+    legacy = (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + png
+    assert parse_binary_image(legacy) == (None, None, "image/png", png)
+    jpeg = (1).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\xff\xd8\xff"
+    assert parse_binary_image(jpeg) == (None, None, "image/jpeg", b"\xff\xd8\xff")
+    metadata = json.dumps({"node_id": "2", "prompt_id": "p-1", "image_type": "image/png"}).encode()
+    with_metadata = (4).to_bytes(4, "big") + len(metadata).to_bytes(4, "big") + metadata + png
+    assert parse_binary_image(with_metadata) == ("p-1", "2", "image/png", png)
+    text = (3).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"2" + b"loading"
+    assert parse_binary_image(text) is None and parse_binary_image(b"\x00\x01") is None
+    tracker = RunTracker(INSTANCE, "p-1", ("1", "2"), ("2",))
+    tracker.apply_binary(legacy)  # before the node runs: not ours to keep
+    tracker.apply({"type": "executing", "data": {"node": "2", "prompt_id": "p-1"}})
+    other = (4).to_bytes(4, "big") + len(metadata).to_bytes(4, "big") + metadata.replace(b"p-1", b"p-9") + png
+    for frame in (legacy, with_metadata, other, text):
+        tracker.apply_binary(frame)
+    assert tracker.images == [WebSocketImage("2", png, "image/png", "png")] * 2
 
 
 async def test_run_reports_progress_and_streams_outputs(comfy: ComfyUIDouble, client: ComfyClient) -> None:

@@ -21,7 +21,17 @@ from openapi_spec_validator import validate
 from contracts import subjects
 from contracts.errors import HubError
 from contracts.messages.jobs import GetJob, JobView
-from contracts.messages.stats import ExportLog, GenerationRecord, GetGeneration, LogExport, QueryLog
+from contracts.messages.render_types import RenderType, SaveRenderType
+from contracts.messages.stats import (
+    ExportLog,
+    FigureRow,
+    Figures,
+    GenerationRecord,
+    GetGeneration,
+    LogExport,
+    QueryFigures,
+    QueryLog,
+)
 from contracts.runtime.bus import request
 from hub_deploy.natsserver import NatsServer
 
@@ -208,6 +218,63 @@ async def test_a_node_only_generation_streams_progress_from_the_start(gw: Gatewa
     assert any(0 < p["percent"] < 100 for p in progress) and progress[-1]["nodes_total"] > 1
     done = (await api.get(f"/api/v1/generations/{job_id}")).json()
     assert done["status"] == "completed" and done["progress"]["percent"] == 100, done["progress"]
+
+
+# The recordings' ws_save workflow: SaveImageWebsocket sends its images as binary WebSocket frames only.
+WS_SAVE = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 3, "color": 0x2288CC}},
+    "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+}
+
+
+async def figures_of(gw: GatewayHub, render_type: str, jobs: int) -> FigureRow:
+    """The stats service's figures of one render type, once it has recorded `jobs` finished jobs."""
+    if "stats" not in gw.hub.processes:
+        await gw.hub.start("stats").wait_healthy(gw.nc)
+    deadline = time.monotonic() + 20
+    while True:
+        figures = await request(
+            gw.nc, subjects.Stats.FIGURES, QueryFigures(group_by="render_type", render_type=render_type), Figures
+        )
+        total = figures.total
+        if total is not None and total.completed + total.failed >= jobs:
+            return total
+        assert time.monotonic() < deadline, figures
+        await asyncio.sleep(0.1)
+
+
+async def test_images_sent_over_the_websocket_are_stored_and_a_job_that_loses_them_fails(
+    gw: GatewayHub, api: httpx.AsyncClient
+) -> None:
+    render_type = RenderType(name="ws-save-rest", workflow=WS_SAVE)
+    await request(gw.nc, subjects.Registry.SAVE, SaveRenderType(render_type=render_type), RenderType)
+    sent_before = len(gw.comfy.websocket_images)
+    submitted = await api.post("/api/v1/generations", json={"render_type": "ws-save-rest"})
+    assert submitted.status_code == 202, submitted.text
+    done = await wait_done(api, submitted.json()["job_id"])
+    assert done["status"] == "completed" and len(done["images"]) == 3, done
+    sent = gw.comfy.websocket_images[sent_before:]
+    fetched = [(await api.get(image["url"])).content for image in done["images"]]
+    assert fetched == sent  # byte for byte what SaveImageWebsocket sent
+    assert {(i["content_type"], i["width"], i["height"]) for i in done["images"]} == {("image/png", 64, 48)}
+
+    # The WebSocket drops while the job runs: ComfyUI's history has no outputs for it, so nothing is left.
+    gw.comfy.work_seconds = 2.0
+    try:
+        submitted = await api.post("/api/v1/generations", json={"render_type": "ws-save-rest"})
+        job_id = submitted.json()["job_id"]
+        deadline = time.monotonic() + 15
+        while gw.comfy.running is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert await gw.comfy.drop_websockets() >= 1
+        lost = await wait_done(api, job_id)
+    finally:
+        gw.comfy.work_seconds = 0.2
+    assert lost["status"] == "failed" and lost["images"] == [], lost
+    assert "no output the hub can store" in lost["error"] and "2 (SaveImageWebsocket)" in lost["error"], lost
+    figures = await figures_of(gw, "ws-save-rest", jobs=2)
+    assert (figures.completed, figures.failed, figures.images) == (1, 1, 3), figures
 
 
 async def stats_record(gw: GatewayHub, job_id: str) -> GenerationRecord:

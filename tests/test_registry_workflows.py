@@ -303,7 +303,9 @@ async def test_import_then_resolve_gives_exactly_the_request_comfyui_accepted(
     }  # the EmptyImage is the size source; ImageScale (basic) is a resize, not the size
     size = recorded["1"]["inputs"]["width"]
     assert (analysis.proposed_defaults.width, analysis.proposed_defaults.height) == (size, size)
-    assert analysis.output_kind == "image" and analysis.warnings == []
+    # basic's PreviewAny shows text only: the analysis says the hub keeps nothing of it.
+    uncollectable = [f"node {n} (PreviewAny)" for n, node in recorded.items() if node["class_type"] == "PreviewAny"]
+    assert analysis.output_kind == "image" and [w.split(" shows")[0] for w in analysis.warnings] == uncollectable
     assert analysis.requirements.node_classes == sorted({n["class_type"] for n in recorded.values()})
 
     name = f"recorded-{recording}"
@@ -761,7 +763,7 @@ async def test_a_workflow_without_a_text_encoder_is_offered_its_text_inputs_as_t
 ) -> None:
     recorded = recorded_prompt(protocol_dir, "success-basic")  # a PrimitiveString feeds SaveImage's prefix
     analysis = await analyze(registry, recorded)
-    assert "prompt" not in analysis.proposed_map.slots and analysis.warnings == []
+    assert "prompt" not in analysis.proposed_map.slots
     assert analysis.prompt_candidates == [Slot(node_id="5", input_name="value")]
     assert "node 5 (PrimitiveString) input `value`" in analysis.notes[0], analysis.notes
     # The offered input is accepted as the prompt slot, and a request's prompt lands there.
@@ -783,3 +785,37 @@ async def test_a_workflow_without_any_text_input_says_it_takes_no_prompt(registr
     analysis = await analyze(registry, shipped.read_text())
     assert "prompt" not in analysis.proposed_map.slots and analysis.prompt_candidates == []
     assert any("takes no prompt" in note for note in analysis.notes), analysis.notes
+
+
+async def test_output_nodes_the_hub_cannot_collect_are_named_and_a_workflow_of_only_those_is_refused(
+    registry: NatsClient, protocol_dir: Path
+) -> None:
+    # SaveImageWebsocket sends its images as binary frames (history outputs {}): the hub collects those.
+    ws_save = recorded_prompt(protocol_dir, "no-client_id-ws_save")
+    assert [n["class_type"] for n in ws_save.values()] == ["EmptyImage", "SaveImageWebsocket"]
+    analysis = await analyze(registry, ws_save)
+    assert analysis.output_kind == "image"
+    assert not [w for w in analysis.warnings if "SaveImageWebsocket" in w or "output" in w], analysis.warnings
+    saved = await request(
+        registry, R.SAVE, SaveRenderType(render_type=RenderType(name="ws-save", workflow=ws_save)), RenderType
+    )
+    assert saved.version == 1
+
+    basic = recorded_prompt(protocol_dir, "success-basic")
+    text_only = {
+        node_id: node
+        for node_id, node in basic.items()
+        if node["class_type"] not in ("SaveImage", "PreviewImage")  # leaves PreviewAny as the only output
+    }
+    (preview_any,) = [n for n, node in text_only.items() if node["class_type"] == "PreviewAny"]
+    warning = (await analyze(registry, text_only)).warnings
+    assert any(w.startswith(f"node {preview_any} (PreviewAny) shows text") for w in warning), warning
+    with pytest.raises(HubError) as raised:
+        await request(
+            registry, R.SAVE, SaveRenderType(render_type=RenderType(name="text-only", workflow=text_only)), RenderType
+        )
+    error = raised.value.info
+    assert (error.code, error.field) == (ErrorCode.INVALID_REQUEST, "render_type.workflow"), error
+    assert f"node {preview_any} (PreviewAny)" in error.message and "SaveImageWebsocket" in error.message
+    with pytest.raises(HubError):
+        await request(registry, R.GET, GetRenderType(name="text-only"), RenderType)  # nothing was stored

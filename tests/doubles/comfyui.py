@@ -793,6 +793,7 @@ class ComfyUIDouble:
         output_dir: Path | None = None,
         name: str = "comfy",
         host: str = "127.0.0.1",
+        sampler_previews: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -805,6 +806,10 @@ class ComfyUIDouble:
         self.model_loads: list[tuple[tuple[str, ...], float]] = []
         self.device_name = device_name
         self.vram_total = vram_total
+        # As ComfyUI started with `--preview-method`: a sampler's every step sends a preview image frame.
+        self.sampler_previews = sampler_previews
+        # Every image a SaveImageWebsocket node sent (bytes after the frame header), in order: tests compare.
+        self.websocket_images: list[bytes] = []
         self.name = name
         self.host = host
         self.port = 0
@@ -917,6 +922,14 @@ class ComfyUIDouble:
         """Listen again on the same port."""
         if self._runner is None:
             await self._listen(self.port)
+
+    async def drop_websockets(self) -> int:
+        """Cut every WebSocket abruptly (a proxy or the network dropping them) while HTTP still answers; the
+        running job goes on, and what it sends meanwhile reaches nobody. Returns how many were cut."""
+        requests = [r for r in self._ws_requests.values() if r.transport is not None]
+        for request in requests:
+            request.transport.abort()  # type: ignore[union-attr]
+        return len(requests)
 
     def hang(self, on: bool = True) -> None:
         """Accept connections but answer nothing, stall the running job and hold back WS messages."""
@@ -1672,10 +1685,12 @@ class ComfyUIDouble:
             raise _NodeExecutionError(node_id, "PIL.UnidentifiedImageError", f"cannot identify image file '{path}'", [])
 
     async def _work_with_progress(self, job: _Job, node_id: str, steps: int) -> None:
-        """A sampler-like node: `progress` 1..steps spread over its share of the job time."""
+        """A sampler-like node: `progress` 1..steps spread over its share of the job time, each with a preview
+        frame when `sampler_previews` is on (latent_preview's hook; PNG is one of its two formats)."""
+        preview = await asyncio.to_thread(encode_solid_png, 8, 8, (90, 90, 90)) if self.sampler_previews else None
         for value in range(1, steps + 1):
             await self._work(job.work_per_node / steps)
-            self._progress(job, node_id, value, steps)
+            self._progress(job, node_id, value, steps, preview)
 
     async def _stream_ws_images(self, job: _Job, node_id: str) -> None:
         """SaveImageWebsocket: one progress step (0..n-1) and one binary PNG frame per image."""
@@ -1684,6 +1699,7 @@ class ComfyUIDouble:
         for index in range(spec.batch):
             await self._work(job.work_per_node / spec.batch)
             self._progress(job, node_id, index, spec.batch, image)
+            self.websocket_images.append(image)
 
     def _progress(self, job: _Job, node_id: str, value: int, total: int, image: bytes | None = None) -> None:
         """The ProgressBar hook: interrupt check, progress_state, then `progress` and its preview frame."""

@@ -40,6 +40,12 @@ WS_MAX_FRAME_BYTES = 64 * 1024 * 1024  # preview frames are images; a bigger fra
 USER_AGENT = "genimage-hub-dispatch"
 MODEL_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft", ".onnx")
 MAX_LISTED_OPTIONS = 12
+# Binary WebSocket frames (ComfyUI's BinaryEventTypes): a 4-byte big-endian event type first.
+BINARY_PREVIEW_IMAGE = 1  # then a 4-byte image format (1 JPEG, 2 PNG) and the image file
+BINARY_PREVIEW_WITH_METADATA = 4  # then a 4-byte length N, N bytes of JSON metadata and the image file
+IMAGE_FORMATS = {1: ("image/jpeg", "jpg"), 2: ("image/png", "png")}
+# Output nodes whose images come only as binary frames while they execute (nothing in `/history` outputs).
+WEBSOCKET_OUTPUT_CLASSES = frozenset({"SaveImageWebsocket"})
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _MISSING_CLASS = re.compile(r"node (?P<cls>\S+) does not exist")
 
@@ -98,6 +104,10 @@ class ComfyOutputMissing(ComfyError):  # noqa: N818 - names of the interface the
     """An output file the prompt reported is no longer on the instance (GET /view answered 404)."""
 
 
+class ComfyNoOutputs(ComfyError):  # noqa: N818 - names of the interface the dispatcher codes against
+    """The prompt succeeded but left nothing to collect: no file reported, no image sent over the WebSocket."""
+
+
 # --------------------------------------------------------------------------- value types
 
 
@@ -113,10 +123,21 @@ class OutputRef:
 
 
 @dataclass(frozen=True)
+class WebSocketImage:
+    """An image an output node sent as a binary WebSocket frame (SaveImageWebsocket): the bytes themselves."""
+
+    node_id: str
+    data: bytes
+    content_type: str
+    extension: str
+
+
+@dataclass(frozen=True)
 class RunResult:
     prompt_id: str
     outputs: list[OutputRef]
     cached_nodes: list[str]
+    images: list[WebSocketImage] = field(default_factory=list)  # sent over the WebSocket, in arrival order
 
 
 @dataclass(frozen=True)
@@ -224,6 +245,46 @@ def parse_outputs(node_id: str, output: Any) -> list[OutputRef]:
                     )
                 )
     return refs
+
+
+def parse_binary_image(frame: bytes) -> tuple[str | None, str | None, str, bytes] | None:
+    """(prompt id, node id, content type, image bytes) of an image frame (type 1 or 4), else None.
+
+    Type 1 says only the format (no prompt or node); type 4 (after the feature-flag handshake) carries them in
+    its JSON metadata. Types 2 (server-internal) and 3 (progress text) are no images.
+    """
+    if len(frame) < 8:
+        return None
+    kind, word = int.from_bytes(frame[:4], "big"), int.from_bytes(frame[4:8], "big")
+    if kind == BINARY_PREVIEW_IMAGE:
+        content_type = IMAGE_FORMATS.get(word, ("application/octet-stream", "bin"))[0]
+        return None, None, content_type, frame[8:]
+    if kind == BINARY_PREVIEW_WITH_METADATA and 8 + word <= len(frame):
+        try:
+            metadata = msgspec.json.decode(frame[8 : 8 + word])
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(metadata, dict):
+            return None
+        content_type = metadata.get("image_type")
+        return (
+            _str_or_none(metadata.get("prompt_id")),
+            _str_or_none(metadata.get("node_id")),
+            content_type if isinstance(content_type, str) else "application/octet-stream",
+            frame[8 + word :],
+        )
+    return None
+
+
+def output_nodes_of(workflow: dict[str, Any]) -> list[str]:
+    """`id (class)` of the nodes no other node takes an input from: a workflow's output nodes."""
+    linked = {
+        str(value[0])
+        for node in workflow.values()
+        for value in (node.get("inputs") or {}).values()
+        if isinstance(value, list) and len(value) == 2
+    }
+    return [f"{node_id} ({node.get('class_type')})" for node_id, node in workflow.items() if node_id not in linked]
 
 
 def describe_node_errors(node_errors: Any) -> list[str]:
@@ -371,6 +432,8 @@ class RunTracker:
     instance: str
     prompt_id: str
     nodes: Collection[str] = ()  # the workflow's node ids: what "nodes done of nodes to run" counts
+    websocket_outputs: Collection[str] = ()  # ids of nodes whose images come as binary frames
+    images: list[WebSocketImage] = field(default_factory=list)
     outputs: dict[str, list[OutputRef]] = field(default_factory=dict)
     cached_nodes: list[str] = field(default_factory=list)
     current_node: str | None = None
@@ -409,16 +472,34 @@ class RunTracker:
             self.finished = True
         return self.progress.update() if self.progress.apply(kind, data) else None
 
+    def apply_binary(self, frame: bytes) -> None:
+        """A binary frame: an output image when a websocket output node of this prompt is executing, else a
+        preview (a sampler's, during its `progress`), which is not kept. ComfyUI runs one prompt at a time, so a
+        frame that arrives while our node executes is that node's, even a type-1 frame without metadata."""
+        node = self.current_node
+        if node is None or self.finished or node not in self.websocket_outputs:
+            return
+        image = parse_binary_image(frame)
+        if image is None:
+            return
+        prompt_id, node_id, content_type, data = image
+        if prompt_id not in (None, self.prompt_id) or node_id not in (None, node):
+            return
+        extension = next((ext for kind, ext in IMAGE_FORMATS.values() if kind == content_type), "bin")
+        self.images.append(WebSocketImage(node, data, content_type, extension))
+
     def result(self) -> RunResult:
         outputs = [ref for refs in self.outputs.values() for ref in refs]
-        return RunResult(prompt_id=self.prompt_id, outputs=outputs, cached_nodes=list(self.cached_nodes))
+        return RunResult(
+            prompt_id=self.prompt_id, outputs=outputs, cached_nodes=list(self.cached_nodes), images=list(self.images)
+        )
 
 
 # --------------------------------------------------------------------------- the client
 
 
 class _Event:
-    MESSAGE, CLOSED, CANCEL = "message", "closed", "cancel"
+    MESSAGE, BINARY, CLOSED, CANCEL = "message", "binary", "closed", "cancel"
 
 
 class ComfyClient:
@@ -699,7 +780,7 @@ class ComfyClient:
             server_id = await self.submit(workflow, client_id=client_id, prompt_id=prompt_id, extra_data=extra_data)
             if ws is not None:
                 self._prepare_spare()
-            follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled, workflow.keys())
+            follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled, workflow)
             try:
                 return await follower.follow(stall_timeout_s, total_timeout_s)
             finally:
@@ -950,7 +1031,7 @@ class _Follower:
         live: bool,
         on_progress: Callable[[ProgressUpdate], Awaitable[None]] | None,
         cancelled: asyncio.Event | None,
-        nodes: Collection[str],
+        workflow: dict[str, Any],
     ) -> None:
         self.client = client
         self.prompt_id = prompt_id
@@ -958,7 +1039,10 @@ class _Follower:
         self.polling = not live
         self.on_progress = on_progress
         self.cancelled = cancelled
-        self.tracker = RunTracker(client.base_url, prompt_id, nodes)
+        websocket_outputs = [
+            node_id for node_id, node in workflow.items() if node.get("class_type") in WEBSOCKET_OUTPUT_CLASSES
+        ]
+        self.tracker = RunTracker(client.base_url, prompt_id, workflow.keys(), websocket_outputs)
         self.cancel_sent = False
         self.settled = False
 
@@ -983,6 +1067,8 @@ class _Follower:
                 result = await self._apply(payload)
                 if result is not None:
                     return result
+            elif kind == _Event.BINARY:
+                self.tracker.apply_binary(payload)
             elif kind == _Event.CLOSED and not self.polling:
                 log.warning(
                     "WebSocket of ComfyUI at %s closed during prompt %s (%s); polling /history",
@@ -1083,10 +1169,13 @@ class _Follower:
 
 
 async def _pump(ws: ClientConnection, events: asyncio.Queue[tuple[str, Any]]) -> None:
-    """WebSocket -> event queue: JSON messages (binary preview frames are skipped), then one CLOSED."""
+    """WebSocket -> event queue: JSON messages and binary frames (images), then one CLOSED."""
     reason: Any = "closed by the server"
     try:
         async for frame in ws:
+            if isinstance(frame, bytes):
+                events.put_nowait((_Event.BINARY, frame))
+                continue
             message = _decode_text(frame)
             if isinstance(message, dict):
                 events.put_nowait((_Event.MESSAGE, message))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import tempfile
 import time
@@ -54,10 +55,12 @@ from dispatch_service.comfyui import (
     ComfyError,
     ComfyExecutionFailed,
     ComfyInterrupted,
+    ComfyNoOutputs,
     ComfyRejected,
     ComfyUnavailable,
     ProgressUpdate,
     RunResult,
+    output_nodes_of,
 )
 from dispatch_service.events import EventPublisher, ProgressRelay
 from dispatch_service.jobs import (
@@ -421,6 +424,13 @@ class Scheduler:
             await slot.free()
             await started_event
             outputs = await self._store_outputs(job_id, state, result)
+            if not outputs:
+                raise ComfyNoOutputs(
+                    "ComfyUI finished the job but left no output the hub can store: no file reported and no image "
+                    "sent over the WebSocket by its output nodes "
+                    f"{', '.join(output_nodes_of(workflow))} (a SaveImageWebsocket image is lost when the WebSocket "
+                    "drops; text-only nodes such as PreviewAny save nothing)"
+                )
             await self._complete(row, started, state.config.name, outputs, msg)
             bound_log.info("job completed", outputs=len(outputs))
         except asyncio.CancelledError:
@@ -538,21 +548,32 @@ class Scheduler:
 
     async def _store_outputs(self, job_id: str, state: InstanceState, result: RunResult) -> list[OutputFile]:
         stored: list[OutputFile] = []
-        # Saved files are the result; previews (type "temp") only when a workflow saves nothing.
+        # Saved files and images sent over the WebSocket are the result; previews (type "temp") only when a
+        # workflow saves nothing.
         saved = [ref for ref in result.outputs if ref.type == "output"]
-        for ref in saved or result.outputs:
+        for ref in saved or ([] if result.images else result.outputs):
             async with state.client.open_output(ref) as stream:
                 with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
                     async for chunk in stream.chunks():
                         spool.write(chunk)
-                    output = await self._save_output(spool, ref.filename, stream.content_type, job_id)
-                    size = await asyncio.to_thread(image_size, spool)
-            if size is not None:
-                output = msgspec.structs.replace(output, width=size[0], height=size[1])
-            stored.append(output)
-            # Not awaited for confirmation: `completed`, sent after it on the same connection, is.
-            await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)
+                    stored.append(await self._keep_output(spool, ref.filename, stream.content_type, job_id, state))
+        for index, image in enumerate(result.images, start=1):
+            # Never a file on the instance: named like SaveImage's files, after the node that sent it.
+            filename = f"websocket_{image.node_id}_{index:05}_.{image.extension}"
+            with io.BytesIO(image.data) as spool:
+                stored.append(await self._keep_output(spool, filename, image.content_type, job_id, state))
         return stored
+
+    async def _keep_output(
+        self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState
+    ) -> OutputFile:
+        output = await self._save_output(spool, filename, content_type, job_id)
+        size = await asyncio.to_thread(image_size, spool)
+        if size is not None:
+            output = msgspec.structs.replace(output, width=size[0], height=size[1])
+        # Not awaited for confirmation: `completed`, sent after it on the same connection, is.
+        await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)
+        return output
 
     async def _save_output(self, spool: Any, filename: str, content_type: str, job_id: str) -> OutputFile:
         """Store one output, riding out a JetStream leader election (a NATS server of a cluster died)."""

@@ -23,7 +23,14 @@ from contracts.messages.render_types import (
 )
 from registry_service import comfy_nodes as known
 from registry_service.parameters import COMFY_MAX_CFG, PARAMETER_ORDER, PARAMETERS, check_map
-from registry_service.workflow import check_workflow, describe_node, is_link, node_ids_in_order, parse_workflow_json
+from registry_service.workflow import (
+    check_workflow,
+    describe_node,
+    invalid,
+    is_link,
+    node_ids_in_order,
+    parse_workflow_json,
+)
 
 Workflow = dict[str, Any]
 
@@ -77,6 +84,34 @@ def output_kind_of(workflow: Workflow, warnings: list[str] | None = None) -> Out
             "output kind yourself"
         )
     return "image"
+
+
+def uncollectable_outputs(workflow: Workflow) -> list[str]:
+    """`node 4 (PreviewAny): shows text ...` for each output node whose result the hub cannot store."""
+    return [
+        f"node {node_id} ({node['class_type']}) {known.UNCOLLECTABLE_OUTPUTS[node['class_type']]}"
+        for node_id, node in workflow.items()
+        if node["class_type"] in known.UNCOLLECTABLE_OUTPUTS
+    ]
+
+
+def check_outputs(workflow: Workflow, *, field: str) -> None:
+    """Refuse a workflow whose known output nodes all produce nothing the hub can store: each job of it would
+    end without a result. Workflows without a known output node pass (a custom node may save the result)."""
+    uncollectable = uncollectable_outputs(workflow)
+    collectable = [
+        node_id
+        for node_id, node in workflow.items()
+        if node["class_type"] in known.OUTPUT_KINDS and node["class_type"] not in known.UNCOLLECTABLE_OUTPUTS
+    ]
+    if uncollectable and not collectable:
+        raise invalid(
+            f"the workflow's output nodes give the hub nothing to store ({'; '.join(uncollectable)}), so every job "
+            "of it would fail; add a node that saves the result (SaveImage, SaveImageWebsocket, SaveAnimatedWEBP, "
+            "SaveVideo, SaveAudio, ...)",
+            field=field,
+            details={"uncollectable_outputs": uncollectable},
+        )
 
 
 @dataclass
@@ -383,6 +418,8 @@ def analyze(workflow: Workflow, parameter_map: ParameterMap | None = None) -> Wo
     chosen = parameter_map if parameter_map is not None else proposed
     requirements = _requirements(workflow, warnings)
     output_kind = output_kind_of(workflow, warnings)
+    for node in uncollectable_outputs(workflow):
+        warnings.append(f"{node}: the hub stores nothing from it, so it is not part of a job's result")
     if not proposed.slots:
         warnings.append("no parameter slot was detected: requests cannot change anything in this workflow yet")
     candidates = [] if chosen.slots.get("prompt") else prompt_candidates(workflow, chosen)

@@ -94,6 +94,9 @@ OUTPUT_KINDS: Final[dict[str, OutputKind]] = {
     "PreviewAny": "other",
     "MaskPreview": "image",
 }
+# Output nodes whose result the hub cannot collect: no file in `executed`/history outputs and no image frame
+# (PreviewAny's output is `{"text": [...]}`, as recorded). SaveImageWebsocket is collected from its binary frames.
+UNCOLLECTABLE_OUTPUTS: Final[dict[str, str]] = {"PreviewAny": "shows text in the ComfyUI editor only"}
 # When a workflow has several kinds of output, the one it is made for: a video workflow may preview a frame.
 OUTPUT_KIND_PRIORITY: Final[tuple[OutputKind, ...]] = ("video", "image", "audio", "other")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from contracts.messages.render_types import ParameterMap, RenderType, RenderTypeSummary
-from registry_service.analysis import requirements_of
+from registry_service.analysis import check_outputs, requirements_of
 from registry_service.parameters import (
     PARAMETER_ORDER,
     check_defaults,
@@ -23,6 +23,7 @@ def prepare(render_type: RenderType, *, field: str = "render_type") -> RenderTyp
     """
     workflow = unwrap_prompt_body(render_type.workflow)
     check_workflow(workflow, field=f"{field}.workflow")
+    check_outputs(workflow, field=f"{field}.workflow")
     # Parameters in their usual order, without empty slot lists.
     slots = render_type.parameter_map.slots
     parameter_map = ParameterMap(slots={name: list(slots[name]) for name in PARAMETER_ORDER if slots.get(name)})

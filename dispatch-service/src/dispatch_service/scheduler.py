@@ -89,6 +89,14 @@ def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
         log.warning("could not record a job's progress", error=str(task.exception()))
 
 
+def _no_outputs(workflow: dict[str, Any]) -> ComfyNoOutputs:
+    return ComfyNoOutputs(
+        "ComfyUI finished the job but left no output the hub can store: no file reported and no image sent over "
+        f"the WebSocket by its output nodes {', '.join(output_nodes_of(workflow))} (a SaveImageWebsocket image is "
+        "lost when the WebSocket drops; text-only nodes such as PreviewAny save nothing)"
+    )
+
+
 class JobMessage(msgspec.Struct):
     job_id: str
 
@@ -398,7 +406,6 @@ class Scheduler:
             running.cancel.set()
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
-        relay: ProgressRelay | None = None
         try:
             workflow = await self._with_input_image(row, state)
             prompt_id = f"{job_id}-{attempt}"
@@ -411,26 +418,24 @@ class Scheduler:
             bound_log.info("job started")
             await self.affinity.starting(job_id)
             relay = self._progress_relay(job_id, state.config.name, len(workflow))
-            result = await state.client.run(
-                workflow,
-                prompt_id=prompt_id,
-                on_progress=relay.update,
-                stall_timeout_s=self.settings.dispatch_stall_timeout_s,
-                total_timeout_s=self.settings.dispatch_job_timeout_s,
-                cancelled=running.cancel,
-            )
+            try:
+                result = await state.client.run(
+                    workflow,
+                    prompt_id=prompt_id,
+                    on_progress=relay.update,
+                    stall_timeout_s=self.settings.dispatch_stall_timeout_s,
+                    total_timeout_s=self.settings.dispatch_job_timeout_s,
+                    cancelled=running.cancel,
+                )
+            finally:
+                relay.close()  # ComfyUI is done with it: no progress event after the job's final one
             self.affinity.ran(job_id, result.cached_nodes)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
             await started_event
             outputs = await self._store_outputs(job_id, state, result)
             if not outputs:
-                raise ComfyNoOutputs(
-                    "ComfyUI finished the job but left no output the hub can store: no file reported and no image "
-                    "sent over the WebSocket by its output nodes "
-                    f"{', '.join(output_nodes_of(workflow))} (a SaveImageWebsocket image is lost when the WebSocket "
-                    "drops; text-only nodes such as PreviewAny save nothing)"
-                )
+                raise _no_outputs(workflow)
             await self._complete(row, started, state.config.name, outputs, msg)
             bound_log.info("job completed", outputs=len(outputs))
         except asyncio.CancelledError:
@@ -441,8 +446,6 @@ class Scheduler:
             else:
                 await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
-            if relay is not None:
-                relay.close()
             keep_alive.cancel()
             self.affinity.ended(job_id)
             self.running.pop(job_id, None)

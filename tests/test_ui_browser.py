@@ -687,3 +687,38 @@ async def test_every_page_fits_a_phone_and_a_laptop(hub: Hub, context: BrowserCo
             assert overflow <= 0, f"{path} is {overflow}px wider than a {width}px screen"
             await screenshot(page, shots, f"{name}-{suffix}")
     assert not errors, errors  # no script on any page fails
+
+
+# Stock image nodes only, none with sampler steps: ComfyUI reports them by node, not by step.
+IMAGE_NODES = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
+    "2": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 4, "sigma": 1.0}},
+    "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+    "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "hub/nodes"}},
+}
+
+
+async def test_a_node_only_job_moves_the_live_bar_from_its_first_node(hub: Hub, context: BrowserContext) -> None:
+    from dispatch_support import add_instance, remove_instance, submit
+
+    from contracts.messages.render_types import RenderType, SaveRenderType
+
+    saving = SaveRenderType(render_type=RenderType(name="ui-image-nodes", workflow=IMAGE_NODES))
+    await request(hub.nc, subjects.Registry.SAVE, saving, RenderType)
+    async with ComfyUIDouble(work_seconds=4.0) as comfy:
+        await add_instance(hub.nc, comfy, "gpu-nodes")
+        try:
+            await context.add_init_script(RECORD_PROGRESS)
+            page = await context.new_page()
+            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+            job_id = (await submit(hub.nc, "", render_type="ui-image-nodes")).job_id
+            await page.goto(url(hub, f"/jobs/{job_id}"))
+            await page.wait_for_function("document.getElementById('job-step').textContent.includes(' of 4')")
+            step = await page.inner_text("#job-step")
+            await page.wait_for_function("document.getElementById('job-status').textContent === 'completed'")
+            widths = await page.evaluate("JSON.parse(sessionStorage.getItem('widths') || '[]')")
+            partial = [w for w in widths if w not in ("0%", "100%", "")]
+            assert len(set(partial)) >= 2, f"the bar did not follow the nodes: {widths}"
+            assert "% · node " in step and "step" not in step, step  # no sampler: nodes, not steps
+        finally:
+            await remove_instance(hub.nc, "gpu-nodes")

@@ -36,6 +36,7 @@ SUITE_ON_POSTGRES: dict[str, list[str]] = {
     "stats": ["test_stats_service.py", "test_stats_retention.py", "test_stats_restart.py"],
     "dispatch": ["test_dispatch_service.py", "test_dispatch_recovery.py"],
     "gateway": ["test_gateway_mcp.py", "test_gateway_tasks.py"],
+    "ui": ["test_ui_signin_throttle.py"],
 }
 LEFT_OUT = [
     "test_a_database_outage_loses_no_event_and_shows_in_health",  # holds a SQLite write lock

@@ -1,4 +1,5 @@
-"""The admin account: salted scrypt password hashes, and creating the account from HUB_ADMIN_PASSWORD."""
+"""The admin account: salted scrypt password hashes, creating the account from HUB_ADMIN_PASSWORD, and the
+failed sign-ins the admin is told about at the next sign-in."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import hashlib
 import hmac
 import secrets
 from datetime import UTC, datetime
+
+import msgspec
 
 from ui_service.tables import AdminAccount
 
@@ -65,3 +68,44 @@ async def check_login(username: str, password: str) -> bool:
         verify_password(password, hash_password("not-an-account"))
         return False
     return verify_password(password, account.password_hash)
+
+
+class MissedSignIns(msgspec.Struct, frozen=True, kw_only=True):
+    """Wrong passwords given for the account since its last sign-in, for the admin to see at the next one."""
+
+    count: int
+    last_at: datetime | None
+    last_from: str
+
+    def notice(self) -> str:
+        plural = "s" if self.count != 1 else ""
+        last = ""
+        if self.last_at:
+            last = f" (the last at {self.last_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC from {self.last_from})"
+        return f"{self.count} failed sign-in{plural} since your last visit{last}."
+
+
+async def note_failed_sign_in(username: str, client: str, now: datetime) -> None:
+    await AdminAccount.update(
+        {
+            AdminAccount.failed_sign_ins: AdminAccount.failed_sign_ins + 1,
+            AdminAccount.last_failed_sign_in_at: now,
+            AdminAccount.last_failed_sign_in_from: client[:200],
+        }
+    ).where(AdminAccount.username == username)
+
+
+async def take_missed_sign_ins(username: str) -> MissedSignIns | None:
+    """The failed sign-ins since the account's last sign-in (None if there were none), counting from zero again."""
+    account = await AdminAccount.objects().where(AdminAccount.username == username).first()
+    if account is None or not account.failed_sign_ins:
+        return None
+    # Subtracting what was read keeps a failure counted meanwhile (by another replica) for the next visit.
+    await AdminAccount.update(
+        {AdminAccount.failed_sign_ins: AdminAccount.failed_sign_ins - account.failed_sign_ins}
+    ).where(AdminAccount.username == username)
+    return MissedSignIns(
+        count=account.failed_sign_ins,
+        last_at=account.last_failed_sign_in_at,
+        last_from=account.last_failed_sign_in_from,
+    )

@@ -27,9 +27,16 @@ SESSION_KEY = "admin"
 FieldNamer = Callable[[HubError], str]
 
 
-def page(name: str, request: Request, **context: Any) -> Template:
+def page(
+    name: str, request: Request, *, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any
+) -> Template:
     flash_message = request.session.pop("flash", None) if request.session else None
-    return Template(template_name=name, context={"path": request.url.path, "flash": flash_message, **context})
+    return Template(
+        template_name=name,
+        context={"path": request.url.path, "flash": flash_message, **context},
+        status_code=status_code,
+        headers=headers,
+    )
 
 
 def flash(request: Request, text: str, kind: str = "ok") -> None:

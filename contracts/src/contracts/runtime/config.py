@@ -51,6 +51,22 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_UI_ALLOWED_HOSTS": ("", "As `HUB_GATEWAY_ALLOWED_HOSTS`, for the admin UI"),
     "HUB_UI_ALLOWED_ORIGINS": ("", "As `HUB_GATEWAY_ALLOWED_ORIGINS`, for the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
+    "HUB_UI_SIGNIN_FREE_FAILURES": (
+        "3",
+        "Failed sign-ins in a row (from one client address, or for one user name) before further attempts wait",
+    ),
+    "HUB_UI_SIGNIN_DELAY_S": (
+        "2",
+        "The first wait after those failures, in seconds; it doubles with each further failure (up to the lock)",
+    ),
+    "HUB_UI_SIGNIN_LOCK_FAILURES": (
+        "10",
+        "Failed sign-ins in a row after which the client address or user name is locked (even the right password)",
+    ),
+    "HUB_UI_SIGNIN_LOCK_S": (
+        "900",
+        "How long a lock lasts, in seconds; failures older than this are forgotten",
+    ),
     "HUB_DISPATCH_STRATEGY": (
         "pull",
         "`pull` (an instance takes a job when it has a free slot), `pull_affinity` (pull, preferring an instance "
@@ -103,6 +119,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ui_allowed_hosts: tuple[str, ...]
     ui_allowed_origins: tuple[str, ...]
     admin_password: str
+    ui_signin_free_failures: int
+    ui_signin_delay_s: float
+    ui_signin_lock_failures: int
+    ui_signin_lock_s: float
     nats_port: int
     nats_monitor_port: int
     dispatch_strategy: Literal["pull", "pull_affinity", "round_robin"]
@@ -247,6 +267,10 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         ui_allowed_hosts=_allowed_hosts(env, "HUB_UI_ALLOWED_HOSTS"),
         ui_allowed_origins=_allowed_origins(env, "HUB_UI_ALLOWED_ORIGINS"),
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
+        ui_signin_free_failures=int(_number(env, "HUB_UI_SIGNIN_FREE_FAILURES", int, minimum=0)),
+        ui_signin_delay_s=_number(env, "HUB_UI_SIGNIN_DELAY_S", float, minimum=0),
+        ui_signin_lock_failures=int(_number(env, "HUB_UI_SIGNIN_LOCK_FAILURES", int, minimum=1)),
+        ui_signin_lock_s=_number(env, "HUB_UI_SIGNIN_LOCK_S", float, minimum=1),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
         dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 import contracts.messages as messages
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.envelope import Empty, Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
 from contracts.messages.events import EVENT_VERSION, GenerationEvent
@@ -185,6 +185,19 @@ def test_malformed_json_is_reported_as_such() -> None:
     info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT)
     assert info.field is None
     assert "not valid JSON" in info.message
+
+
+def test_each_endpoint_is_declared_once_with_its_types_under_its_service_subject() -> None:
+    declared = list(endpoints.declared())
+    assert len({e.subject for e in declared}) == len(declared)
+    for owner in endpoints.OWNERS:
+        for attr, endpoint in vars(owner).items():
+            if not isinstance(endpoint, endpoints.Endpoint):
+                continue
+            assert endpoint.service == owner.__name__.lower(), (attr, endpoint.subject)
+            assert issubclass(endpoint.request, msgspec.Struct) and issubclass(endpoint.reply, msgspec.Struct)
+            assert endpoint.metadata() == {"request": endpoint.request.__name__, "reply": endpoint.reply.__name__}
+            assert endpoint.timeout_s > 0
 
 
 def test_subjects_are_unique_and_owned_by_their_service() -> None:

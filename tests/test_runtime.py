@@ -11,19 +11,16 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import RetentionPolicy, StorageType
 
 from contracts import subjects
+from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.base import Record, Request
 from contracts.messages.health import HealthReply, HealthRequest
-from contracts.runtime.bus import ensure_stream, request
+from contracts.runtime.bus import call, ensure_stream, request
 from contracts.runtime.config import load_settings
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import EVENTS
 from hub_deploy.natsserver import NatsServer
-
-ECHO = "hub.echo.say"
-SLOW = "hub.echo.slow"
-BROKEN = "hub.echo.broken"
 
 
 class Say(Request):
@@ -34,6 +31,11 @@ class Say(Request):
 class Said(Record):
     text: str
     replica: str
+
+
+ECHO = Endpoint("hub.echo.say", Say, Said)
+SLOW = Endpoint("hub.echo.slow", Say, Said)
+BROKEN = Endpoint("hub.echo.broken", Say, Said)
 
 
 def make_echo(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], ServiceRuntime]:
@@ -57,9 +59,9 @@ def make_echo(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Callab
         async def broken(_req: Say) -> Said:
             raise RuntimeError("secret internals that must not leak")
 
-        runtime.endpoint(ECHO, Say, say)
-        runtime.endpoint(SLOW, Say, slow)
-        runtime.endpoint(BROKEN, Say, broken)
+        runtime.endpoint(ECHO, say)
+        runtime.endpoint(SLOW, slow)
+        runtime.endpoint(BROKEN, broken)
         return runtime
 
     return build
@@ -91,35 +93,35 @@ async def raw_reply(nc: NatsClient, subject: str, data: bytes) -> dict:
 async def test_a_request_gets_its_typed_result(nc: NatsClient, echo_factory) -> None:
     runtime = echo_factory()
     await runtime.start()
-    said = await request(nc, ECHO, Say(text="hi", times=2), Said)
+    said = await call(nc, ECHO, Say(text="hi", times=2))
     assert said == Said(text="hi hi", replica=runtime.instance_id)
 
 
 async def test_bad_requests_get_the_error_envelope_naming_the_field(nc: NatsClient, echo_factory) -> None:
     await echo_factory().start()
-    not_json = await raw_reply(nc, ECHO, b"{not json")
+    not_json = await raw_reply(nc, ECHO.subject, b"{not json")
     assert not_json["error"]["code"] == "invalid_request"
     assert "not valid JSON" in not_json["error"]["message"]
 
-    wrong_type = await raw_reply(nc, ECHO, b'{"text": "a", "times": "two"}')
+    wrong_type = await raw_reply(nc, ECHO.subject, b'{"text": "a", "times": "two"}')
     assert wrong_type["error"]["field"] == "times"
     assert "result" not in wrong_type
 
-    typo = await raw_reply(nc, ECHO, b'{"text": "a", "tims": 2}')
+    typo = await raw_reply(nc, ECHO.subject, b'{"text": "a", "tims": 2}')
     assert typo["error"]["field"] == "tims"
     assert typo["error"]["details"]["accepted_fields"] == ["text", "times"]
 
-    missing = await raw_reply(nc, ECHO, b"{}")
+    missing = await raw_reply(nc, ECHO.subject, b"{}")
     assert missing["error"] == {"code": "invalid_request", "message": "`text` is required", "field": "text"}
 
 
 async def test_domain_errors_travel_unchanged_to_the_caller(nc: NatsClient, echo_factory) -> None:
     await echo_factory().start()
     with pytest.raises(HubError) as raised:
-        await request(nc, ECHO, Say(text="a", times=4), Said)
+        await call(nc, ECHO, Say(text="a", times=4))
     assert raised.value.info.code is ErrorCode.INVALID_REQUEST
     assert raised.value.info.field == "times"
-    msg = await nc.request(ECHO, b'{"text": "a", "times": 4}', timeout=5)
+    msg = await nc.request(ECHO.subject, b'{"text": "a", "times": 4}', timeout=5)
     assert msg.headers is not None and msg.headers.get("Nats-Service-Error-Code") == "invalid_request"
 
 
@@ -127,18 +129,18 @@ async def test_a_crashing_handler_answers_an_internal_error_and_the_service_live
     nc: NatsClient, echo_factory
 ) -> None:
     await echo_factory().start()
-    reply = msgspec.json.decode((await nc.request(BROKEN, b'{"text": "x"}', timeout=5)).data, type=Reply[Said])
+    reply = msgspec.json.decode((await nc.request(BROKEN.subject, b'{"text": "x"}', timeout=5)).data, type=Reply[Said])
     assert reply.error is not None and reply.error.code is ErrorCode.INTERNAL
     assert reply.error.ref and reply.error.ref in reply.error.message
     assert "secret internals" not in reply.error.message and "Traceback" not in reply.error.message
-    assert (await request(nc, ECHO, Say(text="still here"), Said)).text == "still here"
+    assert (await call(nc, ECHO, Say(text="still here"))).text == "still here"
 
 
 async def test_replicas_share_requests_through_the_queue_group(nc: NatsClient, echo_factory) -> None:
     first, second = echo_factory(), echo_factory()
     await first.start()
     await second.start()
-    answers = await asyncio.gather(*(request(nc, ECHO, Say(text=str(i)), Said) for i in range(60)))
+    answers = await asyncio.gather(*(call(nc, ECHO, Say(text=str(i))) for i in range(60)))
     replicas = {a.replica for a in answers}
     assert replicas == {first.instance_id, second.instance_id}  # each request answered once, by either
     assert sorted(int(a.text) for a in answers) == list(range(60))
@@ -146,10 +148,10 @@ async def test_replicas_share_requests_through_the_queue_group(nc: NatsClient, e
 
 async def test_a_slow_request_does_not_hold_up_the_next(nc: NatsClient, echo_factory) -> None:
     await echo_factory().start()
-    slow = asyncio.ensure_future(request(nc, SLOW, Say(text="2.0"), Said))
+    slow = asyncio.ensure_future(call(nc, SLOW, Say(text="2.0")))
     await asyncio.sleep(0.05)
     started = asyncio.get_running_loop().time()
-    await request(nc, ECHO, Say(text="quick"), Said)
+    await call(nc, ECHO, Say(text="quick"))
     assert asyncio.get_running_loop().time() - started < 1.0  # not held up by the 2 s request
     assert not slow.done()
     await slow
@@ -163,20 +165,20 @@ async def test_stop_finishes_requests_in_flight_then_takes_no_more(nc: NatsClien
     # what is tested is what follows, so such a request is sent again until the service takes one.
     deadline = asyncio.get_running_loop().time() + 20
     refused: list[str] = []
-    in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said, timeout=30))
+    in_flight = asyncio.ensure_future(call(nc, SLOW, Say(text="0.5"), timeout=30))
     while not runtime._in_flight:  # until the service is really handling it
         if in_flight.done():
             error = in_flight.exception()
             if not (isinstance(error, HubError) and error.code is ErrorCode.UNAVAILABLE):
                 raise AssertionError(f"the request never reached the service: {error!r}")
             refused.append(str(error))
-            in_flight = asyncio.ensure_future(request(nc, SLOW, Say(text="0.5"), Said, timeout=30))
+            in_flight = asyncio.ensure_future(call(nc, SLOW, Say(text="0.5"), timeout=30))
         assert asyncio.get_running_loop().time() < deadline, f"the service took no request within 20 s: {refused}"
         await asyncio.sleep(0.01)
     await runtime.stop()
     assert (await in_flight).text == "0.5"  # answered although the stop began while it ran
     with pytest.raises(HubError) as raised:
-        await request(nc, ECHO, Say(text="late"), Said, timeout=1)
+        await call(nc, ECHO, Say(text="late"), timeout=1)
     assert raised.value.code is ErrorCode.UNAVAILABLE
 
 
@@ -215,16 +217,21 @@ async def test_health_and_micro_discovery(nc: NatsClient, echo_factory) -> None:
     ping = msgspec.json.decode((await nc.request("$SRV.PING.hub-echo", b"", timeout=2)).data)
     assert ping["name"] == "hub-echo" and ping["version"] == "1.2.3"
     info = msgspec.json.decode((await nc.request("$SRV.INFO.hub-echo", b"", timeout=2)).data)
-    assert {e["subject"] for e in info["endpoints"]} >= {ECHO, SLOW, BROKEN, subjects.health("echo")}
+    answered = {e["subject"] for e in info["endpoints"]}
+    assert answered >= {ECHO.subject, SLOW.subject, BROKEN.subject, subjects.health("echo")}
     assert all(e["queue_group"] == "hub-echo" for e in info["endpoints"])
+    # Each endpoint documents the message types it speaks (from its declaration).
+    types = {e["subject"]: e["metadata"] for e in info["endpoints"]}
+    assert types[ECHO.subject] == {"request": "Say", "reply": "Said"}
+    assert types[subjects.health("echo")] == {"request": "HealthRequest", "reply": "HealthReply"}
 
 
 async def test_micro_stats_report_the_time_and_errors_of_the_handlers(nc: NatsClient, echo_factory) -> None:
     await echo_factory().start()
-    await request(nc, SLOW, Say(text="0.2"), Said)
+    await call(nc, SLOW, Say(text="0.2"))
     with pytest.raises(HubError):
-        await request(nc, ECHO, Say(text="a", times=4), Said)
-    await request(nc, ECHO, Say(text="a"), Said)
+        await call(nc, ECHO, Say(text="a", times=4))
+    await call(nc, ECHO, Say(text="a"))
     stats = msgspec.json.decode((await nc.request("$SRV.STATS.hub-echo", b"", timeout=2)).data)
     by_name = {e["name"]: e for e in stats["endpoints"]}
     slow, echo = by_name["slow"], by_name["say"]

@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
+from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
@@ -25,6 +26,8 @@ from contracts.runtime.logs import get_logger
 from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, job_events_filter, job_of_event_subject
 
 T = TypeVar("T")
+Req = TypeVar("Req", bound=msgspec.Struct)
+Res = TypeVar("Res")
 
 log = get_logger("bus")
 
@@ -115,6 +118,14 @@ async def request(
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise HubError(ErrorCode.INTERNAL, f"{subject} answered with a malformed reply: {exc}") from None
     return reply.unwrap()
+
+
+async def call(nc: NatsClient, endpoint: Endpoint[Req, Res], message: Req, *, timeout: float | None = None) -> Res:
+    """Ask the service answering `endpoint` and return its typed reply (within `timeout`, by default the
+    endpoint's own). The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged."""
+    return await request(
+        nc, endpoint.subject, message, endpoint.reply, timeout=endpoint.timeout_s if timeout is None else timeout
+    )
 
 
 async def publish_durably(

@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import msgspec
 import nats.micro
@@ -24,7 +24,8 @@ from nats.aio.client import Client as NatsClient
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
 
-from contracts import subjects
+from contracts import endpoints, subjects
+from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
 from contracts.messages.health import CheckResult, HealthReply, HealthRequest
@@ -46,6 +47,7 @@ class _Endpoint(msgspec.Struct, frozen=True):
     request_type: type
     handler: Callable[[Any], Awaitable[Any]]
     name: str
+    metadata: dict[str, str] | None = None
 
 
 class _EndpointMeter:
@@ -97,16 +99,38 @@ class ServiceRuntime:
         self._nc: NatsClient | None = None
         self._micro: Service | None = None
         self._meters: dict[str, _EndpointMeter] = {}
-        self.endpoint(subjects.health(self.name), HealthRequest, self._health, name="health")
+        self.endpoint(endpoints.health(self.name), self._health, name="health")
 
     # -- registration (before `run`) ---------------------------------------------------------------
 
+    @overload
     def endpoint(
-        self, subject: str, request_type: type[Req], handler: Handler[Req, Any], *, name: str | None = None
-    ) -> None:
-        """Answer `subject` with `handler(request)`; raise `HubError` in the handler for a domain error."""
+        self, endpoint: Endpoint[Req, Res], handler: Handler[Req, Res], /, *, name: str | None = None
+    ) -> None: ...
+
+    @overload
+    def endpoint(
+        self, endpoint: str, request_type: type[Req], handler: Handler[Req, Any], /, *, name: str | None = None
+    ) -> None: ...
+
+    def endpoint(self, endpoint: Endpoint[Any, Any] | str, *args: Any, name: str | None = None) -> None:
+        """Answer `endpoint` with `handler(request)`; raise `HubError` in the handler for a domain error.
+
+        The older form `endpoint(subject, request_type, handler)` (a subject without declared types) is kept
+        while services move to `contracts.endpoints`."""
+        if isinstance(endpoint, Endpoint):
+            (handler,) = args
+            subject, request_type, metadata = endpoint.subject, endpoint.request, endpoint.metadata()
+        else:
+            request_type, handler = args
+            subject, metadata = endpoint, None
         endpoint_name = name or subject.removeprefix(f"{subjects.PREFIX}.{self.name}.").replace(".", "_")
-        self._endpoints.append(_Endpoint(subject, request_type, handler, endpoint_name))
+        self._endpoints.append(_Endpoint(subject, request_type, handler, endpoint_name, metadata))
+
+    @property
+    def subjects_answered(self) -> list[str]:
+        """The subject of every endpoint registered so far (health included), in order of registration."""
+        return [endpoint.subject for endpoint in self._endpoints]
 
     def health_check(self, name: str, check: Check) -> None:
         self._checks[name] = check
@@ -156,7 +180,12 @@ class ServiceRuntime:
         )
         for endpoint in self._endpoints:
             await self._micro.add_endpoint(
-                EndpointConfig(name=endpoint.name, subject=endpoint.subject, handler=self._make_micro_handler(endpoint))
+                EndpointConfig(
+                    name=endpoint.name,
+                    subject=endpoint.subject,
+                    handler=self._make_micro_handler(endpoint),
+                    metadata=endpoint.metadata,
+                )
             )
         await self._nc.flush()
         self.log.info(

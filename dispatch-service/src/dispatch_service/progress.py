@@ -90,8 +90,10 @@ class PromptProgress:
         self.node, self.value, self.max = node, 0, 0
 
     def _finished_in(self, nodes: Any) -> None:
-        if isinstance(nodes, dict):
-            self._mark_done([node for node, state in nodes.items() if _finished(state)])
+        # A snapshot of every node so far, re-sent at each change: only the running node's state is news (the
+        # others were counted by `executing`/`executed`/`execution_cached`), so one look, not a loop per message.
+        if isinstance(nodes, dict) and self.node is not None and _finished(nodes.get(self.node)):
+            self._mark_done([self.node])
 
     def _mark_done(self, nodes: list[Any]) -> None:
         for node in nodes:

@@ -33,10 +33,10 @@ from dispatch_bench import Completions, register, unregister
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.jobs import GenerationRequest, SubmitReply
-from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
-from contracts.runtime.bus import request
+from contracts.messages.render_types import GetRenderType, SaveRenderType
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 INSTANCES = 4
@@ -75,13 +75,13 @@ async def start_services(nats_url: str, data: Path, strategy: str, scale: float)
 
 async def save_render_types(nc: nats.NATS) -> None:
     """The shipped sdxl render type (prompt and seed mapped) on a checkpoint of its own, once per checkpoint."""
-    sdxl = await request(nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    sdxl = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
     for name, ckpt in CHECKPOINTS.items():
         workflow = copy.deepcopy(sdxl.workflow)
         loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
         loader["inputs"]["ckpt_name"] = ckpt
         copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
-        await request(nc, subjects.Registry.SAVE, SaveRenderType(render_type=copy_of), RenderType)
+        await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))
 
 
 async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs: int, scale: float) -> Result:

@@ -51,12 +51,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import httpx
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.instances import Instance, InstanceList, InstanceView, ListInstances, SaveInstance
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
-from contracts.messages.render_types import GetRenderType, RenderType
+from contracts.messages.render_types import GetRenderType
 from contracts.messages.stats import GenerationRecord, GetGeneration
-from contracts.runtime.bus import connect, request
+from contracts.runtime.bus import call, connect, request
 from contracts.runtime.config import load_settings
 from contracts.runtime.logs import configure_logging
 from hub_deploy.natsserver import free_port
@@ -260,7 +260,7 @@ class Rehearsal:
         quiet = load_settings("launcher", {**self.env, "HUB_LOG_LEVEL": "error"})
         configure_logging(quiet)  # our own connection's reconnect warnings are expected here
         self.nc = await connect(quiet, "chaos-rehearsal")
-        rt = await request(self.nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+        rt = await call(self.nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
         models = {"checkpoints": [next(m.name for m in rt.requirements.models if m.folder == "checkpoints")]}
         for name in DOUBLES:
             double = Double(name, free_port(), self.root, self.args.work, models)

@@ -35,18 +35,16 @@ import nats
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.envelope import Empty
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import GenerationRequest, SubmitReply
 from contracts.messages.render_types import (
     GenerationParams,
     GetRenderType,
-    RenderType,
-    ResolvedWorkflow,
     ResolveRenderType,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from dispatch_service.comfyui import ComfyClient
 from hub_deploy.natsserver import NatsServer
 
@@ -70,7 +68,7 @@ async def start_services(nats_url: str, data: Path, strategy: str) -> list[Servi
 
 
 async def checkpoint(nc) -> str:  # type: ignore[no-untyped-def]
-    rt = await request(nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    rt = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
     return next(m.name for m in rt.requirements.models if m.folder == "checkpoints")
 
 
@@ -190,11 +188,10 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
             await completions.wait({reply.job_id})
             hub_time = completions.finished[reply.job_id] - started
 
-            resolved = await request(
+            resolved = await call(
                 nc,
-                subjects.Registry.RESOLVE,
+                endpoints.Registry.RESOLVE,
                 ResolveRenderType(render_type="sdxl", params=GenerationParams(prompt=f"direct {i}", seed=20_000 + i)),
-                ResolvedWorkflow,
             )
             started = time.perf_counter()
             result = await client.run(resolved.workflow, prompt_id=f"direct-{i}-{time.time_ns()}")

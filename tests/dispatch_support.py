@@ -15,13 +15,13 @@ from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.envelope import Empty
 from contracts.errors import HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
-from contracts.messages.render_types import GetRenderType, RenderType
+from contracts.messages.render_types import GetRenderType
 from contracts.messages.stats import (
     GenerationRecord,
     GetGeneration,
@@ -30,7 +30,7 @@ from contracts.messages.stats import (
     RunRetention,
     SaveRetention,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from contracts.streams import job_events_filter
 
 DISPATCH_ENV = {
@@ -74,7 +74,7 @@ class Hub:
 
 async def checkpoint_of(nc: NatsClient, render_type: str = "sdxl") -> str:
     """The checkpoint file the shipped render type needs: the doubles that should run it are given it."""
-    rt = await request(nc, subjects.Registry.GET, GetRenderType(name=render_type), RenderType)
+    rt = await call(nc, endpoints.Registry.GET, GetRenderType(name=render_type))
     return next(m.name for m in rt.requirements.models if m.folder == "checkpoints")
 
 

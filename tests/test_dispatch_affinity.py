@@ -18,11 +18,11 @@ from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import HubError
 from contracts.messages.instances import InstanceList, ListInstances
-from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
-from contracts.runtime.bus import request
+from contracts.messages.render_types import GetRenderType, SaveRenderType
+from contracts.runtime.bus import call, request
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, Server, Waiting, loader_nodes, plan
 from dispatch_service.leases import instance_key
 from hub_deploy.natsserver import NatsServer
@@ -41,13 +41,13 @@ def _workflow(ckpt: str) -> dict:
 
 async def save_render_types(nc: NatsClient) -> None:
     """The shipped sdxl render type (prompt and seed mapped, so every job differs) on checkpoints of its own."""
-    sdxl = await request(nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    sdxl = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
     for name, ckpt in CHECKPOINTS.items():
         workflow = copy.deepcopy(sdxl.workflow)
         loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
         loader["inputs"]["ckpt_name"] = ckpt
         copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
-        await request(nc, subjects.Registry.SAVE, SaveRenderType(render_type=copy_of), RenderType)
+        await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from dispatch_support import (
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import (
     Instance,
@@ -39,7 +39,7 @@ from contracts.messages.instances import (
 )
 from contracts.messages.jobs import CancelJob, InputImage, JobView
 from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from contracts.runtime.storage import ObjectStoreOutputs
 from contracts.streams import OUTPUTS_BUCKET
 from hub_deploy.natsserver import NatsServer
@@ -166,7 +166,7 @@ async def test_a_generation_runs_end_to_end_with_events_in_order(hub: Hub, check
 
 
 async def test_a_workflow_without_a_negative_prompt_reports_none(hub: Hub, checkpoint: str) -> None:
-    flux = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="flux"), RenderType)
+    flux = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="flux"))
     assert "negative_prompt" not in flux.parameter_map.slots  # the shipped flux guides with FluxGuidance alone
     models: dict[str, list[str]] = {"checkpoints": [checkpoint]}
     for model in flux.requirements.models:
@@ -255,11 +255,10 @@ async def test_a_render_type_no_instance_can_run_fails_at_once(hub: Hub, checkpo
         "2": {"class_type": "HubTestOnlyNode", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "hub"}},
     }
-    await request(
+    await call(
         hub.nc,
-        subjects.Registry.SAVE,
+        endpoints.Registry.SAVE,
         SaveRenderType(render_type=RenderType(name="needs-custom-node", workflow=workflow)),
-        RenderType,
     )
     comfy = ComfyUIDouble(name="stock", models={"checkpoints": [checkpoint]})
     async with pool(hub, ("stock", comfy)):
@@ -329,9 +328,7 @@ IMAGE_NODES_WORKFLOW = {
 
 
 async def save_render_type(nc: NatsClient, name: str, workflow: dict) -> RenderType:
-    return await request(
-        nc, subjects.Registry.SAVE, SaveRenderType(render_type=RenderType(name=name, workflow=workflow)), RenderType
-    )
+    return await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=RenderType(name=name, workflow=workflow)))
 
 
 async def test_a_node_only_job_reports_progress_from_its_first_node_and_every_second(hub: Hub) -> None:

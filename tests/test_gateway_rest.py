@@ -18,7 +18,7 @@ from doubles.png import encode_solid_png, png_size
 from gateway_support import GatewayHub, gateway_hub
 from openapi_spec_validator import validate
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import HubError
 from contracts.messages.jobs import GetJob, JobView
 from contracts.messages.render_types import RenderType, SaveRenderType
@@ -32,7 +32,7 @@ from contracts.messages.stats import (
     QueryFigures,
     QueryLog,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -247,7 +247,7 @@ async def test_images_sent_over_the_websocket_are_stored_and_a_job_that_loses_th
     gw: GatewayHub, api: httpx.AsyncClient
 ) -> None:
     render_type = RenderType(name="ws-save-rest", workflow=WS_SAVE)
-    await request(gw.nc, subjects.Registry.SAVE, SaveRenderType(render_type=render_type), RenderType)
+    await call(gw.nc, endpoints.Registry.SAVE, SaveRenderType(render_type=render_type))
     sent_before = len(gw.comfy.websocket_images)
     submitted = await api.post("/api/v1/generations", json={"render_type": "ws-save-rest"})
     assert submitted.status_code == 202, submitted.text

@@ -9,11 +9,11 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from test_registry_service import SHIPPED, get, history, listing, refused, resolve, save, tiny
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode
 from contracts.messages.health import HealthReply, HealthRequest
-from contracts.messages.render_types import DeletedRenderType, DeleteRenderType, ResolveRenderType
-from contracts.runtime.bus import request
+from contracts.messages.render_types import DeleteRenderType, ResolveRenderType
+from contracts.runtime.bus import call, request
 
 R = subjects.Registry
 
@@ -31,7 +31,7 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
     assert checks["render_types"].ok and checks["render_types"].detail == "5 render types, 5 enabled, default: sdxl"
     assert [v.note for v in (await history(nc, "sdxl")).versions] == ["shipped with the hub"]
     for name in ("video", "upscale"):
-        await request(nc, R.DELETE, DeleteRenderType(name=name), DeletedRenderType)
+        await call(nc, endpoints.Registry.DELETE, DeleteRenderType(name=name))
     edited = await save(nc, msgspec.structs.replace(await get(nc, "flux"), description="our flux"))
     assert await first.stop() == 0
 
@@ -41,7 +41,7 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
     assert await get(nc, "flux") == edited
     # Even an emptied registry stays empty: the admin removed them on purpose.
     for name in ("flux", "img2img", "sdxl"):  # the default goes last
-        await request(nc, R.DELETE, DeleteRenderType(name=name), DeletedRenderType)
+        await call(nc, endpoints.Registry.DELETE, DeleteRenderType(name=name))
     assert await second.stop() == 0
 
     third = start_service("registry", data_dir=data)

@@ -13,7 +13,7 @@ import pytest
 from harness import ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, ErrorInfo, HubError
 from contracts.messages.render_types import (
     DeletedRenderType,
@@ -36,7 +36,7 @@ from contracts.messages.render_types import (
     SetDefaultRenderType,
     Slot,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 R = subjects.Registry
@@ -78,25 +78,25 @@ async def refused(nc: NatsClient, subject: str, message: msgspec.Struct | msgspe
 
 
 async def resolve(nc: NatsClient, render_type: str | None = None, **params: Any) -> ResolvedWorkflow:
-    return await request(
-        nc, R.RESOLVE, ResolveRenderType(render_type=render_type, params=GenerationParams(**params)), ResolvedWorkflow
+    return await call(
+        nc, endpoints.Registry.RESOLVE, ResolveRenderType(render_type=render_type, params=GenerationParams(**params))
     )
 
 
 async def get(nc: NatsClient, name: str) -> RenderType:
-    return await request(nc, R.GET, GetRenderType(name=name), RenderType)
+    return await call(nc, endpoints.Registry.GET, GetRenderType(name=name))
 
 
 async def save(nc: NatsClient, render_type: RenderType, **fields: Any) -> RenderType:
-    return await request(nc, R.SAVE, SaveRenderType(render_type=render_type, **fields), RenderType)
+    return await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=render_type, **fields))
 
 
 async def history(nc: NatsClient, name: str, snapshots: bool = False) -> RenderTypeHistory:
-    return await request(nc, R.HISTORY, GetRenderTypeHistory(name=name, include_snapshots=snapshots), RenderTypeHistory)
+    return await call(nc, endpoints.Registry.HISTORY, GetRenderTypeHistory(name=name, include_snapshots=snapshots))
 
 
 async def listing(nc: NatsClient, include_disabled: bool = True) -> RenderTypeList:
-    return await request(nc, R.LIST, ListRenderTypes(include_disabled=include_disabled), RenderTypeList)
+    return await call(nc, endpoints.Registry.LIST, ListRenderTypes(include_disabled=include_disabled))
 
 
 def tiny(name: str, **fields: Any) -> RenderType:
@@ -205,8 +205,8 @@ async def test_resolve_injects_the_parameters_into_the_default_workflow_and_draw
 
     # Another request draws another seed; the reported parameters reproduce the first workflow exactly.
     assert (await resolve(registry, prompt="a red fox in snow")).params.seed != seed
-    again = await request(
-        registry, R.RESOLVE, ResolveRenderType(render_type="sdxl", params=resolved.params), ResolvedWorkflow
+    again = await call(
+        registry, endpoints.Registry.RESOLVE, ResolveRenderType(render_type="sdxl", params=resolved.params)
     )
     assert again.workflow == resolved.workflow and again.params == resolved.params
 
@@ -311,8 +311,8 @@ async def test_saves_are_versioned_checked_for_staleness_and_can_be_rolled_back(
     # Saving what is stored again makes no new version.
     assert (await save(registry, second)).version == 2
 
-    rolled = await request(
-        registry, R.ROLLBACK, RollbackRenderType(name="lab", version=1, changed_by="carol"), RenderType
+    rolled = await call(
+        registry, endpoints.Registry.ROLLBACK, RollbackRenderType(name="lab", version=1, changed_by="carol")
     )
     assert rolled.version == 3 and rolled.description == "first"
     assert rolled.workflow == TINY and rolled.defaults == RenderDefaults()
@@ -465,7 +465,7 @@ async def test_of_concurrent_edits_of_one_version_exactly_one_wins(registry: Nat
 
 async def test_there_is_always_exactly_one_enabled_default(registry: NatsClient) -> None:
     try:
-        flux = await request(registry, R.SET_DEFAULT, SetDefaultRenderType(name="flux"), RenderType)
+        flux = await call(registry, endpoints.Registry.SET_DEFAULT, SetDefaultRenderType(name="flux"))
         assert flux.is_default
         assert [s.name for s in (await listing(registry)).render_types if s.is_default] == ["flux"]
         assert (await resolve(registry, prompt="x")).render_type == "flux"
@@ -491,7 +491,7 @@ async def test_there_is_always_exactly_one_enabled_default(registry: NatsClient)
         moved = await save(registry, tiny("saved-as-default", is_default=True))
         assert moved.is_default and not (await get(registry, "flux")).is_default
     finally:
-        await request(registry, R.SET_DEFAULT, SetDefaultRenderType(name="sdxl"), RenderType)
+        await call(registry, endpoints.Registry.SET_DEFAULT, SetDefaultRenderType(name="sdxl"))
     assert [s.name for s in (await listing(registry)).render_types if s.is_default] == ["sdxl"]
 
 
@@ -500,7 +500,7 @@ async def test_delete_removes_the_render_type_and_its_history(registry: NatsClie
     await save(registry, msgspec.structs.replace(created, description="edited"))
     error = await refused(registry, R.DELETE, DeleteRenderType(name="short-lived", expected_version=1))
     assert error.code is ErrorCode.CONFLICT
-    deleted = await request(registry, R.DELETE, DeleteRenderType(name="short-lived"), DeletedRenderType)
+    deleted = await call(registry, endpoints.Registry.DELETE, DeleteRenderType(name="short-lived"))
     assert deleted == DeletedRenderType(name="short-lived", versions_removed=2)
     assert (await refused(registry, R.GET, GetRenderType(name="short-lived"))).code is ErrorCode.NOT_FOUND
     assert (await refused(registry, R.DELETE, DeleteRenderType(name="short-lived"))).code is ErrorCode.NOT_FOUND

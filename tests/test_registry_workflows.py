@@ -15,7 +15,7 @@ import pytest
 from harness import ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, ErrorInfo, HubError
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
@@ -24,17 +24,15 @@ from contracts.messages.render_types import (
     ListRenderTypes,
     ParameterMap,
     RenderType,
-    RenderTypeList,
     ResolvedWorkflow,
     ResolveRenderType,
     SaveRenderType,
     Slot,
     WorkflowAnalysis,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
-R = subjects.Registry
 SEED_DIR = Path(__file__).resolve().parent.parent / "registry-service/src/registry_service/seed"
 
 
@@ -67,9 +65,7 @@ async def analyze(
     nc: NatsClient, text: str | dict[str, Any], parameter_map: ParameterMap | None = None
 ) -> WorkflowAnalysis:
     body = text if isinstance(text, str) else json.dumps(text)
-    return await request(
-        nc, R.ANALYZE, AnalyzeWorkflow(workflow_json=body, parameter_map=parameter_map), WorkflowAnalysis
-    )
+    return await call(nc, endpoints.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=body, parameter_map=parameter_map))
 
 
 async def analyze_refused(nc: NatsClient, text: str, parameter_map: ParameterMap | None = None) -> ErrorInfo:
@@ -79,8 +75,8 @@ async def analyze_refused(nc: NatsClient, text: str, parameter_map: ParameterMap
 
 
 async def resolve(nc: NatsClient, render_type: str, **params: Any) -> ResolvedWorkflow:
-    return await request(
-        nc, R.RESOLVE, ResolveRenderType(render_type=render_type, params=GenerationParams(**params)), ResolvedWorkflow
+    return await call(
+        nc, endpoints.Registry.RESOLVE, ResolveRenderType(render_type=render_type, params=GenerationParams(**params))
     )
 
 
@@ -211,8 +207,10 @@ async def test_the_ui_workflow_format_is_rejected_with_how_to_export_the_api_for
     assert error.details == {"format": "ui", "top_level_keys": sorted(UI_EXPORT)}
     # The same file sent straight to save is refused the same way.
     with pytest.raises(HubError) as raised:
-        await request(
-            registry, R.SAVE, SaveRenderType(render_type=RenderType(name="ui-file", workflow=UI_EXPORT)), RenderType
+        await call(
+            registry,
+            endpoints.Registry.SAVE,
+            SaveRenderType(render_type=RenderType(name="ui-file", workflow=UI_EXPORT)),
         )
     assert raised.value.info.field == "render_type.workflow" and "Export (API)" in raised.value.info.message
 
@@ -309,9 +307,9 @@ async def test_import_then_resolve_gives_exactly_the_request_comfyui_accepted(
     assert analysis.requirements.node_classes == sorted({n["class_type"] for n in recorded.values()})
 
     name = f"recorded-{recording}"
-    saved = await request(
+    saved = await call(
         registry,
-        R.SAVE,
+        endpoints.Registry.SAVE,
         SaveRenderType(
             render_type=RenderType(
                 name=name,
@@ -321,7 +319,6 @@ async def test_import_then_resolve_gives_exactly_the_request_comfyui_accepted(
                 output_kind=analysis.output_kind,
             )
         ),
-        RenderType,
     )
     resolved = await resolve(registry, name, prompt="not used by this workflow")
     assert resolved.ignored == ["prompt"] and resolved.version == saved.version
@@ -348,15 +345,14 @@ async def test_a_load_image_workflow_takes_the_uploaded_file_name(registry: Nats
     body = {"prompt": {**recorded, "1": {**recorded["1"], "inputs": {"image": "example.png"}}}, "client_id": "ui-1"}
     analysis = await analyze(registry, json.dumps(body))  # a whole POST /prompt body is accepted too
     assert slots_of(analysis) == {"input_image": [("1", "image")]}
-    await request(
+    await call(
         registry,
-        R.SAVE,
+        endpoints.Registry.SAVE,
         SaveRenderType(
             render_type=RenderType(
                 name="recorded-load-image", workflow=analysis.workflow, parameter_map=analysis.proposed_map
             )
         ),
-        RenderType,
     )
     resolved = await resolve(registry, "recorded-load-image", input_image=uploaded)
     assert exactly(resolved.workflow) == exactly(recorded)
@@ -695,7 +691,7 @@ def shipped_names() -> list[str]:
 async def test_each_shipped_render_type_resolves_to_a_workflow_comfyui_accepts(
     registry: NatsClient, object_info: dict[str, Any], name: str
 ) -> None:
-    stored = await request(registry, R.GET, GetRenderType(name=name), RenderType)
+    stored = await call(registry, endpoints.Registry.GET, GetRenderType(name=name))
     files = {(m.node_class, m.input_name) for m in stored.requirements.models}
     files |= {
         (stored.workflow[s.node_id]["class_type"], s.input_name)
@@ -740,9 +736,9 @@ async def test_each_shipped_render_type_resolves_to_a_workflow_comfyui_accepts(
 
 async def test_the_shipped_files_are_plain_data_with_a_manifest(registry: NatsClient) -> None:
     manifest = json.loads((SEED_DIR / "manifest.json").read_text())
-    listed = {s.name: s for s in (await request(registry, R.LIST, ListRenderTypes(), RenderTypeList)).render_types}
+    listed = {s.name: s for s in (await call(registry, endpoints.Registry.LIST, ListRenderTypes())).render_types}
     for entry in manifest["render_types"]:
-        stored = await request(registry, R.GET, GetRenderType(name=entry["name"]), RenderType)
+        stored = await call(registry, endpoints.Registry.GET, GetRenderType(name=entry["name"]))
         assert stored.workflow == json.loads((SEED_DIR / entry["workflow"]).read_text())
         assert stored.description == entry["description"] and listed[entry["name"]].is_default == entry.get(
             "is_default", False
@@ -751,7 +747,7 @@ async def test_the_shipped_files_are_plain_data_with_a_manifest(registry: NatsCl
             assert msgspec.to_builtins(stored.defaults)[key] == value
     assert sum(1 for entry in manifest["render_types"] if entry.get("is_default")) == 1
     # A shipped workflow and the workflow after resolve differ only in the parameter slots.
-    sdxl = await request(registry, R.GET, GetRenderType(name="sdxl"), RenderType)
+    sdxl = await call(registry, endpoints.Registry.GET, GetRenderType(name="sdxl"))
     resolved = await resolve(registry, "sdxl", prompt="x", seed=5)
     expected = copy.deepcopy(sdxl.workflow)
     expected["6"]["inputs"]["text"], expected["3"]["inputs"]["seed"] = "x", 5
@@ -770,11 +766,10 @@ async def test_a_workflow_without_a_text_encoder_is_offered_its_text_inputs_as_t
     chosen = ParameterMap(slots={**analysis.proposed_map.slots, "prompt": analysis.prompt_candidates})
     mapped = await analyze(registry, json.dumps(recorded), chosen)
     assert mapped.notes == [] and "prompt: node 5 (PrimitiveString) input `value`" in mapped.explanations
-    await request(
+    await call(
         registry,
-        R.SAVE,
+        endpoints.Registry.SAVE,
         SaveRenderType(render_type=RenderType(name="primitive-prompt", workflow=recorded, parameter_map=chosen)),
-        RenderType,
     )
     resolved = await resolve(registry, "primitive-prompt", prompt="hub/from-the-prompt")
     assert resolved.workflow["5"]["inputs"]["value"] == "hub/from-the-prompt" and resolved.ignored == []
@@ -796,8 +791,8 @@ async def test_output_nodes_the_hub_cannot_collect_are_named_and_a_workflow_of_o
     analysis = await analyze(registry, ws_save)
     assert analysis.output_kind == "image"
     assert not [w for w in analysis.warnings if "SaveImageWebsocket" in w or "output" in w], analysis.warnings
-    saved = await request(
-        registry, R.SAVE, SaveRenderType(render_type=RenderType(name="ws-save", workflow=ws_save)), RenderType
+    saved = await call(
+        registry, endpoints.Registry.SAVE, SaveRenderType(render_type=RenderType(name="ws-save", workflow=ws_save))
     )
     assert saved.version == 1
 
@@ -811,11 +806,13 @@ async def test_output_nodes_the_hub_cannot_collect_are_named_and_a_workflow_of_o
     warning = (await analyze(registry, text_only)).warnings
     assert any(w.startswith(f"node {preview_any} (PreviewAny) shows text") for w in warning), warning
     with pytest.raises(HubError) as raised:
-        await request(
-            registry, R.SAVE, SaveRenderType(render_type=RenderType(name="text-only", workflow=text_only)), RenderType
+        await call(
+            registry,
+            endpoints.Registry.SAVE,
+            SaveRenderType(render_type=RenderType(name="text-only", workflow=text_only)),
         )
     error = raised.value.info
     assert (error.code, error.field) == (ErrorCode.INVALID_REQUEST, "render_type.workflow"), error
     assert f"node {preview_any} (PreviewAny)" in error.message and "SaveImageWebsocket" in error.message
     with pytest.raises(HubError):
-        await request(registry, R.GET, GetRenderType(name="text-only"), RenderType)  # nothing was stored
+        await call(registry, endpoints.Registry.GET, GetRenderType(name="text-only"))  # nothing was stored

@@ -11,9 +11,9 @@ from doubles.comfyui import ComfyUIDouble
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.keys import ApiKeyList, ListApiKeys
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -336,11 +336,10 @@ async def test_a_render_type_is_made_from_a_workflow_file(
 ) -> None:
     import json
 
-    from contracts import subjects
-    from contracts.messages.render_types import GetRenderType, RenderType
-    from contracts.runtime.bus import request
+    from contracts.messages.render_types import GetRenderType
+    from contracts.runtime.bus import call
 
-    sdxl = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
+    sdxl = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
     workflow_file = tmp_path / "portrait.json"
     workflow_file.write_text(json.dumps(sdxl.workflow))
 
@@ -360,7 +359,7 @@ async def test_a_render_type_is_made_from_a_workflow_file(
     await page.fill("#f-height", "1216")
     await page.click("#save-form button[type=submit]")
     assert "Saved render type portrait-ui (version 1)" in await page.inner_text(".flash")
-    saved = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="portrait-ui"), RenderType)
+    saved = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="portrait-ui"))
     assert (saved.defaults.width, saved.defaults.height) == (832, 1216)
 
     await page.fill("#f-prompt", "a portrait in <b>oil</b>")
@@ -574,26 +573,22 @@ async def test_an_input_image_too_big_for_the_form_is_named_beside_its_field(
 
 
 async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserContext, shots: Path) -> None:
-    from contracts import subjects
     from contracts.messages.render_types import (
         GetRenderType,
         GetRenderTypeHistory,
         ListRenderTypes,
         RenderType,
-        RenderTypeHistory,
-        RenderTypeList,
         SaveRenderType,
     )
-    from contracts.runtime.bus import request
+    from contracts.runtime.bus import call
 
-    sdxl = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="sdxl"), RenderType)
-    await request(
+    sdxl = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
+    await call(
         hub.nc,
-        subjects.Registry.SAVE,
+        endpoints.Registry.SAVE,
         SaveRenderType(
             render_type=RenderType(name="edit-me", workflow=sdxl.workflow, parameter_map=sdxl.parameter_map)
         ),
-        RenderType,
     )
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
@@ -617,7 +612,7 @@ async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserCon
     await navigate_by_click(page, "#edit-form button[type=submit]")
     assert (await page.inner_text("#error-width")).strip()
     await screenshot(page, shots, "render-type-edit-error")
-    unchanged = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="edit-me"), RenderType)
+    unchanged = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="edit-me"))
     assert unchanged.version == 1 and unchanged.description == ""
 
     await page.fill("#f-width", "768")
@@ -626,10 +621,10 @@ async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserCon
     await navigate_by_click(page, "#edit-form button[type=submit]")
     assert "Saved render type edit-me (version 2)" in await page.inner_text(".flash")
     assert "Edited <b>in</b> the UI" in await page.inner_text("main")  # shown as text, not markup
-    saved = await request(hub.nc, subjects.Registry.GET, GetRenderType(name="edit-me"), RenderType)
+    saved = await call(hub.nc, endpoints.Registry.GET, GetRenderType(name="edit-me"))
     assert (saved.version, saved.defaults.width, saved.enabled) == (2, 768, False)
     assert saved.description == "Edited <b>in</b> the UI"
-    history = await request(hub.nc, subjects.Registry.HISTORY, GetRenderTypeHistory(name="edit-me"), RenderTypeHistory)
+    history = await call(hub.nc, endpoints.Registry.HISTORY, GetRenderTypeHistory(name="edit-me"))
     assert "narrower, off for now" in [v.note for v in history.versions]
     await screenshot(page, shots, "render-type-edited")
 
@@ -638,10 +633,7 @@ async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserCon
     assert "is the default render type" in await page.inner_text("#delete-confirm")
     await navigate_by_click(page, "#delete-form button[type=submit]")
     assert "make another one the default first" in await page.inner_text("#delete-error")
-    assert "sdxl" in [
-        rt.name
-        for rt in (await request(hub.nc, subjects.Registry.LIST, ListRenderTypes(), RenderTypeList)).render_types
-    ]
+    assert "sdxl" in [rt.name for rt in (await call(hub.nc, endpoints.Registry.LIST, ListRenderTypes())).render_types]
 
     await page.goto(url(hub, "/render-types/edit-me"))
     await navigate_by_click(page, "#delete-link")
@@ -704,7 +696,7 @@ async def test_a_node_only_job_moves_the_live_bar_from_its_first_node(hub: Hub, 
     from contracts.messages.render_types import RenderType, SaveRenderType
 
     saving = SaveRenderType(render_type=RenderType(name="ui-image-nodes", workflow=IMAGE_NODES))
-    await request(hub.nc, subjects.Registry.SAVE, saving, RenderType)
+    await call(hub.nc, endpoints.Registry.SAVE, saving)
     async with ComfyUIDouble(work_seconds=4.0) as comfy:
         await add_instance(hub.nc, comfy, "gpu-nodes")
         try:

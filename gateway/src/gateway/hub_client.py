@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
-from contracts.runtime.bus import job_events, request
+from contracts.runtime.bus import call, job_events, request
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 
@@ -54,11 +54,10 @@ class HubClient:
         return await request(self.nc, subjects.Dispatch.JOBS_LIST, listing, JobPage, timeout=self.timeout_s)
 
     async def render_types(self) -> RenderTypeList:
-        listing = await request(
+        listing = await call(
             self.nc,
-            subjects.Registry.LIST,
+            endpoints.Registry.LIST,
             ListRenderTypes(include_disabled=False),
-            RenderTypeList,
             timeout=self.timeout_s,
         )
         return listing

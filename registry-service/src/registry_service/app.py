@@ -1,17 +1,6 @@
 """Assembles the registry service: its database, the shipped render types, and its NATS handlers."""
 
-from contracts import subjects
-from contracts.messages.render_types import (
-    AnalyzeWorkflow,
-    DeleteRenderType,
-    GetRenderType,
-    GetRenderTypeHistory,
-    ListRenderTypes,
-    ResolveRenderType,
-    RollbackRenderType,
-    SaveRenderType,
-    SetDefaultRenderType,
-)
+from contracts import endpoints, subjects
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.service import ServiceRuntime
@@ -47,14 +36,13 @@ def build(settings: Settings) -> ServiceRuntime:
 
     runtime.health_check("render_types", describe_render_types)
 
-    registry = subjects.Registry
-    runtime.endpoint(registry.LIST, ListRenderTypes, handlers.list)
-    runtime.endpoint(registry.GET, GetRenderType, handlers.get)
-    runtime.endpoint(registry.SAVE, SaveRenderType, handlers.save)
-    runtime.endpoint(registry.DELETE, DeleteRenderType, handlers.delete)
-    runtime.endpoint(registry.SET_DEFAULT, SetDefaultRenderType, handlers.set_default)
-    runtime.endpoint(registry.HISTORY, GetRenderTypeHistory, handlers.history)
-    runtime.endpoint(registry.ROLLBACK, RollbackRenderType, handlers.rollback)
-    runtime.endpoint(registry.ANALYZE, AnalyzeWorkflow, handlers.analyze)
-    runtime.endpoint(registry.RESOLVE, ResolveRenderType, handlers.resolve)
+    runtime.endpoint(endpoints.Registry.LIST, handlers.list)
+    runtime.endpoint(endpoints.Registry.GET, handlers.get)
+    runtime.endpoint(endpoints.Registry.SAVE, handlers.save)
+    runtime.endpoint(endpoints.Registry.DELETE, handlers.delete)
+    runtime.endpoint(endpoints.Registry.SET_DEFAULT, handlers.set_default)
+    runtime.endpoint(endpoints.Registry.HISTORY, handlers.history)
+    runtime.endpoint(endpoints.Registry.ROLLBACK, handlers.rollback)
+    runtime.endpoint(endpoints.Registry.ANALYZE, handlers.analyze)
+    runtime.endpoint(endpoints.Registry.RESOLVE, handlers.resolve)
     return runtime

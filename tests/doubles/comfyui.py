@@ -6,7 +6,9 @@ Every behaviour here mirrors an exchange recorded from an unmodified ComfyUI 0.3
 a job sleeps `work_seconds / speed`, spread over the nodes it executes, and image outputs are small
 solid-colour PNGs. A model loader node that runs (its output not cached from the previous prompt, as in
 ComfyUI) also sleeps `model_switch_seconds` first: switching models costs time, reusing them costs nothing
-(`POST /free` unloads them). Fault injection (`go_down`, `hang`, `fail_next_job`) is toggled at run time.
+(`POST /free` unloads them). Fault injection (`go_down`, `drop_websockets`, `hang`, `fail_next_job`) is
+toggled at run time; `sampler_previews` sends a preview image frame with each sampler step, as ComfyUI started
+with `--preview-method` does.
 
 In-process:   `async with ComfyUIDouble(speed=2) as comfy: ...comfy.url...`
 Standalone:   `python tests/doubles/comfyui.py --port 8188 --speed 2 --work-seconds 0.5`

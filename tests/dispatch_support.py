@@ -136,6 +136,24 @@ async def events_of(nc: NatsClient, job_id: str, until_final: bool = True, timeo
     return found
 
 
+async def _age_log_row(hub: Hub, job_id: str, seconds: int) -> None:
+    """Make a job's stats log row look `seconds` older, in whichever database the stats service was given."""
+    sql = "UPDATE generation SET logged_at = logged_at - ? WHERE job_id = ?"
+    url = hub.processes["stats"].env.get("HUB_STATS_DATABASE_URL", "")
+    if url.startswith("postgresql"):  # the suite run on PostgreSQL (tests/postgres_support.py)
+        import asyncpg
+
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(sql.replace("?", "$1", 1).replace("?", "$2", 1), float(seconds), job_id)
+        finally:
+            await connection.close()
+        return
+    with contextlib.closing(sqlite3.connect(hub.data_dir / "stats.sqlite3", timeout=10)) as db:
+        db.execute(sql, (seconds, job_id))
+        db.commit()
+
+
 async def retention_removes_images_of(hub: Hub, job_id: str) -> RetentionReport:
     """Run the real retention (stats service -> dispatcher) so that it removes this finished job's images: the
     job's stats log row is made to look 40 days old (retention picks jobs by that row's time, and a test cannot
@@ -148,9 +166,7 @@ async def retention_removes_images_of(hub: Hub, job_id: str) -> RetentionReport:
                 break
         assert time.monotonic() < deadline, f"job {job_id} never reached the stats log"
         await asyncio.sleep(0.1)
-    with contextlib.closing(sqlite3.connect(hub.data_dir / "stats.sqlite3", timeout=10)) as db:
-        db.execute("UPDATE generation SET logged_at = logged_at - ? WHERE job_id = ?", (40 * 86400, job_id))
-        db.commit()
+    await _age_log_row(hub, job_id, 40 * 86400)
     policy = RetentionPolicy(keep_images_days=30, keep_log_days=0, run_every_hours=168)
     await request(hub.nc, subjects.Stats.RETENTION_SAVE, SaveRetention(policy=policy), RetentionPolicy)
     return await request(hub.nc, subjects.Stats.RETENTION_RUN, RunRetention(), RetentionReport)

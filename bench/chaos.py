@@ -55,7 +55,7 @@ from contracts import endpoints, subjects
 from contracts.messages.instances import Instance, InstanceList, InstanceView, ListInstances, SaveInstance
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
 from contracts.messages.render_types import GetRenderType
-from contracts.messages.stats import GenerationRecord, GetGeneration
+from contracts.messages.stats import GetGeneration
 from contracts.runtime.bus import call, connect, request
 from contracts.runtime.config import load_settings
 from contracts.runtime.logs import configure_logging
@@ -388,7 +388,7 @@ class Rehearsal:
                 if job_id in matching:
                     continue
                 with contextlib.suppress(Exception):
-                    row = await request(self.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=job_id), GenerationRecord)
+                    row = await call(self.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id=job_id))
                     if row.status == job["status"]:
                         matching.add(job_id)
             if len(matching) == len(rnd.final):

@@ -23,7 +23,6 @@ from contracts.messages.instances import DeleteInstance, Instance, InstanceView,
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
 from contracts.messages.render_types import GetRenderType
 from contracts.messages.stats import (
-    GenerationRecord,
     GetGeneration,
     RetentionPolicy,
     RetentionReport,
@@ -161,12 +160,12 @@ async def retention_removes_images_of(hub: Hub, job_id: str) -> RetentionReport:
     deadline = time.monotonic() + 20
     while True:
         with contextlib.suppress(HubError):
-            record = await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=job_id), GenerationRecord)
+            record = await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id=job_id))
             if record.status in FINAL_STATUSES:
                 break
         assert time.monotonic() < deadline, f"job {job_id} never reached the stats log"
         await asyncio.sleep(0.1)
     await _age_log_row(hub, job_id, 40 * 86400)
     policy = RetentionPolicy(keep_images_days=30, keep_log_days=0, run_every_hours=168)
-    await request(hub.nc, subjects.Stats.RETENTION_SAVE, SaveRetention(policy=policy), RetentionPolicy)
-    return await request(hub.nc, subjects.Stats.RETENTION_RUN, RunRetention(), RetentionReport)
+    await call(hub.nc, endpoints.Stats.RETENTION_SAVE, SaveRetention(policy=policy))
+    return await call(hub.nc, endpoints.Stats.RETENTION_RUN, RunRetention())

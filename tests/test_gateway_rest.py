@@ -25,10 +25,8 @@ from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.messages.stats import (
     ExportLog,
     FigureRow,
-    Figures,
     GenerationRecord,
     GetGeneration,
-    LogExport,
     QueryFigures,
     QueryLog,
 )
@@ -233,8 +231,8 @@ async def figures_of(gw: GatewayHub, render_type: str, jobs: int) -> FigureRow:
         await gw.hub.start("stats").wait_healthy(gw.nc)
     deadline = time.monotonic() + 20
     while True:
-        figures = await request(
-            gw.nc, subjects.Stats.FIGURES, QueryFigures(group_by="render_type", render_type=render_type), Figures
+        figures = await call(
+            gw.nc, endpoints.Stats.FIGURES, QueryFigures(group_by="render_type", render_type=render_type)
         )
         total = figures.total
         if total is not None and total.completed + total.failed >= jobs:
@@ -281,7 +279,7 @@ async def stats_record(gw: GatewayHub, job_id: str) -> GenerationRecord:
     deadline = time.monotonic() + 20
     while True:
         try:
-            record = await request(gw.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=job_id), GenerationRecord)
+            record = await call(gw.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id=job_id))
             if record.status == "completed" and record.render_type:
                 return record
         except HubError:
@@ -305,7 +303,7 @@ async def test_the_seed_is_the_same_in_the_api_the_events_and_the_csv_export(
         accepted = (await events_of(gw.nc, job_id))[0]
         record = await stats_record(gw, job_id)
         query = QueryLog(render_type=view["render_type"])
-        part = await request(gw.nc, subjects.Stats.EXPORT, ExportLog(format="csv", query=query), LogExport)
+        part = await call(gw.nc, endpoints.Stats.EXPORT, ExportLog(format="csv", query=query))
         cells = {row["job_id"]: row["seed"] for row in csv.DictReader(io.StringIO(part.content))}
         assert submitted.json()["seed"] == view["seed"] == accepted.seed == record.seed, (view, accepted, record)
         assert cells[job_id] == ("" if view["seed"] is None else str(view["seed"]))

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from test_stats_support import Event, JobScript, StatsHub, publish, stats_hub, wait_recorded, wait_until
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages import (
-    GenerationRecord,
     GetGeneration,
     HealthReply,
     HealthRequest,
@@ -24,7 +23,7 @@ from contracts.messages import (
     JobFailed,
     JobStarted,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from contracts.streams import EVENTS_STREAM
 from stats_service.consumer import CONSUMER_NAME
 
@@ -86,7 +85,7 @@ def interleaved(scripts: list[JobScript], seed: int) -> list[Event]:
 async def check_recorded_once_with_final_state(hub: StatsHub, scripts: list[JobScript]) -> None:
     assert hub.rows("SELECT count(*), count(DISTINCT job_id) FROM generation") == [(len(scripts), len(scripts))]
     for script in scripts:
-        record = await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id=script.job_id), GenerationRecord)
+        record = await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id=script.job_id))
         ran = script.started_at is not None
         assert record.status == script.outcome, script.job_id
         assert (record.prompt, record.seed) == (script.prompt, script.seed)

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 from test_stats_support import DispatcherStandIn, JobScript, StatsHub, stats_hub, wait_recorded, wait_until
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages import (
-    GenerationRecord,
     GetGeneration,
     GetRetention,
     RetentionPolicy,
@@ -22,7 +21,7 @@ from contracts.messages import (
     RunRetention,
     SaveRetention,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 
 DAY = 86400.0
 
@@ -44,13 +43,11 @@ async def record(hub: StatsHub, scripts: list[JobScript]) -> None:
 
 
 async def save(hub: StatsHub, **policy: object) -> RetentionPolicy:
-    return await request(
-        hub.nc, subjects.Stats.RETENTION_SAVE, SaveRetention(policy=RetentionPolicy(**policy)), RetentionPolicy
-    )  # type: ignore[arg-type]
+    return await call(hub.nc, endpoints.Stats.RETENTION_SAVE, SaveRetention(policy=RetentionPolicy(**policy)))  # type: ignore[arg-type]
 
 
 async def run(hub: StatsHub, *, dry_run: bool = False) -> RetentionReport:
-    return await request(hub.nc, subjects.Stats.RETENTION_RUN, RunRetention(dry_run=dry_run), RetentionReport)
+    return await call(hub.nc, endpoints.Stats.RETENTION_RUN, RunRetention(dry_run=dry_run))
 
 
 def state(hub: StatsHub) -> dict[str, bool]:
@@ -93,11 +90,11 @@ async def test_a_run_removes_exactly_what_the_policy_says(hub: StatsHub) -> None
     assert dispatcher.stored == output_ids(recent, young)
 
     # The row of a job whose images were removed keeps its metadata until the log policy removes it.
-    kept = await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id="b-40d"), GenerationRecord)
+    kept = await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id="b-40d"))
     assert kept.images_removed and kept.images_removed_at == pytest.approx(report.ran_at)
     assert kept.prompt == old.prompt and [o.output_id for o in kept.outputs] == ["b-40d-out-0"]
 
-    policy = await request(hub.nc, subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+    policy = await call(hub.nc, endpoints.Stats.RETENTION_GET, GetRetention())
     assert policy.last_run == report
     assert policy.next_run_at == pytest.approx(report.ran_at + 168 * 3600)
 
@@ -122,7 +119,7 @@ async def test_without_a_dispatcher_nothing_is_marked_removed_and_the_next_run_f
     # The row without images may go; the one whose images are still stored waits for them.
     assert (report.log_rows_removed, report.log_rows_waiting) == (1, 1)
     assert state(hub) == {"old-40d": False, "old-100d": False}
-    policy = await request(hub.nc, subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+    policy = await call(hub.nc, endpoints.Stats.RETENTION_GET, GetRetention())
     assert policy.last_run is not None and policy.last_run.error == report.error
     assert policy.next_run_at == pytest.approx(report.ran_at + 15 * 60)  # tried again soon, not in a week
 
@@ -145,7 +142,7 @@ async def test_the_schedule_runs_the_policy_by_itself(hub: StatsHub) -> None:
     runs: list[RetentionReport] = []
 
     async def ran_after(instant: float) -> bool:
-        policy = await request(hub.nc, subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+        policy = await call(hub.nc, endpoints.Stats.RETENTION_GET, GetRetention())
         last = policy.last_run
         if last is not None and last.trigger == "schedule" and last.ran_at > instant:
             runs.append(last)
@@ -163,7 +160,7 @@ async def test_the_schedule_runs_the_policy_by_itself(hub: StatsHub) -> None:
 
 
 async def test_a_policy_that_would_lose_track_of_images_is_refused(hub: StatsHub) -> None:
-    before = await request(hub.nc, subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+    before = await call(hub.nc, endpoints.Stats.RETENTION_GET, GetRetention())
     assert (before.keep_images_days, before.keep_log_days, before.run_every_hours) == (30, 365, 6.0)
     for policy in ({"keep_images_days": 30, "keep_log_days": 10}, {"keep_images_days": 0, "keep_log_days": 365}):
         with pytest.raises(HubError) as raised:
@@ -171,11 +168,11 @@ async def test_a_policy_that_would_lose_track_of_images_is_refused(hub: StatsHub
         assert raised.value.code is ErrorCode.INVALID_REQUEST
         assert raised.value.info.field == "policy.keep_log_days"
         assert "keep_log_days" in raised.value.info.message
+    never = SaveRetention(policy=RetentionPolicy(run_every_hours=0))
     with pytest.raises(HubError) as raised:
-        await request(hub.nc, subjects.Stats.RETENTION_SAVE, SaveRetention(policy=RetentionPolicy(run_every_hours=0)),
-                      RetentionPolicy)  # fmt: skip
+        await call(hub.nc, endpoints.Stats.RETENTION_SAVE, never)
     assert raised.value.info.field == "policy.run_every_hours"
-    after = await request(hub.nc, subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+    after = await call(hub.nc, endpoints.Stats.RETENTION_GET, GetRetention())
     assert (after.keep_images_days, after.keep_log_days) == (30, 365)
 
     # Keeping everything forever is a valid policy: a run removes nothing and asks the dispatcher nothing.

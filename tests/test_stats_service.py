@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from test_stats_support import JobScript, StatsHub, stats_hub, wait_recorded, wait_until
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages import (
     ExportLog,
@@ -26,7 +26,7 @@ from contracts.messages import (
     QueryFigures,
     QueryLog,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from contracts.streams import EVENTS_STREAM, event_subject
 from stats_service.consumer import CONSUMER_NAME
 
@@ -121,7 +121,7 @@ async def test_the_log_records_every_job_with_its_request_result_and_timings(hub
     assert item.images_removed is False and item.logged_at == start
     failed = next(i for i in page.items if i.job_id == "log-2")
     assert failed.error == "ComfyUI reported: out of memory" and failed.outputs == []
-    one = await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id="log-5"), GenerationRecord)
+    one = await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id="log-5"))
     assert one == item
 
 
@@ -175,7 +175,7 @@ async def test_bad_queries_get_an_error_naming_the_field(hub: StatsHub, subject:
 
 async def test_an_unknown_job_is_not_found(hub: StatsHub) -> None:
     with pytest.raises(HubError) as raised:
-        await request(hub.nc, subjects.Stats.LOG_GET, GetGeneration(job_id="no-such-job"), GenerationRecord)
+        await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id="no-such-job"))
     assert raised.value.code is ErrorCode.NOT_FOUND and raised.value.info.field == "job_id"
 
 
@@ -233,7 +233,7 @@ async def figure_data(hub: StatsHub) -> None:
 
 async def figures(hub: StatsHub, group_by: str, **extra: object) -> Figures:
     query = QueryFigures(group_by=group_by, **{**FIGURE_RANGE, **extra})  # type: ignore[arg-type]
-    return await request(hub.nc, subjects.Stats.FIGURES, query, Figures)
+    return await call(hub.nc, endpoints.Stats.FIGURES, query)
 
 
 def check(row: FigureRow, expected: dict[str, object]) -> None:
@@ -333,8 +333,8 @@ async def export(hub: StatsHub, fmt: str, **filters: object) -> list[LogExport]:
     parts: list[LogExport] = []
     offset = 0
     while True:
-        part = await request(
-            hub.nc, subjects.Stats.EXPORT, ExportLog(format=fmt, query=QueryLog(offset=offset, **filters)), LogExport
+        part = await call(
+            hub.nc, endpoints.Stats.EXPORT, ExportLog(format=fmt, query=QueryLog(offset=offset, **filters))
         )  # type: ignore[arg-type]
         parts.append(part)
         if part.next_offset is None:

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.envelope import Reply
 from contracts.messages import (
     DeletedOutputs,
@@ -39,7 +39,7 @@ from contracts.messages import (
     QueryLog,
     Timings,
 )
-from contracts.runtime.bus import ensure_stream, request
+from contracts.runtime.bus import call, ensure_stream
 from contracts.streams import EVENTS, event_subject
 from hub_deploy.natsserver import NatsServer
 
@@ -273,7 +273,7 @@ class StatsHub:
             return db.execute(sql, args).fetchall()
 
     async def log(self, **filters: Any) -> LogPage:
-        return await request(self.nc, subjects.Stats.LOG_QUERY, QueryLog(**filters), LogPage)
+        return await call(self.nc, endpoints.Stats.LOG_QUERY, QueryLog(**filters))
 
     async def publish_all(self, events: list[Event]) -> None:
         for event in events:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.jobs import DeletedOutputs, DeleteOutputs
 from contracts.messages.stats import (
     ExportLog,
@@ -72,11 +72,10 @@ def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler) -
     async def run_retention(req: RunRetention) -> RetentionReport:
         return await scheduler.run_now(dry_run=req.dry_run)
 
-    stats = subjects.Stats
-    runtime.endpoint(stats.LOG_QUERY, QueryLog, query_log)
-    runtime.endpoint(stats.LOG_GET, GetGeneration, get_generation)
-    runtime.endpoint(stats.FIGURES, QueryFigures, query_figures)
-    runtime.endpoint(stats.EXPORT, ExportLog, export_log)
-    runtime.endpoint(stats.RETENTION_GET, GetRetention, get_retention)
-    runtime.endpoint(stats.RETENTION_SAVE, SaveRetention, save_retention)
-    runtime.endpoint(stats.RETENTION_RUN, RunRetention, run_retention)
+    runtime.endpoint(endpoints.Stats.LOG_QUERY, query_log)
+    runtime.endpoint(endpoints.Stats.LOG_GET, get_generation)
+    runtime.endpoint(endpoints.Stats.FIGURES, query_figures)
+    runtime.endpoint(endpoints.Stats.EXPORT, export_log)
+    runtime.endpoint(endpoints.Stats.RETENTION_GET, get_retention)
+    runtime.endpoint(endpoints.Stats.RETENTION_SAVE, save_retention)
+    runtime.endpoint(endpoints.Stats.RETENTION_RUN, run_retention)

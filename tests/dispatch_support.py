@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints, subjects
 from contracts.envelope import Empty
-from contracts.errors import HubError
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
@@ -60,9 +60,9 @@ class Hub:
         self.processes[name] = process
         return process
 
-    async def start_all(self) -> None:
+    async def start_all(self, **env: str) -> None:
         for name in ("registry", "prompt", "dispatch"):
-            self.start(name)
+            self.start(name, **env)
         for name in ("registry", "prompt", "dispatch"):
             await self.processes[name].wait_healthy(self.nc)
 
@@ -103,7 +103,13 @@ async def job(nc: NatsClient, job_id: str) -> JobView:
 async def wait_for(nc: NatsClient, job_id: str, statuses: set[str], timeout_s: float = 30.0) -> JobView:
     deadline = time.monotonic() + timeout_s
     while True:
-        view = await job(nc, job_id)
+        try:
+            view = await job(nc, job_id)
+        except HubError as exc:  # the test's own connection is reconnecting (NATS restarted): ask again
+            if exc.code != ErrorCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
         if view.status in statuses:
             return view
         if time.monotonic() > deadline:

@@ -39,12 +39,15 @@ class GatewayHub:
 
 
 @contextlib.asynccontextmanager
-async def gateway_hub(nats_url: str, data_dir, **gateway_env: str) -> AsyncIterator[GatewayHub]:  # type: ignore[no-untyped-def]
-    nc = await nats.connect(nats_url)
+async def gateway_hub(  # type: ignore[no-untyped-def]
+    nats_url: str, data_dir, *, services_env: dict[str, str] | None = None, **gateway_env: str
+) -> AsyncIterator[GatewayHub]:
+    """The hub; `services_env` goes to registry, prompt and dispatch, `gateway_env` to the gateway."""
+    nc = await nats.connect(nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     hub = Hub(nats_url=nats_url, data_dir=data_dir, nc=nc)
     comfy: ComfyUIDouble | None = None
     try:
-        await hub.start_all()
+        await hub.start_all(**(services_env or {}))
         gateway = hub.start("gateway", **gateway_env)
         await gateway.wait_healthy(nc)
         base_url = f"http://127.0.0.1:{gateway.env['HUB_GATEWAY_PORT']}"

@@ -32,7 +32,7 @@ def build(settings: Settings) -> ServiceRuntime:
         for spec in (JOBS, EVENTS):
             await ensure_stream(js, spec, settings.jetstream_replicas)
         pool = Pool(health_interval_s=settings.dispatch_health_interval_s)
-        leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas)
+        leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas, nc=rt.nc)
         await leases.open()
         storage = ObjectStoreOutputs(js, replicas=settings.jetstream_replicas)
         await storage.open()  # now, while every NATS server is up, not at the first output

@@ -38,11 +38,20 @@ class EventPublisher:
         self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
         return self._last_seq
 
-    async def publish(self, event_type: type[GenerationEvent], **fields: Any) -> GenerationEvent:  # type: ignore[valid-type]
-        """Publish and wait for JetStream to confirm the event is stored."""
+    async def publish(
+        self,
+        event_type: type[GenerationEvent],  # type: ignore[valid-type]
+        *,
+        within_s: float | None = None,
+        **fields: Any,
+    ) -> GenerationEvent:  # type: ignore[valid-type]
+        """Publish and wait for JetStream to confirm the event is stored, waiting for NATS while it is away up to
+        `within_s` (default: the publisher's). Every retry sends the same event id, so it is stored once."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
         subject, payload, headers = self._message(event)
-        await publish_durably(self._js, subject, payload, headers=headers, within_s=self._within_s)
+        await publish_durably(
+            self._js, subject, payload, headers=headers, within_s=within_s or self._within_s, nc=self._nc
+        )
         return event
 
     async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:  # type: ignore[valid-type]

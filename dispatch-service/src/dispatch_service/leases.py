@@ -17,6 +17,8 @@ import contextlib
 import re
 
 import msgspec
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -54,8 +56,11 @@ def slot_key(instance: str, slot: int) -> str:
 
 
 class Lease:
-    def __init__(self, kv: KeyValue, key: str, revision: int, instance: str, slot: int, value: bytes) -> None:
+    def __init__(
+        self, kv: KeyValue, key: str, revision: int, instance: str, slot: int, value: bytes, nc: NatsClient | None
+    ) -> None:
         self._kv = kv
+        self._nc = nc
         self.key = key
         self.revision = revision
         self.instance = instance
@@ -74,14 +79,19 @@ class Lease:
 
     async def release(self) -> None:
         # Already expired or taken over: nothing of ours to release. The bucket unreachable (a NATS server of
-        # the cluster died, a leader is being elected): the lease expires by itself after its TTL.
-        with contextlib.suppress(KeyWrongLastSequenceError, KeyNotFoundError, NoStreamResponseError, TimeoutError):
+        # the cluster died, a leader is being elected, NATS restarted): the lease expires by itself after its TTL.
+        # A delete sent while NATS was away reaches it when it is back, and finds the lease expired: refused with
+        # a plain BadRequestError ("wrong last sequence"), which must not fail the job whose slot it was.
+        if self._nc is not None and not self._nc.is_connected:
+            return  # NATS is away: not worth holding up the job (its outputs wait to be stored) for a buffered delete
+        with contextlib.suppress(NatsError, TimeoutError):
             await self._kv.delete(self.key, last=self.revision)
 
 
 class SlotLeases:
-    def __init__(self, js: JetStreamContext, *, ttl_s: float, replicas: int = 1) -> None:
+    def __init__(self, js: JetStreamContext, *, ttl_s: float, replicas: int = 1, nc: NatsClient | None = None) -> None:
         self._js = js
+        self._nc = nc
         self._ttl_s = ttl_s
         self._replicas = replicas
         self._kv: KeyValue | None = None
@@ -120,7 +130,7 @@ class SlotLeases:
                 revision = await self._kv.create(key, value)
             except KeyWrongLastSequenceError:
                 continue
-            return Lease(self._kv, key, revision, instance, slot, value)
+            return Lease(self._kv, key, revision, instance, slot, value, self._nc)
         return None
 
     async def reclaim(self, replica: str) -> list[LeaseNote]:

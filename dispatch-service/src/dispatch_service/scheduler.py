@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import FetchTimeoutError
 
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import (
     JobCancelled,
     JobCompleted,
@@ -82,6 +83,12 @@ RETRY_DELAY_S = 0.2
 HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of the jobs handed back
 PROGRESS_WRITE_EVERY_S = 0.5
 PROGRESS_EVENT_EVERY_S = 0.1
+
+
+def _left(limit_at: float) -> float:
+    """Seconds left until a job's time limit (monotonic `limit_at`): how long its results may wait for NATS. At least
+    a few, so a job that ComfyUI finished just at its limit is still stored when NATS answers at once."""
+    return max(limit_at - time.monotonic(), 5.0)
 
 
 def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
@@ -383,6 +390,8 @@ class Scheduler:
         job_id = row["job_id"]
         attempt = row["attempts"] + 1
         started = time.time()  # of this attempt: the timings show the run that produced the result
+        # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
+        limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s
         stream_seq = msg.metadata.sequence.stream
         claimed = await self.store.claim(
             job_id,
@@ -412,7 +421,12 @@ class Scheduler:
             # Confirmed by JetStream while ComfyUI already works (awaited before any later event).
             started_event = asyncio.ensure_future(
                 self.events.publish(
-                    JobStarted, job_id=job_id, instance=state.config.name, attempt=attempt, comfy_prompt_id=prompt_id
+                    JobStarted,
+                    within_s=_left(limit_at),
+                    job_id=job_id,
+                    instance=state.config.name,
+                    attempt=attempt,
+                    comfy_prompt_id=prompt_id,
                 )
             )
             bound_log.info("job started")
@@ -433,10 +447,10 @@ class Scheduler:
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
             await started_event
-            outputs = await self._store_outputs(job_id, state, result)
+            outputs = await self._store_outputs(job_id, state, result, limit_at)
             if not outputs:
                 raise _no_outputs(workflow)
-            await self._complete(row, started, state.config.name, outputs, msg)
+            await self._complete(row, started, state.config.name, outputs, msg, limit_at)
             bound_log.info("job completed", outputs=len(outputs))
         except asyncio.CancelledError:
             raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
@@ -472,6 +486,9 @@ class Scheduler:
             await self.fail(await self.store.require(job_id), str(exc))
         elif isinstance(exc, ComfyError):  # e.g. an output that can no longer be fetched
             await self.fail(await self.store.require(job_id), f"{instance}: {exc}")
+        elif isinstance(exc, HubError) and exc.code == ErrorCode.UNAVAILABLE:  # NATS away past the time limit
+            bound_log.warning("job failed: NATS was away", error=exc.info.message)
+            await self.fail(await self.store.require(job_id), exc.info.message)
         else:
             bound_log.error("job crashed the runner", exc_info=exc)
             await self.fail(await self.store.require(job_id), f"internal dispatcher error: {type(exc).__name__}")
@@ -520,17 +537,20 @@ class Scheduler:
 
         async def send(update: ProgressUpdate) -> None:
             nonlocal last_write, writing
-            await self.events.publish_quietly(
-                JobProgress,
-                job_id=job_id,
-                instance=instance,
-                value=update.value,
-                max=update.max,
-                node=update.node,
-                percent=update.percent,
-                nodes_done=update.nodes_done,
-                nodes_total=update.nodes_total,
-            )
+            # While NATS is away ticks are skipped, not buffered: a long run would fill nats-py's buffer (and fail
+            # the job), and the stale ticks would flood the followers when NATS is back.
+            if self.nc.is_connected:
+                await self.events.publish_quietly(
+                    JobProgress,
+                    job_id=job_id,
+                    instance=instance,
+                    value=update.value,
+                    max=update.max,
+                    node=update.node,
+                    percent=update.percent,
+                    nodes_done=update.nodes_done,
+                    nodes_total=update.nodes_total,
+                )
             # The row's progress is for queue views, so it is written at most every PROGRESS_WRITE_EVERY_S and
             # beside the run, not in its way.
             now = time.monotonic()
@@ -549,7 +569,9 @@ class Scheduler:
 
         return ProgressRelay(send, every_s=PROGRESS_EVENT_EVERY_S, nodes_total=nodes_total)
 
-    async def _store_outputs(self, job_id: str, state: InstanceState, result: RunResult) -> list[OutputFile]:
+    async def _store_outputs(
+        self, job_id: str, state: InstanceState, result: RunResult, limit_at: float
+    ) -> list[OutputFile]:
         stored: list[OutputFile] = []
         # Saved files and images sent over the WebSocket are the result; previews (type "temp") only when a
         # workflow saves nothing.
@@ -559,18 +581,20 @@ class Scheduler:
                 with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
                     async for chunk in stream.chunks():
                         spool.write(chunk)
-                    stored.append(await self._keep_output(spool, ref.filename, stream.content_type, job_id, state))
+                    stored.append(
+                        await self._keep_output(spool, ref.filename, stream.content_type, job_id, state, limit_at)
+                    )
         for index, image in enumerate(result.images, start=1):
             # Never a file on the instance: named like SaveImage's files, after the node that sent it.
             filename = f"websocket_{image.node_id}_{index:05}_.{image.extension}"
             with io.BytesIO(image.data) as spool:
-                stored.append(await self._keep_output(spool, filename, image.content_type, job_id, state))
+                stored.append(await self._keep_output(spool, filename, image.content_type, job_id, state, limit_at))
         return stored
 
     async def _keep_output(
-        self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState
+        self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState, limit_at: float
     ) -> OutputFile:
-        output = await self._save_output(spool, filename, content_type, job_id)
+        output = await self._save_output(spool, filename, content_type, job_id, limit_at)
         size = await asyncio.to_thread(image_size, spool)
         if size is not None:
             output = msgspec.structs.replace(output, width=size[0], height=size[1])
@@ -578,29 +602,39 @@ class Scheduler:
         await self.events.publish_quietly(OutputStored, job_id=job_id, instance=state.config.name, output=output)
         return output
 
-    async def _save_output(self, spool: Any, filename: str, content_type: str, job_id: str) -> OutputFile:
-        """Store one output, riding out a JetStream leader election (a NATS server of a cluster died)."""
+    async def _save_output(
+        self, spool: Any, filename: str, content_type: str, job_id: str, limit_at: float
+    ) -> OutputFile:
+        """Store one output, riding out a JetStream leader election (a NATS server of a cluster died) and an outage
+        of NATS (restarted, crashed) within the job's time limit: ComfyUI's work is not thrown away meanwhile, the
+        output waits in `spool` (memory, or a temporary file past 8 MiB)."""
 
         async def attempt() -> OutputFile:
             spool.seek(0)  # from the start again after a failed attempt
             return await self.storage.save(spool, filename=filename, content_type=content_type, job_id=job_id)
 
-        return await through_election(attempt, f"storing an output of job {job_id}")
+        what = f"storing an output of job {job_id} (within its time limit, HUB_DISPATCH_JOB_TIMEOUT_S)"
+        return await through_election(attempt, what, _left(limit_at), nc=self.nc)
 
     async def _complete(
-        self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg
+        self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg, limit_at: float
     ) -> None:
         job_id = row["job_id"]
         finished = time.time()
-        await self.store.transition(
+        completed = await self.store.transition(
             job_id, RUNNING_STATUSES, status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
         )
+        if not completed:  # ended meanwhile (a replica took it over while NATS was away): one final event is enough
+            log.warning("job ended elsewhere while its outputs were stored", job_id=job_id)
+            await msg.ack()
+            return
         timings = timings_of({**row, "started_at": started, "finished_at": finished})
-        # The job is recorded as completed: its event and the ack of its stream message can go together.
-        await asyncio.gather(
-            self.events.publish(JobCompleted, job_id=job_id, instance=instance, outputs=outputs, timings=timings),
-            msg.ack(),
+        # Recorded as completed first (in the database, NATS or not); the event waits for NATS within the time limit
+        # and is stored once however often it is sent (its event id); the stream message is acked after it.
+        await self.events.publish(
+            JobCompleted, within_s=_left(limit_at), job_id=job_id, instance=instance, outputs=outputs, timings=timings
         )
+        await msg.ack()
         await self._drop_input_image(row)
 
     async def _cancelled(self, job_id: str, instance: str | None) -> None:

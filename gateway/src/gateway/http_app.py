@@ -21,6 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response, Stream
 
+from contracts.runtime.bus import require_connection
 from contracts.runtime.host_guard import HostGuard, json_refusal, policy_of
 from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
@@ -274,6 +275,7 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
     @get("/images/{output_id:str}", include_in_schema=False)
     async def image(request: Request[Any, Any, Any], output_id: str) -> Response[Any]:
         hub: HubClient = state["hub"]
+        await require_connection(hub.nc)  # 503 + Retry-After at once while NATS is away
         reply = await output_reply(
             hub.outputs,
             output_id,

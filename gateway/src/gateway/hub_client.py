@@ -12,7 +12,7 @@ from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
-from contracts.runtime.bus import call, job_events, request
+from contracts.runtime.bus import call, job_events, request, require_connection
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 
@@ -28,6 +28,7 @@ class HubClient:
         self.outputs = ObjectStoreOutputs(nc.jetstream())
 
     async def submit(self, generation: GenerationRequest) -> SubmitReply:
+        await require_connection(self.nc)  # before staging an input image, which would wait for NATS too
         async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
             return await request(

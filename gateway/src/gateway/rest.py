@@ -102,9 +102,11 @@ def error_body(code: str, message: str, field: str | None = None, details: Any =
 
 def hub_error_response(_: Request[Any, Any, Any], exc: HubError) -> Response[Any]:
     info = exc.info
+    retry_after = (info.details or {}).get("retry_after_s")  # e.g. the hub is reconnecting to NATS
     return Response(
         error_body(info.code.value, info.message, info.field, info.details),
         status_code=STATUS_OF_CODE.get(info.code, 500),
+        headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
     )
 
 

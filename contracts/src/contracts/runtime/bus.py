@@ -11,11 +11,11 @@ from typing import TypeVar
 import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, NoServersError
+from nats.errors import ConnectionReconnectingError, NoRespondersError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
@@ -81,10 +81,30 @@ async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0
 
 # A replica that restarts or subscribes a moment after the caller looked is not "down": ask again briefly.
 NO_RESPONDER_RETRIES_S = (0.05, 0.1, 0.2)
+# A client of a cluster whose server died is back on another within this; a longer wait is an outage.
+RECONNECT_GRACE_S = 0.5
+RETRY_AFTER_S = 5  # what a caller told "the hub is reconnecting" is asked to wait before it tries again
+
+
+async def require_connection(nc: NatsClient, *, grace_s: float = RECONNECT_GRACE_S) -> None:
+    """Return once NATS is connected; raise UNAVAILABLE after `grace_s` while it is not (nats-py would buffer a
+    request until its timeout, 10-30 s, so a caller learns of an outage at once instead)."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while not nc.is_connected:
+        if nc.is_closed:
+            raise HubError(ErrorCode.UNAVAILABLE, "the hub's NATS connection is closed (the service is stopping)")
+        if asyncio.get_running_loop().time() >= deadline:
+            raise HubError(
+                ErrorCode.UNAVAILABLE,
+                f"the hub is reconnecting to NATS (its message bus); try again in {RETRY_AFTER_S} s",
+                details={"retry_after_s": RETRY_AFTER_S},
+            )
+        await asyncio.sleep(0.05)
 
 
 async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes, timeout: float) -> Msg:
     """One request, asked again within ~0.35 s while nobody listens on `subject` yet."""
+    await require_connection(nc)
     for pause in (*NO_RESPONDER_RETRIES_S, None):
         try:
             return await nc.request(subject, payload, timeout=timeout)
@@ -135,24 +155,70 @@ async def publish_durably(
     *,
     headers: dict[str, str] | None = None,
     within_s: float = 30.0,
+    nc: NatsClient | None = None,
 ) -> None:
     """Publish to a stream and wait for it to be stored, retrying while the stream has no leader (a NATS
-    server of a cluster just died: a new leader is elected within seconds). With a `Nats-Msg-Id` header a
-    retry of a publish that did land is dropped by JetStream, so nothing is stored twice."""
-    await through_election(lambda: js.publish(subject, payload, headers=headers), f"storing {subject}", within_s)
+    server of a cluster just died: a new leader is elected within seconds), and with `nc` while NATS is away (see
+    through_election). With a `Nats-Msg-Id` header a retry of a publish that did land is dropped by JetStream, so
+    nothing is stored twice."""
+    await through_election(lambda: js.publish(subject, payload, headers=headers), f"storing {subject}", within_s, nc=nc)
 
 
-async def through_election(call: Callable[[], Awaitable[T]], what: str, within_s: float = 30.0) -> T:
+# What a JetStream call raises while its stream has no leader, or (with a connection to watch) while NATS is away.
+_NO_LEADER_ERRORS = (TimeoutError, NoStreamResponseError, NatsTimeoutError)
+_NATS_AWAY_ERRORS = (
+    *_NO_LEADER_ERRORS,
+    NoRespondersError,  # a restarted server whose JetStream is not ready yet
+    ServiceUnavailableError,
+    OutboundBufferLimitError,
+    ConnectionReconnectingError,
+)
+
+
+def _worth_retrying(exc: Exception, *, watching: bool) -> bool:
+    """Whether `exc` may pass with time: a stream without leader, or (`watching` the connection) NATS away."""
+    if isinstance(exc, HubError):  # e.g. require_connection, or the output store finding NATS away
+        return watching and exc.code == ErrorCode.UNAVAILABLE
+    return isinstance(exc, _NATS_AWAY_ERRORS if watching else _NO_LEADER_ERRORS)
+
+
+async def through_election(
+    call: Callable[[], Awaitable[T]], what: str, within_s: float = 30.0, *, nc: NatsClient | None = None
+) -> T:
     """Run a JetStream call, retrying while its stream or bucket has no leader (a NATS server of a cluster just
-    died, or a replicated stream was just created: a leader is elected within seconds)."""
-    deadline = asyncio.get_running_loop().time() + within_s
+    died, or a replicated stream was just created: a leader is elected within seconds).
+
+    With `nc`, also across an outage of NATS (a restart, a crash) up to `within_s`: each attempt waits until the
+    connection is back (a call made while nats-py reconnects is only buffered, and a large one fills its buffer),
+    and the wait is logged, naming what waits."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + within_s
     delay = 0.1
+    waited = False
     while True:
         try:
-            return await call()
-        except (TimeoutError, NoStreamResponseError, NatsTimeoutError) as exc:
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise HubError(ErrorCode.UNAVAILABLE, f"JetStream: {what} failed for {within_s:g} s: {exc}") from exc
+            if nc is not None and not nc.is_connected:
+                if not waited:
+                    log.warning("NATS is away; waiting for it", to=what, at_most_s=round(deadline - loop.time(), 1))
+                waited = True
+                await require_connection(nc, grace_s=max(deadline - loop.time(), 0.0))
+            result = await call()
+            if waited:
+                log.info("NATS is back", done=what, waited_s=round(loop.time() - started, 1))
+            return result
+        except Exception as exc:
+            if not _worth_retrying(exc, watching=nc is not None):
+                raise
+            if loop.time() + delay > deadline:
+                if nc is not None and not nc.is_connected:
+                    message = f"NATS was away for {within_s:g} s: {what} gave up"
+                else:
+                    message = f"JetStream: {what} failed for {within_s:g} s: {exc}"
+                raise HubError(ErrorCode.UNAVAILABLE, message) from exc
+            if nc is not None and not waited:
+                log.warning("NATS is away; waiting for it", to=what, at_most_s=round(deadline - loop.time(), 1))
+            waited = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 

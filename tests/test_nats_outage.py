@@ -1,0 +1,160 @@
+"""NATS away for a while (restarted, crashed): finished work is kept, and callers are told at once.
+
+- A job that ComfyUI finishes while NATS is down keeps its output and stores it once NATS is back, within the job's
+  time limit (HUB_DISPATCH_JOB_TIMEOUT_S); the dispatcher logs what it waits for. Its final event and output
+  event are stored once each (before: storing retried for a fixed 30 s, then the job failed with "internal
+  dispatcher error: HubError"). Past the time limit the job fails, naming NATS.
+- Meanwhile a REST submission gets 503 with Retry-After, and MCP generate_image a tool error saying the hub is
+  reconnecting, both at once (before: they hung 20-30 s on a request nats-py only buffered). Progress ticks of
+  the outage are skipped, not buffered (a long run filled nats-py's buffer, and stale ticks came after).
+
+The retry window is the job's time limit, so a short limit stands for a long outage here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import httpx2
+import pytest
+from dispatch_support import events_of
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from contracts.messages.events import JobProgress
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@contextlib.asynccontextmanager
+async def outage_hub(tmp_path: Path, job_timeout_s: int) -> AsyncIterator[tuple[GatewayHub, NatsServer]]:
+    """A hub on its own nats-server (fixed port and store), which the test stops and starts again."""
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    (tmp_path / "data").mkdir()
+    try:
+        env = {"HUB_DISPATCH_JOB_TIMEOUT_S": str(job_timeout_s)}
+        async with gateway_hub(server.url, tmp_path / "data", services_env=env) as gw:
+            yield gw, server
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(gw: GatewayHub) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(30, read=120)) as http,
+        streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def submit_running(http: httpx.AsyncClient, gw: GatewayHub) -> str:
+    """A job submitted over REST, once it runs on the ComfyUI double."""
+    submitted = await http.post("/api/v1/generations", json={"prompt": "a fox in the snow"}, headers=gw.auth)
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["job_id"]
+    deadline = time.monotonic() + 20
+    while (await http.get(f"/api/v1/generations/{job_id}", headers=gw.auth)).json()["status"] != "running":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    return job_id
+
+
+async def comfyui_finished(gw: GatewayHub, job_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while f"{job_id}-1" not in gw.comfy.history:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
+async def wait_final(http: httpx.AsyncClient, gw: GatewayHub, job_id: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = await http.get(f"/api/v1/generations/{job_id}", headers=gw.auth)
+        if view.status_code == 200 and view.json()["status"] in ("completed", "failed", "cancelled"):
+            return view.json()
+        assert time.monotonic() < deadline, view.text
+        await asyncio.sleep(0.2)
+
+
+async def refused_at_once_during_the_outage(http: httpx.AsyncClient, gw: GatewayHub, mcp: ClientSession) -> None:
+    started = time.monotonic()
+    refused = await http.post("/api/v1/generations", json={"prompt": "during the outage"}, headers=gw.auth)
+    assert time.monotonic() - started < 1.0
+    assert refused.status_code == 503, refused.text
+    assert int(refused.headers["Retry-After"]) > 0
+    assert "reconnecting to NATS" in refused.json()["error"]["message"]
+
+    started = time.monotonic()
+    result = await mcp.call_tool("generate_image", {"prompt": "during the outage"})
+    assert time.monotonic() - started < 1.0
+    assert result.is_error and "reconnecting to NATS" in result.content[0].text, result
+
+    started = time.monotonic()
+    image = await http.get("/images/an-output-id-of-22-chars")
+    assert time.monotonic() - started < 1.0
+    assert image.status_code == 503 and "Retry-After" in image.headers, image.text
+
+
+async def test_a_job_finished_while_nats_is_down_keeps_its_output(tmp_path: Path) -> None:
+    async with (
+        outage_hub(tmp_path, job_timeout_s=30) as (gw, server),
+        httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http,
+        mcp_client(gw) as mcp,
+    ):
+        gw.comfy.work_seconds = 1.5
+        job_id = await submit_running(http, gw)
+        server.stop()
+        away_from = time.time() + 0.2  # the dispatcher has seen the connection drop
+        await comfyui_finished(gw, job_id)
+        await asyncio.sleep(1.0)  # the dispatcher has the output and waits for NATS
+        await refused_at_once_during_the_outage(http, gw, mcp)
+        await asyncio.sleep(2.0)  # down ~4 s after the run ended; the job's message is redelivered meanwhile
+        away_until = time.time()
+        server.start()
+
+        view = await wait_final(http, gw, job_id, timeout_s=30)
+        assert view["status"] == "completed", view
+        image = await http.get(view["images"][0]["url"])
+        assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+        events = await events_of(gw.nc, job_id)
+        kinds = Counter(type(e).__struct_config__.tag for e in events)
+        assert kinds["completed"] == 1 and kinds["output_stored"] == 1 and kinds["started"] == 1, kinds
+        assert kinds["failed"] == 0 and kinds["retrying"] == 0, kinds
+        # Progress ticks of the outage (the whole run here) were skipped, not buffered and sent stale when NATS
+        # came back.
+        ticks = [e.at for e in events if isinstance(e, JobProgress)]
+        assert not [at for at in ticks if away_from < at < away_until], (away_from, ticks, away_until)
+        log = gw.hub.processes["dispatch"].log()
+        assert "NATS is away; waiting for it" in log and f"storing an output of job {job_id}" in log
+        assert "NATS is back" in log
+
+
+async def test_a_job_whose_time_limit_passes_while_nats_is_down_fails_naming_nats(tmp_path: Path) -> None:
+    async with (
+        outage_hub(tmp_path, job_timeout_s=2) as (gw, server),
+        httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http,
+    ):
+        gw.comfy.work_seconds = 1.0
+        job_id = await submit_running(http, gw)
+        server.stop()
+        await comfyui_finished(gw, job_id)
+        await asyncio.sleep(7.0)  # past the time limit and the few seconds a finished job always gets
+        server.start()
+
+        view = await wait_final(http, gw, job_id, timeout_s=30)
+        assert view["status"] == "failed", view
+        assert "NATS was away" in view["error"] and "HUB_DISPATCH_JOB_TIMEOUT_S" in view["error"], view
+        kinds = Counter(type(e).__struct_config__.tag for e in await events_of(gw.nc, job_id))
+        assert kinds["failed"] == 1 and kinds["completed"] == 0, kinds

@@ -4,9 +4,10 @@
   time limit (HUB_DISPATCH_JOB_TIMEOUT_S); the dispatcher logs what it waits for. Its final event and output
   event are stored once each (before: storing retried for a fixed 30 s, then the job failed with "internal
   dispatcher error: HubError"). Past the time limit the job fails, naming NATS.
-- Meanwhile a REST submission gets 503 with Retry-After, and MCP generate_image a tool error saying the hub is
-  reconnecting, both at once (before: they hung 20-30 s on a request nats-py only buffered). Progress ticks of
-  the outage are skipped, not buffered (a long run filled nats-py's buffer, and stale ticks came after).
+- Meanwhile a REST submission, an image and a signed-in admin UI page get 503 with Retry-After, and MCP
+  generate_image a tool error saying the hub is reconnecting, all at once (before: they hung 20-30 s on a
+  request nats-py only buffered). Progress ticks of the outage are skipped, not buffered (a long run filled
+  nats-py's buffer, and stale ticks came after).
 
 The retry window is the job's time limit, so a short limit stands for a long outage here.
 """
@@ -22,14 +23,15 @@ from pathlib import Path
 
 import httpx
 import httpx2
+import nats
 import pytest
-from dispatch_support import events_of
+from dispatch_support import Hub, events_of
 from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from contracts.messages.events import JobProgress
-from hub_deploy.natsserver import NatsServer
+from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +160,40 @@ async def test_a_job_whose_time_limit_passes_while_nats_is_down_fails_naming_nat
         assert "NATS was away" in view["error"] and "HUB_DISPATCH_JOB_TIMEOUT_S" in view["error"], view
         kinds = Counter(type(e).__struct_config__.tag for e in await events_of(gw.nc, job_id))
         assert kinds["failed"] == 1 and kinds["completed"] == 0, kinds
+
+
+async def test_a_signed_in_ui_page_is_refused_at_once_while_nats_is_away(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    (tmp_path / "data").mkdir()
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    hub = Hub(nats_url=server.url, data_dir=tmp_path / "data", nc=nc)
+    port = free_port()
+    try:
+        await hub.start("ui", HUB_UI_PORT=str(port), HUB_ADMIN_PASSWORD="s3cret-Pass").wait_healthy(nc)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as ui:
+            token = (await ui.get("/login")).text.split('name="_csrf_token" value="')[1].split('"')[0]
+            signed_in = await ui.post(
+                "/login", data={"username": "admin", "password": "s3cret-Pass", "_csrf_token": token}
+            )
+            assert signed_in.status_code in (302, 303) and signed_in.headers["location"] == "/", signed_in.text
+            assert (await ui.get("/status")).status_code == 200
+
+            server.stop()
+            await asyncio.sleep(0.5)  # the UI has seen the connection drop
+            started = time.monotonic()
+            page = await ui.get("/status")  # its session is read from NATS first
+            assert time.monotonic() - started < 1.0
+            assert page.status_code == 503 and int(page.headers["Retry-After"]) > 0, page.text
+            assert "reconnecting to NATS" in page.text
+
+            server.start()
+            deadline = time.monotonic() + 15
+            while (page := await ui.get("/status")).status_code == 503:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            assert page.status_code == 200  # still signed in: the session outlived the outage
+    finally:
+        hub.stop_all()
+        await nc.close()
+        server.stop()

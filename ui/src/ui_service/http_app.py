@@ -37,7 +37,7 @@ def shared_state_opener(
     async def open_shared_state(_runtime: ServiceRuntime) -> None:
         js = runtime.nc.jetstream()
         replicas = runtime.settings.jetstream_replicas
-        session_store.open(await open_bucket(js, UI_SESSIONS, replicas))
+        session_store.open(await open_bucket(js, UI_SESSIONS, replicas), runtime.nc)
         csrf_config.secret = await shared_secret(await open_bucket(js, UI_SECRETS, replicas), "csrf")
 
     return open_shared_state

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.render_types import RenderType
@@ -174,6 +174,8 @@ def on_http_error(request: Request, exc: HTTPException) -> Response:
 
 
 def on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HubError) and exc.info.details and "retry_after_s" in exc.info.details:
+        return _reconnecting_page(exc)  # not a failure of the page: no error logged
     ref = secrets.token_hex(4)
     request.app.state.hub.log.error("page failed", path=request.url.path, ref=ref, error=repr(exc))
     message = exc.info.message if isinstance(exc, HubError) else "The page could not be shown."
@@ -187,6 +189,17 @@ def on_error(request: Request, exc: Exception) -> Response:
             "path": "",
         },
         status_code=404 if missing else HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def _reconnecting_page(exc: HubError) -> Response:
+    """NATS is away for the moment (contracts.runtime.bus.require_connection): a 503 the browser may retry."""
+    retry_after = str(exc.info.details["retry_after_s"])  # type: ignore[index]
+    return Template(
+        template_name="error.html",
+        context={"title": "The hub is reconnecting", "message": exc.info.message, "ref": "", "path": ""},
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": retry_after},
     )
 
 

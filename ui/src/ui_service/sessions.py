@@ -18,6 +18,7 @@ from litestar import types as litestar_types
 from litestar.connection import ASGIConnection
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.stores.base import Store
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
@@ -30,7 +31,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from contracts.runtime.bus import through_election
+from contracts.runtime.bus import require_connection, through_election
 from contracts.streams import BucketSpec
 
 # Session ids are hex from litestar's backend; anything else in a cookie is not a key we could have made
@@ -110,12 +111,16 @@ class KvSessionStore(Store):
     def __init__(self) -> None:
         self._kv: KeyValue | None = None
         self._ready = asyncio.Event()
+        self._nc: NatsClient | None = None
 
-    def open(self, kv: KeyValue) -> None:
+    def open(self, kv: KeyValue, nc: NatsClient | None = None) -> None:
         self._kv = kv
+        self._nc = nc
         self._ready.set()
 
     async def _bucket(self) -> KeyValue:
+        if self._nc is not None:  # every signed-in page reads its session: answered at once while NATS is away
+            await require_connection(self._nc)
         if self._kv is None:
             await asyncio.wait_for(self._ready.wait(), timeout=10)
         assert self._kv is not None

@@ -108,7 +108,7 @@ async def test_another_key_gets_on_every_door_what_an_unknown_id_gets(gw: Gatewa
             deadline = time.monotonic() + 30
             while not (view := (await http.get(f"/api/v1/generations/{job_id}")).json())["done"]:
                 assert time.monotonic() < deadline, view
-        assert view["status"] == "completed", view
+        assert view["status"] == "completed", (view.get("error"), view.get("timings"))
     finally:
         gw.comfy.work_seconds = 0.2
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from contracts.messages.stats import ExportLog, GenerationRecord, LogExport
-from stats_service.generation_log import LogFilter, count, records
+from stats_service.store import LogFilter, count, records
 
 PAGE_ROWS = 200  # rows read from the database at a time
 

@@ -1,6 +1,6 @@
 """Aggregate figures over rows of the generation log: counts, failure rate, median and p95 durations, images.
 
-Pure functions; generation_log.py loads the rows.
+Pure functions; store.py loads the rows.
 
 Percentiles interpolate linearly between the closest ranks (Hyndman & Fan type 7: numpy's default, Excel's
 PERCENTILE.INC, `statistics.quantiles(method="inclusive")`). With the n values sorted as x[0..n-1], the p-th

@@ -23,7 +23,7 @@ from contracts.messages.stats import (
 )
 from contracts.runtime.bus import request
 from contracts.runtime.service import ServiceRuntime
-from stats_service import export, generation_log, retention
+from stats_service import export, queries, retention
 
 REPLY_OVERHEAD = 64 * 1024  # room in a reply for the envelope and the fields besides the exported content
 
@@ -50,13 +50,13 @@ def export_budget(nc: NatsClient) -> int:
 
 def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler) -> None:
     async def query_log(req: QueryLog) -> LogPage:
-        return await generation_log.query_log(req)
+        return await queries.query_log(req)
 
     async def get_generation(req: GetGeneration) -> GenerationRecord:
-        return await generation_log.get_generation(req)
+        return await queries.get_generation(req)
 
     async def query_figures(req: QueryFigures) -> Figures:
-        return await generation_log.query_figures(req)
+        return await queries.query_figures(req)
 
     async def export_log(req: ExportLog) -> LogExport:
         return await export.export_log(req, max_bytes=export_budget(runtime.nc))

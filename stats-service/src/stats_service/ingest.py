@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import msgspec
 
 from contracts.messages.events import GenerationEvent
-from stats_service.db import is_sqlite, write_transaction
+from stats_service import store
 from stats_service.merge import JobState, apply_event
-from stats_service.tables import GenerationRow
-
-JSON_COLUMNS = ("styles", "retry_reasons", "final_timings", "outputs")
-INSERT_CHUNK = 200  # rows per INSERT statement, well below SQLite's limit of bound parameters
 
 
 class BatchResult(msgspec.Struct, frozen=True):
@@ -29,33 +24,11 @@ class BatchResult(msgspec.Struct, frozen=True):
     updated: int  # rows that changed; an event already recorded changes nothing
 
 
-def state_from_row(row: dict[str, Any]) -> JobState:
-    values = {k: v for k, v in row.items() if k != "id"}
-    for name in JSON_COLUMNS:
-        if isinstance(values.get(name), (str, bytes)):
-            values[name] = msgspec.json.decode(values[name])
-    return msgspec.convert(values, JobState, strict=False)
-
-
-def row_values(state: JobState) -> dict[str, Any]:
-    values = msgspec.to_builtins(state)
-    for name in JSON_COLUMNS:
-        values[name] = None if values[name] is None else msgspec.json.encode(values[name]).decode()
-    return values
-
-
 def _by_job(events: Iterable[GenerationEvent]) -> dict[str, list[GenerationEvent]]:  # type: ignore[valid-type]
     grouped: dict[str, list[GenerationEvent]] = {}  # type: ignore[valid-type]
     for event in events:
         grouped.setdefault(event.job_id, []).append(event)
     return grouped
-
-
-async def load_states(job_ids: Sequence[str], *, lock: bool = False) -> dict[str, JobState]:
-    query = GenerationRow.select().where(GenerationRow.job_id.is_in(list(job_ids)))
-    if lock and not is_sqlite():
-        query = query.lock_rows()
-    return {row["job_id"]: state_from_row(row) for row in await query}
 
 
 async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # type: ignore[valid-type]
@@ -66,8 +39,8 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # ty
     now = time.time()
     inserts: list[JobState] = []
     updates: list[JobState] = []
-    async with write_transaction():
-        existing = await load_states(list(grouped), lock=True)
+    async with store.write_transaction():
+        existing = await store.load_states(list(grouped), lock=True)
         for job_id, job_events in grouped.items():
             before = existing.get(job_id)
             state = msgspec.structs.replace(before) if before is not None else None
@@ -80,11 +53,6 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # ty
             elif state != before:
                 state.updated_at = now
                 updates.append(state)
-        for start in range(0, len(inserts), INSERT_CHUNK):
-            chunk = inserts[start : start + INSERT_CHUNK]
-            await GenerationRow.insert(*(GenerationRow(**row_values(s)) for s in chunk))
-        for state in updates:
-            values = row_values(state)
-            del values["job_id"]
-            await GenerationRow.update(values).where(GenerationRow.job_id == state.job_id)
+        await store.insert_states(inserts)
+        await store.update_states(updates)
     return BatchResult(events=len(events), jobs=len(grouped), inserted=len(inserts), updated=len(updates))

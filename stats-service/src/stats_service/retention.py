@@ -20,8 +20,7 @@ import msgspec
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import DeletedOutputs, OutputFile
 from contracts.messages.stats import RetentionPolicy, RetentionReport
-from stats_service.db import write_transaction
-from stats_service.tables import GenerationRow, RetentionRow
+from stats_service import store
 
 DAY_S = 86400
 DELETE_CHUNK = 100  # output ids per request to the dispatcher
@@ -55,101 +54,47 @@ def cutoffs(policy: RetentionPolicy, now: float) -> tuple[float | None, float | 
     return images, log
 
 
-# -- the policy row ------------------------------------------------------------------------------------
+# -- the policy ----------------------------------------------------------------------------------------------
 
 
-async def _policy_row() -> dict[str, Any]:
-    """The single policy row, created with the defaults on first use; the schedule starts counting then."""
-    row = await RetentionRow.select().order_by(RetentionRow.id).first()
-    if row is not None:
-        return row
-    async with write_transaction():
-        row = await RetentionRow.select().order_by(RetentionRow.id).first()
-        if row is None:
-            defaults = RetentionPolicy()
-            await RetentionRow.insert(
-                RetentionRow(
-                    keep_images_days=defaults.keep_images_days,
-                    keep_log_days=defaults.keep_log_days,
-                    run_every_hours=defaults.run_every_hours,
-                    last_run_at=time.time(),
-                )
-            )
-            row = await RetentionRow.select().order_by(RetentionRow.id).first()
-    assert row is not None
-    return row
-
-
-def _last_report(row: dict[str, Any]) -> RetentionReport | None:
-    raw = row["last_report"]
-    if raw in (None, "", "null"):
-        return None
-    return msgspec.json.decode(raw, type=RetentionReport) if isinstance(raw, (str, bytes)) else None
-
-
-def _next_run_at(row: dict[str, Any]) -> float:
-    if row["last_run_at"] is None:
+def _next_run_at(stored: store.PolicyRecord) -> float:
+    if stored.last_run_at is None:
         return time.time()
-    interval = row["run_every_hours"] * 3600
-    last = _last_report(row)
+    interval = stored.run_every_hours * 3600
+    last = stored.last_report
     if last is not None and last.error is not None:
         interval = min(interval, RETRY_AFTER_FAILURE_S)
-    return float(row["last_run_at"]) + interval
+    return float(stored.last_run_at) + interval
 
 
-def _policy_of(row: dict[str, Any]) -> RetentionPolicy:
+def _policy_of(stored: store.PolicyRecord) -> RetentionPolicy:
     return RetentionPolicy(
-        keep_images_days=row["keep_images_days"],
-        keep_log_days=row["keep_log_days"],
-        run_every_hours=row["run_every_hours"],
-        updated_at=row["updated_at"],
-        last_run=_last_report(row),
-        next_run_at=_next_run_at(row),
+        keep_images_days=stored.keep_images_days,
+        keep_log_days=stored.keep_log_days,
+        run_every_hours=stored.run_every_hours,
+        updated_at=stored.updated_at,
+        last_run=stored.last_report,
+        next_run_at=_next_run_at(stored),
     )
 
 
 async def get_policy() -> RetentionPolicy:
-    return _policy_of(await _policy_row())
+    return _policy_of(await store.policy())
 
 
 async def save_policy(policy: RetentionPolicy) -> RetentionPolicy:
     check_policy(policy)
-    row = await _policy_row()
-    await RetentionRow.update(
-        {
-            RetentionRow.keep_images_days: policy.keep_images_days,
-            RetentionRow.keep_log_days: policy.keep_log_days,
-            RetentionRow.run_every_hours: policy.run_every_hours,
-            RetentionRow.updated_at: time.time(),
-        }
-    ).where(RetentionRow.id == row["id"])
+    await store.save_policy(policy)
     return await get_policy()
 
 
 async def claim_due_run(now: float) -> bool:
     """Take the scheduled run if it is due and no replica took it yet (the claim is the new last_run_at)."""
-    await _policy_row()
-    async with write_transaction():
-        row = await RetentionRow.select().order_by(RetentionRow.id).first()
-        assert row is not None
-        if now < _next_run_at(row):
-            return False
-        await RetentionRow.update({RetentionRow.last_run_at: now}).where(RetentionRow.id == row["id"])
-    return True
+    return await store.claim_run(now, lambda stored: now >= _next_run_at(stored))
 
 
 async def seconds_until_due(now: float) -> float:
-    return _next_run_at(await _policy_row()) - now
-
-
-async def _store_report(report: RetentionReport) -> None:
-    row = await _policy_row()
-    await RetentionRow.update(
-        {
-            RetentionRow.last_run_at: report.ran_at,
-            RetentionRow.last_report: msgspec.json.encode(report).decode(),
-        }
-    ).where(RetentionRow.id == row["id"])
+    return _next_run_at(await store.policy()) - now
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -161,25 +106,6 @@ class _Tally(msgspec.Struct, kw_only=True):
     bytes_freed: int = 0
     jobs_cleared: int = 0
     error: str | None = None
-
-
-def _outputs(row: dict[str, Any]) -> list[OutputFile]:
-    raw = row["outputs"]
-    return msgspec.json.decode(raw, type=list[OutputFile]) if isinstance(raw, (str, bytes)) else []
-
-
-async def _image_rows(cutoff: float, after_id: int) -> list[dict[str, Any]]:
-    return await (
-        GenerationRow.select(GenerationRow.id, GenerationRow.job_id, GenerationRow.outputs)
-        .where(
-            GenerationRow.logged_at < cutoff,
-            GenerationRow.images_removed == False,  # noqa: E712 (a piccolo condition, not a comparison)
-            GenerationRow.output_count > 0,
-            GenerationRow.id > after_id,
-        )
-        .order_by(GenerationRow.id)
-        .limit(SCAN_PAGE)
-    )
 
 
 def _chunks(rows: list[tuple[str, list[OutputFile]]]) -> list[list[tuple[str, list[OutputFile]]]]:
@@ -202,11 +128,11 @@ async def _remove_images(cutoff: float, remover: OutputRemover, *, dry_run: bool
     tally = _Tally()
     after_id = 0
     while True:
-        page = await _image_rows(cutoff, after_id)
+        page = await store.image_rows(cutoff, after_id, SCAN_PAGE)
         if not page:
             return tally
-        after_id = page[-1]["id"]
-        rows = [(row["job_id"], _outputs(row)) for row in page]
+        after_id = page[-1].id
+        rows = [(row.job_id, row.outputs) for row in page]
         if dry_run:
             tally.images_removed += sum(len(outputs) for _, outputs in rows)
             tally.bytes_freed += sum(o.size for _, outputs in rows for o in outputs)
@@ -235,25 +161,8 @@ async def _remove_images(cutoff: float, remover: OutputRemover, *, dry_run: bool
                     "their jobs keep images_removed=false and the next run tries again"
                 )
             if confirmed:
-                async with write_transaction():
-                    await GenerationRow.update(
-                        {GenerationRow.images_removed: True, GenerationRow.images_removed_at: now}
-                    ).where(GenerationRow.job_id.is_in(confirmed))
+                await store.mark_images_removed(confirmed, now)
                 tally.jobs_cleared += len(confirmed)
-
-
-async def _remove_log_rows(cutoff: float, *, dry_run: bool) -> tuple[int, int]:
-    """(rows removed, rows waiting for their images to be removed first)."""
-    old = GenerationRow.logged_at < cutoff
-    if dry_run:  # a real run removes their images first
-        return int(await GenerationRow.count().where(old)), 0
-    cleared = (GenerationRow.images_removed == True) | (GenerationRow.output_count == 0)  # noqa: E712
-    async with write_transaction():
-        removable = int(await GenerationRow.count().where(old, cleared))
-        waiting = int(await GenerationRow.count().where(old)) - removable
-        if removable:
-            await GenerationRow.delete().where(old, cleared)
-    return removable, waiting
 
 
 async def run_retention(
@@ -266,7 +175,7 @@ async def run_retention(
     tally = _Tally()
     if images_cutoff is not None:
         tally = await _remove_images(images_cutoff, remover, dry_run=dry_run, now=now)
-    removed, waiting = (0, 0) if log_cutoff is None else await _remove_log_rows(log_cutoff, dry_run=dry_run)
+    removed, waiting = (0, 0) if log_cutoff is None else await store.remove_log_rows(log_cutoff, dry_run=dry_run)
     report = RetentionReport(
         images_removed=tally.images_removed,
         bytes_freed=tally.bytes_freed,
@@ -283,7 +192,7 @@ async def run_retention(
         duration_ms=round((time.monotonic() - started) * 1000, 3),
     )
     if not dry_run:
-        await _store_report(report)
+        await store.save_report(report)
     return report
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from contracts.errors import ErrorCode, HubError
+from contracts.errors import HubError
 from contracts.messages.styles import Style
 from prompt_service import library
 from prompt_service.composition import compose, tidy
@@ -113,11 +113,37 @@ def test_a_style_with_an_empty_template_changes_nothing() -> None:
 
 def test_csv_lines_are_counted_across_multi_line_fields() -> None:
     content = 'name,prompt\r\none,"a\r\nb\r\nc {prompt}"\r\n,orphan\r\n'
-    with pytest.raises(HubError) as caught:
-        library.parse("a1111_csv", content)
-    assert caught.value.code == ErrorCode.INVALID_REQUEST
-    assert caught.value.info.message.startswith("line 5 has no name")
-    assert caught.value.info.details == {"where": "line 5"}
+    parsed = library.parse("a1111_csv", content)
+    assert [e.where for e in parsed.entries] == ["line 2"]
+    (refused,) = parsed.refused
+    assert refused.where == "line 5" and refused.reason.startswith("line 5 has no name")
+
+
+def test_a_messy_a1111_csv_is_read_row_by_row_as_a1111_reads_it() -> None:
+    content = (
+        "name,prompt,negative_prompt\n"
+        "top,{prompt} first,\n"
+        ">>>>>> Generic Styles <<<<<<,,\n"
+        'odd quotes,"a "quoted" word {prompt}", " "\n'  # strict csv refuses this row; A1111 reads it
+        "too many,a, b, c\n"
+        "slot,art of { prompt },\n"
+        "=== Photo ===,\n"
+        "after,{prompt} photo,blurry\n"
+        'open,"never closed {prompt}\nlast,x,y\n'
+    )
+    parsed = library.parse("a1111_csv", content, category="mine")
+    assert [(e.where, e.style.name, e.style.category) for e in parsed.entries] == [
+        ("line 2", "top", "mine"),
+        ("line 4", "odd quotes", "Generic Styles"),
+        ("line 8", "after", "Photo"),
+    ]
+    assert parsed.entries[1].style.positive == 'a quoted" word {prompt}"'
+    assert [(s.where, s.reason) for s in parsed.separators] == [("line 3", "Generic Styles"), ("line 7", "Photo")]
+    reasons = {r.where: r.reason for r in parsed.refused}
+    assert list(reasons) == ["line 5", "line 6", "line 9"]
+    assert "4 fields" in reasons["line 5"] and "double quotes" in reasons["line 5"]
+    assert "{prompt}" in reasons["line 6"]
+    assert "never closed" in reasons["line 9"]
 
 
 def test_a_csv_header_naming_a_column_twice_is_refused() -> None:
@@ -126,8 +152,8 @@ def test_a_csv_header_naming_a_column_twice_is_refused() -> None:
 
 
 def test_a_csv_with_extra_columns_and_spaces_after_commas_reads_the_known_ones() -> None:
-    entries = library.parse("a1111_csv", 'Name, Prompt, negative_prompt, notes\nx, "a, {prompt}", bad, n/a\n')
-    (entry,) = entries
+    parsed = library.parse("a1111_csv", 'Name, Prompt, negative_prompt, notes\nx, "a, {prompt}", bad, n/a\n')
+    (entry,) = parsed.entries
     assert (entry.where, entry.style.name, entry.style.positive, entry.style.negative) == (
         "line 2",
         "x",
@@ -137,7 +163,7 @@ def test_a_csv_with_extra_columns_and_spaces_after_commas_reads_the_known_ones()
 
 
 def test_a_fooocus_file_with_a_byte_order_mark_is_read() -> None:
-    (entry,) = library.parse("fooocus_json", '\ufeff[{"name": "x", "prompt": "{prompt} y"}]')
+    (entry,) = library.parse("fooocus_json", '\ufeff[{"name": "x", "prompt": "{prompt} y"}]').entries
     assert entry.style.positive == "{prompt} y" and entry.style.negative == ""
 
 

@@ -236,6 +236,50 @@ async def test_a_name_repeated_in_the_file_is_skipped_and_a_dry_run_writes_nothi
     assert (await call(nc, P.STYLES_GET, GetStyle(name="dup"), Style)).positive == "first {prompt}"
 
 
+async def test_a_messy_a1111_csv_imports_every_good_row_and_reports_each_row(
+    service: ServiceProcess, nc: NatsClient
+) -> None:
+    await replace_styles(nc, [Style(name="kept", positive="kept {prompt}")])
+    content = (
+        "name,prompt,negative_prompt\n"
+        ">>>>>> Generic Styles,,\n"
+        'odd,"a "quoted" word {prompt}", " "\n'
+        "x,a, b, c,d\n"
+        "kept,new {prompt},\n"
+        "ok,{prompt} fine,\n"
+        "OK,{prompt} again,\n"
+        '"a\nb",c,d\n'
+        ",{prompt} x,\n"
+        'bad,"never closed\n'
+    )
+    dry = await import_file(nc, "a1111_csv", content, dry_run=True, category="upload")
+    assert dry.dry_run and dry.added == ["odd", "ok", "a b"] and dry.separators == 1
+    rows = [(r.where, r.name, r.action, r.category) for r in dry.rows]
+    assert rows == [
+        ("line 2", ">>>>>> Generic Styles", "separator", ""),
+        ("line 3", "odd", "add", "Generic Styles"),
+        ("line 4", "x", "skip", ""),
+        ("line 5", "kept", "skip", "Generic Styles"),
+        ("line 6", "ok", "add", "Generic Styles"),
+        ("line 7", "OK", "skip", "Generic Styles"),
+        ("line 8", "a b", "add", "Generic Styles"),
+        ("line 10", "", "skip", ""),
+        ("line 11", "bad", "skip", ""),
+    ]
+    reasons = {r.where: r.reason for r in dry.rows}
+    assert reasons["line 2"] == "Generic Styles" and "5 fields" in reasons["line 4"]
+    assert "on_conflict=skip" in reasons["line 5"] and "same name as line 6" in reasons["line 7"]
+    assert "no name" in reasons["line 10"] and "never closed" in reasons["line 11"]
+    assert len(dry.skipped) == 5
+    assert [s.name for s in await styles(nc)] == ["kept"]  # a dry run writes nothing
+
+    real = await import_file(nc, "a1111_csv", content, on_conflict="update", category="upload")
+    assert real.added == dry.added and real.updated == ["kept"]
+    library = {s.name: s for s in await styles(nc)}
+    assert library["odd"].positive == 'a quoted" word {prompt}"' and library["odd"].category == "Generic Styles"
+    assert library["kept"].positive == "new {prompt}"
+
+
 MALFORMED = [
     ("fooocus_json", '[{"name": "ok", "prompt": "{prompt}"},\n {"name": "broken", ]', "not valid JSON", "line 2"),
     ("fooocus_json", '{"name": "a", "prompt": "{prompt}"}', "got a JSON object", "list"),
@@ -248,14 +292,6 @@ MALFORMED = [
     ("fooocus_json", "[]", "holds no styles", "JSON list"),
     ("a1111_csv", "title,positive\nx,y\n", "lacks the columns name, prompt", "name,prompt,negative_prompt"),
     ("a1111_csv", "name,negative_prompt\nx,y\n", "lacks the column prompt", "header"),
-    ("a1111_csv", 'name,prompt,negative_prompt\nok,{prompt},\nbad,"never closed\n', "line 3", "quote"),
-    ("a1111_csv", "name,prompt,negative_prompt\nok,{prompt},\nx,a, b, c,d\n", "line 3 has 5 fields", "double quotes"),
-    (
-        "a1111_csv",
-        'name,prompt,negative_prompt\nok,{prompt},\n"a\nb",c,d\n,{prompt} x,\n',
-        "line 5 has no name",
-        "name",
-    ),
     ("a1111_csv", "", "empty", "header"),
     ("a1111_csv", "name,prompt,negative_prompt\n", "holds no styles", "CSV"),
 ]

@@ -3,11 +3,16 @@
 - Fooocus (`sdxl_styles/*.json`): a JSON list of `{"name", "prompt", "negative_prompt"}`; `prompt` holds the
   `{prompt}` slot; either prompt may be missing. Other keys are ignored, as Fooocus does.
 - AUTOMATIC1111 (`styles.csv`): CSV with a header row naming `name`, `prompt` (or the older `text`) and
-  optionally `negative_prompt`; fields may be quoted and span lines; a UTF-8 byte order mark is allowed;
-  rows whose name starts with `#` are comments and blank rows are ignored, as A1111 does.
+  optionally `negative_prompt`, read as leniently as A1111 reads it (Python's `csv` with its defaults and
+  `skipinitialspace`: a stray quote inside a field is kept as text); a UTF-8 byte order mark is allowed;
+  rows whose name starts with `#` are comments and blank rows are ignored, as A1111 does. A row with a name
+  but neither prompt nor negative prompt is a section separator (`>>>>>> Generic Styles`): not a style, its
+  name (without the decoration) becomes the category of the rows below it. A row that cannot be a style
+  (no name, fields beyond the header's, a misspelt slot, a quote left open to the end of the file) is
+  skipped and reported with its line and reason; the other rows are still read.
 
-A file that cannot be read as a whole is an `invalid_request` error naming the entry or line at fault, so
-that nothing of it is imported.
+A Fooocus file, or a CSV whose header is unusable, that cannot be read is an `invalid_request` error naming
+the entry or line at fault, so that nothing of it is imported.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -34,6 +39,22 @@ class Entry:
 
     where: str
     style: Style
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A row of the file that is not imported, where it was, and why."""
+
+    where: str
+    name: str
+    reason: str
+
+
+@dataclass
+class Parsed:
+    entries: list[Entry] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    separators: list[Refused] = field(default_factory=list)  # section rows; `reason` names the category
 
 
 def _invalid(message: str, **details: object) -> HubError:
@@ -66,11 +87,14 @@ def _style(where: str, name: object, positive: object, negative: object, categor
         raise _invalid(f"{label}: {text.replace('`$.name`', '`name`')}", where=where) from None
 
 
-def parse(format: StyleFormat, content: str, category: str = "") -> list[Entry]:
-    entries = parse_fooocus_json(content, category) if format == "fooocus_json" else parse_a1111_csv(content, category)
-    if not entries:
+def parse(format: StyleFormat, content: str, category: str = "") -> Parsed:
+    if format == "fooocus_json":
+        parsed = Parsed(entries=parse_fooocus_json(content, category))
+    else:
+        parsed = parse_a1111_csv(content, category)
+    if not parsed.entries and not parsed.refused:
         raise _invalid(f"the file holds no styles; expected {_describe(format)}")
-    return entries
+    return parsed
 
 
 def _describe(format: StyleFormat) -> str:
@@ -109,21 +133,19 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
-def parse_a1111_csv(content: str, category: str = "") -> list[Entry]:
-    reader = csv.reader(io.StringIO(content.lstrip("\ufeff"), newline=""), skipinitialspace=True, strict=True)
+def parse_a1111_csv(content: str, category: str = "") -> Parsed:
+    text = content.lstrip("\ufeff")
+    # A1111 reads with csv.DictReader(file, skipinitialspace=True): not strict, so odd quoting is kept as text.
+    reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     header: list[str] | None = None
     columns: dict[str, int] = {}
-    entries: list[Entry] = []
-    while True:
-        first_line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise _invalid(
-                f"the CSV cannot be read from line {first_line} on: {exc} (is a quote left open?)", line=first_line
-            ) from None
+    parsed = Parsed()
+    section = category
+    previous_end = 0
+    lines = text.splitlines(keepends=True)
+    while (row := next(reader, None)) is not None:
+        first_line = previous_end + 1
+        previous_end = reader.line_num
         if not any(cell.strip() for cell in row):
             continue
         if header is None:
@@ -131,22 +153,45 @@ def parse_a1111_csv(content: str, category: str = "") -> list[Entry]:
             columns = _csv_columns(header)
             continue
         where = f"line {first_line}"
-        if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
-            raise _invalid(
-                f"{where} has {len(row)} fields but the header names {len(header)} columns; "
-                "put a field that contains a comma in double quotes",
-                where=where,
-                line=first_line,
-            )
         cells = row + [""] * (len(header) - len(row))
         name = cells[columns["name"]]
         if name.strip().startswith("#"):  # A1111 treats these rows as comments
             continue
         negative = cells[columns["negative_prompt"]] if "negative_prompt" in columns else ""
-        entries.append(Entry(where, _style(where, name, cells[columns["prompt"]], negative, category)))
+        if name.strip() and not cells[columns["prompt"]].strip() and not negative.strip():
+            section = _section_title(name) or category
+            parsed.separators.append(Refused(where, name.strip(), section))
+            continue
+        problem = _row_problem(where, row, header, lines if previous_end >= len(lines) else None, first_line)
+        if problem:
+            parsed.refused.append(Refused(where, name.strip(), problem))
+            continue
+        try:
+            parsed.entries.append(Entry(where, _style(where, name, cells[columns["prompt"]], negative, section)))
+        except HubError as exc:
+            parsed.refused.append(Refused(where, name.strip(), exc.info.message))
     if header is None:
         raise _invalid(f"the CSV file is empty; expected {_describe('a1111_csv')}")
-    return entries
+    return parsed
+
+
+def _section_title(name: str) -> str:
+    """'>>>>>> Generic Styles <<<' -> 'Generic Styles': the words of a separator row, without its decoration."""
+    return " ".join(name.strip(" \t>*=<-_~|:#[](){}/\\.").split())[:80]
+
+
+def _row_problem(where: str, row: list[str], header: list[str], lines: list[str] | None, first_line: int) -> str:
+    """Why a row read from the CSV cannot be a style as it stands, or "". `lines`: the file's, for its last row."""
+    if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
+        return (
+            f"{where} has {len(row)} fields but the header names {len(header)} columns; "
+            "put a field that contains a comma in double quotes"
+        )
+    if lines is not None and any("\n" in cell for cell in row):  # a quote left open runs to the end of the file
+        rest = "".join(lines[first_line - 1 :])
+        if rest.count('"') % 2 and not rest.rstrip("\r\n").endswith('"'):
+            return f"{where}: a quote opened on this line is never closed, so the rest of the file is one field"
+    return ""
 
 
 def _csv_columns(header: list[str]) -> dict[str, int]:

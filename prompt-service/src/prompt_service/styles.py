@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -19,6 +20,7 @@ from contracts.messages.render_types import RenderTypeName
 from contracts.messages.styles import (
     ExportStyles,
     ImportReport,
+    ImportRow,
     ImportStyles,
     ListStyles,
     SaveStyle,
@@ -210,49 +212,82 @@ async def delete_style(name: str) -> None:
 
 
 async def import_styles(req: ImportStyles) -> ImportReport:
-    """All of a file or nothing: the file is read in full first, then written in one transaction."""
-    entries = library.parse(req.format, req.content, " ".join(req.category.split()))
-    report = ImportReport(dry_run=req.dry_run)
+    """The file is read in full first, then written in one transaction (nothing at all on a dry run)."""
+    parsed = library.parse(req.format, req.content, " ".join(req.category.split()))
+    report = ImportReport(dry_run=req.dry_run, separators=len(parsed.separators))
+    for refused in parsed.refused:
+        report.skipped.append(SkippedStyle(name=refused.name, reason=refused.reason))
     async with transaction():
         existing = {name_key(s.name): s for s in await all_styles()}
-        next_order = max((s.sort_order for s in existing.values()), default=0) + 1
-        first_seen: dict[str, str] = {}
-        new_rows: list[StyleTable] = []
-        for entry in entries:
-            style = entry.style
-            key = name_key(style.name)
-            if key in first_seen:
-                reason = f"{entry.where}: same name as {first_seen[key]} of the file, which was used"
-                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
-                continue
-            first_seen[key] = entry.where
-            stored = existing.get(key)
-            if stored is None:
-                new_rows.append(_new_row(msgspec.structs.replace(style, sort_order=next_order)))
-                next_order += 1
-                report.added.append(style.name)
-                continue
-            if req.on_conflict == "skip":
-                reason = f"a style named '{stored.name}' exists; on_conflict=skip keeps it (use update to replace)"
-                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
-                continue
-            updated = msgspec.structs.replace(
-                stored,
-                positive=style.positive,
-                negative=style.negative,
-                category=style.category or stored.category,
-            )
-            if updated == stored:
-                reason = f"identical to the stored style '{stored.name}'"
-                report.skipped.append(SkippedStyle(name=style.name, reason=reason))
-                continue
-            report.updated.append(stored.name)
-            if not req.dry_run:
-                await StyleTable.update(_columns(updated)).where(StyleTable.name_key == key).run()
+        planned = _plan_import(req, parsed.entries, existing, report)
         if not req.dry_run:
-            for start in range(0, len(new_rows), _INSERT_BATCH):
-                await StyleTable.insert(*new_rows[start : start + _INSERT_BATCH]).run()
+            for updated in planned.updates:
+                await StyleTable.update(_columns(updated)).where(StyleTable.name_key == name_key(updated.name)).run()
+            for start in range(0, len(planned.new_rows), _INSERT_BATCH):
+                await StyleTable.insert(*planned.new_rows[start : start + _INSERT_BATCH]).run()
+    report.rows = _rows_in_file_order(parsed, planned.rows)
     return report
+
+
+@dataclass
+class _Plan:
+    new_rows: list[StyleTable] = field(default_factory=list)
+    updates: list[Style] = field(default_factory=list)
+    rows: list[ImportRow] = field(default_factory=list)
+
+
+def _plan_import(
+    req: ImportStyles, entries: list[library.Entry], existing: dict[str, Style], report: ImportReport
+) -> _Plan:
+    """What each entry does against the stored styles: add, update or skip (and why), filling the report."""
+    plan = _Plan()
+    next_order = max((s.sort_order for s in existing.values()), default=0) + 1
+    first_seen: dict[str, str] = {}
+    for entry in entries:
+        style = entry.style
+        key = name_key(style.name)
+        stored = existing.get(key)
+        updated = None
+        if key in first_seen:
+            reason = f"{entry.where}: same name as {first_seen[key]} of the file, which was used"
+        elif stored is None:
+            reason = ""
+            plan.new_rows.append(_new_row(msgspec.structs.replace(style, sort_order=next_order)))
+            next_order += 1
+            report.added.append(style.name)
+        elif req.on_conflict == "skip":
+            reason = f"a style named '{stored.name}' exists; on_conflict=skip keeps it (use update to replace)"
+        else:
+            category = style.category or stored.category
+            updated = msgspec.structs.replace(
+                stored, positive=style.positive, negative=style.negative, category=category
+            )
+            reason = f"identical to the stored style '{stored.name}'" if updated == stored else ""
+        first_seen.setdefault(key, entry.where)
+        if reason:
+            report.skipped.append(SkippedStyle(name=style.name, reason=reason))
+        elif updated is not None:
+            report.updated.append(stored.name)  # type: ignore[union-attr]
+            plan.updates.append(updated)
+        action = "skip" if reason else ("add" if stored is None else "update")
+        category = updated.category if updated is not None else style.category
+        plan.rows.append(ImportRow(where=entry.where, name=style.name, action=action, reason=reason, category=category))
+    return plan
+
+
+def _rows_in_file_order(parsed: library.Parsed, planned: list[ImportRow]) -> list[ImportRow]:
+    """The planned rows with the refused and separator rows put back where they were in the file."""
+    rows = (
+        planned
+        + [ImportRow(where=r.where, name=r.name, action="skip", reason=r.reason) for r in parsed.refused]
+        + [ImportRow(where=r.where, name=r.name, action="separator", reason=r.reason) for r in parsed.separators]
+    )
+
+    def position(row: ImportRow) -> int:
+        number = row.where.rpartition(" ")[2]
+        return int(number) if number.isdigit() else 0
+
+    return sorted(rows, key=position)
 
 
 async def export_styles(req: ExportStyles) -> StyleExport:

@@ -91,11 +91,26 @@ class SkippedStyle(Record):
     reason: str
 
 
+ImportAction = Literal["add", "update", "skip", "separator"]
+
+
+class ImportRow(Record):
+    """What the import does (or, in a dry run, would do) with one row or entry of the file."""
+
+    where: str  # "line 7" (A1111 CSV), "entry 3" (Fooocus JSON)
+    name: str
+    action: ImportAction
+    reason: str = ""  # why it is skipped; for a separator, the category it gives the rows below
+    category: str = ""  # the category the style gets
+
+
 class ImportReport(Record):
     added: list[str] = []
     updated: list[str] = []
     skipped: list[SkippedStyle] = []
     dry_run: bool = False
+    rows: list[ImportRow] = []  # every row of the file in order, separators and skipped ones included
+    separators: int = 0  # A1111 section rows (a name, no prompt): categories, not styles
 
 
 class ExportStyles(Request):

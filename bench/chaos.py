@@ -53,7 +53,7 @@ from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints, subjects
 from contracts.messages.instances import Instance, InstanceList, InstanceView, ListInstances, SaveInstance
-from contracts.messages.keys import CreateApiKey, CreatedApiKey
+from contracts.messages.keys import CreateApiKey
 from contracts.messages.render_types import GetRenderType
 from contracts.messages.stats import GetGeneration
 from contracts.runtime.bus import call, connect, request
@@ -268,7 +268,7 @@ class Rehearsal:
             self.doubles.append(double)
             instance = Instance(name=name, base_url=double.url, slots=1)
             await request(self.nc, subjects.Dispatch.INSTANCES_SAVE, SaveInstance(instance=instance), InstanceView)
-        key = await request(self.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="chaos"), CreatedApiKey)
+        key = await call(self.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="chaos"))
         headers = {"Authorization": f"Bearer {key.secret}"}
         self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(30))
         await self.wait_whole(60)

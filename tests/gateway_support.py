@@ -14,10 +14,10 @@ import nats
 from dispatch_support import Hub, add_instance, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.instances import InstanceList, ListInstances
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 
 UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # what the shipped `upscale` render type loads
 
@@ -67,7 +67,7 @@ async def gateway_hub(  # type: ignore[no-untyped-def]
             while (await http.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-        key = await request(nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="tests"), CreatedApiKey)
+        key = await call(nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="tests"))
         yield GatewayHub(hub=hub, comfy=comfy, base_url=base_url, key=key)
     finally:
         hub.stop_all()

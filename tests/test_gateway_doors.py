@@ -18,11 +18,11 @@ from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GetJob, JobView
 from contracts.messages.keys import READ_ALL_JOBS, CreateApiKey, CreatedApiKey
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -42,9 +42,7 @@ async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) 
 
 
 async def new_key(gw: GatewayHub, name: str, scopes: list[str] | None = None) -> CreatedApiKey:
-    return await request(
-        gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes or []), CreatedApiKey
-    )
+    return await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes or []))
 
 
 def bearer(key: CreatedApiKey) -> dict[str, str]:

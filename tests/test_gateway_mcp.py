@@ -25,11 +25,11 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GetJob, JobView
-from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
-from contracts.runtime.bus import request
+from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -74,27 +74,27 @@ class Mcp:
 
 
 async def test_api_keys_are_created_listed_and_revoked_over_nats(gw: GatewayHub) -> None:
-    created = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="  laptop "), CreatedApiKey)
+    created = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="  laptop "))
     assert created.secret.startswith("ghub_") and len(created.secret) == len("ghub_") + 32
     assert created.key.name == "laptop" and created.secret.startswith(created.key.prefix)
     assert created.key.prefix != created.secret
 
-    listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+    listing = await call(gw.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
     assert created.key.key_id in {k.key_id for k in listing.keys}
     assert created.secret not in repr(listing)  # the secret is shown once, never listed
 
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
         ok = await http.get("/api/v1/render-types", headers={"Authorization": f"Bearer {created.secret}"})
         assert ok.status_code != 401
-        listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        listing = await call(gw.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
         used = next(k for k in listing.keys if k.key_id == created.key.key_id)
         assert used.last_used_at is not None and used.last_used_at >= created.key.created_at
 
-        revoked = await request(gw.nc, subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=created.key.key_id), ApiKey)
+        revoked = await call(gw.nc, endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=created.key.key_id))
         assert revoked.revoked_at is not None
-        listing = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        listing = await call(gw.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
         assert created.key.key_id not in {k.key_id for k in listing.keys}
-        everything = await request(gw.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True), ApiKeyList)
+        everything = await call(gw.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True))
         assert created.key.key_id in {k.key_id for k in everything.keys}
 
         refused = await http.post("/mcp", headers={"Authorization": f"Bearer {created.secret}"}, json={})
@@ -105,10 +105,10 @@ async def test_api_keys_are_created_listed_and_revoked_over_nats(gw: GatewayHub)
         )
 
     with pytest.raises(HubError) as raised:
-        await request(gw.nc, subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id="key_nope"), ApiKey)
+        await call(gw.nc, endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id="key_nope"))
     assert raised.value.code == ErrorCode.NOT_FOUND and raised.value.info.field == "key_id"
     with pytest.raises(HubError) as raised:
-        await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="   "), CreatedApiKey)
+        await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="   "))
     assert raised.value.info.field == "name"
 
 

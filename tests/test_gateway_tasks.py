@@ -15,11 +15,11 @@ import pytest
 from gateway_support import GatewayHub, gateway_hub
 from test_gateway_mcp import ACCEPT, sse_or_json
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.messages.jobs import GetJob, JobPage, JobView, ListJobs, QueueView, QueueViewRequest
-from contracts.messages.keys import CreateApiKey, CreatedApiKey
+from contracts.messages.keys import CreateApiKey
 from contracts.messages.styles import SaveStyle, Style
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -177,14 +177,14 @@ async def test_legacy_task_cancel_and_refusals(gw: GatewayHub, http: httpx.Async
         gw.comfy.work_seconds = 0.2
 
     # Another key does not see this key's task.
-    other = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="other"), CreatedApiKey)
+    other = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="other"))
     stranger = await Legacy(http, gw, other.secret).start()
     assert (await stranger.call("tasks/get", {"taskId": job_id}))["error"]["code"] == -32602
 
 
 async def test_legacy_tasks_list_shows_the_callers_tasks_newest_first(gw: GatewayHub, http: httpx.AsyncClient) -> None:
-    mine = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="lister"), CreatedApiKey)
-    theirs = await request(gw.nc, subjects.Gateway.KEYS_CREATE, CreateApiKey(name="neighbour"), CreatedApiKey)
+    mine = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="lister"))
+    theirs = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="neighbour"))
     session, neighbour = await Legacy(http, gw, mine.secret).start(), await Legacy(http, gw, theirs.secret).start()
     assert session.capabilities["tasks"]["list"] == {}
     assert (await session.call("tasks/list", {}))["result"] == {"tasks": []}

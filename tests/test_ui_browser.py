@@ -11,9 +11,9 @@ from doubles.comfyui import ComfyUIDouble
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
 
-from contracts import endpoints, subjects
-from contracts.messages.keys import ApiKeyList, ListApiKeys
-from contracts.runtime.bus import call, request
+from contracts import endpoints
+from contracts.messages.keys import ListApiKeys
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -469,7 +469,7 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         await page.check("#f-scope-read-all")
         await page.click("button:has-text('Create key')")
         assert "jobs:read-all" in await page.locator("#keys tr", has_text="monitoring").inner_text()
-        listing = await request(hub.nc, subjects.Gateway.KEYS_LIST, ListApiKeys(), ApiKeyList)
+        listing = await call(hub.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
         assert [k.scopes for k in listing.keys if k.name == "monitoring"] == [["jobs:read-all"]]
     finally:
         gateway.kill()

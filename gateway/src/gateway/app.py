@@ -1,7 +1,6 @@
 """Assembles the gateway: its database (API keys), its NATS handlers and its HTTP server (MCP, images)."""
 
-from contracts import subjects
-from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
+from contracts import endpoints
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.http import serve_http
@@ -22,10 +21,9 @@ def build(settings: Settings) -> ServiceRuntime:
     )
     keys = ApiKeyStore()
     handlers = KeyHandlers(keys)
-    gateway = subjects.Gateway
-    runtime.endpoint(gateway.KEYS_LIST, ListApiKeys, handlers.list)
-    runtime.endpoint(gateway.KEYS_CREATE, CreateApiKey, handlers.create)
-    runtime.endpoint(gateway.KEYS_REVOKE, RevokeApiKey, handlers.revoke)
+    runtime.endpoint(endpoints.Gateway.KEYS_LIST, handlers.list)
+    runtime.endpoint(endpoints.Gateway.KEYS_CREATE, handlers.create)
+    runtime.endpoint(endpoints.Gateway.KEYS_REVOKE, handlers.revoke)
 
     def make_mcp(hub: HubClient) -> HubMcp:
         return HubMcp(hub, tuning, runtime.log)

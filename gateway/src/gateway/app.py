@@ -6,11 +6,11 @@ from contracts.runtime.database import attach
 from contracts.runtime.http import serve_http
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__, piccolo_conf
-from gateway.api_keys import ApiKeyStore
 from gateway.handlers import KeyHandlers
 from gateway.http_app import create_http_app
 from gateway.hub_client import HubClient
 from gateway.mcp_server import HubMcp, McpSettings
+from gateway.store import ApiKeyStore
 
 
 def build(settings: Settings) -> ServiceRuntime:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
-from gateway.api_keys import ApiKeyStore
+from gateway.store import ApiKeyStore
 
 
 class KeyHandlers:

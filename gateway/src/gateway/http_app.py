@@ -27,7 +27,6 @@ from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
 from gateway.api_document import ContractJsonRenderPlugin
-from gateway.api_keys import ApiKeyStore
 from gateway.hub_client import HubClient
 from gateway.mcp_http import (
     INVALID_REQUEST,
@@ -52,6 +51,7 @@ from gateway.rest import (
     before_api_request,
     error_body,
 )
+from gateway.store import ApiKeyStore
 
 PROTECTED_PREFIXES = ("/mcp", "/api/")
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"

@@ -1,4 +1,5 @@
-"""API keys: creation (the secret is shown once), listing, revocation and checking a presented secret.
+"""The gateway's storage, its API keys: creation (the secret is shown once), listing, revocation and checking a
+presented secret. The only module that reads or writes the gateway's tables; rows become `ApiKeyRecord` Structs.
 
 A secret is `ghub_` + 32 random URL-safe characters (192 bits); the database keeps only its SHA-256, so a
 leaked database gives no usable key. A fast hash is right here: the secret is random, not a password.
@@ -10,6 +11,8 @@ import hashlib
 import secrets
 import time
 from typing import Any
+
+import msgspec
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey
@@ -26,15 +29,35 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _to_key(row: dict[str, Any]) -> ApiKey:
+class ApiKeyRecord(msgspec.Struct, kw_only=True):
+    """A stored key, without its secret's hash (`scopes` space-separated, as in the table)."""
+
+    key_id: str
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    scopes: str = ""
+
+
+RECORD_COLUMNS = tuple(getattr(ApiKeyRow, f.name) for f in msgspec.structs.fields(ApiKeyRecord))
+
+
+async def _find(*where: Any) -> ApiKeyRecord | None:
+    row = await ApiKeyRow.select(*RECORD_COLUMNS).where(*where).first()
+    return None if row is None else msgspec.convert(row, ApiKeyRecord)
+
+
+def _to_key(record: ApiKeyRecord) -> ApiKey:
     return ApiKey(
-        key_id=row["key_id"],
-        name=row["name"],
-        prefix=row["prefix"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-        scopes=row["scopes"].split(),
+        key_id=record.key_id,
+        name=record.name,
+        prefix=record.prefix,
+        created_at=record.created_at,
+        last_used_at=record.last_used_at,
+        revoked_at=record.revoked_at,
+        scopes=record.scopes.split(),
     )
 
 
@@ -63,47 +86,45 @@ class ApiKeyStore:
             )
         granted = _checked_scopes(scopes or [])
         secret = SECRET_PREFIX + secrets.token_urlsafe(24)  # 24 bytes -> 32 URL-safe characters
-        row = {
-            "key_id": "key_" + secrets.token_hex(8),
-            "name": name,
-            "prefix": secret[:DISPLAY_PREFIX_LENGTH],
-            "created_at": self._clock(),
-            "last_used_at": None,
-            "revoked_at": None,
-            "scopes": " ".join(granted),
-        }
-        await ApiKeyRow.insert(ApiKeyRow(secret_hash=hash_secret(secret), **row))
-        return CreatedApiKey(key=_to_key(row), secret=secret)
+        record = ApiKeyRecord(
+            key_id="key_" + secrets.token_hex(8),
+            name=name,
+            prefix=secret[:DISPLAY_PREFIX_LENGTH],
+            created_at=self._clock(),
+            scopes=" ".join(granted),
+        )
+        await ApiKeyRow.insert(ApiKeyRow(secret_hash=hash_secret(secret), **msgspec.structs.asdict(record)))
+        return CreatedApiKey(key=_to_key(record), secret=secret)
 
     async def list(self, *, include_revoked: bool = False) -> ApiKeyList:
-        query = ApiKeyRow.select().order_by(ApiKeyRow.created_at)
+        query = ApiKeyRow.select(*RECORD_COLUMNS).order_by(ApiKeyRow.created_at)
         if not include_revoked:
             query = query.where(ApiKeyRow.revoked_at.is_null())
-        return ApiKeyList(keys=[_to_key(row) for row in await query])
+        return ApiKeyList(keys=[_to_key(record) for record in msgspec.convert(await query, list[ApiKeyRecord])])
 
     async def revoke(self, key_id: str) -> ApiKey:
         async with write_transaction(ApiKeyRow._meta.db):
-            row = await ApiKeyRow.select().where(ApiKeyRow.key_id == key_id).first()
-            if row is None:
+            record = await _find(ApiKeyRow.key_id == key_id)
+            if record is None:
                 raise HubError(
                     ErrorCode.NOT_FOUND, f"no API key `{key_id}`; list the keys to find its id", field="key_id"
                 )
-            if row["revoked_at"] is None:  # revoking twice keeps the first time
-                row["revoked_at"] = self._clock()
-                await ApiKeyRow.update({ApiKeyRow.revoked_at: row["revoked_at"]}).where(ApiKeyRow.key_id == key_id)
-        return _to_key(row)
+            if record.revoked_at is None:  # revoking twice keeps the first time
+                record.revoked_at = self._clock()
+                await ApiKeyRow.update({ApiKeyRow.revoked_at: record.revoked_at}).where(ApiKeyRow.key_id == key_id)
+        return _to_key(record)
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose secret this is, or None; records when it was used (throttled)."""
         if not secret.startswith(SECRET_PREFIX):
             return None
-        row = await ApiKeyRow.select().where(ApiKeyRow.secret_hash == hash_secret(secret)).first()
-        if row is None or row["revoked_at"] is not None:
+        record = await _find(ApiKeyRow.secret_hash == hash_secret(secret))
+        if record is None or record.revoked_at is not None:
             return None
         now = self._clock()
-        last = max(row["last_used_at"] or 0.0, self._last_written.get(row["key_id"], 0.0))
+        last = max(record.last_used_at or 0.0, self._last_written.get(record.key_id, 0.0))
         if now - last >= LAST_USED_RESOLUTION_S:
-            self._last_written[row["key_id"]] = now
-            await ApiKeyRow.update({ApiKeyRow.last_used_at: now}).where(ApiKeyRow.key_id == row["key_id"])
-            row["last_used_at"] = now
-        return _to_key(row)
+            self._last_written[record.key_id] = now
+            await ApiKeyRow.update({ApiKeyRow.last_used_at: now}).where(ApiKeyRow.key_id == record.key_id)
+            record.last_used_at = now
+        return _to_key(record)

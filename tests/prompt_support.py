@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import nats
@@ -14,8 +14,8 @@ from doubles.ollama import OllamaDouble
 from harness import ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
-from contracts.envelope import Empty
+from contracts import endpoints
+from contracts.endpoints import Endpoint
 from contracts.errors import HubError
 from contracts.messages.styles import (
     BuildPrompt,
@@ -26,12 +26,10 @@ from contracts.messages.styles import (
     SaveLlmSettings,
     SaveStyle,
     Style,
-    StyleList,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call, request
 
-T = TypeVar("T")
-P = subjects.Prompt
+P = endpoints.Prompt
 
 
 @asynccontextmanager
@@ -52,37 +50,35 @@ async def prompt_service(nats_url: str, data_dir: Path, **env: str) -> AsyncIter
         proc.kill()
 
 
-async def call(nc: NatsClient, subject: str, message: msgspec.Struct, result_type: type[T], timeout: float = 10) -> T:
-    return await request(nc, subject, message, result_type, timeout=timeout)
-
-
-async def failure(nc: NatsClient, subject: str, message: msgspec.Struct) -> HubError:
+async def failure(nc: NatsClient, endpoint: Endpoint[Any, Any], message: msgspec.Struct) -> HubError:
     """The error a request is answered with; fails the test when it succeeds."""
     try:
-        result = await request(nc, subject, message, dict[str, Any])
+        result = await request(nc, endpoint.subject, message, dict[str, Any])
     except HubError as exc:
         return exc
-    raise AssertionError(f"{subject} succeeded but should have failed: {result}")
+    raise AssertionError(f"{endpoint.subject} succeeded but should have failed: {result}")
 
 
 async def styles(nc: NatsClient, **filters: Any) -> list[Style]:
-    return (await call(nc, P.STYLES_LIST, ListStyles(**filters), StyleList)).styles
+    return (await call(nc, P.STYLES_LIST, ListStyles(**filters))).styles
 
 
 async def replace_styles(nc: NatsClient, new: list[Style]) -> None:
     """Delete every style, then save `new`: each test starts from the library it describes."""
     for style in await styles(nc):
-        await call(nc, P.STYLES_DELETE, DeleteStyle(name=style.name), Empty)
+        await call(nc, P.STYLES_DELETE, DeleteStyle(name=style.name))
     for style in new:
-        await call(nc, P.STYLES_SAVE, SaveStyle(style=style), Style)
+        await call(nc, P.STYLES_SAVE, SaveStyle(style=style))
 
 
-async def build(nc: NatsClient, prompt: str, *, subject: str = P.BUILD, **fields: Any) -> BuiltPrompt:
-    return await call(nc, subject, BuildPrompt(prompt=prompt, **fields), BuiltPrompt)
+async def build(
+    nc: NatsClient, prompt: str, *, endpoint: Endpoint[BuildPrompt, BuiltPrompt] = P.BUILD, **fields: Any
+) -> BuiltPrompt:
+    return await call(nc, endpoint, BuildPrompt(prompt=prompt, **fields))
 
 
 async def save_llm(nc: NatsClient, **fields: Any) -> LlmSettings:
-    return await call(nc, P.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=LlmSettings(**fields)), LlmSettings)
+    return await call(nc, P.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=LlmSettings(**fields)))
 
 
 class RecordingOllama(OllamaDouble):

@@ -384,7 +384,7 @@ async def test_listen_streams_resource_updates_and_task_status(gw: GatewayHub, h
             assert first["method"] == "notifications/tasks" and first["params"]["taskId"] == job_id
             assert first["params"]["status"] == "working"
 
-            await request(gw.nc, subjects.Prompt.STYLES_SAVE, SaveStyle(style=Style(name="Listen Test")), Style)
+            await call(gw.nc, endpoints.Prompt.STYLES_SAVE, SaveStyle(style=Style(name="Listen Test")))
             frames = [await stream.next_frame()]
             while not (frames[-1]["method"] == "notifications/tasks" and frames[-1]["params"]["status"] == "completed"):
                 frames.append(await stream.next_frame())

@@ -198,7 +198,7 @@ async def test_preview_builds_the_same_prompts_as_build(service: ServiceProcess,
     await replace_styles(nc, [style("frame", "framed {prompt}", "ugly", is_default=True)])
     for fields in ({}, {"styles": ["frame"]}, {"styles": []}):
         built = await build(nc, "a cat", negative_prompt="dog", **fields)
-        previewed = await build(nc, "a cat", negative_prompt="dog", subject=P.PREVIEW, **fields)
+        previewed = await build(nc, "a cat", negative_prompt="dog", endpoint=P.PREVIEW, **fields)
         assert previewed == built
 
 
@@ -207,5 +207,5 @@ async def test_bad_build_requests_name_the_field(service: ServiceProcess, nc: Na
     assert blank.code == ErrorCode.INVALID_REQUEST and blank.info.field == "prompt"
     empty = await failure(nc, P.BUILD, BuildPrompt(prompt=""))
     assert empty.code == ErrorCode.INVALID_REQUEST and empty.info.field == "prompt"
-    reply = await nc.request(P.BUILD, b'{"prompt": "a cat", "style": ["anime"]}', timeout=5)
+    reply = await nc.request(P.BUILD.subject, b'{"prompt": "a cat", "style": ["anime"]}', timeout=5)
     assert b'"field":"style"' in reply.data and b"unknown field" in reply.data

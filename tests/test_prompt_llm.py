@@ -12,20 +12,19 @@ from collections.abc import AsyncIterator
 import pytest
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, RecordingOllama, build, call, failure, prompt_service, replace_styles, save_llm
+from prompt_support import P, RecordingOllama, build, failure, prompt_service, replace_styles, save_llm
 
 from contracts.errors import ErrorCode
 from contracts.messages.styles import (
-    EnhanceResult,
     GetLlmSettings,
     ListLlmModels,
-    LlmModels,
     LlmSettings,
     Style,
 )
 from contracts.messages.styles import (
     TryEnhancement as TryEnhance,
 )
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 FAST = 0.6  # the LLM timeout of the fallback tests, in seconds
@@ -73,13 +72,13 @@ async def test_llm_settings_are_stored_and_the_api_key_never_comes_back_in_full(
     )
     assert saved.api_key == "••••abcd" and saved.api_key_set
     assert saved.base_url == ollama.url + "/v1" and saved.model == "llama3.2:3b"
-    read = await call(nc, P.LLM_SETTINGS_GET, GetLlmSettings(), LlmSettings)
+    read = await call(nc, P.LLM_SETTINGS_GET, GetLlmSettings())
     assert read == saved
     assert "sk-test" not in str(read) and "prompt only" in read.default_system_prompt and read.system_prompt == ""
 
     async def bearer() -> str:
         ollama.headers.clear()
-        result = await call(nc, P.LLM_TEST, TryEnhance(prompt="a cat"), EnhanceResult)
+        result = await call(nc, P.LLM_TEST, TryEnhance(prompt="a cat"))
         assert result.ok, result.error
         return next(h.get("Authorization", "") for p, h in ollama.headers if p == "/v1/chat/completions")
 
@@ -116,7 +115,7 @@ async def test_wrong_llm_settings_are_refused_naming_the_field(
     service: ServiceProcess, nc: NatsClient, fields: dict[str, object], field: str
 ) -> None:
     body = {"settings": {"model": "m", **fields}}
-    reply = await nc.request(P.LLM_SETTINGS_SAVE, json.dumps(body).encode(), timeout=5)
+    reply = await nc.request(P.LLM_SETTINGS_SAVE.subject, json.dumps(body).encode(), timeout=5)
     assert f'"field":"{field}"'.encode() in reply.data, reply.data
 
 
@@ -125,12 +124,12 @@ async def test_the_models_of_the_server_are_listed_for_both_providers(
 ) -> None:
     ollama.models = ["qwen2.5:7b", "llama3.2:3b", "Mistral:latest"]
     await save_llm(nc, base_url=ollama.url, model="")
-    listed = await call(nc, P.LLM_MODELS, ListLlmModels(), LlmModels)
+    listed = await call(nc, P.LLM_MODELS, ListLlmModels())
     assert listed.models == ["llama3.2:3b", "Mistral:latest", "qwen2.5:7b"]
     assert listed.provider == "ollama" and ("/api/tags", {}) in ollama.requests
 
     trial = LlmSettings(provider="openai", base_url=ollama.url)  # unsaved settings, as the UI tries them
-    openai = await call(nc, P.LLM_MODELS, ListLlmModels(settings=trial), LlmModels)
+    openai = await call(nc, P.LLM_MODELS, ListLlmModels(settings=trial))
     assert openai.models == listed.models and openai.provider == "openai"
     assert ("/v1/models", {}) in ollama.requests
 
@@ -254,10 +253,10 @@ async def test_any_llm_failure_falls_back_to_the_prompt_as_typed_quickly(
 
     # The preview says the same, and the test box shows what went wrong.
     previewed = await build(
-        nc, "a lighthouse", negative_prompt="fog", styles=["frame"], enhance=True, subject=P.PREVIEW
+        nc, "a lighthouse", negative_prompt="fog", styles=["frame"], enhance=True, endpoint=P.PREVIEW
     )
     assert previewed.positive == plain.positive and reason in (previewed.enhancement_error or "")
-    tested = await call(nc, P.LLM_TEST, TryEnhance(prompt="a lighthouse"), EnhanceResult)
+    tested = await call(nc, P.LLM_TEST, TryEnhance(prompt="a lighthouse"))
     assert not tested.ok and tested.enhanced == "a lighthouse" and reason in (tested.error or "")
 
 
@@ -319,16 +318,16 @@ async def test_the_test_box_reports_the_rewrite_the_raw_answer_and_the_time(
 ) -> None:
     ollama.reply = 'Prompt: "a fox in snow, golden hour"'
     await save_llm(nc, base_url=ollama.url, model="llama3.2:3b")
-    result = await call(nc, P.LLM_TEST, TryEnhance(prompt="a fox"), EnhanceResult)
+    result = await call(nc, P.LLM_TEST, TryEnhance(prompt="a fox"))
     assert result.ok and result.enhanced == "a fox in snow, golden hour" and result.original == "a fox"
     assert result.raw == 'Prompt: "a fox in snow, golden hour"' and result.model == "llama3.2:3b"
     assert result.elapsed_ms > 0
 
     # Settings not saved yet can be tried; the stored ones stay as they were.
     trial = LlmSettings(base_url=ollama.url, model="qwen2.5:7b", system_prompt="Be brief.")
-    tried = await call(nc, P.LLM_TEST, TryEnhance(prompt="a fox", settings=trial), EnhanceResult)
+    tried = await call(nc, P.LLM_TEST, TryEnhance(prompt="a fox", settings=trial))
     assert tried.ok and tried.model == "qwen2.5:7b" and chats(ollama)[-1]["messages"][0]["content"] == "Be brief."
-    assert (await call(nc, P.LLM_SETTINGS_GET, GetLlmSettings(), LlmSettings)).model == "llama3.2:3b"
+    assert (await call(nc, P.LLM_SETTINGS_GET, GetLlmSettings())).model == "llama3.2:3b"
 
 
 async def test_a_slow_llm_never_holds_a_build_past_the_callers_request_timeout(

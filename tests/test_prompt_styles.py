@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, build, call, failure, prompt_service, replace_styles, styles
+from prompt_support import P, build, failure, prompt_service, replace_styles, styles
 
-from contracts.envelope import Empty
 from contracts.errors import ErrorCode
 from contracts.messages.styles import (
     DeleteStyle,
@@ -24,8 +23,8 @@ from contracts.messages.styles import (
     SaveStyle,
     SkippedStyle,
     Style,
-    StyleExport,
 )
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 
@@ -36,7 +35,7 @@ async def service(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFact
 
 
 async def import_file(nc: NatsClient, format: str, content: str, **fields: object) -> ImportReport:
-    return await call(nc, P.STYLES_IMPORT, ImportStyles(format=format, content=content, **fields), ImportReport)  # type: ignore[arg-type]
+    return await call(nc, P.STYLES_IMPORT, ImportStyles(format=format, content=content, **fields))  # type: ignore[arg-type]
 
 
 # -- CRUD -------------------------------------------------------------------------------------------------
@@ -60,10 +59,9 @@ async def test_a_style_is_created_read_renamed_and_deleted_with_names_unique_reg
                 description="bright",
             )
         ),
-        Style,
     )
     assert created.name == "Neon Glow" and created.negative == "dull" and created.render_types == ["sdxl", "flux"]
-    assert await call(nc, P.STYLES_GET, GetStyle(name="neon glow"), Style) == created
+    assert await call(nc, P.STYLES_GET, GetStyle(name="neon glow")) == created
 
     clash = await failure(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="NEON GLOW")))
     assert clash.code == ErrorCode.CONFLICT and clash.info.field == "style.name" and "'Neon Glow'" in clash.info.message
@@ -72,18 +70,17 @@ async def test_a_style_is_created_read_renamed_and_deleted_with_names_unique_reg
         nc,
         P.STYLES_SAVE,
         SaveStyle(style=Style(name="Neon", positive="neon {prompt}"), original_name="NEON glow"),
-        Style,
     )
     assert renamed.name == "Neon"
     assert sorted(s.name for s in await styles(nc)) == ["Neon", "other"]
     # Changing only the case of its own name is an edit, not a clash.
-    await call(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="NEON"), original_name="neon"), Style)
+    await call(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="NEON"), original_name="neon"))
     taken = await failure(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="Other"), original_name="neon"))
     assert taken.code == ErrorCode.CONFLICT
     missing = await failure(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="x"), original_name="ghost"))
     assert missing.code == ErrorCode.NOT_FOUND and "'ghost'" in missing.info.message
 
-    await call(nc, P.STYLES_DELETE, DeleteStyle(name="neon"), Empty)
+    await call(nc, P.STYLES_DELETE, DeleteStyle(name="neon"))
     gone = await failure(nc, P.STYLES_GET, GetStyle(name="NEON"))
     assert gone.code == ErrorCode.NOT_FOUND and gone.info.details == {"valid": ["other"]}
     again = await failure(nc, P.STYLES_DELETE, DeleteStyle(name="neon"))
@@ -107,7 +104,7 @@ async def test_a_style_that_cannot_be_right_is_refused_naming_the_field(
 
 
 async def test_a_name_beyond_the_contract_is_refused_by_the_decoder(service: ServiceProcess, nc: NatsClient) -> None:
-    reply = await nc.request(P.STYLES_SAVE, json.dumps({"style": {"name": "x" * 81}}).encode(), timeout=5)
+    reply = await nc.request(P.STYLES_SAVE.subject, json.dumps({"style": {"name": "x" * 81}}).encode(), timeout=5)
     assert b'"field":"style.name"' in reply.data
 
 
@@ -205,7 +202,7 @@ async def test_conflicts_are_skipped_or_updated_and_the_report_says_why(
     assert skipped.added == ["Fooocus Masterpiece", "sai-line art"]
     assert [s.name for s in skipped.skipped] == ["Fooocus Sharp", "Fooocus Negative"]
     assert "on_conflict=skip" in skipped.skipped[0].reason
-    assert (await call(nc, P.STYLES_GET, GetStyle(name="fooocus sharp"), Style)).positive == "old {prompt}"
+    assert (await call(nc, P.STYLES_GET, GetStyle(name="fooocus sharp"))).positive == "old {prompt}"
 
     updated = await import_file(nc, "fooocus_json", FOOOCUS, on_conflict="update")
     assert updated.added == []
@@ -216,7 +213,7 @@ async def test_conflicts_are_skipped_or_updated_and_the_report_says_why(
         "Fooocus Negative": "identical to the stored style 'Fooocus Negative'",
         "sai-line art": "identical to the stored style 'sai-line art'",
     }
-    stored = await call(nc, P.STYLES_GET, GetStyle(name="Fooocus Sharp"), Style)
+    stored = await call(nc, P.STYLES_GET, GetStyle(name="Fooocus Sharp"))
     # The file's prompts replace the old ones; what the file cannot say (category, render types, flags) stays.
     assert stored.name == "fooocus sharp" and stored.positive.startswith("cinematic still")
     assert (stored.category, stored.render_types, stored.is_default, stored.sort_order) == ("mine", ["sdxl"], True, 7)
@@ -233,7 +230,7 @@ async def test_a_name_repeated_in_the_file_is_skipped_and_a_dry_run_writes_nothi
     assert await styles(nc) == []
     real = await import_file(nc, "a1111_csv", content)
     assert real.added == dry.added and real.skipped == dry.skipped
-    assert (await call(nc, P.STYLES_GET, GetStyle(name="dup"), Style)).positive == "first {prompt}"
+    assert (await call(nc, P.STYLES_GET, GetStyle(name="dup"))).positive == "first {prompt}"
 
 
 async def test_a_messy_a1111_csv_imports_every_good_row_and_reports_each_row(
@@ -314,7 +311,7 @@ async def test_a_malformed_file_is_a_clear_error_and_imports_nothing(
 
 
 async def test_an_unknown_format_names_the_field(service: ServiceProcess, nc: NatsClient) -> None:
-    reply = await nc.request(P.STYLES_IMPORT, b'{"format": "comfy", "content": "[]"}', timeout=5)
+    reply = await nc.request(P.STYLES_IMPORT.subject, b'{"format": "comfy", "content": "[]"}', timeout=5)
     assert b'"field":"format"' in reply.data
 
 
@@ -330,15 +327,13 @@ async def test_export_writes_both_formats_and_reimports_to_the_same_styles(
         Style(name="Fragment", positive="vivid colors", negative="dull", sort_order=3),
     ]
     await replace_styles(nc, library)
-    a1111 = await call(nc, P.STYLES_EXPORT, ExportStyles(format="a1111_csv"), StyleExport)
+    a1111 = await call(nc, P.STYLES_EXPORT, ExportStyles(format="a1111_csv"))
     assert a1111.filename == "styles.csv" and a1111.count == 3
     rows = list(csv.reader(io.StringIO(a1111.content, newline="")))
     assert rows[0] == ["name", "prompt", "negative_prompt"]
     assert rows[1:] == [[s.name, s.positive, s.negative] for s in library]
 
-    fooocus = await call(
-        nc, P.STYLES_EXPORT, ExportStyles(format="fooocus_json", names=["poster", "FRAGMENT"]), StyleExport
-    )
+    fooocus = await call(nc, P.STYLES_EXPORT, ExportStyles(format="fooocus_json", names=["poster", "FRAGMENT"]))
     assert fooocus.filename.endswith(".json") and fooocus.count == 2
     assert json.loads(fooocus.content) == [
         {"name": "Poster", "prompt": "{prompt}\nbold typography", "negative_prompt": ""},

@@ -64,17 +64,16 @@ class HubClient:
         return listing
 
     async def styles(self, render_type: str | None = None) -> StyleList:
-        listing = await request(
+        listing = await call(
             self.nc,
-            subjects.Prompt.STYLES_LIST,
+            endpoints.Prompt.STYLES_LIST,
             ListStyles(render_type=render_type, include_disabled=False),
-            StyleList,
             timeout=self.timeout_s,
         )
         return listing
 
     async def preview(self, build: BuildPrompt) -> BuiltPrompt:
-        return await request(self.nc, subjects.Prompt.PREVIEW, build, BuiltPrompt, timeout=3 * self.timeout_s)
+        return await call(self.nc, endpoints.Prompt.PREVIEW, build, timeout=3 * self.timeout_s)
 
     async def events(self, job_id: str) -> AsyncIterator[GenerationEvent]:
         """Every event of one job from its first, in order, until the caller stops (replayed from JetStream)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.envelope import Empty
 from contracts.messages.styles import (
     BuildPrompt,
@@ -13,7 +13,6 @@ from contracts.messages.styles import (
     GetStyle,
     ImportReport,
     ImportStyles,
-    ListLlmModels,
     ListStyles,
     LlmSettings,
     SaveLlmSettings,
@@ -21,7 +20,6 @@ from contracts.messages.styles import (
     Style,
     StyleExport,
     StyleList,
-    TryEnhancement,
 )
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import settings_store, styles
@@ -66,17 +64,16 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
     async def save_llm_settings(req: SaveLlmSettings) -> LlmSettings:
         return settings_store.masked(await settings_store.save_llm_settings(req.settings))
 
-    p = subjects.Prompt
-    runtime.endpoint(p.STYLES_LIST, ListStyles, list_styles)
-    runtime.endpoint(p.STYLES_GET, GetStyle, get_style)
-    runtime.endpoint(p.STYLES_SAVE, SaveStyle, save_style)
-    runtime.endpoint(p.STYLES_DELETE, DeleteStyle, delete_style)
-    runtime.endpoint(p.STYLES_IMPORT, ImportStyles, import_styles)
-    runtime.endpoint(p.STYLES_EXPORT, ExportStyles, export_styles)
-    runtime.endpoint(p.BUILD, BuildPrompt, build)
+    runtime.endpoint(endpoints.Prompt.STYLES_LIST, list_styles)
+    runtime.endpoint(endpoints.Prompt.STYLES_GET, get_style)
+    runtime.endpoint(endpoints.Prompt.STYLES_SAVE, save_style)
+    runtime.endpoint(endpoints.Prompt.STYLES_DELETE, delete_style)
+    runtime.endpoint(endpoints.Prompt.STYLES_IMPORT, import_styles)
+    runtime.endpoint(endpoints.Prompt.STYLES_EXPORT, export_styles)
+    runtime.endpoint(endpoints.Prompt.BUILD, build)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
-    runtime.endpoint(p.PREVIEW, BuildPrompt, build)
-    runtime.endpoint(p.LLM_SETTINGS_GET, GetLlmSettings, get_llm_settings)
-    runtime.endpoint(p.LLM_SETTINGS_SAVE, SaveLlmSettings, save_llm_settings)
-    runtime.endpoint(p.LLM_MODELS, ListLlmModels, builder.models)
-    runtime.endpoint(p.LLM_TEST, TryEnhancement, builder.test)
+    runtime.endpoint(endpoints.Prompt.PREVIEW, build)
+    runtime.endpoint(endpoints.Prompt.LLM_SETTINGS_GET, get_llm_settings)
+    runtime.endpoint(endpoints.Prompt.LLM_SETTINGS_SAVE, save_llm_settings)
+    runtime.endpoint(endpoints.Prompt.LLM_MODELS, builder.models)
+    runtime.endpoint(endpoints.Prompt.LLM_TEST, builder.test)

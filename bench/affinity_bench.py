@@ -37,6 +37,7 @@ from contracts import endpoints, subjects
 from contracts.messages.jobs import GenerationRequest, SubmitReply
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call, request
+from contracts.streams import EVENTS_SUBJECTS
 from hub_deploy.natsserver import NatsServer
 
 INSTANCES = 4
@@ -101,7 +102,7 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
         await double.start()
     await register(nc, doubles)
     completions = Completions()
-    await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
+    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(

@@ -31,12 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import msgspec
 import nats
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
 from contracts import endpoints, subjects
 from contracts.envelope import Empty
+from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import GenerationRequest, SubmitReply
 from contracts.messages.render_types import (
@@ -45,6 +47,7 @@ from contracts.messages.render_types import (
     ResolveRenderType,
 )
 from contracts.runtime.bus import call, request
+from contracts.streams import EVENTS_SUBJECTS
 from dispatch_service.comfyui import ComfyClient
 from hub_deploy.natsserver import NatsServer
 
@@ -97,7 +100,8 @@ class Completions:
         self.changed = asyncio.Event()
 
     async def on_event(self, msg) -> None:  # type: ignore[no-untyped-def]
-        _, _, _, job_id, kind = msg.subject.split(".")
+        event = msgspec.json.decode(msg.data, type=GenerationEvent)  # one subject per job: the kind is in the payload
+        job_id, kind = event.job_id, type(event).__struct_config__.tag
         if kind in ("completed", "failed", "cancelled"):
             self.finished[job_id] = time.perf_counter()
             if kind != "completed":
@@ -126,7 +130,7 @@ async def makespan(
         await double.start()
     await register(nc, doubles, slots)
     completions = Completions()
-    await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
+    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(
@@ -174,7 +178,7 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
     await double.start()
     await register(nc, {"instant": double})
     completions = Completions()
-    await nc.subscribe("hub.events.generation.*.*", cb=completions.on_event)
+    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
 
     hub_times: list[float] = []
     direct_times: list[float] = []

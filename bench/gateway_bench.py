@@ -33,7 +33,7 @@ from contracts import subjects
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, SubmitReply
 from contracts.runtime.bus import request
-from contracts.streams import job_events_filter
+from contracts.streams import event_subject
 from hub_deploy.natsserver import NatsServer
 
 
@@ -72,7 +72,7 @@ async def bench(gw: GatewayHub, jobs: int, concurrency: int) -> None:
         reply = await request(
             nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), SubmitReply, timeout=30
         )
-        sub = await nc.jetstream().subscribe(job_events_filter(reply.job_id), ordered_consumer=True)
+        sub = await nc.jetstream().subscribe(event_subject(reply.job_id), ordered_consumer=True)
         try:
             while True:
                 msg = await sub.next_msg(timeout=30)

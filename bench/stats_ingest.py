@@ -110,7 +110,7 @@ async def publish_all(js: JetStreamContext, events: list[msgspec.Struct]) -> Non
     for start in range(0, len(events), PUBLISH_WINDOW):
         window = events[start : start + PUBLISH_WINDOW]
         await asyncio.gather(
-            *(js.publish(event_subject(e.job_id, type(e).__struct_config__.tag), encode(e)) for e in window)  # type: ignore[attr-defined]
+            *(js.publish(event_subject(e.job_id), encode(e)) for e in window)  # type: ignore[attr-defined]
         )
 
 

@@ -30,7 +30,7 @@ from contracts.messages.stats import (
     SaveRetention,
 )
 from contracts.runtime.bus import call, request
-from contracts.streams import job_events_filter
+from contracts.streams import event_subject
 
 DISPATCH_ENV = {
     "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.2",
@@ -124,7 +124,7 @@ async def wait_final(nc: NatsClient, job_id: str, timeout_s: float = 30.0) -> Jo
 async def events_of(nc: NatsClient, job_id: str, until_final: bool = True, timeout_s: float = 30.0) -> list:
     """Every generation event of one job, read back from JetStream in order."""
     js = nc.jetstream()
-    sub = await js.subscribe(job_events_filter(job_id), ordered_consumer=True)
+    sub = await js.subscribe(event_subject(job_id), ordered_consumer=True)
     found: list = []
     deadline = time.monotonic() + timeout_s
     try:

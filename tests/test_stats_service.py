@@ -180,7 +180,7 @@ async def test_an_unknown_job_is_not_found(hub: StatsHub) -> None:
 
 
 async def test_an_undecodable_event_is_dropped_and_does_not_block_the_log(hub: StatsHub) -> None:
-    await hub.js.publish(event_subject("poison-1", "completed"), b"{this is not an event")
+    await hub.js.publish(event_subject("poison-1"), b"{this is not an event")
     script = JobScript("after-poison", epoch("2026-03-05T10:00:00"))
     await hub.publish_all(script.events())
     await wait_recorded(hub, [script])

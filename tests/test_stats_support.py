@@ -46,13 +46,9 @@ from hub_deploy.natsserver import NatsServer
 Event = Any  # one of the GenerationEvent kinds
 
 
-def kind_of(event: Event) -> str:
-    return type(event).__struct_config__.tag
-
-
 async def publish(js: JetStreamContext, event: Event) -> None:
     """Publish as the dispatcher does: on the job's event subject, JSON-encoded (a stored, acknowledged publish)."""
-    await js.publish(event_subject(event.job_id, kind_of(event)), msgspec.json.encode(event))
+    await js.publish(event_subject(event.job_id), msgspec.json.encode(event))
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0, what: str = "") -> None:

@@ -22,17 +22,15 @@ JOBS_SUBJECTS: Final = "hub.jobs.>"
 OUTPUTS_BUCKET: Final = "hub-outputs"
 
 
-def event_subject(job_id: str, kind: str) -> str:
-    """`hub.events.generation.<job_id>.<kind>`: subscribe to `hub.events.generation.<job_id>.>` for one job."""
-    return f"hub.events.generation.{job_id}.{kind}"
-
-
-def job_events_filter(job_id: str) -> str:
-    return f"hub.events.generation.{job_id}.>"
+def event_subject(job_id: str) -> str:
+    """`hub.events.generation.<job_id>`: every event of a job on one subject (the kind is in the payload), the
+    filter to read or follow one job. One subject per job, not per event: nats-server keeps an in-memory index
+    entry for each subject a stream holds (~0.5 KiB of RSS each, measured by bench/nats_memory.py)."""
+    return f"hub.events.generation.{job_id}"
 
 
 def job_of_event_subject(subject: str) -> str:
-    """The job id in `hub.events.generation.<job_id>.<kind>`."""
+    """The job id in `hub.events.generation.<job_id>`."""
     return subject.split(".")[3]
 
 
@@ -41,10 +39,18 @@ def job_subject(job_id: str) -> str:
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A stream's definition. Every limit is explicit (README, "NATS: streams and limits", says why each is what it
+    is): nats-server keeps an index entry in memory for each subject a stream holds, so a stream without limits
+    grows the server's memory, not only its disk."""
+
     name: str
     subjects: tuple[str, ...]
     retention: str  # "limits" or "workqueue" (nats.js.api.RetentionPolicy values)
     max_age_s: float  # 0 = no limit
+    max_msgs: int  # -1 = no limit
+    max_bytes: int  # -1 = no limit
+    discard: str  # "old" (drop the oldest messages) or "new" (refuse the publish) when a limit is reached
+    duplicate_window_s: float  # a publish with a Nats-Msg-Id seen this recently is dropped as a repeat
     description: str
 
 
@@ -53,6 +59,12 @@ EVENTS: Final = StreamSpec(
     subjects=(EVENTS_SUBJECTS,),
     retention="limits",
     max_age_s=14 * 24 * 3600,  # consumers that were down for up to two weeks still catch up
+    # ~6 events and ~3 KiB a job (bench/nats_memory.py): at least ~100k jobs, far more than two weeks hold at the
+    # rates the hub serves; past that the oldest events go, as with the age limit.
+    max_msgs=1_000_000,
+    max_bytes=1024**3,
+    discard="old",
+    duplicate_window_s=120,  # longer than a publish's retries (publish_durably: 30 s) with room to spare
     description="Generation events (accepted ... completed/failed/cancelled) of every job",
 )
 
@@ -60,7 +72,13 @@ JOBS: Final = StreamSpec(
     name=JOBS_STREAM,
     subjects=(JOBS_SUBJECTS,),
     retention="workqueue",
-    max_age_s=0,
+    max_age_s=0,  # a waiting job never expires: it waits until an instance can run it (or is cancelled)
+    # One message (~100 bytes) per waiting job, removed when the job ends. A backlog past this is refused at
+    # submit with a clear error, never dropped.
+    max_msgs=100_000,
+    max_bytes=64 * 1024**2,
+    discard="new",
+    duplicate_window_s=120,  # a job queued twice (a restart between storing and queueing it) is stored once
     description="Accepted generation jobs waiting for a ComfyUI instance",
 )
 

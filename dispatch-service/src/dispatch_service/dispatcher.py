@@ -79,7 +79,11 @@ class Dispatcher:
             await self.scheduler.fail(await self.store.require(job_id), never)
             return msgspec.structs.replace(reply, status="failed", error=never)
         # Published in this order on one connection, so the stream holds `accepted` before `queued`.
-        await asyncio.gather(accepted, self.scheduler.enqueue(job_id))
+        try:
+            await asyncio.gather(accepted, self.scheduler.enqueue(job_id))
+        except HubError as exc:  # the queue is full: the job ends now, failed with the reason, and the caller hears it
+            await self.scheduler.fail(await self.store.require(job_id), exc.info.message)
+            raise
         # The job is on the stream: answer now, record `queued` meanwhile. Should this process die before
         # that, the row is still `accepted` and is queued again at start (a duplicate message never runs
         # a job twice: see JobStore.claim).

@@ -63,8 +63,7 @@ class EventPublisher:
 
     @staticmethod
     def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:  # type: ignore[valid-type]
-        kind = type(event).__struct_config__.tag  # type: ignore[attr-defined]
-        return event_subject(event.job_id, kind), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}
+        return event_subject(event.job_id), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}
 
 
 class ProgressRelay:

@@ -30,7 +30,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
+from nats.js.errors import APIError, FetchTimeoutError
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import (
@@ -49,7 +49,7 @@ from contracts.runtime.config import Settings
 from contracts.runtime.images import image_size
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
-from contracts.streams import JOBS_STREAM, job_subject
+from contracts.streams import JOBS, JOBS_STREAM, job_subject
 from dispatch_service.affinity import Affinity, CostModel, ModelMemory
 from dispatch_service.affinity_queue import AffinityQueue
 from dispatch_service.comfyui import (
@@ -213,13 +213,24 @@ class Scheduler:
             log.info("handed back the jobs of this replica before its restart", jobs=[n.job_id for n in notes])
 
     async def enqueue(self, job_id: str) -> None:
-        """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream."""
-        await publish_durably(
-            self.js,
-            job_subject(job_id),
-            msgspec.json.encode(JobMessage(job_id)),
-            headers={"Nats-Msg-Id": job_id},
-        )
+        """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream. A queue at
+        its limit (streams.JOBS: discard new) refuses the job: UNAVAILABLE, saying so."""
+        try:
+            await publish_durably(
+                self.js,
+                job_subject(job_id),
+                msgspec.json.encode(JobMessage(job_id)),
+                headers={"Nats-Msg-Id": job_id},
+            )
+        except APIError as exc:
+            if "maximum" not in (exc.description or ""):  # "maximum messages exceeded" / "... bytes exceeded"
+                raise
+            raise HubError(
+                ErrorCode.UNAVAILABLE,
+                f"the job queue is full ({JOBS.max_msgs} jobs waiting at most, stream {JOBS_STREAM}: "
+                f"{exc.description}); try again once waiting jobs have run",
+                details={"max_waiting_jobs": JOBS.max_msgs},
+            ) from exc
 
     def _has_free_slot(self) -> bool:
         return any(s.available and s.running < s.config.slots for s in self.pool.states.values())

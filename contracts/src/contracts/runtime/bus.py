@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionReconnectingError, NoRespondersError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from contracts.endpoints import Endpoint
@@ -23,7 +23,7 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
-from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, job_events_filter, job_of_event_subject
+from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, event_subject, job_of_event_subject
 
 T = TypeVar("T")
 Req = TypeVar("Req", bound=msgspec.Struct)
@@ -231,6 +231,10 @@ def stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         storage=StorageType.FILE,  # survives a NATS restart
         num_replicas=replicas,
         max_age=spec.max_age_s,
+        max_msgs=spec.max_msgs,
+        max_bytes=spec.max_bytes,
+        discard=DiscardPolicy(spec.discard),
+        duplicate_window=spec.duplicate_window_s,
         description=spec.description,
         allow_direct=True,  # followers read a job's events by direct gets, without a consumer each (job_events)
     )
@@ -300,7 +304,7 @@ class _StoredEvents:
 
     def __init__(self, js: JetStreamContext, job_id: str) -> None:
         self._js = js
-        self._filter = job_events_filter(job_id)
+        self._filter = event_subject(job_id)
         self._next_seq = 1
 
     async def newer(self) -> AsyncIterator[bytes]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from ui_service.tables import AdminAccount
+from ui_service import store
 
 ADMIN_USERNAME = "admin"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
@@ -40,29 +40,25 @@ async def ensure_admin(password: str) -> str:
 
     Returns what happened, for the log: "created", "updated", "unchanged" or "missing" (no password set).
     """
-    account = await AdminAccount.objects().where(AdminAccount.username == ADMIN_USERNAME).first()
+    account = await store.account(ADMIN_USERNAME)
     now = datetime.now(UTC)
     if not password:
         return "unchanged" if account else "missing"
     if account is None:
-        await AdminAccount(
-            username=ADMIN_USERNAME, password_hash=hash_password(password), created_at=now, updated_at=now
-        ).save()
+        await store.create_account(ADMIN_USERNAME, hash_password(password), now)
         return "created"
     if verify_password(password, account.password_hash):
         return "unchanged"
-    account.password_hash = hash_password(password)
-    account.updated_at = now
-    await account.save()
+    await store.set_password(ADMIN_USERNAME, hash_password(password), now)
     return "updated"
 
 
 async def admin_exists() -> bool:
-    return await AdminAccount.exists().where(AdminAccount.username == ADMIN_USERNAME)
+    return await store.account_exists(ADMIN_USERNAME)
 
 
 async def check_login(username: str, password: str) -> bool:
-    account = await AdminAccount.objects().where(AdminAccount.username == username).first()
+    account = await store.account(username)
     if account is None:
         # Same work as a real check, so timing does not tell which usernames exist.
         verify_password(password, hash_password("not-an-account"))
@@ -86,24 +82,16 @@ class MissedSignIns(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def note_failed_sign_in(username: str, client: str, now: datetime) -> None:
-    await AdminAccount.update(
-        {
-            AdminAccount.failed_sign_ins: AdminAccount.failed_sign_ins + 1,
-            AdminAccount.last_failed_sign_in_at: now,
-            AdminAccount.last_failed_sign_in_from: client[:200],
-        }
-    ).where(AdminAccount.username == username)
+    await store.add_failed_sign_in(username, client, now)
 
 
 async def take_missed_sign_ins(username: str) -> MissedSignIns | None:
     """The failed sign-ins since the account's last sign-in (None if there were none), counting from zero again."""
-    account = await AdminAccount.objects().where(AdminAccount.username == username).first()
+    account = await store.account(username)
     if account is None or not account.failed_sign_ins:
         return None
     # Subtracting what was read keeps a failure counted meanwhile (by another replica) for the next visit.
-    await AdminAccount.update(
-        {AdminAccount.failed_sign_ins: AdminAccount.failed_sign_ins - account.failed_sign_ins}
-    ).where(AdminAccount.username == username)
+    await store.subtract_failed_sign_ins(username, account.failed_sign_ins)
     return MissedSignIns(
         count=account.failed_sign_ins,
         last_at=account.last_failed_sign_in_at,

@@ -13,7 +13,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from contracts.runtime.config import Settings
-from ui_service.tables import SignInFailures
+from ui_service import store
+from ui_service.store import FailureRecord
 
 # One sign-in decision at a time in this process: a burst of parallel guesses sees each failure counted before
 # the next is allowed (the database orders the replicas; at worst one slips through per replica).
@@ -86,37 +87,26 @@ async def admit(client: str, username: str, policy: ThrottlePolicy, now: datetim
     return None
 
 
-async def current_rows(keys: list[str], now: datetime, policy: ThrottlePolicy) -> list[SignInFailures]:
+async def current_rows(keys: list[str], now: datetime, policy: ThrottlePolicy) -> list[FailureRecord]:
     """The keys' failures in a row. Failures older than the lock are forgotten, every key's (a guesser trying
     many user names leaves no rows behind)."""
-    forgotten_before = now - timedelta(seconds=policy.lock_s)
-    await SignInFailures.delete().where(SignInFailures.last_failure_at <= forgotten_before)
-    return await SignInFailures.objects().where(SignInFailures.key.is_in(keys))
+    await store.forget_failures_before(now - timedelta(seconds=policy.lock_s))
+    return await store.failures(keys)
 
 
-async def count_failure(row: SignInFailures | None, key: str, now: datetime, policy: ThrottlePolicy) -> None:
+async def count_failure(row: FailureRecord | None, key: str, now: datetime, policy: ThrottlePolicy) -> None:
     failures = (row.failures if row else 0) + 1
     blocked_until = now + timedelta(seconds=policy.wait_after(failures))
-    if row is None:
-        await SignInFailures(key=key, failures=failures, last_failure_at=now, blocked_until=blocked_until).save()
-        return
-    await SignInFailures.update(
-        {
-            SignInFailures.failures: failures,
-            SignInFailures.last_failure_at: now,
-            SignInFailures.blocked_until: blocked_until,
-        }
-    ).where(SignInFailures.key == key)
+    record = FailureRecord(key=key, failures=failures, last_failure_at=now, blocked_until=blocked_until)
+    await store.save_failure(record, exists=row is not None)
 
 
 async def failures_of(client: str, username: str) -> dict[str, int]:
     """The failures in a row counted for the attempt's client and user name (for the log)."""
-    rows = await SignInFailures.select(SignInFailures.key, SignInFailures.failures).where(
-        SignInFailures.key.is_in(keys_of(client, username))
-    )
-    return {row["key"].split(":", 1)[0]: row["failures"] for row in rows}
+    records = await store.failures(keys_of(client, username))
+    return {record.key.split(":", 1)[0]: record.failures for record in records}
 
 
 async def forget(client: str, username: str) -> None:
     """A right password: the client and the user name start again from no failure."""
-    await SignInFailures.delete().where(SignInFailures.key.is_in(keys_of(client, username)))
+    await store.delete_failures(keys_of(client, username))

@@ -8,7 +8,7 @@ import httpx
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach, describe
 from contracts.runtime.service import ServiceRuntime
-from prompt_service import __version__, handlers, piccolo_conf, settings_store, styles
+from prompt_service import __version__, handlers, llm_settings, piccolo_conf, styles
 from prompt_service.builder import PromptBuilder
 
 
@@ -30,7 +30,7 @@ def build(settings: Settings) -> ServiceRuntime:
 
     async def llm_check() -> str:
         # Reports the configuration without calling the LLM: a down LLM only disables enhancement.
-        llm = await settings_store.load_llm_settings()
+        llm = await llm_settings.load_llm_settings()
         if not llm.model:
             return "LLM enhancement off: no model chosen"
         return f"{llm.provider} {llm.model} at {describe(llm.base_url)}"

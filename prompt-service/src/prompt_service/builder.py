@@ -27,7 +27,7 @@ from contracts.messages.styles import (
 from contracts.runtime.database import describe
 from prompt_service import llm, styles
 from prompt_service.composition import compose, select_styles
-from prompt_service.settings_store import load_llm_settings, resolved
+from prompt_service.llm_settings import load_llm_settings, resolved
 
 REPLY_MARGIN_S = 1.5  # left of the caller's request timeout for everything but the LLM
 MIN_LLM_TIME_S = 0.5

@@ -22,7 +22,7 @@ from contracts.messages.styles import (
     StyleList,
 )
 from contracts.runtime.service import ServiceRuntime
-from prompt_service import settings_store, styles
+from prompt_service import llm_settings, styles
 from prompt_service.builder import PromptBuilder
 
 
@@ -59,10 +59,10 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
         return await builder.build(req)
 
     async def get_llm_settings(_req: GetLlmSettings) -> LlmSettings:
-        return settings_store.masked(await settings_store.load_llm_settings())
+        return llm_settings.masked(await llm_settings.load_llm_settings())
 
     async def save_llm_settings(req: SaveLlmSettings) -> LlmSettings:
-        return settings_store.masked(await settings_store.save_llm_settings(req.settings))
+        return llm_settings.masked(await llm_settings.save_llm_settings(req.settings))
 
     runtime.endpoint(endpoints.Prompt.STYLES_LIST, list_styles)
     runtime.endpoint(endpoints.Prompt.STYLES_GET, get_style)

@@ -25,7 +25,7 @@ import httpx
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.styles import EnhanceResult, LlmSettings
 from contracts.runtime.database import describe  # a URL without its password, for messages
-from prompt_service.settings_store import DEFAULT_SYSTEM_PROMPT
+from prompt_service.llm_settings import DEFAULT_SYSTEM_PROMPT
 
 MAX_OUTPUT_TOKENS = 1024  # bounds a runaway model; a prompt needs a fraction of it
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)

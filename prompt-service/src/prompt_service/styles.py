@@ -1,4 +1,4 @@
-"""The style library in the service's database: listing, saving, deleting, importing, exporting, and the
+"""The style library (stored through store.py): listing, saving, deleting, importing, exporting, and the
 starter set loaded on the very first start.
 
 Names are unique regardless of case (`name_key`); every multi-row write is one IMMEDIATE transaction, so a
@@ -8,10 +8,8 @@ failed import or a racing replica never leaves half a change behind.
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
 import msgspec
 
@@ -28,73 +26,18 @@ from contracts.messages.styles import (
     Style,
     StyleExport,
 )
-from prompt_service import library
-from prompt_service.composition import SLOT, listing_order, misspelt_slot, name_key, name_list, suits
-from prompt_service.db import transaction
-from prompt_service.settings_store import read_setting, write_setting
-from prompt_service.tables import StyleTable
+from prompt_service import library, store
+from prompt_service.composition import SLOT, misspelt_slot, name_key, name_list, suits
+from prompt_service.store import all_styles, find, transaction
 
 STARTER_FLAG = "starter_styles_loaded"
-_INSERT_BATCH = 200
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _from_row(row: dict[str, Any]) -> Style:
-    return Style(
-        name=row["name"],
-        positive=row["positive"],
-        negative=row["negative"],
-        category=row["category"],
-        render_types=json.loads(row["render_types"] or "[]"),
-        is_default=bool(row["is_default"]),
-        enabled=bool(row["enabled"]),
-        sort_order=row["sort_order"],
-        description=row["description"],
-    )
-
-
-def _columns(style: Style) -> dict[Any, Any]:
-    return {
-        StyleTable.name: style.name,
-        StyleTable.name_key: name_key(style.name),
-        StyleTable.category: style.category,
-        StyleTable.positive: style.positive,
-        StyleTable.negative: style.negative,
-        StyleTable.render_types: json.dumps(style.render_types),
-        StyleTable.is_default: style.is_default,
-        StyleTable.enabled: style.enabled,
-        StyleTable.sort_order: style.sort_order,
-        StyleTable.description: style.description,
-        StyleTable.updated_at: _now(),
-    }
-
-
-def _new_row(style: Style) -> StyleTable:
-    return StyleTable(**{column._meta.name: value for column, value in _columns(style).items()})
-
-
-async def all_styles() -> list[Style]:
-    rows = await StyleTable.select().run()
-    return sorted((_from_row(r) for r in rows), key=listing_order)
 
 
 async def candidates(requested: list[str] | None) -> list[Style]:
     """The styles a build may use: those named, or the defaults; cheap however large the library is."""
     if requested is None:
-        rows = await StyleTable.select().where(StyleTable.is_default == True).run()  # noqa: E712
-    elif requested:
-        rows = await StyleTable.select().where(StyleTable.name_key.is_in([name_key(n) for n in requested])).run()
-    else:
-        rows = []
-    return [_from_row(r) for r in rows]
-
-
-async def find(name: str) -> Style | None:
-    row = await StyleTable.select().where(StyleTable.name_key == name_key(name)).first().run()
-    return _from_row(row) if row else None
+        return await store.default_styles()
+    return await store.styles_named(requested) if requested else []
 
 
 async def list_styles(req: ListStyles) -> list[Style]:
@@ -170,45 +113,34 @@ async def save_style(req: SaveStyle) -> Style:
     """Create a style (`original_name` None) or update/rename the one named `original_name`."""
     style = checked(req.style)
     async with transaction():
-        clash = (
-            await StyleTable.select(StyleTable.id, StyleTable.name)
-            .where(StyleTable.name_key == name_key(style.name))
-            .first()
-            .run()
-        )
+        clash = await store.ref(style.name)
         if req.original_name is None:
             if clash:
                 raise HubError(
                     ErrorCode.CONFLICT,
-                    f"a style named '{clash['name']}' exists already; choose another name, or edit that style",
+                    f"a style named '{clash.name}' exists already; choose another name, or edit that style",
                     field="style.name",
                 )
-            await StyleTable.insert(_new_row(style)).run()
+            await store.insert_styles([style])
             return style
-        current = (
-            await StyleTable.select(StyleTable.id)
-            .where(StyleTable.name_key == name_key(req.original_name))
-            .first()
-            .run()
-        )
+        current = await store.ref(req.original_name)
         if current is None:
             raise await _not_found(req.original_name)
-        if clash and clash["id"] != current["id"]:
+        if clash and clash.id != current.id:
             raise HubError(
                 ErrorCode.CONFLICT,
-                f"cannot rename '{req.original_name}' to '{style.name}': a style named '{clash['name']}' exists",
+                f"cannot rename '{req.original_name}' to '{style.name}': a style named '{clash.name}' exists",
                 field="style.name",
             )
-        await StyleTable.update(_columns(style)).where(StyleTable.id == current["id"]).run()
+        await store.update_style(style, row_id=current.id)
     return style
 
 
 async def delete_style(name: str) -> None:
     async with transaction():
-        found = await StyleTable.exists().where(StyleTable.name_key == name_key(name)).run()
-        if not found:
+        if not await store.exists(name):
             raise await _not_found(name)
-        await StyleTable.delete().where(StyleTable.name_key == name_key(name)).run()
+        await store.delete_style(name)
 
 
 async def import_styles(req: ImportStyles) -> ImportReport:
@@ -222,16 +154,15 @@ async def import_styles(req: ImportStyles) -> ImportReport:
         planned = _plan_import(req, parsed.entries, existing, report)
         if not req.dry_run:
             for updated in planned.updates:
-                await StyleTable.update(_columns(updated)).where(StyleTable.name_key == name_key(updated.name)).run()
-            for start in range(0, len(planned.new_rows), _INSERT_BATCH):
-                await StyleTable.insert(*planned.new_rows[start : start + _INSERT_BATCH]).run()
+                await store.update_style(updated)
+            await store.insert_styles(planned.new_styles)
     report.rows = _rows_in_file_order(parsed, planned.rows)
     return report
 
 
 @dataclass
 class _Plan:
-    new_rows: list[StyleTable] = field(default_factory=list)
+    new_styles: list[Style] = field(default_factory=list)
     updates: list[Style] = field(default_factory=list)
     rows: list[ImportRow] = field(default_factory=list)
 
@@ -252,7 +183,7 @@ def _plan_import(
             reason = f"{entry.where}: same name as {first_seen[key]} of the file, which was used"
         elif stored is None:
             reason = ""
-            plan.new_rows.append(_new_row(msgspec.structs.replace(style, sort_order=next_order)))
+            plan.new_styles.append(msgspec.structs.replace(style, sort_order=next_order))
             next_order += 1
             report.added.append(style.name)
         elif req.on_conflict == "skip":
@@ -323,11 +254,13 @@ def starter_styles() -> list[Style]:
 async def load_starter_styles() -> int:
     """Add the starter styles on the service's very first start; never again, even if they are deleted."""
     async with transaction():
-        if await read_setting(STARTER_FLAG) is not None:
+        if await store.read_setting(STARTER_FLAG) is not None:
             return 0
         taken = {name_key(s.name) for s in await all_styles()}
-        rows = [_new_row(s) for s in starter_styles() if name_key(s.name) not in taken]
-        if rows:
-            await StyleTable.insert(*rows).run()
-        await write_setting(STARTER_FLAG, {"at": _now().isoformat(), "count": len(rows)})
-    return len(rows)
+        new = [s for s in starter_styles() if name_key(s.name) not in taken]
+        if new:
+            await store.insert_styles(new)
+        await store.write_setting(
+            STARTER_FLAG, {"at": datetime.datetime.now(datetime.UTC).isoformat(), "count": len(new)}
+        )
+    return len(new)

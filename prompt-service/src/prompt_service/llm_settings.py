@@ -1,4 +1,4 @@
-"""Service-wide settings kept as JSON values by key (the LLM settings, the starter-set marker).
+"""The LLM settings, kept as one JSON setting in the service's store.
 
 The LLM's API key is stored as given and leaves the service only masked: `masked()` is what GET returns,
 and a save that sends the masked value (or None) back keeps the stored key.
@@ -6,17 +6,14 @@ and a save that sends the masked value (or None) back keeps the stored key.
 
 from __future__ import annotations
 
-import datetime
 import re
-from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.styles import LlmSettings
-from prompt_service.db import transaction
-from prompt_service.tables import SettingTable
+from prompt_service.store import read_setting, transaction, write_setting
 
 LLM_KEY = "llm"
 DEFAULT_SYSTEM_PROMPT = (
@@ -29,25 +26,6 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 _KEEP_ALIVE = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$|^-?\d+$")
 _MASK = "••••"
-
-
-async def read_setting(key: str) -> Any | None:
-    row = await SettingTable.select(SettingTable.value).where(SettingTable.key == key).first().run()
-    return msgspec.json.decode(row["value"]) if row else None
-
-
-async def write_setting(key: str, value: Any) -> None:
-    """Insert or replace; call inside a transaction when it must go with other writes."""
-    encoded = msgspec.json.encode(value).decode()
-    now = datetime.datetime.now(datetime.UTC)
-    if await SettingTable.exists().where(SettingTable.key == key).run():
-        await (
-            SettingTable.update({SettingTable.value: encoded, SettingTable.updated_at: now})
-            .where(SettingTable.key == key)
-            .run()
-        )
-    else:
-        await SettingTable.insert(SettingTable(key=key, value=encoded, updated_at=now)).run()
 
 
 async def load_llm_settings() -> LlmSettings:

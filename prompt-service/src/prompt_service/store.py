@@ -1,0 +1,150 @@
+"""The prompt service's storage: styles and service-wide settings (the only module touching its tables).
+
+Styles come back as `Style` Structs, a style's identity as a `StyleRef`, settings as decoded JSON values; the
+rules (names, imports, LLM settings) live in styles.py and llm_settings.py. Names are unique regardless of case
+through `name_key`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from contracts.messages.styles import Style
+from contracts.runtime.database import write_transaction
+from prompt_service.composition import listing_order, name_key
+from prompt_service.tables import SettingTable, StyleTable
+
+INSERT_BATCH = 200  # rows per INSERT statement
+
+
+class StyleRef(msgspec.Struct, frozen=True):
+    """A stored style's row id and name as stored."""
+
+    id: int
+    name: str
+
+
+def transaction() -> Any:
+    """A write transaction on this service's database (on SQLite it takes the write lock at once)."""
+    return write_transaction(StyleTable._meta.db)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _style(row: dict[str, Any]) -> Style:
+    return Style(
+        name=row["name"],
+        positive=row["positive"],
+        negative=row["negative"],
+        category=row["category"],
+        render_types=json.loads(row["render_types"] or "[]"),
+        is_default=bool(row["is_default"]),
+        enabled=bool(row["enabled"]),
+        sort_order=row["sort_order"],
+        description=row["description"],
+    )
+
+
+def _columns(style: Style) -> dict[Any, Any]:
+    return {
+        StyleTable.name: style.name,
+        StyleTable.name_key: name_key(style.name),
+        StyleTable.category: style.category,
+        StyleTable.positive: style.positive,
+        StyleTable.negative: style.negative,
+        StyleTable.render_types: json.dumps(style.render_types),
+        StyleTable.is_default: style.is_default,
+        StyleTable.enabled: style.enabled,
+        StyleTable.sort_order: style.sort_order,
+        StyleTable.description: style.description,
+        StyleTable.updated_at: _now(),
+    }
+
+
+def _new_row(style: Style) -> StyleTable:
+    return StyleTable(**{column._meta.name: value for column, value in _columns(style).items()})
+
+
+# -- styles: reads -------------------------------------------------------------------------------------------
+
+
+async def all_styles() -> list[Style]:
+    rows = await StyleTable.select().run()
+    return sorted((_style(r) for r in rows), key=listing_order)
+
+
+async def default_styles() -> list[Style]:
+    rows = await StyleTable.select().where(StyleTable.is_default == True).run()  # noqa: E712
+    return [_style(r) for r in rows]
+
+
+async def styles_named(names: Sequence[str]) -> list[Style]:
+    rows = await StyleTable.select().where(StyleTable.name_key.is_in([name_key(n) for n in names])).run()
+    return [_style(r) for r in rows]
+
+
+async def find(name: str) -> Style | None:
+    row = await StyleTable.select().where(StyleTable.name_key == name_key(name)).first().run()
+    return _style(row) if row else None
+
+
+async def ref(name: str) -> StyleRef | None:
+    """The stored style whose name is `name` regardless of case."""
+    row = (
+        await StyleTable.select(StyleTable.id, StyleTable.name)
+        .where(StyleTable.name_key == name_key(name))
+        .first()
+        .run()
+    )
+    return msgspec.convert(row, StyleRef) if row else None
+
+
+async def exists(name: str) -> bool:
+    return await StyleTable.exists().where(StyleTable.name_key == name_key(name)).run()
+
+
+# -- styles: writes (inside `transaction()` when they must go together) --------------------------------------
+
+
+async def insert_styles(styles: Sequence[Style]) -> None:
+    for start in range(0, len(styles), INSERT_BATCH):
+        await StyleTable.insert(*(_new_row(s) for s in styles[start : start + INSERT_BATCH])).run()
+
+
+async def update_style(style: Style, *, row_id: int | None = None) -> None:
+    """Store `style` over the row `row_id` (a rename), or over the row of the same name."""
+    where = StyleTable.id == row_id if row_id is not None else StyleTable.name_key == name_key(style.name)
+    await StyleTable.update(_columns(style)).where(where).run()
+
+
+async def delete_style(name: str) -> None:
+    await StyleTable.delete().where(StyleTable.name_key == name_key(name)).run()
+
+
+# -- settings --------------------------------------------------------------------------------------------------
+
+
+async def read_setting(key: str) -> Any | None:
+    row = await SettingTable.select(SettingTable.value).where(SettingTable.key == key).first().run()
+    return msgspec.json.decode(row["value"]) if row else None
+
+
+async def write_setting(key: str, value: Any) -> None:
+    """Insert or replace; call inside a transaction when it must go with other writes."""
+    encoded = msgspec.json.encode(value).decode()
+    now = _now()
+    if await SettingTable.exists().where(SettingTable.key == key).run():
+        await (
+            SettingTable.update({SettingTable.value: encoded, SettingTable.updated_at: now})
+            .where(SettingTable.key == key)
+            .run()
+        )
+    else:
+        await SettingTable.insert(SettingTable(key=key, value=encoded, updated_at=now)).run()

@@ -15,6 +15,7 @@ from prompt_support import P, build, failure, prompt_service, replace_styles, st
 
 from contracts.errors import ErrorCode
 from contracts.messages.styles import (
+    BulkStyles,
     DeleteStyle,
     ExportStyles,
     GetStyle,
@@ -313,6 +314,24 @@ async def test_a_malformed_file_is_a_clear_error_and_imports_nothing(
 async def test_an_unknown_format_names_the_field(service: ServiceProcess, nc: NatsClient) -> None:
     reply = await nc.request(P.STYLES_IMPORT.subject, b'{"format": "comfy", "content": "[]"}', timeout=5)
     assert b'"field":"format"' in reply.data
+
+
+async def test_bulk_actions_change_every_named_style_or_none(service: ServiceProcess, nc: NatsClient) -> None:
+    await replace_styles(nc, [Style(name=f"s{i}", positive="{prompt}", category="old") for i in range(3)])
+    moved = await call(nc, P.STYLES_BULK, BulkStyles(names=["S0", "s1"], action="set_category", category=" new  one "))
+    assert moved.changed == ["s0", "s1"]
+    await call(nc, P.STYLES_BULK, BulkStyles(names=["s1", "s2"], action="disable"))
+    assert [(s.name, s.category, s.enabled) for s in await styles(nc)] == [
+        ("s0", "new one", True),
+        ("s1", "new one", False),
+        ("s2", "old", False),
+    ]
+    unknown = await failure(nc, P.STYLES_BULK, BulkStyles(names=["s0", "ghost"], action="delete"))
+    assert unknown.code == ErrorCode.NOT_FOUND and "ghost" in unknown.info.message and unknown.info.field == "names"
+    assert len(await styles(nc)) == 3  # nothing deleted
+    await call(nc, P.STYLES_BULK, BulkStyles(names=["s0", "s2"], action="delete"))
+    await call(nc, P.STYLES_BULK, BulkStyles(names=["s1"], action="enable"))
+    assert [(s.name, s.enabled) for s in await styles(nc)] == [("s1", True)]
 
 
 # -- export -----------------------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ from contracts.messages.stats import (
 from contracts.messages.styles import (
     BuildPrompt,
     BuiltPrompt,
+    BulkResult,
+    BulkStyles,
     DeleteStyle,
     EnhanceResult,
     ExportStyles,
@@ -150,6 +152,7 @@ class Prompt:
     STYLES_DELETE: Final = Endpoint(S.STYLES_DELETE, DeleteStyle, Empty)
     STYLES_IMPORT: Final = Endpoint(S.STYLES_IMPORT, ImportStyles, ImportReport)
     STYLES_EXPORT: Final = Endpoint(S.STYLES_EXPORT, ExportStyles, StyleExport)
+    STYLES_BULK: Final = Endpoint(S.STYLES_BULK, BulkStyles, BulkResult)
     BUILD: Final = Endpoint(S.BUILD, BuildPrompt, BuiltPrompt)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
     PREVIEW: Final = Endpoint(S.PREVIEW, BuildPrompt, BuiltPrompt)

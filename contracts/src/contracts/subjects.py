@@ -51,6 +51,7 @@ class Prompt:
     STYLES_DELETE: Final = "hub.prompt.styles.delete"
     STYLES_IMPORT: Final = "hub.prompt.styles.import"
     STYLES_EXPORT: Final = "hub.prompt.styles.export"
+    STYLES_BULK: Final = "hub.prompt.styles.bulk"
     BUILD: Final = "hub.prompt.build"
     PREVIEW: Final = "hub.prompt.preview"
     LLM_SETTINGS_GET: Final = "hub.prompt.llm.settings.get"

@@ -7,6 +7,8 @@ from contracts.envelope import Empty
 from contracts.messages.styles import (
     BuildPrompt,
     BuiltPrompt,
+    BulkResult,
+    BulkStyles,
     DeleteStyle,
     ExportStyles,
     GetLlmSettings,
@@ -52,6 +54,11 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
             await announce_change()
         return report
 
+    async def bulk_styles(req: BulkStyles) -> BulkResult:
+        result = await styles.bulk_styles(req)
+        await announce_change()
+        return result
+
     async def export_styles(req: ExportStyles) -> StyleExport:
         return await styles.export_styles(req)
 
@@ -70,6 +77,7 @@ def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
     runtime.endpoint(endpoints.Prompt.STYLES_DELETE, delete_style)
     runtime.endpoint(endpoints.Prompt.STYLES_IMPORT, import_styles)
     runtime.endpoint(endpoints.Prompt.STYLES_EXPORT, export_styles)
+    runtime.endpoint(endpoints.Prompt.STYLES_BULK, bulk_styles)
     runtime.endpoint(endpoints.Prompt.BUILD, build)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
     runtime.endpoint(endpoints.Prompt.PREVIEW, build)

@@ -128,6 +128,20 @@ async def delete_style(name: str) -> None:
     await StyleTable.delete().where(StyleTable.name_key == name_key(name)).run()
 
 
+async def delete_styles(names: Sequence[str]) -> None:
+    await StyleTable.delete().where(StyleTable.name_key.is_in([name_key(n) for n in names])).run()
+
+
+async def set_on_styles(names: Sequence[str], *, category: str | None = None, enabled: bool | None = None) -> None:
+    """Set the category and/or the enabled flag of the named styles (the others fields stay)."""
+    change: dict[Any, Any] = {StyleTable.updated_at: _now()}
+    if category is not None:
+        change[StyleTable.category] = category
+    if enabled is not None:
+        change[StyleTable.enabled] = enabled
+    await StyleTable.update(change).where(StyleTable.name_key.is_in([name_key(n) for n in names])).run()
+
+
 # -- settings --------------------------------------------------------------------------------------------------
 
 

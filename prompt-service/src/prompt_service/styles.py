@@ -16,6 +16,8 @@ import msgspec
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.render_types import RenderTypeName
 from contracts.messages.styles import (
+    BulkResult,
+    BulkStyles,
     ExportStyles,
     ImportReport,
     ImportRow,
@@ -141,6 +143,30 @@ async def delete_style(name: str) -> None:
         if not await store.exists(name):
             raise await _not_found(name)
         await store.delete_style(name)
+
+
+async def bulk_styles(req: BulkStyles) -> BulkResult:
+    """Enable, disable, delete or recategorise the named styles in one transaction; an unknown name changes none."""
+    category = " ".join(req.category.split())
+    if len(category) > 80:
+        raise HubError(ErrorCode.INVALID_REQUEST, "the category is longer than 80 characters", field="category")
+    async with transaction():
+        found = {name_key(s.name): s.name for s in await store.styles_named(req.names)}
+        unknown = [n for n in req.names if name_key(n) not in found]
+        if unknown:
+            raise HubError(
+                ErrorCode.NOT_FOUND,
+                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; nothing was changed",
+                field="names",
+                details={"unknown": unknown},
+            )
+        if req.action == "delete":
+            await store.delete_styles(req.names)
+        elif req.action == "set_category":
+            await store.set_on_styles(req.names, category=category)
+        else:
+            await store.set_on_styles(req.names, enabled=req.action == "enable")
+    return BulkResult(action=req.action, changed=[found[k] for k in dict.fromkeys(name_key(n) for n in req.names)])
 
 
 async def import_styles(req: ImportStyles) -> ImportReport:

@@ -73,6 +73,22 @@ class DeleteStyle(Request):
     name: StyleName
 
 
+BulkStyleAction = Literal["enable", "disable", "delete", "set_category"]
+
+
+class BulkStyles(Request):
+    """One change to many styles at once, all or nothing (the admin UI's bulk actions)."""
+
+    names: Annotated[list[StyleName], msgspec.Meta(min_length=1, max_length=10_000)]
+    action: BulkStyleAction
+    category: str = ""  # for set_category ("" clears it)
+
+
+class BulkResult(Record):
+    action: BulkStyleAction
+    changed: list[str]  # the styles' stored names
+
+
 StyleFormat = Literal["fooocus_json", "a1111_csv"]
 
 

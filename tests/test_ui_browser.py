@@ -101,7 +101,7 @@ async def test_a_form_post_without_its_csrf_token_is_refused(hub: Hub, context: 
 async def test_a_style_name_with_markup_is_shown_as_text(hub: Hub, context: BrowserContext, shots: Path) -> None:
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles"))
+    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
     hostile = "<script>window.pwned=1</script> noir"
     await page.fill("#f-name", hostile)
     await page.fill("#f-category", "test")
@@ -120,7 +120,7 @@ async def test_a_style_name_with_markup_is_shown_as_text(hub: Hub, context: Brow
 async def test_a_style_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles"))
+    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
     await page.fill("#f-name", "no placeholder")
     await page.fill("#f-positive", "x" * 5000)  # beyond the positive text's limit
     await page.click("#style-form button[type=submit]")
@@ -416,9 +416,12 @@ async def test_styles_are_exported_and_imported(hub: Hub, context: BrowserContex
     assert exported.status == 200 and "attachment" in exported.headers["content-disposition"]
     assert "name" in (await exported.text()).splitlines()[0]
     await page.goto(url(hub, "/styles"))
+    await page.click("#import-box summary")
     await page.select_option("#f-format", "a1111_csv")
     await page.fill("#f-content", 'name,prompt,negative_prompt\nimported-watercolor,"{prompt}, watercolor",photo\n')
-    await page.click("#import-form button[type=submit]")
+    await navigate_by_click(page, "#import-form button[type=submit]")
+    assert "1 to add" in await page.inner_text("#import-counts"), await page.inner_text("main")
+    await navigate_by_click(page, "#import-confirm button[type=submit]")
     assert "1 added" in await page.inner_text(".flash"), await page.inner_text("main")
     assert "imported-watercolor" in await page.locator(".style-name").all_inner_texts()
 
@@ -426,7 +429,7 @@ async def test_styles_are_exported_and_imported(hub: Hub, context: BrowserContex
 async def test_a_style_is_edited_in_place(hub: Hub, context: BrowserContext) -> None:
     page = await context.new_page()
     await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles"))
+    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
     await page.fill("#f-name", "to-edit")
     await page.fill("#f-positive", "{prompt}, first version")
     await page.click("#style-form button[type=submit]")

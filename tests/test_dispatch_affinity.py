@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,13 +25,14 @@ from contracts.messages.instances import InstanceList, ListInstances
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call, request
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, Server, Waiting, loader_nodes, plan
-from dispatch_service.leases import instance_key
+from dispatch_service.leases import LeaseNote, SlotLeases, instance_key
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 SWITCH_S = 1.5  # what the dispatcher assumes a switch takes until it measured one
 CHECKPOINTS = {"aff-a": "a.safetensors", "aff-b": "b.safetensors"}
+AFFINITY_ENV = {"HUB_DISPATCH_STRATEGY": "pull_affinity", "HUB_DISPATCH_MODEL_SWITCH_S": str(SWITCH_S)}
 
 
 def _workflow(ckpt: str) -> dict:
@@ -50,21 +52,24 @@ async def save_render_types(nc: NatsClient) -> None:
         await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))
 
 
-@pytest.fixture(scope="module")
-async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+async def start_hub(nats_url: str, data: Path, **env: str) -> Hub:
     import nats
 
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("affinity"), nc=nc)
-    env = {"HUB_DISPATCH_STRATEGY": "pull_affinity", "HUB_DISPATCH_MODEL_SWITCH_S": str(SWITCH_S)}
+    running = Hub(nats_url=nats_url, data_dir=data, nc=await nats.connect(nats_url))
     for name in ("registry", "prompt", "dispatch"):
         running.start(name, **env)
     for name in ("registry", "prompt", "dispatch"):
-        await running.processes[name].wait_healthy(nc)
-    await save_render_types(nc)
+        await running.processes[name].wait_healthy(running.nc)
+    await save_render_types(running.nc)
+    return running
+
+
+@pytest.fixture(scope="module")
+async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    running = await start_hub(nats_server.url, tmp_path_factory.mktemp("affinity"), **AFFINITY_ENV)
     yield running
     running.stop_all()
-    await nc.close()
+    await running.nc.close()
 
 
 def double(name: str, work_seconds: float, switch_s: float = 0.3) -> ComfyUIDouble:
@@ -178,6 +183,43 @@ async def test_the_loaded_models_are_shared_and_forgotten_when_the_instance_rest
                 break  # forgotten
             assert time.monotonic() < deadline, entry
             await asyncio.sleep(0.1)
+
+
+async def test_jobs_held_by_a_killed_dispatcher_are_handed_back_when_it_restarts(tmp_path: Path) -> None:
+    # A private NATS: the job consumer's take-over time (its ack wait) is long here, so only a restarted dispatcher
+    # that hands back what it held can start the jobs soon.
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    env = {**AFFINITY_ENV, "HUB_DISPATCH_TAKEOVER_S": "60", "HUB_DISPATCH_STALL_TIMEOUT_S": "20"}
+    (tmp_path / "data").mkdir()
+    private = await start_hub(server.url, tmp_path / "data", **env)
+    comfy = double("kept", 1.0)
+    try:
+        async with instances(private, ("kept", comfy)):
+            first = await submit(private.nc, "running at the kill", render_type="aff-a")
+            await wait_for(private.nc, first.job_id, {"running"})
+            held = [await submit(private.nc, f"held {i}", render_type="aff-a") for i in range(2)]
+            await asyncio.sleep(0.5)  # fetched into the window, waiting for the only slot
+            private.processes["dispatch"].kill()
+            restarted = private.start("dispatch", **env)
+            await restarted.wait_healthy(private.nc)
+            views = [await wait_final(private.nc, r.job_id, timeout_s=20) for r in (first, *held)]
+            assert [v.status for v in views] == ["completed"] * 3, restarted.log()
+    finally:
+        private.stop_all()
+        await private.nc.close()
+        server.stop()
+
+
+async def test_a_claim_released_while_it_is_being_refreshed_is_gone(nc: NatsClient) -> None:
+    # A held job's claim is refreshed by the keep-alive task while the placing task releases it (it started).
+    leases = SlotLeases(nc.jetstream(), ttl_s=30)
+    await leases.open()
+    claim = await leases.hold(LeaseNote(replica="race-test", job_id="job-1", reply="_INBOX.none"))
+    assert claim is not None
+    refreshed, _ = await asyncio.gather(claim.refresh(), claim.release())
+    assert refreshed is True
+    assert await leases.reclaim("race-test") == []  # released, not left to block a restart for the TTL
 
 
 # -- the placement rule itself ------------------------------------------------------------------------

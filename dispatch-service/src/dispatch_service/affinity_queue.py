@@ -22,6 +22,7 @@ from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
 from dispatch_service.jobs import is_final
+from dispatch_service.leases import Lease
 
 if TYPE_CHECKING:
     from dispatch_service.scheduler import Scheduler
@@ -40,6 +41,11 @@ class _Held:
     row: dict[str, Any]
     requirements: Requirements
     models: frozenset[str]
+    claim: Lease | None  # see SlotLeases.hold
+
+    async def release(self) -> None:
+        if self.claim is not None:
+            await self.claim.release()
 
 
 class AffinityQueue:
@@ -57,7 +63,10 @@ class AffinityQueue:
         try:
             while True:
                 self._pool.changed.clear()
-                await self._place_round()
+                try:
+                    await self._place_round()
+                except Exception:  # NATS busy for a moment: the held jobs stay, the next round tries again
+                    log.exception("could not place the waiting jobs this round")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._pool.changed.wait(), timeout=PLACE_EVERY_S)
         finally:
@@ -100,7 +109,8 @@ class AffinityQueue:
             await msg.nak(delay=RETRY_DELAY_S)
             return
         known = frozenset().union(*(s.model_files for s in self._pool.states.values()))
-        self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row["workflow"], known))))
+        claim = await self._scheduler.leases.hold(self._scheduler._note(row["job_id"], msg))
+        self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row["workflow"], known)), claim))
         self._pool.notify()
 
     async def _place_round(self) -> None:
@@ -130,6 +140,7 @@ class AffinityQueue:
             if not job.able:  # its instances went down: back to the stream, not held here while others wait
                 self.window.remove(held)
                 await held.msg.nak(delay=RETRY_DELAY_S)
+                await held.release()
             elif job.placed is not None and job.placed in states:
                 await self._start(held, job.placed)
 
@@ -141,6 +152,7 @@ class AffinityQueue:
             return
         self.window.remove(held)
         self._scheduler._start(held.msg, held.row, state, lease)
+        await held.release()  # the slot lease names the job from now on
 
     async def _keep_alive(self) -> None:
         """The held jobs' messages stay ours; a job cancelled meanwhile leaves the window."""
@@ -150,13 +162,18 @@ class AffinityQueue:
                 if row is None or is_final(row):
                     self.window.remove(held)
                     await held.msg.ack()
+                    await held.release()
                 else:
                     await held.msg.in_progress()
+                    if held.claim is not None:
+                        await held.claim.refresh()
             except Exception as exc:  # NATS busy electing a leader: try again at the next round, before ack_wait
                 log.warning("could not keep a waiting job's claim alive", error=str(exc) or repr(exc))
 
     async def hand_back(self) -> None:
         """This dispatcher stops: the held jobs go back to the stream at once."""
         while self.window:
+            held = self.window.pop(0)
             with contextlib.suppress(Exception):
-                await self.window.pop(0).msg.nak()
+                await held.msg.nak()
+                await held.release()

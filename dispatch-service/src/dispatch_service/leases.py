@@ -13,6 +13,7 @@ without waiting out the take-over time. Leases of another replica are left to ex
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 
@@ -66,16 +67,19 @@ class Lease:
         self.instance = instance
         self.slot = slot
         self._value = value
+        # A refresh and a release run in different tasks: one at a time, so a release names the latest revision.
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> bool:
         """Extend the lease; False if it was lost (expired and taken by someone else)."""
-        try:
-            self.revision = await self._kv.update(self.key, self._value, last=self.revision)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
-        except (NoStreamResponseError, TimeoutError):
-            return True  # unreachable for a moment: try again at the next refresh, well before the TTL
+        async with self._lock:
+            try:
+                self.revision = await self._kv.update(self.key, self._value, last=self.revision)
+                return True
+            except KeyWrongLastSequenceError:
+                return False
+            except (NoStreamResponseError, TimeoutError):
+                return True  # unreachable for a moment: try again at the next refresh, well before the TTL
 
     async def release(self) -> None:
         # Already expired or taken over: nothing of ours to release. The bucket unreachable (a NATS server of
@@ -84,8 +88,9 @@ class Lease:
         # a plain BadRequestError ("wrong last sequence"), which must not fail the job whose slot it was.
         if self._nc is not None and not self._nc.is_connected:
             return  # NATS is away: not worth holding up the job (its outputs wait to be stored) for a buffered delete
-        with contextlib.suppress(NatsError, TimeoutError):
-            await self._kv.delete(self.key, last=self.revision)
+        async with self._lock:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await self._kv.delete(self.key, last=self.revision)
 
 
 class SlotLeases:
@@ -132,6 +137,19 @@ class SlotLeases:
                 continue
             return Lease(self._kv, key, revision, instance, slot, value, self._nc)
         return None
+
+    async def hold(self, note: LeaseNote) -> Lease | None:
+        """Claim a job this replica fetched but has not started (pull_affinity's window): like a slot lease it
+        names the message's reply subject, so a restart of this replica after a crash hands the job back at once
+        (reclaim) instead of leaving it to the redelivery after the take-over time. None if it is claimed already."""
+        assert self._kv is not None
+        key = f"held.{instance_key(note.replica)}.{instance_key(note.job_id)}"
+        value = msgspec.json.encode(note)
+        try:
+            revision = await self._kv.create(key, value)
+        except KeyWrongLastSequenceError:
+            return None
+        return Lease(self._kv, key, revision, "", -1, value, self._nc)
 
     async def reclaim(self, replica: str) -> list[LeaseNote]:
         """Free the leases `replica` still holds and return them. Only for a replica that has just taken its

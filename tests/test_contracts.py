@@ -215,3 +215,17 @@ def test_subjects_are_unique_and_owned_by_their_service() -> None:
                 assert value.startswith(f"hub.{owner.SERVICE}."), (attr, value)
                 assert value not in seen, f"{value} used by {seen.get(value)} and {attr}"
                 seen[value] = attr
+
+
+@pytest.mark.parametrize("name", ["portrait xl", "", "porträt", "x" * 65])
+def test_a_name_against_its_rule_is_told_the_rule_in_words(name: str) -> None:
+    from contracts.messages.render_types import RenderType, SaveRenderType
+
+    body = msgspec.json.encode({"render_type": {"name": name}})
+    with pytest.raises(msgspec.ValidationError) as raised:
+        msgspec.json.decode(body, type=SaveRenderType)
+    info = error_from_validation(raised.value, subjects.Registry.SAVE, SaveRenderType)
+    assert info.field == "render_type.name"
+    assert "regex" not in info.message
+    rule = msgspec.inspect.type_info(RenderType).fields[0].type.extra_json_schema["description"]
+    assert info.message == f"invalid value for `render_type.name`: {rule}"

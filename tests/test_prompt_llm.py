@@ -361,3 +361,32 @@ async def test_concurrent_builds_with_a_hanging_llm_all_come_back(
         f"framed picture of a lighthouse number {i}, gold frame" for i in range(20)
     ]
     assert all(not r.enhanced for r in results)
+
+
+async def test_the_llm_health_check_asks_the_server_and_says_what_is_wrong(
+    service: ServiceProcess, nc: NatsClient, ollama: RecordingOllama
+) -> None:
+    from contracts import subjects
+    from contracts.messages.health import HealthReply, HealthRequest
+
+    async def llm_check() -> tuple[bool, object]:
+        reply = await call(nc, subjects.health("prompt"), HealthRequest(), HealthReply)
+        return reply.ok, next(c for c in reply.checks if c.name == "llm")
+
+    ollama.models = ["llama3.2:3b"]
+    await save_llm(nc, base_url=ollama.url, model="llama3.2:3b")
+    healthy, check = await llm_check()
+    assert healthy and check.ok and "llama3.2:3b" in check.detail
+
+    await save_llm(nc, base_url=ollama.url, model="qwen2.5:7b")  # a model the server does not have
+    healthy, check = await llm_check()
+    assert healthy and not check.ok and check.optional  # the service still builds prompts
+    assert "no model 'qwen2.5:7b'" in check.detail and "llama3.2:3b" in check.detail
+
+    down = ollama.url
+    await ollama.go_down()  # as when Ollama is not running
+    try:
+        healthy, check = await llm_check()
+        assert healthy and not check.ok and "cannot be reached" in check.detail and down.split("//")[1] in check.detail
+    finally:
+        await save_llm(nc, base_url=down, model="")

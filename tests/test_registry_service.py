@@ -307,6 +307,7 @@ async def test_saves_are_versioned_checked_for_staleness_and_can_be_rolled_back(
     assert "version 2" in error.message and "reload" in error.message
     error = await refused(registry, R.SAVE, SaveRenderType(render_type=tiny("lab")))
     assert error.code is ErrorCode.CONFLICT and "already exists" in error.message
+    assert error.field == "render_type.name"
 
     # Saving what is stored again makes no new version.
     assert (await save(registry, second)).version == 2

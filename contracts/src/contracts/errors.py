@@ -6,6 +6,7 @@ import enum
 import re
 
 import msgspec
+import msgspec.inspect
 
 
 class ErrorCode(enum.StrEnum):
@@ -67,6 +68,41 @@ _PATH_IN_MESSAGE = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
 
 
+def field_rule(request_type: type, path: str) -> str:
+    """The description a text field with a pattern or a length limit declares (its rule in words), or ""."""
+    info: msgspec.inspect.Type = msgspec.inspect.type_info(request_type)
+    description = ""
+    for part in path.split("."):
+        info, description = _unwrapped(info)
+        if not isinstance(info, msgspec.inspect.StructType):
+            return ""
+        found = next((f for f in info.fields if f.encode_name == part), None)
+        if found is None:
+            return ""
+        info = found.type
+    info, description = _unwrapped(info)
+    worded = isinstance(info, msgspec.inspect.StrType) and (info.pattern or info.min_length or info.max_length)
+    return description if worded else ""
+
+
+def _breaks_text_rule(text: str) -> bool:
+    """msgspec's words for a string that has the right type but not the pattern or length its field demands."""
+    return text.startswith("Expected `str` matching regex") or text.startswith("Expected `str` of length")
+
+
+def _unwrapped(info: msgspec.inspect.Type) -> tuple[msgspec.inspect.Type, str]:
+    """A type without its Annotated metadata and its `| None`, with the description the metadata gives."""
+    description = ""
+    while True:
+        if isinstance(info, msgspec.inspect.Metadata):
+            description = (info.extra_json_schema or {}).get("description", description)
+            info = info.type
+        elif isinstance(info, msgspec.inspect.UnionType) and len(info.types) == 2 and info.includes_none:
+            info = next(t for t in info.types if not isinstance(t, msgspec.inspect.NoneType))
+        else:
+            return info, description
+
+
 def error_from_validation(
     exc: msgspec.ValidationError | msgspec.DecodeError, subject: str, request_type: type | None = None
 ) -> ErrorInfo:
@@ -96,6 +132,9 @@ def error_from_validation(
         message = f"unknown field `{field}`; accepted fields are: {', '.join(accepted)}"
     elif "missing required field" in text and field:
         message = f"`{field}` is required"
+    elif field and request_type is not None and _breaks_text_rule(text) and (rule := field_rule(request_type, field)):
+        # "Expected `str` matching regex '^[a-z0-9]...'" tells no admin what to type; the field's own rule does.
+        message = f"invalid value for `{field}`: {rule}"
     elif field:
         message = f"invalid value for `{field}`: {text}"
     else:

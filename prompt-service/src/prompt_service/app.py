@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import httpx
 
+from contracts.errors import HubError
+from contracts.messages.styles import LlmSettings
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach, describe
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import __version__, handlers, llm_settings, piccolo_conf, styles
 from prompt_service.builder import PromptBuilder
+from prompt_service.llm import list_models
+
+
+async def llm_reachable(http: httpx.AsyncClient, llm: LlmSettings) -> str:
+    """What the health check says of a configured LLM, or an exception naming what is wrong."""
+    where = f"{llm.provider} at {describe(llm.base_url)}"
+    try:
+        models = await list_models(http, llm, timeout_s=4)
+    except HubError as exc:
+        raise RuntimeError(f"{where} cannot be reached: {exc.info.message}") from None
+    if llm.model not in models:
+        listed = ", ".join(models[:8]) or "none"
+        raise RuntimeError(f"{where} has no model {llm.model!r} (it has: {listed}); pull it or pick another")
+    return f"{llm.provider} {llm.model} at {describe(llm.base_url)}"
 
 
 def build(settings: Settings) -> ServiceRuntime:
@@ -29,13 +45,13 @@ def build(settings: Settings) -> ServiceRuntime:
         await http.aclose()
 
     async def llm_check() -> str:
-        # Reports the configuration without calling the LLM: a down LLM only disables enhancement.
+        # Asks the LLM server for real (reachable, the model there); optional: a down LLM only disables enhancement.
         llm = await llm_settings.load_llm_settings()
         if not llm.model:
             return "LLM enhancement off: no model chosen"
-        return f"{llm.provider} {llm.model} at {describe(llm.base_url)}"
+        return await llm_reachable(http, llm)
 
     runtime.on_shutdown(close_http)
-    runtime.health_check("llm", llm_check)
+    runtime.health_check("llm", llm_check, optional=True)
     handlers.register(runtime, builder)
     return runtime

@@ -76,8 +76,8 @@ def _columns(render_type: RenderType) -> dict[str, Any]:
     }
 
 
-def _conflict(message: str, **details: object) -> HubError:
-    return HubError(ErrorCode.CONFLICT, message, details=details or None)
+def _conflict(message: str, field: str | None = None, **details: object) -> HubError:
+    return HubError(ErrorCode.CONFLICT, message, field=field, details=details or None)
 
 
 class RenderTypeStore:
@@ -188,6 +188,7 @@ class RenderTypeStore:
             raise _conflict(
                 f"a render type named {prepared.name!r} already exists (version {current.version}); pick another "
                 f"name, or send version {current.version} to edit it",
+                "render_type.name",  # the name is what a form should change
                 current_version=current.version,
             )
         if prepared.version != current.version:

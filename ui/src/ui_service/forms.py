@@ -11,7 +11,7 @@ from litestar import Request
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import InputImage
-from contracts.messages.render_types import ParameterMap, RenderDefaults, RenderTypeSummary, Slot
+from contracts.messages.render_types import ParameterMap, ParameterSpec, RenderDefaults, RenderTypeSummary, Slot
 from contracts.messages.stats import RetentionPolicy
 from contracts.messages.styles import LlmSettings, Style
 from ui_service.pages import field_of
@@ -195,6 +195,35 @@ def number_of(form: dict[str, str], name: str, kind: type = int) -> Any:
         return kind(text)
     except ValueError:
         raise invalid(f"{name} must be a number", name) from None
+
+
+def spec_of(render_type: RenderTypeSummary | None, name: str) -> ParameterSpec | None:
+    return next((spec for spec in render_type.parameter_specs if spec.name == name), None) if render_type else None
+
+
+def image_count(form: dict[str, str], render_type: RenderTypeSummary | None) -> int:
+    """The images box: empty means one; otherwise within what the render type makes per job, or an error."""
+    count = number_of(form, "count")
+    if count is None:
+        return 1
+    spec = spec_of(render_type, "batch_size")
+    name = render_type.name if render_type else "this render type"
+    if spec is None and count != 1:
+        raise invalid(f"{name} makes one image per job (its workflow has no batch size): give 1", "count")
+    top = int(spec.maximum or 1) if spec else 1
+    if not 1 <= count <= top:
+        raise invalid(f"{name} makes 1 to {top} images per job; give a number in that range", "count")
+    return count
+
+
+def seed_of(form: dict[str, str], render_type: RenderTypeSummary | None) -> int | None:
+    """The seed box: empty means a random seed (the one used is reported); otherwise 0 up to the largest seed."""
+    seed = number_of(form, "seed")
+    spec = spec_of(render_type, "seed")
+    top = int(spec.maximum) if spec and spec.maximum is not None else None
+    if seed is not None and (seed < 0 or (top is not None and seed > top)):
+        raise invalid(f"the seed must be 0 or more, at most {top}; leave it empty for a random one", "seed")
+    return seed
 
 
 def image_kind(data: bytes) -> str | None:

@@ -11,6 +11,8 @@ class CheckResult(Record):
     name: str
     ok: bool
     detail: str = ""
+    # An optional check's failure is shown but leaves the service healthy (a down LLM only disables enhancement).
+    optional: bool = False
 
 
 class HealthReply(Record):

@@ -91,6 +91,7 @@ class ServiceRuntime:
         self.started_at = time.time()
         self._endpoints: list[_Endpoint] = []
         self._checks: dict[str, Check] = {}
+        self._optional_checks: set[str] = set()
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -132,8 +133,11 @@ class ServiceRuntime:
         """The subject of every endpoint registered so far (health included), in order of registration."""
         return [endpoint.subject for endpoint in self._endpoints]
 
-    def health_check(self, name: str, check: Check) -> None:
+    def health_check(self, name: str, check: Check, *, optional: bool = False) -> None:
+        """`optional`: a failure is reported (with what is wrong) without making the service unhealthy."""
         self._checks[name] = check
+        if optional:
+            self._optional_checks.add(name)
 
     def on_startup(self, hook: Hook) -> None:
         self._startup.append(hook)
@@ -315,11 +319,13 @@ class ServiceRuntime:
     async def _health(self, _request: HealthRequest) -> HealthReply:
         checks = [CheckResult(name="nats", ok=self.nc.is_connected, detail=self.settings.nats_url)]
         for name, check in self._checks.items():
+            optional = name in self._optional_checks
             try:
                 detail = await asyncio.wait_for(check(), timeout=5)
-                checks.append(CheckResult(name=name, ok=True, detail=detail or ""))
+                checks.append(CheckResult(name=name, ok=True, detail=detail or "", optional=optional))
             except Exception as exc:
-                checks.append(CheckResult(name=name, ok=False, detail=str(exc) or type(exc).__name__))
+                detail = str(exc) or type(exc).__name__
+                checks.append(CheckResult(name=name, ok=False, detail=detail, optional=optional))
         return HealthReply(
             service=self.name,
             version=self.version,
@@ -328,7 +334,7 @@ class ServiceRuntime:
             pid=os.getpid(),
             started_at=self.started_at,
             uptime_s=round(time.time() - self.started_at, 3),
-            ok=all(c.ok for c in checks),
+            ok=all(c.ok or c.optional for c in checks),
             checks=checks,
         )
 

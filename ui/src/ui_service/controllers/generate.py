@@ -17,7 +17,15 @@ from contracts.messages.render_types import ListRenderTypes, RenderTypeList, Ren
 from contracts.messages.styles import ListStyles, StyleList
 from contracts.runtime.bus import job_events
 from contracts.runtime.storage import input_image_staged
-from ui_service.forms import MAX_INPUT_IMAGE_BYTES, generation_field, human_size, number_of, read_input_image
+from ui_service.forms import (
+    MAX_INPUT_IMAGE_BYTES,
+    generation_field,
+    human_size,
+    image_count,
+    number_of,
+    read_input_image,
+    seed_of,
+)
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, flash, page, require_admin
 
@@ -61,12 +69,12 @@ async def generation_of(hub: HubClient, data: Any, form: dict[str, str], styles:
         render_type=form.get("render_type") or None,
         styles=None if form.get("style_mode") == "default" else styles,
         enhance_prompt=form.get("enhance_prompt") == "on",
-        seed=number_of(form, "seed"),
+        seed=seed_of(form, chosen),
         width=number_of(form, "width"),
         height=number_of(form, "height"),
         steps=number_of(form, "steps"),
         cfg=number_of(form, "cfg", float),
-        count=number_of(form, "count") or 1,
+        count=image_count(form, chosen),
         input_image=input_image,
         client_name="admin-ui",
     )

@@ -12,6 +12,7 @@ from litestar.response import Redirect, Template
 
 from contracts import subjects
 from contracts.errors import ErrorCode
+from contracts.messages.instances import InstanceList, ListInstances
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
     DeletedRenderType,
@@ -31,6 +32,7 @@ from contracts.messages.render_types import (
     SetDefaultRenderType,
     WorkflowAnalysis,
 )
+from ui_service.capability import missing_everywhere
 from ui_service.forms import (
     DEFAULT_FIELDS,
     EDIT_FIELDS,
@@ -177,14 +179,31 @@ def dry_run_of(name: str, form: dict[str, str]) -> ResolveRenderType:
     )
 
 
+async def saved_flash(request: Request, hub: HubClient, saved: RenderType) -> None:
+    """Says the render type was saved, and warns when no instance has a model it needs (it could not run)."""
+    instances, _ = await hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+    missing = missing_everywhere(saved.requirements, instances.instances if instances else [])
+    done = f"Saved render type {saved.name} (version {saved.version})."
+    if missing:
+        flash(request, f"{done} No ComfyUI instance has {', '.join(missing)}: it cannot run until one has.", "warn")
+    else:
+        flash(request, done)
+
+
 class RenderTypesController(Controller):
     path = "/render-types"
     guards = [require_admin]
 
     @get("/")
     async def render_types(self, request: Request, hub: HubClient) -> Template:
-        listed, error = await hub.try_ask(subjects.Registry.LIST, ListRenderTypes(), RenderTypeList)
-        return page("render_types.html", request, render_types=listed.render_types if listed else [], error=error)
+        (listed, error), (instances, _) = await asyncio.gather(
+            hub.try_ask(subjects.Registry.LIST, ListRenderTypes(), RenderTypeList),
+            hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList),
+        )
+        summaries = listed.render_types if listed else []
+        views = instances.instances if instances else []
+        missing = {rt.name: missing_everywhere(rt.requirements, views) for rt in summaries}
+        return page("render_types.html", request, render_types=summaries, error=error, missing=missing)
 
     @post("/default")
     async def set_default_render_type(self, request: Request, hub: HubClient) -> Redirect:
@@ -214,8 +233,12 @@ class RenderTypesController(Controller):
         with Rejection(partial(render_type_field, fields=NEW_FIELDS)) as rejected:
             saved = await hub.ask(subjects.Registry.SAVE, new_render_type_of(form), RenderType)
         if rejected:
-            return new_render_type_page(request, form, rejected.errors)
-        flash(request, f"Saved render type {saved.name} (version {saved.version}).")
+            # Back at step 2 with everything typed: the analysis is made again from the same workflow.
+            analysis = await hub.ask(
+                subjects.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", "")), WorkflowAnalysis
+            )
+            return new_render_type_page(request, form, rejected.errors, analysis)
+        await saved_flash(request, hub, saved)
         return Redirect(f"/render-types/{saved.name}")
 
     @get("/{name:str}")
@@ -237,7 +260,7 @@ class RenderTypesController(Controller):
         if saved.version == int(form.get("version") or 0):
             flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
         else:
-            flash(request, f"Saved render type {saved.name} (version {saved.version}).")
+            await saved_flash(request, hub, saved)
         return Redirect(f"/render-types/{saved.name}")
 
     @get("/{name:str}/delete")

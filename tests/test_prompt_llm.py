@@ -368,9 +368,10 @@ async def test_the_llm_health_check_asks_the_server_and_says_what_is_wrong(
 ) -> None:
     from contracts import subjects
     from contracts.messages.health import HealthReply, HealthRequest
+    from contracts.runtime.bus import request
 
     async def llm_check() -> tuple[bool, object]:
-        reply = await call(nc, subjects.health("prompt"), HealthRequest(), HealthReply)
+        reply = await request(nc, subjects.health("prompt"), HealthRequest(), HealthReply)
         return reply.ok, next(c for c in reply.checks if c.name == "llm")
 
     ollama.models = ["llama3.2:3b"]

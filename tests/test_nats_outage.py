@@ -7,7 +7,8 @@
 - Meanwhile a REST submission, an image and a signed-in admin UI page get 503 with Retry-After, and MCP
   generate_image a tool error saying the hub is reconnecting, all at once (before: they hung 20-30 s on a
   request nats-py only buffered). Progress ticks of the outage are skipped, not buffered (a long run filled
-  nats-py's buffer, and stale ticks came after).
+  nats-py's buffer, and stale ticks came after). An SSE follower open across the outage gets every event
+  (before: its re-read in a quiet spell failed and ended the stream).
 
 The retry window is the job's time limit, so a short limit stands for a long outage here.
 """
@@ -73,6 +74,22 @@ async def submit_running(http: httpx.AsyncClient, gw: GatewayHub) -> str:
     return job_id
 
 
+async def follow(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:
+    """(event kind, event id) of every event the job's SSE stream sends, until it ends."""
+    seen: list[tuple[str, str]] = []
+    fields: dict[str, str] = {}
+    async with http.stream("GET", f"/api/v1/generations/{job_id}/events", headers=gw.auth) as stream:
+        assert stream.status_code == 200
+        async for line in stream.aiter_lines():
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+            elif "id" in fields:  # a blank line ends one event
+                seen.append((fields.get("event", ""), fields["id"]))
+                fields = {}
+    return seen
+
+
 async def comfyui_finished(gw: GatewayHub, job_id: str) -> None:
     deadline = time.monotonic() + 20
     while f"{job_id}-1" not in gw.comfy.history:
@@ -117,12 +134,16 @@ async def test_a_job_finished_while_nats_is_down_keeps_its_output(tmp_path: Path
     ):
         gw.comfy.work_seconds = 1.5
         job_id = await submit_running(http, gw)
+        follower = asyncio.ensure_future(follow(http, gw, job_id))  # an SSE stream open across the outage
+        await asyncio.sleep(0.5)
         server.stop()
         away_from = time.time() + 0.2  # the dispatcher has seen the connection drop
         await comfyui_finished(gw, job_id)
         await asyncio.sleep(1.0)  # the dispatcher has the output and waits for NATS
         await refused_at_once_during_the_outage(http, gw, mcp)
-        await asyncio.sleep(2.0)  # down ~4 s after the run ended; the job's message is redelivered meanwhile
+        # Down ~12 s: the job's message is redelivered meanwhile, and the follower's re-read in its quiet spell
+        # (after 5 s) has timed out (another 5 s) before NATS is back.
+        await asyncio.sleep(9.0)
         away_until = time.time()
         server.start()
 
@@ -131,6 +152,7 @@ async def test_a_job_finished_while_nats_is_down_keeps_its_output(tmp_path: Path
         image = await http.get(view["images"][0]["url"])
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
         events = await events_of(gw.nc, job_id)
+        assert await asyncio.wait_for(follower, 20) == [(type(e).__struct_config__.tag, e.event_id) for e in events]
         kinds = Counter(type(e).__struct_config__.tag for e in events)
         assert kinds["completed"] == 1 and kinds["output_stored"] == 1 and kinds["started"] == 1, kinds
         assert kinds["failed"] == 0 and kinds["retrying"] == 0, kinds

@@ -33,6 +33,7 @@ log = get_logger("bus")
 
 # A follower without an idle timeout still re-reads the stream this often while no event comes (see job_events).
 CATCH_UP_S = 5.0
+BEHIND_RETRY_S = 1.0  # a follower whose re-read failed (NATS away) tries again this often
 
 
 async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0) -> NatsClient:
@@ -336,17 +337,22 @@ async def job_events(
     async with _fanout(nc).follow(job_id) as live:
         payload: bytes | None = None
         reread, read_at = True, -1  # read_at: nc.stats["reconnects"] at the last re-read after a live event
+        behind = False  # a re-read could not finish (NATS away): live events wait for it, so none is skipped
         while True:
-            if reread:
-                async for older in stored.newer():
-                    if (event := _decoded(older)) is not None and event.seq > last_seq:
+            if reread or behind:
+                older, complete = await _stored_since(stored, nc)
+                behind = not complete
+                for found in older:
+                    if (event := _decoded(found)) is not None and event.seq > last_seq:
                         last_seq = event.seq
                         yield event
-            if payload is not None and (event := _decoded(payload)) is not None and event.seq > last_seq:
-                last_seq = event.seq
-                yield event
+            live_event = None if payload is None or behind else _decoded(payload)
+            if live_event is not None and live_event.seq > last_seq:
+                last_seq = live_event.seq
+                yield live_event
             try:
-                payload = await asyncio.wait_for(live.get(), idle_s or CATCH_UP_S)
+                wait_s = idle_s or CATCH_UP_S
+                payload = await asyncio.wait_for(live.get(), min(wait_s, BEHIND_RETRY_S) if behind else wait_s)
             except TimeoutError:
                 payload = None
                 if idle_s is not None:
@@ -356,6 +362,23 @@ async def job_events(
             reread = payload is None or read_at != nc.stats["reconnects"]
             if payload is not None:
                 read_at = nc.stats["reconnects"]
+
+
+async def _stored_since(stored: _StoredEvents, nc: NatsClient) -> tuple[list[bytes], bool]:
+    """The payloads stored since the last read, and whether the read got to the end: not while NATS is away or its
+    JetStream is not ready after a restart (the cursor stays where the read stopped; the next read goes on from
+    there), so a follower rides out an outage instead of failing."""
+    found: list[bytes] = []
+    if not nc.is_connected:
+        return found, False
+    try:
+        async for payload in stored.newer():
+            found.append(payload)
+    except HubError as exc:
+        if exc.code != ErrorCode.UNAVAILABLE:
+            raise
+        return found, False
+    return found, True
 
 
 def _decoded(payload: bytes) -> GenerationEvent | None:

@@ -13,7 +13,8 @@ from playwright.async_api import Browser, BrowserContext, Locator, Page, async_p
 from ui_support import launch_chromium, screenshot, sign_in
 
 from contracts import endpoints
-from contracts.messages.styles import ImportStyles, ListStyles
+from contracts.messages.render_types import ListRenderTypes
+from contracts.messages.styles import ImportStyles, ListStyles, SaveStyle, Style
 from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
@@ -190,3 +191,64 @@ async def test_the_editor_opens_where_the_admin_is_and_errors_show_in_view(hub: 
     await assert_in_viewport(page, flash)
     assert "Deleted style" in await flash.inner_text()
     assert "page=3" in page.url
+
+
+async def test_the_style_picker_finds_styles_among_a_thousand_and_explains_what_does_not_fit(
+    hub: Hub, page: Page, tmp_path: Path
+) -> None:
+    listed = await call(hub.nc, endpoints.Registry.LIST, ListRenderTypes(include_disabled=False))
+    default = next(rt.name for rt in listed.render_types if rt.is_default)
+    other = Style(name="picker-elsewhere", positive="{prompt}, elsewhere", render_types=["not-" + default])
+    await call(hub.nc, endpoints.Prompt.STYLES_SAVE, SaveStyle(style=other))
+
+    await page.goto(url(hub, "/generate"))
+    assert await page.locator("input[type=checkbox][name=styles]").count() == 0  # no list of 1,000 boxes
+    assert await page.evaluate("document.documentElement.scrollHeight") < 3000
+    search = page.locator("#picker-search")
+    await search.fill("bulk-0777")
+    option = page.locator(".picker-option")
+    assert await option.count() == 1
+    await assert_in_viewport(page, option.first)
+    await option.first.click()
+    chip = page.locator(".chip", has_text="bulk-0777")
+    await assert_in_viewport(page, chip)
+    assert await page.is_checked("input[name=style_mode][value=chosen]")  # choosing a style means "only these"
+    assert await page.locator("#picker-chips input[name=styles]").evaluate_all("els => els.map(e => e.value)") == [
+        "bulk-0777"
+    ]
+
+    await search.fill("section 05")
+    assert await page.locator("#picker-results h4").all_text_contents() == ["Section 05"]
+    assert "100 styles match; the first 80 are shown" in await page.inner_text(".picker-count")
+
+    await search.fill("picker-elsewhere")
+    refused = page.locator(".picker-option", has_text="picker-elsewhere")
+    assert await refused.get_attribute("aria-disabled") == "true"
+    assert f"made for not-{default}, not {default}" in await refused.inner_text()
+    await refused.click(force=True)  # a click on it adds nothing
+    assert await page.locator(".chip", has_text="picker-elsewhere").count() == 0
+
+    await search.fill("quality")
+    assert "default" in await page.locator(".picker-option", has_text="quality").inner_text()
+    await screenshot(page, tmp_path, "generate-style-picker")
+    await page.click("button[aria-label='Remove bulk-0777']")
+    assert await page.locator(".chip").count() == 0
+
+
+async def test_the_prompt_preview_uses_the_styles_picked_and_shows_in_view(hub: Hub, page: Page) -> None:
+    await page.goto(url(hub, "/prompt"))
+    await page.fill("#f-preview_prompt", "a cat")
+    await page.fill("#picker-search", "bulk-0001")
+    await page.press("#picker-search", "Enter")  # picks the first offered style, does not submit
+    assert page.url.removeprefix(hub.ui_url) == "/prompt"  # type: ignore[attr-defined]
+    await page.fill("#picker-search", "bulk-0002")
+    await page.press("#picker-search", "Enter")
+    assert await page.locator(".chip").count() == 2
+    await click_to_load(page, "#preview-form button[type=submit]")
+    preview = page.locator("#preview")
+    await assert_in_viewport(page, preview)
+    text = await preview.inner_text()
+    assert "Styles applied: bulk-0001, bulk-0002" in text, text
+    assert "a cat in look 1 in look 2" in text, text
+    chips = await page.locator(".chip").evaluate_all("els => els.map(e => e.dataset.name)")
+    assert chips == ["bulk-0001", "bulk-0002"]  # the choice is kept on the page that comes back

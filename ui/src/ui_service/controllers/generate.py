@@ -28,6 +28,7 @@ from ui_service.forms import (
 )
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, flash, page, require_admin
+from ui_service.picker import picker_styles
 
 FINAL_EVENTS = {"completed", "failed", "cancelled"}
 
@@ -45,7 +46,8 @@ async def generate_page(
         request,
         render_types=listed,
         default_render_type=next((rt for rt in listed if rt.is_default), None),
-        styles=styles.styles if styles else [],
+        picker=picker_styles(styles.styles if styles else []),
+        default_styles=[s.name for s in (styles.styles if styles else []) if s.is_default],
         form=form or {"count": "1", "style_mode": "default"},
         errors=errors or {},
         upload_limit=MAX_INPUT_IMAGE_BYTES,

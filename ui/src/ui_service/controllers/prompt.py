@@ -10,6 +10,7 @@ from litestar.response import Redirect, Template
 
 from contracts import subjects
 from contracts.errors import HubError
+from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import (
     BuildPrompt,
     BuiltPrompt,
@@ -26,12 +27,14 @@ from contracts.messages.styles import (
 from ui_service.forms import form_of, llm_settings_from_form
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, always, field_of, flash, named_or, page, require_admin
+from ui_service.picker import picker_styles
 
 
 async def prompt_page(request: Request, hub: HubClient, **context: Any) -> Template:
-    (settings, settings_error), (styles, _) = await asyncio.gather(
+    (settings, settings_error), (styles, _), (render_types, _) = await asyncio.gather(
         hub.try_ask(subjects.Prompt.LLM_SETTINGS_GET, GetLlmSettings(), LlmSettings),
         hub.try_ask(subjects.Prompt.STYLES_LIST, ListStyles(include_disabled=False), StyleList),
+        hub.try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList),
     )
     models: list[str] = []
     models_error = ""
@@ -47,7 +50,8 @@ async def prompt_page(request: Request, hub: HubClient, **context: Any) -> Templ
         settings_error=settings_error,
         models=models,
         models_error=models_error,
-        styles=styles.styles if styles else [],
+        picker=picker_styles(styles.styles if styles else []),
+        render_types=render_types.render_types if render_types else [],
         **context,
     )
 
@@ -101,6 +105,7 @@ class PromptController(Controller):
                     prompt=form.get("preview_prompt", ""),
                     negative_prompt=form.get("preview_negative", ""),
                     styles=chosen or None,
+                    render_type=form.get("render_type") or None,
                 ),
                 BuiltPrompt,
             )

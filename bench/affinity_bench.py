@@ -33,10 +33,10 @@ from dispatch_bench import Completions, register, unregister
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
-from contracts import endpoints, subjects
-from contracts.messages.jobs import GenerationRequest, SubmitReply
+from contracts import endpoints
+from contracts.messages.jobs import GenerationRequest
 from contracts.messages.render_types import GetRenderType, SaveRenderType
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from contracts.streams import EVENTS_SUBJECTS
 from hub_deploy.natsserver import NatsServer
 
@@ -106,11 +106,10 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(
-            request(
+            call(
                 nc,
-                subjects.Dispatch.JOBS_SUBMIT,
+                endpoints.Dispatch.JOBS_SUBMIT,
                 GenerationRequest(prompt=f"job {i}", seed=i, width=256, height=256, render_type=types[i % len(types)]),
-                SubmitReply,
                 timeout=60,
             )
             for i in range(jobs)

@@ -52,12 +52,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import httpx
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
-from contracts.messages.instances import Instance, InstanceList, InstanceView, ListInstances, SaveInstance
+from contracts import endpoints
+from contracts.messages.instances import Instance, ListInstances, SaveInstance
 from contracts.messages.keys import CreateApiKey
 from contracts.messages.render_types import GetRenderType
 from contracts.messages.stats import GetGeneration
-from contracts.runtime.bus import call, connect, request
+from contracts.runtime.bus import call, connect
 from contracts.runtime.config import load_settings
 from contracts.runtime.logs import configure_logging
 from hub_deploy.natsserver import free_port
@@ -270,7 +270,7 @@ class Rehearsal:
             await asyncio.to_thread(double.start)
             self.doubles.append(double)
             instance = Instance(name=name, base_url=double.url, slots=1)
-            await request(self.nc, subjects.Dispatch.INSTANCES_SAVE, SaveInstance(instance=instance), InstanceView)
+            await call(self.nc, endpoints.Dispatch.INSTANCES_SAVE, SaveInstance(instance=instance))
         key = await call(self.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="chaos"))
         headers = {"Authorization": f"Bearer {key.secret}"}
         self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(30))
@@ -285,7 +285,7 @@ class Rehearsal:
         deadline = time.monotonic() + timeout_s
         while True:
             with contextlib.suppress(Exception):
-                listing = await request(self.nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+                listing = await call(self.nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
                 if sum(v.health.up for v in listing.instances if v.instance.name in DOUBLES) == len(DOUBLES):
                     return
             if time.monotonic() > deadline:

@@ -36,17 +36,16 @@ import nats
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
-from contracts import endpoints, subjects
-from contracts.envelope import Empty
+from contracts import endpoints
 from contracts.messages.events import GenerationEvent
-from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
-from contracts.messages.jobs import GenerationRequest, SubmitReply
+from contracts.messages.instances import DeleteInstance, Instance, SaveInstance
+from contracts.messages.jobs import GenerationRequest
 from contracts.messages.render_types import (
     GenerationParams,
     GetRenderType,
     ResolveRenderType,
 )
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from contracts.streams import EVENTS_SUBJECTS
 from dispatch_service.comfyui import ComfyClient
 from hub_deploy.natsserver import NatsServer
@@ -77,18 +76,17 @@ async def checkpoint(nc) -> str:  # type: ignore[no-untyped-def]
 
 async def register(nc, doubles: dict[str, ComfyUIDouble], slots: int = 1) -> None:  # type: ignore[no-untyped-def]
     for name, double in doubles.items():
-        await request(
+        await call(
             nc,
-            subjects.Dispatch.INSTANCES_SAVE,
+            endpoints.Dispatch.INSTANCES_SAVE,
             SaveInstance(instance=Instance(name=name, base_url=double.url, slots=slots)),
-            InstanceView,
         )
     await asyncio.sleep(1.0)  # one health round: every instance up with its capabilities
 
 
 async def unregister(nc, names) -> None:  # type: ignore[no-untyped-def]
     for name in names:
-        await request(nc, subjects.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name), Empty)
+        await call(nc, endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
 
 
 class Completions:
@@ -134,11 +132,10 @@ async def makespan(
     started = time.perf_counter()
     replies = await asyncio.gather(
         *(
-            request(
+            call(
                 nc,
-                subjects.Dispatch.JOBS_SUBMIT,
+                endpoints.Dispatch.JOBS_SUBMIT,
                 GenerationRequest(prompt=f"job {i}", seed=i, width=size, height=size),
-                SubmitReply,
                 timeout=60,
             )
             for i in range(jobs)
@@ -186,8 +183,8 @@ async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], l
     async with ComfyClient(double.url) as client:
         for i in range(jobs + 5):
             started = time.perf_counter()
-            reply = await request(
-                nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"hub {i}", seed=10_000 + i), SubmitReply
+            reply = await call(
+                nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"hub {i}", seed=10_000 + i)
             )
             await completions.wait({reply.job_id})
             hub_time = completions.finished[reply.job_id] - started

@@ -29,10 +29,10 @@ from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.messages.events import GenerationEvent
-from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, SubmitReply
-from contracts.runtime.bus import request
+from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
+from contracts.runtime.bus import call
 from contracts.streams import event_subject
 from hub_deploy.natsserver import NatsServer
 
@@ -69,8 +69,8 @@ async def bench(gw: GatewayHub, jobs: int, concurrency: int) -> None:
     gw.comfy.work_seconds = 0.0
 
     async def via_nats(i: int) -> None:
-        reply = await request(
-            nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), SubmitReply, timeout=30
+        reply = await call(
+            nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), timeout=30
         )
         sub = await nc.jetstream().subscribe(event_subject(reply.job_id), ordered_consumer=True)
         try:

@@ -15,8 +15,7 @@ from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
-from contracts.envelope import Empty
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
@@ -29,7 +28,7 @@ from contracts.messages.stats import (
     RunRetention,
     SaveRetention,
 )
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from contracts.streams import event_subject
 
 DISPATCH_ENV = {
@@ -78,26 +77,23 @@ async def checkpoint_of(nc: NatsClient, render_type: str = "sdxl") -> str:
 
 
 async def add_instance(nc: NatsClient, double: ComfyUIDouble, name: str, *, slots: int = 1) -> InstanceView:
-    return await request(
+    return await call(
         nc,
-        subjects.Dispatch.INSTANCES_SAVE,
+        endpoints.Dispatch.INSTANCES_SAVE,
         SaveInstance(instance=Instance(name=name, base_url=double.url, slots=slots)),
-        InstanceView,
     )
 
 
 async def remove_instance(nc: NatsClient, name: str) -> None:
-    await request(nc, subjects.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name), Empty)
+    await call(nc, endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
 
 
 async def submit(nc: NatsClient, prompt: str = "a lighthouse at dusk", **fields: object) -> SubmitReply:
-    return await request(
-        nc, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=prompt, **fields), SubmitReply, timeout=30
-    )
+    return await call(nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=prompt, **fields), timeout=30)
 
 
 async def job(nc: NatsClient, job_id: str) -> JobView:
-    return await request(nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    return await call(nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
 
 
 async def wait_for(nc: NatsClient, job_id: str, statuses: set[str], timeout_s: float = 30.0) -> JobView:

@@ -14,10 +14,10 @@ import nats
 from dispatch_support import Hub, add_instance, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
 
-from contracts import endpoints, subjects
-from contracts.messages.instances import InstanceList, ListInstances
+from contracts import endpoints
+from contracts.messages.instances import ListInstances
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 
 UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # what the shipped `upscale` render type loads
 
@@ -57,7 +57,7 @@ async def gateway_hub(  # type: ignore[no-untyped-def]
         await add_instance(nc, comfy, "gw-comfy", slots=2)
         deadline = time.monotonic() + 15
         while True:
-            listing = await request(nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+            listing = await call(nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
             if any(v.health.up for v in listing.instances if v.instance.name == "gw-comfy"):
                 break
             assert time.monotonic() < deadline, listing

@@ -15,11 +15,11 @@ from dispatch_support import DISPATCH_ENV, add_instance, checkpoint_of, wait_fin
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import HubError
-from contracts.messages.instances import InstanceList, ListInstances
-from contracts.messages.jobs import GenerationRequest, JobView, SubmitReply
-from contracts.runtime.bus import request
+from contracts.messages.instances import ListInstances
+from contracts.messages.jobs import GenerationRequest, JobView
+from contracts.runtime.bus import call
 from hub_deploy.cluster import NATS_NODES, ClusterRehearsal
 from hub_deploy.services import SERVICES, ping_all
 
@@ -31,7 +31,7 @@ BURST = 16
 async def wait_pool_up(nc: NatsClient, names: list[str], timeout_s: float = 15) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        listing = await request(nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+        listing = await call(nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
         if set(names) <= {v.instance.name for v in listing.instances if v.health.up}:
             return
         assert time.monotonic() < deadline, listing
@@ -46,7 +46,7 @@ async def submit_retrying(nc: NatsClient, index: int, timeout_s: float = 20) -> 
         try:
             prompt = GenerationRequest(prompt=f"a lighthouse at dusk, take {index}")
             # A short timeout: a request the killed dispatcher had taken is never answered.
-            return (await request(nc, subjects.Dispatch.JOBS_SUBMIT, prompt, SubmitReply, timeout=5)).job_id
+            return (await call(nc, endpoints.Dispatch.JOBS_SUBMIT, prompt, timeout=5)).job_id
         except HubError:
             if time.monotonic() > deadline:
                 raise

@@ -19,11 +19,11 @@ from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import HubError
-from contracts.messages.instances import InstanceList, ListInstances
+from contracts.messages.instances import ListInstances
 from contracts.messages.render_types import GetRenderType, SaveRenderType
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, Server, Waiting, loader_nodes, plan
 from dispatch_service.leases import LeaseNote, SlotLeases, instance_key
 from hub_deploy.natsserver import NatsServer
@@ -100,7 +100,7 @@ async def add(hub: Hub, *doubles: tuple[str, ComfyUIDouble]) -> None:
     deadline = time.monotonic() + 10
     names = {name for name, _ in doubles}
     while True:
-        listing = await request(hub.nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+        listing = await call(hub.nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
         if names <= {v.instance.name for v in listing.instances if v.health.up and v.health.models}:
             return
         assert time.monotonic() < deadline, listing

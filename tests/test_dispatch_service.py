@@ -31,7 +31,6 @@ from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import (
     Instance,
-    InstanceHealth,
     InstanceList,
     ListInstances,
     ProbeInstance,
@@ -83,7 +82,7 @@ async def pool(hub: Hub, *doubles: tuple[str, ComfyUIDouble], slots: int = 1) ->
 async def wait_pool_up(nc: NatsClient, names: list[str], timeout_s: float = 10) -> InstanceList:
     deadline = time.monotonic() + timeout_s
     while True:
-        listing = await request(nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+        listing = await call(nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
         up = {v.instance.name for v in listing.instances if v.health.up}
         if set(names) <= up:
             return listing
@@ -96,11 +95,10 @@ async def wait_pool_up(nc: NatsClient, names: list[str], timeout_s: float = 10) 
 
 async def test_instances_are_validated_probed_and_described(hub: Hub, checkpoint: str) -> None:
     with pytest.raises(HubError) as raised:
-        await request(
+        await call(
             hub.nc,
-            subjects.Dispatch.INSTANCES_SAVE,
+            endpoints.Dispatch.INSTANCES_SAVE,
             SaveInstance(instance=Instance(name="bad", base_url="localhost:8188")),
-            InstanceList,
         )
     assert raised.value.info.field == "instance.base_url"
 
@@ -114,18 +112,15 @@ async def test_instances_are_validated_probed_and_described(hub: Hub, checkpoint
         assert "sdxl" in view.compatible_render_types
 
         with pytest.raises(HubError) as raised:
-            await request(
+            await call(
                 hub.nc,
-                subjects.Dispatch.INSTANCES_SAVE,
+                endpoints.Dispatch.INSTANCES_SAVE,
                 SaveInstance(instance=Instance(name="described", base_url=comfy.url)),
-                InstanceList,
             )
         assert raised.value.code is ErrorCode.CONFLICT
 
     # A server that is not there: the probe says so without saving anything.
-    health = await request(
-        hub.nc, subjects.Dispatch.INSTANCES_TEST, ProbeInstance(base_url="http://127.0.0.1:9"), InstanceHealth
-    )
+    health = await call(hub.nc, endpoints.Dispatch.INSTANCES_TEST, ProbeInstance(base_url="http://127.0.0.1:9"))
     assert health.up is False and health.last_error
 
 
@@ -362,15 +357,15 @@ async def test_cancel_answers_at_once_with_one_wording_for_a_queued_and_a_runnin
         first = await submit(hub.nc, "will run, then be cancelled", render_type="image-nodes-cancel")
         second = await submit(hub.nc, "never runs", render_type="image-nodes-cancel")
         await wait_for(hub.nc, first.job_id, {"running"})
-        queued = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=second.job_id), JobView)
+        queued = await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=second.job_id))
         assert queued.status == "cancelled" and queued.error == "cancelled by the caller", queued
         await asyncio.sleep(0.5)
         asked = time.monotonic()
-        cancelling = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
+        cancelling = await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id))
         answered_in = time.monotonic() - asked
         assert cancelling.status == "cancelling", cancelling  # ComfyUI is still in the middle of a node
         assert answered_in < 0.5, answered_in  # not held until that node ends (up to 2 s here)
-        again = await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id), JobView)
+        again = await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=first.job_id))
         assert again.status in ("cancelling", "cancelled")
         cancelled = await wait_final(hub.nc, first.job_id)
         assert cancelled.status == "cancelled" and cancelled.error == queued.error, cancelled
@@ -388,10 +383,10 @@ async def test_waiting_jobs_know_their_place_in_the_queue(hub: Hub, checkpoint: 
         waiting = [(await submit(hub.nc, f"waits, take {n}")).job_id for n in range(3)]
         assert (await job(hub.nc, running.job_id)).queue_position is None
         assert [(await job(hub.nc, job_id)).queue_position for job_id in waiting] == [1, 2, 3]
-        await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=waiting[0]), JobView)
+        await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=waiting[0]))
         assert [(await job(hub.nc, job_id)).queue_position for job_id in waiting] == [None, 1, 2]
         for job_id in [running.job_id, *waiting[1:]]:
-            await request(hub.nc, subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id), JobView)
+            await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id))
 
 
 async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:

@@ -18,11 +18,11 @@ from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.jobs import GetJob
 from contracts.messages.keys import READ_ALL_JOBS, CreateApiKey, CreatedApiKey
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -142,7 +142,7 @@ async def test_a_read_all_key_reads_every_job_but_cancels_only_its_own(gw: Gatew
     async with mcp_client(gw, monitor) as session:
         is_error, _, seen = await tool_answer(session, "get_generation", job_id)
         assert not is_error and seen["status"] == "completed"
-    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
     assert view.api_key_id == owner.key.key_id
 
 

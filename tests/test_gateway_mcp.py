@@ -25,11 +25,11 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.jobs import GetJob
 from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -366,7 +366,7 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
         values = [v for v, _ in progress]
         assert values == sorted(values) and values[-1] == 100.0
 
-        view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=data["job_id"]), JobView)
+        view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=data["job_id"]))
         assert view.api_key_id == gw.key.key.key_id
 
         again = await session.call_tool("get_generation", {"job_id": data["job_id"]})
@@ -414,13 +414,11 @@ async def test_cancelling_the_request_cancels_the_job(gw: GatewayHub) -> None:
                     "generate_image", {"prompt": "a very slow painting", "steps": 50}, progress_callback=on_progress
                 )
             assert time.monotonic() - started < 10
-        from contracts.messages.jobs import QueueView, QueueViewRequest
+        from contracts.messages.jobs import QueueViewRequest
 
         deadline = time.monotonic() + 15
         while True:
-            queue = await request(
-                gw.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True), QueueView
-            )
+            queue = await call(gw.nc, endpoints.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True))
             slow = [j for j in queue.jobs if j.prompt == "a very slow painting"]
             job_ids = [j.job_id for j in slow]
             if slow and all(j.status == "cancelled" for j in slow):
@@ -484,7 +482,7 @@ async def test_the_2026_era_works_without_a_handshake(gw: GatewayHub) -> None:
         "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {},
     }
-    call = {
+    tool_call = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
@@ -498,11 +496,11 @@ async def test_the_2026_era_works_without_a_handshake(gw: GatewayHub) -> None:
         "Mcp-Name": "list_render_types",
     }
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
-        answer = await http.post("/mcp", json=call, headers=headers)
+        answer = await http.post("/mcp", json=tool_call, headers=headers)
         assert answer.status_code == 200, answer.text
         result = sse_or_json(answer)["result"]
         assert "sdxl" in [r["name"] for r in result["structuredContent"]["render_types"]]
-        refused = await http.post("/mcp", json=call, headers={**headers, "Authorization": "Bearer ghub_wrong"})
+        refused = await http.post("/mcp", json=tool_call, headers={**headers, "Authorization": "Bearer ghub_wrong"})
         assert refused.status_code == 401
 
 
@@ -738,5 +736,5 @@ async def test_a_node_only_generation_notifies_progress_from_the_start_and_every
     assert len(arrivals) < 10 * (returned - called) + 2  # and still thinned
     assert any("node" in (message or "") for _, _, message in arrivals), arrivals
     job_id = result.structured_content["job_id"]
-    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
     assert view.progress.percent == 100  # the finished job shows its end

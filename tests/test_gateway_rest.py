@@ -18,9 +18,9 @@ from doubles.png import encode_solid_png, png_size
 from gateway_support import GatewayHub, gateway_hub
 from openapi_spec_validator import validate
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import HubError
-from contracts.messages.jobs import GetJob, JobView
+from contracts.messages.jobs import GetJob
 from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.messages.stats import (
     ExportLog,
@@ -30,7 +30,7 @@ from contracts.messages.stats import (
     QueryFigures,
     QueryLog,
 )
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ async def test_generation_lifecycle_with_events(gw: GatewayHub, api: httpx.Async
     result = (await api.get(f"/api/v1/generations/{job_id}")).json()
     assert result["status"] == "completed" and result["seed"] == 7 and result["images"]
     assert result["images"][0]["url"] == f"{gw.base_url}/images/{result['images'][0]['output_id']}"
-    view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+    view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
     assert view.api_key_id == gw.key.key.key_id
 
     image = await api.get(result["images"][0]["url"])

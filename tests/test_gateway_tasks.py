@@ -15,11 +15,11 @@ import pytest
 from gateway_support import GatewayHub, gateway_hub
 from test_gateway_mcp import ACCEPT, sse_or_json
 
-from contracts import endpoints, subjects
-from contracts.messages.jobs import GetJob, JobPage, JobView, ListJobs, QueueView, QueueViewRequest
+from contracts import endpoints
+from contracts.messages.jobs import GetJob, JobView, ListJobs, QueueViewRequest
 from contracts.messages.keys import CreateApiKey
 from contracts.messages.styles import SaveStyle, Style
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -109,7 +109,7 @@ async def modern(
 async def wait_status(gw: GatewayHub, job_id: str, *statuses: str, within_s: float = 30) -> JobView:
     deadline = time.monotonic() + within_s
     while True:
-        view = await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+        view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
         if view.status in statuses:
             return view
         assert time.monotonic() < deadline, view
@@ -135,7 +135,7 @@ async def test_legacy_tasks_are_announced_and_generate_image_runs_as_one(
     task = created["result"]["task"]
     assert task["status"] == "working" and task["createdAt"].endswith("Z") and task["pollInterval"] > 0
     job_id = task["taskId"]
-    assert (await request(gw.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)).prompt == "a lighthouse"
+    assert (await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))).prompt == "a lighthouse"
 
     # tasks/result waits for the end and gives the tool result, tied to the task.
     result = (await session.call("tasks/result", {"taskId": job_id}))["result"]
@@ -203,10 +203,10 @@ async def test_legacy_tasks_list_shows_the_callers_tasks_newest_first(gw: Gatewa
     assert [t["taskId"] for t in (await neighbour.call("tasks/list", {}))["result"]["tasks"]] == [other]
 
     # Pages: the dispatcher's listing behind it, two at a time, goes on from each page's mark.
-    first = await request(gw.nc, subjects.Dispatch.JOBS_LIST, ListJobs(api_key_id=mine.key.key_id, limit=2), JobPage)
+    first = await call(gw.nc, endpoints.Dispatch.JOBS_LIST, ListJobs(api_key_id=mine.key.key_id, limit=2))
     assert [v.job_id for v in first.jobs] == [made[2], made[1]] and first.next_after
     rest = ListJobs(api_key_id=mine.key.key_id, limit=2, after=first.next_after)
-    second = await request(gw.nc, subjects.Dispatch.JOBS_LIST, rest, JobPage)
+    second = await call(gw.nc, endpoints.Dispatch.JOBS_LIST, rest)
     assert [v.job_id for v in second.jobs] == [made[0]] and second.next_after is None
 
     bad = await session.call("tasks/list", {"cursor": "not-a-cursor"})
@@ -303,8 +303,8 @@ async def test_modern_without_the_extension_gets_a_plain_result_and_a_failure_is
 async def test_modern_requests_are_checked_against_their_headers_and_version(
     gw: GatewayHub, http: httpx.AsyncClient
 ) -> None:
-    call = {"name": "list_styles", "arguments": {}}
-    wrong_name = await modern(http, gw, "tools/call", call, name="list_render_types")
+    tool_call = {"name": "list_styles", "arguments": {}}
+    wrong_name = await modern(http, gw, "tools/call", tool_call, name="list_render_types")
     assert wrong_name["error"]["code"] == -32020
 
     meta = {
@@ -414,20 +414,18 @@ async def test_a_handshake_era_client_that_disconnects_does_not_lose_the_job(
     session = await Legacy(http, gw).start()
     gw.comfy.work_seconds = 2.0
     try:
-        call = {
+        tool_call = {
             "jsonrpc": "2.0",
             "id": 99,
             "method": "tools/call",
             "params": {"name": "generate_image", "arguments": {"prompt": "left alone"}},
         }
         async with asyncio.timeout(30):
-            async with http.stream("POST", "/mcp", json=call, headers=session.headers) as response:
+            async with http.stream("POST", "/mcp", json=tool_call, headers=session.headers) as response:
                 assert response.status_code == 200
                 job_id = None
                 while job_id is None:
-                    queue = await request(
-                        gw.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True), QueueView
-                    )
+                    queue = await call(gw.nc, endpoints.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True))
                     job_id = next((j.job_id for j in queue.jobs if j.prompt == "left alone"), None)
                     await asyncio.sleep(0.05)
             # the stream is closed here, long before the job ends

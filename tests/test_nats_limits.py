@@ -14,10 +14,10 @@ from dispatch_support import submit, wait_final, wait_for
 from gateway_support import GatewayHub, gateway_hub
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamInfo
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.jobs import QueueView, QueueViewRequest
-from contracts.runtime.bus import request
+from contracts.messages.jobs import QueueViewRequest
+from contracts.runtime.bus import call
 from contracts.streams import EVENTS, EVENTS_STREAM, JOBS, JOBS_STREAM, StreamSpec, event_subject
 from hub_deploy.natsserver import NatsServer
 
@@ -114,7 +114,7 @@ async def test_a_full_job_queue_refuses_a_job_and_fails_it_instead_of_dropping_o
         error = refused.value.info
         assert error.code is ErrorCode.UNAVAILABLE and "job queue is full" in error.message, error
         # The refused job is not left half-made: it is recorded as failed, with the same reason.
-        recent = await request(gw.nc, subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True), QueueView)
+        recent = await call(gw.nc, endpoints.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True))
         (refused_job,) = [j for j in recent.jobs if j.prompt == "one too many"]
         assert refused_job.status == "failed" and refused_job.error == error.message
         for reply in [*running, queued]:

@@ -7,7 +7,8 @@ import time
 
 from nats.aio.msg import Msg
 
-from contracts import subjects
+from contracts import endpoints, subjects
+from contracts.endpoints import Endpoint, Req, Res
 from contracts.envelope import Empty
 from contracts.messages.instances import (
     DeleteInstance,
@@ -34,7 +35,7 @@ from contracts.messages.jobs import (
 )
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList, ResolvedWorkflow, ResolveRenderType
 from contracts.messages.styles import BuildPrompt, BuiltPrompt
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 from contracts.runtime.service import ServiceRuntime
 from dispatch_service.dispatcher import Dispatcher
 
@@ -64,22 +65,20 @@ class NatsUpstream:
     async def list_render_types(self) -> RenderTypeList:
         if self._render_types is None or time.monotonic() - self._render_types_at > self.RENDER_TYPES_TTL_S:
             fetched_at = time.monotonic()
-            self._render_types = await self._call(
-                subjects.Registry.LIST, ListRenderTypes(include_disabled=True), RenderTypeList
-            )
+            self._render_types = await self._call(endpoints.Registry.LIST, ListRenderTypes(include_disabled=True))
             self._render_types_at = fetched_at
         return self._render_types
 
     async def resolve(self, req: ResolveRenderType) -> ResolvedWorkflow:
-        return await self._call(subjects.Registry.RESOLVE, req, ResolvedWorkflow)
+        return await self._call(endpoints.Registry.RESOLVE, req)
 
     async def build_prompt(self, req: BuildPrompt) -> BuiltPrompt:
         # Enhancement may call a local LLM: allow it the LLM's own timeout on top of ours.
-        return await self._call(subjects.Prompt.BUILD, req, BuiltPrompt, extra_s=120 if req.enhance else 0)
+        return await self._call(endpoints.Prompt.BUILD, req, extra_s=120 if req.enhance else 0)
 
-    async def _call(self, subject: str, message, result_type, extra_s: float = 0):  # type: ignore[no-untyped-def]
+    async def _call(self, endpoint: Endpoint[Req, Res], message: Req, extra_s: float = 0) -> Res:
         timeout = self._runtime.settings.request_timeout_s + extra_s
-        return await request(self._runtime.nc, subject, message, result_type, timeout=timeout)
+        return await call(self._runtime.nc, endpoint, message, timeout=timeout)
 
 
 def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
@@ -117,17 +116,17 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
     async def delete_outputs(req: DeleteOutputs) -> DeletedOutputs:
         return await dispatcher.delete_outputs(req.output_ids, req.job_ids)
 
-    runtime.endpoint(D.JOBS_SUBMIT, GenerationRequest, submit)
-    runtime.endpoint(D.JOBS_GET, GetJob, get_job)
-    runtime.endpoint(D.JOBS_CANCEL, CancelJob, cancel_job)
-    runtime.endpoint(D.JOBS_LIST, ListJobs, list_jobs)
-    runtime.endpoint(D.QUEUE_VIEW, QueueViewRequest, queue_view)
-    runtime.endpoint(D.INSTANCES_LIST, ListInstances, list_instances)
-    runtime.endpoint(D.INSTANCES_GET, GetInstance, get_instance)
-    runtime.endpoint(D.INSTANCES_SAVE, SaveInstance, save_instance)
-    runtime.endpoint(D.INSTANCES_DELETE, DeleteInstance, delete_instance)
-    runtime.endpoint(D.INSTANCES_TEST, ProbeInstance, test_instance)
-    runtime.endpoint(D.OUTPUTS_DELETE, DeleteOutputs, delete_outputs)
+    runtime.endpoint(endpoints.Dispatch.JOBS_SUBMIT, submit)
+    runtime.endpoint(endpoints.Dispatch.JOBS_GET, get_job)
+    runtime.endpoint(endpoints.Dispatch.JOBS_CANCEL, cancel_job)
+    runtime.endpoint(endpoints.Dispatch.JOBS_LIST, list_jobs)
+    runtime.endpoint(endpoints.Dispatch.QUEUE_VIEW, queue_view)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_LIST, list_instances)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_GET, get_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_SAVE, save_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_DELETE, delete_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_TEST, test_instance)
+    runtime.endpoint(endpoints.Dispatch.OUTPUTS_DELETE, delete_outputs)
 
 
 async def subscribe_control(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:

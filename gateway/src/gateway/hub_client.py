@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
-from contracts.runtime.bus import call, job_events, request, require_connection
+from contracts.runtime.bus import call, job_events, require_connection
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 
@@ -31,28 +31,23 @@ class HubClient:
         await require_connection(self.nc)  # before staging an input image, which would wait for NATS too
         async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
-            return await request(
-                self.nc, subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=3 * self.timeout_s
-            )
+            return await call(self.nc, endpoints.Dispatch.JOBS_SUBMIT, staged, timeout=3 * self.timeout_s)
 
     async def job(self, job_id: str) -> JobView:
-        return await request(
-            self.nc, subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView, timeout=self.timeout_s
-        )
+        return await call(self.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id), timeout=self.timeout_s)
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
-        return await request(
+        return await call(
             self.nc,
-            subjects.Dispatch.JOBS_CANCEL,
+            endpoints.Dispatch.JOBS_CANCEL,
             CancelJob(job_id=job_id, reason=reason),
-            JobView,
             timeout=self.timeout_s,
         )
 
     async def jobs_of(self, api_key_id: str | None, limit: int, after: str | None) -> JobPage:
         """One page of the jobs made with `api_key_id` (None: without a key), newest first."""
         listing = ListJobs(api_key_id=api_key_id, limit=limit, after=after)
-        return await request(self.nc, subjects.Dispatch.JOBS_LIST, listing, JobPage, timeout=self.timeout_s)
+        return await call(self.nc, endpoints.Dispatch.JOBS_LIST, listing, timeout=self.timeout_s)
 
     async def render_types(self) -> RenderTypeList:
         listing = await call(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.messages.jobs import DeletedOutputs, DeleteOutputs
 from contracts.messages.stats import (
     ExportLog,
@@ -21,7 +21,7 @@ from contracts.messages.stats import (
     RunRetention,
     SaveRetention,
 )
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 from contracts.runtime.service import ServiceRuntime
 from stats_service import export, queries, retention
 
@@ -32,11 +32,10 @@ def output_remover(runtime: ServiceRuntime) -> retention.OutputRemover:
     """Deleting output files means asking their owner, the dispatcher."""
 
     async def remove(output_ids: list[str], job_ids: list[str]) -> DeletedOutputs:
-        return await request(
+        return await call(
             runtime.nc,
-            subjects.Dispatch.OUTPUTS_DELETE,
+            endpoints.Dispatch.OUTPUTS_DELETE,
             DeleteOutputs(output_ids=output_ids, job_ids=job_ids),
-            DeletedOutputs,
             timeout=runtime.settings.request_timeout_s,
         )
 

@@ -45,11 +45,21 @@ def test_overrides_and_a_per_service_database_url() -> None:
         ({"HUB_LOG_FORMAT": "xml"}, "HUB_LOG_FORMAT"),
         ({"HUB_NATS_URL": "localhost:4222"}, "HUB_NATS_URL"),
         ({"HUB_PROMPT_DATABASE_URL": "mysql://x"}, "HUB_PROMPT_DATABASE_URL"),
+        ({"HUB_METRICS_ALLOW": "prometheus.internal"}, "HUB_METRICS_ALLOW"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings("prompt", env)
+
+
+def test_metrics_allow_is_loopback_by_default_and_takes_networks_or_any() -> None:
+    assert load_settings("gateway", {}).metrics_allow == ("127.0.0.0/8", "::1/128")
+    assert load_settings("gateway", {"HUB_METRICS_ALLOW": "10.1.2.3, 172.16.0.0/12"}).metrics_allow == (
+        "10.1.2.3/32",
+        "172.16.0.0/12",
+    )
+    assert load_settings("gateway", {"HUB_METRICS_ALLOW": "*"}).metrics_allow == ("0.0.0.0/0", "::/0")
 
 
 def test_the_readme_documents_every_variable() -> None:

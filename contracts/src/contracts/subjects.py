@@ -18,6 +18,11 @@ def health(service: str) -> str:
     return f"{PREFIX}.{service}.health"
 
 
+# Scatter (no queue group, not a micro endpoint): every replica of every service answers with a MetricsReply;
+# the gateway's /metrics gathers the answers that come within a short window.
+METRICS_SCRAPE: Final = f"{PREFIX}.metrics.scrape"
+
+
 def queue_group(service: str) -> str:
     return f"{PREFIX}-{service}"
 

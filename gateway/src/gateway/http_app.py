@@ -21,12 +21,15 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Response, Stream
 
+from contracts.errors import ErrorCode, HubError
 from contracts.runtime.bus import require_connection
 from contracts.runtime.host_guard import HostGuard, json_refusal, policy_of
+from contracts.runtime.metrics import gather, merge
 from contracts.runtime.output_http import output_reply
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__
 from gateway.api_document import ContractJsonRenderPlugin
+from gateway.http_metrics import MCP_METHOD_SCOPE_KEY, METRICS_CONTENT_TYPE, METRICS_PATH, HttpMeter, MetricsAllow
 from gateway.hub_client import HubClient
 from gateway.mcp_http import (
     INVALID_REQUEST,
@@ -231,7 +234,10 @@ class GatewayGuard:
             error = {"code": -32700, "message": f"Parse error: {TOO_DEEP}"}
             await _send_json(send, 400, {"jsonrpc": "2.0", "id": None, "error": error}, [])
             return None
+        if isinstance(parsed, dict) and isinstance(parsed.get("method"), str):
+            scope[MCP_METHOD_SCOPE_KEY] = parsed["method"][:64]  # for the figures (HttpMeter); bounded
         if isinstance(parsed, list) and parsed:
+            scope[MCP_METHOD_SCOPE_KEY] = "batch"
             await self._batch(scope, headers, parsed, send)
             return None
         if parsed is not _NOT_JSON and not _is_json_rpc_message(parsed):
@@ -288,6 +294,22 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
         return Stream(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
+    allow = MetricsAllow(runtime.settings.metrics_allow)
+
+    @get(METRICS_PATH, include_in_schema=False)
+    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Prometheus figures of every replica of every service (no key; HUB_METRICS_ALLOW decides who)."""
+        if not allow.allows(request.scope.get("client")):
+            client = (request.scope.get("client") or ("unknown",))[0]
+            raise HubError(
+                ErrorCode.FORBIDDEN,
+                f"{client} may not read /metrics; add its address or network to HUB_METRICS_ALLOW "
+                f"(e.g. HUB_METRICS_ALLOW=127.0.0.1,{client})",
+                field="HUB_METRICS_ALLOW",
+            )
+        await require_connection(runtime.nc)
+        return Response(merge(await gather(runtime.nc)), media_type=METRICS_CONTENT_TYPE)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         # The HTTP server starts after NATS is connected (serve_http), so the hub client can be built here.
@@ -299,7 +321,7 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
             yield
 
     app = Litestar(
-        route_handlers=[healthz, readyz, mcp_endpoint, image, GenerationsController, CatalogController],
+        route_handlers=[healthz, readyz, metrics, mcp_endpoint, image, GenerationsController, CatalogController],
         openapi_config=OpenAPIConfig(
             title="GenImage Hub API",
             version=__version__,
@@ -319,4 +341,5 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
         lifespan=[lifespan],
     )
     guarded = GatewayGuard(app, keys)
-    return HostGuard(guarded, policy_of(runtime.settings, "gateway"), refusal=host_refusal, log=runtime.log)
+    checked = HostGuard(guarded, policy_of(runtime.settings, "gateway"), refusal=host_refusal, log=runtime.log)
+    return HttpMeter(checked, runtime.metrics)

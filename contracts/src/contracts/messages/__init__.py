@@ -14,7 +14,7 @@ from contracts.messages.events import (
     JobStarted,
     OutputStored,
 )
-from contracts.messages.health import CheckResult, HealthReply, HealthRequest
+from contracts.messages.health import CheckResult, HealthReply, HealthRequest, MetricsReply
 from contracts.messages.instances import (
     DeleteInstance,
     GetInstance,
@@ -181,6 +181,7 @@ __all__ = [
     "LlmSettings",
     "LogExport",
     "LogPage",
+    "MetricsReply",
     "ModelRef",
     "OutputFile",
     "OutputStored",

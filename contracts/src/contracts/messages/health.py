@@ -25,3 +25,11 @@ class HealthReply(Record):
     checks: list[CheckResult] = []
     host: str = ""
     pid: int = 0
+
+
+class MetricsReply(Record):
+    """One replica's answer to a metrics scrape (subjects.METRICS_SCRAPE): its Prometheus exposition text."""
+
+    service: str
+    replica: str  # the replica's instance id
+    exposition: str

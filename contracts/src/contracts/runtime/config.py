@@ -86,6 +86,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Hosts and networks (comma-separated names, IPs or CIDRs) that `input_image.url` may fetch from although "
         "they are loopback, private, link-local or otherwise not public; empty: public addresses only",
     ),
+    "HUB_METRICS_ALLOW": (
+        "127.0.0.0/8,::1",
+        "Client addresses and networks (comma-separated IPs or CIDRs) that may read the gateway's `/metrics` "
+        "(no API key; others get 403); `*` for any",
+    ),
     "HUB_NATS_PORT": ("4222", "`./hub start` only: client port of the local nats-server"),
     "HUB_NATS_MONITOR_PORT": (
         "0",
@@ -133,6 +138,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dispatch_max_attempts: int
     dispatch_takeover_s: float
     input_url_allow: tuple[str, ...]
+    metrics_allow: tuple[str, ...]
 
     @property
     def nats_servers(self) -> list[str]:
@@ -182,6 +188,22 @@ def _host_or_network_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
                     "write e.g. images.internal,127.0.0.1,10.0.0.0/8"
                 ) from None
     return entries
+
+
+def _network_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """IP networks (an address is a /32 or /128), or `*` for any."""
+    entries = _entries(env, name)
+    if entries == [ANY]:
+        return ("0.0.0.0/0", "::/0")
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {entry!r} is not an IP address or network; write e.g. {name}=127.0.0.1,10.0.0.0/8 "
+                "(or * for any)"
+            ) from None
+    return tuple(str(ipaddress.ip_network(entry, strict=False)) for entry in entries)
 
 
 def _entries(env: Mapping[str, str], name: str) -> list[str]:
@@ -281,4 +303,5 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         dispatch_max_attempts=int(_number(env, "HUB_DISPATCH_MAX_ATTEMPTS", int, minimum=1)),
         dispatch_takeover_s=_number(env, "HUB_DISPATCH_TAKEOVER_S", float, minimum=1),
         input_url_allow=_host_or_network_list(env, "HUB_INPUT_URL_ALLOW"),
+        metrics_allow=_network_list(env, "HUB_METRICS_ALLOW"),
     )

@@ -23,6 +23,7 @@ import nats.micro
 from nats.aio.client import Client as NatsClient
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from contracts import endpoints, subjects
 from contracts.endpoints import Endpoint
@@ -32,6 +33,7 @@ from contracts.messages.health import CheckResult, HealthReply, HealthRequest
 from contracts.runtime.bus import connect
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
+from contracts.runtime.metrics import ServiceMetrics, answer_scrapes
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Res = TypeVar("Res")
@@ -100,6 +102,8 @@ class ServiceRuntime:
         self._nc: NatsClient | None = None
         self._micro: Service | None = None
         self._meters: dict[str, _EndpointMeter] = {}
+        self.metrics = ServiceMetrics(self.name, self.instance_id)
+        self.metrics.on_scrape(self._runtime_metrics)
         self.endpoint(endpoints.health(self.name), self._health, name="health")
 
     # -- registration (before `run`) ---------------------------------------------------------------
@@ -191,6 +195,7 @@ class ServiceRuntime:
                     metadata=endpoint.metadata,
                 )
             )
+        await answer_scrapes(self._nc, self.metrics)
         await self._nc.flush()
         self.log.info(
             "service started",
@@ -251,6 +256,23 @@ class ServiceRuntime:
             self.log.info("stop requested")
         finally:
             await self.stop()
+
+    def _runtime_metrics(self) -> list[Metric]:
+        """Read at scrape time: NATS reconnects (nats-py counts them) and what each endpoint answered."""
+        reconnects = CounterMetricFamily(
+            self.metrics.name("nats_reconnects"), "Times this replica's NATS connection was re-established"
+        )
+        reconnects.add_metric([], self._nc.stats["reconnects"] if self._nc is not None else 0)
+        requests = CounterMetricFamily(
+            self.metrics.name("nats_requests"), "NATS requests answered, per endpoint", labels=["endpoint"]
+        )
+        errors = CounterMetricFamily(
+            self.metrics.name("nats_request_errors"), "NATS requests answered with an error", labels=["endpoint"]
+        )
+        for name, meter in sorted(self._meters.items()):
+            requests.add_metric([name], meter.requests)
+            errors.add_metric([name], meter.errors)
+        return [reconnects, requests, errors]
 
     # -- request handling ---------------------------------------------------------------------------
 

@@ -1,0 +1,139 @@
+"""The hub's Prometheus figures: the gateway's /metrics gathers every replica of every service over NATS; the
+figures move with real generations through the real services and the ComfyUI double."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from dispatch_support import wait_final
+from gateway_support import GatewayHub, gateway_hub
+from harness import ServiceProcess, hub_env
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from prometheus_client.parser import text_string_to_metric_families
+
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("metrics")) as running:
+        yield running
+
+
+async def scrape(base_url: str) -> tuple[str, Samples]:
+    """/metrics as text, and every sample by (name, labels without `replica`) summed over replicas."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        response = await http.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "replica"))
+            samples[key] = samples.get(key, 0.0) + sample.value
+    return response.text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def replicas_of(samples: Samples, service: str) -> float:
+    return value(samples, "genimage_scrape_replica_up", service=service)
+
+
+async def test_metrics_need_no_key_and_gather_every_service(gw: GatewayHub) -> None:
+    text, samples = await scrape(gw.base_url)
+    for service in ("gateway", "registry", "prompt", "dispatch"):
+        assert replicas_of(samples, service) == 1, service
+        assert (f"genimage_{service}_nats_reconnects_total", frozenset()) in samples, service
+    # One HELP/TYPE per family: valid exposition although every replica sent its own.
+    assert text.count("# TYPE genimage_dispatch_nats_requests_total counter") == 1
+
+
+async def test_gateway_routes_and_mcp_methods_are_counted_and_timed(gw: GatewayHub) -> None:
+    _, before = await scrape(gw.base_url)
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        submitted = await api.post("/api/v1/generations", json={"prompt": "a lighthouse", "steps": 2})
+        assert submitted.status_code == 202, submitted.text
+        missing = await api.get("/api/v1/generations/no-such-job")
+        assert missing.status_code == 404
+    await wait_final(gw.nc, submitted.json()["job_id"])
+    async with (
+        httpx.AsyncClient(headers=gw.auth, timeout=30) as http,
+        streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        await session.list_tools()
+    _, after = await scrape(gw.base_url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = "/api/v1/generations"
+    assert moved("genimage_gateway_http_requests_total", route=route, method="POST", status="202") == 1
+    one = "/api/v1/generations/{job_id}"
+    routes = sorted(dict(labels).get("route", "") for name, labels in after if name.endswith("http_requests_total"))
+    assert moved("genimage_gateway_http_requests_total", route=one, method="GET", status="404") == 1, routes
+    assert moved("genimage_gateway_http_request_duration_seconds_count", route=route) == 1
+    assert moved("genimage_gateway_mcp_requests_total", method="initialize", status="200") == 1
+    assert moved("genimage_gateway_mcp_requests_total", method="tools/list", status="200") == 1
+    assert moved("genimage_gateway_mcp_request_duration_seconds_count", method="tools/list") == 1
+    assert moved("genimage_dispatch_nats_requests_total", endpoint="jobs_submit") == 1
+    # The scrape itself is a route like the others.
+    assert moved("genimage_gateway_http_requests_total", route="/metrics", method="GET", status="200") >= 1
+
+
+async def test_every_replica_answers_and_families_are_merged(gw: GatewayHub) -> None:
+    second = ServiceProcess(
+        name="dispatch",
+        env=hub_env(gw.hub.nats_url, gw.hub.data_dir, HUB_DISPATCH_HEALTH_INTERVAL_S="0.2"),
+        log_path=gw.hub.data_dir / f"dispatch-second-{int(time.time() * 1000)}.log",
+    )
+    second.start()
+    try:
+        await second.wait_healthy(gw.nc)
+        text, samples = await scrape(gw.base_url)
+        assert replicas_of(samples, "dispatch") == 2
+        assert text.count("# TYPE genimage_dispatch_nats_reconnects_total counter") == 1
+        replicas = {
+            s.labels["replica"]
+            for f in text_string_to_metric_families(text)
+            if f.name == "genimage_dispatch_nats_reconnects"
+            for s in f.samples
+        }
+        assert len(replicas) == 2
+    finally:
+        await second.stop()
+
+
+async def test_metrics_are_refused_to_clients_outside_the_allowlist(gw: GatewayHub) -> None:
+    gateway = ServiceProcess(
+        name="gateway",
+        env=hub_env(gw.hub.nats_url, gw.hub.data_dir, HUB_METRICS_ALLOW="10.0.0.0/8"),
+        log_path=gw.hub.data_dir / f"gateway-allow-{int(time.time() * 1000)}.log",
+    )
+    gateway.start()
+    try:
+        await gateway.wait_healthy(gw.nc)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.env['HUB_GATEWAY_PORT']}") as http:
+            deadline = time.monotonic() + 15
+            while (await http.get("/readyz")).status_code != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            refused = await http.get("/metrics")
+        assert refused.status_code == 403
+        error = refused.json()["error"]
+        assert error["field"] == "HUB_METRICS_ALLOW" and "127.0.0.1" in error["message"]
+    finally:
+        await gateway.stop()

@@ -46,6 +46,7 @@ def test_overrides_and_a_per_service_database_url() -> None:
         ({"HUB_NATS_URL": "localhost:4222"}, "HUB_NATS_URL"),
         ({"HUB_PROMPT_DATABASE_URL": "mysql://x"}, "HUB_PROMPT_DATABASE_URL"),
         ({"HUB_METRICS_ALLOW": "prometheus.internal"}, "HUB_METRICS_ALLOW"),
+        ({"HUB_UI_COMFYUI_PROBE_URL": "localhost:8188"}, "HUB_UI_COMFYUI_PROBE_URL"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(env: dict[str, str], named: str) -> None:
@@ -66,3 +67,11 @@ def test_the_readme_documents_every_variable() -> None:
     text = README.read_text()
     for name in ENV_VARS:
         assert f"`{name}`" in text, f"{name} is missing from the README's configuration table"
+
+
+def test_the_comfyui_probe_address_defaults_to_comfyuis_own_and_may_be_turned_off() -> None:
+    assert load_settings("ui", {}).ui_comfyui_probe_url == "http://127.0.0.1:8188"
+    assert load_settings("ui", {"HUB_UI_COMFYUI_PROBE_URL": "http://10.0.0.5:8188/"}).ui_comfyui_probe_url == (
+        "http://10.0.0.5:8188"
+    )
+    assert load_settings("ui", {"HUB_UI_COMFYUI_PROBE_URL": ""}).ui_comfyui_probe_url == ""

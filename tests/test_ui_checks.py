@@ -9,10 +9,9 @@ import re
 from collections.abc import AsyncIterator
 from html import unescape
 
-import httpx
 import pytest
 from dispatch_support import Hub
-from ui_support import ADMIN_PASSWORD, start_ui_hub
+from ui_support import Admin, field_error, signed_in_admin, start_ui_hub, value_of
 
 from contracts import endpoints
 from contracts.messages.render_types import GetRenderType
@@ -34,47 +33,10 @@ async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory)
     await nc.close()
 
 
-class Admin:
-    """A signed-in admin's browser, as far as forms go: the session cookie and each page's CSRF token."""
-
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
-
-    async def get(self, path: str) -> str:
-        page = await self.client.get(path)
-        assert page.status_code == 200, (path, page.status_code, page.text[:500])
-        return page.text
-
-    async def post(
-        self, path: str, form: dict[str, str], *, from_page: str, files: dict | None = None
-    ) -> httpx.Response:
-        token = csrf_of(await self.get(from_page))
-        return await self.client.post(path, data={**form, "_csrf_token": token}, files=files)
-
-
-def csrf_of(html: str) -> str:
-    return html.split('name="_csrf_token" value="')[1].split('"')[0]
-
-
-def field_error(html: str, name: str) -> str:
-    found = re.search(rf'<div class="field-error" id="error-{name}">(.*?)</div>', html, re.S)
-    return unescape(found.group(1)).strip() if found else ""
-
-
-def value_of(html: str, name: str) -> str:
-    found = re.search(rf'<input id="f-{name}"[^>]*value="([^"]*)"', html)
-    return unescape(found.group(1)) if found else ""
-
-
 @pytest.fixture
 async def admin(hub: Hub) -> AsyncIterator[Admin]:
-    async with httpx.AsyncClient(base_url=hub.ui_url, timeout=30) as client:  # type: ignore[attr-defined]
-        token = csrf_of((await client.get("/login")).text)
-        signed_in = await client.post(
-            "/login", data={"username": "admin", "password": ADMIN_PASSWORD, "_csrf_token": token}
-        )
-        assert signed_in.status_code in (302, 303), signed_in.text[:300]
-        yield Admin(client)
+    async with signed_in_admin(hub.ui_url) as signed_in:  # type: ignore[attr-defined]
+        yield signed_in
 
 
 async def analysed(admin: Admin, hub: Hub) -> dict[str, str]:

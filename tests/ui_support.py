@@ -3,9 +3,14 @@ and a headless Debian chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import contextlib
+import re
 import shutil
+from collections.abc import AsyncIterator
+from html import unescape
 from pathlib import Path
 
+import httpx
 from dispatch_support import Hub
 from playwright.async_api import Browser, Page, Playwright
 
@@ -54,3 +59,48 @@ async def screenshot(page: Page, folder: Path, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(target, ARTIFACTS / target.name)
     return target
+
+
+# -- a signed-in admin over plain HTTP (forms posted as a browser posts them) -------------------------------
+
+
+class Admin:
+    """A signed-in admin's browser, as far as forms go: the session cookie and each page's CSRF token."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, path: str) -> str:
+        page = await self.client.get(path)
+        assert page.status_code == 200, (path, page.status_code, page.text[:500])
+        return page.text
+
+    async def post(
+        self, path: str, form: dict[str, str], *, from_page: str, files: dict | None = None
+    ) -> httpx.Response:
+        token = csrf_of(await self.get(from_page))
+        return await self.client.post(path, data={**form, "_csrf_token": token}, files=files)
+
+
+def csrf_of(html: str) -> str:
+    return html.split('name="_csrf_token" value="')[1].split('"')[0]
+
+
+def field_error(html: str, name: str) -> str:
+    found = re.search(rf'<div class="field-error" id="error-{name}">(.*?)</div>', html, re.S)
+    return unescape(found.group(1)).strip() if found else ""
+
+
+def value_of(html: str, name: str) -> str:
+    found = re.search(rf'<input id="f-{name}"[^>]*value="([^"]*)"', html)
+    return unescape(found.group(1)) if found else ""
+
+
+@contextlib.asynccontextmanager
+async def signed_in_admin(base_url: str) -> AsyncIterator[Admin]:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        token = csrf_of((await client.get("/login")).text)
+        form = {"username": "admin", "password": ADMIN_PASSWORD, "_csrf_token": token}
+        signed_in = await client.post("/login", data=form)
+        assert signed_in.status_code in (302, 303), signed_in.text[:300]
+        yield Admin(client)

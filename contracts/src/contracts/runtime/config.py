@@ -51,6 +51,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_UI_ALLOWED_HOSTS": ("", "As `HUB_GATEWAY_ALLOWED_HOSTS`, for the admin UI"),
     "HUB_UI_ALLOWED_ORIGINS": ("", "As `HUB_GATEWAY_ALLOWED_ORIGINS`, for the admin UI"),
     "HUB_ADMIN_PASSWORD": ("", "Admin password set on the UI's first start (required to log in)"),
+    "HUB_UI_COMFYUI_PROBE_URL": (
+        "http://127.0.0.1:8188",
+        "Where the dashboard looks for a ComfyUI that is not an instance yet, to offer adding it (ComfyUI's "
+        "default address); empty: do not look",
+    ),
     "HUB_UI_SIGNIN_FREE_FAILURES": (
         "3",
         "Failed sign-ins in a row (from one client address, or for one user name) before further attempts wait",
@@ -124,6 +129,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ui_allowed_hosts: tuple[str, ...]
     ui_allowed_origins: tuple[str, ...]
     admin_password: str
+    ui_comfyui_probe_url: str
     ui_signin_free_failures: int
     ui_signin_delay_s: float
     ui_signin_lock_failures: int
@@ -147,6 +153,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
 
 def database_env_var(service: str) -> str:
     return f"HUB_{service.upper()}_DATABASE_URL"
+
+
+def _probe_url(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, ENV_VARS[name][0]).strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={value!r} must start with http:// or https:// (or be empty: do not look)")
+    return value
 
 
 def default_database_url(data_dir: Path, service: str) -> str:
@@ -289,6 +302,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         ui_allowed_hosts=_allowed_hosts(env, "HUB_UI_ALLOWED_HOSTS"),
         ui_allowed_origins=_allowed_origins(env, "HUB_UI_ALLOWED_ORIGINS"),
         admin_password=env.get("HUB_ADMIN_PASSWORD", ""),
+        ui_comfyui_probe_url=_probe_url(env, "HUB_UI_COMFYUI_PROBE_URL"),
         ui_signin_free_failures=int(_number(env, "HUB_UI_SIGNIN_FREE_FAILURES", int, minimum=0)),
         ui_signin_delay_s=_number(env, "HUB_UI_SIGNIN_DELAY_S", float, minimum=0),
         ui_signin_lock_failures=int(_number(env, "HUB_UI_SIGNIN_LOCK_FAILURES", int, minimum=1)),

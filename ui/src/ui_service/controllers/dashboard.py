@@ -14,6 +14,7 @@ from contracts.messages.instances import InstanceList, ListInstances
 from contracts.messages.jobs import QueueView, QueueViewRequest
 from contracts.messages.stats import Figures, QueryFigures
 from contracts.runtime.output_http import output_reply
+from ui_service.first_run import detected_comfyui
 from ui_service.hub_client import HubClient
 from ui_service.pages import page, require_admin
 
@@ -33,12 +34,15 @@ class DashboardController(Controller):
         )
         views = instances.instances if instances else []
         jobs = queue.jobs if queue else []
+        enabled = [v for v in views if v.instance.enabled]
         return page(
             "dashboard.html",
             request,
             instances=views,
             instances_error=instances_error,
-            up=sum(1 for v in views if v.health.up),
+            up=sum(1 for v in enabled if v.health.up),
+            enabled_count=len(enabled),
+            detected=await detected_comfyui(hub, views) if instances is not None else None,
             queue=queue,
             queue_error=queue_error,
             active=[j for j in jobs if j.status in ("queued", "running", "cancelling")],

@@ -10,6 +10,7 @@ from contracts.envelope import Empty
 from contracts.messages.instances import (
     DeleteInstance,
     GetInstance,
+    Instance,
     InstanceHealth,
     InstanceList,
     InstanceView,
@@ -17,6 +18,7 @@ from contracts.messages.instances import (
     ProbeInstance,
     SaveInstance,
 )
+from ui_service.first_run import DETECTED_NAME
 from ui_service.forms import form_of, instance_from_form
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, act_then_redirect, flash, named_or, page, require_admin
@@ -77,6 +79,21 @@ class InstancesController(Controller):
             return await instances_page(request, hub, form, rejected.errors)
         flash(request, f"Saved instance {view.instance.name}.")
         return Redirect("/instances")
+
+    @post("/add-detected")
+    async def add_detected(self, request: Request, hub: HubClient) -> Redirect:
+        """The dashboard's one click: the ComfyUI found at the probe address becomes an instance."""
+        url = hub.runtime.settings.ui_comfyui_probe_url
+        with Rejection() as rejected:
+            await hub.ask(
+                subjects.Dispatch.INSTANCES_SAVE,
+                SaveInstance(instance=Instance(name=DETECTED_NAME, base_url=url)),
+                InstanceView,
+            )
+        if rejected:
+            return act_then_redirect(request, "/", rejected, "")
+        flash(request, f"Added the ComfyUI at {url} as instance {DETECTED_NAME}. Try a generation.")
+        return Redirect("/generate")
 
     @post("/delete")
     async def delete_instance(self, request: Request, hub: HubClient) -> Redirect:

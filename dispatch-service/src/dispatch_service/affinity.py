@@ -38,6 +38,7 @@ from nats.js.kv import KeyValue
 from contracts.runtime.bus import through_election
 from contracts.runtime.logs import get_logger
 from dispatch_service.leases import instance_key
+from dispatch_service.store import JobRecord
 
 if TYPE_CHECKING:
     from dispatch_service.pool import InstanceState
@@ -328,10 +329,10 @@ class Affinity:
         self.costs = costs
         self._runs: dict[str, _Run] = {}
 
-    def begin(self, job_id: str, state: InstanceState, row: Mapping[str, Any]) -> None:
+    def begin(self, job_id: str, state: InstanceState, row: JobRecord) -> None:
         """A job takes a slot of `state` (called as it does, so the next placement already counts with it)."""
-        instance, render_type = state.config.name, row["render_type"]
-        loaders = loader_nodes(row["workflow"], state.model_files)
+        instance, render_type = state.config.name, row.render_type
+        loaders = loader_nodes(row.workflow, state.model_files)
         models = models_of(loaders)
         warm = models <= self.memory.loaded(instance)
         news = self.memory.hold(instance, models)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.js.errors import FetchTimeoutError
@@ -23,6 +23,7 @@ from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
 from dispatch_service.jobs import is_final
 from dispatch_service.leases import Lease
+from dispatch_service.store import JobRecord
 
 if TYPE_CHECKING:
     from dispatch_service.scheduler import Scheduler
@@ -38,7 +39,7 @@ PLACE_EVERY_S = 0.25  # placement is looked at again this often (estimates chang
 @dataclass
 class _Held:
     msg: Msg
-    row: dict[str, Any]
+    row: JobRecord
     requirements: Requirements
     models: frozenset[str]
     claim: Lease | None  # see SlotLeases.hold
@@ -109,8 +110,8 @@ class AffinityQueue:
             await msg.nak(delay=RETRY_DELAY_S)
             return
         known = frozenset().union(*(s.model_files for s in self._pool.states.values()))
-        claim = await self._scheduler.leases.hold(self._scheduler._note(row["job_id"], msg))
-        self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row["workflow"], known)), claim))
+        claim = await self._scheduler.leases.hold(self._scheduler._note(row.job_id, msg))
+        self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row.workflow, known)), claim))
         self._pool.notify()
 
     async def _place_round(self) -> None:
@@ -129,7 +130,7 @@ class AffinityQueue:
         }
         jobs = [
             Waiting(
-                render_type=held.row["render_type"],
+                render_type=held.row.render_type,
                 models=held.models,
                 able=[s.config.name for s in self._pool.candidates(held.requirements)],
             )
@@ -146,7 +147,7 @@ class AffinityQueue:
 
     async def _start(self, held: _Held, instance: str) -> None:
         state = self._pool.states[instance]
-        note = self._scheduler._note(held.row["job_id"], held.msg)
+        note = self._scheduler._note(held.row.job_id, held.msg)
         lease = await self._scheduler.leases.try_take(instance, state.config.slots, note)
         if lease is None:  # another replica took the slot: the job waits for the next round
             return
@@ -158,7 +159,7 @@ class AffinityQueue:
         """The held jobs' messages stay ours; a job cancelled meanwhile leaves the window."""
         for held in list(self.window):
             try:
-                row = await self._scheduler.store.get(held.row["job_id"])
+                row = await self._scheduler.store.get(held.row.job_id)
                 if row is None or is_final(row):
                     self.window.remove(held)
                     await held.msg.ack()

@@ -13,11 +13,11 @@ from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
 from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
 from dispatch_service.input_url import UrlAllowlist
-from dispatch_service.jobs import JobStore
 from dispatch_service.leases import SlotLeases
 from dispatch_service.pool import Pool
 from dispatch_service.replica import take_identity
 from dispatch_service.scheduler import Scheduler
+from dispatch_service.store import JobStore
 
 
 def build(settings: Settings) -> ServiceRuntime:

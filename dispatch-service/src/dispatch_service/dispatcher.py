@@ -21,9 +21,10 @@ from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
 from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist
-from dispatch_service.jobs import WAITING_STATUSES, JobStore, Upstream, is_final, job_view, prepare_job
+from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
+from dispatch_service.store import WAITING_STATUSES, JobStore
 
 log = get_logger("dispatcher")
 
@@ -120,7 +121,7 @@ class Dispatcher:
 
     async def get(self, job_id: str) -> JobView:
         row = await self.store.require(job_id)
-        waiting = row["status"] in WAITING_STATUSES
+        waiting = row.status in WAITING_STATUSES
         return job_view(row, await self.store.queue_position(row) if waiting else None)
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
@@ -139,17 +140,13 @@ class Dispatcher:
         rows = await self.store.of_caller(api_key_id, limit + 1, _page_mark(after) if after else None)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_after = f"{rows[-1]['accepted_at']!r}/{rows[-1]['job_id']}" if more else None
+        next_after = f"{rows[-1].accepted_at!r}/{rows[-1].job_id}" if more else None
         return JobPage(jobs=[job_view(r) for r in rows], next_after=next_after)
 
     async def queue_view(self, include_finished: bool, limit: int) -> QueueView:
         rows = await (self.store.recent(limit) if include_finished else self.store.active(limit))
-        queued_order = [
-            r["job_id"] for r in sorted(rows, key=lambda r: r["accepted_at"]) if r["status"] in WAITING_STATUSES
-        ]
-        views = [
-            job_view(r, queued_order.index(r["job_id"]) + 1 if r["job_id"] in queued_order else None) for r in rows
-        ]
+        queued_order = [r.job_id for r in sorted(rows, key=lambda r: r.accepted_at) if r.status in WAITING_STATUSES]
+        views = [job_view(r, queued_order.index(r.job_id) + 1 if r.job_id in queued_order else None) for r in rows]
         return QueueView(
             jobs=views,
             queued=sum(v.status in WAITING_STATUSES for v in views),

@@ -1,16 +1,14 @@
-"""ComfyUI instances: validation and storage of their configuration."""
+"""ComfyUI instances: validation of their configuration (stored through store.py)."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import Instance
-from contracts.runtime.database import write_transaction
-from dispatch_service.tables import InstanceRow
+from dispatch_service import store
 
 
 def normalize_base_url(url: str) -> str:
@@ -49,18 +47,6 @@ def validate_auth_header(header: str | None) -> str | None:
     return f"{name.strip()}: {value.strip()}"
 
 
-def to_instance(row: dict) -> Instance:
-    return Instance(
-        name=row["name"],
-        base_url=row["base_url"],
-        enabled=row["enabled"],
-        slots=row["slots"],
-        weight=row["weight"],
-        auth_header=row["auth_header"],
-        tags=list(row["tags"] or []),
-    )
-
-
 def masked(instance: Instance) -> Instance:
     """The instance as shown to callers: the auth header's secret is hidden."""
     if not instance.auth_header:
@@ -70,45 +56,31 @@ def masked(instance: Instance) -> Instance:
 
 
 async def list_instances() -> list[Instance]:
-    rows = await InstanceRow.select().order_by(InstanceRow.name).output(load_json=True).run()
-    return [to_instance(row) for row in rows]
+    return await store.instances()
 
 
 async def get_instance(name: str) -> Instance:
-    row = await InstanceRow.select().where(InstanceRow.name == name).first().output(load_json=True).run()
-    if row is None:
+    found = await store.find_instance(name)
+    if found is None:
         names = [i.name for i in await list_instances()]
         raise HubError(ErrorCode.NOT_FOUND, f"no instance named {name!r}", field="name", details={"valid": names})
-    return to_instance(row)
+    return found
 
 
 async def save_instance(instance: Instance, original_name: str | None) -> Instance:
     """Create (original_name None) or update an instance, in one transaction."""
     base_url = normalize_base_url(instance.base_url)
     auth_header = validate_auth_header(instance.auth_header)
-    now = time.time()
-    async with write_transaction(InstanceRow._meta.db):
-        clash = await InstanceRow.select(InstanceRow.id).where(InstanceRow.name == instance.name).first().run()
+    async with store.instance_transaction():
+        clash = await store.find_instance(instance.name)
         if original_name is None:
             if clash is not None:
                 raise HubError(
                     ErrorCode.CONFLICT, f"an instance named {instance.name!r} exists already", field="instance.name"
                 )
-            await InstanceRow.insert(
-                InstanceRow(
-                    name=instance.name,
-                    base_url=base_url,
-                    enabled=instance.enabled,
-                    slots=instance.slots,
-                    weight=instance.weight,
-                    auth_header=auth_header,
-                    tags=instance.tags,
-                    created_at=now,
-                    updated_at=now,
-                )
-            ).run()
+            await store.insert_instance(msgspec.structs.replace(instance, base_url=base_url, auth_header=auth_header))
         else:
-            current = await InstanceRow.select().where(InstanceRow.name == original_name).first().run()
+            current = await store.find_instance(original_name)
             if current is None:
                 raise HubError(ErrorCode.NOT_FOUND, f"no instance named {original_name!r}", field="original_name")
             if clash is not None and instance.name != original_name:
@@ -117,26 +89,12 @@ async def save_instance(instance: Instance, original_name: str | None) -> Instan
                 )
             # An edit that shows the masked header keeps the stored secret.
             if auth_header and auth_header.endswith(": ***"):
-                auth_header = current["auth_header"]
-            await (
-                InstanceRow.update(
-                    {
-                        InstanceRow.name: instance.name,
-                        InstanceRow.base_url: base_url,
-                        InstanceRow.enabled: instance.enabled,
-                        InstanceRow.slots: instance.slots,
-                        InstanceRow.weight: instance.weight,
-                        InstanceRow.auth_header: auth_header,
-                        InstanceRow.tags: instance.tags,
-                        InstanceRow.updated_at: now,
-                    }
-                )
-                .where(InstanceRow.name == original_name)
-                .run()
-            )
+                auth_header = current.auth_header
+            stored = msgspec.structs.replace(instance, base_url=base_url, auth_header=auth_header)
+            await store.update_instance(original_name, stored)
     return await get_instance(instance.name)
 
 
 async def delete_instance(name: str) -> None:
     await get_instance(name)
-    await InstanceRow.delete().where(InstanceRow.name == name).run()
+    await store.delete_instance(name)

@@ -12,10 +12,9 @@ import asyncio
 import io
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
-from piccolo.columns import Column
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import (
@@ -38,12 +37,9 @@ from contracts.messages.styles import BuildPrompt, BuiltPrompt, TraceStep
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import OutputStorage, decode_base64_image
 from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url
-from dispatch_service.tables import JobRow
+from dispatch_service.store import JobRecord
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024
-WAITING_STATUSES = ("accepted", "queued")  # not yet running: they have a place in the queue
-ACTIVE_STATUSES = (*WAITING_STATUSES, "running", "cancelling")
-RUNNING_STATUSES = ("running", "cancelling")  # on an instance (a cancel may be landing)
 
 
 class Upstream(Protocol):
@@ -208,159 +204,16 @@ async def prepare_job(
     )
 
 
-def _request_for_record(request: GenerationRequest) -> dict[str, Any]:
-    """The request as stored and published: input image bytes are kept in storage, not in every copy."""
-    raw = msgspec.to_builtins(request)
-    if request.input_image is not None and request.input_image.base64:
-        raw["input_image"] = {"base64": f"<{len(request.input_image.base64)} base64 characters>"}
-    return raw
+def requirements_of(job: JobRecord) -> Requirements:
+    return job.requirements
 
 
-class JobStore:
-    """Job rows: the only place that writes them."""
-
-    async def insert(self, job: PreparedJob) -> None:
-        params = job.resolved.params
-        await JobRow.insert(
-            JobRow(
-                job_id=job.job_id,
-                status="accepted",
-                render_type=job.resolved.render_type,
-                render_type_version=job.resolved.version,
-                output_kind=job.resolved.output_kind,
-                request=_request_for_record(job.request),
-                workflow=job.resolved.workflow,
-                requirements=msgspec.to_builtins(job.resolved.requirements),
-                positive_prompt=job.built.positive,
-                negative_prompt=job.built.negative,
-                styles=job.built.styles_applied,
-                enhancement_error=job.built.enhancement_error,
-                seed=str(params.seed) if params.seed is not None else None,
-                width=params.width,
-                height=params.height,
-                input_image_id=job.input_image_id,
-                api_key_id=job.request.api_key_id,
-                client_name=job.request.client_name,
-                accepted_at=job.accepted_at,
-            )
-        ).run()
-
-    async def get(self, job_id: str) -> dict[str, Any] | None:
-        return await JobRow.select().where(JobRow.job_id == job_id).first().output(load_json=True).run()
-
-    async def require(self, job_id: str) -> dict[str, Any]:
-        row = await self.get(job_id)
-        if row is None:
-            raise HubError(ErrorCode.NOT_FOUND, f"no job with id {job_id!r}", field="job_id")
-        return row
-
-    async def transition(self, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
-        """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
-        changes: dict[Column | str, Any] = {getattr(JobRow, name): value for name, value in values.items()}
-        updated = (
-            await JobRow.update(changes)
-            .where((JobRow.job_id == job_id) & JobRow.status.is_in(list(from_statuses)))
-            .returning(JobRow.id)
-            .run()
-        )
-        return bool(updated)
-
-    async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
-        """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
-        runner died (the same message delivered again). A second message for the same job never claims it."""
-        changes: dict[Column | str, Any] = {getattr(JobRow, name): value for name, value in values.items()}
-        changes[JobRow.stream_seq] = stream_seq
-        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
-        taken_over = (JobRow.status == "running") & (JobRow.stream_seq == stream_seq)
-        updated = (
-            await JobRow.update(changes)
-            .where((JobRow.job_id == job_id) & (waiting | taken_over))
-            .returning(JobRow.id)
-            .run()
-        )
-        return bool(updated)
-
-    async def set(self, job_id: str, **values: Any) -> None:
-        await (
-            JobRow.update({getattr(JobRow, name): value for name, value in values.items()})
-            .where(JobRow.job_id == job_id)
-            .run()
-        )
-
-    async def mark_outputs_removed(self, job_ids: list[str], gone: set[str], at: float) -> None:
-        """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""
-        rows = (
-            await JobRow.select(JobRow.job_id, JobRow.outputs)
-            .where(JobRow.job_id.is_in(job_ids))
-            .output(load_json=True)
-        )
-        for row in rows:
-            outputs = row["outputs"] or []
-            marked = [{**o, "removed_at": o.get("removed_at") or at} if o["output_id"] in gone else o for o in outputs]
-            if marked != outputs:
-                await JobRow.update({JobRow.outputs: marked}).where(JobRow.job_id == row["job_id"])
-
-    async def active(self, limit: int) -> list[dict[str, Any]]:
-        return (
-            await JobRow.select()
-            .where(JobRow.status.is_in(list(ACTIVE_STATUSES)))
-            .order_by(JobRow.accepted_at)
-            .limit(limit)
-            .output(load_json=True)
-            .run()
-        )
-
-    async def recent(self, limit: int) -> list[dict[str, Any]]:
-        return (
-            await JobRow.select()
-            .order_by(JobRow.accepted_at, ascending=False)
-            .limit(limit)
-            .output(load_json=True)
-            .run()
-        )
-
-    async def queue_position(self, row: dict[str, Any]) -> int:
-        """Where a waiting job stands: 1 + the waiting jobs accepted before it (counted, not loaded)."""
-        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
-        same_time = (JobRow.accepted_at == row["accepted_at"]) & (JobRow.id < row["id"])
-        earlier = (JobRow.accepted_at < row["accepted_at"]) | same_time
-        return await JobRow.count().where(waiting & earlier).run() + 1
-
-    async def of_caller(
-        self, api_key_id: str | None, limit: int, after: tuple[float, str] | None
-    ) -> list[dict[str, Any]]:
-        """A caller's jobs, newest first, from just after `after` = (accepted_at, job_id) of the last one seen."""
-        mine = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id
-        if after is not None:
-            accepted_at, job_id = after
-            older = (JobRow.accepted_at < accepted_at) | (
-                (JobRow.accepted_at == accepted_at) & (JobRow.job_id < job_id)
-            )
-            mine = mine & older
-        return (
-            await JobRow.select()
-            .where(mine)
-            .order_by(JobRow.accepted_at, JobRow.job_id, ascending=False)
-            .limit(limit)
-            .output(load_json=True)
-            .run()
-        )
-
-    async def unqueued(self) -> list[str]:
-        rows = await JobRow.select(JobRow.job_id).where(JobRow.status == "accepted").run()
-        return [row["job_id"] for row in rows]
+def outputs_of(job: JobRecord) -> list[OutputFile]:
+    return job.outputs
 
 
-def requirements_of(row: dict[str, Any]) -> Requirements:
-    return msgspec.convert(row["requirements"], type=Requirements)
-
-
-def outputs_of(row: dict[str, Any]) -> list[OutputFile]:
-    return msgspec.convert(row["outputs"] or [], type=list[OutputFile])
-
-
-def timings_of(row: dict[str, Any], now: float | None = None) -> Timings:
-    started, finished, accepted = row["started_at"], row["finished_at"], row["accepted_at"]
+def timings_of(job: JobRecord, now: float | None = None) -> Timings:
+    started, finished, accepted = job.started_at, job.finished_at, job.accepted_at
     now = time.time() if now is None else now
     queue_wait_ms = ((started or finished or now) - accepted) * 1000 if accepted else None
     run_ms = ((finished or now) - started) * 1000 if started else None
@@ -375,40 +228,38 @@ def timings_of(row: dict[str, Any], now: float | None = None) -> Timings:
     )
 
 
-def progress_of(row: dict[str, Any]) -> Progress:
-    """The row's progress; a completed job's is its end (the row is written at most every 0.5 s while it runs,
+def progress_of(job: JobRecord) -> Progress:
+    """The job's progress; a completed job's is its end (the row is written at most every 0.5 s while it runs,
     so its last write is older than the end)."""
-    value, maximum = row["progress_value"], row["progress_max"]
-    if row["status"] == "completed":
-        return Progress(value=maximum, max=maximum, percent=100.0)
-    return Progress(value=value, max=maximum, percent=row.get("progress_percent") or 0.0)
+    if job.status == "completed":
+        return Progress(value=job.progress_max, max=job.progress_max, percent=100.0)
+    return Progress(value=job.progress_value, max=job.progress_max, percent=job.progress_percent or 0.0)
 
 
-def job_view(row: dict[str, Any], queue_position: int | None = None) -> JobView:
-    request = row["request"] or {}
+def job_view(job: JobRecord, queue_position: int | None = None) -> JobView:
     return JobView(
-        job_id=row["job_id"],
-        status=row["status"],
-        render_type=row["render_type"],
-        prompt=request.get("prompt", ""),
-        positive_prompt=row["positive_prompt"],
-        negative_prompt=row["negative_prompt"],
-        styles=list(row["styles"] or []),
-        seed=int(row["seed"]) if row["seed"] is not None else None,
-        width=row["width"],
-        height=row["height"],
-        instance=row["instance"],
-        attempts=row["attempts"],
-        failures=[f"{f['instance']}: {f['reason']}" for f in row["failures"] or []],
-        progress=progress_of(row),
+        job_id=job.job_id,
+        status=job.status,
+        render_type=job.render_type,
+        prompt=job.request.get("prompt", ""),
+        positive_prompt=job.positive_prompt,
+        negative_prompt=job.negative_prompt,
+        styles=list(job.styles),
+        seed=int(job.seed) if job.seed is not None else None,
+        width=job.width,
+        height=job.height,
+        instance=job.instance,
+        attempts=job.attempts,
+        failures=[f"{f.instance}: {f.reason}" for f in job.failures],
+        progress=progress_of(job),
         queue_position=queue_position,
-        outputs=outputs_of(row),
-        timings=timings_of(row),
-        error=row["error"],
-        enhancement_error=row["enhancement_error"],
-        api_key_id=row["api_key_id"],
+        outputs=outputs_of(job),
+        timings=timings_of(job),
+        error=job.error,
+        enhancement_error=job.enhancement_error,
+        api_key_id=job.api_key_id,
     )
 
 
-def is_final(row: dict[str, Any]) -> bool:
-    return row["status"] in FINAL_STATUSES
+def is_final(job: JobRecord) -> bool:
+    return job.status in FINAL_STATUSES

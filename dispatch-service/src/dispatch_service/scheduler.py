@@ -64,17 +64,10 @@ from dispatch_service.comfyui import (
     output_nodes_of,
 )
 from dispatch_service.events import EventPublisher, ProgressRelay
-from dispatch_service.jobs import (
-    ACTIVE_STATUSES,
-    RUNNING_STATUSES,
-    WAITING_STATUSES,
-    JobStore,
-    is_final,
-    requirements_of,
-    timings_of,
-)
+from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
+from dispatch_service.store import ACTIVE_STATUSES, RUNNING_STATUSES, WAITING_STATUSES, JobFailure, JobRecord, JobStore
 
 log = get_logger("scheduler")
 
@@ -276,7 +269,7 @@ class Scheduler:
             if chosen is not None:
                 self._bind(chosen, msg)
                 return
-        note = self._note(row["job_id"], msg)
+        note = self._note(row.job_id, msg)
         for state in self.pool.candidates(requirements):
             lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is not None:
@@ -284,7 +277,7 @@ class Scheduler:
                 return
         await msg.nak(delay=RETRY_DELAY_S)
 
-    async def admit(self, msg: Msg) -> tuple[dict[str, Any], Requirements] | None:
+    async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
         here (no such job, already ended, running here, a cancel to finish, or no instance could ever run it)."""
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
@@ -302,8 +295,8 @@ class Scheduler:
             # each new delivery is only marked in progress, so it does not go to another replica.
             await msg.in_progress()
             return None
-        if row["status"] == "cancelling":  # a cancel reached it, then the replica running it died
-            await self._cancelled(job_id, row["instance"])
+        if row.status == "cancelling":  # a cancel reached it, then the replica running it died
+            await self._cancelled(job_id, row.instance)
             await msg.ack()
             return None
         requirements = requirements_of(row)
@@ -318,12 +311,12 @@ class Scheduler:
     def _note(self, job_id: str, msg: Msg) -> LeaseNote:
         return LeaseNote(replica=self.replica, job_id=job_id, reply=msg.reply)
 
-    def _start(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
+    def _start(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
-        self.affinity.begin(row["job_id"], state, row)
+        self.affinity.begin(row.job_id, state, row)
         self._spawn(self._run(msg, row, state, lease))
 
-    def _next_in_rotation(self, row: dict[str, Any]) -> InstanceState | None:
+    def _next_in_rotation(self, row: JobRecord) -> InstanceState | None:
         """round_robin: the next instance in a fixed order that can run the job, busy or not."""
         requirements = requirements_of(row)
         able = [s for _, s in sorted(self.pool.states.items()) if s.available and s.can_run(requirements)]
@@ -397,9 +390,9 @@ class Scheduler:
 
     # -- running one job ----------------------------------------------------------------------------
 
-    async def _run(self, msg: Msg, row: dict[str, Any], state: InstanceState, lease: Lease) -> None:
-        job_id = row["job_id"]
-        attempt = row["attempts"] + 1
+    async def _run(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
+        job_id = row.job_id
+        attempt = row.attempts + 1
         started = time.time()  # of this attempt: the timings show the run that produced the result
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s
@@ -422,7 +415,7 @@ class Scheduler:
             await msg.ack()
             return
         running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
-        if (await self.store.require(job_id))["status"] == "cancelling":  # cancelled while it was being claimed
+        if (await self.store.require(job_id)).status == "cancelling":  # cancelled while it was being claimed
             running.cancel.set()
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
@@ -532,15 +525,15 @@ class Scheduler:
             except Exception as exc:  # NATS busy electing a leader or reconnecting: keep trying, well before the TTL
                 log.warning("could not keep a running job's claim alive; trying again", error=repr(exc))
 
-    async def _with_input_image(self, row: dict[str, Any], state: InstanceState) -> dict[str, Any]:
+    async def _with_input_image(self, row: JobRecord, state: InstanceState) -> dict[str, Any]:
         """Upload the job's input image to the instance under the name the workflow was resolved with."""
-        if row["input_image_id"]:
-            stored = await self.storage.info(row["input_image_id"])
+        if row.input_image_id:
+            stored = await self.storage.info(row.input_image_id)
             if stored is None:
                 raise ComfyError("the job's input image is no longer in storage")
-            data = b"".join([chunk async for chunk in self.storage.read(row["input_image_id"])])
+            data = b"".join([chunk async for chunk in self.storage.read(row.input_image_id)])
             await state.client.upload_image(data, stored.filename, subfolder="hub", overwrite=True)
-        return row["workflow"]
+        return row.workflow
 
     def _progress_relay(self, job_id: str, instance: str, nodes_total: int) -> ProgressRelay:
         last_write = 0.0
@@ -628,9 +621,9 @@ class Scheduler:
         return await through_election(attempt, what, _left(limit_at), nc=self.nc)
 
     async def _complete(
-        self, row: dict[str, Any], started: float, instance: str, outputs: list[OutputFile], msg: Msg, limit_at: float
+        self, row: JobRecord, started: float, instance: str, outputs: list[OutputFile], msg: Msg, limit_at: float
     ) -> None:
-        job_id = row["job_id"]
+        job_id = row.job_id
         finished = time.time()
         completed = await self.store.transition(
             job_id, RUNNING_STATUSES, status="completed", finished_at=finished, outputs=msgspec.to_builtins(outputs)
@@ -639,7 +632,7 @@ class Scheduler:
             log.warning("job ended elsewhere while its outputs were stored", job_id=job_id)
             await msg.ack()
             return
-        timings = timings_of({**row, "started_at": started, "finished_at": finished})
+        timings = timings_of(msgspec.structs.replace(row, started_at=started, finished_at=finished))
         # Recorded as completed first (in the database, NATS or not); the event waits for NATS within the time limit
         # and is stored once however often it is sent (its event id); the stream message is acked after it.
         await self.events.publish(
@@ -650,7 +643,7 @@ class Scheduler:
 
     async def _cancelled(self, job_id: str, instance: str | None) -> None:
         """A running job's cancel has landed: it ends `cancelled` with the reason its cancel recorded."""
-        reason = (await self.store.require(job_id))["error"] or CANCELLED_BY_CALLER
+        reason = (await self.store.require(job_id)).error or CANCELLED_BY_CALLER
         await self.store.set(job_id, status="cancelled", finished_at=time.time(), error=reason)
         row = await self.store.require(job_id)
         await self.events.publish(
@@ -658,8 +651,8 @@ class Scheduler:
         )
         await self._drop_input_image(row)
 
-    async def fail(self, row: dict[str, Any], reason: str) -> None:
-        job_id = row["job_id"]
+    async def fail(self, row: JobRecord, reason: str) -> None:
+        job_id = row.job_id
         changed = await self.store.transition(
             job_id, ACTIVE_STATUSES, status="failed", finished_at=time.time(), error=reason
         )
@@ -667,16 +660,16 @@ class Scheduler:
             row = await self.store.require(job_id)
             log.warning("job failed", job_id=job_id, reason=reason)
             await self.events.publish(
-                JobFailed, job_id=job_id, instance=row["instance"], error=reason, timings=timings_of(row)
+                JobFailed, job_id=job_id, instance=row.instance, error=reason, timings=timings_of(row)
             )
             await self._drop_input_image(row)
 
     async def _retry_or_fail(self, msg: Msg, job_id: str, instance: str, attempt: int, reason: str) -> None:
         row = await self.store.require(job_id)
-        failures = [*(row["failures"] or []), {"instance": instance, "reason": reason, "at": time.time()}]
+        failures = [*row.failures, JobFailure(instance=instance, reason=reason, at=time.time())]
         await self.store.set(job_id, failures=failures)
         if attempt >= self.settings.dispatch_max_attempts:
-            summary = "; ".join(f"{f['instance']}: {f['reason']}" for f in failures)
+            summary = "; ".join(f"{f.instance}: {f.reason}" for f in failures)
             await self.fail(await self.store.require(job_id), f"gave up after {attempt} attempts ({summary})")
             await msg.ack()
             return
@@ -685,15 +678,15 @@ class Scheduler:
         log.warning("job will be retried on another instance", job_id=job_id, instance=instance, reason=reason)
         await msg.nak()
 
-    async def _drop_input_image(self, row: dict[str, Any]) -> None:
+    async def _drop_input_image(self, row: JobRecord) -> None:
         """A job that has ended needs its copy of the input image no more (it was kept for retries on another
         instance); the outputs stay, for the retention policy to remove."""
-        if not row.get("input_image_id"):
+        if not row.input_image_id:
             return
         try:
-            await self.storage.delete(row["input_image_id"])
+            await self.storage.delete(row.input_image_id)
         except Exception as exc:  # best effort: the job's outcome is recorded already
-            log.warning("could not remove a finished job's input image", job_id=row["job_id"], error=str(exc))
+            log.warning("could not remove a finished job's input image", job_id=row.job_id, error=str(exc))
 
     # -- cancellation -------------------------------------------------------------------------------
 
@@ -704,12 +697,12 @@ class Scheduler:
         running.cancel.set()
         return True
 
-    async def cancel_queued(self, row: dict[str, Any], reason: str) -> bool:
-        if await self.store.transition(row["job_id"], WAITING_STATUSES, status="cancelled", error=reason,
+    async def cancel_queued(self, row: JobRecord, reason: str) -> bool:
+        if await self.store.transition(row.job_id, WAITING_STATUSES, status="cancelled", error=reason,
                                        finished_at=time.time()):  # fmt: skip
-            fresh = await self.store.require(row["job_id"])
+            fresh = await self.store.require(row.job_id)
             await self.events.publish(
-                JobCancelled, job_id=row["job_id"], instance=None, reason=reason, timings=timings_of(fresh)
+                JobCancelled, job_id=row.job_id, instance=None, reason=reason, timings=timings_of(fresh)
             )
             await self._drop_input_image(fresh)
             return True

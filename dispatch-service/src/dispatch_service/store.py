@@ -1,0 +1,277 @@
+"""The dispatch service's storage: job rows and instance rows (the only module that reads or writes its tables).
+
+Rows come back as msgspec Structs: a job as `JobRecord` (its JSON columns decoded into their types), an instance
+as the contract's `Instance`. Values written go through `msgspec.to_builtins`, so callers may pass Structs. The
+rules (what a status change means, instance validation) live in jobs.py, scheduler.py and instances.py.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from piccolo.columns import Column
+
+from contracts.errors import ErrorCode, HubError
+from contracts.messages.instances import Instance
+from contracts.messages.jobs import GenerationRequest, OutputFile
+from contracts.messages.render_types import Requirements
+from contracts.runtime.database import write_transaction
+from dispatch_service.tables import InstanceRow, JobRow
+
+if TYPE_CHECKING:
+    from dispatch_service.jobs import PreparedJob
+
+WAITING_STATUSES = ("accepted", "queued")  # not yet running: they have a place in the queue
+ACTIVE_STATUSES = (*WAITING_STATUSES, "running", "cancelling")
+RUNNING_STATUSES = ("running", "cancelling")  # on an instance (a cancel may be landing)
+
+
+class JobFailure(msgspec.Struct, frozen=True):
+    """Why an earlier attempt of a job ended."""
+
+    instance: str
+    reason: str
+    at: float
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """A job row. `request` is the GenerationRequest as stored (input image bytes left out) and `workflow` the
+    resolved ComfyUI API workflow: JSON documents, kept as such."""
+
+    id: int
+    job_id: str
+    status: str
+    render_type: str
+    render_type_version: int = 0
+    output_kind: str = "image"
+    request: dict[str, Any] = {}
+    workflow: dict[str, Any] = {}
+    requirements: Requirements = msgspec.field(default_factory=Requirements)
+    positive_prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = []
+    enhancement_error: str | None = None
+    seed: str | None = None  # text: up to 2**63 keeps every digit on every database
+    width: int | None = None
+    height: int | None = None
+    input_image_id: str | None = None
+    instance: str | None = None
+    stream_seq: int | None = None
+    attempts: int = 0
+    failures: list[JobFailure] = []
+    progress_value: int = 0
+    progress_max: int = 0
+    progress_percent: float = 0.0
+    outputs: list[OutputFile] = []
+    error: str | None = None
+    api_key_id: str | None = None
+    client_name: str | None = None
+    accepted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+_EMPTY_WHEN_NULL = {"request": {}, "workflow": {}, "styles": [], "failures": [], "outputs": [], "progress_percent": 0.0}
+
+
+def _job(row: dict[str, Any]) -> JobRecord:
+    for name, empty in _EMPTY_WHEN_NULL.items():
+        if row.get(name) is None:
+            row[name] = empty
+    return msgspec.convert(row, JobRecord, strict=False)
+
+
+def _changes(values: dict[str, Any]) -> dict[Column | str, Any]:
+    return {getattr(JobRow, name): msgspec.to_builtins(value) for name, value in values.items()}
+
+
+def _request_for_record(request: GenerationRequest) -> dict[str, Any]:
+    """The request as stored and published: input image bytes are kept in storage, not in every copy."""
+    raw = msgspec.to_builtins(request)
+    if request.input_image is not None and request.input_image.base64:
+        raw["input_image"] = {"base64": f"<{len(request.input_image.base64)} base64 characters>"}
+    return raw
+
+
+class JobStore:
+    """Job rows: the only place that reads or writes them."""
+
+    async def insert(self, job: PreparedJob) -> None:
+        params = job.resolved.params
+        await JobRow.insert(
+            JobRow(
+                job_id=job.job_id,
+                status="accepted",
+                render_type=job.resolved.render_type,
+                render_type_version=job.resolved.version,
+                output_kind=job.resolved.output_kind,
+                request=_request_for_record(job.request),
+                workflow=job.resolved.workflow,
+                requirements=msgspec.to_builtins(job.resolved.requirements),
+                positive_prompt=job.built.positive,
+                negative_prompt=job.built.negative,
+                styles=job.built.styles_applied,
+                enhancement_error=job.built.enhancement_error,
+                seed=str(params.seed) if params.seed is not None else None,
+                width=params.width,
+                height=params.height,
+                input_image_id=job.input_image_id,
+                api_key_id=job.request.api_key_id,
+                client_name=job.request.client_name,
+                accepted_at=job.accepted_at,
+            )
+        ).run()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = await JobRow.select().where(JobRow.job_id == job_id).first().output(load_json=True).run()
+        return None if row is None else _job(row)
+
+    async def require(self, job_id: str) -> JobRecord:
+        record = await self.get(job_id)
+        if record is None:
+            raise HubError(ErrorCode.NOT_FOUND, f"no job with id {job_id!r}", field="job_id")
+        return record
+
+    async def transition(self, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
+        """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
+        updated = (
+            await JobRow.update(_changes(values))
+            .where((JobRow.job_id == job_id) & JobRow.status.is_in(list(from_statuses)))
+            .returning(JobRow.id)
+            .run()
+        )
+        return bool(updated)
+
+    async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
+        """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
+        runner died (the same message delivered again). A second message for the same job never claims it."""
+        changes = _changes(values)
+        changes[JobRow.stream_seq] = stream_seq
+        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
+        taken_over = (JobRow.status == "running") & (JobRow.stream_seq == stream_seq)
+        updated = (
+            await JobRow.update(changes)
+            .where((JobRow.job_id == job_id) & (waiting | taken_over))
+            .returning(JobRow.id)
+            .run()
+        )
+        return bool(updated)
+
+    async def set(self, job_id: str, **values: Any) -> None:
+        await JobRow.update(_changes(values)).where(JobRow.job_id == job_id).run()
+
+    async def mark_outputs_removed(self, job_ids: list[str], gone: set[str], at: float) -> None:
+        """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""
+        rows = (
+            await JobRow.select(JobRow.job_id, JobRow.outputs)
+            .where(JobRow.job_id.is_in(job_ids))
+            .output(load_json=True)
+        )
+        for row in rows:
+            outputs = row["outputs"] or []
+            marked = [{**o, "removed_at": o.get("removed_at") or at} if o["output_id"] in gone else o for o in outputs]
+            if marked != outputs:
+                await JobRow.update({JobRow.outputs: marked}).where(JobRow.job_id == row["job_id"])
+
+    async def active(self, limit: int) -> list[JobRecord]:
+        rows = (
+            await JobRow.select()
+            .where(JobRow.status.is_in(list(ACTIVE_STATUSES)))
+            .order_by(JobRow.accepted_at)
+            .limit(limit)
+            .output(load_json=True)
+            .run()
+        )
+        return [_job(row) for row in rows]
+
+    async def recent(self, limit: int) -> list[JobRecord]:
+        rows = await JobRow.select().order_by(JobRow.accepted_at, ascending=False).limit(limit).output(load_json=True)
+        return [_job(row) for row in rows]
+
+    async def queue_position(self, job: JobRecord) -> int:
+        """Where a waiting job stands: 1 + the waiting jobs accepted before it (counted, not loaded)."""
+        waiting = JobRow.status.is_in(list(WAITING_STATUSES))
+        same_time = (JobRow.accepted_at == job.accepted_at) & (JobRow.id < job.id)
+        earlier = (JobRow.accepted_at < job.accepted_at) | same_time
+        return await JobRow.count().where(waiting & earlier).run() + 1
+
+    async def of_caller(self, api_key_id: str | None, limit: int, after: tuple[float, str] | None) -> list[JobRecord]:
+        """A caller's jobs, newest first, from just after `after` = (accepted_at, job_id) of the last one seen."""
+        mine = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id
+        if after is not None:
+            accepted_at, job_id = after
+            older = (JobRow.accepted_at < accepted_at) | (
+                (JobRow.accepted_at == accepted_at) & (JobRow.job_id < job_id)
+            )
+            mine = mine & older
+        rows = (
+            await JobRow.select()
+            .where(mine)
+            .order_by(JobRow.accepted_at, JobRow.job_id, ascending=False)
+            .limit(limit)
+            .output(load_json=True)
+            .run()
+        )
+        return [_job(row) for row in rows]
+
+    async def unqueued(self) -> list[str]:
+        rows = await JobRow.select(JobRow.job_id).where(JobRow.status == "accepted").run()
+        return [row["job_id"] for row in rows]
+
+
+# -- instances ---------------------------------------------------------------------------------------------
+
+
+def _instance(row: dict[str, Any]) -> Instance:
+    return Instance(
+        name=row["name"],
+        base_url=row["base_url"],
+        enabled=row["enabled"],
+        slots=row["slots"],
+        weight=row["weight"],
+        auth_header=row["auth_header"],
+        tags=list(row["tags"] or []),
+    )
+
+
+def instance_transaction() -> Any:
+    return write_transaction(InstanceRow._meta.db)
+
+
+async def instances() -> list[Instance]:
+    rows = await InstanceRow.select().order_by(InstanceRow.name).output(load_json=True).run()
+    return [_instance(row) for row in rows]
+
+
+async def find_instance(name: str) -> Instance | None:
+    """The stored instance (its auth header unmasked), or None."""
+    row = await InstanceRow.select().where(InstanceRow.name == name).first().output(load_json=True).run()
+    return None if row is None else _instance(row)
+
+
+def _instance_columns(instance: Instance) -> dict[Any, Any]:
+    return {
+        InstanceRow.name: instance.name,
+        InstanceRow.base_url: instance.base_url,
+        InstanceRow.enabled: instance.enabled,
+        InstanceRow.slots: instance.slots,
+        InstanceRow.weight: instance.weight,
+        InstanceRow.auth_header: instance.auth_header,
+        InstanceRow.tags: instance.tags,
+        InstanceRow.updated_at: time.time(),
+    }
+
+
+async def insert_instance(instance: Instance) -> None:
+    values = {column._meta.name: value for column, value in _instance_columns(instance).items()}
+    await InstanceRow.insert(InstanceRow(**values, created_at=values["updated_at"])).run()
+
+
+async def update_instance(original_name: str, instance: Instance) -> None:
+    await InstanceRow.update(_instance_columns(instance)).where(InstanceRow.name == original_name).run()
+
+
+async def delete_instance(name: str) -> None:
+    await InstanceRow.delete().where(InstanceRow.name == name).run()

@@ -1,0 +1,196 @@
+"""Hub cost per generation: CPU of every hub process, latency and idle memory, for the NATS, REST and MCP paths.
+
+    .venv/bin/python bench/cost_bench.py [--jobs 400] [--concurrency 16] [--paths nats,rest,mcp]
+
+Runs a nats-server and every service the launcher starts (registry, prompt, stats, dispatch, gateway, ui) as
+processes, with an instant ComfyUI test double in this process (its CPU is not the hub's). Each path runs `--jobs`
+generations, `--concurrency` at a time, after a warm-up:
+- nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
+- rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
+- mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail.
+Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
+hub process spent per generation (utime+stime from /proc/<pid>/stat, all threads; 10 ms clock ticks, so use
+hundreds of jobs). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms at
+16 clients, idle memory ≤ 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import httpx
+import httpx2
+import msgspec
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from contracts import endpoints
+from contracts.messages.events import GenerationEvent
+from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
+from contracts.runtime.bus import call
+from contracts.streams import event_subject
+from hub_deploy.natsserver import NatsServer
+
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+One = Callable[[int], Awaitable[None]]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def run_path(jobs: int, concurrency: int, one: One) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            started = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+async def measure(label: str, pids: dict[str, int], jobs: int, concurrency: int, one: One) -> None:
+    await run_path(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    elapsed, latencies = await run_path(jobs, concurrency, one)
+    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    print(
+        f"{label:5s}: {jobs / elapsed:6.1f} generations/s   median {statistics.median(ordered) * 1000:6.1f} ms"
+        f"   p99 {p99 * 1000:6.1f} ms   hub CPU {sum(spent.values()):5.1f} ms/generation"
+        f"   ({jobs} jobs, {concurrency} at a time)"
+    )
+    print("       " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+
+
+def nats_path(gw: GatewayHub) -> One:
+    async def one(i: int) -> None:
+        reply = await call(
+            gw.nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), timeout=30
+        )
+        sub = await gw.nc.jetstream().subscribe(event_subject(reply.job_id), ordered_consumer=True)
+        try:
+            while True:
+                event = msgspec.json.decode((await sub.next_msg(timeout=30)).data, type=GenerationEvent)
+                if type(event).__struct_config__.tag in FINAL_STATUSES:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    return one
+
+
+def rest_path(http: httpx.AsyncClient) -> One:
+    async def one(i: int) -> None:
+        submitted = await http.post("/api/v1/generations", json={"prompt": f"bench {i}", "steps": 1})
+        assert submitted.status_code == 202, submitted.text
+        final = ""
+        async with http.stream("GET", f"{submitted.headers['location']}/events") as events:
+            async for line in events.aiter_lines():
+                if line.startswith("event:"):
+                    final = line.split(":", 1)[1].strip()
+        assert final == "completed", final
+
+    return one
+
+
+async def mcp_path(stack: AsyncExitStack, gw: GatewayHub, concurrency: int) -> One:
+    """One MCP session per client, each kept for the run (the SDK's transport is on httpx2)."""
+    http = await stack.enter_async_context(httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(30, read=120)))
+    free: asyncio.Queue[ClientSession] = asyncio.Queue()
+    for _ in range(concurrency):
+        read, write = await stack.enter_async_context(streamable_http_client(f"{gw.base_url}/mcp", http_client=http))
+        session = await stack.enter_async_context(ClientSession(read, write))
+        await session.initialize()
+        free.put_nowait(session)
+
+    async def one(i: int) -> None:
+        session = await free.get()
+        try:
+            result = await session.call_tool("generate_image", {"prompt": f"bench {i}", "steps": 1})
+            assert not result.is_error and result.structured_content["status"] == "completed", result
+        finally:
+            free.put_nowait(session)
+
+    return one
+
+
+async def idle_memory(gw: GatewayHub, pids: dict[str, int]) -> None:
+    await nats_path(gw)(0)  # one generation, then idle
+    await asyncio.sleep(2)
+    sizes = {name: rss_mb(pid) for name, pid in pids.items()}
+    print(f"idle RSS after one generation: {sum(sizes.values()):.0f} MB over {len(sizes)} processes")
+    print("       " + "  ".join(f"{name} {mb:.0f}" for name, mb in sizes.items()))
+
+
+async def bench(gw: GatewayHub, nats_pid: int, args: argparse.Namespace) -> None:
+    await gw.hub.start("stats").wait_healthy(gw.nc)
+    await gw.hub.start("ui", HUB_ADMIN_PASSWORD="bench-Pass-1234").wait_healthy(gw.nc)
+    pids = {"nats-server": nats_pid} | {name: p.process.pid for name, p in gw.hub.processes.items() if p.process}
+    gw.comfy.work_seconds = 0.0
+    await idle_memory(gw, pids)
+    timeout = httpx.Timeout(30, read=120)
+    limits = httpx.Limits(max_connections=2 * args.concurrency)
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=timeout, limits=limits)
+        )
+        paths = {"nats": nats_path(gw), "rest": rest_path(http)}
+        if "mcp" in args.paths:
+            paths["mcp"] = await mcp_path(stack, gw, args.concurrency)
+        for label in args.paths:
+            await measure(label, pids, args.jobs, args.concurrency, paths[label])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
+        server.start()
+        try:
+            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
+                assert server.process is not None
+                await bench(gw, server.process.pid, args)
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -14,7 +14,7 @@ from ui_support import launch_chromium, screenshot, sign_in
 
 from contracts import endpoints
 from contracts.messages.render_types import ListRenderTypes
-from contracts.messages.styles import ImportStyles, ListStyles, SaveStyle, Style
+from contracts.messages.styles import GetStyle, ImportStyles, ListStyles, SaveStyle, Style
 from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
@@ -130,6 +130,22 @@ async def test_a_messy_a1111_csv_is_previewed_then_imported(hub: Hub, page: Page
     await click_to_load(page, "#filter-form button")
     names = await page.locator(".style-name").all_inner_texts()
     assert names == ["messy-cinematic", "messy-odd-quotes"]
+
+
+async def test_an_uploaded_file_gives_its_name_as_the_default_category(hub: Hub, page: Page, tmp_path: Path) -> None:
+    upload = tmp_path / "film-looks.csv"
+    upload.write_text('name,prompt,negative_prompt\nupload-grain,"{prompt}, film grain",\n', encoding="utf-8")
+    await page.goto(url(hub, "/styles"))
+    await page.click("#import-box summary")
+    await page.select_option("#f-format", "a1111_csv")
+    await page.set_input_files("#f-file", str(upload))
+    await click_to_load(page, "#import-form button[type=submit]")
+    await page.click("#import-preview details summary")
+    assert "film-looks" in await page.locator("#import-rows tbody tr", has_text="upload-grain").inner_text()
+    await click_to_load(page, "#import-confirm button[type=submit]")
+    assert "1 added" in await page.inner_text(".flash")
+    stored = await call(hub.nc, endpoints.Prompt.STYLES_GET, GetStyle(name="upload-grain"))
+    assert stored.category == "film-looks"
 
 
 async def test_a_thousand_styles_are_paged_filtered_and_changed_in_bulk(hub: Hub, page: Page, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import contextlib
 import copy
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from contracts.errors import HubError
 from contracts.messages.instances import ListInstances
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call
-from dispatch_service.affinity import MODELS_BUCKET, CostModel, Server, Waiting, loader_nodes, plan
+from dispatch_service.affinity import MODELS_BUCKET, CostModel, ModelMemory, Server, Waiting, loader_nodes, plan
 from dispatch_service.leases import LeaseNote, SlotLeases, instance_key
 from hub_deploy.natsserver import NatsServer
 
@@ -209,6 +209,29 @@ async def test_jobs_held_by_a_killed_dispatcher_are_handed_back_when_it_restarts
         private.stop_all()
         await private.nc.close()
         server.stop()
+
+
+async def test_what_one_replica_loads_on_an_instance_the_others_see(nc: NatsClient) -> None:
+    one, other = ModelMemory(nc.jetstream()), ModelMemory(nc.jetstream())
+    await one.open()
+    await other.open()
+    try:
+        models = frozenset({"shared.safetensors", "lora.safetensors"})
+        assert one.hold("shared-instance", models)
+        await one.share("shared-instance", models)
+        await _until(lambda: other.loaded("shared-instance") == models)
+        await other.forget("shared-instance")  # e.g. the other replica saw the instance restart
+        await _until(lambda: one.loaded("shared-instance") == frozenset())
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not seen in time"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_claim_released_while_it_is_being_refreshed_is_gone(nc: NatsClient) -> None:

@@ -219,3 +219,38 @@ async def test_a_signed_in_ui_page_is_refused_at_once_while_nats_is_away(tmp_pat
         hub.stop_all()
         await nc.close()
         server.stop()
+
+
+async def test_slots_freed_while_nats_is_down_take_jobs_as_soon_as_it_is_back(tmp_path: Path) -> None:
+    """Both slots' jobs finish on ComfyUI while NATS is down: their leases are released once NATS is back, so the
+    next job starts at once, not after the take-over time (before: the releases were dropped and every slot
+    looked taken until the leases expired, 60 s here)."""
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    (tmp_path / "data").mkdir()
+    env = {"HUB_DISPATCH_TAKEOVER_S": "60"}
+    try:
+        async with (
+            gateway_hub(server.url, tmp_path / "data", services_env=env) as gw,
+            httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http,
+        ):
+            gw.comfy.work_seconds = 0.5
+            first = [await submit_running(http, gw), await submit_running(http, gw)]  # the instance's 2 slots
+            server.stop()
+            for job_id in first:
+                await comfyui_finished(gw, job_id)
+            server.start()
+            back, back_at = time.monotonic(), time.time()
+
+            while (submitted := await http.post("/api/v1/generations", json={"prompt": "next"}, headers=gw.auth)
+                   ).status_code == 503:  # fmt: skip
+                assert time.monotonic() - back < 10, submitted.text
+                await asyncio.sleep(0.1)
+            assert submitted.status_code == 202, submitted.text
+            view = await wait_final(http, gw, submitted.json()["job_id"], timeout_s=20)
+            assert view["status"] == "completed", view
+            assert view["timings"]["started_at"] - back_at < 5.0, view
+            for job_id in first:
+                assert (await wait_final(http, gw, job_id, timeout_s=20))["status"] == "completed"
+    finally:
+        server.stop()

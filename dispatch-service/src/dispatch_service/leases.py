@@ -23,6 +23,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
+    BadRequestError,
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -32,6 +33,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from contracts.errors import HubError
 from contracts.runtime.bus import through_election
 
 SLOTS_BUCKET = "hub-dispatch-slots"
@@ -58,9 +60,19 @@ def slot_key(instance: str, slot: int) -> str:
 
 class Lease:
     def __init__(
-        self, kv: KeyValue, key: str, revision: int, instance: str, slot: int, value: bytes, nc: NatsClient | None
+        self,
+        kv: KeyValue,
+        key: str,
+        revision: int,
+        instance: str,
+        slot: int,
+        value: bytes,
+        nc: NatsClient | None,
+        *,
+        ttl_s: float = 30.0,
     ) -> None:
         self._kv = kv
+        self._ttl_s = ttl_s
         self._nc = nc
         self.key = key
         self.revision = revision
@@ -82,15 +94,37 @@ class Lease:
                 return True  # unreachable for a moment: try again at the next refresh, well before the TTL
 
     async def release(self) -> None:
-        # Already expired or taken over: nothing of ours to release. The bucket unreachable (a NATS server of
-        # the cluster died, a leader is being elected, NATS restarted): the lease expires by itself after its TTL.
-        # A delete sent while NATS was away reaches it when it is back, and finds the lease expired: refused with
-        # a plain BadRequestError ("wrong last sequence"), which must not fail the job whose slot it was.
+        """Free the slot. Already expired or taken over: nothing of ours to release."""
         if self._nc is not None and not self._nc.is_connected:
-            return  # NATS is away: not worth holding up the job (its outputs wait to be stored) for a buffered delete
+            # NATS is away: the job (its outputs wait to be stored) is not held up, and the delete is sent once
+            # NATS is back, not buffered by nats-py: a buffered one could reach the bucket after the lease expired
+            # and be refused. Left to expire instead, the slot looked taken to every replica until the TTL.
+            task = asyncio.ensure_future(self._release_when_back(self._nc))
+            _releasing.add(task)
+            task.add_done_callback(_releasing.discard)
+            return
+        await self._delete()
+
+    async def _release_when_back(self, nc: NatsClient) -> None:
+        async def delete() -> None:
+            async with self._lock:
+                with contextlib.suppress(BadRequestError):  # "wrong last sequence": expired, maybe taken, meanwhile
+                    await self._kv.delete(self.key, last=self.revision)
+
+        # Retried while NATS is away and while a restarted server's JetStream is not ready; past the TTL the lease
+        # has expired by itself.
+        with contextlib.suppress(HubError):
+            await through_election(delete, f"releasing the slot lease {self.key}", self._ttl_s, nc=nc)
+
+    async def _delete(self) -> None:
         async with self._lock:
+            # The bucket unreachable (a leader is being elected): the lease expires by itself after its TTL.
             with contextlib.suppress(NatsError, TimeoutError):
                 await self._kv.delete(self.key, last=self.revision)
+
+
+# Releases waiting for NATS to come back (referenced so they are not collected before they run).
+_releasing: set[asyncio.Task[None]] = set()
 
 
 class SlotLeases:
@@ -135,7 +169,7 @@ class SlotLeases:
                 revision = await self._kv.create(key, value)
             except KeyWrongLastSequenceError:
                 continue
-            return Lease(self._kv, key, revision, instance, slot, value, self._nc)
+            return Lease(self._kv, key, revision, instance, slot, value, self._nc, ttl_s=self._ttl_s)
         return None
 
     async def hold(self, note: LeaseNote) -> Lease | None:
@@ -149,7 +183,7 @@ class SlotLeases:
             revision = await self._kv.create(key, value)
         except KeyWrongLastSequenceError:
             return None
-        return Lease(self._kv, key, revision, "", -1, value, self._nc)
+        return Lease(self._kv, key, revision, "", -1, value, self._nc, ttl_s=self._ttl_s)
 
     async def reclaim(self, replica: str) -> list[LeaseNote]:
         """Free the leases `replica` still holds and return them. Only for a replica that has just taken its

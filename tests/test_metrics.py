@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from dispatch_support import wait_final
+from dispatch_support import retention_removes_images_of, wait_final
 from gateway_support import GatewayHub, gateway_hub
 from harness import ServiceProcess, hub_env
 from mcp.client.session import ClientSession
@@ -26,6 +26,7 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture(scope="module")
 async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
     async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("metrics")) as running:
+        await running.hub.start("stats").wait_healthy(running.nc)
         yield running
 
 
@@ -53,7 +54,7 @@ def replicas_of(samples: Samples, service: str) -> float:
 
 async def test_metrics_need_no_key_and_gather_every_service(gw: GatewayHub) -> None:
     text, samples = await scrape(gw.base_url)
-    for service in ("gateway", "registry", "prompt", "dispatch"):
+    for service in ("gateway", "registry", "prompt", "dispatch", "stats"):
         assert replicas_of(samples, service) == 1, service
         assert (f"genimage_{service}_nats_reconnects_total", frozenset()) in samples, service
     # One HELP/TYPE per family: valid exposition although every replica sent its own.
@@ -137,3 +138,52 @@ async def test_metrics_are_refused_to_clients_outside_the_allowlist(gw: GatewayH
         assert error["field"] == "HUB_METRICS_ALLOW" and "127.0.0.1" in error["message"]
     finally:
         await gateway.stop()
+
+
+async def scrape_until(base_url: str, moved: Callable[[Samples], bool], timeout_s: float = 15) -> Samples:
+    """Scrape until `moved` holds (the stats service records events a moment after the job ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _, samples = await scrape(base_url)
+        if moved(samples) or time.monotonic() > deadline:
+            return samples
+        await asyncio.sleep(0.2)
+
+
+async def test_generations_are_counted_by_status_render_type_and_key_with_their_times(gw: GatewayHub) -> None:
+    _, before = await scrape(gw.base_url)
+    done = {"name": "genimage_stats_generations_total", "status": "completed", "render_type": "sdxl", "key": "tests"}
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        for prompt in ("a red kite", "a blue kite"):
+            submitted = await api.post("/api/v1/generations", json={"prompt": prompt, "steps": 2})
+            assert submitted.status_code == 202, submitted.text
+            assert (await wait_final(gw.nc, submitted.json()["job_id"])).status == "completed"
+    after = await scrape_until(gw.base_url, lambda s: value(s, **done) - value(before, **done) >= 2)
+    assert value(after, **done) - value(before, **done) == 2
+    for name in ("genimage_stats_queue_wait_seconds_count", "genimage_stats_run_seconds_count"):
+        labels = {"render_type": "sdxl", "instance": "gw-comfy"}
+        assert value(after, name, **labels) - value(before, name, **labels) == 2, name
+    # The run time of the double (0.2 s of work) lands in the histogram's sum.
+    run_sum = "genimage_stats_run_seconds_sum"
+    assert (
+        value(after, run_sum, render_type="sdxl", instance="gw-comfy")
+        - value(before, run_sum, render_type="sdxl", instance="gw-comfy")
+        >= 0.4
+    )
+
+
+async def test_retention_runs_and_the_bytes_they_remove_are_counted(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        submitted = await api.post("/api/v1/generations", json={"prompt": "an old photo", "steps": 2})
+    job = await wait_final(gw.nc, submitted.json()["job_id"])
+    _, before = await scrape(gw.base_url)
+    report = await retention_removes_images_of(gw.hub, job.job_id)
+    assert report.images_removed >= 1 and report.bytes_freed > 0
+    _, after = await scrape(gw.base_url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("genimage_stats_retention_runs_total", trigger="request", outcome="ok") == 1
+    assert moved("genimage_stats_retention_bytes_removed_total") == report.bytes_freed
+    assert moved("genimage_stats_retention_images_removed_total") == report.images_removed

@@ -5,13 +5,17 @@ from contracts.runtime.database import attach
 from contracts.runtime.service import ServiceRuntime
 from stats_service import __version__, handlers, piccolo_conf, retention
 from stats_service.consumer import EventConsumer
+from stats_service.metrics import StatsMetrics
 
 
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(settings, version=__version__, description="Generation log, figures and image retention")
     attach(runtime, piccolo_conf.DB, "stats")
-    consumer = EventConsumer(runtime)
-    scheduler = retention.RetentionScheduler(handlers.output_remover(runtime), runtime.log.bind(task="retention"))
+    figures = StatsMetrics(runtime.metrics, lambda: runtime.nc)
+    consumer = EventConsumer(runtime, figures)
+    scheduler = retention.RetentionScheduler(
+        handlers.output_remover(runtime), runtime.log.bind(task="retention"), on_report=figures.retention_ran
+    )
     handlers.register(runtime, scheduler)
 
     async def start_background(_runtime: ServiceRuntime) -> None:

@@ -21,6 +21,7 @@ from contracts.runtime.bus import ensure_stream
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import EVENTS, EVENTS_STREAM, EVENTS_SUBJECTS
 from stats_service.ingest import record_events
+from stats_service.metrics import StatsMetrics
 
 CONSUMER_NAME = "hub-stats-log"
 # Progress events change nothing in the log (a job is "running" from its `started` event on): they are
@@ -50,8 +51,9 @@ def consumer_config() -> ConsumerConfig:
 
 
 class EventConsumer:
-    def __init__(self, runtime: ServiceRuntime) -> None:
+    def __init__(self, runtime: ServiceRuntime, figures: StatsMetrics) -> None:
         self._runtime = runtime
+        self._figures = figures
         self._log = runtime.log.bind(consumer=CONSUMER_NAME)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._js: JetStreamContext | None = None
@@ -122,6 +124,7 @@ class EventConsumer:
         for msg in accepted:
             await msg.ack()
         self.events_recorded += result.events
+        await self._figures.finished(result.finished)
         self._log.debug(
             "events recorded", events=result.events, jobs=result.jobs, inserted=result.inserted, updated=result.updated
         )

@@ -22,6 +22,7 @@ class BatchResult(msgspec.Struct, frozen=True):
     jobs: int  # distinct jobs in the batch
     inserted: int
     updated: int  # rows that changed; an event already recorded changes nothing
+    finished: list[JobState] = []  # rows that became final in this batch (each job once, for the figures)
 
 
 def _by_job(events: Iterable[GenerationEvent]) -> dict[str, list[GenerationEvent]]:  # type: ignore[valid-type]
@@ -39,6 +40,7 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # ty
     now = time.time()
     inserts: list[JobState] = []
     updates: list[JobState] = []
+    finished: list[JobState] = []
     async with store.write_transaction():
         existing = await store.load_states(list(grouped), lock=True)
         for job_id, job_events in grouped.items():
@@ -47,6 +49,8 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # ty
             for event in sorted(job_events, key=lambda e: e.seq):
                 state = apply_event(state, event)
             assert state is not None
+            if state.is_final and not (before is not None and before.is_final):
+                finished.append(state)
             if before is None:
                 state.updated_at = now
                 inserts.append(state)
@@ -55,4 +59,6 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # ty
                 updates.append(state)
         await store.insert_states(inserts)
         await store.update_states(updates)
-    return BatchResult(events=len(events), jobs=len(grouped), inserted=len(inserts), updated=len(updates))
+    return BatchResult(
+        events=len(events), jobs=len(grouped), inserted=len(inserts), updated=len(updates), finished=finished
+    )

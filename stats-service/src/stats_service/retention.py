@@ -199,8 +199,11 @@ async def run_retention(
 class RetentionScheduler:
     """Runs the policy every `run_every_hours` (one replica per due run) and on request."""
 
-    def __init__(self, remover: OutputRemover, log: Any) -> None:
+    def __init__(
+        self, remover: OutputRemover, log: Any, on_report: Callable[[RetentionReport], None] | None = None
+    ) -> None:
         self._remover = remover
+        self._on_report = on_report
         self._log = log
         self._wake = asyncio.Event()
         self._running = asyncio.Lock()  # one run at a time in this replica
@@ -220,6 +223,8 @@ class RetentionScheduler:
         async with self._running:
             policy = await get_policy()
             report = await run_retention(policy, self._remover, dry_run=dry_run, trigger=trigger)
+        if self._on_report is not None:
+            self._on_report(report)
         fields = msgspec.to_builtins(report)
         if report.error is not None:
             self._log.warning("retention run could not finish", **fields)

@@ -187,3 +187,54 @@ async def test_retention_runs_and_the_bytes_they_remove_are_counted(gw: GatewayH
     assert moved("genimage_stats_retention_runs_total", trigger="request", outcome="ok") == 1
     assert moved("genimage_stats_retention_bytes_removed_total") == report.bytes_freed
     assert moved("genimage_stats_retention_images_removed_total") == report.images_removed
+
+
+async def test_queue_depth_busy_slots_and_the_oldest_wait_follow_the_jobs(gw: GatewayHub) -> None:
+    instance = {"instance": "gw-comfy"}
+    gw.comfy.work_seconds = 20.0  # long runs: two fill the instance's two slots, the third waits
+    job_ids: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+            for n in range(3):
+                submitted = await api.post("/api/v1/generations", json={"prompt": f"slow {n}", "steps": 20})
+                assert submitted.status_code == 202, submitted.text
+                job_ids.append(submitted.json()["job_id"])
+
+            def full(s: Samples) -> bool:
+                return (
+                    value(s, "genimage_dispatch_instance_busy_slots", **instance) == 2
+                    and value(s, "genimage_dispatch_queue_depth") == 1
+                )
+
+            during = await scrape_until(gw.base_url, full)
+            assert full(during), {k: v for k, v in during.items() if "dispatch_instance" in k[0] or "queue" in k[0]}
+            assert value(during, "genimage_dispatch_instance_up", **instance) == 1
+            assert value(during, "genimage_dispatch_instance_slots", **instance) == 2
+            assert value(during, "genimage_dispatch_queue_depth_by_render_type", render_type="sdxl") == 1
+            assert 0 < value(during, "genimage_dispatch_queue_oldest_wait_seconds") < 30
+            for job_id in job_ids:
+                assert (await api.delete(f"/api/v1/generations/{job_id}")).status_code == 200
+    finally:
+        gw.comfy.work_seconds = 0.2
+    for job_id in job_ids:
+        assert (await wait_final(gw.nc, job_id)).status == "cancelled"
+    after = await scrape_until(
+        gw.base_url, lambda s: value(s, "genimage_dispatch_instance_busy_slots", **instance) == 0
+    )
+    assert value(after, "genimage_dispatch_queue_depth") == 0
+    assert value(after, "genimage_dispatch_queue_oldest_wait_seconds") == 0
+    # The instance's first job loaded its checkpoint: a model switch.
+    assert value(after, "genimage_dispatch_instance_model_switches_total", **instance) >= 1
+
+
+async def test_a_failed_attempt_counts_against_its_instance_and_the_generation_as_failed(gw: GatewayHub) -> None:
+    failed = {"name": "genimage_stats_generations_total", "status": "failed", "render_type": "sdxl", "key": "tests"}
+    attempts = {"name": "genimage_dispatch_instance_failures_total", "instance": "gw-comfy", "kind": "execution_failed"}
+    _, before = await scrape(gw.base_url)
+    gw.comfy.fail_next_job()
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        submitted = await api.post("/api/v1/generations", json={"prompt": "a doomed job", "steps": 2})
+    assert (await wait_final(gw.nc, submitted.json()["job_id"])).status == "failed"
+    after = await scrape_until(gw.base_url, lambda s: value(s, **failed) > value(before, **failed))
+    assert value(after, **failed) - value(before, **failed) == 1
+    assert value(after, **attempts) - value(before, **attempts) == 1

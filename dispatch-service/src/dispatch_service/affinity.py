@@ -328,6 +328,7 @@ class Affinity:
         self.memory = memory
         self.costs = costs
         self._runs: dict[str, _Run] = {}
+        self.switches: dict[str, int] = {}  # per instance: jobs that loaded models it did not hold (the figures)
 
     def begin(self, job_id: str, state: InstanceState, row: JobRecord) -> None:
         """A job takes a slot of `state` (called as it does, so the next placement already counts with it)."""
@@ -335,6 +336,8 @@ class Affinity:
         loaders = loader_nodes(row.workflow, state.model_files)
         models = models_of(loaders)
         warm = models <= self.memory.loaded(instance)
+        if models and not warm:
+            self.switches[instance] = self.switches.get(instance, 0) + 1
         news = self.memory.hold(instance, models)
         run_s = self.costs.run_s(render_type, instance)
         expected = None if run_s is None else run_s + (0.0 if warm else self.costs.switch_s(render_type, instance))

@@ -14,6 +14,7 @@ from dispatch_service.events import EventPublisher
 from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
 from dispatch_service.input_url import UrlAllowlist
 from dispatch_service.leases import SlotLeases
+from dispatch_service.metrics import DispatchMetrics
 from dispatch_service.pool import Pool
 from dispatch_service.replica import take_identity
 from dispatch_service.scheduler import Scheduler
@@ -39,6 +40,7 @@ def build(settings: Settings) -> ServiceRuntime:
         events = EventPublisher(js, rt.nc)
         store = JobStore()
         scheduler = Scheduler(settings, js, pool, leases, store, events, storage, nc=rt.nc, replica=identity.name)
+        DispatchMetrics(rt.metrics, store, pool, scheduler)
         upstream = NatsUpstream(rt)
         dispatcher = Dispatcher(
             nc=rt.nc,

@@ -84,6 +84,19 @@ def _left(limit_at: float) -> float:
     return max(limit_at - time.monotonic(), 5.0)
 
 
+def _failure_kind(exc: Exception) -> str:
+    """A failed attempt's kind, for the figures (a few fixed words: a label, not the message)."""
+    kinds: tuple[tuple[type[Exception], str], ...] = (
+        (ComfyUnavailable, "unavailable"),
+        (ComfyInterrupted, "interrupted"),
+        (ComfyRejected, "rejected"),
+        (ComfyExecutionFailed, "execution_failed"),
+        (ComfyError, "comfyui"),
+        (HubError, "hub"),
+    )
+    return next((kind for cls, kind in kinds if isinstance(exc, cls)), "internal")
+
+
 def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("could not record a job's progress", error=str(task.exception()))
@@ -172,6 +185,7 @@ class Scheduler:
         )
         pool.on_back_up = self.affinity.memory.forget
         self._affinity_queue = AffinityQueue(self)
+        self.failures: dict[tuple[str, str], int] = {}  # (instance, kind) -> failed attempts (the figures)
 
     # -- queue ------------------------------------------------------------------------------------------
 
@@ -476,6 +490,9 @@ class Scheduler:
         ComfyUI did meanwhile (it was stopped, it failed, or it went away)."""
         instance = state.config.name
         bound_log = log.bind(job_id=job_id, instance=instance, attempt=attempt)
+        if not cancelled:
+            reason = _failure_kind(exc)
+            self.failures[instance, reason] = self.failures.get((instance, reason), 0) + 1
         if isinstance(exc, ComfyUnavailable):
             self.pool.mark_down(state, str(exc))
         if cancelled and isinstance(exc, ComfyError):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from piccolo.columns import Column
+from piccolo.query.functions.aggregate import Count, Min
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import Instance
@@ -189,6 +190,18 @@ class JobStore:
     async def recent(self, limit: int) -> list[JobRecord]:
         rows = await JobRow.select().order_by(JobRow.accepted_at, ascending=False).limit(limit).output(load_json=True)
         return [_job(row) for row in rows]
+
+    async def waiting_by_render_type(self) -> dict[str, tuple[int, float]]:
+        """For the figures: per render type, how many jobs wait and when the oldest of them was accepted."""
+        rows = (
+            await JobRow.select(
+                JobRow.render_type, Count().as_alias("waiting"), Min(JobRow.accepted_at).as_alias("oldest")
+            )
+            .where(JobRow.status.is_in(list(WAITING_STATUSES)))
+            .group_by(JobRow.render_type)
+            .run()
+        )
+        return {row["render_type"]: (int(row["waiting"]), float(row["oldest"])) for row in rows}
 
     async def queue_position(self, job: JobRecord) -> int:
         """Where a waiting job stands: 1 + the waiting jobs accepted before it (counted, not loaded)."""

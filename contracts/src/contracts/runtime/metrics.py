@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -24,6 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import subjects
 from contracts.messages.health import MetricsReply
+from contracts.runtime.logs import get_logger
+
+log = get_logger("metrics")
 
 # `_created` series double the text and no dashboard of ours reads them.
 disable_created_metrics()
@@ -33,6 +36,7 @@ NAMESPACE = "genimage"
 # one), or after MAX_S in any case; a replica slower than that is missing from this scrape (its `up` says so).
 SCRAPE_QUIET_S = 0.25
 SCRAPE_MAX_S = 2.0
+REFRESH_TIMEOUT_S = 1.0  # a gauge refreshed by a query (queue depth) waits this long at most
 # Seconds; from a cached 10 ms answer up to a long ComfyUI run.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -57,6 +61,7 @@ class ServiceMetrics:
         self.service = service
         self.replica = replica
         self.registry = CollectorRegistry(auto_describe=False)
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def name(self, suffix: str) -> str:
         return f"{NAMESPACE}_{self.service}_{suffix}"
@@ -76,10 +81,23 @@ class ServiceMetrics:
         """Call `collect` at every scrape; it yields metric families (GaugeMetricFamily, CounterMetricFamily)."""
         self.registry.register(_ScrapeCollector(collect))  # type: ignore[arg-type]
 
+    def before_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await `refresh` before each scrape (to set gauges from a query); one that fails or takes over
+        REFRESH_TIMEOUT_S leaves its gauges as they were, and the scrape still answers."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        for refresh in self._refreshers:
+            try:
+                await asyncio.wait_for(refresh(), timeout=REFRESH_TIMEOUT_S)
+            except Exception:  # a figure left stale must not cost the other figures of this replica
+                log.warning("metrics refresh failed", refresh=getattr(refresh, "__qualname__", repr(refresh)))
+
     def exposition(self) -> str:
         return generate_latest(self.registry).decode()
 
-    def reply(self) -> bytes:
+    async def reply(self) -> bytes:
+        await self.refresh()
         return _reply_encoder.encode(
             MetricsReply(service=self.service, replica=self.replica, exposition=self.exposition())
         )
@@ -90,7 +108,7 @@ async def answer_scrapes(nc: NatsClient, metrics: ServiceMetrics) -> None:
 
     async def answer(msg: Msg) -> None:
         if msg.reply:
-            await msg.respond(metrics.reply())
+            await msg.respond(await metrics.reply())
 
     await nc.subscribe(subjects.METRICS_SCRAPE, cb=answer)
 

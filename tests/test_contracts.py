@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from harness import MODULES
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 import contracts.messages as messages
 from contracts import endpoints, subjects
@@ -198,6 +203,42 @@ def test_each_endpoint_is_declared_once_with_its_types_under_its_service_subject
             assert issubclass(endpoint.request, msgspec.Struct) and issubclass(endpoint.reply, msgspec.Struct)
             assert endpoint.metadata() == {"request": endpoint.request.__name__, "reply": endpoint.reply.__name__}
             assert endpoint.timeout_s > 0
+
+
+async def service_infos(nc: NatsClient, wait_s: float = 1.0) -> list[dict[str, Any]]:
+    """What every running service replica tells `$SRV.INFO` (nats.micro discovery): its endpoints."""
+    inbox = nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def collect(msg: Msg) -> None:
+        replies.append(msgspec.json.decode(msg.data))
+
+    sub = await nc.subscribe(inbox, cb=collect)
+    await nc.publish("$SRV.INFO", b"", reply=inbox)
+    await asyncio.sleep(wait_s)
+    await sub.unsubscribe()
+    return replies
+
+
+async def test_every_endpoint_has_one_handler_in_its_service_and_info_names_its_types(
+    start_service, nc: NatsClient, tmp_path: Path
+) -> None:
+    processes = [start_service(service, data_dir=tmp_path / "data") for service in MODULES]
+    await asyncio.gather(*(process.wait_healthy(nc, timeout_s=60) for process in processes))
+    answered: dict[str, list[str]] = {}
+    documented: dict[str, dict[str, str] | None] = {}
+    for info in await service_infos(nc):
+        for endpoint in info["endpoints"]:
+            answered.setdefault(endpoint["subject"], []).append(info["name"])
+            documented[endpoint["subject"]] = endpoint.get("metadata")
+    expected = {e.subject: e for e in endpoints.declared()} | {
+        endpoints.health(service).subject: endpoints.health(service) for service in MODULES
+    }
+    assert set(answered) - set(expected) == set(), "answered, but not declared in contracts.endpoints"
+    assert set(expected) - set(answered) == set(), "declared, but no service answers"
+    for subject, endpoint in expected.items():
+        assert answered[subject] == [f"hub-{endpoint.service}"], subject  # one handler, in its own service
+        assert documented[subject] == endpoint.metadata(), subject
 
 
 def test_subjects_are_unique_and_owned_by_their_service() -> None:

@@ -13,10 +13,10 @@ from dispatch_support import Hub, checkpoint_of, wait_for
 from doubles.comfyui import ComfyUIDouble
 from ui_support import signed_in_admin, start_ui_hub
 
-from contracts import endpoints, subjects
-from contracts.messages.instances import InstanceList, ListInstances
+from contracts import endpoints
+from contracts.messages.instances import ListInstances
 from contracts.messages.render_types import ListRenderTypes
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.timeout(180)
@@ -68,7 +68,7 @@ async def test_a_comfyui_at_the_default_address_is_offered_added_and_generates(h
 
             added = await admin.post("/instances/add-detected", {}, from_page="/")
             assert added.headers["location"] == "/generate"
-            listed = await request(hub.nc, subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+            listed = await call(hub.nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
             assert [(v.instance.name, v.instance.base_url) for v in listed.instances] == [
                 ("local-comfyui", f"http://127.0.0.1:{probe_port}")
             ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.messages.instances import InstanceHealth, InstanceView, ProbeInstance
-from contracts.messages.render_types import ListRenderTypes, RenderTypeList
+from contracts.messages.render_types import ListRenderTypes
 from ui_service.capability import missing_on
 from ui_service.hub_client import HubClient
 
@@ -43,10 +43,10 @@ async def detected_comfyui(hub: HubClient, instances: list[InstanceView]) -> Det
     url = hub.runtime.settings.ui_comfyui_probe_url
     if not url or any(same_server(view.instance.base_url, url) for view in instances):
         return None
-    health, _ = await hub.try_ask(subjects.Dispatch.INSTANCES_TEST, ProbeInstance(base_url=url), InstanceHealth)
+    health, _ = await hub.try_ask(endpoints.Dispatch.INSTANCES_TEST, ProbeInstance(base_url=url))
     if health is None or not health.up:
         return None
-    listed, _ = await hub.try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList)
+    listed, _ = await hub.try_ask(endpoints.Registry.LIST, ListRenderTypes(include_disabled=False))
     summaries = listed.render_types if listed else []
     fits = [RenderTypeFit(name=rt.name, missing=missing_on(rt.requirements, health)) for rt in summaries]
     return DetectedComfyUI(base_url=url, health=health, fits=fits)

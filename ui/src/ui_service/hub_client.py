@@ -7,18 +7,17 @@ One HubClient per app, kept in `app.state` and handed to the controllers by depe
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any
 
 from litestar.datastructures import State
 
-from contracts import subjects
+from contracts import endpoints, subjects
+from contracts.endpoints import Endpoint, Req, Res
 from contracts.errors import HubError
 from contracts.messages.health import HealthReply, HealthRequest
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 from contracts.runtime.service import ServiceRuntime
 from contracts.runtime.storage import ObjectStoreOutputs
-
-T = TypeVar("T")
 
 
 class HubClient:
@@ -37,13 +36,13 @@ class HubClient:
             self._outputs = ObjectStoreOutputs(self.runtime.nc.jetstream())
         return self._outputs
 
-    async def ask(self, subject: str, message: Any, result_type: type[T], timeout: float = 5.0) -> T:
-        return await request(self.runtime.nc, subject, message, result_type, timeout=timeout)
+    async def ask(self, endpoint: Endpoint[Req, Res], message: Req, timeout: float = 5.0) -> Res:
+        return await call(self.runtime.nc, endpoint, message, timeout=timeout)
 
-    async def try_ask(self, subject: str, message: Any, result_type: type[T]) -> tuple[T | None, str]:
+    async def try_ask(self, endpoint: Endpoint[Req, Res], message: Req) -> tuple[Res | None, str]:
         """The reply, or None and the error's message (for a page that still shows the rest)."""
         try:
-            return await self.ask(subject, message, result_type), ""
+            return await self.ask(endpoint, message), ""
         except HubError as exc:
             return None, exc.info.message
 
@@ -56,7 +55,7 @@ class HubClient:
 
     async def _health(self, service: str) -> tuple[HealthReply | None, str]:
         try:
-            return await request(self.runtime.nc, subjects.health(service), HealthRequest(), HealthReply, timeout=2), ""
+            return await call(self.runtime.nc, endpoints.health(service), HealthRequest(), timeout=2), ""
         except HubError as exc:
             return None, exc.info.message
 

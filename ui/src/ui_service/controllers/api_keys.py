@@ -5,15 +5,15 @@ from __future__ import annotations
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
-from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
+from contracts import endpoints
+from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
 from ui_service.forms import form_of
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, act_then_redirect, named_or, page, require_admin
 
 
 async def keys_page(request: Request, hub: HubClient, errors: dict | None = None, form: dict | None = None) -> Template:
-    listed, error = await hub.try_ask(subjects.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True), ApiKeyList)
+    listed, error = await hub.try_ask(endpoints.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True))
     # The new secret rides in the session for exactly one page view (post/redirect/get: a reload
     # neither creates a second key nor shows the secret again).
     created = request.session.pop("new_key", None) if request.session else None
@@ -42,7 +42,7 @@ class ApiKeysController(Controller):
         name = (await form_of(request, "scopes")).get("name", "").strip()
         scopes = [str(v) for v in data.getall("scopes")] if "scopes" in data else []  # checkboxes (SCOPES)
         with Rejection(named_or("name")) as rejected:
-            created = await hub.ask(subjects.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes), CreatedApiKey)
+            created = await hub.ask(endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes))
         if rejected:
             return await keys_page(request, hub, errors=rejected.errors, form={"name": name, "scopes": scopes})
         request.session["new_key"] = {"name": created.key.name, "secret": created.secret}
@@ -52,5 +52,5 @@ class ApiKeysController(Controller):
     async def revoke_api_key(self, request: Request, hub: HubClient) -> Redirect:
         key_id = (await form_of(request)).get("key_id", "")
         with Rejection() as rejected:
-            revoked = await hub.ask(subjects.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=key_id), ApiKey)
+            revoked = await hub.ask(endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=key_id))
         return act_then_redirect(request, "/api-keys", rejected, "" if rejected else f"Revoked the key {revoked.name}.")

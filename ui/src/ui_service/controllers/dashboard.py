@@ -9,10 +9,10 @@ from litestar import Controller, Request, Response, get
 from litestar.exceptions import HTTPException
 from litestar.response import Stream, Template
 
-from contracts import subjects
-from contracts.messages.instances import InstanceList, ListInstances
-from contracts.messages.jobs import QueueView, QueueViewRequest
-from contracts.messages.stats import Figures, QueryFigures
+from contracts import endpoints
+from contracts.messages.instances import ListInstances
+from contracts.messages.jobs import QueueViewRequest
+from contracts.messages.stats import QueryFigures
 from contracts.runtime.output_http import output_reply
 from ui_service.first_run import detected_comfyui
 from ui_service.hub_client import HubClient
@@ -27,10 +27,10 @@ class DashboardController(Controller):
     async def dashboard(self, request: Request, hub: HubClient) -> Template:
         last_hour = QueryFigures(group_by="instance", since=time.time() - 3600)
         (instances, instances_error), (queue, queue_error), health, (hour, _) = await asyncio.gather(
-            hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList),
-            hub.try_ask(subjects.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True, limit=24), QueueView),
+            hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances()),
+            hub.try_ask(endpoints.Dispatch.QUEUE_VIEW, QueueViewRequest(include_finished=True, limit=24)),
             hub.service_health(),
-            hub.try_ask(subjects.Stats.FIGURES, last_hour, Figures),
+            hub.try_ask(endpoints.Stats.FIGURES, last_hour),
         )
         views = instances.instances if instances else []
         jobs = queue.jobs if queue else []

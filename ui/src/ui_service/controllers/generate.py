@@ -11,10 +11,10 @@ from litestar import Controller, Request, get, post
 from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.response.sse import ServerSentEventMessage
 
-from contracts import subjects
-from contracts.messages.jobs import FINAL_STATUSES, CancelJob, GenerationRequest, GetJob, JobView, SubmitReply
+from contracts import endpoints
+from contracts.messages.jobs import FINAL_STATUSES, CancelJob, GenerationRequest, GetJob
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList, RenderTypeSummary
-from contracts.messages.styles import ListStyles, StyleList
+from contracts.messages.styles import ListStyles
 from contracts.runtime.bus import job_events
 from contracts.runtime.storage import input_image_staged
 from ui_service.forms import (
@@ -37,8 +37,8 @@ async def generate_page(
     request: Request, hub: HubClient, form: dict[str, str] | None = None, errors: dict | None = None
 ) -> Template:
     (render_types, _), (styles, _) = await asyncio.gather(
-        hub.try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList),
-        hub.try_ask(subjects.Prompt.STYLES_LIST, ListStyles(include_disabled=False), StyleList),
+        hub.try_ask(endpoints.Registry.LIST, ListRenderTypes(include_disabled=False)),
+        hub.try_ask(endpoints.Prompt.STYLES_LIST, ListStyles(include_disabled=False)),
     )
     listed = render_types.render_types if render_types else []
     return page(
@@ -62,7 +62,7 @@ def chosen_render_type(listed: RenderTypeList, form: dict[str, str]) -> RenderTy
 
 
 async def generation_of(hub: HubClient, data: Any, form: dict[str, str], styles: list[str]) -> GenerationRequest:
-    listed = await hub.ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList)
+    listed = await hub.ask(endpoints.Registry.LIST, ListRenderTypes(include_disabled=False))
     chosen = chosen_render_type(listed, form)
     input_image = await read_input_image(data.get("input_image_file"), form.get("input_image_url", "").strip(), chosen)
     return GenerationRequest(
@@ -113,22 +113,20 @@ class GenerateController(Controller):
             generation = await generation_of(hub, data, form, chosen_styles)
             # An uploaded image goes through the object store, not inside the NATS request (max_payload).
             async with input_image_staged(hub.outputs(), generation) as staged:
-                reply = await hub.ask(subjects.Dispatch.JOBS_SUBMIT, staged, SubmitReply, timeout=60)
+                reply = await hub.ask(endpoints.Dispatch.JOBS_SUBMIT, staged, timeout=60)
         if rejected:
             return await generate_page(request, hub, form, rejected.errors)
         return Redirect(f"/jobs/{reply.job_id}")
 
     @get("/jobs/{job_id:str}")
     async def job_page(self, request: Request, hub: HubClient, job_id: str) -> Template:
-        view = await hub.ask(subjects.Dispatch.JOBS_GET, GetJob(job_id=job_id), JobView)
+        view = await hub.ask(endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
         return page("job.html", request, job=view, final=view.status in FINAL_STATUSES)
 
     @post("/jobs/{job_id:str}/cancel")
     async def cancel_job(self, request: Request, hub: HubClient, job_id: str) -> Redirect:
         with Rejection() as rejected:
-            await hub.ask(
-                subjects.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id, reason="cancelled by the admin"), JobView
-            )
+            await hub.ask(endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id, reason="cancelled by the admin"))
         if rejected:
             flash(request, rejected.message, "error")
         return Redirect(f"/jobs/{job_id}")

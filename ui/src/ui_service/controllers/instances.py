@@ -5,15 +5,12 @@ from __future__ import annotations
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
-from contracts.envelope import Empty
+from contracts import endpoints
 from contracts.messages.instances import (
     DeleteInstance,
     GetInstance,
     Instance,
     InstanceHealth,
-    InstanceList,
-    InstanceView,
     ListInstances,
     ProbeInstance,
     SaveInstance,
@@ -31,7 +28,7 @@ async def instances_page(
     errors: dict | None = None,
     probe: InstanceHealth | None = None,
 ) -> Template:
-    listed, error = await hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+    listed, error = await hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances())
     return page(
         "instances.html",
         request,
@@ -52,7 +49,7 @@ class InstancesController(Controller):
         editing = request.query_params.get("edit")
         if not editing:
             return await instances_page(request, hub)
-        view = await hub.ask(subjects.Dispatch.INSTANCES_GET, GetInstance(name=editing), InstanceView)
+        view = await hub.ask(endpoints.Dispatch.INSTANCES_GET, GetInstance(name=editing))
         instance = view.instance
         form = {
             "original_name": instance.name,
@@ -70,9 +67,8 @@ class InstancesController(Controller):
         form = await form_of(request)
         with Rejection() as rejected:
             view = await hub.ask(
-                subjects.Dispatch.INSTANCES_SAVE,
+                endpoints.Dispatch.INSTANCES_SAVE,
                 SaveInstance(instance=instance_from_form(form), original_name=form.get("original_name") or None),
-                InstanceView,
                 timeout=15,
             )
         if rejected:
@@ -86,9 +82,8 @@ class InstancesController(Controller):
         url = hub.runtime.settings.ui_comfyui_probe_url
         with Rejection() as rejected:
             await hub.ask(
-                subjects.Dispatch.INSTANCES_SAVE,
+                endpoints.Dispatch.INSTANCES_SAVE,
                 SaveInstance(instance=Instance(name=DETECTED_NAME, base_url=url)),
-                InstanceView,
             )
         if rejected:
             return act_then_redirect(request, "/", rejected, "")
@@ -99,7 +94,7 @@ class InstancesController(Controller):
     async def delete_instance(self, request: Request, hub: HubClient) -> Redirect:
         name = (await form_of(request)).get("name", "")
         with Rejection() as rejected:
-            await hub.ask(subjects.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name), Empty)
+            await hub.ask(endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
         return act_then_redirect(request, "/instances", rejected, f"Removed instance {name}.")
 
     @post("/test")
@@ -107,9 +102,8 @@ class InstancesController(Controller):
         form = await form_of(request)
         with Rejection(named_or("base_url")) as rejected:
             health = await hub.ask(
-                subjects.Dispatch.INSTANCES_TEST,
+                endpoints.Dispatch.INSTANCES_TEST,
                 ProbeInstance(base_url=form.get("base_url", "").strip(), auth_header=form.get("auth_header") or None),
-                InstanceHealth,
                 timeout=20,
             )
         if rejected:

@@ -9,14 +9,11 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.messages.stats import (
     ExportLog,
     GetRetention,
-    LogExport,
     QueryLog,
-    RetentionPolicy,
-    RetentionReport,
     RunRetention,
     SaveRetention,
 )
@@ -32,7 +29,7 @@ async def maintenance_page(
     report: Any = None,
     form: dict[str, str] | None = None,
 ) -> Template:
-    policy, error = await hub.try_ask(subjects.Stats.RETENTION_GET, GetRetention(), RetentionPolicy)
+    policy, error = await hub.try_ask(endpoints.Stats.RETENTION_GET, GetRetention())
     return page(
         "maintenance.html",
         request,
@@ -57,7 +54,7 @@ class MaintenanceController(Controller):
         form = await form_of(request)
         with Rejection() as rejected:
             policy = retention_from_form(form)
-            await hub.ask(subjects.Stats.RETENTION_SAVE, SaveRetention(policy=policy), RetentionPolicy)
+            await hub.ask(endpoints.Stats.RETENTION_SAVE, SaveRetention(policy=policy))
         if rejected:
             return await maintenance_page(request, hub, rejected.errors, form=form)
         flash(request, "Saved the retention policy.")
@@ -66,7 +63,7 @@ class MaintenanceController(Controller):
     @post("/clean")
     async def clean_now(self, request: Request, hub: HubClient) -> Template:
         dry_run = (await form_of(request)).get("dry_run") == "on"
-        report, error = await hub.try_ask(subjects.Stats.RETENTION_RUN, RunRetention(dry_run=dry_run), RetentionReport)
+        report, error = await hub.try_ask(endpoints.Stats.RETENTION_RUN, RunRetention(dry_run=dry_run))
         return await maintenance_page(request, hub, {"form": error} if error else None, report=report)
 
     @get("/export")
@@ -76,9 +73,7 @@ class MaintenanceController(Controller):
         parts: list[str] = []
         filename = f"generations.{export_format}"
         while True:
-            part = await hub.ask(
-                subjects.Stats.EXPORT, ExportLog(format=export_format, query=query), LogExport, timeout=30
-            )
+            part = await hub.ask(endpoints.Stats.EXPORT, ExportLog(format=export_format, query=query), timeout=30)
             parts.append(part.content)
             filename = part.filename
             if part.next_offset is None:

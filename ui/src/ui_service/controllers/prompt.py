@@ -8,20 +8,15 @@ from typing import Any
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import HubError
-from contracts.messages.render_types import ListRenderTypes, RenderTypeList
+from contracts.messages.render_types import ListRenderTypes
 from contracts.messages.styles import (
     BuildPrompt,
-    BuiltPrompt,
-    EnhanceResult,
     GetLlmSettings,
     ListLlmModels,
     ListStyles,
-    LlmModels,
-    LlmSettings,
     SaveLlmSettings,
-    StyleList,
     TryEnhancement,
 )
 from ui_service.forms import form_of, llm_settings_from_form
@@ -32,14 +27,14 @@ from ui_service.picker import picker_styles
 
 async def prompt_page(request: Request, hub: HubClient, **context: Any) -> Template:
     (settings, settings_error), (styles, _), (render_types, _) = await asyncio.gather(
-        hub.try_ask(subjects.Prompt.LLM_SETTINGS_GET, GetLlmSettings(), LlmSettings),
-        hub.try_ask(subjects.Prompt.STYLES_LIST, ListStyles(include_disabled=False), StyleList),
-        hub.try_ask(subjects.Registry.LIST, ListRenderTypes(include_disabled=False), RenderTypeList),
+        hub.try_ask(endpoints.Prompt.LLM_SETTINGS_GET, GetLlmSettings()),
+        hub.try_ask(endpoints.Prompt.STYLES_LIST, ListStyles(include_disabled=False)),
+        hub.try_ask(endpoints.Registry.LIST, ListRenderTypes(include_disabled=False)),
     )
     models: list[str] = []
     models_error = ""
     if settings is not None:
-        listed, models_error = await hub.try_ask(subjects.Prompt.LLM_MODELS, ListLlmModels(), LlmModels)
+        listed, models_error = await hub.try_ask(endpoints.Prompt.LLM_MODELS, ListLlmModels())
         models = listed.models if listed else []
     context.setdefault("errors", {})
     context.setdefault("form", {})
@@ -73,9 +68,9 @@ class PromptController(Controller):
     async def save_llm(self, request: Request, hub: HubClient) -> Template | Redirect:
         form = await form_of(request)
         with Rejection(named_or("llm")) as rejected:
-            current = await hub.ask(subjects.Prompt.LLM_SETTINGS_GET, GetLlmSettings(), LlmSettings)
+            current = await hub.ask(endpoints.Prompt.LLM_SETTINGS_GET, GetLlmSettings())
             settings = llm_settings_from_form(form, current)
-            await hub.ask(subjects.Prompt.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=settings), LlmSettings)
+            await hub.ask(endpoints.Prompt.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=settings))
         if rejected:
             return await prompt_page(request, hub, errors=rejected.errors)
         flash(request, "Saved the prompt enhancement settings.")
@@ -85,9 +80,7 @@ class PromptController(Controller):
     async def test_llm(self, request: Request, hub: HubClient) -> Template:
         form = await form_of(request)
         with Rejection(always("test_prompt")) as rejected:
-            result = await hub.ask(
-                subjects.Prompt.LLM_TEST, TryEnhancement(prompt=form.get("test_prompt", "")), EnhanceResult, 90
-            )
+            result = await hub.ask(endpoints.Prompt.LLM_TEST, TryEnhancement(prompt=form.get("test_prompt", "")), 90)
         if rejected:
             return await prompt_page(request, hub, form=form, errors=rejected.errors)
         return await prompt_page(request, hub, form=form, enhance=result)
@@ -100,14 +93,13 @@ class PromptController(Controller):
         form["styles"] = ",".join(chosen)
         with Rejection(preview_field) as rejected:
             built = await hub.ask(
-                subjects.Prompt.PREVIEW,
+                endpoints.Prompt.PREVIEW,
                 BuildPrompt(
                     prompt=form.get("preview_prompt", ""),
                     negative_prompt=form.get("preview_negative", ""),
                     styles=chosen or None,
                     render_type=form.get("render_type") or None,
                 ),
-                BuiltPrompt,
             )
         if rejected:
             return await prompt_page(request, hub, form=form, errors=rejected.errors)

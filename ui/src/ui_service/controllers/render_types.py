@@ -10,12 +10,11 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode
-from contracts.messages.instances import InstanceList, ListInstances
+from contracts.messages.instances import ListInstances
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
-    DeletedRenderType,
     DeleteRenderType,
     GenerationParams,
     GetRenderType,
@@ -24,7 +23,6 @@ from contracts.messages.render_types import (
     RenderDefaults,
     RenderType,
     RenderTypeHistory,
-    RenderTypeList,
     ResolvedWorkflow,
     ResolveRenderType,
     RollbackRenderType,
@@ -62,8 +60,8 @@ NEW_FIELDS = {"parameter_map", "name", "description", "note", "negative_prompt",
 
 async def with_history(hub: HubClient, name: str) -> tuple[RenderType, RenderTypeHistory]:
     render_type, history = await asyncio.gather(
-        hub.ask(subjects.Registry.GET, GetRenderType(name=name), RenderType),
-        hub.ask(subjects.Registry.HISTORY, GetRenderTypeHistory(name=name), RenderTypeHistory),
+        hub.ask(endpoints.Registry.GET, GetRenderType(name=name)),
+        hub.ask(endpoints.Registry.HISTORY, GetRenderTypeHistory(name=name)),
     )
     return render_type, history
 
@@ -136,7 +134,7 @@ def edited_render_type_of(form: dict[str, str], name: str, current: RenderType) 
 async def edit_render_type_page(
     request: Request, hub: HubClient, name: str, form: dict[str, str] | None = None, errors: dict | None = None
 ) -> Template:
-    render_type = await hub.ask(subjects.Registry.GET, GetRenderType(name=name), RenderType)
+    render_type = await hub.ask(endpoints.Registry.GET, GetRenderType(name=name))
     return page(
         "render_type_edit.html",
         request,
@@ -181,7 +179,7 @@ def dry_run_of(name: str, form: dict[str, str]) -> ResolveRenderType:
 
 async def saved_flash(request: Request, hub: HubClient, saved: RenderType) -> None:
     """Says the render type was saved, and warns when no instance has a model it needs (it could not run)."""
-    instances, _ = await hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList)
+    instances, _ = await hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances())
     missing = missing_everywhere(saved.requirements, instances.instances if instances else [])
     done = f"Saved render type {saved.name} (version {saved.version})."
     if missing:
@@ -197,8 +195,8 @@ class RenderTypesController(Controller):
     @get("/")
     async def render_types(self, request: Request, hub: HubClient) -> Template:
         (listed, error), (instances, _) = await asyncio.gather(
-            hub.try_ask(subjects.Registry.LIST, ListRenderTypes(), RenderTypeList),
-            hub.try_ask(subjects.Dispatch.INSTANCES_LIST, ListInstances(), InstanceList),
+            hub.try_ask(endpoints.Registry.LIST, ListRenderTypes()),
+            hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances()),
         )
         summaries = listed.render_types if listed else []
         views = instances.instances if instances else []
@@ -209,7 +207,7 @@ class RenderTypesController(Controller):
     async def set_default_render_type(self, request: Request, hub: HubClient) -> Redirect:
         name = (await form_of(request)).get("name", "")
         with Rejection() as rejected:
-            await hub.ask(subjects.Registry.SET_DEFAULT, SetDefaultRenderType(name=name), RenderType)
+            await hub.ask(endpoints.Registry.SET_DEFAULT, SetDefaultRenderType(name=name))
         return act_then_redirect(request, "/render-types", rejected, f"{name} is now the default render type.")
 
     @get("/new")
@@ -221,7 +219,7 @@ class RenderTypesController(Controller):
         form = await workflow_of(request)
         with Rejection(always("workflow")) as rejected:
             analysis = await hub.ask(
-                subjects.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", "")), WorkflowAnalysis
+                endpoints.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", ""))
             )
         if rejected:
             return new_render_type_page(request, form, rejected.errors)
@@ -231,11 +229,11 @@ class RenderTypesController(Controller):
     async def save_render_type(self, request: Request, hub: HubClient) -> Template | Redirect:
         form = await form_of(request)
         with Rejection(partial(render_type_field, fields=NEW_FIELDS)) as rejected:
-            saved = await hub.ask(subjects.Registry.SAVE, new_render_type_of(form), RenderType)
+            saved = await hub.ask(endpoints.Registry.SAVE, new_render_type_of(form))
         if rejected:
             # Back at step 2 with everything typed: the analysis is made again from the same workflow.
             analysis = await hub.ask(
-                subjects.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", "")), WorkflowAnalysis
+                endpoints.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", ""))
             )
             return new_render_type_page(request, form, rejected.errors, analysis)
         await saved_flash(request, hub, saved)
@@ -253,8 +251,8 @@ class RenderTypesController(Controller):
     async def update_render_type(self, request: Request, hub: HubClient, name: str) -> Template | Redirect:
         form = await workflow_of(request)
         with Rejection(partial(render_type_field, fields=EDIT_FIELDS | set(DEFAULT_FIELDS))) as rejected:
-            current = await hub.ask(subjects.Registry.GET, GetRenderType(name=name), RenderType)
-            saved = await hub.ask(subjects.Registry.SAVE, edited_render_type_of(form, name, current), RenderType)
+            current = await hub.ask(endpoints.Registry.GET, GetRenderType(name=name))
+            saved = await hub.ask(endpoints.Registry.SAVE, edited_render_type_of(form, name, current))
         if rejected:
             return await edit_render_type_page(request, hub, name, form, rejected.errors)
         if saved.version == int(form.get("version") or 0):
@@ -272,9 +270,8 @@ class RenderTypesController(Controller):
         expected = (await form_of(request)).get("version", "")
         with Rejection() as rejected:
             deleted = await hub.ask(
-                subjects.Registry.DELETE,
+                endpoints.Registry.DELETE,
                 DeleteRenderType(name=name, expected_version=int(expected) if expected.isdigit() else None),
-                DeletedRenderType,
             )
         if rejected and rejected.code is not ErrorCode.NOT_FOUND:
             return await delete_page(request, hub, name, rejected.message)
@@ -289,7 +286,7 @@ class RenderTypesController(Controller):
         version = (await form_of(request)).get("version", "0")
         with Rejection() as rejected:
             rollback = RollbackRenderType(name=name, version=version_number(version))
-            await hub.ask(subjects.Registry.ROLLBACK, rollback, RenderType)
+            await hub.ask(endpoints.Registry.ROLLBACK, rollback)
         done = f"Rolled {name} back to version {version}."
         return act_then_redirect(request, f"/render-types/{name}", rejected, done)
 
@@ -297,7 +294,7 @@ class RenderTypesController(Controller):
     async def dry_run_render_type(self, request: Request, hub: HubClient, name: str) -> Template:
         form = await form_of(request)
         with Rejection(named_or("prompt")) as rejected:
-            resolved = await hub.ask(subjects.Registry.RESOLVE, dry_run_of(name, form), ResolvedWorkflow)
+            resolved = await hub.ask(endpoints.Registry.RESOLVE, dry_run_of(name, form))
         if rejected:
             return await render_type_detail_page(request, hub, name, errors=rejected.errors)
         return await render_type_detail_page(request, hub, name, resolved=resolved)

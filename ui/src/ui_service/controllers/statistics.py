@@ -9,8 +9,8 @@ from urllib.parse import urlencode
 from litestar import Controller, Request, get
 from litestar.response import Template
 
-from contracts import subjects
-from contracts.messages.stats import Figures, LogPage, QueryFigures, QueryLog
+from contracts import endpoints
+from contracts.messages.stats import QueryFigures, QueryLog
 from ui_service.hub_client import HubClient
 from ui_service.pages import page, require_admin
 
@@ -41,10 +41,10 @@ class StatisticsController(Controller):
         days = int(params.get("days", "14")) if params.get("days", "14").isdigit() else 14
         since = time.time() - days * 86400
         (per_day, _), (per_render_type, _), (per_instance, _), (log, log_error) = await asyncio.gather(
-            hub.try_ask(subjects.Stats.FIGURES, QueryFigures(group_by="day", since=since), Figures),
-            hub.try_ask(subjects.Stats.FIGURES, QueryFigures(group_by="render_type", since=since), Figures),
-            hub.try_ask(subjects.Stats.FIGURES, QueryFigures(group_by="instance", since=since), Figures),
-            hub.try_ask(subjects.Stats.LOG_QUERY, log_query_of(filters, page_number), LogPage),
+            hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="day", since=since)),
+            hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="render_type", since=since)),
+            hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="instance", since=since)),
+            hub.try_ask(endpoints.Stats.LOG_QUERY, log_query_of(filters, page_number)),
         )
         return page(
             "stats.html",

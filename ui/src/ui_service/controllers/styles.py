@@ -12,10 +12,8 @@ from urllib.parse import urlencode
 from litestar import Controller, Request, Response, get, post
 from litestar.response import Redirect, Template
 
-from contracts import subjects
-from contracts.envelope import Empty
+from contracts import endpoints
 from contracts.messages.styles import (
-    BulkResult,
     BulkStyles,
     DeleteStyle,
     ExportStyles,
@@ -25,8 +23,6 @@ from contracts.messages.styles import (
     ListStyles,
     SaveStyle,
     Style,
-    StyleExport,
-    StyleList,
 )
 from ui_service.forms import form_of, invalid, style_from_form, uploaded_text
 from ui_service.hub_client import HubClient
@@ -109,7 +105,7 @@ async def styles_page(
     preview: ImportReport | None = None,
     import_form: dict[str, str] | None = None,
 ) -> Template:
-    listed, error = await hub.try_ask(subjects.Prompt.STYLES_LIST, ListStyles(), StyleList)
+    listed, error = await hub.try_ask(endpoints.Prompt.STYLES_LIST, ListStyles())
     listing = filtered(listed.styles if listed else [], request.query_params)
     return page(
         "styles.html",
@@ -186,7 +182,7 @@ class StylesController(Controller):
         editing = request.query_params.get("edit")
         if not editing:
             return await styles_page(request, hub)
-        style = await hub.ask(subjects.Prompt.STYLES_GET, GetStyle(name=editing), Style)
+        style = await hub.ask(endpoints.Prompt.STYLES_GET, GetStyle(name=editing))
         return await styles_page(request, hub, edit_form_of(style))
 
     @post("/")
@@ -195,7 +191,7 @@ class StylesController(Controller):
         with Rejection() as rejected:
             style = style_from_form(form)
             saving = SaveStyle(style=style, original_name=form.get("original_name") or None)
-            await hub.ask(subjects.Prompt.STYLES_SAVE, saving, Style)
+            await hub.ask(endpoints.Prompt.STYLES_SAVE, saving)
         if rejected:
             return await styles_page(request, hub, form, rejected.errors)
         flash(request, f"Saved style {style.name}.")
@@ -206,7 +202,7 @@ class StylesController(Controller):
         form = await form_of(request)
         name = form.get("name", "")
         with Rejection() as rejected:
-            await hub.ask(subjects.Prompt.STYLES_DELETE, DeleteStyle(name=name), Empty)
+            await hub.ask(endpoints.Prompt.STYLES_DELETE, DeleteStyle(name=name))
         return act_then_redirect(request, safe_back(form.get("back", "/styles")), rejected, f"Deleted style {name}.")
 
     @post("/bulk")
@@ -220,7 +216,7 @@ class StylesController(Controller):
             if action not in BULK_DONE:
                 raise invalid("choose what to do with the ticked styles")
             bulk = BulkStyles(names=names, action=action, category=str(data.get("category", "")))  # type: ignore[arg-type]
-            done = await hub.ask(subjects.Prompt.STYLES_BULK, bulk, BulkResult, timeout=30)
+            done = await hub.ask(endpoints.Prompt.STYLES_BULK, bulk, timeout=30)
         target = safe_back(str(data.get("back", "/styles")))
         if rejected:
             return act_then_redirect(request, target, rejected, "")
@@ -235,7 +231,7 @@ class StylesController(Controller):
         data = await request.form()
         importing, kept = await import_request(data)
         with Rejection(always("import")) as rejected:
-            report = await hub.ask(subjects.Prompt.STYLES_IMPORT, importing, ImportReport, timeout=30)
+            report = await hub.ask(endpoints.Prompt.STYLES_IMPORT, importing, timeout=30)
         if rejected:
             return await styles_page(request, hub, errors=rejected.errors, import_form=kept)
         if importing.dry_run:
@@ -246,7 +242,7 @@ class StylesController(Controller):
     @get("/export")
     async def export_styles(self, request: Request, hub: HubClient) -> Response[str]:
         export_format = "a1111_csv" if request.query_params.get("format") == "a1111_csv" else "fooocus_json"
-        exported = await hub.ask(subjects.Prompt.STYLES_EXPORT, ExportStyles(format=export_format), StyleExport)
+        exported = await hub.ask(endpoints.Prompt.STYLES_EXPORT, ExportStyles(format=export_format))
         return Response(
             exported.content,
             media_type="text/csv" if export_format == "a1111_csv" else "application/json",

@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 from dispatch_support import retention_removes_images_of, wait_final
+from doubles.ollama import OllamaDouble
 from gateway_support import GatewayHub, gateway_hub
 from harness import ServiceProcess, hub_env
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts import endpoints
+from contracts.messages.styles import LlmSettings, SaveLlmSettings
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -238,3 +242,31 @@ async def test_a_failed_attempt_counts_against_its_instance_and_the_generation_a
     after = await scrape_until(gw.base_url, lambda s: value(s, **failed) > value(before, **failed))
     assert value(after, **failed) - value(before, **failed) == 1
     assert value(after, **attempts) - value(before, **attempts) == 1
+
+
+async def test_llm_enhancements_are_timed_and_fallbacks_counted(gw: GatewayHub) -> None:
+    enhancements = "genimage_prompt_llm_enhancements_total"
+    _, before = await scrape(gw.base_url)
+    async with OllamaDouble(reply="a lighthouse on a cliff at dusk, volumetric light") as ollama:
+        ollama.delay_seconds = 0.3
+        settings = LlmSettings(base_url=ollama.url, model="llama3.2:3b")
+        await call(gw.nc, endpoints.Prompt.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=settings))
+        try:
+            async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+                preview = {"prompt": "a lighthouse", "enhance": True}
+                rewritten = await api.post("/api/v1/prompt-preview", json=preview)
+                assert rewritten.status_code == 200 and rewritten.json()["enhanced"], rewritten.text
+                ollama.mode = "error"
+                as_typed = await api.post("/api/v1/prompt-preview", json=preview)
+                assert as_typed.status_code == 200 and not as_typed.json()["enhanced"], as_typed.text
+        finally:
+            await call(gw.nc, endpoints.Prompt.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=LlmSettings()))
+    _, after = await scrape(gw.base_url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved(enhancements, outcome="ok") == 1
+    assert moved(enhancements, outcome="fallback") == 1
+    assert moved("genimage_prompt_llm_enhancement_seconds_count", outcome="ok") == 1
+    assert moved("genimage_prompt_llm_enhancement_seconds_sum", outcome="ok") >= 0.3

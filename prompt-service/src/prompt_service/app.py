@@ -11,7 +11,7 @@ from contracts.runtime.config import Settings
 from contracts.runtime.database import attach, describe
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import __version__, handlers, llm_settings, piccolo_conf, styles
-from prompt_service.builder import PromptBuilder
+from prompt_service.builder import EnhancementFigures, PromptBuilder
 from prompt_service.llm import list_models
 
 
@@ -39,7 +39,12 @@ def build(settings: Settings) -> ServiceRuntime:
     attach(runtime, piccolo_conf.DB, "prompt", seed=load_starter_styles)
     # One pooled client for every LLM call; each call sets its own timeout.
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=32, max_keepalive_connections=8))
-    builder = PromptBuilder(http=http, request_timeout_s=settings.request_timeout_s, log=runtime.log)
+    builder = PromptBuilder(
+        http=http,
+        request_timeout_s=settings.request_timeout_s,
+        log=runtime.log,
+        figures=EnhancementFigures(runtime.metrics),
+    )
 
     async def close_http(_rt: ServiceRuntime) -> None:
         await http.aclose()

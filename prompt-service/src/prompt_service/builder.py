@@ -25,9 +25,27 @@ from contracts.messages.styles import (
     TryEnhancement,
 )
 from contracts.runtime.database import describe
+from contracts.runtime.metrics import ServiceMetrics
 from prompt_service import llm, styles
 from prompt_service.composition import compose, select_styles
 from prompt_service.llm_settings import load_llm_settings, resolved
+
+
+class EnhancementFigures:
+    """LLM rewrites of prompts being built: how many, how long, and how many fell back to the prompt as typed."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._enhancements = metrics.counter(
+            "llm_enhancements_total", "Prompt enhancements asked of the LLM; `fallback`: the prompt was used as typed",
+            ("outcome",),
+        )  # fmt: skip
+        self._seconds = metrics.histogram("llm_enhancement_seconds", "Time the LLM took (or was given)", ("outcome",))
+
+    def record(self, enhancement: EnhanceResult) -> None:
+        outcome = "ok" if enhancement.ok else "fallback"
+        self._enhancements.labels(outcome).inc()
+        self._seconds.labels(outcome).observe(enhancement.elapsed_ms / 1000)
+
 
 REPLY_MARGIN_S = 1.5  # left of the caller's request timeout for everything but the LLM
 MIN_LLM_TIME_S = 0.5
@@ -38,6 +56,7 @@ class PromptBuilder:
     http: httpx.AsyncClient
     request_timeout_s: float
     log: structlog.stdlib.BoundLogger
+    figures: EnhancementFigures | None = None
 
     def llm_time(self, settings: LlmSettings, requested: float | None = None) -> float:
         if requested is not None:
@@ -59,6 +78,8 @@ class PromptBuilder:
         if req.enhance:
             settings = await load_llm_settings()
             enhancement = await llm.enhance(self.http, settings, text, self.llm_time(settings, req.enhance_timeout_s))
+            if self.figures is not None:
+                self.figures.record(enhancement)
             if enhancement.ok:
                 text = enhancement.enhanced
                 trace.append(

@@ -11,7 +11,8 @@ generations, `--concurrency` at a time, after a warm-up:
 Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
 hub process spent per generation (utime+stime from /proc/<pid>/stat, all threads; 10 ms clock ticks, so use
 hundreds of jobs). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms at
-16 clients, idle memory ≤ 250 MB.
+16 clients, idle memory ≤ 250 MB. `--profile DIR` also samples each Python process with py-spy (install it in the
+venv) during each measured run; the sampler's own cost then shows in the CPU figures.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,10 +82,37 @@ async def run_path(jobs: int, concurrency: int, one: One) -> tuple[float, list[f
     return time.perf_counter() - started, latencies
 
 
-async def measure(label: str, pids: dict[str, int], jobs: int, concurrency: int, one: One) -> None:
+def start_profilers(label: str, pids: dict[str, int], folder: Path | None) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each Python process of the hub, collapsed stacks to `<folder>/<path>-<process>.txt`."""
+    if folder is None:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200"]
+    return [
+        subprocess.Popen(
+            [*command, "--pid", str(pid), "-o", str(folder / f"{label}-{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if name != "nats-server"
+    ]
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    for profiler in profilers:
+        profiler.wait(30)
+
+
+async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, one: One) -> None:
+    jobs, concurrency = args.jobs, args.concurrency
     await run_path(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
+    profilers = start_profilers(label, pids, args.profile)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     elapsed, latencies = await run_path(jobs, concurrency, one)
+    stop_profilers(profilers)
     spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -170,7 +200,7 @@ async def bench(gw: GatewayHub, nats_pid: int, args: argparse.Namespace) -> None
         if "mcp" in args.paths:
             paths["mcp"] = await mcp_path(stack, gw, args.concurrency)
         for label in args.paths:
-            await measure(label, pids, args.jobs, args.concurrency, paths[label])
+            await measure(label, pids, args, paths[label])
 
 
 async def main() -> None:
@@ -178,6 +208,7 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
+    parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         root = Path(tmp)

@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = REPO_ROOT / "compose.yaml"
 POSTGRES_OVERRIDE = REPO_ROOT / "deploy" / "compose.postgres.yaml"
 SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
+METRICS_DIR = REPO_ROOT / "deploy" / "metrics"
+METRICS_VOLUMES = {"prometheus-data", "grafana-data"}
 SERVICE_NAMES = [name for name, _module in SERVICES]
 KNOWN_VARIABLES = {name for name in ENV_VARS if "{service}" not in name} | {database_env_var(s) for s in SERVICE_NAMES}
 
@@ -64,6 +66,11 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def hub_services(document: dict[str, Any]) -> dict[str, Any]:
+    """The services `docker compose up` starts: those of an opt-in profile (`metrics`) left out."""
+    return {name: service for name, service in document["services"].items() if not service.get("profiles")}
+
+
 def validator() -> jsonschema.protocols.Validator:
     cls = jsonschema.validators.validator_for(SCHEMA)
     cls.check_schema(SCHEMA)
@@ -93,7 +100,7 @@ def test_the_schema_check_rejects_a_broken_compose_file(compose: dict[str, Any])
 
 def test_every_service_is_built_from_its_dockerfile_target(compose: dict[str, Any]) -> None:
     targets = set(parse(DOCKERFILE.read_text()).stages)
-    services = compose["services"]
+    services = hub_services(compose)
     assert set(services) == {"nats", *SERVICE_NAMES}
     for name in SERVICE_NAMES:
         build = services[name]["build"]
@@ -126,16 +133,16 @@ def test_the_environment_uses_only_known_variables_with_values_the_services_acce
 
 
 def test_every_service_keeps_its_data_in_a_volume_of_its_own(compose: dict[str, Any]) -> None:
-    declared = set(compose["volumes"])
+    declared = set(compose["volumes"]) - METRICS_VOLUMES
     mounts: dict[str, str] = {}
-    for name, service in compose["services"].items():
+    for name, service in hub_services(compose).items():
         for mount in service["volumes"]:
             volume, target = mount.split(":")[:2]
             assert volume in declared, f"{name}: volume {volume!r} is not declared"
             assert target == "/data", f"{name}: {mount}"
             assert volume not in mounts, f"{name} and {mounts.get(volume)} share {volume}"
             mounts[volume] = name
-    assert set(mounts.values()) == set(compose["services"])
+    assert set(mounts.values()) == set(hub_services(compose))
     assert declared == set(mounts)  # no volume left unused
 
 
@@ -296,3 +303,31 @@ def test_gateway_and_ui_answer_to_localhost_their_service_name_and_the_public_na
     public = {**variables, variable: "hub.example.com"}
     env = {k: interpolate(str(v), public) for k, v in environment.items()}
     assert policy_of(load_settings(service, env), service).host_problem(f"hub.example.com:{port}") is None
+
+
+def test_the_metrics_profile_scrapes_the_gateway_from_an_allowed_network_into_grafana(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {n for n, s in services.items() if s.get("profiles")} == {"prometheus", "grafana"}
+    assert all(services[n]["profiles"] == ["metrics"] for n in ("prometheus", "grafana"))
+    for name in ("prometheus", "grafana"):
+        for mount in services[name]["volumes"]:
+            source = mount.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO_ROOT / source).is_file(), f"{name}: {source} is missing"
+            else:
+                assert source in METRICS_VOLUMES and source in compose["volumes"], mount
+    scrape = yaml.safe_load((METRICS_DIR / "prometheus.yml").read_text())["scrape_configs"]
+    gateway_env = {k: interpolate(str(v), {}) for k, v in services["gateway"]["environment"].items()}
+    gateway = load_settings("gateway", gateway_env)
+    assert [(j["metrics_path"], j["static_configs"][0]["targets"]) for j in scrape] == [
+        ("/metrics", [f"gateway:{gateway.gateway_port}"])
+    ]
+    # Prometheus reaches the gateway as `gateway` (an allowed Host) from the project's subnet (an allowed client).
+    assert policy_of(gateway, "gateway").host_problem(f"gateway:{gateway.gateway_port}") is None
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert subnet in gateway.metrics_allow
+    datasource = yaml.safe_load((METRICS_DIR / "grafana-datasource.yaml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads((METRICS_DIR / "genimage-hub.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {datasource["uid"]}

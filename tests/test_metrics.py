@@ -4,8 +4,11 @@ figures move with real generations through the real services and the ComfyUI dou
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,6 +26,8 @@ from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "metrics" / "genimage-hub.json"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -270,3 +275,22 @@ async def test_llm_enhancements_are_timed_and_fallbacks_counted(gw: GatewayHub) 
     assert moved(enhancements, outcome="fallback") == 1
     assert moved("genimage_prompt_llm_enhancement_seconds_count", outcome="ok") == 1
     assert moved("genimage_prompt_llm_enhancement_seconds_sum", outcome="ok") >= 0.3
+
+
+async def test_the_grafana_dashboard_uses_only_names_the_hub_exposes(gw: GatewayHub) -> None:
+    text, _ = await scrape(gw.base_url)
+    exposed = set()
+    for family in text_string_to_metric_families(text):
+        exposed.add(family.name)
+        exposed.update(sample.name for sample in family.samples)
+    # Histograms and counters exist before their first sample: their suffixed names count too.
+    exposed.update(f"{name}{suffix}" for name in list(exposed) for suffix in ("_total", "_bucket", "_sum", "_count"))
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bgenimage_[a-z_]+", target["expr"])
+    }
+    assert len(used) >= 15
+    assert used - exposed == set()

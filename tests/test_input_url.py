@@ -15,7 +15,8 @@ from doubles.png import encode_solid_png
 
 from contracts.errors import HubError
 from contracts.runtime.config import ConfigError, load_settings
-from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url, refused_rule
+from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist, refused_rule
+from dispatch_service.input_url import fetch_input_url
 
 PICTURE = encode_solid_png(8, 8, (1, 2, 3))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contracts.runtime.bus import ensure_stream
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
+from contracts.runtime.outbound_url import UrlAllowlist
 from contracts.runtime.service import ServiceRuntime
 from contracts.runtime.storage import ObjectStoreOutputs
 from contracts.streams import EVENTS, JOBS
@@ -12,7 +13,6 @@ from dispatch_service import __version__, piccolo_conf
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
 from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
-from dispatch_service.input_url import UrlAllowlist
 from dispatch_service.leases import SlotLeases
 from dispatch_service.metrics import DispatchMetrics
 from dispatch_service.pool import Pool

@@ -16,11 +16,11 @@ from contracts.messages.events import JobAccepted, JobQueued
 from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
 from contracts.messages.jobs import DeletedOutputs, GenerationRequest, JobPage, JobView, QueueView, SubmitReply
 from contracts.runtime.logs import get_logger
+from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist
 from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
-from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist
 from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler

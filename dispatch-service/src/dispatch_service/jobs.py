@@ -35,8 +35,9 @@ from contracts.messages.render_types import (
 )
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, TraceStep
 from contracts.runtime.images import checked_image_type
+from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist
 from contracts.runtime.storage import OutputStorage, decode_base64_image
-from dispatch_service.input_url import PUBLIC_ONLY, UrlAllowlist, fetch_input_url
+from dispatch_service.input_url import fetch_input_url
 from dispatch_service.store import JobRecord
 
 MAX_INPUT_IMAGE_BYTES = 25 * 1024 * 1024

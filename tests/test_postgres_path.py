@@ -19,9 +19,9 @@ from harness import MODULES
 from nats.aio.client import Client as NatsClient
 from postgres_support import PLUGIN_URL_VAR, PostgresServer, find_postgres_bindir
 
-from contracts import subjects
-from contracts.messages.health import HealthReply, HealthRequest
-from contracts.runtime.bus import request
+from contracts import endpoints
+from contracts.messages.health import HealthRequest
+from contracts.runtime.bus import call
 from contracts.runtime.config import database_env_var
 from hub_deploy.natsserver import free_port
 
@@ -82,7 +82,7 @@ async def test_service_migrates_its_postgres_database_and_reports_it(
 ) -> None:
     proc = start_service(service, data_dir=tmp_path / "data", **{database_env_var(service): pg_url})
     await proc.wait_healthy(nc)
-    health = await request(nc, subjects.health(service), HealthRequest(), HealthReply)
+    health = await call(nc, endpoints.health(service), HealthRequest())
     checks = {c.name: c for c in health.checks}
     assert checks["database"].ok and checks["database"].detail == pg_url, checks["database"]
 

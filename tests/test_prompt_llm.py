@@ -14,6 +14,7 @@ from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
 from prompt_support import P, RecordingOllama, build, failure, prompt_service, replace_styles, save_llm
 
+from contracts import endpoints
 from contracts.errors import ErrorCode
 from contracts.messages.styles import (
     GetLlmSettings,
@@ -366,12 +367,10 @@ async def test_concurrent_builds_with_a_hanging_llm_all_come_back(
 async def test_the_llm_health_check_asks_the_server_and_says_what_is_wrong(
     service: ServiceProcess, nc: NatsClient, ollama: RecordingOllama
 ) -> None:
-    from contracts import subjects
-    from contracts.messages.health import HealthReply, HealthRequest
-    from contracts.runtime.bus import request
+    from contracts.messages.health import HealthRequest
 
     async def llm_check() -> tuple[bool, object]:
-        reply = await request(nc, subjects.health("prompt"), HealthRequest(), HealthReply)
+        reply = await call(nc, endpoints.health("prompt"), HealthRequest())
         return reply.ok, next(c for c in reply.checks if c.name == "llm")
 
     ollama.models = ["llama3.2:3b"]

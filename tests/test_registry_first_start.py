@@ -11,9 +11,9 @@ from test_registry_service import SHIPPED, get, history, listing, refused, resol
 
 from contracts import endpoints, subjects
 from contracts.errors import ErrorCode
-from contracts.messages.health import HealthReply, HealthRequest
+from contracts.messages.health import HealthRequest
 from contracts.messages.render_types import DeleteRenderType, ResolveRenderType
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 
 R = subjects.Registry
 
@@ -26,7 +26,7 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
     await first.wait_healthy(nc)
     names = {s.name for s in (await listing(nc)).render_types}
     assert names == SHIPPED
-    health = await request(nc, subjects.health("registry"), HealthRequest(), HealthReply)
+    health = await call(nc, endpoints.health("registry"), HealthRequest())
     checks = {c.name: c for c in health.checks}
     assert checks["render_types"].ok and checks["render_types"].detail == "5 render types, 5 enabled, default: sdxl"
     assert [v.note for v in (await history(nc, "sdxl")).versions] == ["shipped with the hub"]

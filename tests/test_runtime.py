@@ -10,12 +10,12 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.js.api import RetentionPolicy, StorageType
 
-from contracts import subjects
+from contracts import endpoints, subjects
 from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.base import Record, Request
-from contracts.messages.health import HealthReply, HealthRequest
+from contracts.messages.health import HealthRequest
 from contracts.runtime.bus import call, ensure_stream, request
 from contracts.runtime.config import load_settings
 from contracts.runtime.service import ServiceRuntime
@@ -206,7 +206,7 @@ async def test_health_and_micro_discovery(nc: NatsClient, echo_factory) -> None:
     runtime = echo_factory()
     runtime.health_check("always_broken", _failing_check)
     await runtime.start()
-    health = await request(nc, subjects.health("echo"), HealthRequest(), HealthReply)
+    health = await call(nc, endpoints.health("echo"), HealthRequest())
     assert health.service == "echo" and health.version == "1.2.3"
     assert health.instance_id == runtime.instance_id
     checks = {c.name: c for c in health.checks}

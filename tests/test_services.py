@@ -15,9 +15,9 @@ import pytest
 from harness import MODULES, ServiceProcess, hub_env
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
-from contracts.messages.health import HealthReply, HealthRequest
-from contracts.runtime.bus import request
+from contracts import endpoints
+from contracts.messages.health import HealthRequest
+from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import ping_all
 
@@ -39,7 +39,7 @@ async def test_service_starts_migrates_answers_health_and_stops_cleanly(
     proc = start_service(service, data_dir=tmp_path / "data")
     await proc.wait_healthy(nc)
 
-    health = await request(nc, subjects.health(service), HealthRequest(), HealthReply)
+    health = await call(nc, endpoints.health(service), HealthRequest())
     checks = {c.name: c for c in health.checks}
     assert health.ok and health.service == service
     assert checks["database"].ok and f"{service}.sqlite3" in checks["database"].detail

@@ -13,17 +13,16 @@ from pathlib import Path
 import pytest
 from test_stats_support import Event, JobScript, StatsHub, publish, stats_hub, wait_recorded, wait_until
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.messages import (
     GetGeneration,
-    HealthReply,
     HealthRequest,
     JobCancelled,
     JobCompleted,
     JobFailed,
     JobStarted,
 )
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from contracts.streams import EVENTS_STREAM
 from stats_service.consumer import CONSUMER_NAME
 
@@ -170,7 +169,7 @@ async def test_a_database_outage_loses_no_event_and_shows_in_health(tmp_path: Pa
             await wait_until(failing, timeout_s=30, what="the batch to fail on the locked database")
 
             async def unhealthy() -> bool:
-                health = await request(hub.nc, subjects.health("stats"), HealthRequest(), HealthReply)
+                health = await call(hub.nc, endpoints.health("stats"), HealthRequest())
                 events = next(c for c in health.checks if c.name == "events")
                 return not health.ok and not events.ok and "database is locked" in events.detail
 
@@ -182,5 +181,5 @@ async def test_a_database_outage_loses_no_event_and_shows_in_health(tmp_path: Pa
         await wait_recorded(hub, scripts, timeout_s=60)  # the failed batches come again and are recorded
         await wait_until(lambda: consumer_settled(hub), what="every event to be acknowledged")
         await check_recorded_once_with_final_state(hub, scripts)
-        health = await request(hub.nc, subjects.health("stats"), HealthRequest(), HealthReply)
+        health = await call(hub.nc, endpoints.health("stats"), HealthRequest())
         assert health.ok

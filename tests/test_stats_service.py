@@ -26,7 +26,7 @@ from contracts.messages import (
     QueryFigures,
     QueryLog,
 )
-from contracts.runtime.bus import call, request
+from contracts.runtime.bus import call
 from contracts.streams import EVENTS_STREAM, event_subject
 from stats_service.consumer import CONSUMER_NAME
 
@@ -381,9 +381,9 @@ async def test_a_large_export_comes_in_parts_that_each_fit_a_reply(hub: StatsHub
 
 
 async def test_the_service_health_reports_the_consumer(hub: StatsHub) -> None:
-    from contracts.messages import HealthReply, HealthRequest
+    from contracts.messages import HealthRequest
 
-    health = await request(hub.nc, subjects.health("stats"), HealthRequest(), HealthReply)
+    health = await call(hub.nc, endpoints.health("stats"), HealthRequest())
     events = next(c for c in health.checks if c.name == "events")
     assert events.ok and "recorded by this replica" in events.detail
 

@@ -7,10 +7,10 @@ import asyncio
 import msgspec
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.errors import HubError
 from contracts.messages.health import HealthReply, HealthRequest
-from contracts.runtime.bus import request
+from contracts.runtime.bus import call
 
 # (service name, module run with `python -m`), in start order: the dispatcher needs registry and prompt,
 # the gateway and UI need everyone.
@@ -25,7 +25,7 @@ SERVICES: tuple[tuple[str, str], ...] = (
 
 
 async def health_of(nc: NatsClient, service: str, timeout: float = 2.0) -> HealthReply:
-    return await request(nc, subjects.health(service), HealthRequest(), HealthReply, timeout=timeout)
+    return await call(nc, endpoints.health(service), HealthRequest(), timeout=timeout)
 
 
 async def wait_healthy(nc: NatsClient, service: str, timeout_s: float) -> HealthReply:

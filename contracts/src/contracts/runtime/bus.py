@@ -129,9 +129,10 @@ async def request(
     *,
     timeout: float = 10.0,
 ) -> T:
-    """Send `message` to the service answering `subject` and return its typed result.
+    """Send `message` to the service answering `subject` and return its result decoded as `result_type`.
 
-    The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
+    The untyped form under `call`: for a declared endpoint use `call`, which takes both types from it. The
+    service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
     """
     msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
     try:

@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import msgspec
 import nats.micro
@@ -49,7 +49,7 @@ class _Endpoint(msgspec.Struct, frozen=True):
     request_type: type
     handler: Callable[[Any], Awaitable[Any]]
     name: str
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str]
 
 
 class _EndpointMeter:
@@ -108,34 +108,13 @@ class ServiceRuntime:
 
     # -- registration (before `run`) ---------------------------------------------------------------
 
-    @overload
-    def endpoint(
-        self, endpoint: Endpoint[Req, Res], handler: Handler[Req, Res], /, *, name: str | None = None
-    ) -> None: ...
-
-    @overload
-    def endpoint(
-        self, endpoint: str, request_type: type[Req], handler: Handler[Req, Any], /, *, name: str | None = None
-    ) -> None: ...
-
-    def endpoint(self, endpoint: Endpoint[Any, Any] | str, *args: Any, name: str | None = None) -> None:
-        """Answer `endpoint` with `handler(request)`; raise `HubError` in the handler for a domain error.
-
-        The older form `endpoint(subject, request_type, handler)` (a subject without declared types) is kept
-        while services move to `contracts.endpoints`."""
-        if isinstance(endpoint, Endpoint):
-            (handler,) = args
-            subject, request_type, metadata = endpoint.subject, endpoint.request, endpoint.metadata()
-        else:
-            request_type, handler = args
-            subject, metadata = endpoint, None
-        endpoint_name = name or subject.removeprefix(f"{subjects.PREFIX}.{self.name}.").replace(".", "_")
-        self._endpoints.append(_Endpoint(subject, request_type, handler, endpoint_name, metadata))
-
-    @property
-    def subjects_answered(self) -> list[str]:
-        """The subject of every endpoint registered so far (health included), in order of registration."""
-        return [endpoint.subject for endpoint in self._endpoints]
+    def endpoint(self, endpoint: Endpoint[Req, Res], handler: Handler[Req, Res], *, name: str | None = None) -> None:
+        """Answer `endpoint` (declared in `contracts.endpoints`) with `handler(request)`; raise `HubError` in the
+        handler for a domain error."""
+        endpoint_name = name or endpoint.subject.removeprefix(f"{subjects.PREFIX}.{self.name}.").replace(".", "_")
+        self._endpoints.append(
+            _Endpoint(endpoint.subject, endpoint.request, handler, endpoint_name, endpoint.metadata())
+        )
 
     def health_check(self, name: str, check: Check, *, optional: bool = False) -> None:
         """`optional`: a failure is reported (with what is wrong) without making the service unhealthy."""

@@ -130,6 +130,9 @@ async def test_the_log_filters_by_status_render_type_instance_key_style_client_t
     assert await job_ids(hub, status="failed") == ["log-2"]
     assert await job_ids(hub, render_type="flux") == ["log-4", "log-3"]  # newest first
     assert await job_ids(hub, instance="comfy-2") == ["log-4", "log-2"]
+    assert await job_ids(hub, instance="MFY-2") == ["log-4", "log-2"]  # part of the name, any case
+    everything = await job_ids(hub, text="")
+    assert await job_ids(hub, instance="Comfy") == [j for j in everything if j != "log-3"]  # log-3 never ran
     assert await job_ids(hub, api_key_id="key-2") == ["log-5", "log-2"]
     assert await job_ids(hub, style="photo") == ["log-4", "log-1"]
     assert await job_ids(hub, style="cinematic") == ["log-4"]

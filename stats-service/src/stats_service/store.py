@@ -107,10 +107,13 @@ class LogFilter(msgspec.Struct, kw_only=True, frozen=True):
             conditions.append(GenerationRow.logged_at >= self.since)
         if self.until is not None:
             conditions.append(GenerationRow.logged_at < self.until)
-        for name in ("status", "render_type", "instance", "api_key_id", "client_name"):
+        for name in ("status", "render_type", "api_key_id", "client_name"):
             value = getattr(self, name)
             if value is not None:
                 conditions.append(getattr(GenerationRow, name) == value)
+        if self.instance and self.instance.strip():  # part of the name, any case: "gpu" finds gpu-1 and gpu-2
+            pattern = "%" + escape_like(self.instance.strip()) + "%"
+            conditions.append(WhereRaw(f"instance {like_operator()} {{}} ESCAPE '!'", pattern))
         if self.style:
             pattern = "%" + escape_like(msgspec.json.encode(self.style).decode()) + "%"
             conditions.append(WhereRaw(f"{as_text('styles')} LIKE {{}} ESCAPE '!'", pattern))

@@ -14,7 +14,7 @@ from contracts.messages.jobs import InputImage
 from contracts.messages.render_types import ParameterMap, ParameterSpec, RenderDefaults, RenderTypeSummary, Slot
 from contracts.messages.stats import RetentionPolicy
 from contracts.messages.styles import LlmSettings, Style
-from ui_service.pages import field_of
+from ui_service.pages import field_of, human_size
 
 # The largest input image the dispatcher takes (dispatch_service.jobs.MAX_INPUT_IMAGE_BYTES), and the kinds it
 # recognises by their first bytes.
@@ -230,14 +230,6 @@ def image_kind(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     return next((kind for magic, kind in IMAGE_KINDS.items() if data.startswith(magic)), None)
-
-
-def human_size(size: float) -> str:
-    for unit in ("bytes", "KiB", "MiB"):
-        if size < 1024 or unit == "MiB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} MiB"
 
 
 def takes_input_image(render_type: RenderTypeSummary | None) -> bool:

@@ -11,11 +11,12 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from litestar import Litestar
+from litestar import Litestar, get
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -43,6 +44,12 @@ def shared_state_opener(
     return open_shared_state
 
 
+@get("/favicon.ico", include_in_schema=False)
+async def favicon() -> Redirect:
+    """Browsers and tools that ask for /favicon.ico get the page icon (before: a 404 in the log for every page)."""
+    return Redirect("/static/favicon.svg", status_code=301)
+
+
 def create_http_app(runtime: ServiceRuntime) -> Litestar:
     session_store = KvSessionStore()
     # The real key comes from the shared secrets bucket at start; this random one is replaced before serving.
@@ -54,7 +61,11 @@ def create_http_app(runtime: ServiceRuntime) -> Litestar:
     )
     runtime.on_startup(shared_state_opener(runtime, session_store, csrf_config))
     return Litestar(
-        route_handlers=[*CONTROLLERS, create_static_files_router(path="/static", directories=[HERE / "static"])],
+        route_handlers=[
+            *CONTROLLERS,
+            favicon,
+            create_static_files_router(path="/static", directories=[HERE / "static"]),
+        ],
         dependencies={"hub": Provide(provide_hub, sync_to_thread=False)},
         state=State({"hub": HubClient(runtime)}),
         template_config=TemplateConfig(

@@ -71,9 +71,24 @@ def mapped_defaults(render_type: RenderType) -> dict[str, Any]:
     return {name: values[name] for name in render_type.parameter_map.slots if name in values}
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 model`, `2 models`, `0 log rows` (English nouns the pages count take an s)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def human_size(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024 or unit == "MiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} MiB"
+
+
 def add_template_filters(engine: JinjaTemplateEngine) -> None:
     engine.engine.filters["when"] = when
     engine.engine.filters["settings_line"] = settings_line
+    engine.engine.filters["plural"] = plural
+    engine.engine.filters["size"] = human_size
 
 
 def safe_next(target: str | None) -> str:

@@ -53,7 +53,7 @@ class QueryLog(Request):
     until: float | None = None
     status: JobStatus | None = None
     render_type: str | None = None
-    instance: str | None = None
+    instance: str | None = None  # part of the instance's name, any case
     api_key_id: str | None = None
     text: Annotated[str, msgspec.Meta(max_length=200)] | None = None  # case-insensitive, in the prompts
     limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 50

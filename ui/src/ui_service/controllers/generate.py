@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -121,7 +122,7 @@ class GenerateController(Controller):
     @get("/jobs/{job_id:str}")
     async def job_page(self, request: Request, hub: HubClient, job_id: str) -> Template:
         view = await hub.ask(endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
-        return page("job.html", request, job=view, final=view.status in FINAL_STATUSES)
+        return page("job.html", request, job=view, final=view.status in FINAL_STATUSES, now=time.time())
 
     @post("/jobs/{job_id:str}/cancel")
     async def cancel_job(self, request: Request, hub: HubClient, job_id: str) -> Redirect:

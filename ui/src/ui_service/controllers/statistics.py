@@ -18,8 +18,10 @@ PER_PAGE = 25
 FILTERS = ("status", "render_type", "instance", "text")
 
 
-def log_query_of(filters: dict[str, str], page_number: int) -> QueryLog:
+def log_query_of(filters: dict[str, str], page_number: int, since: float) -> QueryLog:
+    """The log of the period the header names (the figures' period), filtered, one page of it."""
     return QueryLog(
+        since=since,
         status=filters["status"] or None,  # type: ignore[arg-type]
         render_type=filters["render_type"] or None,
         instance=filters["instance"] or None,
@@ -44,19 +46,22 @@ class StatisticsController(Controller):
             hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="day", since=since)),
             hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="render_type", since=since)),
             hub.try_ask(endpoints.Stats.FIGURES, QueryFigures(group_by="instance", since=since)),
-            hub.try_ask(endpoints.Stats.LOG_QUERY, log_query_of(filters, page_number)),
+            hub.try_ask(endpoints.Stats.LOG_QUERY, log_query_of(filters, page_number, since)),
         )
+        kept = {k: v for k, v in filters.items() if v}
         return page(
             "stats.html",
             request,
             per_day=per_day,
             per_render_type=per_render_type,
             per_instance=per_instance,
+            # A job cancelled before it ran has no run time: it has no place among the medians.
+            ran_per_instance=[r for r in per_instance.rows if r.run_p50_ms is not None] if per_instance else [],
             log=log,
             log_error=log_error,
             filters=filters,
             days=days,
             page_number=page_number,
-            page_query=lambda number: urlencode({**{k: v for k, v in filters.items() if v}, "page": number}),
+            page_query=lambda number: urlencode({**kept, "days": days, "page": number}),
             pages=max(1, -(-log.total // PER_PAGE)) if log else 1,
         )

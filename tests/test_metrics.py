@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 from dispatch_support import retention_removes_images_of, wait_final
 from doubles.ollama import OllamaDouble
@@ -23,6 +24,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts import endpoints
 from contracts.messages.styles import LlmSettings, SaveLlmSettings
 from contracts.runtime.bus import call
+from contracts.runtime.config import load_settings
+from contracts.runtime.metrics import gather, merge
+from contracts.runtime.service import ServiceRuntime
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -45,12 +49,16 @@ async def scrape(base_url: str) -> tuple[str, Samples]:
         response = await http.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    return response.text, parse_samples(response.text)
+
+
+def parse_samples(text: str) -> Samples:
     samples: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             key = (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "replica"))
             samples[key] = samples.get(key, 0.0) + sample.value
-    return response.text, samples
+    return samples
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -294,3 +302,34 @@ async def test_the_grafana_dashboard_uses_only_names_the_hub_exposes(gw: Gateway
     }
     assert len(used) >= 15
     assert used - exposed == set()
+
+
+async def test_a_nats_reconnect_is_counted_by_the_replica_that_made_it(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    env = {"HUB_NATS_URL": server.url, "HUB_DATA_DIR": str(tmp_path), "HUB_LOG_FORMAT": "json"}
+    runtime = ServiceRuntime(load_settings("echo", env), version="1.0.0", description="a replica that reconnects")
+    watcher = None
+    try:
+        await runtime.start()
+        watcher = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+
+        async def reconnects() -> float:
+            (reply,) = await gather(watcher)
+            assert reply.replica == runtime.instance_id
+            return value(parse_samples(merge([reply]).decode()), "genimage_echo_nats_reconnects_total")
+
+        assert await reconnects() == 0
+        server.stop()
+        server.start()
+        deadline = time.monotonic() + 15
+        while not (runtime.nc.is_connected and watcher.is_connected and runtime.nc.stats["reconnects"]):
+            assert time.monotonic() < deadline, "the replica never reconnected"
+            await asyncio.sleep(0.1)
+        await runtime.nc.flush()
+        assert await reconnects() == 1
+    finally:
+        if watcher is not None:
+            await watcher.close()
+        await runtime.stop()
+        server.stop()

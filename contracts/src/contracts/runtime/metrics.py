@@ -20,7 +20,6 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import disable_created_metrics
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import subjects
 from contracts.messages.health import MetricsReply
@@ -142,16 +141,42 @@ async def gather(nc: NatsClient, *, quiet_s: float = SCRAPE_QUIET_S, max_s: floa
 
 def merge(replies: Iterable[MetricsReply]) -> bytes:
     """One exposition of all replicas: samples of the same family joined under one HELP/TYPE, each labelled
-    with its `replica`, plus `genimage_scrape_replica_up{service,replica}` for every replica that answered."""
-    families: dict[str, Metric] = {}
-    up = Metric(f"{NAMESPACE}_scrape_replica_up", "Replicas that answered this scrape (1 each)", "gauge")
+    with its `replica`, plus `genimage_scrape_replica_up{service,replica}` for every replica that answered.
+
+    Text work only (no parse into objects): it runs on the gateway's event loop at every scrape, and parsing
+    a dozen replicas' answers took ~400 ms there (bench/metrics_cost.py)."""
+    up = f"{NAMESPACE}_scrape_replica_up"
+    heads: dict[str, list[str]] = {
+        up: [f"# HELP {up} Replicas that answered this scrape (1 each)", f"# TYPE {up} gauge"]
+    }
+    bodies: dict[str, list[str]] = {up: []}
     for reply in sorted(replies, key=lambda r: (r.service, r.replica)):
-        up.add_sample(up.name, {"service": reply.service, "replica": reply.replica}, 1.0)
-        for family in text_string_to_metric_families(reply.exposition):
-            merged = families.get(family.name)
-            if merged is None:
-                merged = families[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
-            merged.samples.extend(s._replace(labels={**s.labels, "replica": reply.replica}) for s in family.samples)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ScrapeCollector(lambda: [up, *families.values()]))  # type: ignore[arg-type]
-    return generate_latest(registry)
+        replica = f'replica="{_label_value(reply.replica)}"'
+        bodies[up].append(f'{up}{{service="{_label_value(reply.service)}",{replica}}} 1.0')
+        family: str | None = None
+        for line in reply.exposition.splitlines():
+            if line.startswith("#"):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    head = heads.setdefault(family, [])
+                    if len(head) < 2 and not any(h.startswith(f"# {parts[1]} ") for h in head):
+                        head.append(line)  # the first replica's words; the same code writes the same
+                    bodies.setdefault(family, [])
+            elif line and family is not None:
+                bodies[family].append(_with_label(line, replica))
+    out = [line for name, head in heads.items() for line in (*head, *bodies[name])]
+    return ("\n".join(out) + "\n").encode()
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _with_label(sample: str, label: str) -> str:
+    """`name{a="1"} 2` -> `name{replica="x",a="1"} 2`; `name 2` -> `name{replica="x"} 2`."""
+    brace, space = sample.find("{"), sample.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        rest = sample[brace + 1 :]
+        return f"{sample[: brace + 1]}{label}{'' if rest.startswith('}') else ','}{rest}"
+    return f"{sample[:space]}{{{label}}}{sample[space:]}"

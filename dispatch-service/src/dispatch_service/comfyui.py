@@ -320,26 +320,38 @@ def _describe_input_error(error: dict[str, Any], extra: dict[str, Any]) -> str:
     if kind in ("value_bigger_than_max", "value_smaller_than_min"):
         return _lower_first(message)
     if kind == "invalid_input_type":
-        wanted = config[0] if isinstance(config, list) and config else "the expected type"
-        reason = extra.get("exception_message")
-        return f"{received!r} is not a valid {wanted} value" + (f" ({reason})" if reason else "")
+        return _describe_invalid_type(received, config, extra)
     if kind == "return_type_mismatch":
-        wanted = config[0] if isinstance(config, list) and config else "?"
-        linked = extra.get("linked_node")
-        source = f"output {linked[1]} of node {linked[0]}" if isinstance(linked, list) and len(linked) == 2 else "link"
-        return f"{source} gives {extra.get('received_type')}, but the input takes {wanted}"
+        return _describe_type_mismatch(config, extra)
     if kind == "bad_linked_input":
         return f"bad link {received!r}: a link must be [node_id, output_index]"
     if kind in ("exception_during_validation", "exception_during_inner_validation"):
-        exception_type = extra.get("exception_type") or "exception"
-        if exception_type == "KeyError":
-            return f"a link points to node {details}, which is not in the workflow ({exception_type})"
-        if exception_type == "IndexError":
-            return f"a link points to an output index its source node does not have ({exception_type}: {details})"
-        return f"{_lower_first(message) or 'validation raised'}: {exception_type}: {details}"
+        return _describe_validation_exception(message, details, extra)
     if message and details:
         return f"{_lower_first(message)}: {details}"
     return _lower_first(message or details) or str(kind or "invalid")
+
+
+def _describe_invalid_type(received: Any, config: Any, extra: dict[str, Any]) -> str:
+    wanted = config[0] if isinstance(config, list) and config else "the expected type"
+    reason = extra.get("exception_message")
+    return f"{received!r} is not a valid {wanted} value" + (f" ({reason})" if reason else "")
+
+
+def _describe_type_mismatch(config: Any, extra: dict[str, Any]) -> str:
+    wanted = config[0] if isinstance(config, list) and config else "?"
+    linked = extra.get("linked_node")
+    source = f"output {linked[1]} of node {linked[0]}" if isinstance(linked, list) and len(linked) == 2 else "link"
+    return f"{source} gives {extra.get('received_type')}, but the input takes {wanted}"
+
+
+def _describe_validation_exception(message: str, details: str, extra: dict[str, Any]) -> str:
+    exception_type = extra.get("exception_type") or "exception"
+    if exception_type == "KeyError":
+        return f"a link points to node {details}, which is not in the workflow ({exception_type})"
+    if exception_type == "IndexError":
+        return f"a link points to an output index its source node does not have ({exception_type}: {details})"
+    return f"{_lower_first(message) or 'validation raised'}: {exception_type}: {details}"
 
 
 def _describe_not_in_list(received: Any, config: Any) -> str:
@@ -1045,50 +1057,66 @@ class _Follower:
         self.tracker = RunTracker(client.base_url, prompt_id, workflow.keys(), websocket_outputs)
         self.cancel_sent = False
         self.settled = False
+        self.last_heard = self.next_poll = 0.0  # loop times, set when `follow` starts
 
     async def follow(self, stall_timeout_s: float, total_timeout_s: float) -> RunResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_timeout_s
-        last_heard = next_poll = loop.time()
+        self.last_heard = self.next_poll = loop.time()
         while True:
-            if self.cancelled is not None and self.cancelled.is_set() and not self.cancel_sent:
-                await self.client.cancel(self.prompt_id)
-                self.cancel_sent = True
-                next_poll = loop.time() + POLL_INTERVAL_S
+            await self._send_cancel_once(loop)
             now = loop.time()
             if now >= deadline:
                 raise await self._timed_out(total_timeout_s)
-            wake = min(deadline, last_heard + stall_timeout_s)
+            wake = min(deadline, self.last_heard + stall_timeout_s)
             if self.polling or self.cancel_sent:
-                wake = min(wake, next_poll)
+                wake = min(wake, self.next_poll)
             kind, payload = await _next_event(self.events, wake - now)
-            if kind == _Event.MESSAGE and self.tracker.concerns(payload):
-                last_heard = loop.time()
-                result = await self._apply(payload)
-                if result is not None:
-                    return result
-            elif kind == _Event.BINARY:
-                self.tracker.apply_binary(payload)
-            elif kind == _Event.CLOSED and not self.polling:
-                log.warning(
-                    "WebSocket of ComfyUI at %s closed during prompt %s (%s); polling /history",
-                    self.client.base_url,
-                    self.prompt_id,
-                    payload,
-                )
-                self.polling = True
-                next_poll = loop.time()
-            now = loop.time()
-            if (self.polling or self.cancel_sent) and now >= next_poll:
-                next_poll = now + POLL_INTERVAL_S
-                result = await self._poll()
-                if result is not None:
-                    return result
-            if loop.time() - last_heard >= stall_timeout_s:
-                result = await self._probe(stall_timeout_s)
-                if result is not None:
-                    return result
-                last_heard = loop.time()
+            result = await self._on_event(kind, payload, loop)
+            if result is None:
+                result = await self._poll_if_due(loop)
+            if result is None:
+                result = await self._probe_if_stalled(loop, stall_timeout_s)
+            if result is not None:
+                return result
+
+    async def _send_cancel_once(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.cancelled is not None and self.cancelled.is_set() and not self.cancel_sent:
+            await self.client.cancel(self.prompt_id)
+            self.cancel_sent = True
+            self.next_poll = loop.time() + POLL_INTERVAL_S
+
+    async def _on_event(self, kind: str | None, payload: Any, loop: asyncio.AbstractEventLoop) -> RunResult | None:
+        if kind == _Event.MESSAGE and self.tracker.concerns(payload):
+            self.last_heard = loop.time()
+            return await self._apply(payload)
+        if kind == _Event.BINARY:
+            self.tracker.apply_binary(payload)
+        elif kind == _Event.CLOSED and not self.polling:
+            log.warning(
+                "WebSocket of ComfyUI at %s closed during prompt %s (%s); polling /history",
+                self.client.base_url,
+                self.prompt_id,
+                payload,
+            )
+            self.polling = True
+            self.next_poll = loop.time()
+        return None
+
+    async def _poll_if_due(self, loop: asyncio.AbstractEventLoop) -> RunResult | None:
+        now = loop.time()
+        if not (self.polling or self.cancel_sent) or now < self.next_poll:
+            return None
+        self.next_poll = now + POLL_INTERVAL_S
+        return await self._poll()
+
+    async def _probe_if_stalled(self, loop: asyncio.AbstractEventLoop, stall_timeout_s: float) -> RunResult | None:
+        if loop.time() - self.last_heard < stall_timeout_s:
+            return None
+        result = await self._probe(stall_timeout_s)
+        if result is None:
+            self.last_heard = loop.time()
+        return result
 
     async def _apply(self, message: dict[str, Any]) -> RunResult | None:
         try:

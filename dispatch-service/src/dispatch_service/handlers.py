@@ -81,52 +81,60 @@ class NatsUpstream:
         return await call(self._runtime.nc, endpoint, message, timeout=timeout)
 
 
-def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
-    async def submit(req: GenerationRequest) -> SubmitReply:
-        return await dispatcher.submit(req)
+class _Handlers:
+    """The service's request handlers, one method per endpoint, all answered by the dispatcher."""
 
-    async def get_job(req: GetJob) -> JobView:
-        return await dispatcher.get(req.job_id)
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
 
-    async def cancel_job(req: CancelJob) -> JobView:
-        return await dispatcher.cancel(req.job_id, req.reason)
+    async def submit(self, req: GenerationRequest) -> SubmitReply:
+        return await self.dispatcher.submit(req)
 
-    async def list_jobs(req: ListJobs) -> JobPage:
-        return await dispatcher.jobs_of(req.api_key_id, req.limit, req.after)
+    async def get_job(self, req: GetJob) -> JobView:
+        return await self.dispatcher.get(req.job_id)
 
-    async def queue_view(req: QueueViewRequest) -> QueueView:
-        return await dispatcher.queue_view(req.include_finished, req.limit)
+    async def cancel_job(self, req: CancelJob) -> JobView:
+        return await self.dispatcher.cancel(req.job_id, req.reason)
 
-    async def list_instances(_req: ListInstances) -> InstanceList:
-        return await dispatcher.list_instances()
+    async def list_jobs(self, req: ListJobs) -> JobPage:
+        return await self.dispatcher.jobs_of(req.api_key_id, req.limit, req.after)
 
-    async def get_instance(req: GetInstance) -> InstanceView:
-        return await dispatcher.get_instance(req.name)
+    async def queue_view(self, req: QueueViewRequest) -> QueueView:
+        return await self.dispatcher.queue_view(req.include_finished, req.limit)
 
-    async def save_instance(req: SaveInstance) -> InstanceView:
-        return await dispatcher.save_instance(req.instance, req.original_name)
+    async def list_instances(self, _req: ListInstances) -> InstanceList:
+        return await self.dispatcher.list_instances()
 
-    async def delete_instance(req: DeleteInstance) -> Empty:
-        await dispatcher.delete_instance(req.name)
+    async def get_instance(self, req: GetInstance) -> InstanceView:
+        return await self.dispatcher.get_instance(req.name)
+
+    async def save_instance(self, req: SaveInstance) -> InstanceView:
+        return await self.dispatcher.save_instance(req.instance, req.original_name)
+
+    async def delete_instance(self, req: DeleteInstance) -> Empty:
+        await self.dispatcher.delete_instance(req.name)
         return Empty()
 
-    async def test_instance(req: ProbeInstance) -> InstanceHealth:
-        return await dispatcher.test_instance(req.base_url, req.auth_header)
+    async def test_instance(self, req: ProbeInstance) -> InstanceHealth:
+        return await self.dispatcher.test_instance(req.base_url, req.auth_header)
 
-    async def delete_outputs(req: DeleteOutputs) -> DeletedOutputs:
-        return await dispatcher.delete_outputs(req.output_ids, req.job_ids)
+    async def delete_outputs(self, req: DeleteOutputs) -> DeletedOutputs:
+        return await self.dispatcher.delete_outputs(req.output_ids, req.job_ids)
 
-    runtime.endpoint(endpoints.Dispatch.JOBS_SUBMIT, submit)
-    runtime.endpoint(endpoints.Dispatch.JOBS_GET, get_job)
-    runtime.endpoint(endpoints.Dispatch.JOBS_CANCEL, cancel_job)
-    runtime.endpoint(endpoints.Dispatch.JOBS_LIST, list_jobs)
-    runtime.endpoint(endpoints.Dispatch.QUEUE_VIEW, queue_view)
-    runtime.endpoint(endpoints.Dispatch.INSTANCES_LIST, list_instances)
-    runtime.endpoint(endpoints.Dispatch.INSTANCES_GET, get_instance)
-    runtime.endpoint(endpoints.Dispatch.INSTANCES_SAVE, save_instance)
-    runtime.endpoint(endpoints.Dispatch.INSTANCES_DELETE, delete_instance)
-    runtime.endpoint(endpoints.Dispatch.INSTANCES_TEST, test_instance)
-    runtime.endpoint(endpoints.Dispatch.OUTPUTS_DELETE, delete_outputs)
+
+def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
+    handlers = _Handlers(dispatcher)
+    runtime.endpoint(endpoints.Dispatch.JOBS_SUBMIT, handlers.submit)
+    runtime.endpoint(endpoints.Dispatch.JOBS_GET, handlers.get_job)
+    runtime.endpoint(endpoints.Dispatch.JOBS_CANCEL, handlers.cancel_job)
+    runtime.endpoint(endpoints.Dispatch.JOBS_LIST, handlers.list_jobs)
+    runtime.endpoint(endpoints.Dispatch.QUEUE_VIEW, handlers.queue_view)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_LIST, handlers.list_instances)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_GET, handlers.get_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_SAVE, handlers.save_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_DELETE, handlers.delete_instance)
+    runtime.endpoint(endpoints.Dispatch.INSTANCES_TEST, handlers.test_instance)
+    runtime.endpoint(endpoints.Dispatch.OUTPUTS_DELETE, handlers.delete_outputs)
 
 
 async def subscribe_control(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:

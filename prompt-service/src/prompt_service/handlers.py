@@ -5,8 +5,6 @@ from __future__ import annotations
 from contracts import endpoints, subjects
 from contracts.envelope import Empty
 from contracts.messages.styles import (
-    BuildPrompt,
-    BuiltPrompt,
     BulkResult,
     BulkStyles,
     DeleteStyle,
@@ -28,59 +26,69 @@ from prompt_service import llm_settings, styles
 from prompt_service.builder import PromptBuilder
 
 
-def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
-    async def list_styles(req: ListStyles) -> StyleList:
-        return StyleList(styles=await styles.list_styles(req))
+async def list_styles(req: ListStyles) -> StyleList:
+    return StyleList(styles=await styles.list_styles(req))
 
-    async def get_style(req: GetStyle) -> Style:
-        return await styles.get_style(req.name)
 
-    async def announce_change() -> None:
-        await runtime.nc.publish(subjects.Prompt.STYLES_CHANGED, b"")
+async def get_style(req: GetStyle) -> Style:
+    return await styles.get_style(req.name)
 
-    async def save_style(req: SaveStyle) -> Style:
+
+async def export_styles(req: ExportStyles) -> StyleExport:
+    return await styles.export_styles(req)
+
+
+async def get_llm_settings(_req: GetLlmSettings) -> LlmSettings:
+    return llm_settings.masked(await llm_settings.load_llm_settings())
+
+
+async def save_llm_settings(req: SaveLlmSettings) -> LlmSettings:
+    return llm_settings.masked(await llm_settings.save_llm_settings(req.settings))
+
+
+class _StyleChanges:
+    """The handlers that change the styles: each tells every replica (and the UI) once it is done."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+
+    async def announce_change(self) -> None:
+        await self.runtime.nc.publish(subjects.Prompt.STYLES_CHANGED, b"")
+
+    async def save_style(self, req: SaveStyle) -> Style:
         saved = await styles.save_style(req)
-        await announce_change()
+        await self.announce_change()
         return saved
 
-    async def delete_style(req: DeleteStyle) -> Empty:
+    async def delete_style(self, req: DeleteStyle) -> Empty:
         await styles.delete_style(req.name)
-        await announce_change()
+        await self.announce_change()
         return Empty()
 
-    async def import_styles(req: ImportStyles) -> ImportReport:
+    async def import_styles(self, req: ImportStyles) -> ImportReport:
         report = await styles.import_styles(req)
         if not req.dry_run:
-            await announce_change()
+            await self.announce_change()
         return report
 
-    async def bulk_styles(req: BulkStyles) -> BulkResult:
+    async def bulk_styles(self, req: BulkStyles) -> BulkResult:
         result = await styles.bulk_styles(req)
-        await announce_change()
+        await self.announce_change()
         return result
 
-    async def export_styles(req: ExportStyles) -> StyleExport:
-        return await styles.export_styles(req)
 
-    async def build(req: BuildPrompt) -> BuiltPrompt:
-        return await builder.build(req)
-
-    async def get_llm_settings(_req: GetLlmSettings) -> LlmSettings:
-        return llm_settings.masked(await llm_settings.load_llm_settings())
-
-    async def save_llm_settings(req: SaveLlmSettings) -> LlmSettings:
-        return llm_settings.masked(await llm_settings.save_llm_settings(req.settings))
-
+def register(runtime: ServiceRuntime, builder: PromptBuilder) -> None:
+    changes = _StyleChanges(runtime)
     runtime.endpoint(endpoints.Prompt.STYLES_LIST, list_styles)
     runtime.endpoint(endpoints.Prompt.STYLES_GET, get_style)
-    runtime.endpoint(endpoints.Prompt.STYLES_SAVE, save_style)
-    runtime.endpoint(endpoints.Prompt.STYLES_DELETE, delete_style)
-    runtime.endpoint(endpoints.Prompt.STYLES_IMPORT, import_styles)
+    runtime.endpoint(endpoints.Prompt.STYLES_SAVE, changes.save_style)
+    runtime.endpoint(endpoints.Prompt.STYLES_DELETE, changes.delete_style)
+    runtime.endpoint(endpoints.Prompt.STYLES_IMPORT, changes.import_styles)
     runtime.endpoint(endpoints.Prompt.STYLES_EXPORT, export_styles)
-    runtime.endpoint(endpoints.Prompt.STYLES_BULK, bulk_styles)
-    runtime.endpoint(endpoints.Prompt.BUILD, build)
+    runtime.endpoint(endpoints.Prompt.STYLES_BULK, changes.bulk_styles)
+    runtime.endpoint(endpoints.Prompt.BUILD, builder.build)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
-    runtime.endpoint(endpoints.Prompt.PREVIEW, build)
+    runtime.endpoint(endpoints.Prompt.PREVIEW, builder.build)
     runtime.endpoint(endpoints.Prompt.LLM_SETTINGS_GET, get_llm_settings)
     runtime.endpoint(endpoints.Prompt.LLM_SETTINGS_SAVE, save_llm_settings)
     runtime.endpoint(endpoints.Prompt.LLM_MODELS, builder.models)

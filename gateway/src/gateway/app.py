@@ -4,6 +4,7 @@ from contracts import endpoints
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.http import serve_http
+from contracts.runtime.outbound_url import UrlAllowlist
 from contracts.runtime.service import ServiceRuntime
 from gateway import __version__, piccolo_conf
 from gateway.handlers import KeyHandlers
@@ -11,6 +12,7 @@ from gateway.http_app import create_http_app
 from gateway.hub_client import HubClient
 from gateway.mcp_server import HubMcp, McpSettings
 from gateway.store import ApiKeyStore
+from gateway.webhooks import Webhooks
 
 
 def build(settings: Settings) -> ServiceRuntime:
@@ -28,7 +30,13 @@ def build(settings: Settings) -> ServiceRuntime:
     def make_mcp(hub: HubClient) -> HubMcp:
         return HubMcp(hub, tuning, runtime.log)
 
-    serve_http(
-        runtime, create_http_app(runtime, keys, make_mcp), host=settings.gateway_host, port=settings.gateway_port
-    )
+    webhooks = Webhooks(runtime, keys, UrlAllowlist.parse(settings.input_url_allow))
+
+    async def start_webhooks(_runtime: ServiceRuntime) -> None:
+        await webhooks.setup()
+        runtime.spawn(webhooks.run(), name="webhooks")
+
+    runtime.on_startup(start_webhooks)
+    app = create_http_app(runtime, keys, make_mcp, webhooks)
+    serve_http(runtime, app, host=settings.gateway_host, port=settings.gateway_port)
     return runtime

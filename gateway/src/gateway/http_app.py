@@ -55,6 +55,7 @@ from gateway.rest import (
     error_body,
 )
 from gateway.store import ApiKeyStore
+from gateway.webhooks import Webhooks
 
 PROTECTED_PREFIXES = ("/mcp", "/api/")
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
@@ -260,7 +261,7 @@ class GatewayGuard:
         await _send_json(send, status, answer, [])
 
 
-def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any) -> Any:
+def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any, webhooks: Webhooks) -> Any:
     state: dict[str, Any] = {}
 
     @get("/healthz", sync_to_thread=False, include_in_schema=False)
@@ -313,7 +314,9 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         # The HTTP server starts after NATS is connected (serve_http), so the hub client can be built here.
-        hub = HubClient(runtime.nc, timeout_s=runtime.settings.request_timeout_s)
+        hub = HubClient(
+            runtime.nc, timeout_s=runtime.settings.request_timeout_s, check_callback=webhooks.check_callback
+        )
         mcp: HubMcp = mcp_factory(hub)
         state["hub"], state["mcp"] = hub, mcp
         app.state.hub = hub

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
@@ -22,12 +23,23 @@ async def _checked_in_thread(data: bytes, field: str) -> str:
 
 
 class HubClient:
-    def __init__(self, nc: NatsClient, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        nc: NatsClient,
+        *,
+        timeout_s: float,
+        check_callback: Callable[[GenerationRequest], Awaitable[None]] | None = None,
+    ) -> None:
         self.nc = nc
+        self._check_callback = check_callback  # refuses a callback_url that would never be delivered
         self.timeout_s = timeout_s
         self.outputs = ObjectStoreOutputs(nc.jetstream())
 
     async def submit(self, generation: GenerationRequest) -> SubmitReply:
+        if generation.callback_url is not None:
+            if self._check_callback is None:
+                raise HubError(ErrorCode.INVALID_REQUEST, "callback_url is not taken here", field="callback_url")
+            await self._check_callback(generation)
         await require_connection(self.nc)  # before staging an input image, which would wait for NATS too
         async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.

@@ -30,6 +30,17 @@ class ImageLink(Record):
     ] = None
 
 
+class WebhookDelivery(Record):
+    """How the job's webhook (its callback_url) went."""
+
+    url: str
+    attempts: int = 0
+    last_status: Annotated[int | None, msgspec.Meta(description="The receiver's HTTP status; null: no answer")] = None
+    last_error: str = ""
+    delivered_at: float | None = None
+    gave_up_at: Annotated[float | None, msgspec.Meta(description="Set after the last attempt failed")] = None
+
+
 class Generation(Record):
     job_id: Annotated[str, msgspec.Meta(description="Pass to get_generation or cancel_generation.")]
     status: JobStatus
@@ -49,6 +60,7 @@ class Generation(Record):
     timings: Timings = msgspec.field(default_factory=Timings)
     error: str | None = None
     enhancement_error: str | None = None
+    webhook: WebhookDelivery | None = None  # REST only: set when the job named a callback_url
 
 
 def image_link(output: OutputFile, base_url: str) -> ImageLink:

@@ -7,6 +7,7 @@ leaked database gives no usable key. A fast hash is right here: the secret is ra
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -20,9 +21,15 @@ from contracts.runtime.database import write_transaction
 from gateway.tables import ApiKeyRow
 
 SECRET_PREFIX = "ghub_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 DISPLAY_PREFIX_LENGTH = len(SECRET_PREFIX) + 6
 # last_used_at is written at most this often per key, so a busy key does not cost a write per call.
 LAST_USED_RESOLUTION_S = 60.0
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes (the HMAC key)."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def hash_secret(secret: str) -> str:
@@ -93,8 +100,17 @@ class ApiKeyStore:
             created_at=self._clock(),
             scopes=" ".join(granted),
         )
-        await ApiKeyRow.insert(ApiKeyRow(secret_hash=hash_secret(secret), **msgspec.structs.asdict(record)))
-        return CreatedApiKey(key=_to_key(record), secret=secret)
+        webhook_secret = new_webhook_secret()
+        row = ApiKeyRow(
+            secret_hash=hash_secret(secret), webhook_secret=webhook_secret, **msgspec.structs.asdict(record)
+        )
+        await ApiKeyRow.insert(row)
+        return CreatedApiKey(key=_to_key(record), secret=secret, webhook_secret=webhook_secret)
+
+    async def webhook_secret(self, key_id: str) -> str:
+        """The key's webhook signing secret; "" when the key has none (made before webhooks) or does not exist."""
+        row = await ApiKeyRow.select(ApiKeyRow.webhook_secret).where(ApiKeyRow.key_id == key_id).first()
+        return "" if row is None else str(row["webhook_secret"])
 
     async def list(self, *, include_revoked: bool = False) -> ApiKeyList:
         query = ApiKeyRow.select(*RECORD_COLUMNS).order_by(ApiKeyRow.created_at)

@@ -1,6 +1,6 @@
 """Tables of the gateway service (piccolo). Only this service reads or writes them."""
 
-from piccolo.columns import Float, Text, Varchar
+from piccolo.columns import Float, Integer, Text, Varchar
 from piccolo.table import Table
 
 
@@ -16,6 +16,23 @@ class ApiKeyRow(Table, tablename="api_key"):
     revoked_at = Float(null=True, default=None)
     note = Text(default="")
     scopes = Text(default="")  # space-separated names from contracts.messages.keys.SCOPES
+    # Signs this key's webhooks (Standard Webhooks `whsec_...`); kept in clear because signing needs it, shown
+    # once at creation. "" for keys made before webhooks: they cannot ask for a callback.
+    webhook_secret = Varchar(length=64, default="")
 
 
-TABLES: list[type[Table]] = [ApiKeyRow]
+class WebhookRow(Table, tablename="webhook_delivery"):
+    """A job's webhook (its `callback_url`) and how its delivery went; one row per job that asked for one."""
+
+    job_id = Varchar(length=64, unique=True, index=True)
+    key_id = Varchar(length=32)
+    url = Text()
+    created_at = Float()
+    attempts = Integer(default=0)
+    last_status = Integer(null=True, default=None)  # the receiver's HTTP status; None: no answer
+    last_error = Text(default="")
+    delivered_at = Float(null=True, default=None)
+    gave_up_at = Float(null=True, default=None)
+
+
+TABLES: list[type[Table]] = [ApiKeyRow, WebhookRow]

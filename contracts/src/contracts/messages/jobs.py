@@ -67,6 +67,17 @@ class GenerationRequest(Request):
     cfg: Annotated[float, msgspec.Meta(ge=0, le=REQUEST_MAX_CFG)] | None = None
     count: Annotated[int, msgspec.Meta(ge=1, le=REQUEST_MAX_COUNT, description="How many images to make.")] = 1
     input_image: InputImage | None = None
+    callback_url: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                max_length=2000,
+                description="http(s) URL the hub POSTs the job's final state to, signed with the API key's webhook "
+                "secret (README, Webhooks). Public hosts only, unless the admin allows others.",
+            ),
+        ]
+        | None
+    ) = None
     # Filled by the gateway, not by the caller:
     api_key_id: str | None = None
     client_name: str | None = None

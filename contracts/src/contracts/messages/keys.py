@@ -41,6 +41,7 @@ class CreateApiKey(Request):
 class CreatedApiKey(Record):
     key: ApiKey
     secret: str  # shown once
+    webhook_secret: str = ""  # shown once: verifies the signature of the webhooks this key's jobs send
 
 
 class RevokeApiKey(Request):

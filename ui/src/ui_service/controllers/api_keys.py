@@ -45,7 +45,11 @@ class ApiKeysController(Controller):
             created = await hub.ask(endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes))
         if rejected:
             return await keys_page(request, hub, errors=rejected.errors, form={"name": name, "scopes": scopes})
-        request.session["new_key"] = {"name": created.key.name, "secret": created.secret}
+        request.session["new_key"] = {
+            "name": created.key.name,
+            "secret": created.secret,
+            "webhook_secret": created.webhook_secret,
+        }
         return Redirect("/api-keys")
 
     @post("/revoke")

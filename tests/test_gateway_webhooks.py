@@ -1,0 +1,122 @@
+"""Webhooks: a job's final state POSTed to its callback_url, signed with the key's webhook secret, retried from the
+gateway's durable consumer, across a restart of the gateway. The receiver is a plain HTTP server in this process on
+loopback, allowed by HUB_INPUT_URL_ALLOW (the same rule as input image URLs)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import msgspec
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """Answers each POST with the next status of `statuses` (then 200) and keeps what it got."""
+
+    statuses: list[int]
+    got: list[Received] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    port: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.got.append(Received(headers=headers, body=body, at=time.monotonic()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+        self.arrived.set()
+
+    async def wait_for(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.got) < count:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    hook = Receiver(statuses=[503])
+    server = await asyncio.start_server(hook.serve, "127.0.0.1", 0)
+    hook.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield hook
+
+
+@pytest.fixture
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(
+        nats_server.url, tmp_path_factory.mktemp("webhooks"), HUB_INPUT_URL_ALLOW="127.0.0.1"
+    ) as hub:
+        yield hub
+
+
+def expected_signature(secret: str, got: Received) -> str:
+    """The receiver's check, as README (Webhooks) shows it."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + got.body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: GatewayHub, receiver: Receiver) -> None:
+    callback = f"http://127.0.0.1:{receiver.port}/hook"
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        submitted = await api.post("/api/v1/generations", json={"prompt": "a lighthouse", "callback_url": callback})
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        await receiver.wait_for(1, timeout_s=60)  # the first attempt, answered 503
+        await asyncio.sleep(0.5)  # the gateway records the attempt and asks JetStream for a later re-delivery
+        gateway = gw.hub.processes["gateway"]
+        gateway.kill()  # kill -9: the retry must come from JetStream, not from the dead process's memory
+        await gateway.wait_exit()
+        restarted = gw.hub.start("gateway", **gateway.env)
+        await restarted.wait_healthy(gw.nc)
+        await receiver.wait_for(2, timeout_s=60)
+
+        first, second = receiver.got
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]  # receivers de-duplicate on it
+        assert second.at - first.at >= 1.0  # the first back-off delay
+        assert int(first.headers["webhook-timestamp"]) <= int(second.headers["webhook-timestamp"])
+        for got in (first, second):
+            assert got.headers["webhook-signature"] == expected_signature(gw.key.webhook_secret, got)
+            assert got.headers["content-type"] == "application/json"
+        body = msgspec.json.decode(second.body)
+        assert (body["type"], body["job_id"], body["data"]["kind"]) == ("generation.completed", job_id, "completed")
+        assert body["data"]["outputs"]
+
+        deadline = time.monotonic() + 10
+        while (delivery := (await api.get(f"/api/v1/generations/{job_id}")).json()["webhook"])["delivered_at"] is None:
+            assert time.monotonic() < deadline, delivery
+            await asyncio.sleep(0.1)
+        assert (delivery["url"], delivery["attempts"], delivery["last_status"]) == (callback, 2, 200)
+
+
+async def test_a_callback_to_the_hubs_own_network_is_refused_at_submit(gw: GatewayHub) -> None:
+    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        refused = await api.post("/api/v1/generations", json={"prompt": "x", "callback_url": "http://10.1.2.3/hook"})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["field"] == "callback_url"
+    assert "private address" in error["message"] and "HUB_INPUT_URL_ALLOW" in error["message"]

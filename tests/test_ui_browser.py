@@ -456,14 +456,16 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         await page.goto(url(hub, "/api-keys"))
         await page.fill("#f-name", "claude-desktop")
         await page.click("button:has-text('Create key')")
-        secret = (await page.inner_text("#new-secret pre")).strip()
+        secret = (await page.inner_text("#new-secret pre >> nth=0")).strip()
         assert len(secret) >= 20
+        webhook_secret = (await page.inner_text("#new-webhook-secret")).strip()
+        assert webhook_secret.startswith("whsec_") and len(webhook_secret) > 40
         row = page.locator("#keys tr", has_text="claude-desktop")
         assert "active" in await row.inner_text()
         assert secret[:6] in await row.inner_text()  # the prefix, never the whole secret
         await screenshot(page, shots, "api-keys")
         await page.reload()
-        assert secret not in await page.content()
+        assert secret not in await page.content() and webhook_secret not in await page.content()
         page.on("dialog", lambda dialog: dialog.accept())
         await row.locator("button:has-text('Revoke')").click()
         assert "Revoked the key claude-desktop" in await page.inner_text(".flash")

@@ -71,9 +71,11 @@ class SharedConnectionSQLiteEngine(SQLiteEngine):
             if self._shared is None:
                 self._shared = await self.get_connection()
             try:
-                async with self._shared.execute(query, args or []) as cursor:
-                    rows = await cursor.fetchall()
-                await self._shared.commit()
+                # One hop to the connection's thread per query (execute and fetch together). piccolo opens it in
+                # autocommit (isolation_level None), so a commit, another hop, is owed only if one is open.
+                rows = list(await self._shared.execute_fetchall(query, args or []))
+                if self._shared.in_transaction:
+                    await self._shared.commit()
             except BaseException:
                 await self._shared.rollback()
                 raise

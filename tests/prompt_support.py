@@ -36,18 +36,23 @@ P = endpoints.Prompt
 async def prompt_service(nats_url: str, data_dir: Path, **env: str) -> AsyncIterator[ServiceProcess]:
     """A prompt-service process on its own data folder, healthy on entry, stopped (SIGTERM) on exit."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    # The registry answers which render types exist (a style limited to render types names only those).
+    registry = ServiceProcess(name="registry", env=hub_env(nats_url, data_dir), log_path=data_dir / "registry.log")
     proc = ServiceProcess(name="prompt", env=hub_env(nats_url, data_dir, **env), log_path=data_dir / "prompt.log")
+    registry.start()
     proc.start()
     try:
         client = await nats.connect(nats_url)
         try:
             await proc.wait_healthy(client)
+            await registry.wait_healthy(client)
         finally:
             await client.close()
         yield proc
         assert await proc.stop() == 0, proc.log()
     finally:
         proc.kill()
+        registry.kill()
 
 
 async def failure(nc: NatsClient, endpoint: Endpoint[Any, Any], message: msgspec.Struct) -> HubError:

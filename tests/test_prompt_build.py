@@ -177,13 +177,13 @@ async def test_a_style_made_for_another_render_type_is_incompatible_unless_no_re
 ) -> None:
     await replace_styles(
         nc,
-        [style("anime"), style("xl-detail", "{prompt}, xl detail", render_types=["sdxl", "sdxl-turbo"])],
+        [style("anime"), style("xl-detail", "{prompt}, xl detail", render_types=["sdxl", "img2img"])],
     )
     error = await failure(nc, P.BUILD, BuildPrompt(prompt="a cat", styles=["xl-detail"], render_type="flux"))
     assert error.code == ErrorCode.INCOMPATIBLE and error.info.field == "styles"
-    assert "'xl-detail' is for sdxl, sdxl-turbo" in error.info.message and "'flux'" in error.info.message
+    assert "'xl-detail' is for sdxl, img2img" in error.info.message and "'flux'" in error.info.message
     assert error.info.details == {
-        "incompatible": {"xl-detail": ["sdxl", "sdxl-turbo"]},
+        "incompatible": {"xl-detail": ["sdxl", "img2img"]},
         "render_type": "flux",
         "valid": ["anime"],
     }

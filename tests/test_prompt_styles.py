@@ -369,3 +369,17 @@ async def test_export_writes_both_formats_and_reimports_to_the_same_styles(
     unknown = await failure(nc, P.STYLES_EXPORT, ExportStyles(format="a1111_csv", names=["Poster", "ghost"]))
     assert unknown.code == ErrorCode.NOT_FOUND and unknown.info.field == "names"
     assert unknown.info.details is not None and unknown.info.details["unknown"] == ["ghost"]
+
+
+async def test_a_style_limited_to_a_render_type_that_does_not_exist_is_refused(
+    service: ServiceProcess, nc: NatsClient
+) -> None:
+    await replace_styles(nc, [])
+    refused = await failure(
+        nc, P.STYLES_SAVE, SaveStyle(style=Style(name="turbo", render_types=["sdxl", "sdxl-turbo"]))
+    )
+    assert refused.code == ErrorCode.INVALID_REQUEST and refused.info.field == "style.render_types[1]"
+    assert "no render type named 'sdxl-turbo'" in refused.info.message and "sdxl" in refused.info.message
+    assert await styles(nc) == []  # nothing saved
+    saved = await call(nc, P.STYLES_SAVE, SaveStyle(style=Style(name="turbo", render_types=["SDXL", "flux"])))
+    assert saved.render_types == ["sdxl", "flux"]

@@ -147,3 +147,12 @@ async def test_a_render_type_no_instance_can_run_is_marked_and_warned_of(hub: Hu
             assert badge not in listed
         finally:
             await remove_instance(hub.nc, "has-the-checkpoint")
+
+
+async def test_a_style_for_a_render_type_that_does_not_exist_is_refused_beside_the_box(admin: Admin) -> None:
+    form = {"name": "turbo look", "positive": "{prompt}, turbo", "render_types": "sdxl, sdxl-turbo", "enabled": "on"}
+    page = await admin.post("/styles", form, from_page="/styles")
+    assert page.status_code == 200
+    assert "no render type named 'sdxl-turbo'" in field_error(page.text, "render_types"), page.text
+    assert value_of(page.text, "render_types") == "sdxl, sdxl-turbo"
+    assert "turbo look" not in await admin.get("/styles?q=turbo")

@@ -24,6 +24,7 @@ from contracts.messages.styles import (
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import llm_settings, styles
 from prompt_service.builder import PromptBuilder
+from prompt_service.render_types import check_render_types_exist
 
 
 async def list_styles(req: ListStyles) -> StyleList:
@@ -56,6 +57,7 @@ class _StyleChanges:
         await self.runtime.nc.publish(subjects.Prompt.STYLES_CHANGED, b"")
 
     async def save_style(self, req: SaveStyle) -> Style:
+        await check_render_types_exist(self.runtime.nc, styles.checked(req.style).render_types)
         saved = await styles.save_style(req)
         await self.announce_change()
         return saved

@@ -108,7 +108,8 @@ def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 def field_of(error: HubError) -> str:
     """The form input a HubError names: `instance.base_url` -> `base_url`."""
-    return (error.info.field or "").rsplit(".", 1)[-1]
+    # An item's error belongs beside its list's box: `style.render_types[1]` -> `render_types`.
+    return (error.info.field or "").rsplit(".", 1)[-1].split("[", 1)[0]
 
 
 def named_or(default: str) -> FieldNamer:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import time
@@ -56,9 +57,9 @@ class Receiver:
             await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    hook = Receiver(statuses=[503])
+@contextlib.asynccontextmanager
+async def receiving(statuses: list[int]) -> AsyncIterator[Receiver]:
+    hook = Receiver(statuses=statuses)
     server = await asyncio.start_server(hook.serve, "127.0.0.1", 0)
     hook.port = server.sockets[0].getsockname()[1]
     async with server:
@@ -66,6 +67,12 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving([503]) as hook:  # the first attempt fails
+        yield hook
+
+
+@pytest.fixture(scope="module")
 async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
     async with gateway_hub(
         nats_server.url, tmp_path_factory.mktemp("webhooks"), HUB_INPUT_URL_ALLOW="127.0.0.1"
@@ -120,3 +127,25 @@ async def test_a_callback_to_the_hubs_own_network_is_refused_at_submit(gw: Gatew
     error = refused.json()["error"]
     assert error["field"] == "callback_url"
     assert "private address" in error["message"] and "HUB_INPUT_URL_ALLOW" in error["message"]
+
+
+async def test_progress_steps_come_in_order_before_the_final_state(gw: GatewayHub) -> None:
+    async with receiving([]) as hook, httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        callback = f"http://127.0.0.1:{hook.port}/progress"
+        asked = {"prompt": "a tide pool", "steps": 20, "callback_url": callback, "callback_progress": True}
+        submitted = await api.post("/api/v1/generations", json=asked)
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["job_id"]
+        deadline = time.monotonic() + 60
+        while not hook.got or msgspec.json.decode(hook.got[-1].body)["type"] != "generation.completed":
+            await hook.wait_for(len(hook.got) + 1, timeout_s=max(0.1, deadline - time.monotonic()))
+    bodies = [msgspec.json.decode(got.body) for got in hook.got]
+    assert {body["job_id"] for body in bodies} == {job_id}
+    assert [body["type"] for body in bodies[:-1]] == ["generation.progress"] * (len(bodies) - 1)
+    assert len(bodies) >= 2, bodies  # at least one step (the first within 0.4 s of the start) and the result
+    seqs = [int(got.headers["webhook-id"].rsplit(":", 1)[1]) for got in hook.got]
+    assert seqs == sorted(set(seqs)), seqs  # in order, each once
+    percents = [body["data"]["percent"] for body in bodies[:-1]]
+    assert percents == sorted(percents), percents
+    for got in hook.got:
+        assert got.headers["webhook-signature"] == expected_signature(gw.key.webhook_secret, got)

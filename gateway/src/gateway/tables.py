@@ -1,6 +1,6 @@
 """Tables of the gateway service (piccolo). Only this service reads or writes them."""
 
-from piccolo.columns import Float, Integer, Text, Varchar
+from piccolo.columns import Boolean, Float, Integer, Text, Varchar
 from piccolo.table import Table
 
 
@@ -33,6 +33,8 @@ class WebhookRow(Table, tablename="webhook_delivery"):
     last_error = Text(default="")
     delivered_at = Float(null=True, default=None)
     gave_up_at = Float(null=True, default=None)
+    progress = Boolean(default=False)  # the caller asked for each progress step too
+    last_seq = Integer(default=0)  # the event seq last POSTed: an older progress step is not sent after it
 
 
 TABLES: list[type[Table]] = [ApiKeyRow, WebhookRow]

@@ -28,12 +28,19 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.events import GenerationEvent, JobAccepted, JobCancelled, JobCompleted, JobFailed
+from contracts.messages.events import (
+    GenerationEvent,
+    JobAccepted,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobProgress,
+)
 from contracts.messages.jobs import GenerationRequest
 from contracts.runtime.bus import ensure_stream
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
-from contracts.streams import EVENTS, EVENTS_STREAM, EVENTS_SUBJECTS
+from contracts.streams import EVENTS, EVENTS_STREAM, EVENTS_SUBJECTS, job_of_event_subject
 from gateway.results import WebhookDelivery
 from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore
 from gateway.tables import WebhookRow
@@ -60,9 +67,9 @@ def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
 
 
 class WebhookBody(msgspec.Struct, kw_only=True):
-    type: str  # "generation.completed", "generation.failed" or "generation.cancelled"
+    type: str  # "generation.completed", "generation.failed", "generation.cancelled" or "generation.progress"
     job_id: str
-    data: Any  # the job's final generation event (outputs, timings or error)
+    data: Any  # the job's generation event (final: outputs, timings or error; progress: percent, node, steps)
 
 
 def webhook_body(event: Any) -> bytes:
@@ -123,8 +130,12 @@ class Webhooks:
                     messages = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
-                # One slow receiver must not hold the others back: a batch's messages are handled together.
-                await asyncio.gather(*(self._handle(msg) for msg in messages))
+                # One slow receiver must not hold the others back: jobs are handled together, each job's events
+                # one after the other (in stream order), so its receiver gets them in order.
+                by_job: dict[str, list[Msg]] = {}
+                for msg in messages:
+                    by_job.setdefault(job_of_event_subject(msg.subject), []).append(msg)
+                await asyncio.gather(*(self._handle_in_order(job_messages) for job_messages in by_job.values()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -132,6 +143,10 @@ class Webhooks:
                 if isinstance(exc, nats.js.errors.NotFoundError):
                     self._sub = None
                 await asyncio.sleep(2.0)
+
+    async def _handle_in_order(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            await self._handle(msg)
 
     async def _handle(self, msg: Msg) -> None:
         try:
@@ -142,6 +157,8 @@ class Webhooks:
         try:
             if isinstance(event, JobAccepted) and event.request.callback_url:
                 await self._record(event)
+            elif isinstance(event, JobProgress):
+                await self._deliver_progress(event)
             elif isinstance(event, FINAL_EVENTS):
                 delay = await self._deliver(event)
                 if delay is not None:
@@ -159,8 +176,23 @@ class Webhooks:
             key_id=event.request.api_key_id or "",
             url=event.request.callback_url,
             created_at=time.time(),
+            progress=event.request.callback_progress,
         )
         await WebhookRow.insert(row).on_conflict(action="DO NOTHING")  # a re-delivered `accepted` event
+
+    async def _deliver_progress(self, event: JobProgress) -> None:
+        """POSTs a progress step once, if asked and nothing later (nor the final state) was sent: a lost step is
+        not retried, the next one (at least every second) says more."""
+        row = await WebhookRow.select().where(WebhookRow.job_id == event.job_id).first()
+        if row is None or not row["progress"] or row["attempts"] > 0 or event.seq <= row["last_seq"]:
+            return
+        secret = await self._keys.webhook_secret(row["key_id"])
+        status, error = await self._post(row["url"], secret, event)
+        if error:
+            self._log.info("webhook progress step not delivered", job_id=event.job_id, status=status, error=error)
+        await WebhookRow.update({WebhookRow.last_seq: event.seq}).where(
+            (WebhookRow.job_id == event.job_id) & (WebhookRow.attempts == 0)
+        )
 
     async def _deliver(self, event: Any) -> float | None:
         """POSTs the final state; the delay before the next attempt, or None when done (delivered or given up)."""
@@ -172,6 +204,7 @@ class Webhooks:
         attempts = row["attempts"] + 1
         now = time.time()
         update: dict[Any, Any] = {WebhookRow.attempts: attempts, WebhookRow.last_status: status}
+        update[WebhookRow.last_seq] = event.seq
         update[WebhookRow.last_error] = error
         delay: float | None = None
         if status is not None and 200 <= status < 300:

@@ -78,6 +78,13 @@ class GenerationRequest(Request):
         ]
         | None
     ) = None
+    callback_progress: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Also POST each progress step to callback_url (best effort, in order; only the final "
+            "state is retried)."
+        ),
+    ] = False
     # Filled by the gateway, not by the caller:
     api_key_id: str | None = None
     client_name: str | None = None

@@ -12,7 +12,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
 
 from contracts import endpoints
-from contracts.messages.keys import ListApiKeys
+from contracts.messages.keys import KeyLimits, ListApiKeys
 from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
@@ -478,6 +478,20 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         assert "jobs:read-all" in await page.locator("#keys tr", has_text="monitoring").inner_text()
         listing = await call(hub.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
         assert [k.scopes for k in listing.keys if k.name == "monitoring"] == [["jobs:read-all"]]
+        # Limits are set on the form; a value out of range names its box and keeps what was typed.
+        await page.fill("#f-name", "batch-robot")
+        await page.fill("#f-max_waiting", "0")
+        await page.fill("#f-max_images_per_job", "2")
+        await page.click("button:has-text('Create key')")
+        assert "max_waiting" in await page.inner_text("#error-max_waiting")
+        assert await page.input_value("#f-max_images_per_job") == "2"
+        await page.fill("#f-max_waiting", "5")
+        await page.click("button:has-text('Create key')")
+        assert "5 waiting, 2 images/job" in await page.locator("#keys tr", has_text="batch-robot").inner_text()
+        listing = await call(hub.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
+        assert [k.limits for k in listing.keys if k.name == "batch-robot"] == [
+            KeyLimits(max_waiting=5, max_images_per_job=2)
+        ]
     finally:
         gateway.kill()
 

@@ -21,6 +21,7 @@ class ErrorCode(enum.StrEnum):
     CANCELLED = "cancelled"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"  # the caller is known but may not do this (e.g. cancel a job another key made)
+    LIMIT_EXCEEDED = "limit_exceeded"  # a limit of the caller's key; `details` name it and when to retry
     INTERNAL = "internal"  # a bug: the service logged the details under `ref`
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -27,6 +28,8 @@ from dispatch_service.scheduler import Scheduler
 from dispatch_service.store import WAITING_STATUSES, JobStore
 
 log = get_logger("dispatcher")
+# When a key is at its waiting limit before any job has completed here, there is no run time to go by.
+DEFAULT_RETRY_AFTER_S = 10.0
 
 
 class Dispatcher:
@@ -55,6 +58,7 @@ class Dispatcher:
     # -- jobs ---------------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> SubmitReply:
+        await self._check_waiting_limit(request)
         prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
         job_id = prepared.job_id
         await self.store.insert(prepared)
@@ -90,6 +94,22 @@ class Dispatcher:
         # a job twice: see JobStore.claim).
         self._background(self._mark_queued(job_id))
         return reply
+
+    async def _check_waiting_limit(self, request: GenerationRequest) -> None:
+        """Refuse, before anything is recorded, a job whose key already has its `max_waiting` jobs waiting."""
+        if request.api_key_id is None or request.max_waiting is None:
+            return
+        waiting = await self.store.waiting_of(request.api_key_id)
+        if waiting < request.max_waiting:
+            return
+        # One of the key's jobs starts about one run time from now (measured; a guess before any job ran).
+        retry_after_s = max(1, math.ceil(await self.store.recent_run_s() or DEFAULT_RETRY_AFTER_S))
+        raise HubError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"this key already has {waiting} jobs waiting, its limit (max_waiting {request.max_waiting}); "
+            f"retry in about {retry_after_s} s, when one of them has started",
+            details={"limit": "max_waiting", "max": request.max_waiting, "retry_after_s": retry_after_s},
+        )
 
     async def _queue(self, job_id: str) -> None:
         await self.scheduler.enqueue(job_id)

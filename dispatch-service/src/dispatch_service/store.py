@@ -210,6 +210,26 @@ class JobStore:
         earlier = (JobRow.accepted_at < job.accepted_at) | same_time
         return await JobRow.count().where(waiting & earlier).run() + 1
 
+    async def waiting_of(self, api_key_id: str) -> int:
+        """How many of one key's jobs wait (accepted or queued, not yet running)."""
+        return (
+            await JobRow.count()
+            .where(JobRow.status.is_in(list(WAITING_STATUSES)) & (JobRow.api_key_id == api_key_id))
+            .run()
+        )
+
+    async def recent_run_s(self, sample: int = 20) -> float | None:
+        """The mean run time of the last `sample` completed jobs, in seconds; None before any completed."""
+        rows = (
+            await JobRow.select(JobRow.started_at, JobRow.finished_at)
+            .where((JobRow.status == "completed") & JobRow.started_at.is_not_null())
+            .order_by(JobRow.finished_at, ascending=False)
+            .limit(sample)
+            .run()
+        )
+        runs = [row["finished_at"] - row["started_at"] for row in rows if row["finished_at"] is not None]
+        return sum(runs) / len(runs) if runs else None
+
     async def of_caller(self, api_key_id: str | None, limit: int, after: tuple[float, str] | None) -> list[JobRecord]:
         """A caller's jobs, newest first, from just after `after` = (accepted_at, job_id) of the last one seen."""
         mine = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id

@@ -14,7 +14,7 @@ class KeyHandlers:
         return await self._store.list(include_revoked=req.include_revoked)
 
     async def create(self, req: CreateApiKey) -> CreatedApiKey:
-        return await self._store.create(req.name, req.scopes)
+        return await self._store.create(req.name, req.scopes, req.limits)
 
     async def revoke(self, req: RevokeApiKey) -> ApiKey:
         return await self._store.revoke(req.key_id)

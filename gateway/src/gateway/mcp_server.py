@@ -32,6 +32,7 @@ from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway import __version__
 from gateway.hub_client import HubClient
 from gateway.job_access import cancel_own_job, cancellable_job, readable_job
+from gateway.key_limits import with_key_limits
 from gateway.mcp_listen import ListenHandler
 from gateway.mcp_tasks import (
     MISSING_REQUIRED_CLIENT_CAPABILITY,
@@ -56,7 +57,7 @@ from gateway.thumbnails import webp_thumbnail
 API_KEY_SCOPE_KEY = "hub.api_key"
 IMAGE_URI_PREFIX = "hub://images/"
 MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024  # an input image sent as base64 must fit
-CALLER_FIELDS = ("api_key_id", "client_name")  # filled by the gateway, never by the caller
+CALLER_FIELDS = ("api_key_id", "client_name", "max_waiting")  # filled by the gateway, never by the caller
 
 INSTRUCTIONS = (
     "GenImage Hub makes images with ComfyUI. Call list_render_types and list_styles to see the choices, "
@@ -290,7 +291,7 @@ class HubMcp:
         generation = msgspec.structs.replace(
             generation, api_key_id=key.key_id if key else None, client_name=f"mcp:{key.name}" if key else "mcp"
         )
-        return (await self._hub.submit(generation)).job_id
+        return (await self._hub.submit(with_key_limits(generation, key))).job_id
 
     async def _tool_generate_image(
         self, ctx: ServerRequestContext[Any], generation: GenerationRequest

@@ -21,6 +21,7 @@ from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway.hub_client import HubClient
 from gateway.job_access import cancel_own_job, readable_job
+from gateway.key_limits import with_key_limits
 from gateway.mcp_server import API_KEY_SCOPE_KEY, CALLER_FIELDS
 from gateway.results import Generation, generation_of
 from gateway.webhooks import delivery_of
@@ -37,6 +38,7 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.TIMEOUT: 503,
+    ErrorCode.LIMIT_EXCEEDED: 429,
     ErrorCode.INTERNAL: 500,
 }
 
@@ -84,6 +86,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "The request conflicts with the generation's state",
     413: "The request body is larger than the gateway accepts",
     415: "The body was not sent as `Content-Type: application/json`",
+    429: "A limit of the caller's key is reached (`error.details.limit` names it); retry after `Retry-After` s",
     503: "A hub service cannot be reached or did not answer in time; retry later",
 }
 GUARD_STATUSES = (401, 403, 503)  # every operation: the key, Host and Origin checks, and a hub that is away
@@ -193,7 +196,7 @@ class GenerationsController(Controller):
     path = f"{API_PREFIX}/generations"
     tags = ["generations"]
 
-    @post("/", status_code=202, responses=error_responses(400, 404, 409, 413, 415))
+    @post("/", status_code=202, responses=error_responses(400, 404, 409, 413, 415, 429))
     async def submit(self, request: Request[Any, Any, Any], data: NewGeneration) -> Response[SubmitReply]:  # type: ignore[valid-type]
         """Submit a generation; follow it at the `Location` (GET) or its `/events` (server-sent events)."""
         hub: HubClient = request.app.state.hub
@@ -202,7 +205,7 @@ class GenerationsController(Controller):
             {**msgspec.structs.asdict(data), "api_key_id": key.key_id if key else None, "client_name": "rest"},
             GenerationRequest,
         )
-        reply = await hub.submit(generation)
+        reply = await hub.submit(with_key_limits(generation, key))
         return Response(reply, status_code=202, headers={"Location": f"{self.path}/{reply.job_id}"})
 
     @get("/{job_id:str}", responses=error_responses(400, 404))

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey
+from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyLimits
 from contracts.runtime.database import write_transaction
 from gateway.tables import ApiKeyRow
 
@@ -46,6 +46,8 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
     last_used_at: float | None = None
     revoked_at: float | None = None
     scopes: str = ""
+    max_waiting: int | None = None
+    max_images_per_job: int | None = None
 
 
 RECORD_COLUMNS = tuple(getattr(ApiKeyRow, f.name) for f in msgspec.structs.fields(ApiKeyRecord))
@@ -65,6 +67,7 @@ def _to_key(record: ApiKeyRecord) -> ApiKey:
         last_used_at=record.last_used_at,
         revoked_at=record.revoked_at,
         scopes=record.scopes.split(),
+        limits=KeyLimits(max_waiting=record.max_waiting, max_images_per_job=record.max_images_per_job),
     )
 
 
@@ -85,7 +88,9 @@ class ApiKeyStore:
         self._clock = clock
         self._last_written: dict[str, float] = {}  # key_id -> last_used_at written by this replica
 
-    async def create(self, name: str, scopes: list[str] | None = None) -> CreatedApiKey:
+    async def create(
+        self, name: str, scopes: list[str] | None = None, limits: KeyLimits | None = None
+    ) -> CreatedApiKey:
         name = name.strip()
         if not name:
             raise HubError(
@@ -99,6 +104,7 @@ class ApiKeyStore:
             prefix=secret[:DISPLAY_PREFIX_LENGTH],
             created_at=self._clock(),
             scopes=" ".join(granted),
+            **msgspec.structs.asdict(limits or KeyLimits()),
         )
         webhook_secret = new_webhook_secret()
         row = ApiKeyRow(

@@ -19,6 +19,8 @@ class ApiKeyRow(Table, tablename="api_key"):
     # Signs this key's webhooks (Standard Webhooks `whsec_...`); kept in clear because signing needs it, shown
     # once at creation. "" for keys made before webhooks: they cannot ask for a callback.
     webhook_secret = Varchar(length=64, default="")
+    max_waiting = Integer(null=True, default=None)  # contracts.messages.keys.KeyLimits; NULL: no limit
+    max_images_per_job = Integer(null=True, default=None)
 
 
 class WebhookRow(Table, tablename="webhook_delivery"):

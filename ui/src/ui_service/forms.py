@@ -11,6 +11,7 @@ from litestar import Request
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import InputImage
+from contracts.messages.keys import KeyLimits
 from contracts.messages.render_types import ParameterMap, ParameterSpec, RenderDefaults, RenderTypeSummary, Slot
 from contracts.messages.stats import RetentionPolicy
 from contracts.messages.styles import LlmSettings, Style
@@ -60,6 +61,18 @@ def instance_from_form(form: dict[str, str]) -> Instance:
         )
     except (ValueError, TypeError) as exc:
         raise invalid(f"Check the numbers: {exc}") from None
+
+
+def limits_from_form(form: dict[str, str]) -> KeyLimits:
+    """A key's limits; a blank box is no limit (the gateway checks the ranges and names the box)."""
+    values: dict[str, int | None] = {}
+    for name in ("max_waiting", "max_images_per_job"):
+        text = form.get(name, "").strip()
+        try:
+            values[name] = int(text) if text else None
+        except ValueError:
+            raise invalid(f"`{name}` must be a whole number, or blank for no limit", name) from None
+    return KeyLimits(**values)
 
 
 def style_from_form(form: dict[str, str]) -> Style:

@@ -88,6 +88,7 @@ class GenerationRequest(Request):
     # Filled by the gateway, not by the caller:
     api_key_id: str | None = None
     client_name: str | None = None
+    max_waiting: int | None = None  # the key's limit of queued jobs, checked by the dispatcher as it accepts
 
 
 class SubmitReply(Record):

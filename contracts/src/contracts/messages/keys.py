@@ -15,6 +15,13 @@ SCOPES: dict[str, str] = {
 }
 
 
+class KeyLimits(Record):
+    """What one key may ask of the hub; None: no limit. Set by an admin when the key is created (UI)."""
+
+    max_waiting: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None  # jobs queued, not yet running
+    max_images_per_job: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None  # a request's `count`
+
+
 class ApiKey(Record):
     key_id: str
     name: str
@@ -23,6 +30,7 @@ class ApiKey(Record):
     last_used_at: float | None = None
     revoked_at: float | None = None
     scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
+    limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
 
 
 class ApiKeyList(Record):
@@ -36,6 +44,7 @@ class ListApiKeys(Request):
 class CreateApiKey(Request):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
     scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
+    limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
 
 
 class CreatedApiKey(Record):

@@ -7,7 +7,7 @@ from litestar.response import Redirect, Template
 
 from contracts import endpoints
 from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
-from ui_service.forms import form_of
+from ui_service.forms import form_of, limits_from_form
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, act_then_redirect, named_or, page, require_admin
 
@@ -39,12 +39,14 @@ class ApiKeysController(Controller):
     @post("/")
     async def create_api_key(self, request: Request, hub: HubClient) -> Template | Redirect:
         data = await request.form()
-        name = (await form_of(request, "scopes")).get("name", "").strip()
+        form = await form_of(request, "scopes")
+        name = form.get("name", "").strip()
         scopes = [str(v) for v in data.getall("scopes")] if "scopes" in data else []  # checkboxes (SCOPES)
         with Rejection(named_or("name")) as rejected:
-            created = await hub.ask(endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=name, scopes=scopes))
+            create = CreateApiKey(name=name, scopes=scopes, limits=limits_from_form(form))
+            created = await hub.ask(endpoints.Gateway.KEYS_CREATE, create)
         if rejected:
-            return await keys_page(request, hub, errors=rejected.errors, form={"name": name, "scopes": scopes})
+            return await keys_page(request, hub, errors=rejected.errors, form={**form, "name": name, "scopes": scopes})
         request.session["new_key"] = {
             "name": created.key.name,
             "secret": created.secret,

@@ -1,0 +1,102 @@
+"""Limits per API key (max images per job, max jobs waiting) at both doors, REST and MCP, against real hub
+processes: a refused submit names the limit, says when to retry, and leaves no job behind."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import httpx2
+import pytest
+from gateway_support import GatewayHub, gateway_hub
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from contracts import endpoints
+from contracts.messages.jobs import JobView, ListJobs
+from contracts.messages.keys import CreateApiKey, CreatedApiKey, KeyLimits
+from contracts.runtime.bus import call
+from hub_deploy.natsserver import NatsServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
+    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("key-limits")) as running:
+        yield running
+
+
+async def limited_key(gw: GatewayHub, name: str, limits: KeyLimits) -> CreatedApiKey:
+    created: CreatedApiKey = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=name, limits=limits))
+    assert created.key.limits == limits
+    return created
+
+
+async def jobs_of(gw: GatewayHub, key: CreatedApiKey) -> list[JobView]:
+    page = await call(gw.nc, endpoints.Dispatch.JOBS_LIST, ListJobs(api_key_id=key.key.key_id, limit=200))
+    return page.jobs
+
+
+@contextlib.asynccontextmanager
+async def mcp(gw: GatewayHub, key: CreatedApiKey) -> AsyncIterator[ClientSession]:
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as http,
+        streamable_http_client(f"{gw.base_url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def test_more_images_than_the_key_may_ask_per_job_are_refused_at_both_doors(gw: GatewayHub) -> None:
+    key = await limited_key(gw, "two-per-job", KeyLimits(max_images_per_job=2))
+    async with httpx.AsyncClient(base_url=gw.base_url, headers={"Authorization": f"Bearer {key.secret}"}) as api:
+        refused = await api.post("/api/v1/generations", json={"prompt": "three cats", "count": 3})
+    # A retry would be refused again, so this is a 400 naming the field and the limit, not a 429.
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["field"] == "count" and error["details"] == {"limit": "max_images_per_job", "max": 2}, error
+    async with mcp(gw, key) as session:
+        result = await session.call_tool("generate_image", {"prompt": "three cats", "count": 3})
+    assert result.is_error and "max_images_per_job" in result.content[0].text, result.content
+    assert await jobs_of(gw, key) == []
+
+
+async def test_a_key_at_its_waiting_limit_gets_429_with_retry_after_and_nothing_is_recorded(gw: GatewayHub) -> None:
+    key = await limited_key(gw, "two-waiting", KeyLimits(max_waiting=2))
+    gw.comfy.work_seconds = 30.0  # the double's two slots stay busy, so later jobs wait
+    try:
+        async with httpx.AsyncClient(
+            base_url=gw.base_url, headers={"Authorization": f"Bearer {key.secret}"}, timeout=30
+        ) as api:
+            accepted = [await api.post("/api/v1/generations", json={"prompt": f"dog {i}"}) for i in range(2)]
+            await wait_until_running(gw, key, 2)
+            accepted += [await api.post("/api/v1/generations", json={"prompt": f"dog {i}"}) for i in (2, 3)]
+            assert [r.status_code for r in accepted] == [202] * 4, [r.text for r in accepted]
+            refused = await api.post("/api/v1/generations", json={"prompt": "one dog too many"})
+            assert refused.status_code == 429, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "limit_exceeded" and error["details"]["limit"] == "max_waiting", error
+            assert int(refused.headers["retry-after"]) == error["details"]["retry_after_s"] >= 1
+            async with mcp(gw, key) as session:
+                result = await session.call_tool("generate_image", {"prompt": "one dog too many"})
+            assert result.is_error, result.content
+            assert "max_waiting" in result.content[0].text and "retry" in result.content[0].text
+            jobs = await jobs_of(gw, key)
+            assert sorted(job.prompt for job in jobs) == [f"dog {i}" for i in range(4)]
+            for response in accepted:
+                await api.delete(f"/api/v1/generations/{response.json()['job_id']}")
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def wait_until_running(gw: GatewayHub, key: CreatedApiKey, count: int) -> None:
+    deadline = time.monotonic() + 15
+    while sum(job.status == "running" for job in await jobs_of(gw, key)) < count:
+        assert time.monotonic() < deadline, await jobs_of(gw, key)
+        await asyncio.sleep(0.1)

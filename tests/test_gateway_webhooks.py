@@ -9,16 +9,19 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from html import unescape
 
 import httpx
 import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_hub
+from ui_support import ADMIN_PASSWORD, signed_in_admin
 
-from hub_deploy.natsserver import NatsServer
+from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +121,16 @@ async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: Ga
             assert time.monotonic() < deadline, delivery
             await asyncio.sleep(0.1)
         assert (delivery["url"], delivery["attempts"], delivery["last_status"]) == (callback, 2, 200)
+
+    # The admin UI's job page shows the same, asked from the gateway over NATS.
+    ui_port = free_port()
+    ui = gw.hub.start("ui", HUB_UI_PORT=str(ui_port), HUB_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    await ui.wait_healthy(gw.nc)
+    async with signed_in_admin(f"http://127.0.0.1:{ui_port}") as admin:
+        shown = re.search(r'<p class="small" id="job-webhook">(.*?)</p>', await admin.get(f"/jobs/{job_id}"))
+    assert shown is not None
+    text = unescape(re.sub(r"<[^>]+>", "", shown.group(1)))
+    assert text.startswith(f"Webhook to {callback}: delivered ") and "2 attempts, last HTTP 200" in text, text
 
 
 async def test_a_callback_to_the_hubs_own_network_is_refused_at_submit(gw: GatewayHub) -> None:

@@ -40,7 +40,16 @@ from contracts.messages.jobs import (
     QueueViewRequest,
     SubmitReply,
 )
-from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
+from contracts.messages.keys import (
+    ApiKey,
+    ApiKeyList,
+    CreateApiKey,
+    CreatedApiKey,
+    GetWebhookDelivery,
+    ListApiKeys,
+    RevokeApiKey,
+    WebhookDeliveryReply,
+)
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
     DeletedRenderType,
@@ -199,6 +208,7 @@ class Gateway:
     KEYS_LIST: Final = Endpoint(S.KEYS_LIST, ListApiKeys, ApiKeyList)
     KEYS_CREATE: Final = Endpoint(S.KEYS_CREATE, CreateApiKey, CreatedApiKey)
     KEYS_REVOKE: Final = Endpoint(S.KEYS_REVOKE, RevokeApiKey, ApiKey)
+    WEBHOOK_GET: Final = Endpoint(S.WEBHOOK_GET, GetWebhookDelivery, WebhookDeliveryReply)
 
 
 OWNERS: Final = (Registry, Prompt, Dispatch, Stats, Gateway)

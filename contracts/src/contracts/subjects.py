@@ -111,6 +111,7 @@ class Gateway:
     KEYS_LIST: Final = "hub.gateway.keys.list"
     KEYS_CREATE: Final = "hub.gateway.keys.create"
     KEYS_REVOKE: Final = "hub.gateway.keys.revoke"
+    WEBHOOK_GET: Final = "hub.gateway.webhooks.get"
 
 
 class Ui:

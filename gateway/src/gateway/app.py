@@ -12,7 +12,7 @@ from gateway.http_app import create_http_app
 from gateway.hub_client import HubClient
 from gateway.mcp_server import HubMcp, McpSettings
 from gateway.store import ApiKeyStore
-from gateway.webhooks import Webhooks
+from gateway.webhooks import Webhooks, delivery_reply
 
 
 def build(settings: Settings) -> ServiceRuntime:
@@ -26,6 +26,7 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime.endpoint(endpoints.Gateway.KEYS_LIST, handlers.list)
     runtime.endpoint(endpoints.Gateway.KEYS_CREATE, handlers.create)
     runtime.endpoint(endpoints.Gateway.KEYS_REVOKE, handlers.revoke)
+    runtime.endpoint(endpoints.Gateway.WEBHOOK_GET, delivery_reply)
 
     def make_mcp(hub: HubClient) -> HubMcp:
         return HubMcp(hub, tuning, runtime.log)

@@ -8,6 +8,7 @@ import msgspec
 
 from contracts.messages.base import Record, Request
 from contracts.messages.jobs import JobStatus, JobView, OutputFile, Progress, Timings
+from contracts.messages.keys import WebhookDelivery
 
 
 class ImageLink(Record):
@@ -28,17 +29,6 @@ class ImageLink(Record):
     removed_at: Annotated[
         float | None, msgspec.Meta(description="When retention deleted the image file (Unix time); null while kept.")
     ] = None
-
-
-class WebhookDelivery(Record):
-    """How the job's webhook (its callback_url) went."""
-
-    url: str
-    attempts: int = 0
-    last_status: Annotated[int | None, msgspec.Meta(description="The receiver's HTTP status; null: no answer")] = None
-    last_error: str = ""
-    delivered_at: float | None = None
-    gave_up_at: Annotated[float | None, msgspec.Meta(description="Set after the last attempt failed")] = None
 
 
 class Generation(Record):

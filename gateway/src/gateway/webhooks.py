@@ -37,11 +37,11 @@ from contracts.messages.events import (
     JobProgress,
 )
 from contracts.messages.jobs import GenerationRequest
+from contracts.messages.keys import GetWebhookDelivery, WebhookDelivery, WebhookDeliveryReply
 from contracts.runtime.bus import ensure_stream
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import EVENTS, EVENTS_STREAM, EVENTS_SUBJECTS, job_of_event_subject
-from gateway.results import WebhookDelivery
 from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore
 from gateway.tables import WebhookRow
 
@@ -244,3 +244,8 @@ async def delivery_of(job_id: str) -> WebhookDelivery | None:
     """The job's webhook delivery, or None when it named no callback_url (or its `accepted` event is not read yet)."""
     row = await WebhookRow.select().where(WebhookRow.job_id == job_id).first()
     return None if row is None else msgspec.convert(row, WebhookDelivery, strict=False)
+
+
+async def delivery_reply(req: GetWebhookDelivery) -> WebhookDeliveryReply:
+    """The NATS answer (for the admin UI's job page)."""
+    return WebhookDeliveryReply(delivery=await delivery_of(req.job_id))

@@ -1,4 +1,5 @@
-"""gateway: API keys. Only a hash of the secret is stored; the secret is shown once, at creation."""
+"""gateway: API keys (only a hash of the secret is stored; the secret is shown once, at creation) and the webhook
+delivery of a job."""
 
 from __future__ import annotations
 
@@ -55,3 +56,22 @@ class CreatedApiKey(Record):
 
 class RevokeApiKey(Request):
     key_id: str
+
+
+class WebhookDelivery(Record):
+    """How a job's webhook (its callback_url) went."""
+
+    url: str
+    attempts: int = 0  # attempts at the final state
+    last_status: Annotated[int | None, msgspec.Meta(description="The receiver's HTTP status; null: no answer")] = None
+    last_error: str = ""
+    delivered_at: float | None = None
+    gave_up_at: Annotated[float | None, msgspec.Meta(description="Set after the last attempt failed")] = None
+
+
+class GetWebhookDelivery(Request):
+    job_id: str
+
+
+class WebhookDeliveryReply(Record):
+    delivery: WebhookDelivery | None = None  # None: the job named no callback_url

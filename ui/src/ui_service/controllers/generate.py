@@ -14,6 +14,7 @@ from litestar.response.sse import ServerSentEventMessage
 
 from contracts import endpoints
 from contracts.messages.jobs import FINAL_STATUSES, CancelJob, GenerationRequest, GetJob
+from contracts.messages.keys import GetWebhookDelivery
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList, RenderTypeSummary
 from contracts.messages.styles import ListStyles
 from contracts.runtime.bus import job_events
@@ -122,7 +123,17 @@ class GenerateController(Controller):
     @get("/jobs/{job_id:str}")
     async def job_page(self, request: Request, hub: HubClient, job_id: str) -> Template:
         view = await hub.ask(endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
-        return page("job.html", request, job=view, final=view.status in FINAL_STATUSES, now=time.time())
+        # The gateway delivers webhooks; while it is down the page shows the job and says the rest is unknown.
+        webhook, webhook_error = await hub.try_ask(endpoints.Gateway.WEBHOOK_GET, GetWebhookDelivery(job_id=job_id))
+        return page(
+            "job.html",
+            request,
+            job=view,
+            final=view.status in FINAL_STATUSES,
+            now=time.time(),
+            webhook=webhook.delivery if webhook else None,
+            webhook_error=webhook_error if view.api_key_id else "",  # only API jobs can have a webhook
+        )
 
     @post("/jobs/{job_id:str}/cancel")
     async def cancel_job(self, request: Request, hub: HubClient, job_id: str) -> Redirect:

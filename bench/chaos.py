@@ -6,7 +6,8 @@ mid-burst, then every job checked.
 Starts `python -m hub_deploy up` (the launcher) in a temporary data folder on free loopback ports, three ComfyUI
 test doubles as their own processes (bench/chaos_double.py, each journaling the prompts it receives and runs),
 registers them as instances over NATS and creates an API key. Then, per fault: a burst of `--jobs` generations
-over REST (POST /api/v1/generations, `--concurrency` at a time; a refused POST is tried again), the fault
+over REST (POST /api/v1/generations, `--concurrency` at a time; a refused POST is tried again with the same
+Idempotency-Key), the fault
 injected once a third of the burst is accepted, every job followed until it ends (at most `--settle-s`), and
 checked. Faults: kill -9 of each service and of nats-server (the launcher restarts them), kill -9 of a ComfyUI
 double (restarted by the rehearsal after 1 s), and SIGTERM of the whole hub with jobs queued (the rehearsal
@@ -18,7 +19,7 @@ Printed, per fault, a markdown table:
 - completed / failed (or cancelled) / stuck (not ended after --settle-s);
 - run twice: jobs a ComfyUI double started more than once (from the doubles' journals);
 - unannounced: jobs the doubles received that no POST was answered 202 for (the hub accepted a job, then the
-  fault cut its answer off; the client's retry made a second job);
+  fault cut its answer off, and the client's retry made a second job: its Idempotency-Key should prevent that);
 - log rows: jobs whose generation-log row (stats, over NATS) has the job's final status;
 - unfetchable: completed jobs with an output that GET /images/<id> does not serve in full;
 - restart s: fault -> the replacement runs (a new pid; for the whole hub: its banner);
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,10 +309,11 @@ class Rehearsal:
     async def submit(self, rnd: Round, deadline: float) -> None:
         """One job over REST; a POST refused or unanswered (the hub restarting) is tried again until `deadline`."""
         assert self.http is not None
+        key = {"Idempotency-Key": str(uuid.uuid4())}  # one per job: a retry after a cut-off answer makes no second job
         while time.monotonic() < deadline:
             posted = time.monotonic()
             with contextlib.suppress(httpx.HTTPError):
-                answer = await self.http.post("/api/v1/generations", json=JOB)
+                answer = await self.http.post("/api/v1/generations", json=JOB, headers=key)
                 rnd.slowest_post_s = max(rnd.slowest_post_s, time.monotonic() - posted)
                 if answer.status_code == 202:
                     rnd.jobs.append(answer.json()["job_id"])

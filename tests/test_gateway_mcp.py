@@ -11,6 +11,7 @@ import itertools
 import json
 import random
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -738,3 +739,22 @@ async def test_a_node_only_generation_notifies_progress_from_the_start_and_every
     job_id = result.structured_content["job_id"]
     view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
     assert view.progress.percent == 100  # the finished job shows its end
+
+
+async def test_generate_image_with_the_same_idempotency_key_returns_the_first_job(gw: GatewayHub) -> None:
+    """A client that lost generate_image's answer calls it again with the same `idempotency_key`: it gets the job
+    made the first time; the same key with other arguments is a tool error naming the argument."""
+    key = str(uuid.uuid4())
+    arguments = {"prompt": "a paper boat", "steps": 4, "idempotency_key": key}
+    async with Mcp(gw) as session:
+        first = await session.call_tool("generate_image", arguments)
+        again = await session.call_tool("generate_image", arguments)
+        changed = await session.call_tool("generate_image", {**arguments, "prompt": "a paper plane"})
+    assert not first.is_error and not again.is_error, (first.content, again.content)
+    assert first.structured_content is not None and again.structured_content is not None
+    job_id = first.structured_content["job_id"]
+    assert again.structured_content["job_id"] == job_id and again.structured_content["status"] == "completed"
+    assert [p for p in gw.comfy.history if p.startswith(f"{job_id}-")] == [f"{job_id}-1"]
+    assert changed.is_error and changed.structured_content is not None, changed.content
+    error = changed.structured_content["error"]
+    assert error["code"] == "conflict" and error["field"] == "idempotency_key" and job_id in error["message"], error

@@ -8,6 +8,7 @@ import csv
 import io
 import itertools
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -21,6 +22,7 @@ from openapi_spec_validator import validate
 from contracts import endpoints
 from contracts.errors import HubError
 from contracts.messages.jobs import GetJob
+from contracts.messages.keys import CreateApiKey
 from contracts.messages.render_types import RenderType, SaveRenderType
 from contracts.messages.stats import (
     ExportLog,
@@ -309,3 +311,55 @@ async def test_the_seed_is_the_same_in_the_api_the_events_and_the_csv_export(
         assert cells[job_id] == ("" if view["seed"] is None else str(view["seed"]))
         seen[view["render_type"]] = view["seed"]
     assert isinstance(seen["sdxl"], int) and seen["upscale"] is None  # null only where there is no seed slot
+
+
+async def test_a_retry_with_the_same_idempotency_key_gets_the_first_job(gw: GatewayHub, api: httpx.AsyncClient) -> None:
+    """A client whose answer was cut off sends its POST again: with an `Idempotency-Key` it gets the job made the
+    first time (202, same job id), also when the repeats race each other; no second job runs."""
+    body = {"prompt": "a lighthouse in fog", "seed": 11, "steps": 4}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = await api.post("/api/v1/generations", json=body, headers=key)
+    assert first.status_code == 202, first.text
+    job_id = first.json()["job_id"]
+    repeats = await asyncio.gather(*(api.post("/api/v1/generations", json=body, headers=key) for _ in range(4)))
+    assert [(r.status_code, r.json()["job_id"]) for r in repeats] == [(202, job_id)] * 4, [r.text for r in repeats]
+    assert repeats[0].headers["location"] == f"/api/v1/generations/{job_id}"
+
+    racing = {"Idempotency-Key": str(uuid.uuid4())}
+    raced = await asyncio.gather(*(api.post("/api/v1/generations", json=body, headers=racing) for _ in range(5)))
+    assert {r.status_code for r in raced} == {202}, [r.text for r in raced]
+    assert len({r.json()["job_id"] for r in raced}) == 1, [r.text for r in raced]
+
+    for made in (job_id, raced[0].json()["job_id"]):
+        deadline = time.monotonic() + 30
+        while (await api.get(f"/api/v1/generations/{made}")).json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert [p for p in gw.comfy.history if p.startswith(f"{made}-")] == [f"{made}-1"], gw.comfy.history
+    events = await events_of(gw.nc, job_id)
+    assert [type(e).__struct_config__.tag for e in events].count("accepted") == 1
+
+
+async def test_an_idempotency_key_is_refused_for_another_request_and_kept_per_api_key(
+    gw: GatewayHub, api: httpx.AsyncClient
+) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    refused = await api.post("/api/v1/generations", json={"prompt": " ", "steps": 4}, headers=key)
+    assert refused.status_code == 400, refused.text  # nothing made: the key stays free for the corrected request
+    first = await api.post("/api/v1/generations", json={"prompt": "a red kite", "steps": 4}, headers=key)
+    assert first.status_code == 202, first.text
+
+    changed = await api.post("/api/v1/generations", json={"prompt": "a blue kite", "steps": 4}, headers=key)
+    assert changed.status_code == 409, changed.text
+    error = changed.json()["error"]
+    assert error["code"] == "conflict" and error["field"] == "Idempotency-Key", error
+    assert first.json()["job_id"] in error["message"] and "new Idempotency-Key" in error["message"], error
+
+    bad = await api.post("/api/v1/generations", json={"prompt": "a kite"}, headers={"Idempotency-Key": "retry-1"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "Idempotency-Key", bad.text
+    assert "must be a UUID" in bad.json()["error"]["message"], bad.text
+
+    other = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name=f"other-{time.time_ns()}"))
+    headers = {"Authorization": f"Bearer {other.secret}", **key}
+    theirs = await api.post("/api/v1/generations", json={"prompt": "a blue kite", "steps": 4}, headers=headers)
+    assert theirs.status_code == 202 and theirs.json()["job_id"] != first.json()["job_id"], theirs.text

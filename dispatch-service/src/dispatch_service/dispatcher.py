@@ -25,7 +25,7 @@ from dispatch_service.events import EventPublisher
 from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
-from dispatch_service.store import WAITING_STATUSES, JobStore
+from dispatch_service.store import WAITING_STATUSES, JobRecord, JobStore
 
 log = get_logger("dispatcher")
 # When a key is at its waiting limit before any job has completed here, there is no run time to go by.
@@ -58,10 +58,20 @@ class Dispatcher:
     # -- jobs ---------------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> SubmitReply:
+        if request.job_id is not None and (first := await self.store.get(request.job_id)) is not None:
+            return _reply_of(first)  # a repeat of an idempotency key's submission: the job made the first time
         await self._check_waiting_limit(request)
         prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
         job_id = prepared.job_id
-        await self.store.insert(prepared)
+        try:
+            await self.store.insert(prepared)
+        except Exception:
+            if request.job_id is None or (first := await self.store.get(job_id)) is None:
+                raise
+            # Two submissions with one idempotency key at once: the other one made the job.
+            if prepared.input_image_id is not None:
+                await self.storage.delete(prepared.input_image_id)
+            return _reply_of(first)
         params = prepared.resolved.params
         accepted = self.events.publish(
             JobAccepted,
@@ -250,3 +260,13 @@ def _page_mark(after: str) -> tuple[float, str]:
             "`after` is not a page mark this hub gave: pass the `next_after` of the previous page, or omit it",
             field="after",
         ) from None
+
+
+def _reply_of(job: JobRecord) -> SubmitReply:
+    return SubmitReply(
+        job_id=job.job_id,
+        status=job.status,  # type: ignore[arg-type]
+        render_type=job.render_type,
+        seed=int(job.seed) if job.seed is not None else None,
+        error=job.error,
+    )

@@ -155,7 +155,7 @@ async def prepare_job(
     request: GenerationRequest, upstream: Upstream, storage: OutputStorage, allow: UrlAllowlist = PUBLIC_ONLY
 ) -> PreparedJob:
     """Everything that can be checked before the job is queued: a bad request fails here, clearly."""
-    job_id = new_job_id()
+    job_id = request.job_id or new_job_id()
     accepted_at = time.time()
     render_type = request.render_type or await default_render_type(upstream)
     built = await build_prompt(request, render_type, upstream)

@@ -315,7 +315,10 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         # The HTTP server starts after NATS is connected (serve_http), so the hub client can be built here.
         hub = HubClient(
-            runtime.nc, timeout_s=runtime.settings.request_timeout_s, check_callback=webhooks.check_callback
+            runtime.nc,
+            timeout_s=runtime.settings.request_timeout_s,
+            check_callback=webhooks.check_callback,
+            replicas=runtime.settings.jetstream_replicas,
         )
         mcp: HubMcp = mcp_factory(hub)
         state["hub"], state["mcp"] = hub, mcp

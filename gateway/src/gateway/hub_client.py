@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
@@ -16,6 +17,7 @@ from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, Styl
 from contracts.runtime.bus import call, job_events, require_connection
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
+from gateway.idempotency import HEADER, REFUSALS, IdempotencyKeys
 
 
 async def _checked_in_thread(data: bytes, field: str) -> str:
@@ -29,18 +31,34 @@ class HubClient:
         *,
         timeout_s: float,
         check_callback: Callable[[GenerationRequest], Awaitable[None]] | None = None,
+        replicas: int = 1,
     ) -> None:
         self.nc = nc
         self._check_callback = check_callback  # refuses a callback_url that would never be delivered
         self.timeout_s = timeout_s
         self.outputs = ObjectStoreOutputs(nc.jetstream())
+        self.idempotency = IdempotencyKeys(nc.jetstream(), replicas=replicas)
 
-    async def submit(self, generation: GenerationRequest) -> SubmitReply:
+    async def submit(
+        self, generation: GenerationRequest, idempotency_key: str | None = None, key_field: str = HEADER
+    ) -> SubmitReply:
+        """Submit a job; with `idempotency_key` (named `key_field` to the caller), a repeat answers the first job."""
         if generation.callback_url is not None:
             if self._check_callback is None:
                 raise HubError(ErrorCode.INVALID_REQUEST, "callback_url is not taken here", field="callback_url")
             await self._check_callback(generation)
         await require_connection(self.nc)  # before staging an input image, which would wait for NATS too
+        if idempotency_key is None:
+            return await self._submit(generation)
+        claim = await self.idempotency.claim(generation, idempotency_key, key_field)
+        try:
+            return await self._submit(msgspec.structs.replace(generation, job_id=claim.job_id))
+        except HubError as exc:
+            if exc.code in REFUSALS:  # nothing was made: the corrected request may use the key
+                await self.idempotency.free(claim)
+            raise
+
+    async def _submit(self, generation: GenerationRequest) -> SubmitReply:
         async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
             return await call(self.nc, endpoints.Dispatch.JOBS_SUBMIT, staged, timeout=3 * self.timeout_s)

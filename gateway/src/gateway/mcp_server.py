@@ -12,7 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import mcp_types as types
@@ -31,6 +31,7 @@ from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway import __version__
 from gateway.hub_client import HubClient
+from gateway.idempotency import UUID_PATTERN
 from gateway.job_access import cancel_own_job, cancellable_job, readable_job
 from gateway.key_limits import with_key_limits
 from gateway.mcp_listen import ListenHandler
@@ -57,7 +58,7 @@ from gateway.thumbnails import webp_thumbnail
 API_KEY_SCOPE_KEY = "hub.api_key"
 IMAGE_URI_PREFIX = "hub://images/"
 MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024  # an input image sent as base64 must fit
-CALLER_FIELDS = ("api_key_id", "client_name", "max_waiting")  # filled by the gateway, never by the caller
+CALLER_FIELDS = ("api_key_id", "client_name", "max_waiting", "job_id")  # filled by the gateway, never by the caller
 
 INSTRUCTIONS = (
     "GenImage Hub makes images with ComfyUI. Call list_render_types and list_styles to see the choices, "
@@ -90,6 +91,23 @@ class _Tool(msgspec.Struct, frozen=True):
     runs_as_task: bool = False
 
 
+class GenerateImage(GenerationRequest, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """generate_image's arguments: a GenerationRequest and the caller's idempotency key."""
+
+    idempotency_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=UUID_PATTERN.pattern,
+                description="Optional: a UUID of your choosing, new for each request. Calling again with the same "
+                "key (a retry after a lost answer) returns the job made first instead of a second one; kept 24 h per "
+                "API key. The same key with different arguments is refused.",
+            ),
+        ]
+        | None
+    ) = None
+
+
 TOOLS: tuple[_Tool, ...] = (
     _Tool(
         "generate_image",
@@ -99,7 +117,7 @@ TOOLS: tuple[_Tool, ...] = (
         "Waits for the result up to a time budget; returns links to the full images, a small inline preview and "
         "the job's details (final prompts, seed, render type, instance, timings). If `done` is false, call "
         "get_generation with the job_id later. Unknown styles or render types fail with the valid names.",
-        GenerationRequest,
+        GenerateImage,
         Generation,
         CALLER_FIELDS,
         runs_as_task=True,
@@ -286,15 +304,17 @@ class HubMcp:
         view = await cancel_own_job(self._hub, _api_key(ctx), ref.job_id, CANCELLED_BY_CALLER)
         return await self._generation_result(ctx, view, thumbnails=False)
 
-    async def _submit(self, ctx: ServerRequestContext[Any], generation: GenerationRequest) -> str:
+    async def _submit(self, ctx: ServerRequestContext[Any], arguments: GenerateImage) -> str:
         key = _api_key(ctx)
-        generation = msgspec.structs.replace(
-            generation, api_key_id=key.key_id if key else None, client_name=f"mcp:{key.name}" if key else "mcp"
+        fields = {f: getattr(arguments, f) for f in GenerationRequest.__struct_fields__}
+        generation = GenerationRequest(
+            **{**fields, "api_key_id": key.key_id if key else None, "client_name": f"mcp:{key.name}" if key else "mcp"}
         )
-        return (await self._hub.submit(with_key_limits(generation, key))).job_id
+        generation = with_key_limits(generation, key)
+        return (await self._hub.submit(generation, arguments.idempotency_key, "idempotency_key")).job_id
 
     async def _tool_generate_image(
-        self, ctx: ServerRequestContext[Any], generation: GenerationRequest
+        self, ctx: ServerRequestContext[Any], generation: GenerateImage
     ) -> types.CallToolResult | dict[str, Any]:
         job_id = await self._submit(ctx, generation)
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and declares_tasks_extension(ctx.params):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 
 from contracts.errors import ErrorCode, HubError
@@ -20,6 +21,7 @@ from contracts.messages.keys import ApiKey
 from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway.hub_client import HubClient
+from gateway.idempotency import HEADER, KEPT_S
 from gateway.job_access import cancel_own_job, readable_job
 from gateway.key_limits import with_key_limits
 from gateway.mcp_server import API_KEY_SCOPE_KEY, CALLER_FIELDS
@@ -44,7 +46,7 @@ STATUS_OF_CODE: dict[ErrorCode, int] = {
 
 
 def _caller_request_type() -> type:
-    """GenerationRequest without the fields the gateway fills (api_key_id, client_name)."""
+    """GenerationRequest without the fields the gateway fills (api_key_id, client_name, job_id)."""
     fields: list[Any] = []
     for info in msgspec.structs.fields(GenerationRequest):
         if info.name in CALLER_FIELDS:
@@ -83,7 +85,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     401: "No API key was sent, or it is unknown or revoked (`WWW-Authenticate` says which)",
     403: "The `Host` or `Origin` is not allowed (DNS-rebinding defence); `error.field` names the header",
     404: "No such generation, render type, style or stored image (`error.field` names it)",
-    409: "The request conflicts with the generation's state",
+    409: "The request conflicts with the generation's state, or its `Idempotency-Key` was used for another request",
     413: "The request body is larger than the gateway accepts",
     415: "The body was not sent as `Content-Type: application/json`",
     429: "A limit of the caller's key is reached (`error.details.limit` names it); retry after `Retry-After` s",
@@ -197,7 +199,23 @@ class GenerationsController(Controller):
     tags = ["generations"]
 
     @post("/", status_code=202, responses=error_responses(400, 404, 409, 413, 415, 429))
-    async def submit(self, request: Request[Any, Any, Any], data: NewGeneration) -> Response[SubmitReply]:  # type: ignore[valid-type]
+    async def submit(
+        self,
+        request: Request[Any, Any, Any],
+        data: NewGeneration,  # type: ignore[valid-type]
+        idempotency_key: Annotated[
+            str | None,
+            Parameter(
+                header=HEADER,
+                required=False,
+                # Checked by the hub (check_key), so a bad key is refused naming the header, not this parameter.
+                schema_extra={"format": "uuid"},
+                description="Optional: a UUID of your choosing, new for each request. A retry with the same key "
+                "(after a lost answer) gets the job made first (202, same job_id) instead of a second job; kept "
+                f"{KEPT_S // 3600} h per API key. The same key with a different body is refused (409).",
+            ),
+        ] = None,
+    ) -> Response[SubmitReply]:
         """Submit a generation; follow it at the `Location` (GET) or its `/events` (server-sent events)."""
         hub: HubClient = request.app.state.hub
         key = _key(request)
@@ -205,7 +223,7 @@ class GenerationsController(Controller):
             {**msgspec.structs.asdict(data), "api_key_id": key.key_id if key else None, "client_name": "rest"},
             GenerationRequest,
         )
-        reply = await hub.submit(with_key_limits(generation, key))
+        reply = await hub.submit(with_key_limits(generation, key), idempotency_key, HEADER)
         return Response(reply, status_code=202, headers={"Location": f"{self.path}/{reply.job_id}"})
 
     @get("/{job_id:str}", responses=error_responses(400, 404))

@@ -103,6 +103,9 @@ async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: Ga
         await gateway.wait_exit()
         restarted = gw.hub.start("gateway", **gateway.env)
         await restarted.wait_healthy(gw.nc)
+        consumer = await gw.nc.jetstream().consumer_info("HUB_EVENTS", "hub-gateway-webhooks")
+        # Retries wait un-acknowledged: the server's default of 1000 would let a long outage stall every webhook.
+        assert consumer.config.max_ack_pending >= 10_000, consumer.config
         await receiver.wait_for(2, timeout_s=60)
 
         first, second = receiver.got

@@ -54,6 +54,9 @@ RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 5, 30, 120, 600, 1800, 3600)
 POST_TIMEOUT_S = 10.0
 ACK_WAIT_S = 30.0  # longer than one POST: a delivery held by a replica that died goes to another after this
 FETCH_BATCH = 64
+# Deliveries waiting for a retry stay un-acknowledged (for up to the longest delay): far above the server's default
+# of 1000, so a receiver that is down for long does not hold back every other job's webhooks.
+MAX_ACK_PENDING = 50_000
 FETCH_WAIT_S = 2.0
 
 _decoder = msgspec.json.Decoder(GenerationEvent)
@@ -115,6 +118,7 @@ class Webhooks:
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT_S,
             max_deliver=-1,  # the attempts are counted in the delivery row, which survives restarts
+            max_ack_pending=MAX_ACK_PENDING,
             filter_subject=EVENTS_SUBJECTS,
         )
         await js.add_consumer(EVENTS_STREAM, config)

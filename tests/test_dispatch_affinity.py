@@ -17,7 +17,7 @@ import pytest
 from dispatch_support import Hub, add_instance, remove_instance, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from contracts import endpoints
 from contracts.errors import HubError
@@ -25,7 +25,7 @@ from contracts.messages.instances import ListInstances
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, ModelMemory, Server, Waiting, loader_nodes, plan
-from dispatch_service.leases import LeaseNote, SlotLeases, instance_key
+from dispatch_service.leases import SLOTS_BUCKET, LeaseNote, SlotLeases, instance_key
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -199,7 +199,7 @@ async def test_jobs_held_by_a_killed_dispatcher_are_handed_back_when_it_restarts
             first = await submit(private.nc, "running at the kill", render_type="aff-a")
             await wait_for(private.nc, first.job_id, {"running"})
             held = [await submit(private.nc, f"held {i}", render_type="aff-a") for i in range(2)]
-            await asyncio.sleep(0.5)  # fetched into the window, waiting for the only slot
+            await _held_in_window(private.nc, [r.job_id for r in held])  # waiting for the only slot
             private.processes["dispatch"].kill()
             restarted = private.start("dispatch", **env)
             await restarted.wait_healthy(private.nc)
@@ -209,6 +209,22 @@ async def test_jobs_held_by_a_killed_dispatcher_are_handed_back_when_it_restarts
         private.stop_all()
         await private.nc.close()
         server.stop()
+
+
+async def _held_in_window(nc: NatsClient, job_ids: list[str]) -> None:
+    """Until the dispatcher has claimed each job (in its window, or already in a slot): not a fixed sleep, since on
+    a loaded CI machine 0.5 s was once too short, and a job fetched but not yet claimed at the kill waits out the
+    60 s take-over time."""
+    kv = await nc.jetstream().key_value(SLOTS_BUCKET)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 20
+    while not seen >= set(job_ids):
+        assert time.monotonic() < deadline, f"claimed only {seen} of {job_ids}"
+        with contextlib.suppress(NoKeysError):
+            for key in await kv.keys():
+                with contextlib.suppress(KeyNotFoundError):
+                    seen.add(msgspec.json.decode((await kv.get(key)).value or b"", type=LeaseNote).job_id)
+        await asyncio.sleep(0.05)
 
 
 async def test_what_one_replica_loads_on_an_instance_the_others_see(nc: NatsClient) -> None:

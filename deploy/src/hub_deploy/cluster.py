@@ -148,7 +148,7 @@ class ClusterRehearsal:
             name = stream.config.name
             if stream.cluster is not None and stream.cluster.leader == server_name:
                 led.append(f"STREAM.LEADER.STEPDOWN.{name}")
-            for consumer in await js.consumers_info(name):
+            for consumer in await js.consumers_info(name):  # type: ignore[arg-type]  # a listed stream has a name
                 if consumer.cluster is not None and consumer.cluster.leader == server_name:
                     led.append(f"CONSUMER.LEADER.STEPDOWN.{name}.{consumer.name}")
         return led

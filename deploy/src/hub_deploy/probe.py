@@ -39,8 +39,9 @@ async def _probe(settings: Settings, service: str, timeout_s: float) -> tuple[bo
             name=f"hub-probe-{service}",
             allow_reconnect=False,
             max_reconnect_attempts=1,  # nats-py tries each server twice, then gives up
-            reconnect_time_wait=0.1,
-            connect_timeout=min(2.0, timeout_s / 2),
+            # nats-py annotates these int; it sleeps and waits for any number.
+            reconnect_time_wait=0.1,  # type: ignore[arg-type]
+            connect_timeout=min(2.0, timeout_s / 2),  # type: ignore[arg-type]
             error_cb=quiet,
         )
     except Exception as exc:
@@ -48,7 +49,7 @@ async def _probe(settings: Settings, service: str, timeout_s: float) -> tuple[bo
     try:
         host = socket.gethostname()
         replicas = await ping_all(nc, service, wait_s=0.3)
-        here = [r for r in replicas if (r.get("metadata") or {}).get("host") == host]  # type: ignore[union-attr]
+        here = [r for r in replicas if (r.get("metadata") or {}).get("host") == host]
         if not here:
             return False, f"{service}: no replica on host {host!r} is registered ({len(replicas)} elsewhere)"
         try:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from contracts import endpoints
 from contracts.errors import HubError
@@ -44,12 +46,12 @@ async def wait_healthy(nc: NatsClient, service: str, timeout_s: float) -> Health
         await asyncio.sleep(0.1)
 
 
-async def ping_all(nc: NatsClient, service: str | None = None, wait_s: float = 0.5) -> list[dict[str, object]]:
+async def ping_all(nc: NatsClient, service: str | None = None, wait_s: float = 0.5) -> list[dict[str, Any]]:
     """Every running replica (of one service, or of all), through nats.micro's `$SRV.PING` discovery."""
     inbox = nc.new_inbox()
-    replies: list[dict[str, object]] = []
+    replies: list[dict[str, Any]] = []
 
-    async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+    async def collect(msg: Msg) -> None:
         replies.append(msgspec.json.decode(msg.data))
 
     sub = await nc.subscribe(inbox, cb=collect)

@@ -205,10 +205,10 @@ def parse_queue(body: Any) -> QueueState:
     """`GET /queue`: prompt ids; pending ones sorted into run order (ComfyUI sends them in heap order)."""
     if not isinstance(body, dict):
         raise ValueError("expected a JSON object with 'queue_running' and 'queue_pending'")
-    lists = [body.get("queue_running"), body.get("queue_pending")]
-    if not all(isinstance(items, list) for items in lists):
+    running, pending = body.get("queue_running"), body.get("queue_pending")
+    if not isinstance(running, list) or not isinstance(pending, list):
         raise ValueError("expected 'queue_running' and 'queue_pending' lists")
-    running_items, pending_items = (_queue_items(items) for items in lists)
+    running_items, pending_items = _queue_items(running), _queue_items(pending)
     with contextlib.suppress(TypeError):  # a non-numeric `number` keeps the server's order
         pending_items.sort(key=lambda item: (item[0], item[1]))
     return QueueState(running=[item[1] for item in running_items], pending=[item[1] for item in pending_items])
@@ -266,11 +266,11 @@ def parse_binary_image(frame: bytes) -> tuple[str | None, str | None, str, bytes
             return None
         if not isinstance(metadata, dict):
             return None
-        content_type = metadata.get("image_type")
+        image_type = metadata.get("image_type")
         return (
             _str_or_none(metadata.get("prompt_id")),
             _str_or_none(metadata.get("node_id")),
-            content_type if isinstance(content_type, str) else "application/octet-stream",
+            image_type if isinstance(image_type, str) else "application/octet-stream",
             frame[8 + word :],
         )
     return None
@@ -300,11 +300,17 @@ def describe_node_errors(node_errors: Any) -> list[str]:
         if not errors:
             lines.append(f"{where}: failed validation")
         for error in errors:
-            extra = error.get("extra_info") if isinstance(error.get("extra_info"), dict) else {}
+            extra = _dict_at(error, "extra_info")
             input_name = extra.get("input_name")
             prefix = f"{where} input '{input_name}'" if input_name else where
             lines.append(f"{prefix}: {_describe_input_error(error, extra)}")
     return lines
+
+
+def _dict_at(mapping: dict[str, Any], key: str) -> dict[str, Any]:
+    """mapping[key] when it is a JSON object, else an empty one (ComfyUI leaves such fields out or null)."""
+    value = mapping.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _describe_input_error(error: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -413,7 +419,7 @@ def interrupted(instance: str, prompt_id: str, data: dict[str, Any]) -> ComfyInt
 
 def result_from_history(instance: str, prompt_id: str, entry: dict[str, Any]) -> RunResult:
     """The RunResult of a finished prompt's history entry, or the error it ended with (raised)."""
-    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    status = _dict_at(entry, "status")
     messages = [m for m in status.get("messages") or [] if isinstance(m, list | tuple) and len(m) == 2]
     cached: list[str] = []
     for event, data in messages:
@@ -432,7 +438,7 @@ def result_from_history(instance: str, prompt_id: str, entry: dict[str, Any]) ->
             node_type="",
             exception_type="unknown",
         )
-    outputs_by_node = entry.get("outputs") if isinstance(entry.get("outputs"), dict) else {}
+    outputs_by_node = _dict_at(entry, "outputs")
     outputs = [ref for node_id, output in outputs_by_node.items() for ref in parse_outputs(node_id, output)]
     return RunResult(prompt_id=prompt_id, outputs=outputs, cached_nodes=cached)
 
@@ -662,7 +668,8 @@ class ComfyClient:
         answer = self._json_of(response, "POST /prompt")
         if not isinstance(answer, dict):
             raise self._not_comfyui("POST /prompt", "expected a JSON object with 'prompt_id'")
-        server_id = answer.get("prompt_id") if isinstance(answer.get("prompt_id"), str) else prompt_id
+        answered_id = answer.get("prompt_id")
+        server_id = answered_id if isinstance(answered_id, str) else prompt_id
         node_errors = answer.get("node_errors")
         if isinstance(node_errors, dict) and node_errors:
             # Only the valid outputs would run: a partial result is no result, so take the prompt back.
@@ -820,7 +827,7 @@ class ComfyClient:
         new one; so back-to-back jobs do not each wait for a handshake.
         """
         spare, self._spare = self._spare, None
-        taken = await spare.take() if spare is not None else None
+        taken: tuple[str, ClientConnection | None] | None = await spare.take() if spare is not None else None
         if taken is None:
             client_id = _new_client_id()
             taken = client_id, await self._open_run_socket(client_id)

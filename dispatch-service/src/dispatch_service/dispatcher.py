@@ -186,7 +186,8 @@ class Dispatcher:
     async def delete_outputs(self, output_ids: list[str], job_ids: list[str]) -> DeletedOutputs:
         """Retention: delete output files, then mark them removed in their jobs, so that a job's view says when its
         images went instead of listing URLs that answer 404. A file already gone counts as removed too."""
-        deleted, missing = [], []
+        deleted: list[str] = []
+        missing: list[str] = []
         for output_id in output_ids:
             (deleted if await self.storage.delete(output_id) else missing).append(output_id)
         if job_ids:

@@ -40,11 +40,11 @@ class EventPublisher:
 
     async def publish(
         self,
-        event_type: type[GenerationEvent],  # type: ignore[valid-type]
+        event_type: type[GenerationEvent],
         *,
         within_s: float | None = None,
         **fields: Any,
-    ) -> GenerationEvent:  # type: ignore[valid-type]
+    ) -> GenerationEvent:
         """Publish and wait for JetStream to confirm the event is stored, waiting for NATS while it is away up to
         `within_s` (default: the publisher's). Every retry sends the same event id, so it is stored once."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
@@ -54,7 +54,7 @@ class EventPublisher:
         )
         return event
 
-    async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:  # type: ignore[valid-type]
+    async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:
         """Publish without waiting for JetStream's confirmation: for progress ticks, where a lost one is
         harmless and waiting for each would slow the job down."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
@@ -62,7 +62,7 @@ class EventPublisher:
         await self._nc.publish(subject, payload, headers=headers)
 
     @staticmethod
-    def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:  # type: ignore[valid-type]
+    def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:
         return event_subject(event.job_id), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}
 
 

@@ -12,7 +12,7 @@ import asyncio
 import io
 import time
 import uuid
-from typing import Protocol
+from typing import Protocol, cast
 
 import msgspec
 
@@ -21,6 +21,7 @@ from contracts.messages.jobs import (
     FINAL_STATUSES,
     GenerationRequest,
     InputImage,
+    JobStatus,
     JobView,
     OutputFile,
     Progress,
@@ -240,7 +241,7 @@ def progress_of(job: JobRecord) -> Progress:
 def job_view(job: JobRecord, queue_position: int | None = None) -> JobView:
     return JobView(
         job_id=job.job_id,
-        status=job.status,
+        status=cast(JobStatus, job.status),  # the store writes only JobStatus values
         render_type=job.render_type,
         prompt=job.request.get("prompt", ""),
         positive_prompt=job.positive_prompt,

@@ -8,10 +8,12 @@ rules (what a status change means, instance validation) live in jobs.py, schedul
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from piccolo.columns import Column
+from piccolo.custom_types import Combinable
 from piccolo.query.functions.aggregate import Count, Min
 
 from contracts.errors import ErrorCode, HubError
@@ -163,7 +165,7 @@ class JobStore:
     async def set(self, job_id: str, **values: Any) -> None:
         await JobRow.update(_changes(values)).where(JobRow.job_id == job_id).run()
 
-    async def mark_outputs_removed(self, job_ids: list[str], gone: set[str], at: float) -> None:
+    async def mark_outputs_removed(self, job_ids: list[str], gone: AbstractSet[str], at: float) -> None:
         """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""
         rows = (
             await JobRow.select(JobRow.job_id, JobRow.outputs)
@@ -232,7 +234,7 @@ class JobStore:
 
     async def of_caller(self, api_key_id: str | None, limit: int, after: tuple[float, str] | None) -> list[JobRecord]:
         """A caller's jobs, newest first, from just after `after` = (accepted_at, job_id) of the last one seen."""
-        mine = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id
+        mine: Combinable = JobRow.api_key_id.is_null() if api_key_id is None else JobRow.api_key_id == api_key_id
         if after is not None:
             accepted_at, job_id = after
             older = (JobRow.accepted_at < accepted_at) | (

@@ -1,10 +1,11 @@
 """Tables of the dispatch service (piccolo). Only this service reads or writes them."""
 
-from piccolo.columns import JSON, Boolean, Float, Integer, Text, Varchar
+from piccolo.columns import JSON, Boolean, Float, Integer, Serial, Text, Varchar
 from piccolo.table import Table
 
 
 class InstanceRow(Table, tablename="instance"):
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
     name = Varchar(length=64, unique=True, index=True)
     base_url = Text()
     enabled = Boolean(default=True)
@@ -17,6 +18,7 @@ class InstanceRow(Table, tablename="instance"):
 
 
 class JobRow(Table, tablename="job"):
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
     job_id = Varchar(length=40, unique=True, index=True)
     status = Varchar(length=16, index=True)
     render_type = Varchar(length=64)

@@ -172,9 +172,9 @@ class GatewayGuard:
             return
         scope[API_KEY_SCOPE_KEY] = key
         if path.rstrip("/") == MCP_PATH:
-            problem = session_version_problem(headers)
-            if problem is not None:
-                await _send_json(send, 400, json_rpc_error(None, INVALID_REQUEST, problem), [])
+            version_problem = session_version_problem(headers)
+            if version_problem is not None:
+                await _send_json(send, 400, json_rpc_error(None, INVALID_REQUEST, version_problem), [])
                 return
             if "mcp-session-id" not in headers:
                 send = without_orphan_session_id(send)

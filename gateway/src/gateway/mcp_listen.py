@@ -87,6 +87,7 @@ class ListenHandler:
 
         async def notify(method: str, params: dict[str, Any]) -> None:
             frame = _Frame(method=method, params={**params, "_meta": meta})
+            # The SDK types the argument as its notification union, which lacks these methods (see _Frame).
             await ctx.session.send_notification(frame, related_request_id=ctx.request_id)  # type: ignore[arg-type]
 
         async def write() -> None:

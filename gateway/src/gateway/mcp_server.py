@@ -241,7 +241,8 @@ class HubMcp:
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
-            on_subscriptions_listen=ListenHandler(hub.nc, self._listened_task, hub.events),
+            # The handler returns its result as a plain dict (`{"_meta": ...}`), which the SDK sends unchanged.
+            on_subscriptions_listen=ListenHandler(hub.nc, self._listened_task, hub.events),  # type: ignore[arg-type]
         )
         self.server.extensions[TASKS_EXTENSION] = {}
         self.server.middleware.append(self._legacy_task_call)

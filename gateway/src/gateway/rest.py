@@ -167,7 +167,7 @@ def _strict_body_problem(request: Request[Any, Any, Any], body: bytes) -> Valida
 def _allowed_methods(request: Request[Any, Any, Any]) -> Response[None]:
     """litestar's own OPTIONS answer lists the methods of the first handler registered on a path only (DELETE, not
     GET, on /generations/{job_id}); answer with those of the whole route."""
-    template = request.scope["path_template"]  # type: ignore[typeddict-item]
+    template = request.scope["path_template"]
     routes = (route.methods for route in request.app.routes if route.path_format == template)
     methods = next(routes, request.route_handler.http_methods)
     return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(methods))})
@@ -191,7 +191,8 @@ def _base_url(request: Request[Any, Any, Any]) -> str:
 
 
 def _key(request: Request[Any, Any, Any]) -> ApiKey | None:
-    return request.scope.get(API_KEY_SCOPE_KEY)  # type: ignore[call-overload,no-any-return]
+    key = request.scope.get(API_KEY_SCOPE_KEY)
+    return key if isinstance(key, ApiKey) else None  # set by the key middleware for every protected path
 
 
 class GenerationsController(Controller):
@@ -202,6 +203,7 @@ class GenerationsController(Controller):
     async def submit(
         self,
         request: Request[Any, Any, Any],
+        # NewGeneration is the request schema built at import time (a variable, for the OpenAPI document).
         data: NewGeneration,  # type: ignore[valid-type]
         idempotency_key: Annotated[
             str | None,

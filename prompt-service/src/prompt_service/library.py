@@ -77,7 +77,7 @@ def _style(where: str, name: object, positive: object, negative: object, categor
             {
                 "name": " ".join(name.split()),
                 "positive": positive.strip() if isinstance(positive, str) and positive.strip() else SLOT,
-                "negative": (negative or "").strip(),
+                "negative": str(negative or "").strip(),  # a string or None: checked above
                 "category": category,
             },
             Style,

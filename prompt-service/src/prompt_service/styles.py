@@ -19,6 +19,7 @@ from contracts.messages.styles import (
     BulkResult,
     BulkStyles,
     ExportStyles,
+    ImportAction,
     ImportReport,
     ImportRow,
     ImportStyles,
@@ -223,10 +224,10 @@ def _plan_import(
         first_seen.setdefault(key, entry.where)
         if reason:
             report.skipped.append(SkippedStyle(name=style.name, reason=reason))
-        elif updated is not None:
-            report.updated.append(stored.name)  # type: ignore[union-attr]
+        elif updated is not None and stored is not None:  # an update always has the style it replaces
+            report.updated.append(stored.name)
             plan.updates.append(updated)
-        action = "skip" if reason else ("add" if stored is None else "update")
+        action: ImportAction = "skip" if reason else ("add" if stored is None else "update")
         category = updated.category if updated is not None else style.category
         plan.rows.append(ImportRow(where=entry.where, name=style.name, action=action, reason=reason, category=category))
     return plan

@@ -262,6 +262,7 @@ class _Finder:
         for sampler in samplers:
             for node_id, input_name in parts[sampler]["seed"]:
                 self.add_literal("seed", node_id, input_name)
+        setting: ParameterName
         for setting in ("steps", "cfg"):
             self._map_sampler_setting(setting, samplers, first_pass, parts)
         for sampler in first_pass:
@@ -272,7 +273,7 @@ class _Finder:
 
     def _map_sampler_setting(
         self,
-        setting: str,
+        setting: ParameterName,
         samplers: list[str],
         first_pass: list[str],
         parts: dict[str, dict[str, list[tuple[str, str]]]],
@@ -378,7 +379,7 @@ def propose_defaults(workflow: Workflow, parameter_map: ParameterMap, warnings: 
     """Defaults taken from the values the workflow was exported with, made to fit the usual limits."""
     limits = RenderLimits()
     defaults = RenderDefaults()
-    values: dict[str, Any] = {}
+    values: dict[ParameterName, Any] = {}
     for name, slots in parameter_map.slots.items():
         if slots:
             values[name] = workflow[slots[0].node_id]["inputs"][slots[0].input_name]
@@ -394,7 +395,7 @@ def propose_defaults(workflow: Workflow, parameter_map: ParameterMap, warnings: 
                     f"{limits.min_size}..{limits.max_size}; the proposed default is {fitted}"
                 )
             setattr(defaults, name, fitted)
-    bounds = {
+    bounds: dict[ParameterName, tuple[float, float]] = {
         "steps": (1, limits.max_steps),
         "cfg": (0.0, COMFY_MAX_CFG),
         "batch_size": (1, limits.max_batch_size),

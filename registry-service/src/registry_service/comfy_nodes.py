@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from contracts.messages.render_types import OutputKind
+from contracts.messages.render_types import OutputKind, ParameterName
 
 # Sampler nodes: the input that holds the seed, and whether steps/cfg/denoise sit on the node itself.
 SAMPLER_SEED_INPUT: Final[dict[str, str]] = {
@@ -62,7 +62,7 @@ LATENT_SOURCES: Final = frozenset(
 # Used as the size source only when there is no latent source (stock-node workflows such as the recordings').
 IMAGE_SOURCES: Final = frozenset({"EmptyImage"})
 # Nodes whose width/height must follow the image size for the model to condition on it correctly.
-SIZE_COMPANIONS: Final[dict[str, dict[str, str]]] = {
+SIZE_COMPANIONS: Final[dict[str, dict[str, ParameterName]]] = {
     "CLIPTextEncodeSDXL": {"width": "width", "height": "height", "target_width": "width", "target_height": "height"},
     "ModelSamplingFlux": {"width": "width", "height": "height"},
 }

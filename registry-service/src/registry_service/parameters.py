@@ -6,6 +6,7 @@ first, with an error that names the field and says what would be accepted.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import math
 import random
@@ -50,7 +51,7 @@ SIZE_MULTIPLES: Final = (8, 16, 32, 64)
 class ParameterInfo:
     type: Literal["string", "integer", "number", "image"]
     description: str
-    slot_types: tuple[type, ...]  # what the workflow input it goes to must hold (its exported value)
+    slot_types: tuple[builtins.type, ...]  # what the workflow input it goes to must hold (its exported value)
 
 
 PARAMETERS: Final[dict[ParameterName, ParameterInfo]] = {

@@ -4,13 +4,15 @@ JSON columns hold msgspec-encoded text written and read by `store.py`, so number
 size (a seed of 2**64 - 1, a float cfg of 7.0) on every database.
 """
 
-from piccolo.columns import JSON, Boolean, Float, ForeignKey, Integer, Text, Varchar
+from piccolo.columns import JSON, Boolean, Float, ForeignKey, Integer, Serial, Text, Varchar
 from piccolo.columns.base import OnDelete
 from piccolo.table import Table
 
 
 class RenderTypeRow(Table, tablename="render_type"):
     """A named kind of generation bound to a ComfyUI API-format workflow; the current version of it."""
+
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
 
     name = Varchar(length=64, unique=True, index=True)
     description = Text(default="")
@@ -31,6 +33,8 @@ class RenderTypeRow(Table, tablename="render_type"):
 class RenderTypeVersionRow(Table, tablename="render_type_version"):
     """One saved version of a render type (who, when, what), so an edit can be rolled back."""
 
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
+
     render_type = ForeignKey(RenderTypeRow, on_delete=OnDelete.cascade, index=True)
     version = Integer()
     snapshot = JSON()  # the RenderType as saved in this version
@@ -41,6 +45,8 @@ class RenderTypeVersionRow(Table, tablename="render_type_version"):
 
 class RegistryStateRow(Table, tablename="registry_state"):
     """Facts about the registry itself, e.g. that the shipped render types were loaded once."""
+
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
 
     key = Varchar(length=64, unique=True)
     value = Text(default="")

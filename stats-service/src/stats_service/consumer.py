@@ -98,7 +98,7 @@ class EventConsumer:
                 await asyncio.sleep(delay)
 
     async def _handle(self, messages: list[Msg]) -> None:
-        events: list[GenerationEvent] = []  # type: ignore[valid-type]
+        events: list[GenerationEvent] = []
         accepted: list[Msg] = []
         for msg in messages:
             try:

@@ -25,14 +25,14 @@ class BatchResult(msgspec.Struct, frozen=True):
     finished: list[JobState] = []  # rows that became final in this batch (each job once, for the figures)
 
 
-def _by_job(events: Iterable[GenerationEvent]) -> dict[str, list[GenerationEvent]]:  # type: ignore[valid-type]
-    grouped: dict[str, list[GenerationEvent]] = {}  # type: ignore[valid-type]
+def _by_job(events: Iterable[GenerationEvent]) -> dict[str, list[GenerationEvent]]:
+    grouped: dict[str, list[GenerationEvent]] = {}
     for event in events:
         grouped.setdefault(event.job_id, []).append(event)
     return grouped
 
 
-async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:  # type: ignore[valid-type]
+async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:
     """Merge `events` into the log in one transaction (all of them or none)."""
     grouped = _by_job(events)
     if not grouped:

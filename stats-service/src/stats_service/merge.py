@@ -90,7 +90,7 @@ class JobState(msgspec.Struct, kw_only=True):
         return self.status in FINAL_STATUSES
 
 
-def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:  # type: ignore[valid-type]
+def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:
     """Merge one event into the state of its job (a new state when `state` is None); returns the state."""
     if state is None:
         state = JobState(job_id=event.job_id, status_seq=-1, logged_at=event.at)
@@ -111,7 +111,7 @@ def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:  # 
     return state
 
 
-def _apply_details(state: JobState, event: GenerationEvent) -> None:  # type: ignore[valid-type]
+def _apply_details(state: JobState, event: GenerationEvent) -> None:
     """What an event of one kind adds beyond the status: the request, attempts, retry reasons, outputs."""
     if isinstance(event, JobAccepted):
         _apply_request(state, event)

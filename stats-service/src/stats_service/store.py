@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
+from piccolo.columns import Column
 from piccolo.columns.combination import WhereRaw
 from piccolo.engine.sqlite import SQLiteEngine
 
@@ -189,8 +190,7 @@ async def insert_states(states: Sequence[JobState]) -> None:
 
 async def update_states(states: Sequence[JobState]) -> None:
     for state in states:
-        values = _row_values(state)
-        del values["job_id"]
+        values: dict[Column | str, Any] = {k: v for k, v in _row_values(state).items() if k != "job_id"}
         await GenerationRow.update(values).where(GenerationRow.job_id == state.job_id)
 
 

@@ -1,11 +1,13 @@
 """Tables of the stats service (piccolo). Only this service reads or writes them."""
 
-from piccolo.columns import JSON, BigInt, Boolean, Float, Integer, Text, Varchar
+from piccolo.columns import JSON, BigInt, Boolean, Float, Integer, Serial, Text, Varchar
 from piccolo.table import Table
 
 
 class GenerationRow(Table, tablename="generation"):
     """One row per job, merged from its generation events (see `merge.py` for the rules)."""
+
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
 
     job_id = Varchar(length=128, unique=True, index=True)
     status = Varchar(length=16, index=True)
@@ -50,6 +52,8 @@ class GenerationRow(Table, tablename="generation"):
 
 class RetentionRow(Table, tablename="retention"):
     """The retention policy (a single row) and the outcome of its last run."""
+
+    id: Serial  # the primary key piccolo adds; declared for type checkers only (no column is created)
 
     keep_images_days = Integer(default=30)
     keep_log_days = Integer(default=365)

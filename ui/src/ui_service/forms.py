@@ -142,7 +142,8 @@ def text_to_map(text: str) -> ParameterMap:
         if not sep or not name.strip() or any(len(pair) != 2 for pair in pairs):
             raise invalid(f"line {number} should read `parameter: node_id/input_name, ...`", "parameter_map")
         slots[name.strip()] = [Slot(node_id=node.strip(), input_name=field.strip()) for node, field in pairs]
-    return ParameterMap(slots=slots)
+    # The names are the user's text, sent as typed: the registry validates them when it decodes the request.
+    return ParameterMap(slots=slots)  # type: ignore[arg-type]
 
 
 def defaults_from_form(form: dict[str, str], base: RenderDefaults) -> RenderDefaults:

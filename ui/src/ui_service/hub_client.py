@@ -39,7 +39,7 @@ class HubClient:
     async def ask(self, endpoint: Endpoint[Req, Res], message: Req, timeout: float = 5.0) -> Res:
         return await call(self.runtime.nc, endpoint, message, timeout=timeout)
 
-    async def try_ask(self, endpoint: Endpoint[Req, Res], message: Req) -> tuple[Res | None, str]:
+    async def try_ask(self, endpoint: Endpoint[Req, Res], message: Req) -> tuple[Res, str] | tuple[None, str]:
         """The reply, or None and the error's message (for a page that still shows the rest)."""
         try:
             return await self.ask(endpoint, message), ""

@@ -210,6 +210,7 @@ def on_error(request: Request, exc: Exception) -> Response:
 
 def _reconnecting_page(exc: HubError) -> Response:
     """NATS is away for the moment (contracts.runtime.bus.require_connection): a 503 the browser may retry."""
+    # require_connection's UNAVAILABLE error always carries details with `retry_after_s`.
     retry_after = str(exc.info.details["retry_after_s"])  # type: ignore[index]
     return Template(
         template_name="error.html",

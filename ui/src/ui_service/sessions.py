@@ -47,7 +47,8 @@ class RotatingSessionBackend(ServerSideSessionBackend):
     fixation), and an empty session (a visitor who is not signed in) is neither stored nor given a cookie."""
 
     def get_session_id(self, connection: ASGIConnection) -> str:
-        return connection.scope.get(NEW_SESSION_ID) or super().get_session_id(connection)  # type: ignore[misc]
+        fresh = connection.scope.get(NEW_SESSION_ID)  # set at sign-in
+        return fresh if isinstance(fresh, str) else super().get_session_id(connection)
 
     async def store_in_message(self, scope_session: Any, message: Any, connection: ASGIConnection) -> None:
         if isinstance(scope_session, dict) and not scope_session:

@@ -62,7 +62,7 @@ async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # nats-py annotates int; it sleeps any number
                 connect_timeout=2,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
@@ -136,6 +136,7 @@ async def request(
     """
     msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
     try:
+        # Reply is parametrised at run time with the caller's reply type; msgspec decodes and validates to it.
         reply = msgspec.json.decode(msg.data, type=Reply[result_type])  # type: ignore[valid-type]
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise HubError(ErrorCode.INTERNAL, f"{subject} answered with a malformed reply: {exc}") from None
@@ -320,7 +321,7 @@ class _StoredEvents:
                 return
             except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
                 raise HubError(ErrorCode.UNAVAILABLE, f"the events stream does not answer ({exc!r})") from exc
-            self._next_seq = message.seq + 1
+            self._next_seq = message.seq + 1  # type: ignore[operator]  # nats-py types seq optional; a direct get has one
             yield message.data or b""
 
 
@@ -384,6 +385,7 @@ async def _stored_since(stored: _StoredEvents, nc: NatsClient) -> tuple[list[byt
 
 def _decoded(payload: bytes) -> GenerationEvent | None:
     try:
-        return msgspec.json.decode(payload, type=GenerationEvent)
+        event: GenerationEvent = msgspec.json.decode(payload, type=GenerationEvent)
+        return event
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -177,11 +177,15 @@ def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], *,
     return value
 
 
-def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+Choice = TypeVar("Choice", bound=str)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[Choice, ...]) -> Choice:
     raw = env.get(name, ENV_VARS[name][0]).strip().lower()
-    if raw not in choices:
-        raise ConfigError(f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}")
-    return raw
+    for choice in choices:  # returns the choice itself, so the type checker knows it is one of them
+        if raw == choice:
+            return choice
+    raise ConfigError(f"{name}={raw!r} is not valid; use one of: {', '.join(choices)}")
 
 
 _HOST_NAME = re.compile(
@@ -286,8 +290,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         nats_url=nats_url,
         data_dir=data_dir,
         database_url=database_url,
-        log_format=_choice(env, "HUB_LOG_FORMAT", ("auto", "json", "console")),  # type: ignore[arg-type]
-        log_level=_choice(env, "HUB_LOG_LEVEL", ("debug", "info", "warning", "error")),  # type: ignore[arg-type]
+        log_format=_choice(env, "HUB_LOG_FORMAT", ("auto", "json", "console")),
+        log_level=_choice(env, "HUB_LOG_LEVEL", ("debug", "info", "warning", "error")),
         request_timeout_s=_number(env, "HUB_REQUEST_TIMEOUT_S", float, minimum=0.1),
         shutdown_timeout_s=_number(env, "HUB_SHUTDOWN_TIMEOUT_S", float, minimum=0),
         jetstream_replicas=int(_number(env, "HUB_JETSTREAM_REPLICAS", int, minimum=1)),
@@ -309,7 +313,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         ui_signin_lock_s=_number(env, "HUB_UI_SIGNIN_LOCK_S", float, minimum=1),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
-        dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),  # type: ignore[arg-type]
+        dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),
         dispatch_model_switch_s=_number(env, "HUB_DISPATCH_MODEL_SWITCH_S", float, minimum=0),
         dispatch_health_interval_s=_number(env, "HUB_DISPATCH_HEALTH_INTERVAL_S", float, minimum=0.05),
         dispatch_stall_timeout_s=_number(env, "HUB_DISPATCH_STALL_TIMEOUT_S", float, minimum=0.1),

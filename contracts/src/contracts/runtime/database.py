@@ -79,7 +79,7 @@ class SharedConnectionSQLiteEngine(SQLiteEngine):
             except BaseException:
                 await self._shared.rollback()
                 raise
-            return rows
+            return rows  # type: ignore[return-value]  # piccolo's SQLite connections make each row a dict
 
     async def close_shared(self) -> None:
         if self._shared is not None:
@@ -87,7 +87,7 @@ class SharedConnectionSQLiteEngine(SQLiteEngine):
             self._shared = None
 
 
-def engine_from_url(url: str) -> Engine:
+def engine_from_url(url: str) -> Engine[Any]:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():
@@ -109,7 +109,7 @@ def describe(url: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def startup_lock(engine: Engine) -> AsyncIterator[None]:
+async def startup_lock(engine: Engine[Any]) -> AsyncIterator[None]:
     """Held while a replica migrates and seeds, so replicas starting together never do it twice at once.
 
     piccolo checks which migrations ran and then runs the rest outside one transaction: two replicas on a fresh
@@ -139,7 +139,7 @@ async def startup_lock(engine: Engine) -> AsyncIterator[None]:
 _STARTUP_LOCK_KEY = 0x6875625F696E6974  # "hub_init"
 
 
-async def prepare(engine: Engine, app_name: str, seed: Seed | None = None) -> None:
+async def prepare(engine: Engine[Any], app_name: str, seed: Seed | None = None) -> None:
     """Open the database, apply the app's migrations, then run `seed` (first-start data), all under the
     start-up lock: idempotent, and safe when several replicas start at once."""
     async with startup_lock(engine):
@@ -158,18 +158,18 @@ async def prepare(engine: Engine, app_name: str, seed: Seed | None = None) -> No
             await seed()
 
 
-async def ping(engine: Engine) -> None:
+async def ping(engine: Engine[Any]) -> None:
     await engine.run_ddl("SELECT 1")
 
 
-async def close(engine: Engine) -> None:
+async def close(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()
     elif isinstance(engine, SharedConnectionSQLiteEngine):
         await engine.close_shared()
 
 
-def attach(runtime: ServiceRuntime, engine: Engine, app_name: str, *, seed: Seed | None = None) -> None:
+def attach(runtime: ServiceRuntime, engine: Engine[Any], app_name: str, *, seed: Seed | None = None) -> None:
     """Give a service its database: migrated (and seeded with its first-start data by `seed`, which must be
     idempotent) before it takes requests, checked by health, closed at stop."""
 
@@ -197,14 +197,14 @@ def piccolo_app(app_name: str, package_file: str, table_classes: list[type[Any]]
     )
 
 
-def piccolo_engine(service: str) -> Engine:
+def piccolo_engine(service: str) -> Engine[Any]:
     """The engine a service's piccolo_conf exposes as `DB`, from the service's database URL setting."""
     from contracts.runtime.config import load_settings
 
     return engine_from_url(load_settings(service).database_url)
 
 
-def write_transaction(engine: Engine):  # type: ignore[no-untyped-def]
+def write_transaction(engine: Engine[Any]) -> contextlib.AbstractAsyncContextManager[Any]:
     """A transaction for writes: on SQLite it takes the write lock at once (BEGIN IMMEDIATE), so two writers
     never deadlock upgrading read locks; on PostgreSQL one that takes the database's writer lock first."""
     from piccolo.engine.sqlite import TransactionType
@@ -213,7 +213,8 @@ def write_transaction(engine: Engine):  # type: ignore[no-untyped-def]
         return engine.transaction(transaction_type=TransactionType.immediate)
     if isinstance(engine, PostgresEngine):
         return WriterLockedPostgresTransaction(engine)
-    return engine.transaction()
+    other: contextlib.AbstractAsyncContextManager[Any] = engine.transaction()
+    return other
 
 
 class WriterLockedPostgresTransaction(PostgresTransaction):
@@ -222,7 +223,7 @@ class WriterLockedPostgresTransaction(PostgresTransaction):
     the current version") stay correct under PostgreSQL's default READ COMMITTED isolation."""
 
     async def begin(self) -> None:
-        await super().begin()
+        await super().begin()  # type: ignore[no-untyped-call]  # piccolo leaves it unannotated
         await self.connection.execute("SELECT pg_advisory_xact_lock($1)", _WRITER_LOCK_KEY)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -62,7 +63,7 @@ def configure_logging(settings: Settings) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(settings.service)
 
 
-def _identity(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _identity(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     return event
 
 

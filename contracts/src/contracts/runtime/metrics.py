@@ -28,7 +28,7 @@ from contracts.runtime.logs import get_logger
 log = get_logger("metrics")
 
 # `_created` series double the text and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 NAMESPACE = "genimage"
 # How long the gateway waits for replicas: the scatter ends when no answer came for QUIET_S (after the first
@@ -78,7 +78,7 @@ class ServiceMetrics:
 
     def on_scrape(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Call `collect` at every scrape; it yields metric families (GaugeMetricFamily, CounterMetricFamily)."""
-        self.registry.register(_ScrapeCollector(collect))  # type: ignore[arg-type]
+        self.registry.register(_ScrapeCollector(collect))
 
     def before_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
         """Await `refresh` before each scrape (to set gauges from a query); one that fails or takes over

@@ -283,7 +283,7 @@ class ServiceRuntime:
     async def _reply_to(self, endpoint: _Endpoint, request: MicroRequest) -> Reply[Any]:
         reply: Reply[Any]
         try:
-            message = msgspec.json.decode(request.data or b"{}", type=endpoint.request_type)
+            message: Any = msgspec.json.decode(request.data or b"{}", type=endpoint.request_type)
             result = await endpoint.handler(message)
             reply = Reply(result=result)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -98,5 +98,6 @@ async def start_session(request: Request, username: str) -> None:
     """A fresh session id on sign-in (no session fixation); whatever the old id held is dropped."""
     if old_id := request.cookies.get(SESSION_COOKIE):
         await request.app.stores.get("sessions").delete(old_id)
+    # litestar types the ASGI scope as a TypedDict; this private key is read back by RotatingSessionBackend.
     request.scope[NEW_SESSION_ID] = secrets.token_hex(32)  # type: ignore[literal-required]
     request.set_session({SESSION_KEY: username, "signed_in_at": time.time()})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -68,7 +68,7 @@ class MaintenanceController(Controller):
 
     @get("/export")
     async def export_log(self, request: Request, hub: HubClient) -> Response[str]:
-        export_format = "jsonl" if request.query_params.get("format") == "jsonl" else "csv"
+        export_format: Literal["csv", "jsonl"] = "jsonl" if request.query_params.get("format") == "jsonl" else "csv"
         query = QueryLog(until=time.time())
         parts: list[str] = []
         filename = f"generations.{export_format}"

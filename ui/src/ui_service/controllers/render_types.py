@@ -92,6 +92,7 @@ def new_render_type_of(form: dict[str, str]) -> SaveRenderType:
             workflow=workflow_from_form(form),
             parameter_map=text_to_map(form.get("parameter_map", "")),
             defaults=defaults_from_form(form, RenderDefaults()),
+            # From the form's select; the registry validates it when it decodes the request.
             output_kind=form.get("output_kind") or "image",  # type: ignore[arg-type]
         ),
         note=form.get("note", "") or "created in the admin UI",

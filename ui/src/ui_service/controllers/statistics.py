@@ -22,6 +22,7 @@ def log_query_of(filters: dict[str, str], page_number: int, since: float) -> Que
     """The log of the period the header names (the figures' period), filtered, one page of it."""
     return QueryLog(
         since=since,
+        # A filter value from the page's own select; the stats service validates it when it decodes the query.
         status=filters["status"] or None,  # type: ignore[arg-type]
         render_type=filters["render_type"] or None,
         instance=filters["instance"] or None,

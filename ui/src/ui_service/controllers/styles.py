@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, post
@@ -23,6 +23,7 @@ from contracts.messages.styles import (
     ListStyles,
     SaveStyle,
     Style,
+    StyleFormat,
 )
 from ui_service.forms import form_of, invalid, style_from_form, uploaded_text
 from ui_service.hub_client import HubClient
@@ -148,18 +149,16 @@ async def import_request(data: Any) -> tuple[ImportStyles, dict[str, str]]:
     upload = data.get("file")
     content = await uploaded_text(upload) or str(data.get("content", ""))
     category = str(data.get("category", "")).strip()
-    if not category and getattr(upload, "filename", ""):
-        category = PurePath(upload.filename).stem  # a file's styles belong together by default
-    kept = {
-        "format": "a1111_csv" if data.get("format") == "a1111_csv" else "fooocus_json",
-        "category": category,
-        "on_conflict": "update" if data.get("on_conflict") == "update" else "skip",
-        "content": content,
-    }
+    filename = getattr(upload, "filename", None)
+    if not category and filename:
+        category = PurePath(filename).stem  # a file's styles belong together by default
+    file_format: StyleFormat = "a1111_csv" if data.get("format") == "a1111_csv" else "fooocus_json"
+    on_conflict: Literal["skip", "update"] = "update" if data.get("on_conflict") == "update" else "skip"
+    kept = {"format": file_format, "category": category, "on_conflict": on_conflict, "content": content}
     importing = ImportStyles(
-        format=kept["format"],  # type: ignore[arg-type]
+        format=file_format,
         content=content,
-        on_conflict=kept["on_conflict"],  # type: ignore[arg-type]
+        on_conflict=on_conflict,
         category=category,
         dry_run=data.get("step") != "import",
     )
@@ -215,6 +214,7 @@ class StylesController(Controller):
                 raise invalid("tick the styles to change first (the box in the header ticks the whole page)")
             if action not in BULK_DONE:
                 raise invalid("choose what to do with the ticked styles")
+            # `action` is one of BULK_DONE's keys (checked above): a BulkStyleAction.
             bulk = BulkStyles(names=names, action=action, category=str(data.get("category", "")))  # type: ignore[arg-type]
             done = await hub.ask(endpoints.Prompt.STYLES_BULK, bulk, timeout=30)
         target = safe_back(str(data.get("back", "/styles")))
@@ -241,7 +241,9 @@ class StylesController(Controller):
 
     @get("/export")
     async def export_styles(self, request: Request, hub: HubClient) -> Response[str]:
-        export_format = "a1111_csv" if request.query_params.get("format") == "a1111_csv" else "fooocus_json"
+        export_format: StyleFormat = (
+            "a1111_csv" if request.query_params.get("format") == "a1111_csv" else "fooocus_json"
+        )
         exported = await hub.ask(endpoints.Prompt.STYLES_EXPORT, ExportStyles(format=export_format))
         return Response(
             exported.content,

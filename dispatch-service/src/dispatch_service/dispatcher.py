@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -15,7 +15,15 @@ from contracts import subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import JobAccepted, JobQueued
 from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
-from contracts.messages.jobs import DeletedOutputs, GenerationRequest, JobPage, JobView, QueueView, SubmitReply
+from contracts.messages.jobs import (
+    DeletedOutputs,
+    GenerationRequest,
+    JobPage,
+    JobStatus,
+    JobView,
+    QueueView,
+    SubmitReply,
+)
 from contracts.runtime.logs import get_logger
 from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist
 from contracts.runtime.storage import OutputStorage
@@ -266,7 +274,7 @@ def _page_mark(after: str) -> tuple[float, str]:
 def _reply_of(job: JobRecord) -> SubmitReply:
     return SubmitReply(
         job_id=job.job_id,
-        status=job.status,  # type: ignore[arg-type]
+        status=cast(JobStatus, job.status),  # the store writes only JobStatus values
         render_type=job.render_type,
         seed=int(job.seed) if job.seed is not None else None,
         error=job.error,

@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("key-limits")) as running:
+    # A short tool budget: generate_image answers a waiting job after 3 s (its progress said where it stands).
+    async with gateway_hub(
+        nats_server.url, tmp_path_factory.mktemp("key-limits"), HUB_GATEWAY_TOOL_BUDGET_S="3"
+    ) as running:
         yield running
 
 
@@ -100,3 +103,46 @@ async def wait_until_running(gw: GatewayHub, key: CreatedApiKey, count: int) -> 
     while sum(job.status == "running" for job in await jobs_of(gw, key)) < count:
         assert time.monotonic() < deadline, await jobs_of(gw, key)
         await asyncio.sleep(0.1)
+
+
+async def test_a_waiting_job_tells_its_place_in_its_keys_queue_and_its_estimated_start(gw: GatewayHub) -> None:
+    key = await limited_key(gw, "patient", KeyLimits())
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    async with (
+        httpx.AsyncClient(base_url=gw.base_url, headers=headers, timeout=30) as api,
+        httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as other,
+    ):
+        first = (await api.post("/api/v1/generations", json={"prompt": "a measured run"})).json()
+        deadline = time.monotonic() + 15  # one completed job gives the dispatcher a run time to estimate with
+        while not (await api.get(f"/api/v1/generations/{first['job_id']}")).json()["done"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        gw.comfy.work_seconds = 30.0
+        submitted: list[str] = []
+        try:
+            for client, prompt in ((api, "busy 1"), (api, "busy 2")):
+                submitted.append((await client.post("/api/v1/generations", json={"prompt": prompt})).json()["job_id"])
+            await wait_until_running(gw, key, 2)
+            for client, prompt in ((other, "another key's"), (api, "mine 1"), (api, "mine 2")):
+                submitted.append((await client.post("/api/v1/generations", json={"prompt": prompt})).json()["job_id"])
+            before = time.time()
+            view = (await api.get(f"/api/v1/generations/{submitted[-1]}")).json()
+            # Third in the whole queue, second of this key's own; two slots are busy, so it starts after the
+            # second wave of runs (~2 measured run times of the first job, which took ~0.2 s).
+            assert (view["queue_position"], view["key_queue_position"]) == (3, 2), view
+            assert before < view["estimated_start_at"] < before + 30, view
+            messages: list[str] = []
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                messages.append(message or "")
+
+            async with mcp(gw, key) as session:
+                await session.call_tool("generate_image", {"prompt": "mine 3"}, progress_callback=on_progress)
+            assert messages and "number 3 of your waiting jobs" in messages[0], messages
+            assert "position 4" in messages[0] and "starts in about" in messages[0], messages
+        finally:
+            gw.comfy.work_seconds = 0.2
+            await other.delete(f"/api/v1/generations/{submitted[2]}")
+            for job in await jobs_of(gw, key):
+                if job.status in ("accepted", "queued", "running"):
+                    await api.delete(f"/api/v1/generations/{job.job_id}")

@@ -159,8 +159,22 @@ class Dispatcher:
 
     async def get(self, job_id: str) -> JobView:
         row = await self.store.require(job_id)
-        waiting = row.status in WAITING_STATUSES
-        return job_view(row, await self.store.queue_position(row) if waiting else None)
+        if row.status not in WAITING_STATUSES:
+            return job_view(row)
+        position = await self.store.queue_position(row)
+        view = job_view(row, position)
+        view.key_queue_position = await self.store.key_queue_position(row)
+        view.estimated_start_at = self._estimated_start(position, await self.store.recent_run_s())
+        return view
+
+    def _estimated_start(self, position: int, run_s: float | None) -> float | None:
+        """When the job at `position` of the queue should start: the jobs ahead of it, and those running, leave the
+        slots one run time per wave (the first wave's remaining time is not known here, so a whole run is counted)."""
+        slots = sum(s.config.slots for s in self.pool.states.values() if s.available)
+        if run_s is None or slots == 0:
+            return None
+        waves = (position - 1) // slots + 1
+        return time.time() + waves * run_s
 
     async def cancel(self, job_id: str, reason: str) -> JobView:
         """Cancel a job and answer at once: a waiting job is `cancelled` now; a running one is `cancelling` until

@@ -212,6 +212,14 @@ class JobStore:
         earlier = (JobRow.accepted_at < job.accepted_at) | same_time
         return await JobRow.count().where(waiting & earlier).run() + 1
 
+    async def key_queue_position(self, job: JobRecord) -> int:
+        """Where a waiting job stands among the waiting jobs of its own API key (1: the key's next)."""
+        same_key = JobRow.api_key_id.is_null() if job.api_key_id is None else JobRow.api_key_id == job.api_key_id
+        waiting = JobRow.status.is_in(list(WAITING_STATUSES)) & same_key
+        same_time = (JobRow.accepted_at == job.accepted_at) & (JobRow.id < job.id)
+        earlier = (JobRow.accepted_at < job.accepted_at) | same_time
+        return await JobRow.count().where(waiting & earlier).run() + 1
+
     async def waiting_of(self, api_key_id: str) -> int:
         """How many of one key's jobs wait (accepted or queued, not yet running)."""
         return (

@@ -49,6 +49,7 @@ from gateway.mcp_tasks import (
     missing_capability_data,
     modern_task,
     progress_message,
+    status_message,
 )
 from gateway.results import Generation, JobRef, NoArguments, StylesQuery, generation_of
 from gateway.schemas import object_schema
@@ -339,6 +340,10 @@ class HubMcp:
     async def _follow(self, ctx: ServerRequestContext[Any], job_id: str) -> None:
         """Relay progress until the job ends or the budget is spent (the caller then polls get_generation)."""
         sent: float | None = None
+        view = await self._hub.job(job_id)
+        if view.status in ("accepted", "queued"):  # a waiting caller hears its place and the expected start
+            await ctx.session.report_progress(0.0, 100.0, status_message(view))
+            sent = 0.0
 
         async def report(percent: float, message: str, *, final: bool = False) -> None:
             nonlocal sent

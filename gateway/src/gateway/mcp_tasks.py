@@ -9,6 +9,7 @@ the gateway process that created it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -67,10 +68,19 @@ def task_status(view: JobView, *, tool_error_fails: bool) -> str:
     return view.status
 
 
+def _waiting_detail(view: JobView) -> str:
+    """` (position 7; 2nd of your jobs; starts in about 40 s)`, as far as the dispatcher knows them."""
+    parts = [f"position {view.queue_position}"] if view.queue_position else []
+    if view.key_queue_position:
+        parts.append(f"number {view.key_queue_position} of your waiting jobs")
+    if view.estimated_start_at is not None:
+        parts.append(f"starts in about {max(0, round(view.estimated_start_at - time.time()))} s")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def status_message(view: JobView) -> str:
     if view.status in ("accepted", "queued"):
-        position = f" (position {view.queue_position})" if view.queue_position else ""
-        return f"queued{position}"
+        return "queued" + _waiting_detail(view)
     if view.status == "running":
         progress = view.progress
         step = f", step {progress.value}/{progress.max}" if progress.max else ""

@@ -45,6 +45,8 @@ class Generation(Record):
     height: int | None = None
     instance: str | None = None
     queue_position: int | None = None
+    key_queue_position: int | None = None  # the place among this API key's own waiting jobs
+    estimated_start_at: float | None = None  # epoch seconds, from measured run times; None before any was measured
     progress: Progress = msgspec.field(default_factory=Progress)
     images: list[ImageLink] = []
     timings: Timings = msgspec.field(default_factory=Timings)
@@ -83,6 +85,8 @@ def generation_of(view: JobView, base_url: str) -> Generation:
         height=view.height,
         instance=view.instance,
         queue_position=view.queue_position,
+        key_queue_position=view.key_queue_position,
+        estimated_start_at=view.estimated_start_at,
         progress=view.progress,
         images=[image_link(o, base_url) for o in view.outputs],
         timings=view.timings,

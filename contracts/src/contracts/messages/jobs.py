@@ -150,6 +150,10 @@ class JobView(Record):
     failures: list[str] = []  # why earlier attempts ended ("<instance>: <reason>"), when the job was retried
     progress: Progress = msgspec.field(default_factory=Progress)
     queue_position: int | None = None
+    # While waiting: the place among the waiting jobs of the same API key, and when the job should start
+    # (epoch seconds, from the measured run times of recent jobs and the free instances' slots; None unmeasured).
+    key_queue_position: int | None = None
+    estimated_start_at: float | None = None
     outputs: list[OutputFile] = []
     timings: Timings = msgspec.field(default_factory=Timings)
     error: str | None = None

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -254,3 +257,27 @@ async def test_slots_freed_while_nats_is_down_take_jobs_as_soon_as_it_is_back(tm
                 assert (await wait_final(http, gw, job_id, timeout_s=20))["status"] == "completed"
     finally:
         server.stop()
+
+
+async def test_a_submission_in_flight_when_nats_goes_away_is_answered_503_at_once(tmp_path: Path) -> None:
+    """A POST waiting for the dispatcher when NATS dies gets 503 + Retry-After at once (before: it waited for the
+    request's 30 s timeout, its answer lost with the connection). The dispatcher is paused (SIGSTOP) so that the
+    request is surely in flight."""
+    async with outage_hub(tmp_path, job_timeout_s=30) as (gw, server), httpx.AsyncClient(timeout=60) as http:
+        dispatch = gw.hub.processes["dispatch"].process
+        assert dispatch is not None
+        os.kill(dispatch.pid, signal.SIGSTOP)
+        try:
+            body = {"prompt": "in flight"}
+            headers = {**gw.auth, "Idempotency-Key": str(uuid.uuid4())}
+            post = asyncio.ensure_future(http.post(f"{gw.base_url}/api/v1/generations", json=body, headers=headers))
+            await asyncio.sleep(1.5)  # asked the paused dispatcher, waiting for its answer
+            assert not post.done()
+            server.stop()
+            stopped = time.monotonic()
+            answer = await post
+            assert time.monotonic() - stopped < 3.0
+            assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0, answer.text
+            assert "lost its NATS connection" in answer.json()["error"]["message"], answer.text
+        finally:
+            os.kill(dispatch.pid, signal.SIGCONT)

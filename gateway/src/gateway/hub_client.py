@@ -14,7 +14,7 @@ from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPage, JobView, ListJobs, SubmitReply
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
-from contracts.runtime.bus import call, job_events, require_connection
+from contracts.runtime.bus import call, job_events, require_connection, unless_disconnected
 from contracts.runtime.images import checked_image_type
 from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
 from gateway.idempotency import HEADER, REFUSALS, IdempotencyKeys
@@ -61,7 +61,9 @@ class HubClient:
     async def _submit(self, generation: GenerationRequest) -> SubmitReply:
         async with input_image_staged(self.outputs, generation, _checked_in_thread) as staged:
             # Enhancing the prompt may take the LLM's whole timeout before the job is accepted.
-            return await call(self.nc, endpoints.Dispatch.JOBS_SUBMIT, staged, timeout=3 * self.timeout_s)
+            asked = call(self.nc, endpoints.Dispatch.JOBS_SUBMIT, staged, timeout=3 * self.timeout_s)
+            # 503 at once if NATS goes away meanwhile (a retry with the same Idempotency-Key makes no second job).
+            return await unless_disconnected(self.nc, asked, "submitting the job")
 
     async def job(self, job_id: str) -> JobView:
         return await call(self.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id), timeout=self.timeout_s)

@@ -84,6 +84,7 @@ async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0
 NO_RESPONDER_RETRIES_S = (0.05, 0.1, 0.2)
 # A client of a cluster whose server died is back on another within this; a longer wait is an outage.
 RECONNECT_GRACE_S = 0.5
+DISCONNECT_POLL_S = 0.05  # how often a request in flight looks at its connection
 RETRY_AFTER_S = 5  # what a caller told "the hub is reconnecting" is asked to wait before it tries again
 
 
@@ -101,6 +102,24 @@ async def require_connection(nc: NatsClient, *, grace_s: float = RECONNECT_GRACE
                 details={"retry_after_s": RETRY_AFTER_S},
             )
         await asyncio.sleep(0.05)
+
+
+async def unless_disconnected(nc: NatsClient, pending: Awaitable[T], what: str) -> T:
+    """Await `pending` (a request), but raise UNAVAILABLE as soon as the NATS connection drops meanwhile: its answer
+    would be lost with the connection, and nats-py would only report that at the request's timeout (30 s)."""
+    reconnects = nc.stats["reconnects"]
+    task = asyncio.ensure_future(pending)
+    try:
+        while not (await asyncio.wait({task}, timeout=DISCONNECT_POLL_S))[0]:
+            if not nc.is_connected or nc.stats["reconnects"] != reconnects:
+                raise HubError(
+                    ErrorCode.UNAVAILABLE,
+                    f"the hub lost its NATS connection (message bus) while {what}; try again in {RETRY_AFTER_S} s",
+                    details={"retry_after_s": RETRY_AFTER_S},
+                )
+        return task.result()
+    finally:
+        task.cancel()
 
 
 async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes, timeout: float) -> Msg:

@@ -200,14 +200,18 @@ async def test_progress_of_a_fast_sampler_is_thinned_to_ten_a_second_and_keeps_g
 # -- load balancing ---------------------------------------------------------------------------------
 
 
-def gaps_between_jobs(double: ComfyUIDouble) -> list[float]:
-    """Seconds each instance sat idle between finishing one job and starting its next (ComfyUI's own clock)."""
+def execution_spans(double: ComfyUIDouble) -> list[tuple[float, float]]:
+    """(start, end) in seconds of each job the instance ran, in order (ComfyUI's own clock)."""
     spans = []
     for prompt_id in double.executed_prompt_ids:
         stamps = {name: data["timestamp"] for name, data in double.history[prompt_id]["status"]["messages"]}
-        spans.append((stamps["execution_start"], stamps["execution_success"]))
-    spans.sort()
-    return [(start - previous_end) / 1000 for (_, previous_end), (start, _) in itertools.pairwise(spans)]
+        spans.append((stamps["execution_start"] / 1000, stamps["execution_success"] / 1000))
+    return sorted(spans)
+
+
+def gaps_between_jobs(double: ComfyUIDouble) -> list[float]:
+    """Seconds each instance sat idle between finishing one job and starting its next."""
+    return [start - previous_end for (_, previous_end), (start, _) in itertools.pairwise(execution_spans(double))]
 
 
 async def test_a_burst_is_spread_by_pull_and_no_instance_idles_while_jobs_wait(hub: Hub, checkpoint: str) -> None:
@@ -222,16 +226,28 @@ async def test_a_burst_is_spread_by_pull_and_no_instance_idles_while_jobs_wait(h
         views = [await wait_final(hub.nc, r.job_id, timeout_s=60) for r in replies]
         assert all(v.status == "completed" for v in views), [v.error for v in views if v.status != "completed"]
         per_instance = Counter(v.instance for v in views)
-        # 4x faster takes about 4/6 of the jobs: clearly more than both slow ones together.
-        assert per_instance["fast"] > per_instance["slow-a"] + per_instance["slow-b"], per_instance
+        # A job costs the fast double 0.1 s and the hub's turnaround; a slow one 0.4 s and the same turnaround.
+        # How many more jobs the fast one takes depends on that turnaround, which a loaded machine stretches
+        # (0.1-0.3 s on a shared 2-core one: 10-14 of 24, 12 to 6 and 6 as often as not), so the count asks
+        # only for more than either slow one; round_robin gives each 8.
+        assert per_instance["fast"] > max(per_instance["slow-a"], per_instance["slow-b"]), per_instance
         # All 24 jobs were queued at once, so every gap between two jobs on an instance is time it sat idle
         # while jobs waited. It may only be the hub's turnaround (a few hundredths of a second; more on a loaded
-        # CI machine), never a scheduling delay: a missed wake-up or a retry back-off costs 0.5 s or more.
+        # CI machine), never a scheduling delay: a missed wake-up or a retry back-off costs up to 0.5 s, and would
+        # recur. The turnaround is ~33 ms of dispatch CPU per job, which a shared 2-core machine at load 12-15
+        # stretches to a median of 0.02-0.2 s with single gaps of 0.6 s (the same at commits before and after
+        # today's dispatch changes): so the median stays under 0.25 s, one gap may reach 1 s, the next not 0.6 s.
         # (How short the turnaround is, is measured by bench/dispatch_bench.py, not asserted here.)
-        gaps = [gap for double in doubles.values() for gap in gaps_between_jobs(double)]
+        gaps = sorted(gap for double in doubles.values() for gap in gaps_between_jobs(double))
         assert len(gaps) == 24 - len(doubles)
-        assert statistics.median(gaps) < 0.15, sorted(gaps)
-        assert max(gaps) < 0.4, sorted(gaps)
+        assert statistics.median(gaps) < 0.25, gaps
+        assert gaps[-1] < 1.0 and gaps[-2] < 0.6, gaps
+        # Nor did an instance stop while jobs still waited: whichever finished its last job first, no job
+        # started anywhere much later than that (a stall allowed, as above; round_robin leaves the fast one done
+        # about 2 s before the slow ones start their last jobs).
+        first_done = min(execution_spans(double)[-1][1] for double in doubles.values())
+        last_start = max(execution_spans(double)[-1][0] for double in doubles.values())
+        assert last_start - first_done < 1.0, {n: execution_spans(d)[-1] for n, d in doubles.items()}
 
 
 async def test_jobs_go_only_to_instances_that_have_the_models(hub: Hub, checkpoint: str) -> None:

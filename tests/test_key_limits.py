@@ -146,3 +146,42 @@ async def test_a_waiting_job_tells_its_place_in_its_keys_queue_and_its_estimated
             for job in await jobs_of(gw, key):
                 if job.status in ("accepted", "queued", "running"):
                     await api.delete(f"/api/v1/generations/{job.job_id}")
+
+
+async def test_a_key_at_its_running_limit_waits_although_a_slot_is_free(gw: GatewayHub) -> None:
+    await running_limit_holds(gw)
+
+
+async def running_limit_holds(gw: GatewayHub) -> None:
+    """Two jobs of a key limited to one running, on a double with two free slots: they run one after the other."""
+    key = await limited_key(gw, "one-at-a-time", KeyLimits(max_running=1))
+    gw.comfy.work_seconds = 3.0
+    try:
+        async with httpx.AsyncClient(
+            base_url=gw.base_url, headers={"Authorization": f"Bearer {key.secret}"}, timeout=30
+        ) as api:
+            ids = [
+                (await api.post("/api/v1/generations", json={"prompt": f"cat {i}"})).json()["job_id"] for i in (1, 2)
+            ]
+            await wait_until_running(gw, key, 1)
+            # The double has two slots and only one is taken; the second job still waits for the first.
+            for _ in range(10):
+                statuses = {job.job_id: job.status for job in await jobs_of(gw, key)}
+                assert sum(status == "running" for status in statuses.values()) == 1, statuses
+                await asyncio.sleep(0.1)
+            assert statuses[ids[1]] == "queued", statuses
+            first = await wait_done(api, ids[0])
+            second = await wait_done(api, ids[1])
+            assert first["status"] == second["status"] == "completed", (first, second)
+            # The second started only once the first had finished.
+            assert second["timings"]["started_at"] >= first["timings"]["finished_at"], (first, second)
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def wait_done(api: httpx.AsyncClient, job_id: str) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + 30
+    while not (view := (await api.get(f"/api/v1/generations/{job_id}")).json())["done"]:
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.05)
+    return view

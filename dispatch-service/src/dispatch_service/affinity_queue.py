@@ -128,16 +128,20 @@ class AffinityQueue:
             )
             for name, s in states.items()
         }
+        # A job whose key is at its running limit stays in the window, out of this round's plan.
+        eligible = [held for held in self.window if not await self._scheduler.key_at_running_limit(held.row)]
         jobs = [
             Waiting(
                 render_type=held.row.render_type,
                 models=held.models,
                 able=[s.config.name for s in self._pool.candidates(held.requirements)],
             )
-            for held in self.window
+            for held in eligible
         ]
         plan(jobs, servers, affinity.costs)
-        for held, job in zip(list(self.window), jobs, strict=True):
+        for held, job in zip(eligible, jobs, strict=True):
+            if job.placed is not None and await self._scheduler.key_at_running_limit(held.row):
+                continue  # a job of the same key started earlier in this round
             if not job.able:  # its instances went down: back to the stream, not held here while others wait
                 self.window.remove(held)
                 await held.msg.nak(delay=RETRY_DELAY_S)

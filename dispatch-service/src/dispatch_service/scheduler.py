@@ -175,6 +175,8 @@ class Scheduler:
         self.storage = storage
         self.replica = replica  # stable across a restart: see replica.py
         self.running: dict[str, _Running] = {}
+        # API key id -> jobs this replica has started and not yet ended (counted before their row says running).
+        self._started_of_key: dict[str, set[str]] = defaultdict(set)
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscription: Any = None
         self._rotation = itertools.count()
@@ -278,6 +280,9 @@ class Scheduler:
         if admitted is None:
             return
         row, requirements = admitted
+        if await self.key_at_running_limit(row):  # skipped for now, not failed: it keeps its place in the stream
+            await msg.nak(delay=RETRY_DELAY_S)
+            return
         if self.settings.dispatch_strategy == "round_robin":
             chosen = self._next_in_rotation(row)
             if chosen is not None:
@@ -322,13 +327,31 @@ class Scheduler:
             return None
         return row, requirements
 
+    async def key_at_running_limit(self, row: JobRecord) -> bool:
+        """Whether the job's API key already has its `max_running` jobs running (those of every replica, from the
+        rows, with those this replica has just started and not yet recorded)."""
+        limit = row.request.get("max_running")
+        if row.api_key_id is None or limit is None:
+            return False
+        running = await self.store.running_of(row.api_key_id)
+        return len(running | self._started_of_key[row.api_key_id]) >= int(limit)
+
     def _note(self, job_id: str, msg: Msg) -> LeaseNote:
         return LeaseNote(replica=self.replica, job_id=job_id, reply=msg.reply)
 
     def _start(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
         self.affinity.begin(row.job_id, state, row)
-        self._spawn(self._run(msg, row, state, lease))
+        self._spawn(self._run_counted(msg, row, state, lease))
+
+    async def _run_counted(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
+        """`_run`, counted against the key's running limit from now until it ends."""
+        started = self._started_of_key[row.api_key_id or ""]
+        started.add(row.job_id)
+        try:
+            await self._run(msg, row, state, lease)
+        finally:
+            started.discard(row.job_id)
 
     def _next_in_rotation(self, row: JobRecord) -> InstanceState | None:
         """round_robin: the next instance in a fixed order that can run the job, busy or not."""

@@ -220,6 +220,13 @@ class JobStore:
         earlier = (JobRow.accepted_at < job.accepted_at) | same_time
         return await JobRow.count().where(waiting & earlier).run() + 1
 
+    async def running_of(self, api_key_id: str) -> set[str]:
+        """The job ids of one key's jobs running now (cancelling included: they still hold a slot)."""
+        rows = await JobRow.select(JobRow.job_id).where(
+            JobRow.status.is_in(["running", "cancelling"]) & (JobRow.api_key_id == api_key_id)
+        )
+        return {row["job_id"] for row in rows}
+
     async def waiting_of(self, api_key_id: str) -> int:
         """How many of one key's jobs wait (accepted or queued, not yet running)."""
         return (

@@ -59,7 +59,13 @@ from gateway.thumbnails import webp_thumbnail
 API_KEY_SCOPE_KEY = "hub.api_key"
 IMAGE_URI_PREFIX = "hub://images/"
 MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024  # an input image sent as base64 must fit
-CALLER_FIELDS = ("api_key_id", "client_name", "max_waiting", "job_id")  # filled by the gateway, never by the caller
+CALLER_FIELDS = (
+    "api_key_id",
+    "client_name",
+    "max_waiting",
+    "max_running",
+    "job_id",
+)  # filled by the gateway, never by the caller
 
 INSTRUCTIONS = (
     "GenImage Hub makes images with ComfyUI. Call list_render_types and list_styles to see the choices, "

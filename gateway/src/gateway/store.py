@@ -48,6 +48,7 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
     scopes: str = ""
     max_waiting: int | None = None
     max_images_per_job: int | None = None
+    max_running: int | None = None
 
 
 RECORD_COLUMNS = tuple(getattr(ApiKeyRow, f.name) for f in msgspec.structs.fields(ApiKeyRecord))
@@ -67,7 +68,11 @@ def _to_key(record: ApiKeyRecord) -> ApiKey:
         last_used_at=record.last_used_at,
         revoked_at=record.revoked_at,
         scopes=record.scopes.split(),
-        limits=KeyLimits(max_waiting=record.max_waiting, max_images_per_job=record.max_images_per_job),
+        limits=KeyLimits(
+            max_waiting=record.max_waiting,
+            max_images_per_job=record.max_images_per_job,
+            max_running=record.max_running,
+        ),
     )
 
 

@@ -21,6 +21,7 @@ class ApiKeyRow(Table, tablename="api_key"):
     webhook_secret = Varchar(length=64, default="")
     max_waiting = Integer(null=True, default=None)  # contracts.messages.keys.KeyLimits; NULL: no limit
     max_images_per_job = Integer(null=True, default=None)
+    max_running = Integer(null=True, default=None)
 
 
 class WebhookRow(Table, tablename="webhook_delivery"):

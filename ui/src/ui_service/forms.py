@@ -66,7 +66,7 @@ def instance_from_form(form: dict[str, str]) -> Instance:
 def limits_from_form(form: dict[str, str]) -> KeyLimits:
     """A key's limits; a blank box is no limit (the gateway checks the ranges and names the box)."""
     values: dict[str, int | None] = {}
-    for name in ("max_waiting", "max_images_per_job"):
+    for name in ("max_waiting", "max_images_per_job", "max_running"):
         text = form.get(name, "").strip()
         try:
             values[name] = int(text) if text else None

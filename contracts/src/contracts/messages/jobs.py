@@ -89,6 +89,7 @@ class GenerationRequest(Request):
     api_key_id: str | None = None
     client_name: str | None = None
     max_waiting: int | None = None  # the key's limit of queued jobs, checked by the dispatcher as it accepts
+    max_running: int | None = None  # the key's limit of jobs running at once, checked as the dispatcher starts one
     # The job id an idempotency key was given: a repeat answers the job made first (see gateway/idempotency.py).
     job_id: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | None = None
 

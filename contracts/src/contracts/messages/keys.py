@@ -21,6 +21,7 @@ class KeyLimits(Record):
 
     max_waiting: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None  # jobs queued, not yet running
     max_images_per_job: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None  # a request's `count`
+    max_running: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None  # jobs running at once
 
 
 class ApiKey(Record):

@@ -38,6 +38,7 @@ from contracts.messages.events import (
     JobCompleted,
     JobFailed,
     JobProgress,
+    JobQueued,
     JobRetrying,
     JobStarted,
     OutputStored,
@@ -427,6 +428,25 @@ class Scheduler:
 
     # -- running one job ----------------------------------------------------------------------------
 
+    async def _claim(self, row: JobRecord, stream_seq: int, instance: str, attempt: int, started: float) -> bool:
+        """Take the job to run it (False: it was cancelled between fetch and start).
+
+        The submitting dispatcher records `queued` in the background after its answer; a job fetched before that
+        is recorded queued here first, so its events still read accepted, queued, started (before: no `queued`)."""
+        if row.status == "accepted" and await self.store.transition(row.job_id, ("accepted",), status="queued"):
+            await self.events.publish(JobQueued, job_id=row.job_id)
+        return await self.store.claim(
+            row.job_id,
+            stream_seq,
+            status="running",
+            instance=instance,
+            attempts=attempt,
+            started_at=started,
+            progress_value=0,
+            progress_max=0,
+            progress_percent=0.0,
+        )
+
     async def _run(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
         job_id = row.job_id
         attempt = row.attempts + 1
@@ -434,17 +454,7 @@ class Scheduler:
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s
         stream_seq = msg.metadata.sequence.stream
-        claimed = await self.store.claim(
-            job_id,
-            stream_seq,
-            status="running",
-            instance=state.config.name,
-            attempts=attempt,
-            started_at=started,
-            progress_value=0,
-            progress_max=0,
-            progress_percent=0.0,
-        )
+        claimed = await self._claim(row, stream_seq, state.config.name, attempt, started)
         slot = _Slot(self, state, lease)
         if not claimed:  # cancelled between fetch and start
             self.affinity.ended(job_id)

@@ -7,6 +7,7 @@ rules (what a status change means, instance validation) live in jobs.py, schedul
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
@@ -220,7 +221,8 @@ class JobStore:
         earlier = (JobRow.accepted_at < job.accepted_at) | same_time
         return await JobRow.count().where(waiting & earlier).run() + 1
 
-    async def running_of(self, api_key_id: str) -> set[str]:
+    # builtins.set: inside JobStore, `set` is the method of that name.
+    async def running_of(self, api_key_id: str) -> builtins.set[str]:
         """The job ids of one key's jobs running now (cancelling included: they still hold a slot)."""
         rows = await JobRow.select(JobRow.job_id).where(
             JobRow.status.is_in(["running", "cancelling"]) & (JobRow.api_key_id == api_key_id)

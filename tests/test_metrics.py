@@ -4,6 +4,7 @@ figures move with real generations through the real services and the ComfyUI dou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -19,6 +20,7 @@ from gateway_support import GatewayHub, gateway_hub
 from harness import ServiceProcess, hub_env
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from nats.js.errors import KeyNotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import endpoints
@@ -27,6 +29,8 @@ from contracts.runtime.bus import call
 from contracts.runtime.config import load_settings
 from contracts.runtime.metrics import gather, merge
 from contracts.runtime.service import ServiceRuntime
+from dispatch_service.affinity import MODELS_BUCKET
+from dispatch_service.leases import instance_key
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -206,8 +210,18 @@ async def test_retention_runs_and_the_bytes_they_remove_are_counted(gw: GatewayH
     assert moved("genimage_stats_retention_images_removed_total") == report.images_removed
 
 
+async def forget_loaded_models(gw: GatewayHub, name: str) -> None:
+    """What the instance holds is shared in a KV bucket of the session's NATS, where earlier tests' jobs on the same
+    instance name left it: forget it, as the dispatcher does for an instance seen down and up again."""
+    bucket = await gw.nc.jetstream().key_value(MODELS_BUCKET)
+    with contextlib.suppress(KeyNotFoundError):
+        await bucket.delete(instance_key(name))
+    await asyncio.sleep(0.2)  # the dispatcher follows the bucket (a watch): let it see the delete
+
+
 async def test_queue_depth_busy_slots_and_the_oldest_wait_follow_the_jobs(gw: GatewayHub) -> None:
     instance = {"instance": "gw-comfy"}
+    await forget_loaded_models(gw, "gw-comfy")
     gw.comfy.work_seconds = 20.0  # long runs: two fill the instance's two slots, the third waits
     job_ids: list[str] = []
     try:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
-from nats.js.errors import FetchTimeoutError
 
 from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
@@ -85,21 +84,9 @@ class AffinityQueue:
             if len(self.window) >= self._window_size() or not any(s.available for s in self._pool.states.values()):
                 await asyncio.sleep(0.05)
                 continue
-            try:
-                messages = await self._scheduler.fetch_one(timeout=0.5)
-            except (FetchTimeoutError, TimeoutError):
-                continue
-            except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
-                log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in messages:
-                try:
-                    await self._hold(msg)
-                except Exception:
-                    log.exception("could not take a job into the window; it will be delivered again")
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+            await self._scheduler.fetch_and_handle(
+                0.5, self._hold, "could not take a job into the window; it will be delivered again"
+            )
 
     async def _hold(self, msg: Msg) -> None:
         admitted = await self._scheduler.admit(msg)

@@ -22,6 +22,7 @@ import itertools
 import tempfile
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,8 +246,25 @@ class Scheduler:
     def _has_free_slot(self) -> bool:
         return any(s.available and s.running < s.config.slots for s in self.pool.states.values())
 
-    async def fetch_one(self, timeout: float) -> list[Msg]:
-        return await self._subscription.fetch(1, timeout=timeout)
+    async def fetch_and_handle(self, timeout: float, handle: Callable[[Msg], Awaitable[None]], failure: str) -> None:
+        """Fetch the next job message (waiting up to `timeout`) and hand it to `handle`; a message `handle` fails on
+        is NAKed, so it is delivered again (logged as `failure`)."""
+        try:
+            messages = await self._subscription.fetch(1, timeout=timeout)
+        except (FetchTimeoutError, TimeoutError):
+            return
+        except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
+            log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(0.5)
+            return
+        for msg in messages:
+            try:
+                await handle(msg)
+            except Exception:
+                log.exception(failure)
+                # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
 
     async def run(self) -> None:
         """The fetch-and-place loop of this replica."""
@@ -259,22 +277,7 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=0.5)
                 continue
-            try:
-                messages = await self._subscription.fetch(1, timeout=1.0)
-            except (FetchTimeoutError, TimeoutError):
-                continue
-            except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
-                log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(0.5)
-                continue
-            for msg in messages:
-                try:
-                    await self._place(msg)
-                except Exception:
-                    log.exception("could not place a job; it will be delivered again")
-                    # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
-                    with contextlib.suppress(Exception):
-                        await msg.nak(delay=1.0)
+            await self.fetch_and_handle(1.0, self._place, "could not place a job; it will be delivered again")
 
     async def _place(self, msg: Msg) -> None:
         admitted = await self.admit(msg)

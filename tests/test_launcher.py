@@ -18,8 +18,10 @@ import pytest
 from harness import hub_env
 from nats.js.api import StorageType
 
+from contracts.runtime.config import load_settings
 from hub_deploy.natsserver import free_port
 from hub_deploy.services import SERVICES, health_of
+from hub_deploy.supervisor import RestartBudget, child_environment
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +170,22 @@ def test_the_hub_refuses_to_start_on_a_port_in_use_and_names_it(tmp_path: Path) 
     )
     assert twice.returncode == 1
     assert "HUB_UI_PORT and HUB_GATEWAY_PORT are both" in twice.stdout + twice.stderr
+
+
+def test_a_crashed_service_is_restarted_at_once_and_a_crash_loop_ever_slower() -> None:
+    budget = RestartBudget()
+    pauses = []
+    while budget.may_restart():
+        pauses.append(budget.pause_s)
+    assert pauses == [0.0, 0.5, 1.0, 2.0, 4.0]  # five restarts a minute at most, the first without a pause
+
+
+def test_services_keep_their_bytecode_in_the_data_folder_where_none_may_be_written_beside_the_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without bytecode every restart compiles each imported module again: seconds of a loaded machine's CPU.
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    env = child_environment(load_settings("launcher", {"HUB_DATA_DIR": str(tmp_path)}), "nats://127.0.0.1:4222")
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    subprocess.run([sys.executable, "-c", "import dispatch_service.replica"], env=env, check=True, timeout=60)
+    assert list((tmp_path / "pycache").rglob("replica*.pyc")), "the service's modules were not compiled there"

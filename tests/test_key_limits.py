@@ -57,7 +57,7 @@ async def mcp(gw: GatewayHub, key: CreatedApiKey) -> AsyncIterator[ClientSession
 
 
 async def test_more_images_than_the_key_may_ask_per_job_are_refused_at_both_doors(gw: GatewayHub) -> None:
-    key = await limited_key(gw, "two-per-job", KeyLimits(max_images_per_job=2))
+    key = await limited_key(gw, "two-per-job", KeyLimits(max_images_per_job=2, weight=2))
     async with httpx.AsyncClient(base_url=gw.base_url, headers={"Authorization": f"Bearer {key.secret}"}) as api:
         refused = await api.post("/api/v1/generations", json={"prompt": "three cats", "count": 3})
     # A retry would be refused again, so this is a 400 naming the field and the limit, not a 429.

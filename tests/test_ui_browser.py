@@ -487,12 +487,13 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
         assert await page.input_value("#f-max_images_per_job") == "2"
         await page.fill("#f-max_waiting", "5")
         await page.fill("#f-max_running", "1")
+        await page.fill("#f-weight", "3")
         await page.click("button:has-text('Create key')")
         row = page.locator("#keys tr", has_text="batch-robot")
-        assert "5 waiting, 2 images/job, 1 running" in await row.inner_text()
+        assert "5 waiting, 2 images/job, 1 running, weight 3" in await row.inner_text()
         listing = await call(hub.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
         assert [k.limits for k in listing.keys if k.name == "batch-robot"] == [
-            KeyLimits(max_waiting=5, max_images_per_job=2, max_running=1)
+            KeyLimits(max_waiting=5, max_images_per_job=2, max_running=1, weight=3)
         ]
     finally:
         gateway.kill()

@@ -62,7 +62,9 @@ def check_key(key: str, field: str) -> None:
 def _fingerprint(request: GenerationRequest) -> str:
     # The door (client_name) and the key's limits at the time do not make a request different; the job id is what
     # the key decides.
-    same = msgspec.structs.replace(request, job_id=None, client_name=None, max_waiting=None)
+    same = msgspec.structs.replace(
+        request, job_id=None, client_name=None, max_waiting=None, max_running=None, weight=None
+    )
     return hashlib.sha256(msgspec.json.encode(same)).hexdigest()
 
 

@@ -24,4 +24,6 @@ def with_key_limits(generation: GenerationRequest, key: ApiKey | None) -> Genera
             field="count",
             details={"limit": "max_images_per_job", "max": limits.max_images_per_job},
         )
-    return msgspec.structs.replace(generation, max_waiting=limits.max_waiting, max_running=limits.max_running)
+    return msgspec.structs.replace(
+        generation, max_waiting=limits.max_waiting, max_running=limits.max_running, weight=limits.weight
+    )

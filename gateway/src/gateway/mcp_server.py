@@ -64,6 +64,7 @@ CALLER_FIELDS = (
     "client_name",
     "max_waiting",
     "max_running",
+    "weight",
     "job_id",
 )  # filled by the gateway, never by the caller
 

@@ -49,6 +49,7 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
     max_waiting: int | None = None
     max_images_per_job: int | None = None
     max_running: int | None = None
+    weight: int | None = None
 
 
 RECORD_COLUMNS = tuple(getattr(ApiKeyRow, f.name) for f in msgspec.structs.fields(ApiKeyRecord))
@@ -72,6 +73,7 @@ def _to_key(record: ApiKeyRecord) -> ApiKey:
             max_waiting=record.max_waiting,
             max_images_per_job=record.max_images_per_job,
             max_running=record.max_running,
+            weight=record.weight,
         ),
     )
 

@@ -22,6 +22,7 @@ class ApiKeyRow(Table, tablename="api_key"):
     max_waiting = Integer(null=True, default=None)  # contracts.messages.keys.KeyLimits; NULL: no limit
     max_images_per_job = Integer(null=True, default=None)
     max_running = Integer(null=True, default=None)
+    weight = Integer(null=True, default=None)  # fair share; NULL: 1
 
 
 class WebhookRow(Table, tablename="webhook_delivery"):

@@ -66,12 +66,12 @@ def instance_from_form(form: dict[str, str]) -> Instance:
 def limits_from_form(form: dict[str, str]) -> KeyLimits:
     """A key's limits; a blank box is no limit (the gateway checks the ranges and names the box)."""
     values: dict[str, int | None] = {}
-    for name in ("max_waiting", "max_images_per_job", "max_running"):
+    for name in ("max_waiting", "max_images_per_job", "max_running", "weight"):
         text = form.get(name, "").strip()
         try:
             values[name] = int(text) if text else None
         except ValueError:
-            raise invalid(f"`{name}` must be a whole number, or blank for no limit", name) from None
+            raise invalid(f"`{name}` must be a whole number, or blank for the default", name) from None
     return KeyLimits(**values)
 
 

@@ -90,6 +90,7 @@ class GenerationRequest(Request):
     client_name: str | None = None
     max_waiting: int | None = None  # the key's limit of queued jobs, checked by the dispatcher as it accepts
     max_running: int | None = None  # the key's limit of jobs running at once, checked as the dispatcher starts one
+    weight: int | None = None  # the key's fair-share weight (None: 1), used as the dispatcher picks the next job
     # The job id an idempotency key was given: a repeat answers the job made first (see gateway/idempotency.py).
     job_id: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | None = None
 

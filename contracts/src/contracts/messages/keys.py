@@ -22,6 +22,9 @@ class KeyLimits(Record):
     max_waiting: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None  # jobs queued, not yet running
     max_images_per_job: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None  # a request's `count`
     max_running: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None  # jobs running at once
+    # Fair share between keys: a key of weight 3 gets three times the run time of a key of weight 1 while both
+    # have jobs waiting. None: weight 1.
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] | None = None
 
 
 class ApiKey(Record):

@@ -62,10 +62,27 @@ class Dispatcher:
         self.upstream = upstream
         self.input_url_allow = input_url_allow
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: dict[str, asyncio.Future[SubmitReply]] = {}  # job id -> its submission being accepted
 
     # -- jobs ---------------------------------------------------------------------------------------
 
     async def submit(self, request: GenerationRequest) -> SubmitReply:
+        """Accept a job. The gateway asks again (same job id) while no answer comes, in case the replica that took
+        the submission died: a repeat of one still being accepted here shares its work and its answer."""
+        if request.job_id is None:
+            return await self._accept(request)
+        accepting = self._accepting.get(request.job_id)
+        if accepting is None:
+            accepting = self._accepting[request.job_id] = asyncio.ensure_future(self._accept(request))
+            accepting.add_done_callback(lambda done: self._accepted(request.job_id or "", done))
+        return await asyncio.shield(accepting)  # one caller giving up does not stop the others' answer
+
+    def _accepted(self, job_id: str, done: asyncio.Future[SubmitReply]) -> None:
+        self._accepting.pop(job_id, None)
+        if not done.cancelled():
+            done.exception()  # seen: its callers have it, or have given up on it
+
+    async def _accept(self, request: GenerationRequest) -> SubmitReply:
         if request.job_id is not None and (first := await self.store.get(request.job_id)) is not None:
             return _reply_of(first)  # a repeat of an idempotency key's submission: the job made the first time
         await self._check_waiting_limit(request)

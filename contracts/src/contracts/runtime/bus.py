@@ -122,6 +122,11 @@ async def unless_disconnected(nc: NatsClient, pending: Awaitable[T], what: str) 
         task.cancel()
 
 
+class NobodyListensError(HubError):
+    """No replica of the service listens on the subject (none runs, or it is restarting): the request was not
+    delivered, so asking again is safe."""
+
+
 async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes, timeout: float) -> Msg:
     """One request, asked again within ~0.35 s while nobody listens on `subject` yet."""
     await require_connection(nc)
@@ -130,7 +135,7 @@ async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes,
             return await nc.request(subject, payload, timeout=timeout)
         except NoRespondersError:
             if pause is None:
-                raise HubError(
+                raise NobodyListensError(
                     ErrorCode.UNAVAILABLE,
                     f"no service is answering {subject}: is the {subject.split('.')[1]} service running?",
                 ) from None

@@ -9,6 +9,7 @@ from collections.abc import Coroutine
 from typing import Any, cast
 
 import msgspec
+import structlog
 from nats.aio.client import Client as NatsClient
 
 from contracts import subjects
@@ -24,6 +25,7 @@ from contracts.messages.jobs import (
     QueueView,
     SubmitReply,
 )
+from contracts.runtime import tracing
 from contracts.runtime.logs import get_logger
 from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist
 from contracts.runtime.storage import OutputStorage
@@ -88,6 +90,8 @@ class Dispatcher:
         await self._check_waiting_limit(request)
         prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
         job_id = prepared.job_id
+        structlog.contextvars.bind_contextvars(job_id=job_id)  # the log lines of this request name the job
+        tracing.tag(job_id=job_id, render_type=prepared.resolved.render_type)
         try:
             await self.store.insert(prepared)
         except Exception:

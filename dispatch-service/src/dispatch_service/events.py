@@ -12,6 +12,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from contracts.messages.events import GenerationEvent
+from contracts.runtime import tracing
 from contracts.runtime.bus import publish_durably
 from contracts.runtime.logs import get_logger
 from contracts.streams import event_subject
@@ -49,9 +50,11 @@ class EventPublisher:
         `within_s` (default: the publisher's). Every retry sends the same event id, so it is stored once."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
         subject, payload, headers = self._message(event)
-        await publish_durably(
-            self._js, subject, payload, headers=headers, within_s=within_s or self._within_s, nc=self._nc
-        )
+        kind = event_type.__struct_config__.tag
+        with tracing.span("event.publish", kind="producer", job_id=event.job_id, event=kind):
+            await publish_durably(
+                self._js, subject, payload, headers=headers, within_s=within_s or self._within_s, nc=self._nc
+            )
         return event
 
     async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:
@@ -59,7 +62,7 @@ class EventPublisher:
         harmless and waiting for each would slow the job down."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
         subject, payload, headers = self._message(event)
-        await self._nc.publish(subject, payload, headers=headers)
+        await self._nc.publish(subject, payload, headers=tracing.inject(headers))
 
     @staticmethod
     def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -46,6 +47,7 @@ from contracts.messages.events import (
 )
 from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile
 from contracts.messages.render_types import Requirements
+from contracts.runtime import tracing
 from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.images import image_size
@@ -352,8 +354,19 @@ class Scheduler:
         """`_run`, counted against the key's running limit from now until it ends."""
         started = self._started_of_key[row.api_key_id or ""]
         started.add(row.job_id)
+        structlog.contextvars.bind_contextvars(job_id=row.job_id)  # this task's log lines name the job
         try:
-            await self._run(msg, row, state, lease)
+            # The trace of the job's submission goes on here: its message carries the context (see enqueue).
+            with tracing.span(
+                "job.run",
+                kind="consumer",
+                parent=msg.headers,
+                job_id=row.job_id,
+                render_type=row.render_type,
+                instance=state.config.name,
+                attempt=row.attempts + 1,
+            ):
+                await self._run(msg, row, state, lease)
         finally:
             started.discard(row.job_id)
 
@@ -485,23 +498,13 @@ class Scheduler:
             )
             bound_log.info("job started")
             await self.affinity.starting(job_id)
-            relay = self._progress_relay(job_id, state.config.name, len(workflow))
-            try:
-                result = await state.client.run(
-                    workflow,
-                    prompt_id=prompt_id,
-                    on_progress=relay.update,
-                    stall_timeout_s=self.settings.dispatch_stall_timeout_s,
-                    total_timeout_s=self.settings.dispatch_job_timeout_s,
-                    cancelled=running.cancel,
-                )
-            finally:
-                relay.close()  # ComfyUI is done with it: no progress event after the job's final one
+            result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running.cancel)
             self.affinity.ran(job_id, result.cached_nodes)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
             await started_event
-            outputs = await self._store_outputs(job_id, state, result, limit_at)
+            with tracing.span("outputs.store", instance=state.config.name):
+                outputs = await self._store_outputs(job_id, state, result, limit_at)
             if not outputs:
                 raise _no_outputs(workflow)
             await self._complete(row, started, state.config.name, outputs, msg, limit_at)
@@ -518,6 +521,24 @@ class Scheduler:
             self.affinity.ended(job_id)
             self.running.pop(job_id, None)
             await asyncio.shield(slot.free())
+
+    async def _run_on_comfyui(
+        self, job_id: str, state: InstanceState, workflow: dict[str, Any], prompt_id: str, cancel: asyncio.Event
+    ) -> RunResult:
+        """One attempt on ComfyUI, its progress relayed as events until it ends."""
+        relay = self._progress_relay(job_id, state.config.name, len(workflow))
+        try:
+            with tracing.span("comfyui.run", kind="client", instance=state.config.name, prompt_id=prompt_id):
+                return await state.client.run(
+                    workflow,
+                    prompt_id=prompt_id,
+                    on_progress=relay.update,
+                    stall_timeout_s=self.settings.dispatch_stall_timeout_s,
+                    total_timeout_s=self.settings.dispatch_job_timeout_s,
+                    cancelled=cancel,
+                )
+        finally:
+            relay.close()  # ComfyUI is done with it: no progress event after the job's final one
 
     async def _run_failed(
         self, exc: Exception, msg: Msg, job_id: str, state: InstanceState, attempt: int, *, cancelled: bool

@@ -11,6 +11,7 @@ import ipaddress
 import time
 from typing import Any
 
+from contracts.runtime import tracing
 from contracts.runtime.metrics import ServiceMetrics
 
 METRICS_PATH = "/metrics"
@@ -46,7 +47,12 @@ class HttpMeter:
 
         started = time.perf_counter()
         try:
-            await self._app(scope, receive, send_noting_status)
+            # A generation's trace starts here (or goes on from a caller's traceparent); named by route once routed.
+            with tracing.span(scope["method"], kind="server", parent=tracing.http_parent(scope["headers"])):
+                try:
+                    await self._app(scope, receive, send_noting_status)
+                finally:
+                    tracing.rename(f"{scope['method']} {scope.get('path_template') or UNMATCHED}")
         finally:
             self._record(scope, str(status), time.perf_counter() - started)
 

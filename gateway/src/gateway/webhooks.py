@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import msgspec
 import nats.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -38,6 +39,7 @@ from contracts.messages.events import (
 )
 from contracts.messages.jobs import GenerationRequest
 from contracts.messages.keys import GetWebhookDelivery, WebhookDelivery, WebhookDeliveryReply
+from contracts.runtime import tracing
 from contracts.runtime.bus import ensure_stream
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
@@ -149,6 +151,8 @@ class Webhooks:
                 await asyncio.sleep(2.0)
 
     async def _handle_in_order(self, messages: list[Msg]) -> None:
+        # In a task of its own (gather): the job's id is on this job's log lines only.
+        structlog.contextvars.bind_contextvars(job_id=job_of_event_subject(messages[0].subject))
         for msg in messages:
             await self._handle(msg)
 
@@ -164,7 +168,10 @@ class Webhooks:
             elif isinstance(event, JobProgress):
                 await self._deliver_progress(event)
             elif isinstance(event, FINAL_EVENTS):
-                delay = await self._deliver(event)
+                # Part of the job's trace: the final event carries its context.
+                job_id = job_of_event_subject(msg.subject)
+                with tracing.span("webhook.deliver", kind="consumer", parent=msg.headers, job_id=job_id):
+                    delay = await self._deliver(event)
                 if delay is not None:
                     await msg.nak(delay=delay)
                     return

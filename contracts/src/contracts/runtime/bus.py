@@ -21,6 +21,7 @@ from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
+from contracts.runtime import tracing
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
 from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, event_subject, job_of_event_subject
@@ -130,9 +131,10 @@ class NobodyListensError(HubError):
 async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes, timeout: float) -> Msg:
     """One request, asked again within ~0.35 s while nobody listens on `subject` yet."""
     await require_connection(nc)
+    headers = tracing.inject()  # None while tracing is off
     for pause in (*NO_RESPONDER_RETRIES_S, None):
         try:
-            return await nc.request(subject, payload, timeout=timeout)
+            return await nc.request(subject, payload, timeout=timeout, headers=headers)
         except NoRespondersError:
             if pause is None:
                 raise NobodyListensError(
@@ -158,7 +160,8 @@ async def request(
     The untyped form under `call`: for a declared endpoint use `call`, which takes both types from it. The
     service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
     """
-    msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
+    with tracing.span(subject, kind="client"):
+        msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
     try:
         # Reply is parametrised at run time with the caller's reply type; msgspec decodes and validates to it.
         reply = msgspec.json.decode(msg.data, type=Reply[result_type])  # type: ignore[valid-type]
@@ -188,6 +191,7 @@ async def publish_durably(
     server of a cluster just died: a new leader is elected within seconds), and with `nc` while NATS is away (see
     through_election). With a `Nats-Msg-Id` header a retry of a publish that did land is dropped by JetStream, so
     nothing is stored twice."""
+    headers = tracing.inject(headers)  # the trace goes on with whoever consumes the message
     await through_election(lambda: js.publish(subject, payload, headers=headers), f"storing {subject}", within_s, nc=nc)
 
 

@@ -96,6 +96,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "Client addresses and networks (comma-separated IPs or CIDRs) that may read the gateway's `/metrics` "
         "(no API key; others get 403); `*` for any",
     ),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": (
+        "",
+        "OpenTelemetry: base URL of an OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`); set, every service sends "
+        "its traces there; empty: no tracing, at no cost",
+    ),
     "HUB_NATS_PORT": ("4222", "`./hub start` only: client port of the local nats-server"),
     "HUB_NATS_MONITOR_PORT": (
         "0",
@@ -145,6 +150,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dispatch_takeover_s: float
     input_url_allow: tuple[str, ...]
     metrics_allow: tuple[str, ...]
+    otlp_endpoint: str = ""  # tracing is on when set (contracts.runtime.tracing)
 
     @property
     def nats_servers(self) -> list[str]:
@@ -322,4 +328,6 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         dispatch_takeover_s=_number(env, "HUB_DISPATCH_TAKEOVER_S", float, minimum=1),
         input_url_allow=_host_or_network_list(env, "HUB_INPUT_URL_ALLOW"),
         metrics_allow=_network_list(env, "HUB_METRICS_ALLOW"),
+        # The standard variable (read again by the OTLP exporter); the traces-only one turns tracing on as well.
+        otlp_endpoint=text("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip(),
     )

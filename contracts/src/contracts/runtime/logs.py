@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from contracts.runtime import tracing
 from contracts.runtime.config import Settings
 
 _SECRET_KEY = re.compile(r"(password|secret|token|api_key|auth|authorization|credential)", re.IGNORECASE)
@@ -33,6 +34,7 @@ def configure_logging(settings: Settings) -> structlog.stdlib.BoundLogger:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *tracing.log_processors(),  # trace and span ids, only while tracing is on (configure it first)
         _mask_secrets,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)

@@ -30,6 +30,7 @@ from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
 from contracts.messages.health import CheckResult, HealthReply, HealthRequest
+from contracts.runtime import tracing
 from contracts.runtime.bus import connect
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
@@ -210,6 +211,7 @@ class ServiceRuntime:
                 await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
+        await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent (a blocking HTTP call)
         self.log.info("service stopped")
 
     def request_stop(self) -> None:
@@ -274,7 +276,10 @@ class ServiceRuntime:
         started_ns = time.perf_counter_ns()
         meter.in_flight += 1
         try:
-            reply = await self._reply_to(endpoint, request)
+            with tracing.span(endpoint.subject, kind="server", parent=request.headers):
+                reply = await self._reply_to(endpoint, request)
+                if reply.error is not None:
+                    tracing.note_error(reply.error.message)
         finally:
             meter.in_flight -= 1
         meter.record(started_ns, reply.error)
@@ -350,6 +355,7 @@ def run_main(service: str, app_module: str) -> None:
 
     import uvloop
 
+    from contracts.runtime import tracing
     from contracts.runtime.config import ConfigError, load_settings
     from contracts.runtime.logs import configure_logging
 
@@ -358,6 +364,7 @@ def run_main(service: str, app_module: str) -> None:
     except ConfigError as exc:
         print(f"{service}: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    tracing.configure(settings)  # before the logging, whose lines then carry trace ids
     log = configure_logging(settings)
     build: Callable[[Settings], ServiceRuntime] = importlib.import_module(app_module).build
     try:

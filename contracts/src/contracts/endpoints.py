@@ -45,9 +45,13 @@ from contracts.messages.keys import (
     ApiKeyList,
     CreateApiKey,
     CreatedApiKey,
+    GetKeyDefaults,
     GetWebhookDelivery,
+    KeyDefaults,
     ListApiKeys,
     RevokeApiKey,
+    SetApiKeyLimits,
+    SetKeyDefaults,
     WebhookDeliveryReply,
 )
 from contracts.messages.render_types import (
@@ -208,6 +212,9 @@ class Gateway:
     KEYS_LIST: Final = Endpoint(S.KEYS_LIST, ListApiKeys, ApiKeyList)
     KEYS_CREATE: Final = Endpoint(S.KEYS_CREATE, CreateApiKey, CreatedApiKey)
     KEYS_REVOKE: Final = Endpoint(S.KEYS_REVOKE, RevokeApiKey, ApiKey)
+    KEYS_SET_LIMITS: Final = Endpoint(S.KEYS_SET_LIMITS, SetApiKeyLimits, ApiKey)
+    KEYS_DEFAULTS_GET: Final = Endpoint(S.KEYS_DEFAULTS_GET, GetKeyDefaults, KeyDefaults)
+    KEYS_DEFAULTS_SET: Final = Endpoint(S.KEYS_DEFAULTS_SET, SetKeyDefaults, KeyDefaults)
     WEBHOOK_GET: Final = Endpoint(S.WEBHOOK_GET, GetWebhookDelivery, WebhookDeliveryReply)
 
 

@@ -111,6 +111,9 @@ class Gateway:
     KEYS_LIST: Final = "hub.gateway.keys.list"
     KEYS_CREATE: Final = "hub.gateway.keys.create"
     KEYS_REVOKE: Final = "hub.gateway.keys.revoke"
+    KEYS_SET_LIMITS: Final = "hub.gateway.keys.set_limits"
+    KEYS_DEFAULTS_GET: Final = "hub.gateway.keys.defaults.get"
+    KEYS_DEFAULTS_SET: Final = "hub.gateway.keys.defaults.set"
     WEBHOOK_GET: Final = "hub.gateway.webhooks.get"
 
 

@@ -26,6 +26,9 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime.endpoint(endpoints.Gateway.KEYS_LIST, handlers.list)
     runtime.endpoint(endpoints.Gateway.KEYS_CREATE, handlers.create)
     runtime.endpoint(endpoints.Gateway.KEYS_REVOKE, handlers.revoke)
+    runtime.endpoint(endpoints.Gateway.KEYS_SET_LIMITS, handlers.set_limits)
+    runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_GET, handlers.defaults)
+    runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_SET, handlers.set_defaults)
     runtime.endpoint(endpoints.Gateway.WEBHOOK_GET, delivery_reply)
 
     def make_mcp(hub: HubClient) -> HubMcp:

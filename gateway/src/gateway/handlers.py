@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from contracts.messages.keys import ApiKey, ApiKeyList, CreateApiKey, CreatedApiKey, ListApiKeys, RevokeApiKey
+from contracts.messages.keys import (
+    ApiKey,
+    ApiKeyList,
+    CreateApiKey,
+    CreatedApiKey,
+    GetKeyDefaults,
+    KeyDefaults,
+    ListApiKeys,
+    RevokeApiKey,
+    SetApiKeyLimits,
+    SetKeyDefaults,
+)
 from gateway.store import ApiKeyStore
 
 
@@ -18,3 +29,12 @@ class KeyHandlers:
 
     async def revoke(self, req: RevokeApiKey) -> ApiKey:
         return await self._store.revoke(req.key_id)
+
+    async def set_limits(self, req: SetApiKeyLimits) -> ApiKey:
+        return await self._store.set_limits(req.key_id, req.limits)
+
+    async def defaults(self, _req: GetKeyDefaults) -> KeyDefaults:
+        return await self._store.defaults()
+
+    async def set_defaults(self, req: SetKeyDefaults) -> KeyDefaults:
+        return await self._store.set_defaults(req.limits)

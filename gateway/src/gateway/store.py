@@ -14,11 +14,12 @@ import time
 from typing import Any
 
 import msgspec
+from piccolo.columns import Column
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyLimits
+from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyDefaults, KeyLimits
 from contracts.runtime.database import write_transaction
-from gateway.tables import ApiKeyRow
+from gateway.tables import ApiKeyRow, KeyDefaultsRow
 
 SECRET_PREFIX = "ghub_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -69,13 +70,12 @@ def _to_key(record: ApiKeyRecord) -> ApiKey:
         last_used_at=record.last_used_at,
         revoked_at=record.revoked_at,
         scopes=record.scopes.split(),
-        limits=KeyLimits(
-            max_waiting=record.max_waiting,
-            max_images_per_job=record.max_images_per_job,
-            max_running=record.max_running,
-            weight=record.weight,
-        ),
+        limits=KeyLimits(**{name: getattr(record, name) for name in KeyLimits.__struct_fields__}),
     )
+
+
+def _not_found(key_id: str) -> HubError:
+    return HubError(ErrorCode.NOT_FOUND, f"no API key `{key_id}`; list the keys to find its id", field="key_id")
 
 
 def _checked_scopes(scopes: list[str]) -> list[str]:
@@ -104,6 +104,8 @@ class ApiKeyStore:
                 ErrorCode.INVALID_REQUEST, "`name` must not be blank; name the key after its user", field="name"
             )
         granted = _checked_scopes(scopes or [])
+        if limits is None:
+            limits = (await self.defaults()).limits
         secret = SECRET_PREFIX + secrets.token_urlsafe(24)  # 24 bytes -> 32 URL-safe characters
         record = ApiKeyRecord(
             key_id="key_" + secrets.token_hex(8),
@@ -111,7 +113,7 @@ class ApiKeyStore:
             prefix=secret[:DISPLAY_PREFIX_LENGTH],
             created_at=self._clock(),
             scopes=" ".join(granted),
-            **msgspec.structs.asdict(limits or KeyLimits()),
+            **msgspec.structs.asdict(limits),
         )
         webhook_secret = new_webhook_secret()
         row = ApiKeyRow(
@@ -135,13 +137,40 @@ class ApiKeyStore:
         async with write_transaction(ApiKeyRow._meta.db):
             record = await _find(ApiKeyRow.key_id == key_id)
             if record is None:
-                raise HubError(
-                    ErrorCode.NOT_FOUND, f"no API key `{key_id}`; list the keys to find its id", field="key_id"
-                )
+                raise _not_found(key_id)
             if record.revoked_at is None:  # revoking twice keeps the first time
                 record.revoked_at = self._clock()
                 await ApiKeyRow.update({ApiKeyRow.revoked_at: record.revoked_at}).where(ApiKeyRow.key_id == key_id)
         return _to_key(record)
+
+    async def set_limits(self, key_id: str, limits: KeyLimits) -> ApiKey:
+        """New limits for a key (revoked or not: a revoked key's are history, kept as set)."""
+        changes: dict[Column | str, Any] = {
+            getattr(ApiKeyRow, name): value for name, value in msgspec.structs.asdict(limits).items()
+        }
+        async with write_transaction(ApiKeyRow._meta.db):
+            record = await _find(ApiKeyRow.key_id == key_id)
+            if record is None:
+                raise _not_found(key_id)
+            await ApiKeyRow.update(changes).where(ApiKeyRow.key_id == key_id)
+        return _to_key(msgspec.structs.replace(record, **msgspec.structs.asdict(limits)))
+
+    async def defaults(self) -> KeyDefaults:
+        row = await KeyDefaultsRow.select(KeyDefaultsRow.limits, KeyDefaultsRow.updated_at).first()
+        if row is None:
+            return KeyDefaults()
+        # A limit added to KeyLimits since the row was written is absent from it: no limit.
+        return KeyDefaults(limits=msgspec.json.decode(row["limits"], type=KeyLimits), updated_at=row["updated_at"])
+
+    async def set_defaults(self, limits: KeyLimits) -> KeyDefaults:
+        encoded, now = msgspec.json.encode(limits).decode(), self._clock()
+        async with write_transaction(KeyDefaultsRow._meta.db):
+            if await KeyDefaultsRow.exists().run():
+                changes: dict[Column | str, Any] = {KeyDefaultsRow.limits: encoded, KeyDefaultsRow.updated_at: now}
+                await KeyDefaultsRow.update(changes, force=True)
+            else:
+                await KeyDefaultsRow.insert(KeyDefaultsRow(limits=encoded, updated_at=now))
+        return await self.defaults()
 
     async def authenticate(self, secret: str) -> ApiKey | None:
         """The active key whose secret this is, or None; records when it was used (throttled)."""

@@ -1,6 +1,6 @@
 """Tables of the gateway service (piccolo). Only this service reads or writes them."""
 
-from piccolo.columns import Boolean, Float, Integer, Text, Varchar
+from piccolo.columns import JSON, Boolean, Float, Integer, Text, Varchar
 from piccolo.table import Table
 
 
@@ -41,4 +41,11 @@ class WebhookRow(Table, tablename="webhook_delivery"):
     last_seq = Integer(default=0)  # the event seq last POSTed: an older progress step is not sent after it
 
 
-TABLES: list[type[Table]] = [ApiKeyRow, WebhookRow]
+class KeyDefaultsRow(Table, tablename="key_defaults"):
+    """The limits a new key gets when its creation names none: a single row, written by the admin (UI)."""
+
+    limits = JSON(default={})  # contracts.messages.keys.KeyLimits: a new limit needs no migration here
+    updated_at = Float()
+
+
+TABLES: list[type[Table]] = [ApiKeyRow, WebhookRow, KeyDefaultsRow]

@@ -63,16 +63,38 @@ def instance_from_form(form: dict[str, str]) -> Instance:
         raise invalid(f"Check the numbers: {exc}") from None
 
 
+def _limit_bounds(name: str) -> tuple[int | None, int | None]:
+    """The range KeyLimits allows for one limit (from its msgspec constraints)."""
+    info = msgspec.inspect.type_info(KeyLimits)
+    assert isinstance(info, msgspec.inspect.StructType)
+    field = next(f for f in info.fields if f.name == name)
+    kinds = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+    number = next(t for t in kinds if isinstance(t, msgspec.inspect.IntType))
+    return number.ge, number.le
+
+
 def limits_from_form(form: dict[str, str]) -> KeyLimits:
-    """A key's limits; a blank box is no limit (the gateway checks the ranges and names the box)."""
+    """A key's limits (KeyLimits, every field a whole number); a blank box is no limit. A value out of range names
+    its box and the range."""
     values: dict[str, int | None] = {}
-    for name in ("max_waiting", "max_images_per_job", "max_running", "weight"):
+    for name in KeyLimits.__struct_fields__:
         text = form.get(name, "").strip()
+        low, high = _limit_bounds(name)
+        blank = "blank for weight 1" if name == "weight" else "blank for no limit"  # KeyLimits: None is weight 1
+        fix = f"a whole number from {low} to {high}, or {blank}"
         try:
             values[name] = int(text) if text else None
         except ValueError:
-            raise invalid(f"`{name}` must be a whole number, or blank for the default", name) from None
+            raise invalid(f"`{name}` must be {fix} (got {text[:20]!r})", name) from None
+        number = values[name]
+        if number is not None and not ((low is None or number >= low) and (high is None or number <= high)):
+            raise invalid(f"`{name}` must be {fix} (got {number})", name)
     return KeyLimits(**values)
+
+
+def limits_form(limits: KeyLimits) -> dict[str, str]:
+    """The boxes of a limits form filled with `limits` (blank: no limit)."""
+    return {name: "" if value is None else str(value) for name, value in msgspec.structs.asdict(limits).items()}
 
 
 def style_from_form(form: dict[str, str]) -> Style:

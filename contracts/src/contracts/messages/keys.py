@@ -49,7 +49,30 @@ class ListApiKeys(Request):
 class CreateApiKey(Request):
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
     scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
+    limits: KeyLimits | None = None  # None: the defaults for new keys (KeyDefaults)
+
+
+class SetApiKeyLimits(Request):
+    """Change the limits of an existing key; they hold from its next request (a job already waiting keeps the
+    limits it was submitted with)."""
+
+    key_id: str
+    limits: KeyLimits
+
+
+class KeyDefaults(Record):
+    """The limits a new key gets when its creation names none (the UI fills its form with them)."""
+
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    updated_at: float | None = None
+
+
+class GetKeyDefaults(Request):
+    pass
+
+
+class SetKeyDefaults(Request):
+    limits: KeyLimits
 
 
 class CreatedApiKey(Record):

@@ -10,7 +10,10 @@ generations, `--concurrency` at a time, after a warm-up:
 - mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail.
 Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
 hub process spent per generation (utime+stime from /proc/<pid>/stat, all threads; 10 ms clock ticks, so use
-hundreds of jobs). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms at
+hundreds of jobs) and the NATS messages each hub connection sent and received per generation (nats-server's
+monitoring /connz: every request, reply, publish, JetStream ack and delivery counts one). The services run with the
+production defaults of the dispatcher's timings (the tests' 0.2 s health probes would cost ~1 ms per generation
+here). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms at
 16 clients, idle memory ≤ 250 MB. `--profile DIR` also samples each Python process with py-spy (install it in the
 venv) during each measured run; the sampler's own cost then shows in the CPU figures.
 """
@@ -33,6 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import json
+import urllib.request
+
 import httpx
 import httpx2
 import msgspec
@@ -45,9 +51,15 @@ from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
 from contracts.runtime.bus import call
 from contracts.streams import event_subject
-from hub_deploy.natsserver import NatsServer
+from hub_deploy.natsserver import NatsServer, free_port
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+# The defaults of the settings the tests shorten (tests/dispatch_support.py DISPATCH_ENV), for the services.
+PRODUCTION_TIMINGS = {
+    "HUB_DISPATCH_HEALTH_INTERVAL_S": "5",
+    "HUB_DISPATCH_STALL_TIMEOUT_S": "60",
+    "HUB_DISPATCH_TAKEOVER_S": "30",
+}
 One = Callable[[int], Awaitable[None]]
 
 
@@ -106,14 +118,28 @@ def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
         profiler.wait(30)
 
 
+def nats_messages(monitor_url: str) -> dict[str, int]:
+    """Messages sent plus received so far per named connection of nats-server (a service's connections summed)."""
+    with urllib.request.urlopen(f"{monitor_url}/connz?limit=1024", timeout=10) as answer:
+        connections = json.load(answer)["connections"]
+    counts: dict[str, int] = {}
+    for connection in connections:
+        name = (connection.get("name") or "bench-client").rsplit("-", 1)[0]  # a service's name ends in -<replica>
+        counts[name] = counts.get(name, 0) + connection["in_msgs"] + connection["out_msgs"]
+    return counts
+
+
 async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, one: One) -> None:
     jobs, concurrency = args.jobs, args.concurrency
     await run_path(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
     profilers = start_profilers(label, pids, args.profile)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    messages_before = nats_messages(args.monitor_url)
     elapsed, latencies = await run_path(jobs, concurrency, one)
+    messages_after = nats_messages(args.monitor_url)
     stop_profilers(profilers)
     spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
+    messages = {name: (n - messages_before.get(name, 0)) / jobs for name, n in sorted(messages_after.items())}
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     print(
@@ -122,6 +148,10 @@ async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, on
         f"   ({jobs} jobs, {concurrency} at a time)"
     )
     print("       " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+    print(
+        f"       NATS messages per generation {sum(messages.values()):.1f}: "
+        + "  ".join(f"{name} {n:.1f}" for name, n in messages.items() if n)
+    )
 
 
 def nats_path(gw: GatewayHub) -> One:
@@ -213,10 +243,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         root = Path(tmp)
         (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
+        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log", monitor_port=free_port())
         server.start()
+        args.monitor_url = f"http://{server.host}:{server.monitor_port}"
         try:
-            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
+            async with gateway_hub(
+                server.url, root / "data", services_env=PRODUCTION_TIMINGS, HUB_LOG_LEVEL="warning"
+            ) as gw:
                 assert server.process is not None
                 await bench(gw, server.process.pid, args)
         finally:

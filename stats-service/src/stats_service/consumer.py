@@ -33,6 +33,11 @@ FETCH_WAIT_S = 2.0
 ACK_WAIT_S = 10.0  # a batch not acknowledged within this time (its replica died) goes to another replica
 MAX_ACK_PENDING = 4096
 RETRY_DELAYS_S = (0.5, 1, 2, 5, 10, 30)
+# After a batch that did not fill, wait this long before fetching again, so the next batch holds more events and
+# more of each job's events (accepted ... completed) merge into one row write: under a steady stream of jobs,
+# fetching at once made one transaction of 1-3 events each time (~12 ms of CPU per generation, nearly all of it
+# per-batch cost). The log is at most this much later; nothing waits on it.
+GATHER_S = 0.25
 
 _decoder = msgspec.json.Decoder(GenerationEvent)
 
@@ -82,6 +87,8 @@ class EventConsumer:
                     messages = []  # nothing new: the stream is idle
                 if messages:
                     await self._handle(messages)
+                    if len(messages) < FETCH_BATCH:
+                        await asyncio.sleep(GATHER_S)
                 if self._failing_since is not None:
                     self._log.info("recording events again")
                 self._failing_since = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contracts import topics
 from contracts.runtime.bus import ensure_stream
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
@@ -12,13 +13,15 @@ from contracts.streams import EVENTS, JOBS
 from dispatch_service import __version__, piccolo_conf
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
-from dispatch_service.handlers import NatsUpstream, register, resync_instances, subscribe_control
+from dispatch_service.handlers import register
+from dispatch_service.instance_sync import resync_instances
 from dispatch_service.leases import SlotLeases
 from dispatch_service.metrics import DispatchMetrics
 from dispatch_service.pool import Pool
 from dispatch_service.replica import take_identity
 from dispatch_service.scheduler import Scheduler
 from dispatch_service.store import JobStore
+from dispatch_service.upstream import NatsUpstream
 
 
 def build(settings: Settings) -> ServiceRuntime:
@@ -27,6 +30,9 @@ def build(settings: Settings) -> ServiceRuntime:
     holder: dict[str, Dispatcher] = {}
     # Taken before NATS is reached; kept for the life of the process (the OS frees it when the process dies).
     identity = take_identity(settings.data_dir)
+    upstream = NatsUpstream(runtime)
+    # Subscribed from the connection on (before the start below), so no change announced meanwhile is missed.
+    runtime.subscribe(topics.Registry.CHANGED, upstream.forget_render_types)
 
     async def start(rt: ServiceRuntime) -> None:
         js = rt.nc.jetstream()
@@ -41,7 +47,6 @@ def build(settings: Settings) -> ServiceRuntime:
         store = JobStore()
         scheduler = Scheduler(settings, js, pool, leases, store, events, storage, nc=rt.nc, replica=identity.name)
         DispatchMetrics(rt.metrics, store, pool, scheduler)
-        upstream = NatsUpstream(rt)
         dispatcher = Dispatcher(
             nc=rt.nc,
             pool=pool,
@@ -53,14 +58,12 @@ def build(settings: Settings) -> ServiceRuntime:
             input_url_allow=UrlAllowlist.parse(settings.input_url_allow),
         )
         holder["dispatcher"] = dispatcher
-        await upstream.watch_registry()
         await dispatcher.reload_instances()
         await scheduler.open()
         await dispatcher.requeue_unqueued()
-        await subscribe_control(rt, dispatcher)
         register(rt, dispatcher)  # before start() returns, so the endpoints go live with the service
         rt.spawn(pool.health_loop(), name="health")
-        rt.spawn(resync_instances(rt, dispatcher), name="instances")
+        rt.spawn(resync_instances(dispatcher), name="instances")
         rt.spawn(scheduler.run(), name="scheduler")
 
     async def stop(_rt: ServiceRuntime) -> None:

@@ -12,7 +12,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from contracts import subjects
+from contracts import topics
+from contracts.envelope import Empty
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import JobAccepted, JobQueued
 from contracts.messages.instances import Instance, InstanceHealth, InstanceList, InstanceView
@@ -26,6 +27,7 @@ from contracts.messages.jobs import (
     SubmitReply,
 )
 from contracts.runtime import tracing
+from contracts.runtime.bus import publish
 from contracts.runtime.logs import get_logger
 from contracts.runtime.outbound_url import PUBLIC_ONLY, UrlAllowlist
 from contracts.runtime.storage import OutputStorage
@@ -205,7 +207,7 @@ class Dispatcher:
             return await self.get(job_id)
         if await self.store.transition(job_id, ("running",), status="cancelling", error=reason):
             # It runs (here or on another replica): every replica hears this, the one running it interrupts.
-            await self.nc.publish(subjects.Dispatch.CONTROL_CANCEL, job_id.encode())
+            await publish(self.nc, topics.Dispatch.CANCEL, job_id)
         return await self.get(job_id)
 
     async def jobs_of(self, api_key_id: str | None, limit: int, after: str | None) -> JobPage:
@@ -270,13 +272,13 @@ class Dispatcher:
     async def save_instance(self, instance: Instance, original_name: str | None) -> InstanceView:
         saved = await instances.save_instance(instance, original_name)
         await self.reload_instances()
-        await self.nc.publish(subjects.Dispatch.CONTROL_INSTANCES, b"")  # the other replicas reload too
+        await publish(self.nc, topics.Dispatch.INSTANCES_CHANGED, Empty())  # the other replicas reload too
         return await self.get_instance(saved.name)
 
     async def delete_instance(self, name: str) -> None:
         await instances.delete_instance(name)
         await self.reload_instances()
-        await self.nc.publish(subjects.Dispatch.CONTROL_INSTANCES, b"")
+        await publish(self.nc, topics.Dispatch.INSTANCES_CHANGED, Empty())
 
     async def test_instance(self, base_url: str, auth_header: str | None) -> InstanceHealth:
         """Probe a URL the way the health loop does, without saving it."""

@@ -1,20 +1,26 @@
-"""NATS transport of the gateway: the API-key subjects (used by the admin UI)."""
+"""NATS transport of the gateway: the API-key subjects (used by the admin UI), webhook deliveries asked by the UI,
+and the generation events that feed the webhooks."""
 
 from __future__ import annotations
 
+from contracts import endpoints
 from contracts.messages.keys import (
     ApiKey,
     ApiKeyList,
     CreateApiKey,
     CreatedApiKey,
     GetKeyDefaults,
+    GetWebhookDelivery,
     KeyDefaults,
     ListApiKeys,
     RevokeApiKey,
     SetApiKeyLimits,
     SetKeyDefaults,
+    WebhookDeliveryReply,
 )
+from contracts.runtime.service import ServiceRuntime
 from gateway.store import ApiKeyStore
+from gateway.webhooks import DELIVERIES, Webhooks, delivery_of
 
 
 class KeyHandlers:
@@ -38,3 +44,20 @@ class KeyHandlers:
 
     async def set_defaults(self, req: SetKeyDefaults) -> KeyDefaults:
         return await self._store.set_defaults(req.limits)
+
+
+async def webhook_delivery(req: GetWebhookDelivery) -> WebhookDeliveryReply:
+    """The job's webhook delivery (for the admin UI's job page)."""
+    return WebhookDeliveryReply(delivery=await delivery_of(req.job_id))
+
+
+def register(runtime: ServiceRuntime, keys: ApiKeyStore, webhooks: Webhooks) -> None:
+    handlers = KeyHandlers(keys)
+    runtime.endpoint(endpoints.Gateway.KEYS_LIST, handlers.list)
+    runtime.endpoint(endpoints.Gateway.KEYS_CREATE, handlers.create)
+    runtime.endpoint(endpoints.Gateway.KEYS_REVOKE, handlers.revoke)
+    runtime.endpoint(endpoints.Gateway.KEYS_SET_LIMITS, handlers.set_limits)
+    runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_GET, handlers.defaults)
+    runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_SET, handlers.set_defaults)
+    runtime.endpoint(endpoints.Gateway.WEBHOOK_GET, webhook_delivery)
+    runtime.consume(DELIVERIES, webhooks.handle)

@@ -13,20 +13,15 @@ at each attempt (pinned to the checked address); redirects are not followed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import time
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import msgspec
-import nats.errors
-import structlog
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import (
@@ -38,12 +33,12 @@ from contracts.messages.events import (
     JobProgress,
 )
 from contracts.messages.jobs import GenerationRequest
-from contracts.messages.keys import GetWebhookDelivery, WebhookDelivery, WebhookDeliveryReply
+from contracts.messages.keys import WebhookDelivery
 from contracts.runtime import tracing
-from contracts.runtime.bus import ensure_stream
+from contracts.runtime.consumers import Durable, Retry, message_headers
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
-from contracts.streams import EVENTS, EVENTS_STREAM, EVENTS_SUBJECTS, job_of_event_subject
+from contracts.streams import EVENTS, job_of_event_subject
 from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore
 from gateway.tables import WebhookRow
 
@@ -54,14 +49,26 @@ FINAL_EVENTS: tuple[type, ...] = (JobCompleted, JobFailed, JobCancelled)
 # Delay before attempt n+1 after n failed attempts; after the last one the delivery is given up (recorded).
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 5, 30, 120, 600, 1800, 3600)
 POST_TIMEOUT_S = 10.0
-ACK_WAIT_S = 30.0  # longer than one POST: a delivery held by a replica that died goes to another after this
-FETCH_BATCH = 64
-# Deliveries waiting for a retry stay un-acknowledged (for up to the longest delay): far above the server's default
-# of 1000, so a receiver that is down for long does not hold back every other job's webhooks.
-MAX_ACK_PENDING = 50_000
-FETCH_WAIT_S = 2.0
 
-_decoder = msgspec.json.Decoder(GenerationEvent)
+DELIVERIES: Final = Durable[GenerationEvent](
+    name=CONSUMER_NAME,
+    stream=EVENTS,
+    message=GenerationEvent,
+    description="gateway: POSTs the final state of jobs that named a callback_url",
+    what="generation event",
+    doing="delivering webhooks",
+    deliver_policy=DeliverPolicy.NEW,  # webhooks start when the feature does, not with the stream's past
+    ack_wait_s=30.0,  # longer than one POST: a delivery held by a replica that died goes to another after this
+    # Deliveries waiting for a retry stay un-acknowledged (for up to the longest delay): far above the server's
+    # default of 1000, so a receiver that is down for long does not hold back every other job's webhooks.
+    max_ack_pending=50_000,
+    batch=64,
+    retry_delays_s=(2.0,),
+    # One slow receiver must not hold the others back: jobs are handled together, each job's events one after the
+    # other (in stream order), so its receiver gets them in order.
+    in_order_by=job_of_event_subject,
+    context_key="job_id",
+)
 
 
 def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
@@ -83,14 +90,12 @@ def webhook_body(event: Any) -> bytes:
 
 
 class Webhooks:
-    """Checks a callback at submit; delivers the final states (`run`, a background task)."""
+    """Checks a callback at submit; delivers the final states (`handle`, fed by the DELIVERIES consumer)."""
 
     def __init__(self, runtime: ServiceRuntime, keys: ApiKeyStore, allow: UrlAllowlist) -> None:
-        self._runtime = runtime
         self._keys = keys
         self._allow = allow
         self._log = runtime.log.bind(consumer=CONSUMER_NAME)
-        self._sub: JetStreamContext.PullSubscription | None = None
         self.delivered = 0
 
     async def check_callback(self, generation: GenerationRequest) -> None:
@@ -110,76 +115,20 @@ class Webhooks:
             raise HubError(ErrorCode.INVALID_REQUEST, f"callback_url is not a valid URL ({exc})", field=FIELD) from None
         await checked_address(url, self._allow, field=FIELD, variable=ALLOW_VARIABLE)
 
-    async def setup(self) -> None:
-        js = self._runtime.nc.jetstream()
-        await ensure_stream(js, EVENTS, self._runtime.settings.jetstream_replicas)
-        config = ConsumerConfig(
-            durable_name=CONSUMER_NAME,
-            description="gateway: POSTs the final state of jobs that named a callback_url",
-            deliver_policy=DeliverPolicy.NEW,  # webhooks start when the feature does, not with the stream's past
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_deliver=-1,  # the attempts are counted in the delivery row, which survives restarts
-            max_ack_pending=MAX_ACK_PENDING,
-            filter_subject=EVENTS_SUBJECTS,
-        )
-        await js.add_consumer(EVENTS_STREAM, config)
-        self._sub = await js.pull_subscribe_bind(durable=CONSUMER_NAME, stream=EVENTS_STREAM)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                if self._sub is None:
-                    await self.setup()
-                assert self._sub is not None
-                try:
-                    messages = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                # One slow receiver must not hold the others back: jobs are handled together, each job's events
-                # one after the other (in stream order), so its receiver gets them in order.
-                by_job: dict[str, list[Msg]] = {}
-                for msg in messages:
-                    by_job.setdefault(job_of_event_subject(msg.subject), []).append(msg)
-                await asyncio.gather(*(self._handle_in_order(job_messages) for job_messages in by_job.values()))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._log.warning("webhook delivery failing; retrying", error=str(exc))
-                if isinstance(exc, nats.js.errors.NotFoundError):
-                    self._sub = None
-                await asyncio.sleep(2.0)
-
-    async def _handle_in_order(self, messages: list[Msg]) -> None:
-        # In a task of its own (gather): the job's id is on this job's log lines only.
-        structlog.contextvars.bind_contextvars(job_id=job_of_event_subject(messages[0].subject))
-        for msg in messages:
-            await self._handle(msg)
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            event = _decoder.decode(msg.data)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            await msg.ack()  # the stats service reports undecodable events; nothing to deliver here
-            return
-        try:
-            if isinstance(event, JobAccepted) and event.request.callback_url:
-                await self._record(event)
-            elif isinstance(event, JobProgress):
-                await self._deliver_progress(event)
-            elif isinstance(event, FINAL_EVENTS):
-                # Part of the job's trace: the final event carries its context.
-                job_id = job_of_event_subject(msg.subject)
-                with tracing.span("webhook.deliver", kind="consumer", parent=msg.headers, job_id=job_id):
-                    delay = await self._deliver(event)
-                if delay is not None:
-                    await msg.nak(delay=delay)
-                    return
-        except Exception as exc:  # the database: the event comes back
-            self._log.warning("webhook event not handled; retrying", job_id=event.job_id, error=str(exc))
-            await msg.nak(delay=2.0)
-            return
-        await msg.ack()
+    async def handle(self, event: GenerationEvent) -> Retry | None:
+        """One generation event (each job's in stream order): an `accepted` one with a callback records the job's
+        delivery row, a final one is POSTed (Retry: not delivered yet, try again after the delay)."""
+        if isinstance(event, JobAccepted) and event.request.callback_url:
+            await self._record(event)
+        elif isinstance(event, JobProgress):
+            await self._deliver_progress(event)
+        elif isinstance(event, FINAL_EVENTS):
+            # Part of the job's trace: the final event carries its context.
+            with tracing.span("webhook.deliver", kind="consumer", parent=message_headers(), job_id=event.job_id):
+                delay = await self._deliver(event)
+            if delay is not None:
+                return Retry(delay)
+        return None
 
     async def _record(self, event: JobAccepted) -> None:
         row = WebhookRow(
@@ -255,8 +204,3 @@ async def delivery_of(job_id: str) -> WebhookDelivery | None:
     """The job's webhook delivery, or None when it named no callback_url (or its `accepted` event is not read yet)."""
     row = await WebhookRow.select().where(WebhookRow.job_id == job_id).first()
     return None if row is None else msgspec.convert(row, WebhookDelivery, strict=False)
-
-
-async def delivery_reply(req: GetWebhookDelivery) -> WebhookDeliveryReply:
-    """The NATS answer (for the admin UI's job page)."""
-    return WebhookDeliveryReply(delivery=await delivery_of(req.job_id))

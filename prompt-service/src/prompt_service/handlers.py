@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts import endpoints, subjects
+from contracts import endpoints, topics
 from contracts.envelope import Empty
 from contracts.messages.styles import (
     BulkResult,
@@ -21,6 +21,7 @@ from contracts.messages.styles import (
     StyleExport,
     StyleList,
 )
+from contracts.runtime.bus import publish
 from contracts.runtime.service import ServiceRuntime
 from prompt_service import llm_settings, styles
 from prompt_service.builder import PromptBuilder
@@ -54,7 +55,7 @@ class _StyleChanges:
         self.runtime = runtime
 
     async def announce_change(self) -> None:
-        await self.runtime.nc.publish(subjects.Prompt.STYLES_CHANGED, b"")
+        await publish(self.runtime.nc, topics.Prompt.STYLES_CHANGED, Empty())
 
     async def save_style(self, req: SaveStyle) -> Style:
         await check_render_types_exist(self.runtime.nc, styles.checked(req.style).render_types)

@@ -1,6 +1,8 @@
 """Assembles the registry service: its database, the shipped render types, and its NATS handlers."""
 
-from contracts import endpoints, subjects
+from contracts import topics
+from contracts.envelope import Empty
+from contracts.runtime.bus import publish
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.service import ServiceRuntime
@@ -16,7 +18,7 @@ def build(settings: Settings) -> ServiceRuntime:
     store = RenderTypeStore()
 
     async def announce_change() -> None:
-        await runtime.nc.publish(subjects.Registry.CHANGED, b"")
+        await publish(runtime.nc, topics.Registry.CHANGED, Empty())
 
     handlers = RegistryHandlers(store, Resolver(store), on_change=announce_change)
 
@@ -36,13 +38,5 @@ def build(settings: Settings) -> ServiceRuntime:
 
     runtime.health_check("render_types", describe_render_types)
 
-    runtime.endpoint(endpoints.Registry.LIST, handlers.list)
-    runtime.endpoint(endpoints.Registry.GET, handlers.get)
-    runtime.endpoint(endpoints.Registry.SAVE, handlers.save)
-    runtime.endpoint(endpoints.Registry.DELETE, handlers.delete)
-    runtime.endpoint(endpoints.Registry.SET_DEFAULT, handlers.set_default)
-    runtime.endpoint(endpoints.Registry.HISTORY, handlers.history)
-    runtime.endpoint(endpoints.Registry.ROLLBACK, handlers.rollback)
-    runtime.endpoint(endpoints.Registry.ANALYZE, handlers.analyze)
-    runtime.endpoint(endpoints.Registry.RESOLVE, handlers.resolve)
+    handlers.register(runtime)
     return runtime

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from contracts import endpoints
 from contracts.messages.render_types import (
     AnalyzeWorkflow,
     DeletedRenderType,
@@ -21,6 +22,7 @@ from contracts.messages.render_types import (
     SetDefaultRenderType,
     WorkflowAnalysis,
 )
+from contracts.runtime.service import ServiceRuntime
 from registry_service.analysis import analyze_json
 from registry_service.definition import summary
 from registry_service.resolver import Resolver
@@ -78,3 +80,14 @@ class RegistryHandlers:
 
     async def resolve(self, request: ResolveRenderType) -> ResolvedWorkflow:
         return await self.resolver.resolve(request)
+
+    def register(self, runtime: ServiceRuntime) -> None:
+        runtime.endpoint(endpoints.Registry.LIST, self.list)
+        runtime.endpoint(endpoints.Registry.GET, self.get)
+        runtime.endpoint(endpoints.Registry.SAVE, self.save)
+        runtime.endpoint(endpoints.Registry.DELETE, self.delete)
+        runtime.endpoint(endpoints.Registry.SET_DEFAULT, self.set_default)
+        runtime.endpoint(endpoints.Registry.HISTORY, self.history)
+        runtime.endpoint(endpoints.Registry.ROLLBACK, self.rollback)
+        runtime.endpoint(endpoints.Registry.ANALYZE, self.analyze)
+        runtime.endpoint(endpoints.Registry.RESOLVE, self.resolve)

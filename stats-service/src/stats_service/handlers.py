@@ -1,11 +1,10 @@
-"""NATS transport of the stats service: each subject calls one domain function."""
+"""NATS transport of the stats service: each subject calls one domain function; the generation events feed the log."""
 
 from __future__ import annotations
 
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
-from contracts.messages.jobs import DeletedOutputs, DeleteOutputs
 from contracts.messages.stats import (
     ExportLog,
     Figures,
@@ -21,25 +20,11 @@ from contracts.messages.stats import (
     RunRetention,
     SaveRetention,
 )
-from contracts.runtime.bus import call
 from contracts.runtime.service import ServiceRuntime
 from stats_service import export, queries, retention
+from stats_service.consumer import EVENT_LOG, EventLog
 
 REPLY_OVERHEAD = 64 * 1024  # room in a reply for the envelope and the fields besides the exported content
-
-
-def output_remover(runtime: ServiceRuntime) -> retention.OutputRemover:
-    """Deleting output files means asking their owner, the dispatcher."""
-
-    async def remove(output_ids: list[str], job_ids: list[str]) -> DeletedOutputs:
-        return await call(
-            runtime.nc,
-            endpoints.Dispatch.OUTPUTS_DELETE,
-            DeleteOutputs(output_ids=output_ids, job_ids=job_ids),
-            timeout=runtime.settings.request_timeout_s,
-        )
-
-    return remove
 
 
 def export_budget(nc: NatsClient) -> int:
@@ -47,7 +32,7 @@ def export_budget(nc: NatsClient) -> int:
     return max(nc.max_payload - REPLY_OVERHEAD, 64 * 1024)
 
 
-def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler) -> None:
+def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler, event_log: EventLog) -> None:
     async def query_log(req: QueryLog) -> LogPage:
         return await queries.query_log(req)
 
@@ -78,3 +63,4 @@ def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler) -
     runtime.endpoint(endpoints.Stats.RETENTION_GET, get_retention)
     runtime.endpoint(endpoints.Stats.RETENTION_SAVE, save_retention)
     runtime.endpoint(endpoints.Stats.RETENTION_RUN, run_retention)
+    event_log.consumer = runtime.consume_batches(EVENT_LOG, event_log.record)

@@ -25,8 +25,10 @@ from contracts.runtime import tracing
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
 from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, event_subject, job_of_event_subject
+from contracts.topics import Topic
 
 T = TypeVar("T")
+M = TypeVar("M")
 Req = TypeVar("Req", bound=msgspec.Struct)
 Res = TypeVar("Res")
 
@@ -176,6 +178,11 @@ async def call(nc: NatsClient, endpoint: Endpoint[Req, Res], message: Req, *, ti
     return await request(
         nc, endpoint.subject, message, endpoint.reply, timeout=endpoint.timeout_s if timeout is None else timeout
     )
+
+
+async def publish(nc: NatsClient, topic: Topic[M], message: M) -> None:
+    """Publish `message` on a fan-out `topic` (declared in `contracts.topics`): every subscribed replica hears it."""
+    await nc.publish(topic.subject, topic.encode(message))
 
 
 async def publish_durably(

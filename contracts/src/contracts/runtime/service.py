@@ -1,9 +1,14 @@
-"""The request/reply service loop every service runs.
+"""The service loop every service runs: one declarative way to handle each kind of message.
 
-A `ServiceRuntime` connects to NATS, registers a `nats.micro` service (so `$SRV.PING|INFO|STATS.<name>`
-give discovery and per-endpoint statistics), answers each endpoint in the queue group of the service (so
-replicas share the load), decodes requests into msgspec Structs, answers every failure with the error
-envelope, and drains cleanly on SIGTERM/SIGINT: no new requests, requests in flight finish, then exit.
+A service declares what it handles, then `run` serves it:
+- `runtime.endpoint(endpoints.X.Y, handler)`: request/reply (`contracts.endpoints`). A `nats.micro` service
+  (so `$SRV.PING|INFO|STATS.<name>` give discovery and per-endpoint statistics) answers each endpoint in the queue
+  group of the service (so replicas share the load), decodes requests into msgspec Structs and answers every
+  failure with the error envelope.
+- `runtime.subscribe(topics.X.Y, handler)`: fan-out (`contracts.topics`), heard by every replica.
+- `runtime.consume(durable, handler)` / `consume_batches`: a durable JetStream consumer shared by the replicas
+  (`contracts.runtime.consumers`: fetch, ack, nak with a delay, keep-alive).
+It drains cleanly on SIGTERM/SIGINT: no new requests, requests in flight finish, then exit.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any, TypeVar
 import msgspec
 import nats.micro
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -33,11 +40,14 @@ from contracts.messages.health import CheckResult, HealthReply, HealthRequest
 from contracts.runtime import tracing
 from contracts.runtime.bus import connect
 from contracts.runtime.config import Settings
+from contracts.runtime.consumers import BatchHandler, Durable, DurableConsumer, MessageHandler
 from contracts.runtime.logs import get_logger
 from contracts.runtime.metrics import ServiceMetrics, answer_scrapes
+from contracts.topics import Topic
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Res = TypeVar("Res")
+M = TypeVar("M")
 Handler = Callable[[Req], Awaitable[Res]]
 Check = Callable[[], Awaitable[str | None]]  # returns a short detail, raises when unhealthy
 Hook = Callable[["ServiceRuntime"], Awaitable[None]]
@@ -51,6 +61,11 @@ class _Endpoint(msgspec.Struct, frozen=True):
     handler: Callable[[Any], Awaitable[Any]]
     name: str
     metadata: dict[str, str]
+
+
+class _Subscription(msgspec.Struct, frozen=True):
+    topic: Topic[Any]
+    handler: Callable[[Any], Awaitable[None]]
 
 
 class _EndpointMeter:
@@ -93,6 +108,11 @@ class ServiceRuntime:
         self.log = get_logger(self.name)
         self.started_at = time.time()
         self._endpoints: list[_Endpoint] = []
+        self._subscriptions: list[_Subscription] = []
+        self._subscribed = 0  # how many of them are open
+        self._consumers: list[DurableConsumer[Any]] = []
+        self._not_yet_spawned: list[tuple[Awaitable[Any], str]] = []  # spawned before the service was live
+        self._live = False
         self._checks: dict[str, Check] = {}
         self._optional_checks: set[str] = set()
         self._startup: list[Hook] = []
@@ -117,6 +137,30 @@ class ServiceRuntime:
             _Endpoint(endpoint.subject, endpoint.request, handler, endpoint_name, endpoint.metadata())
         )
 
+    def subscribe(self, topic: Topic[M], handler: Callable[[M], Awaitable[None]]) -> None:
+        """Hear every message published on `topic` (declared in `contracts.topics`), as every replica does; a handler
+        that fails is logged (nobody waits for an answer)."""
+        self._subscriptions.append(_Subscription(topic, handler))
+
+    def consume(self, durable: Durable[M], handler: MessageHandler[M]) -> DurableConsumer[M]:
+        """Handle the messages of a durable JetStream consumer one at a time: acknowledged when `handler` returns
+        None, delivered again after a delay when it returns `Retry` or raises."""
+        return self._add_consumer(DurableConsumer(durable, self._js, self.settings.jetstream_replicas, self.log,
+                                                  each=handler))  # fmt: skip
+
+    def consume_batches(self, durable: Durable[M], handler: BatchHandler[M]) -> DurableConsumer[M]:
+        """Handle each fetched batch of a durable JetStream consumer at once: all acknowledged when `handler`
+        returns, all delivered again after a delay when it raises."""
+        return self._add_consumer(DurableConsumer(durable, self._js, self.settings.jetstream_replicas, self.log,
+                                                  batches=handler))  # fmt: skip
+
+    def _add_consumer(self, consumer: DurableConsumer[M]) -> DurableConsumer[M]:
+        self._consumers.append(consumer)
+        return consumer
+
+    def _js(self) -> JetStreamContext:
+        return self.nc.jetstream()
+
     def health_check(self, name: str, check: Check, *, optional: bool = False) -> None:
         """`optional`: a failure is reported (with what is wrong) without making the service unhealthy."""
         self._checks[name] = check
@@ -130,13 +174,16 @@ class ServiceRuntime:
         """Hooks run in reverse order of registration, after requests in flight have finished."""
         self._shutdown.append(hook)
 
-    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
-        """Run a background loop (health polling, consumers); it is cancelled at shutdown."""
+    def spawn(self, coro: Awaitable[Any], *, name: str) -> None:
+        """Run a background loop (health polling, schedules); it starts once the service is live (its endpoints,
+        subscriptions and consumers ready) and is cancelled at shutdown."""
+        if not self._live:
+            self._not_yet_spawned.append((coro, name))
+            return
         task = asyncio.ensure_future(coro)
         task.set_name(f"{self.name}:{name}")
         self._background.add(task)
         task.add_done_callback(self._background_done)
-        return task
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -153,8 +200,13 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         self._nc = await connect(self.settings, f"{self.name}-{self.instance_id}")
+        await self._open_subscriptions()  # those declared before start: heard from the connection on
         for hook in self._startup:
             await hook(self)
+        await self._open_subscriptions()  # those declared by startup hooks
+        for consumer in self._consumers:
+            await consumer.setup()
+            self.spawn(consumer.run(), name=consumer.durable.name)
         self._micro = await nats.micro.add_service(
             self._nc,
             ServiceConfig(
@@ -177,6 +229,10 @@ class ServiceRuntime:
             )
         await answer_scrapes(self._nc, self.metrics)
         await self._nc.flush()
+        self._live = True
+        for coro, name in self._not_yet_spawned:
+            self.spawn(coro, name=name)
+        self._not_yet_spawned.clear()
         self.log.info(
             "service started",
             version=self.version,
@@ -195,10 +251,7 @@ class ServiceRuntime:
             _, pending = await asyncio.wait(self._in_flight, timeout=self.settings.shutdown_timeout_s)
             for task in pending:
                 task.cancel()
-        for task in list(self._background):
-            task.cancel()
-        if self._background:
-            await asyncio.wait(self._background, timeout=5)
+        await self._end_background()
         for hook in reversed(self._shutdown):
             try:
                 await hook(self)
@@ -213,6 +266,16 @@ class ServiceRuntime:
                 await self._nc.close()
         await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent (a blocking HTTP call)
         self.log.info("service stopped")
+
+    async def _end_background(self) -> None:
+        for coro, _name in self._not_yet_spawned:  # the start failed before they ran
+            if asyncio.iscoroutine(coro):
+                coro.close()
+        self._not_yet_spawned.clear()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -260,6 +323,27 @@ class ServiceRuntime:
     def _endpoint_stats(self, stats: EndpointStats) -> dict[str, int]:
         """micro's STATS hook: the figures measured where each handler really runs (see _EndpointMeter)."""
         return self._meters.setdefault(stats.name, _EndpointMeter()).fill(stats)
+
+    async def _open_subscriptions(self) -> None:
+        for subscription in self._subscriptions[self._subscribed :]:
+            await self.nc.subscribe(subscription.topic.subject, cb=self._make_listener(subscription))
+        self._subscribed = len(self._subscriptions)
+
+    def _make_listener(self, subscription: _Subscription) -> Callable[[Msg], Awaitable[None]]:
+        topic = subscription.topic
+
+        async def listen(msg: Msg) -> None:
+            try:
+                message = topic.decode(msg.data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+                self.log.error("undecodable message dropped", subject=topic.subject, error=str(exc))
+                return
+            try:
+                await subscription.handler(message)
+            except Exception:
+                self.log.exception("message handler failed", subject=topic.subject)
+
+        return listen
 
     def _make_micro_handler(self, endpoint: _Endpoint) -> Callable[[MicroRequest], Awaitable[None]]:
         async def accept(request: MicroRequest) -> None:

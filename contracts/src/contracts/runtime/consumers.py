@@ -1,0 +1,250 @@
+"""Durable JetStream consumers, declared once and run by the service runtime.
+
+A service declares what it consumes (`Durable`: the stream, the durable name, the message type, the limits) and
+hands the runtime a typed handler: `runtime.consume(durable, handler)` for one message at a time,
+`runtime.consume_batches(durable, handler)` for a whole fetched batch (one database transaction for many). The
+runtime creates the stream and the consumer at start (every replica does: idempotent), and runs the loop every
+consumer needs: fetch a batch, decode, call the handler, ack on success, nak with a delay on failure (so the message
+comes back, here or at another replica), terminate a message that will never decode, back off while fetching or
+handling keeps failing, create the consumer again if it was deleted, and keep long work alive (`in_progress`) so
+JetStream does not hand it to another replica meanwhile. The replicas of a service share the one durable consumer,
+so they split its messages like a queue; messages not acknowledged (the replica died) are delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts.runtime.bus import ensure_stream
+from contracts.streams import StreamSpec
+
+M = TypeVar("M")
+
+_headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("message_headers", default=None)
+
+
+def message_headers() -> Mapping[str, str] | None:
+    """The NATS headers of the message a `consume` handler is handling (e.g. a trace's context), None when it has
+    none."""
+    return _headers.get()
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A handler's answer for a message to try again later: it is delivered again after `after_s`."""
+
+    after_s: float
+
+
+MessageHandler = Callable[[M], Awaitable[Retry | None]]  # None: done (acknowledged)
+BatchHandler = Callable[[list[M]], Awaitable[None]]  # returns: all done; raises: all delivered again
+
+
+@dataclass(frozen=True, kw_only=True)
+class Durable(Generic[M]):
+    """One durable pull consumer on a stream, shared by every replica of the service that declares it."""
+
+    name: str
+    stream: StreamSpec
+    # What its messages decode into: a msgspec Struct or a tagged union of Structs.
+    message: Any
+    description: str
+    what: str  # one message, for the log: "generation event"
+    doing: str  # what handling them does, for the log: "recording events"
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL
+    ack_wait_s: float  # a message not acknowledged within this (its replica died) goes to another replica
+    max_ack_pending: int  # messages handed out and not yet acknowledged, over all replicas
+    batch: int  # messages fetched at once
+    fetch_wait_s: float = 2.0
+    nak_delay_s: float = 2.0  # a message whose handler failed comes back after this
+    # While fetching or handling keeps failing, the waits between tries (the last one repeats).
+    retry_delays_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
+    # In one batch, messages with the same key (from their subject) are handled one after the other, in stream
+    # order; different keys at the same time. None: the whole batch one after the other.
+    in_order_by: Callable[[str], str] | None = None
+    # With in_order_by: the log lines written while a group is handled carry its key under this name ("job_id").
+    context_key: str | None = None
+    # After a batch that did not fill, wait this long before fetching again, so the next batch holds more.
+    gather_s: float = 0.0
+    # Work that may outlast ack_wait_s: tell JetStream this often that the message is still in progress.
+    keep_alive_s: float | None = None
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.name,
+            description=self.description,
+            deliver_policy=self.deliver_policy,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait_s,
+            max_deliver=-1,  # never give up on a message: a database outage must not lose it
+            max_ack_pending=self.max_ack_pending,
+            filter_subject=self.stream.subjects[0],
+        )
+
+
+@dataclass
+class _Failing:
+    since: float
+    error: str
+
+
+@dataclass
+class DurableConsumer(Generic[M]):
+    """A declared consumer while the service runs: its loop, and how it is doing (for health checks)."""
+
+    durable: Durable[M]
+    js_of: Callable[[], JetStreamContext]
+    replicas: int
+    log: structlog.stdlib.BoundLogger
+    each: MessageHandler[M] | None = None
+    batches: BatchHandler[M] | None = None
+    failing: _Failing | None = None
+    _sub: JetStreamContext.PullSubscription | None = None
+    _decoder: msgspec.json.Decoder[M] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(self.durable.message)
+        self.log = self.log.bind(consumer=self.durable.name)
+
+    async def setup(self) -> None:
+        """Create the stream and the consumer if missing (idempotent: every replica does this at start)."""
+        js = self.js_of()
+        await ensure_stream(js, self.durable.stream, self.replicas)
+        await js.add_consumer(self.durable.stream.name, self.durable.config())
+        self._sub = await js.pull_subscribe_bind(durable=self.durable.name, stream=self.durable.stream.name)
+
+    async def info(self) -> ConsumerInfo:
+        info: ConsumerInfo = await self.js_of().consumer_info(self.durable.stream.name, self.durable.name)
+        return info
+
+    def failing_for_s(self) -> float:
+        """How long fetching or handling has failed without a success in between (0 when it works)."""
+        return 0.0 if self.failing is None else time.time() - self.failing.since
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._round()
+                if self.failing is not None:
+                    self.log.info(f"{self.durable.doing} again")
+                self.failing = None
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delays = self.durable.retry_delays_s
+                delay = delays[min(failures, len(delays) - 1)]
+                failures += 1
+                if self.failing is None:
+                    self.failing = _Failing(time.time(), "")
+                self.failing.error = str(exc) or type(exc).__name__
+                self.log.warning(f"{self.durable.doing} failed; retrying", error=str(exc), retry_in_s=delay)
+                if isinstance(exc, NotFoundError):
+                    self._sub = None  # the stream or the consumer was deleted: create them again
+                await asyncio.sleep(delay)
+
+    async def _round(self) -> None:
+        if self._sub is None:
+            await self.setup()
+        assert self._sub is not None
+        try:
+            messages = await self._sub.fetch(self.durable.batch, timeout=self.durable.fetch_wait_s)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return  # nothing new: the stream is idle
+        decoded = [(msg, message) for msg in messages if (message := await self._decoded(msg)) is not None]
+        if decoded:
+            with self._kept_alive([msg for msg, _ in decoded]):
+                if self.batches is not None:
+                    await self._handle_batch(decoded)
+                else:
+                    await asyncio.gather(*(self._handle_in_order(key, group) for key, group in self._groups(decoded)))
+        if messages and len(messages) < self.durable.batch and self.durable.gather_s:
+            await asyncio.sleep(self.durable.gather_s)
+
+    async def _decoded(self, msg: Msg) -> M | None:
+        try:
+            return self._decoder.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # It will never decode: drop it (loudly) instead of blocking the consumer behind it.
+            self.log.error(f"undecodable {self.durable.what} dropped", subject=msg.subject, error=str(exc))
+            await msg.term()
+            return None
+
+    async def _handle_batch(self, decoded: list[tuple[Msg, M]]) -> None:
+        assert self.batches is not None
+        try:
+            await self.batches([message for _, message in decoded])
+        except Exception:
+            for msg, _ in decoded:  # delivered again after the delay (e.g. once the database is back)
+                await msg.nak(delay=self.durable.nak_delay_s)
+            raise
+        for msg, _ in decoded:
+            await msg.ack()
+
+    def _groups(self, decoded: list[tuple[Msg, M]]) -> Iterator[tuple[str | None, list[tuple[Msg, M]]]]:
+        key_of = self.durable.in_order_by
+        if key_of is None:
+            yield None, decoded
+            return
+        groups: dict[str, list[tuple[Msg, M]]] = {}
+        for msg, message in decoded:
+            groups.setdefault(key_of(msg.subject), []).append((msg, message))
+        yield from groups.items()
+
+    async def _handle_in_order(self, key: str | None, group: list[tuple[Msg, M]]) -> None:
+        if key is not None and self.durable.context_key is not None:
+            # In a task of its own (gather): the key is on this group's log lines only.
+            structlog.contextvars.bind_contextvars(**{self.durable.context_key: key})
+        for msg, message in group:
+            await self._handle_one(msg, message)
+
+    async def _handle_one(self, msg: Msg, message: M) -> None:
+        assert self.each is not None
+        _headers.set(msg.headers)
+        try:
+            outcome = await self.each(message)
+        except Exception as exc:  # e.g. the database: the message comes back
+            self.log.warning(f"{self.durable.what} not handled; retrying", subject=msg.subject, error=str(exc))
+            await msg.nak(delay=self.durable.nak_delay_s)
+            return
+        if outcome is not None:
+            await msg.nak(delay=outcome.after_s)
+        else:
+            await msg.ack()
+
+    @contextlib.contextmanager
+    def _kept_alive(self, messages: list[Msg]) -> Iterator[None]:
+        """While the block runs, tell JetStream every keep_alive_s that its messages are still being worked on."""
+        every = self.durable.keep_alive_s
+        if every is None:
+            yield
+            return
+
+        async def keep_alive() -> None:
+            while True:
+                await asyncio.sleep(every)
+                for msg in messages:
+                    if not msg.is_acked:  # acknowledged (or nakked) meanwhile: nothing to keep
+                        with contextlib.suppress(Exception):  # NATS away: at worst the message comes back
+                            await msg.in_progress()
+
+        task = asyncio.ensure_future(keep_alive())
+        try:
+            yield
+        finally:
+            task.cancel()

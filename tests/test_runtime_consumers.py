@@ -1,0 +1,188 @@
+"""The runtime's declarative fan-out subscriptions and durable JetStream consumers, against a real nats-server:
+typed messages, every replica hears a topic, ack on success, redelivery after a failure or a `Retry`, undecodable
+messages dropped, batches, and keep-alive for work longer than the ack wait."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from contracts.runtime.bus import publish
+from contracts.runtime.config import load_settings
+from contracts.runtime.consumers import Durable, Retry
+from contracts.runtime.service import ServiceRuntime
+from contracts.streams import StreamSpec
+from contracts.topics import Topic
+from hub_deploy.natsserver import NatsServer
+
+
+class Note(msgspec.Struct):
+    text: str
+
+
+@pytest.fixture
+async def runtimes(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Callable[[], ServiceRuntime]]:
+    started: list[ServiceRuntime] = []
+
+    def make() -> ServiceRuntime:
+        env = {"HUB_NATS_URL": nats_server.url, "HUB_DATA_DIR": str(tmp_path), "HUB_SHUTDOWN_TIMEOUT_S": "5"}
+        runtime = ServiceRuntime(load_settings("echo", env), version="1.0.0", description="test consumers")
+        started.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in started:
+        await runtime.stop()
+
+
+def a_stream() -> StreamSpec:
+    name = f"TEST_{uuid.uuid4().hex[:8].upper()}"
+    return StreamSpec(
+        name=name,
+        subjects=(f"test.{name.lower()}.>",),
+        retention="limits",
+        max_age_s=0,
+        max_msgs=-1,
+        max_bytes=-1,
+        discard="old",
+        duplicate_window_s=60,
+        description="test stream",
+    )
+
+
+def durable_on(stream: StreamSpec, **overrides: object) -> Durable[Note]:
+    settings: dict[str, object] = {
+        "name": "test-consumer",
+        "stream": stream,
+        "message": Note,
+        "description": "test",
+        "what": "note",
+        "doing": "reading notes",
+        "ack_wait_s": 5.0,
+        "max_ack_pending": 100,
+        "batch": 10,
+        "fetch_wait_s": 0.5,
+        "nak_delay_s": 0.2,
+        **overrides,
+    }
+    return Durable[Note](**settings)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool], what: str, within_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {within_s} s: {what}"
+        await asyncio.sleep(0.05)
+
+
+async def settled(nc: NatsClient, durable: Durable[Note]) -> bool:
+    info = await nc.jetstream().consumer_info(durable.stream.name, durable.name)
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def until_settled(nc: NatsClient, durable: Durable[Note]) -> None:
+    for _ in range(400):
+        if await settled(nc, durable):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the consumer still has messages pending or unacknowledged")
+
+
+async def test_a_topic_reaches_every_replica_as_a_typed_message(nc: NatsClient, runtimes) -> None:
+    topic = Topic(f"test.topic.{uuid.uuid4().hex}", Note)
+    heard: list[tuple[int, Note]] = []
+
+    def hearing(replica: int) -> Callable[[Note], Awaitable[None]]:
+        async def hear(note: Note) -> None:
+            heard.append((replica, note))
+
+        return hear
+
+    for replica in (1, 2):
+        runtime = runtimes()
+        runtime.subscribe(topic, hearing(replica))
+        await runtime.start()
+    await publish(nc, topic, Note(text="hello"))
+    await nc.publish(topic.subject, b"not json")  # dropped (logged), the subscription lives on
+    await publish(nc, topic, Note(text="again"))
+    await until(lambda: len(heard) == 4, "both replicas heard both notes")
+    assert sorted(heard, key=lambda h: (h[0], h[1].text)) == [
+        (1, Note("again")), (1, Note("hello")), (2, Note("again")), (2, Note("hello"))
+    ]  # fmt: skip
+
+
+async def test_a_durable_consumer_acks_what_was_handled_and_redelivers_what_failed(nc: NatsClient, runtimes) -> None:
+    stream = a_stream()
+    durable = durable_on(stream)
+    seen: Counter[str] = Counter()
+
+    async def handle(note: Note) -> Retry | None:
+        seen[note.text] += 1
+        if note.text == "fails once" and seen[note.text] == 1:
+            raise RuntimeError("the database is away")
+        if note.text == "later" and seen[note.text] == 1:
+            return Retry(0.3)
+        return None
+
+    runtime = runtimes()
+    runtime.consume(durable, handle)
+    await runtime.start()
+    js = nc.jetstream()
+    subject = stream.subjects[0].removesuffix(">")
+    for text in ("fine", "fails once", "later"):
+        await js.publish(subject + "x", msgspec.json.encode(Note(text)))
+    await js.publish(subject + "x", b"{not a note")
+    await until(lambda: seen["fails once"] == 2 and seen["later"] == 2, "the failed and retried notes came back")
+    await until_settled(nc, durable)
+    assert seen == {"fine": 1, "fails once": 2, "later": 2}  # the undecodable one was dropped, not retried
+
+
+async def test_a_batch_is_handled_at_once_and_redelivered_whole_when_it_fails(nc: NatsClient, runtimes) -> None:
+    stream = a_stream()
+    durable = durable_on(stream)
+    batches: list[list[str]] = []
+
+    async def record(notes: list[Note]) -> None:
+        batches.append([n.text for n in notes])
+        if len(batches) == 1:
+            raise RuntimeError("the first commit fails")
+
+    js = nc.jetstream()
+    runtime = runtimes()
+    runtime.consume_batches(durable, record)
+    await runtime.start()
+    subject = stream.subjects[0].removesuffix(">")
+    for text in ("a", "b", "c"):
+        await js.publish(subject + "x", msgspec.json.encode(Note(text)))
+    await until(lambda: sum(len(b) for b in batches[1:]) >= 3, "the failed batch came back")
+    await until_settled(nc, durable)
+    assert sorted(t for b in batches[1:] for t in b) == ["a", "b", "c"]
+
+
+async def test_long_work_is_kept_alive_so_no_other_replica_gets_it(nc: NatsClient, runtimes) -> None:
+    stream = a_stream()
+    # Handling takes three times the ack wait: without the keep-alive the note would go to the other replica.
+    durable = durable_on(stream, ack_wait_s=1.0, keep_alive_s=0.2, batch=1)
+    handled: list[str] = []
+
+    async def slow(note: Note) -> Retry | None:
+        handled.append(note.text)
+        await asyncio.sleep(3.0)
+        return None
+
+    for _ in range(2):
+        runtime = runtimes()
+        runtime.consume(durable, slow)
+        await runtime.start()
+    js = nc.jetstream()
+    await js.publish(stream.subjects[0].removesuffix(">") + "x", msgspec.json.encode(Note("long")))
+    await until(lambda: len(handled) >= 1, "the note was taken")
+    await until_settled(nc, durable)
+    assert handled == ["long"]

@@ -360,6 +360,18 @@ class Affinity:
         warm = set(run.loaders) <= set(cached_nodes)
         self.costs.observe(run.render_type, run.instance, time.monotonic() - run.started, warm=warm)
 
+    def switch_s(self, job_id: str, cached_nodes: Iterable[str], node_seconds: Mapping[str, float]) -> float | None:
+        """The seconds the job's model loads took on its instance (its loader nodes that ComfyUI ran rather than
+        took from its cache); None when it loaded nothing, its models were held. 0.0 when a load happened but its
+        time is not known (the result came from the history)."""
+        run = self._runs.get(job_id)
+        if run is None:
+            return None
+        ran = set(run.loaders) - set(cached_nodes)
+        if not ran:
+            return None
+        return sum(node_seconds.get(node, 0.0) for node in ran)
+
     def ended(self, job_id: str) -> None:
         self._runs.pop(job_id, None)
 

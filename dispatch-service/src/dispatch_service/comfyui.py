@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import re
 import secrets
+import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
@@ -138,6 +139,10 @@ class RunResult:
     outputs: list[OutputRef]
     cached_nodes: list[str]
     images: list[WebSocketImage] = field(default_factory=list)  # sent over the WebSocket, in arrival order
+    # Seconds each node that ran took, from its `executing` message to the next (empty when the result came from
+    # the history, the WebSocket lost): what a model loader node took is the time its model switch cost. A
+    # measurement, not part of the outcome: results compare equal without it.
+    node_seconds: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -454,7 +459,9 @@ class RunTracker:
     images: list[WebSocketImage] = field(default_factory=list)
     outputs: dict[str, list[OutputRef]] = field(default_factory=dict)
     cached_nodes: list[str] = field(default_factory=list)
+    node_seconds: dict[str, float] = field(default_factory=dict)
     current_node: str | None = None
+    current_since: float = 0.0  # monotonic: when `current_node` began
     finished: bool = False
     progress: PromptProgress = field(init=False)
 
@@ -473,10 +480,11 @@ class RunTracker:
         kind, data = message.get("type"), message["data"]
         if kind == "executing":
             node = data.get("node")
+            self._node_ended()
             if node is None:  # the classic "prompt done" signal: always last, for success and errors alike
                 self.finished = True
             else:
-                self.current_node = str(node)
+                self.current_node, self.current_since = str(node), time.monotonic()
         elif kind == "executed":
             node_id = str(data.get("node"))
             self.outputs[node_id] = parse_outputs(node_id, data.get("output"))
@@ -487,8 +495,16 @@ class RunTracker:
         elif kind == "execution_interrupted":
             raise interrupted(self.instance, self.prompt_id, data)
         elif kind == "execution_success":
+            self._node_ended()
             self.finished = True
         return self.progress.update() if self.progress.apply(kind, data) else None
+
+    def _node_ended(self) -> None:
+        """The running node, if any, is done: keep how long it took (ComfyUI runs one node at a time)."""
+        if self.current_node is not None and not self.finished:
+            took = time.monotonic() - self.current_since
+            self.node_seconds[self.current_node] = self.node_seconds.get(self.current_node, 0.0) + took
+            self.current_since = time.monotonic()
 
     def apply_binary(self, frame: bytes) -> None:
         """A binary frame: an output image when a websocket output node of this prompt is executing, else a
@@ -509,7 +525,11 @@ class RunTracker:
     def result(self) -> RunResult:
         outputs = [ref for refs in self.outputs.values() for ref in refs]
         return RunResult(
-            prompt_id=self.prompt_id, outputs=outputs, cached_nodes=list(self.cached_nodes), images=list(self.images)
+            prompt_id=self.prompt_id,
+            outputs=outputs,
+            cached_nodes=list(self.cached_nodes),
+            images=list(self.images),
+            node_seconds=dict(self.node_seconds),
         )
 
 

@@ -500,6 +500,7 @@ class Scheduler:
             await self.affinity.starting(job_id)
             result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running.cancel)
             self.affinity.ran(job_id, result.cached_nodes)
+            switch_s = self.affinity.switch_s(job_id, result.cached_nodes, result.node_seconds)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
             await slot.free()
             await started_event
@@ -507,7 +508,7 @@ class Scheduler:
                 outputs = await self._store_outputs(job_id, state, result, limit_at)
             if not outputs:
                 raise _no_outputs(workflow)
-            await self._complete(row, started, state.config.name, outputs, msg, limit_at)
+            await self._complete(row, started, state.config.name, outputs, msg, limit_at, switch_s)
             bound_log.info("job completed", outputs=len(outputs))
         except asyncio.CancelledError:
             raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
@@ -695,7 +696,14 @@ class Scheduler:
         return await through_election(attempt, what, _left(limit_at), nc=self.nc)
 
     async def _complete(
-        self, row: JobRecord, started: float, instance: str, outputs: list[OutputFile], msg: Msg, limit_at: float
+        self,
+        row: JobRecord,
+        started: float,
+        instance: str,
+        outputs: list[OutputFile],
+        msg: Msg,
+        limit_at: float,
+        switch_s: float | None,
     ) -> None:
         job_id = row.job_id
         finished = time.time()
@@ -710,7 +718,13 @@ class Scheduler:
         # Recorded as completed first (in the database, NATS or not); the event waits for NATS within the time limit
         # and is stored once however often it is sent (its event id); the stream message is acked after it.
         await self.events.publish(
-            JobCompleted, within_s=_left(limit_at), job_id=job_id, instance=instance, outputs=outputs, timings=timings
+            JobCompleted,
+            within_s=_left(limit_at),
+            job_id=job_id,
+            instance=instance,
+            outputs=outputs,
+            timings=timings,
+            model_switch_ms=None if switch_s is None else round(switch_s * 1000, 1),
         )
         await msg.ack()
         await self._drop_input_image(row)

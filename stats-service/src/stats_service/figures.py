@@ -36,6 +36,7 @@ class FigureInput(msgspec.Struct, kw_only=True):
     run_ms: float | None = None
     output_count: int = 0
     bytes_out: int = 0
+    model_switch_ms: float | None = None
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:
@@ -54,6 +55,7 @@ def figure_row(key: str, rows: Sequence[FigureInput]) -> FigureRow:
     cancelled = sum(1 for r in rows if r.status == "cancelled")
     waits = sorted(r.queue_wait_ms for r in rows if r.queue_wait_ms is not None)
     runs = sorted(r.run_ms for r in rows if r.run_ms is not None and r.status == "completed")
+    switches = [r.model_switch_ms for r in rows if r.model_switch_ms is not None]
     return FigureRow(
         key=key,
         count=len(rows),
@@ -67,6 +69,8 @@ def figure_row(key: str, rows: Sequence[FigureInput]) -> FigureRow:
         run_p50_ms=percentile(runs, 50),
         run_p95_ms=percentile(runs, 95),
         bytes_out=sum(r.bytes_out for r in rows),
+        model_switches=len(switches),
+        model_switch_ms=round(sum(switches), 1),
     )
 
 

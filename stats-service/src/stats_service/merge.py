@@ -9,7 +9,8 @@ same events in any order, any number of times, gives the same row:
 - the request (prompts, styles, seed, size, key, client) comes from `accepted`, whenever it arrives;
 - the instance comes from the newest event that names one;
 - the start time from the newest `started`; timings reported by the final event take precedence;
-- outputs are the union of `output_stored` and `completed`, by output id, ordered by file name.
+- outputs are the union of `output_stored` and `completed`, by output id, ordered by file name;
+- the model switch (time spent loading models) comes from `completed`, the one event that carries it.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class JobState(msgspec.Struct, kw_only=True):
     bytes_out: int = 0
     images_removed: bool = False
     images_removed_at: float | None = None
+    model_switch_ms: float | None = None
 
     @property
     def is_final(self) -> bool:
@@ -130,6 +132,7 @@ def _apply_details(state: JobState, event: GenerationEvent) -> None:
         _add_outputs(state, [event.output], from_final=False)
     elif isinstance(event, JobCompleted):
         _add_outputs(state, event.outputs, from_final=True)
+        state.model_switch_ms = event.model_switch_ms
 
 
 def _final_error(event: JobCompleted | JobFailed | JobCancelled) -> str | None:

@@ -46,6 +46,8 @@ class GenerationRow(Table, tablename="generation"):
     outputs = JSON(default=[])
     output_count = Integer(default=0)
     bytes_out = BigInt(default=0)
+    # The time the job spent loading models its instance did not hold (JobCompleted.model_switch_ms); NULL: none.
+    model_switch_ms = Float(null=True, default=None)
     images_removed = Boolean(default=False, index=True)
     images_removed_at = Float(null=True, default=None)
 

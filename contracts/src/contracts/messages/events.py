@@ -77,6 +77,9 @@ class JobRetrying(_Event, tag="retrying"):
 class JobCompleted(_Event, tag="completed"):
     outputs: list[OutputFile]
     timings: Timings
+    # The time the job spent loading models its instance did not hold (the loader nodes ComfyUI ran, measured from
+    # its WebSocket messages; 0 when unmeasured); None: it loaded none, its models were held (model affinity).
+    model_switch_ms: float | None = None
 
 
 class JobFailed(_Event, tag="failed"):

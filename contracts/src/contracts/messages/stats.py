@@ -39,6 +39,8 @@ class GenerationRecord(Record):
     attempts: int = 0
     retry_reasons: list[str] = []
     enhancement_error: str | None = None  # the LLM rewrite failed and the prompt was used as written
+    # Time the job spent loading models its instance did not hold; None: it loaded none (or did not complete).
+    model_switch_ms: float | None = None
     logged_at: float = 0.0  # the job's first event (normally its acceptance): the time filters and retention use
 
 
@@ -112,6 +114,10 @@ class FigureRow(Record):
     run_p50_ms: float | None = None
     run_p95_ms: float | None = None
     bytes_out: int = 0
+    # Completed jobs that loaded models their instance did not hold, and the time those loads took together: what
+    # model affinity is there to save.
+    model_switches: int = 0
+    model_switch_ms: float = 0.0
 
 
 class Figures(Record):

@@ -248,6 +248,7 @@ class Rehearsal:
             HUB_GATEWAY_PORT=str(gateway_port),
             HUB_UI_PORT=str(free_port()),
             HUB_LOG_FORMAT="json",
+            HUB_LAYOUT="split",  # each service in a process of its own: the faults kill one service at a time
             PYTHONUNBUFFERED="1",
         )
         self.env = env

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +16,16 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from dispatch_support import add_instance
+from doubles.comfyui import ComfyUIDouble
 from harness import hub_env
+from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType
 
+from contracts import endpoints
+from contracts.messages.health import HealthReply
+from contracts.messages.keys import CreateApiKey
+from contracts.runtime.bus import call
 from contracts.runtime.config import load_settings
 from hub_deploy.natsserver import free_port
 from hub_deploy.services import SERVICES, health_of
@@ -54,7 +62,7 @@ def port_is_open(port: int) -> bool:
 
 async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     nats_port = free_port()
-    env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port))
+    env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port), HUB_LAYOUT="split")
     log_path = tmp_path / "launcher.log"
     with log_path.open("wb") as log_file:
         launcher = subprocess.Popen(
@@ -131,6 +139,87 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
             assert (tmp_path / "data" / f"{name}.sqlite3").exists()
         assert (tmp_path / "data" / "nats" / "jetstream").is_dir()
     finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
+SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"  # what the shipped default render type loads
+
+
+async def generate_one(env: dict[str, str], api_key: str) -> None:
+    """One generation through the gateway's REST API, to its image."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}", headers=headers) as http:
+        submitted = await http.post("/api/v1/generations", json={"prompt": "a lighthouse", "steps": 1}, timeout=30)
+        assert submitted.status_code == 202, submitted.text
+        deadline = time.monotonic() + 60
+        while (generation := (await http.get(submitted.headers["location"], timeout=30)).json())["done"] is False:
+            assert time.monotonic() < deadline, generation
+            await asyncio.sleep(0.2)
+        assert generation["status"] == "completed", generation
+        image = await http.get(generation["images"][0]["url"], timeout=30)
+        assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+
+
+async def healths(nc: NatsClient, timeout_s: float) -> dict[str, HealthReply]:
+    """Every service's health reply, asked until all answer healthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(Exception):
+            replies = {name: await health_of(nc, name) for name, _module in SERVICES}
+            if all(reply.ok for reply in replies.values()):
+                return replies
+        assert time.monotonic() < deadline, "the services did not all answer healthy"
+        await asyncio.sleep(0.2)
+
+
+async def test_the_single_layout_runs_every_service_in_one_process_and_is_restarted(tmp_path: Path) -> None:
+    nats_port = free_port()
+    data = tmp_path / "data"
+    env = hub_env(f"nats://127.0.0.1:{nats_port}", data, HUB_NATS_PORT=str(nats_port), HUB_LAYOUT="single")
+    log_path = tmp_path / "launcher.log"
+    with log_path.open("wb") as log_file:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
+        before = await healths(nc, 30)
+        pids = {reply.pid for reply in before.values()}
+        assert len(pids) == 1 and launcher.pid not in pids, before  # one process, not the launcher's
+        async with ComfyUIDouble(name="single", models={"checkpoints": [SDXL_CHECKPOINT]}, work_seconds=0.0) as comfy:
+            await add_instance(nc, comfy, "single")
+            key = await call(nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="single"))
+            await generate_one(env, key.secret)
+
+            # kill -9 of the one process: the launcher starts it again, every service comes back with what its
+            # database held (the instance, the API key), and generations run again.
+            (single_pid,) = pids
+            os.kill(single_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while True:
+                after = await healths(nc, 60)
+                if all(after[name].instance_id != before[name].instance_id for name in after):
+                    break
+                assert time.monotonic() < deadline, log_path.read_text()
+                await asyncio.sleep(0.2)
+            assert {reply.pid for reply in after.values()} - {single_pid}
+            await generate_one(env, key.secret)
+
+        # Each service kept its tables in its own database, though they shared a process.
+        own_tables = {"registry": "render_type", "prompt": "style", "stats": "generation", "dispatch": "job"}
+        own_tables |= {"gateway": "api_key", "ui": "admin_account"}
+        for service, table in own_tables.items():
+            with sqlite3.connect(data / f"{service}.sqlite3") as db:
+                names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert names & set(own_tables.values()) == {table}, (service, names)
+
+        launcher.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(launcher.wait, 60) == 0
+        assert "the hub has stopped" in log_path.read_text()
+    finally:
+        await nc.close()
         if launcher.poll() is None:
             launcher.kill()
 

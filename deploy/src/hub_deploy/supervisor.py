@@ -1,7 +1,8 @@
 """`python -m hub_deploy up`: the whole hub on one machine.
 
-Starts a local nats-server with JetStream (data under HUB_DATA_DIR/nats), then every service as its own
-process, waits until each answers its health request over NATS, prints where to go, restarts a service
+Starts a local nats-server with JetStream (data under HUB_DATA_DIR/nats), then every service: all in one
+process (HUB_LAYOUT=single, `python -m hub_deploy.single`) or each as its own process (HUB_LAYOUT=split), waits
+until each answers its health request over NATS, prints where to go, restarts a service process
 or nats-server that crashes (nats-server on the same port and data folder, so the services reconnect and
 the jobs in its streams are kept), and on Ctrl-C (or SIGTERM) stops the services gracefully, then NATS.
 """
@@ -76,6 +77,13 @@ class ServiceProcess(RestartBudget):
             log.warning("service did not stop in time; killing it", target=self.name)
             self.process.kill()
             return await self.process.wait()
+
+
+def service_processes(settings: Settings, env: dict[str, str]) -> list[ServiceProcess]:
+    """The processes that run the services, in start order, for the layout HUB_LAYOUT names."""
+    if settings.layout == "single":
+        return [ServiceProcess("hub", "hub_deploy.single", env)]
+    return [ServiceProcess(name, module, env) for name, module in SERVICES]
 
 
 def child_environment(settings: Settings, nats_url: str) -> dict[str, str]:
@@ -160,14 +168,14 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
     nats.start()
     log.info("nats-server started", url=nats.url, store=str(nats.store_dir), pid=nats.process and nats.process.pid)
     env = child_environment(settings, nats.url)
-    children = [ServiceProcess(name, module, env) for name, module in SERVICES]
+    children = service_processes(settings, env)
     nc = None
     exit_code = 0
     try:
         nc = await connect(msgspec.structs.replace(settings, nats_url=nats.url), "hub-launcher")
         for child in children:
             await child.start()
-        await asyncio.gather(*(wait_healthy(nc, child.name, start_timeout_s) for child in children))
+        await asyncio.gather(*(wait_healthy(nc, name, start_timeout_s) for name, _module in SERVICES))
         print(banner(settings, nats.url), file=sys.stderr, flush=True)
         await asyncio.gather(_supervise(children, stop), _supervise_nats(nats, stop))
     except (TimeoutError, OSError) as exc:

@@ -106,6 +106,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "0",
         "`./hub start` only: HTTP monitoring port of the local nats-server (0: off)",
     ),
+    "HUB_LAYOUT": (
+        "single",
+        "`./hub start` only: `single` runs every service in one process (least memory), `split` each service in a "
+        "process of its own (as containers do); either way they talk over NATS",
+    ),
 }
 
 
@@ -141,6 +146,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     ui_signin_lock_s: float
     nats_port: int
     nats_monitor_port: int
+    layout: Literal["single", "split"]
     dispatch_strategy: Literal["pull", "pull_affinity", "round_robin"]
     dispatch_model_switch_s: float
     dispatch_health_interval_s: float
@@ -319,6 +325,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         ui_signin_lock_s=_number(env, "HUB_UI_SIGNIN_LOCK_S", float, minimum=1),
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
+        layout=_choice(env, "HUB_LAYOUT", ("single", "split")),
         dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),
         dispatch_model_switch_s=_number(env, "HUB_DISPATCH_MODEL_SWITCH_S", float, minimum=0),
         dispatch_health_interval_s=_number(env, "HUB_DISPATCH_HEALTH_INTERVAL_S", float, minimum=0.05),

@@ -1,7 +1,9 @@
 """The database each service owns: piccolo over SQLite (aiosqlite) by default, PostgreSQL by URL.
 
-Piccolo finds its engine through the module named by PICCOLO_CONF; every service points it at its own
-`piccolo_conf` module before importing its tables (see `use_piccolo_conf`).
+Piccolo finds its engine through the module named by PICCOLO_CONF, a process-wide setting; every service points it
+at its own `piccolo_conf` module before importing its tables (see `use_piccolo_conf`). So that several services can
+share one process (`HUB_LAYOUT=single`), each `piccolo_conf` also ties its tables to its engine (`own_tables`), and
+migrations, the one part of piccolo that reads PICCOLO_CONF while running, run one service at a time (`prepare`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from urllib.parse import urlsplit
 
 import aiosqlite
 from piccolo.apps.migrations.commands.forwards import run_forwards
-from piccolo.conf.apps import AppConfig
+from piccolo.apps.migrations.tables import Migration
+from piccolo.conf.apps import AppConfig, AppRegistry
 from piccolo.engine.base import Engine
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
 from piccolo.engine.sqlite import SQLiteEngine, SQLiteTransaction, TransactionType
@@ -37,6 +40,31 @@ Seed = Callable[[], Awaitable[None]]
 def use_piccolo_conf(module: str) -> None:
     """Select the service's piccolo_conf module; call before importing piccolo tables."""
     os.environ["PICCOLO_CONF"] = module
+
+
+# The piccolo_conf module of each engine `own_tables` was given (keyed by id: engines live as long as the process).
+_CONF_MODULE_OF_ENGINE: dict[int, str] = {}
+# Held while one service migrates: piccolo's migration runner reads PICCOLO_CONF and caches an engine on its
+# `Migration` table, both process globals.
+_MIGRATING = asyncio.Lock()
+
+
+def own_tables(engine: Engine[Any], registry: AppRegistry, conf_module: str) -> None:
+    """Tie every table of the service's piccolo apps to `engine` (piccolo would otherwise look the engine up through
+    PICCOLO_CONF at the first query, which names another service's database when services share a process), and
+    remember which `piccolo_conf` module holds it, for the migrations (`prepare`). Called by each piccolo_conf."""
+    for app in registry.app_configs.values():
+        for table in app.table_classes:
+            table._meta.db = engine
+    _CONF_MODULE_OF_ENGINE[id(engine)] = conf_module
+
+
+def _point_piccolo_at(engine: Engine[Any]) -> None:
+    """PICCOLO_CONF and piccolo's migration table set to the service that owns `engine` (called under _MIGRATING)."""
+    conf_module = _CONF_MODULE_OF_ENGINE.get(id(engine))
+    if conf_module is not None:
+        os.environ["PICCOLO_CONF"] = conf_module
+        Migration._meta.db = engine
 
 
 class SharedConnectionSQLiteEngine(SQLiteEngine):
@@ -200,8 +228,10 @@ async def prepare(engine: Engine[Any], app_name: str, seed: Seed | None = None) 
             await engine.start_connection_pool()
         # piccolo prints progress to stdout; keep it out of our structured log, but report failures.
         captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):
-            result = await run_forwards(app_name=app_name)
+        async with _MIGRATING:
+            _point_piccolo_at(engine)
+            with contextlib.redirect_stdout(captured):
+                result = await run_forwards(app_name=app_name)
         if not result.success:
             raise HubError(ErrorCode.INTERNAL, f"migrations of {app_name} failed: {result.message}")
         log.info("database ready", app=app_name, migrations=captured.getvalue().count("ok!"))

@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
 import nats.micro
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -39,9 +42,9 @@ from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validati
 from contracts.messages.health import CheckResult, HealthReply, HealthRequest
 from contracts.runtime import tracing
 from contracts.runtime.bus import connect
-from contracts.runtime.config import Settings
+from contracts.runtime.config import ConfigError, Settings, load_settings
 from contracts.runtime.consumers import BatchHandler, Durable, DurableConsumer, MessageHandler
-from contracts.runtime.logs import get_logger
+from contracts.runtime.logs import configure_logging, get_logger
 from contracts.runtime.metrics import ServiceMetrics, answer_scrapes
 from contracts.topics import Topic
 
@@ -264,7 +267,6 @@ class ServiceRuntime:
                 await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self._nc.close()
-        await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent (a blocking HTTP call)
         self.log.info("service stopped")
 
     async def _end_background(self) -> None:
@@ -285,6 +287,14 @@ class ServiceRuntime:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.serve()
+        finally:
+            await asyncio.to_thread(tracing.shutdown)  # the spans still batched are sent (a blocking HTTP call)
+
+    async def serve(self) -> None:
+        """Start, serve until `request_stop`, then stop gracefully; a failed start raises (after the stop).
+        Signals are left to the caller: `run` for a service alone, `run_together` for several in one process."""
         self.log.info("starting", nats=self.settings.nats_url)
         try:
             starting = asyncio.ensure_future(self.start())
@@ -434,28 +444,74 @@ def run_main(service: str, app_module: str) -> None:
     until stopped. The app module is imported only once the settings are known to be valid, so a
     configuration mistake ends the process with the message and exit code 2, never a traceback.
     """
-    import importlib
-    import sys
-
     import uvloop
 
-    from contracts.runtime import tracing
-    from contracts.runtime.config import ConfigError, load_settings
-    from contracts.runtime.logs import configure_logging
-
-    try:
-        settings = load_settings(service)
-    except ConfigError as exc:
-        print(f"{service}: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    settings = _settings_or_exit(service)
     tracing.configure(settings)  # before the logging, whose lines then carry trace ids
     log = configure_logging(settings)
-    build: Callable[[Settings], ServiceRuntime] = importlib.import_module(app_module).build
+    runtime = _build(app_module, settings)
     try:
-        uvloop.run(build(settings).run())  # a faster event loop: every request, publish and query gains
+        uvloop.run(runtime.run())  # a faster event loop: every request, publish and query gains
     except HubError as exc:
         log.error("service could not start", error=str(exc))
         raise SystemExit(1) from None
+
+
+def run_together(apps: Sequence[tuple[str, str]]) -> None:
+    """Several services in this one process (`HUB_LAYOUT=single`): each `(service, app_module)` as `run_main` would
+    run it alone, with its own settings, NATS connection(s) and database, so they talk over NATS exactly as separate
+    processes do. SIGTERM/SIGINT stop them all gracefully. When one ends by itself (it could not start), the others
+    are stopped too and the process exits 1: its supervisor restarts the whole of it.
+    """
+    import uvloop
+
+    settings = [(_settings_or_exit(service), app_module) for service, app_module in apps]
+    process_settings = msgspec.structs.replace(settings[0][0], service="single")
+    tracing.configure(process_settings)  # one tracer for the process (OTEL service name `hub-single`)
+    log = configure_logging(process_settings)
+    runtimes = [_build(app_module, service_settings) for service_settings, app_module in settings]
+    failed = uvloop.run(_serve_together(runtimes))
+    for runtime, error in failed:
+        log.error("service could not start", service=runtime.name, error=str(error), exc_info=error)
+    if failed:
+        raise SystemExit(1)
+
+
+async def _serve_together(runtimes: list[ServiceRuntime]) -> list[tuple[ServiceRuntime, BaseException]]:
+    """Serve every runtime until a signal, or until one of them ends; what each that failed raised."""
+
+    def stop_all() -> None:
+        for runtime in runtimes:
+            runtime.request_stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_all)
+    serving = {asyncio.ensure_future(_serve_as_itself(runtime)): runtime for runtime in runtimes}
+    await asyncio.wait(serving, return_when=asyncio.FIRST_COMPLETED)
+    stop_all()
+    await asyncio.wait(serving)
+    await asyncio.to_thread(tracing.shutdown)  # once every service has stopped: the spans still batched are sent
+    return [(serving[task], error) for task in serving if (error := task.exception()) is not None]
+
+
+async def _serve_as_itself(runtime: ServiceRuntime) -> None:
+    # Runs in a task of its own: what it logs (and the tasks it starts, which copy this context) names its service.
+    structlog.contextvars.bind_contextvars(service=runtime.name)
+    await runtime.serve()
+
+
+def _settings_or_exit(service: str) -> Settings:
+    try:
+        return load_settings(service)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _build(app_module: str, settings: Settings) -> ServiceRuntime:
+    build: Callable[[Settings], ServiceRuntime] = importlib.import_module(app_module).build
+    return build(settings)
 
 
 async def _cancel_for_sure(task: asyncio.Task[Any]) -> None:

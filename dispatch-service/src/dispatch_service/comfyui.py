@@ -840,6 +840,35 @@ class ComfyClient:
             if submitting and not settled:
                 await asyncio.shield(self._cancel_quietly(server_id or prompt_id))
 
+    async def where_is(self, prompt_id: str) -> str:
+        """Where a prompt is now: "running", "pending", "finished" or "unknown"."""
+        _check_id("prompt_id", prompt_id)
+        return (await self._locate(prompt_id, min(self.timeout_s, PROBE_TIMEOUT_S)))[0]
+
+    async def follow_submitted(
+        self,
+        workflow: dict[str, Any],
+        *,
+        prompt_id: str,
+        stall_timeout_s: float = 60.0,
+        total_timeout_s: float = 3600.0,
+        cancelled: asyncio.Event | None = None,
+    ) -> RunResult:
+        """Follow a prompt submitted earlier (by a dispatcher that died meanwhile) to its end, like `run` once the
+        prompt is queued. ComfyUI sends a prompt's live events only to the client that submitted it, so this one
+        polls `/history` (no progress updates) and probes the queue when it hears nothing for `stall_timeout_s`."""
+        _check_id("prompt_id", prompt_id)
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        watcher = asyncio.create_task(_watch(cancelled, events)) if cancelled is not None else None
+        follower = _Follower(self, prompt_id, events, False, None, cancelled, workflow)
+        try:
+            return await follower.follow(stall_timeout_s, total_timeout_s)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if not follower.settled:
+                await asyncio.shield(self._cancel_quietly(prompt_id))
+
     async def _run_socket(self) -> tuple[str, ClientConnection | None]:
         """A greeted WebSocket, with a client id of its own, for one run.
 

@@ -6,9 +6,10 @@ leases to expire after the take-over time, after which the slot is free again. S
 jobs than its slots, whatever the number of replicas.
 
 A lease names the replica that holds it (a stable identity, see replica.py), the job and the reply subject of the
-job's stream message. A replica restarted after a crash takes the same identity: it frees its predecessor's
-leases at once and hands their jobs back to the stream (a NAK on that reply subject), so they run again first,
-without waiting out the take-over time. Leases of another replica are left to expire.
+job's stream message. A replica restarted after a crash takes the same identity and its predecessor's leases at
+once: a job still running on its ComfyUI instance is followed there to its end (adopted, not run twice); the others
+are handed back to the stream (a NAK on that reply subject), so they run again first, without waiting out the
+take-over time. Leases of another replica are left to expire.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Iterable
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -185,24 +187,30 @@ class SlotLeases:
             return None
         return Lease(self._kv, key, revision, "", -1, value, self._nc, ttl_s=self._ttl_s)
 
-    async def reclaim(self, replica: str) -> list[LeaseNote]:
-        """Free the leases `replica` still holds and return them. Only for a replica that has just taken its
-        identity: no live process holds these leases (the one that did has died)."""
+    async def orphans(self, replica: str, instances: Iterable[str]) -> list[tuple[Lease, LeaseNote]]:
+        """The leases `replica` still holds, taken over by the caller (their revisions are the caller's now): the
+        slot leases of `instances` with their instance and slot, the others (held jobs) with instance "". Only for a
+        replica that has just taken its identity: no live process holds these leases (the one that did has died)."""
         assert self._kv is not None
         try:
             keys = await self._kv.keys()
         except NoKeysError:
             return []
-        reclaimed: list[LeaseNote] = []
+        slots_of = {instance_key(name): name for name in instances}
+        found: list[tuple[Lease, LeaseNote]] = []
         for key in keys:
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self._kv.get(key)
                 note = _note_of(entry.value)
-                if note is not None and note.replica == replica:
-                    with contextlib.suppress(KeyWrongLastSequenceError):  # expired and taken meanwhile
-                        await self._kv.delete(key, last=entry.revision)
-                        reclaimed.append(note)
-        return reclaimed
+                if note is None or note.replica != replica or entry.revision is None:
+                    continue
+                where, _, slot = key.rpartition(".")
+                instance = slots_of.get(where, "") if slot.isdigit() else ""
+                value = entry.value or b""
+                number = int(slot) if instance else -1
+                lease = Lease(self._kv, key, entry.revision, instance, number, value, self._nc, ttl_s=self._ttl_s)
+                found.append((lease, note))
+        return found
 
     async def held(self, instance: str, slots: int) -> int:
         """How many slots of `instance` are held by any replica right now."""

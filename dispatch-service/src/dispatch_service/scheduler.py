@@ -57,6 +57,7 @@ from contracts.streams import JOBS, JOBS_STREAM, job_subject
 from dispatch_service.affinity import Affinity, CostModel, ModelMemory
 from dispatch_service.affinity_queue import AffinityQueue
 from dispatch_service.comfyui import (
+    WEBSOCKET_OUTPUT_CLASSES,
     ComfyError,
     ComfyExecutionFailed,
     ComfyInterrupted,
@@ -216,14 +217,48 @@ class Scheduler:
         await self._hand_back_orphans()
 
     async def _hand_back_orphans(self) -> None:
-        """Jobs this replica's predecessor ran when it died (kill -9): their slots are freed and their messages
-        handed back now, so they run again before the waiting jobs, not after the take-over time."""
-        notes = await self.leases.reclaim(self.replica)
-        for note in notes:
+        """Jobs this replica's predecessor ran when it died (kill -9). One its ComfyUI instance still has (queued,
+        running or finished) is adopted: followed there to its end, not run twice. The others' slots are freed and
+        their messages handed back now, so they run again before the waiting jobs, not after the take-over time."""
+        adopted: list[str] = []
+        handed_back: list[str] = []
+        for lease, note in await self.leases.orphans(self.replica, self.pool.states):
+            if await self._adopt(lease, note):
+                adopted.append(note.job_id)
+                continue
+            await lease.release()
             await self.nc.publish(note.reply, b"-NAK")
-        if notes:
+            handed_back.append(note.job_id)
+        if handed_back:
             await self.nc.flush()
-            log.info("handed back the jobs of this replica before its restart", jobs=[n.job_id for n in notes])
+            log.info("handed back the jobs of this replica before its restart", jobs=handed_back)
+        if adopted:
+            log.info("adopted the jobs this replica's predecessor left running on ComfyUI", jobs=adopted)
+
+    async def _adopt(self, lease: Lease, note: LeaseNote) -> bool:
+        """Take over the attempt `note` names when its ComfyUI instance still has the prompt: True once it is
+        followed here (the slot lease and the job's stream message are this replica's now)."""
+        row = await self.store.get(note.job_id)
+        state = self.pool.states.get(lease.instance)
+        if row is None or state is None or not state.available:
+            return False
+        if row.status != "running" or row.instance != lease.instance:
+            return False  # it died before it claimed the job, or the job ended (cancelled meanwhile)
+        if any(node.get("class_type") in WEBSOCKET_OUTPUT_CLASSES for node in row.workflow.values()):
+            return False  # its images come over the predecessor's WebSocket, gone with it: it runs again
+        try:
+            where = await state.client.where_is(f"{row.job_id}-{row.attempts}")
+        except ComfyError:
+            return False
+        if where == "unknown":
+            return False  # it died before ComfyUI had the prompt: it runs again
+        data = msgspec.json.encode(JobMessage(row.job_id))
+        msg = Msg(self.nc, subject=job_subject(row.job_id), reply=note.reply, data=data)
+        await msg.in_progress()  # ours now, before the take-over time would deliver it again
+        state.running += 1
+        self.affinity.begin(row.job_id, state, row)
+        self._spawn(self._run_counted(msg, row, state, lease, adopted=True))
+        return True
 
     async def enqueue(self, job_id: str) -> None:
         """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream. A queue at
@@ -350,7 +385,9 @@ class Scheduler:
         self.affinity.begin(row.job_id, state, row)
         self._spawn(self._run_counted(msg, row, state, lease))
 
-    async def _run_counted(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
+    async def _run_counted(
+        self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool = False
+    ) -> None:
         """`_run`, counted against the key's running limit from now until it ends."""
         started = self._started_of_key[row.api_key_id or ""]
         started.add(row.job_id)
@@ -364,9 +401,9 @@ class Scheduler:
                 job_id=row.job_id,
                 render_type=row.render_type,
                 instance=state.config.name,
-                attempt=row.attempts + 1,
+                attempt=row.attempts if adopted else row.attempts + 1,
             ):
-                await self._run(msg, row, state, lease)
+                await self._run(msg, row, state, lease, adopted=adopted)
         finally:
             started.discard(row.job_id)
 
@@ -463,12 +500,15 @@ class Scheduler:
             progress_percent=0.0,
         )
 
-    async def _run(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
+    async def _run(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool) -> None:
+        """Run one attempt of a job on `state`; `adopted`: the attempt this replica's predecessor submitted to ComfyUI
+        before it died, followed to its end here (its start and time limit are that attempt's)."""
         job_id = row.job_id
-        attempt = row.attempts + 1
-        started = time.time()  # of this attempt: the timings show the run that produced the result
+        attempt = row.attempts if adopted else row.attempts + 1
+        # Of this attempt: the timings show the run that produced the result.
+        started = (row.started_at or time.time()) if adopted else time.time()
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
-        limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s
+        limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s - (time.time() - started)
         stream_seq = msg.metadata.sequence.stream
         claimed = await self._claim(row, stream_seq, state.config.name, attempt, started)
         slot = _Slot(self, state, lease)
@@ -483,22 +523,7 @@ class Scheduler:
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
         try:
-            workflow = await self._with_input_image(row, state)
-            prompt_id = f"{job_id}-{attempt}"
-            # Confirmed by JetStream while ComfyUI already works (awaited before any later event).
-            started_event = asyncio.ensure_future(
-                self.events.publish(
-                    JobStarted,
-                    within_s=_left(limit_at),
-                    job_id=job_id,
-                    instance=state.config.name,
-                    attempt=attempt,
-                    comfy_prompt_id=prompt_id,
-                )
-            )
-            bound_log.info("job started")
-            await self.affinity.starting(job_id)
-            result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running.cancel)
+            result, started_event = await self._execute(row, state, attempt, limit_at, running, adopted=adopted)
             self.affinity.ran(job_id, result.cached_nodes)
             switch_s = self.affinity.switch_s(job_id, result.cached_nodes, result.node_seconds)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
@@ -507,7 +532,7 @@ class Scheduler:
             with tracing.span("outputs.store", instance=state.config.name):
                 outputs = await self._store_outputs(job_id, state, result, limit_at)
             if not outputs:
-                raise _no_outputs(workflow)
+                raise _no_outputs(row.workflow)
             await self._complete(row, started, state.config.name, outputs, msg, limit_at, switch_s)
             bound_log.info("job completed", outputs=len(outputs))
         except asyncio.CancelledError:
@@ -540,6 +565,46 @@ class Scheduler:
                 )
         finally:
             relay.close()  # ComfyUI is done with it: no progress event after the job's final one
+
+    async def _execute(
+        self, row: JobRecord, state: InstanceState, attempt: int, limit_at: float, running: _Running, *, adopted: bool
+    ) -> tuple[RunResult, Awaitable[object]]:
+        """ComfyUI's part of an attempt: its result, and the `started` event's publication (confirmed by JetStream
+        while ComfyUI works; to be awaited before any later event)."""
+        job_id, instance = row.job_id, state.config.name
+        prompt_id = f"{job_id}-{attempt}"
+        await self.affinity.starting(job_id)
+        if adopted:  # submitted by the predecessor, which published `started`
+            log.info("job adopted: following its prompt on ComfyUI", job_id=job_id, instance=instance, attempt=attempt)
+            with tracing.span("comfyui.follow", kind="client", instance=instance, prompt_id=prompt_id):
+                result = await state.client.follow_submitted(
+                    row.workflow,
+                    prompt_id=prompt_id,
+                    stall_timeout_s=self.settings.dispatch_stall_timeout_s,
+                    total_timeout_s=max(limit_at - time.monotonic(), 1.0),
+                    cancelled=running.cancel,
+                )
+            published: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            published.set_result(None)
+            return result, published
+        workflow = await self._with_input_image(row, state)
+        started_event = asyncio.ensure_future(
+            self.events.publish(
+                JobStarted,
+                within_s=_left(limit_at),
+                job_id=job_id,
+                instance=instance,
+                attempt=attempt,
+                comfy_prompt_id=prompt_id,
+            )
+        )
+        log.info("job started", job_id=job_id, instance=instance, attempt=attempt)
+        try:
+            result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running.cancel)
+        except BaseException:
+            started_event.cancel()
+            raise
+        return result, started_event
 
     async def _run_failed(
         self, exc: Exception, msg: Msg, job_id: str, state: InstanceState, attempt: int, *, cancelled: bool

@@ -10,16 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import io
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
 
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectMeta, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
+from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
@@ -30,6 +32,7 @@ from contracts.runtime.bus import through_election
 from contracts.streams import OUTPUTS_BUCKET
 
 CHUNK_SIZE = 128 * 1024
+_ROLLUP_SUBJECT = {"Nats-Rollup": "sub"}  # a meta message replaces the object's earlier ones (as nats-py writes it)
 OUTPUTS_STREAM = OBJ_STREAM_TEMPLATE.format(bucket=OUTPUTS_BUCKET)
 
 
@@ -139,23 +142,45 @@ class ObjectStoreOutputs:
             await self._js.update_stream(config)
 
     async def save(self, source: BinaryIO, *, filename: str, content_type: str, job_id: str) -> OutputFile:
-        """Store from a file-like object, chunk by chunk (the file is never loaded whole)."""
-        store = await self._bucket()
+        """Store from a file-like object, chunk by chunk (the file is never loaded whole).
+
+        The object is written as nats-py's ObjectStore.put writes it (chunks on a subject of their own, then the
+        meta message, rolled up), without its two costs that a new output does not need: a lookup of an earlier
+        object of that name (an output id is new) and a thread hop per chunk read (the outputs come from memory or
+        a spooled temporary file). Chunks whose meta message could not be stored are purged."""
+        await self._bucket()
         output_id = new_output_id()
-        headers = msgspec.json.encode(_Headers(filename=filename, content_type=content_type, job_id=job_id))
-        meta = ObjectMeta(
-            name=output_id,
-            description=headers.decode(),
-            options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
-        )
-        # nats-py annotates BufferedIOBase but only calls read(): any binary file object does.
-        info = await store.put(output_id, source, meta=meta)  # type: ignore[arg-type]
+        nuid = secrets.token_hex(11)
+        chunk_subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=nuid)
+        digest = hashlib.sha256()
+        size = chunks = 0
+        try:
+            while chunk := source.read(CHUNK_SIZE):
+                digest.update(chunk)
+                await self._js.publish(chunk_subject, chunk)
+                size += len(chunk)
+                chunks += 1
+            headers = _Headers(filename=filename, content_type=content_type, job_id=job_id)
+            info = ObjectInfo(
+                name=output_id,
+                description=msgspec.json.encode(headers).decode(),
+                options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+                bucket=OUTPUTS_BUCKET,
+                nuid=nuid,
+                size=size,
+                chunks=chunks,
+                mtime=datetime.now(UTC).isoformat(),
+                digest=f"SHA-256={base64.urlsafe_b64encode(digest.digest()).decode()}",
+            )
+            name = base64.urlsafe_b64encode(output_id.encode()).decode()
+            meta_subject = OBJ_META_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=name)
+            await self._js.publish(meta_subject, msgspec.json.encode(info.as_dict()), headers=_ROLLUP_SUBJECT)
+        except Exception:
+            with contextlib.suppress(Exception):  # the error that matters is the one raised
+                await self._js.purge_stream(OUTPUTS_STREAM, subject=chunk_subject)
+            raise
         return OutputFile(
-            output_id=output_id,
-            content_type=content_type,
-            size=int(info.size or 0),
-            filename=filename,
-            kind=output_kind(content_type),
+            output_id=output_id, content_type=content_type, size=size, filename=filename, kind=output_kind(content_type)
         )
 
     async def info(self, output_id: str) -> OutputFile | None:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -206,6 +207,64 @@ async def mcp_path(stack: AsyncExitStack, gw: GatewayHub, concurrency: int) -> O
     return one
 
 
+async def overhead(gw: GatewayHub, jobs: int) -> None:
+    """Issue 16 goal 5: the time the hub adds to a job over ComfyUI's own execution, one job at a time over NATS:
+    from the submit request to the final event (core NATS subscription made before the submit, so no consumer is
+    created on the way) minus execution_start -> execution_success as the double reports them (ms timestamps)."""
+    reported: dict[str, dict[str, int]] = {}
+    comfy = gw.comfy
+    original = comfy._job_message
+
+    def noting(job: Any, event: str, data: dict[str, Any], *, broadcast: bool = False) -> None:
+        original(job, event, data, broadcast=broadcast)
+        reported.setdefault(job.item.prompt_id.rsplit("-", 1)[0], {})[event] = job.messages[-1][1]["timestamp"]
+
+    comfy._job_message = noting  # type: ignore[method-assign]
+    added: list[float] = []
+    totals: list[float] = []
+    offsets: dict[str, list[float]] = {}  # milestone -> ms after the submit, per job
+    try:
+        for i in range(jobs + 3):  # the first 3 warm up
+            job_id = f"overhead-{i}-{time.time_ns()}"
+            final = asyncio.get_running_loop().create_future()
+            stamps: dict[str, float] = {}
+
+            async def on_event(
+                msg: Any, final: asyncio.Future[None] = final, stamps: dict[str, float] = stamps
+            ) -> None:
+                event = msgspec.json.decode(msg.data, type=GenerationEvent)
+                tag = str(type(event).__struct_config__.tag)
+                stamps.setdefault(tag, event.at)
+                if tag in FINAL_STATUSES and not final.done():
+                    stamps["received"] = time.time()
+                    final.set_result(None)
+
+            sub = await gw.nc.subscribe(event_subject(job_id), cb=on_event)
+            submitted_at = time.time()
+            started = time.perf_counter()
+            request = GenerationRequest(prompt=f"overhead {i}", steps=1, job_id=job_id)
+            await call(gw.nc, endpoints.Dispatch.JOBS_SUBMIT, request, timeout=30)
+            stamps["answered"] = time.time()
+            await asyncio.wait_for(final, 30)
+            total_ms = (time.perf_counter() - started) * 1000
+            await sub.unsubscribe()
+            times = reported.get(job_id, {})
+            if i >= 3 and "execution_start" in times and "execution_success" in times:
+                totals.append(total_ms)
+                added.append(total_ms - (times["execution_success"] - times["execution_start"]))
+                stamps |= {name: ms / 1000 for name, ms in times.items()}
+                for name, at in stamps.items():
+                    offsets.setdefault(name, []).append((at - submitted_at) * 1000)
+    finally:
+        comfy._job_message = original  # type: ignore[method-assign]
+    print(
+        f"overhead: the hub adds {statistics.median(added):.1f} ms at the median over ComfyUI's reported execution "
+        f"(submit to final event {statistics.median(totals):.1f} ms; {len(added)} jobs one at a time, NATS path)"
+    )
+    milestones = sorted(offsets.items(), key=lambda item: statistics.median(item[1]))
+    print("       median ms after the submit: " + "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in milestones))
+
+
 async def idle_memory(gw: GatewayHub, pids: dict[str, int]) -> None:
     await nats_path(gw)(0)  # one generation, then idle
     await asyncio.sleep(2)
@@ -220,6 +279,8 @@ async def bench(gw: GatewayHub, nats_pid: int, args: argparse.Namespace) -> None
     pids = {"nats-server": nats_pid} | {name: p.process.pid for name, p in gw.hub.processes.items() if p.process}
     gw.comfy.work_seconds = 0.0
     await idle_memory(gw, pids)
+    if args.overhead_jobs:
+        await overhead(gw, args.overhead_jobs)
     timeout = httpx.Timeout(30, read=120)
     limits = httpx.Limits(max_connections=2 * args.concurrency)
     async with AsyncExitStack() as stack:
@@ -238,6 +299,7 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
+    parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:

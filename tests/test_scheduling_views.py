@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from html import unescape
 
+import httpx
 import msgspec
 import pytest
 from dispatch_support import Hub, add_instance, remove_instance, submit, wait_final
@@ -20,6 +21,8 @@ from ui_support import Admin, signed_in_admin, start_ui_hub
 
 from contracts import endpoints
 from contracts.messages.instances import ListInstances
+from contracts.messages.jobs import CancelJob, GetSchedulingView
+from contracts.messages.keys import CreateApiKey, KeyLimits, RevokeApiKey
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.messages.stats import FigureRow, QueryFigures, QueryLog
 from contracts.runtime.bus import call
@@ -121,3 +124,56 @@ async def test_model_switches_are_counted_and_timed_per_instance_and_shown(hub: 
     finally:
         await remove_instance(hub.nc, "views-switch")
         await comfy.stop()
+
+
+async def test_the_dashboard_shows_each_instances_work_and_each_keys_jobs_beside_its_limits(
+    hub: Hub, admin: Admin
+) -> None:
+    comfy = await started_double(hub, "views-busy", work_seconds=60.0)
+    limits = KeyLimits(max_running=1, max_waiting=5, weight=2)
+    key = await call(hub.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="views-key", limits=limits))
+    idle = await call(hub.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="views-idle", limits=KeyLimits()))
+    gateway_url = f"http://127.0.0.1:{hub.processes['gateway'].env['HUB_GATEWAY_PORT']}"
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    job_ids: list[str] = []
+    try:
+        async with httpx.AsyncClient(base_url=gateway_url, headers=headers, timeout=30) as api:
+            for number in range(3):
+                submitted = await api.post(
+                    "/api/v1/generations", json={"prompt": f"busy {number}", "render_type": "views-a"}
+                )
+                assert submitted.status_code == 202, submitted.text
+                job_ids.append(submitted.json()["job_id"])
+        # The key may run one job at a time: one runs, two wait.
+        deadline = time.monotonic() + 30
+        while True:
+            view = await call(hub.nc, endpoints.Dispatch.SCHEDULING_VIEW, GetSchedulingView())
+            busy = next((w for w in view.instances if w.instance == "views-busy"), None)
+            mine = next((k for k in view.keys if k.api_key_id == key.key.key_id), None)
+            if busy and busy.running and mine and (mine.running, mine.waiting) == (1, 2):
+                break
+            assert time.monotonic() < deadline, view
+            await asyncio.sleep(0.2)
+        assert [job.job_id for job in busy.running] == [job_ids[0]]
+        assert busy.loaded_models == ["views-a.safetensors"], busy
+        started = sum(w.started_recently for w in view.instances)
+        assert busy.started_recently >= 1 and busy.share == pytest.approx(busy.started_recently / started), view
+
+        page = await admin.get("/")
+        row = re.search(r'<tr class="instance-row" data-instance="views-busy">(.*?)</tr>', page, re.S)
+        assert row, page[:2000]
+        cells = [
+            " ".join(unescape(re.sub(r"<[^>]+>", " ", c)).split())
+            for c in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+        ]
+        assert cells[:5] == ["views-busy", "up", "1 / 1", "views-a", "views-a.safetensors"], cells
+        assert cells[5] == f"{round(busy.share * 100)}% ({busy.started_recently})", cells
+        keys_table = text_of(page, "keys-work")
+        assert "views-key 1 / 1 2 / 5 2" in keys_table, keys_table
+        assert "views-idle 0 / ∞ 0 / ∞ 1" in keys_table, keys_table  # an idle key shows its limits too
+    finally:
+        for job_id in job_ids:
+            await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id))
+        await remove_instance(hub.nc, "views-busy")
+        await comfy.stop()
+        await call(hub.nc, endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=idle.key.key_id))

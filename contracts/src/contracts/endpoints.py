@@ -33,11 +33,13 @@ from contracts.messages.jobs import (
     DeleteOutputs,
     GenerationRequest,
     GetJob,
+    GetSchedulingView,
     JobPage,
     JobView,
     ListJobs,
     QueueView,
     QueueViewRequest,
+    SchedulingView,
     SubmitReply,
 )
 from contracts.messages.keys import (
@@ -189,6 +191,7 @@ class Dispatch:
     JOBS_CANCEL: Final = Endpoint(S.JOBS_CANCEL, CancelJob, JobView)
     JOBS_LIST: Final = Endpoint(S.JOBS_LIST, ListJobs, JobPage)
     QUEUE_VIEW: Final = Endpoint(S.QUEUE_VIEW, QueueViewRequest, QueueView)
+    SCHEDULING_VIEW: Final = Endpoint(S.SCHEDULING_VIEW, GetSchedulingView, SchedulingView)
     OUTPUTS_DELETE: Final = Endpoint(S.OUTPUTS_DELETE, DeleteOutputs, DeletedOutputs)
 
 

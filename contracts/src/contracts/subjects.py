@@ -82,6 +82,7 @@ class Dispatch:
     JOBS_CANCEL: Final = "hub.dispatch.jobs.cancel"
     JOBS_LIST: Final = "hub.dispatch.jobs.list"
     QUEUE_VIEW: Final = "hub.dispatch.queue.view"
+    SCHEDULING_VIEW: Final = "hub.dispatch.scheduling.view"
     OUTPUTS_DELETE: Final = "hub.dispatch.outputs.delete"
     # Fan-out (no queue group): every dispatcher replica hears it; the one running the job interrupts it.
     CONTROL_CANCEL: Final = "hub.dispatch.control.cancel"

@@ -20,16 +20,19 @@ from contracts.messages.jobs import (
     DeleteOutputs,
     GenerationRequest,
     GetJob,
+    GetSchedulingView,
     JobPage,
     JobView,
     ListJobs,
     QueueView,
     QueueViewRequest,
+    SchedulingView,
     SubmitReply,
 )
 from contracts.runtime.service import ServiceRuntime
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.instance_sync import reload_instances
+from dispatch_service.overview import scheduling_view
 
 
 class _Handlers:
@@ -52,6 +55,10 @@ class _Handlers:
 
     async def queue_view(self, req: QueueViewRequest) -> QueueView:
         return await self.dispatcher.queue_view(req.include_finished, req.limit)
+
+    async def scheduling_view(self, _req: GetSchedulingView) -> SchedulingView:
+        d = self.dispatcher
+        return await scheduling_view(d.store, d.pool, d.scheduler.affinity.memory)
 
     async def list_instances(self, _req: ListInstances) -> InstanceList:
         return await self.dispatcher.list_instances()
@@ -96,3 +103,4 @@ def register(runtime: ServiceRuntime, dispatcher: Dispatcher) -> None:
     runtime.endpoint(endpoints.Dispatch.INSTANCES_DELETE, handlers.delete_instance)
     runtime.endpoint(endpoints.Dispatch.INSTANCES_TEST, handlers.test_instance)
     runtime.endpoint(endpoints.Dispatch.OUTPUTS_DELETE, handlers.delete_outputs)
+    runtime.endpoint(endpoints.Dispatch.SCHEDULING_VIEW, handlers.scheduling_view)

@@ -32,6 +32,14 @@ ACTIVE_STATUSES = (*WAITING_STATUSES, "running", "cancelling")
 RUNNING_STATUSES = ("running", "cancelling")  # on an instance (a cancel may be landing)
 
 
+class RunningJobRow(msgspec.Struct, kw_only=True):
+    job_id: str
+    instance: str | None
+    render_type: str
+    api_key_id: str | None = None
+    started_at: float | None = None
+
+
 class JobFailure(msgspec.Struct, frozen=True):
     """Why an earlier attempt of a job ended."""
 
@@ -228,6 +236,36 @@ class JobStore:
             JobRow.status.is_in(["running", "cancelling"]) & (JobRow.api_key_id == api_key_id)
         )
         return {row["job_id"] for row in rows}
+
+    async def running_now(self) -> list[RunningJobRow]:
+        """Every job on an instance now (cancelling included), oldest start first: the dashboard's view."""
+        rows = (
+            await JobRow.select(*(getattr(JobRow, name) for name in RunningJobRow.__struct_fields__))
+            .where(JobRow.status.is_in(list(RUNNING_STATUSES)))
+            .order_by(JobRow.started_at)
+            .run()
+        )
+        return msgspec.convert(rows, list[RunningJobRow])
+
+    async def waiting_by_key(self) -> dict[str | None, int]:
+        """How many jobs wait per API key (None: jobs made without a key)."""
+        rows = (
+            await JobRow.select(JobRow.api_key_id, Count().as_alias("waiting"))
+            .where(JobRow.status.is_in(list(WAITING_STATUSES)))
+            .group_by(JobRow.api_key_id)
+            .run()
+        )
+        return {row["api_key_id"]: int(row["waiting"]) for row in rows}
+
+    async def started_by_instance(self, since: float) -> dict[str, int]:
+        """How many jobs started on each instance since `since` (their last attempt's start), whatever their end."""
+        rows = (
+            await JobRow.select(JobRow.instance, Count().as_alias("started"))
+            .where(JobRow.started_at.is_not_null() & (JobRow.started_at >= since) & JobRow.instance.is_not_null())
+            .group_by(JobRow.instance)
+            .run()
+        )
+        return {row["instance"]: int(row["started"]) for row in rows}
 
     async def waiting_of(self, api_key_id: str) -> int:
         """How many of one key's jobs wait (accepted or queued, not yet running)."""

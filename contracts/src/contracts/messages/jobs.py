@@ -200,6 +200,41 @@ class QueueView(Record):
     running: int
 
 
+class GetSchedulingView(Request):
+    pass
+
+
+class RunningJob(Record):
+    job_id: str
+    render_type: str
+    api_key_id: str | None = None
+    started_at: float | None = None
+
+
+class InstanceWork(Record):
+    """What one instance does now, from the job table (the jobs of every dispatcher replica) and the models bucket."""
+
+    instance: str
+    running: list[RunningJob] = []  # oldest first
+    loaded_models: list[str] = []  # what it holds loaded, as far as the dispatchers know (hub-dispatch-models)
+    started_recently: int = 0  # jobs started on it within the view's share_window_s
+    share: float = 0.0  # its share of the jobs started on any instance within share_window_s (0..1)
+
+
+class KeyWork(Record):
+    """One API key's jobs now; its limits are the gateway's (the admin UI shows them side by side)."""
+
+    api_key_id: str | None  # None: jobs made without a key (the admin UI's)
+    running: int = 0  # cancelling included: they still hold a slot
+    waiting: int = 0
+
+
+class SchedulingView(Record):
+    instances: list[InstanceWork]
+    keys: list[KeyWork]  # the keys with jobs running or waiting
+    share_window_s: float
+
+
 class DeleteOutputs(Request):
     output_ids: list[str]
     # The jobs these outputs belong to: their views then mark each deleted (or already missing) output removed.

@@ -120,17 +120,27 @@ async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: Ga
         assert body["data"]["outputs"]
 
         deadline = time.monotonic() + 10
-        while (delivery := (await api.get(f"/api/v1/generations/{job_id}")).json()["webhook"])["delivered_at"] is None:
-            assert time.monotonic() < deadline, delivery
+        while (deliveries := (await api.get(f"/api/v1/generations/{job_id}")).json()["webhooks"])[0][
+            "delivered_at"
+        ] is None:
+            assert time.monotonic() < deadline, deliveries
             await asyncio.sleep(0.1)
-        assert (delivery["url"], delivery["attempts"], delivery["last_status"]) == (callback, 2, 200)
+        (delivery,) = deliveries
+        assert (delivery["url"], delivery["source"], delivery["attempts"], delivery["last_status"]) == (
+            callback,
+            "callback",
+            2,
+            200,
+        )
 
     # The admin UI's job page shows the same, asked from the gateway over NATS.
     ui_port = free_port()
     ui = gw.hub.start("ui", HUB_UI_PORT=str(ui_port), HUB_ADMIN_PASSWORD=ADMIN_PASSWORD)
     await ui.wait_healthy(gw.nc)
     async with signed_in_admin(f"http://127.0.0.1:{ui_port}") as admin:
-        shown = re.search(r'<p class="small" id="job-webhook">(.*?)</p>', await admin.get(f"/jobs/{job_id}"))
+        shown = re.search(
+            r'<p class="small job-webhook" id="job-webhook-1">(.*?)</p>', await admin.get(f"/jobs/{job_id}")
+        )
     assert shown is not None
     text = unescape(re.sub(r"<[^>]+>", "", shown.group(1)))
     assert text.startswith(f"Webhook to {callback}: delivered ") and "2 attempts, last HTTP 200" in text, text

@@ -50,10 +50,12 @@ from contracts.messages.keys import (
     GetKeyDefaults,
     GetWebhookDelivery,
     KeyDefaults,
+    KeyWebhooks,
     ListApiKeys,
     RevokeApiKey,
     SetApiKeyLimits,
     SetKeyDefaults,
+    SetKeyWebhooks,
     WebhookDeliveryReply,
 )
 from contracts.messages.render_types import (
@@ -218,6 +220,7 @@ class Gateway:
     KEYS_SET_LIMITS: Final = Endpoint(S.KEYS_SET_LIMITS, SetApiKeyLimits, ApiKey)
     KEYS_DEFAULTS_GET: Final = Endpoint(S.KEYS_DEFAULTS_GET, GetKeyDefaults, KeyDefaults)
     KEYS_DEFAULTS_SET: Final = Endpoint(S.KEYS_DEFAULTS_SET, SetKeyDefaults, KeyDefaults)
+    KEYS_WEBHOOKS_SET: Final = Endpoint(S.KEYS_WEBHOOKS_SET, SetKeyWebhooks, KeyWebhooks)
     WEBHOOK_GET: Final = Endpoint(S.WEBHOOK_GET, GetWebhookDelivery, WebhookDeliveryReply)
 
 

@@ -115,6 +115,7 @@ class Gateway:
     KEYS_SET_LIMITS: Final = "hub.gateway.keys.set_limits"
     KEYS_DEFAULTS_GET: Final = "hub.gateway.keys.defaults.get"
     KEYS_DEFAULTS_SET: Final = "hub.gateway.keys.defaults.set"
+    KEYS_WEBHOOKS_SET: Final = "hub.gateway.keys.webhooks.set"
     WEBHOOK_GET: Final = "hub.gateway.webhooks.get"
 
 

@@ -20,7 +20,7 @@ from contracts.messages.keys import (
 )
 from contracts.runtime.service import ServiceRuntime
 from gateway.store import ApiKeyStore
-from gateway.webhooks import DELIVERIES, Webhooks, delivery_of
+from gateway.webhooks import DELIVERIES, Webhooks, deliveries_of
 
 
 class KeyHandlers:
@@ -47,8 +47,8 @@ class KeyHandlers:
 
 
 async def webhook_delivery(req: GetWebhookDelivery) -> WebhookDeliveryReply:
-    """The job's webhook delivery (for the admin UI's job page)."""
-    return WebhookDeliveryReply(delivery=await delivery_of(req.job_id))
+    """The job's webhook deliveries (for the admin UI's job page)."""
+    return WebhookDeliveryReply(deliveries=await deliveries_of(req.job_id))
 
 
 def register(runtime: ServiceRuntime, keys: ApiKeyStore, webhooks: Webhooks) -> None:
@@ -59,5 +59,6 @@ def register(runtime: ServiceRuntime, keys: ApiKeyStore, webhooks: Webhooks) -> 
     runtime.endpoint(endpoints.Gateway.KEYS_SET_LIMITS, handlers.set_limits)
     runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_GET, handlers.defaults)
     runtime.endpoint(endpoints.Gateway.KEYS_DEFAULTS_SET, handlers.set_defaults)
+    runtime.endpoint(endpoints.Gateway.KEYS_WEBHOOKS_SET, webhooks.set_key_webhooks)
     runtime.endpoint(endpoints.Gateway.WEBHOOK_GET, webhook_delivery)
     runtime.consume(DELIVERIES, webhooks.handle)

@@ -26,7 +26,7 @@ from gateway.job_access import cancel_own_job, readable_job
 from gateway.key_limits import with_key_limits
 from gateway.mcp_server import API_KEY_SCOPE_KEY, CALLER_FIELDS
 from gateway.results import Generation, generation_of
-from gateway.webhooks import delivery_of
+from gateway.webhooks import deliveries_of
 
 API_PREFIX = "/api/v1"
 
@@ -233,7 +233,7 @@ class GenerationsController(Controller):
         """Status and result of a generation (image URLs under /images/); only the API key that made it sees it."""
         hub: HubClient = request.app.state.hub
         generation = generation_of(await readable_job(hub, _key(request), job_id), _base_url(request))
-        return msgspec.structs.replace(generation, webhook=await delivery_of(job_id))
+        return msgspec.structs.replace(generation, webhooks=await deliveries_of(job_id))
 
     @delete("/{job_id:str}", status_code=200, responses=error_responses(400, 404, 409))
     async def cancel_generation(self, request: Request[Any, Any, Any], job_id: str) -> Generation:

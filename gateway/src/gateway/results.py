@@ -52,7 +52,7 @@ class Generation(Record):
     timings: Timings = msgspec.field(default_factory=Timings)
     error: str | None = None
     enhancement_error: str | None = None
-    webhook: WebhookDelivery | None = None  # REST only: set when the job named a callback_url
+    webhooks: list[WebhookDelivery] = []  # REST only: its callback_url's and its API key's webhook deliveries
 
 
 def image_link(output: OutputFile, base_url: str) -> ImageLink:

@@ -17,7 +17,7 @@ import msgspec
 from piccolo.columns import Column
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyDefaults, KeyLimits
+from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyDefaults, KeyLimits, KeyWebhooks
 from contracts.runtime.database import write_transaction
 from gateway.tables import ApiKeyRow, KeyDefaultsRow
 
@@ -51,6 +51,8 @@ class ApiKeyRecord(msgspec.Struct, kw_only=True):
     max_images_per_job: int | None = None
     max_running: int | None = None
     weight: int | None = None
+    webhook_urls: str = ""  # one URL a line, as in the table
+    webhook_progress: bool = False
 
 
 RECORD_COLUMNS = tuple(getattr(ApiKeyRow, f.name) for f in msgspec.structs.fields(ApiKeyRecord))
@@ -71,6 +73,8 @@ def _to_key(record: ApiKeyRecord) -> ApiKey:
         revoked_at=record.revoked_at,
         scopes=record.scopes.split(),
         limits=KeyLimits(**{name: getattr(record, name) for name in KeyLimits.__struct_fields__}),
+        webhook_urls=record.webhook_urls.split(),
+        webhook_progress=record.webhook_progress,
     )
 
 
@@ -126,6 +130,32 @@ class ApiKeyStore:
         """The key's webhook signing secret; "" when the key has none (made before webhooks) or does not exist."""
         row = await ApiKeyRow.select(ApiKeyRow.webhook_secret).where(ApiKeyRow.key_id == key_id).first()
         return "" if row is None else str(row["webhook_secret"])
+
+    async def key_webhooks(self, key_id: str) -> tuple[list[str], bool]:
+        """The webhook URLs of a key and whether they get progress steps (none for an unknown key)."""
+        row = (
+            await ApiKeyRow.select(ApiKeyRow.webhook_urls, ApiKeyRow.webhook_progress)
+            .where(ApiKeyRow.key_id == key_id)
+            .first()
+        )
+        return ([], False) if row is None else (str(row["webhook_urls"]).split(), bool(row["webhook_progress"]))
+
+    async def set_webhooks(self, key_id: str, urls: list[str], progress: bool) -> KeyWebhooks:
+        """Replace the key's webhook URLs (checked by the caller). A key made before webhooks gets its first signing
+        secret now, returned this once."""
+        async with write_transaction(ApiKeyRow._meta.db):
+            record = await _find(ApiKeyRow.key_id == key_id)
+            if record is None or record.revoked_at is not None:
+                raise HubError(
+                    ErrorCode.NOT_FOUND, f"no active API key `{key_id}`; list the keys to find its id", field="key_id"
+                )
+            update: dict[Any, Any] = {ApiKeyRow.webhook_urls: "\n".join(urls), ApiKeyRow.webhook_progress: progress}
+            new_secret = "" if await self.webhook_secret(key_id) else new_webhook_secret()
+            if new_secret:
+                update[ApiKeyRow.webhook_secret] = new_secret
+            await ApiKeyRow.update(update).where(ApiKeyRow.key_id == key_id)
+        record.webhook_urls, record.webhook_progress = "\n".join(urls), progress
+        return KeyWebhooks(key=_to_key(record), webhook_secret=new_secret)
 
     async def list(self, *, include_revoked: bool = False) -> ApiKeyList:
         query = ApiKeyRow.select(*RECORD_COLUMNS).order_by(ApiKeyRow.created_at)

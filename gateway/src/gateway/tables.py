@@ -23,21 +23,26 @@ class ApiKeyRow(Table, tablename="api_key"):
     max_images_per_job = Integer(null=True, default=None)
     max_running = Integer(null=True, default=None)
     weight = Integer(null=True, default=None)  # fair share; NULL: 1
+    # Every job of the key is POSTed to each (one URL a line), with each progress step when webhook_progress is set.
+    webhook_urls = Text(default="")
+    webhook_progress = Boolean(default=False)
 
 
-class WebhookRow(Table, tablename="webhook_delivery"):
-    """A job's webhook (its `callback_url`) and how its delivery went; one row per job that asked for one."""
+class WebhookRow(Table, tablename="webhook_deliveries"):
+    """One webhook of a job and how its delivery went: the job's `callback_url`, or one of its key's webhook URLs."""
 
-    job_id = Varchar(length=64, unique=True, index=True)
+    delivery_id = Varchar(length=100, unique=True, index=True)  # see webhooks.delivery_id
+    job_id = Varchar(length=64, index=True)
     key_id = Varchar(length=32)
     url = Text()
+    source = Varchar(length=16, default="callback")  # "callback" or "key"
     created_at = Float()
     attempts = Integer(default=0)
     last_status = Integer(null=True, default=None)  # the receiver's HTTP status; None: no answer
     last_error = Text(default="")
     delivered_at = Float(null=True, default=None)
     gave_up_at = Float(null=True, default=None)
-    progress = Boolean(default=False)  # the caller asked for each progress step too
+    progress = Boolean(default=False)  # each progress step too (asked by the caller or set on the key)
     last_seq = Integer(default=0)  # the event seq last POSTed: an older progress step is not sent after it
 
 

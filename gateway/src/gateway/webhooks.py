@@ -1,18 +1,20 @@
-"""Webhooks: a job submitted with a `callback_url` gets its final state POSTed there, signed with its API key's
-webhook secret (Standard Webhooks: `Webhook-Id`, `Webhook-Timestamp`, `Webhook-Signature: v1,<base64 HMAC-SHA256
-of "{id}.{timestamp}.{body}">`).
+"""Webhooks: a job submitted with a `callback_url`, and every job of an API key that has webhook URLs (set in the
+admin UI), gets its final state POSTed there, signed with its API key's webhook secret (Standard Webhooks:
+`Webhook-Id`, `Webhook-Timestamp`, `Webhook-Signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`).
 
 Delivered by the gateway because it owns the API keys and so the signing secrets (no secret crosses NATS). A
-durable JetStream consumer on the generation events, shared by every gateway replica: an `accepted` event with a
-callback records the job's delivery row; its final event is POSTed, acknowledged only once the receiver answered
-2xx (or after the last attempt), and otherwise re-delivered by JetStream after a growing delay, so a restart or a
-receiver outage loses no webhook. The URL goes through the same address checks as input image URLs
-(contracts.runtime.outbound_url: public addresses only unless allowed in HUB_INPUT_URL_ALLOW), at submit and again
-at each attempt (pinned to the checked address); redirects are not followed.
+durable JetStream consumer on the generation events, shared by every gateway replica: an `accepted` event records
+a delivery row per webhook of the job (its callback, its key's URLs); its final event is POSTed to each,
+acknowledged only once every receiver answered 2xx (or got its last attempt), and otherwise re-delivered by
+JetStream after a growing delay (only the webhooks not yet delivered are POSTed again), so a restart or a receiver
+outage loses no webhook. The URLs go through the same address checks as input image URLs
+(contracts.runtime.outbound_url: public addresses only unless allowed in HUB_INPUT_URL_ALLOW), when named (at submit,
+when a key's URLs are set) and again at each attempt (pinned to the checked address); redirects are not followed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -33,7 +35,7 @@ from contracts.messages.events import (
     JobProgress,
 )
 from contracts.messages.jobs import GenerationRequest
-from contracts.messages.keys import WebhookDelivery
+from contracts.messages.keys import KeyWebhooks, SetKeyWebhooks, WebhookDelivery
 from contracts.runtime import tracing
 from contracts.runtime.consumers import Durable, Retry, message_headers
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
@@ -43,6 +45,7 @@ from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore
 from gateway.tables import WebhookRow
 
 FIELD = "callback_url"
+KEY_URLS_FIELD = "urls"  # of SetKeyWebhooks
 ALLOW_VARIABLE = "HUB_INPUT_URL_ALLOW"
 CONSUMER_NAME = "hub-gateway-webhooks"
 FINAL_EVENTS: tuple[type, ...] = (JobCompleted, JobFailed, JobCancelled)
@@ -54,7 +57,7 @@ DELIVERIES: Final = Durable[GenerationEvent](
     name=CONSUMER_NAME,
     stream=EVENTS,
     message=GenerationEvent,
-    description="gateway: POSTs the final state of jobs that named a callback_url",
+    description="gateway: POSTs the final state of jobs to their callback_url and their API key's webhook URLs",
     what="generation event",
     doing="delivering webhooks",
     deliver_policy=DeliverPolicy.NEW,  # webhooks start when the feature does, not with the stream's past
@@ -89,8 +92,16 @@ def webhook_body(event: Any) -> bytes:
     return msgspec.json.encode(WebhookBody(type=f"generation.{kind}", job_id=event.job_id, data=event))
 
 
+def delivery_id(job_id: str, source: str, url: str) -> str:
+    """The row of one webhook of a job: its callback, or one URL of its key (named by a digest: URLs are long)."""
+    if source == "callback":
+        return f"{job_id} callback"
+    return f"{job_id} key {hashlib.sha256(url.encode()).hexdigest()[:16]}"
+
+
 class Webhooks:
-    """Checks a callback at submit; delivers the final states (`handle`, fed by the DELIVERIES consumer)."""
+    """Checks a callback at submit and a key's webhook URLs when set; delivers the final states (`handle`, fed by
+    the DELIVERIES consumer)."""
 
     def __init__(self, runtime: ServiceRuntime, keys: ApiKeyStore, allow: UrlAllowlist) -> None:
         self._keys = keys
@@ -109,16 +120,29 @@ class Webhooks:
                 "a new key in the admin UI (its webhook secret is shown once, beside the key's secret)",
                 field=FIELD,
             )
+        await self._checked(generation.callback_url, FIELD)
+
+    async def _checked(self, raw_url: str, field: str) -> None:
+        """Refuses a URL the hub would not POST to (the outbound rules of input image URLs)."""
         try:
-            url = httpx.URL(generation.callback_url)
+            url = httpx.URL(raw_url)
         except httpx.InvalidURL as exc:
-            raise HubError(ErrorCode.INVALID_REQUEST, f"callback_url is not a valid URL ({exc})", field=FIELD) from None
-        await checked_address(url, self._allow, field=FIELD, variable=ALLOW_VARIABLE)
+            raise HubError(
+                ErrorCode.INVALID_REQUEST, f"{field}: {raw_url!r} is not a valid URL ({exc})", field=field
+            ) from None
+        await checked_address(url, self._allow, field=field, variable=ALLOW_VARIABLE)
+
+    async def set_key_webhooks(self, req: SetKeyWebhooks) -> KeyWebhooks:
+        """The NATS handler (admin UI): a key's webhook URLs, each checked as a callback_url is."""
+        urls = list(dict.fromkeys(url.strip() for url in req.urls if url.strip()))  # in order, each once
+        for url in urls:
+            await self._checked(url, KEY_URLS_FIELD)
+        return await self._keys.set_webhooks(req.key_id, urls, req.progress)
 
     async def handle(self, event: GenerationEvent) -> Retry | None:
-        """One generation event (each job's in stream order): an `accepted` one with a callback records the job's
-        delivery row, a final one is POSTed (Retry: not delivered yet, try again after the delay)."""
-        if isinstance(event, JobAccepted) and event.request.callback_url:
+        """One generation event (each job's in stream order): an `accepted` one records a delivery row per webhook
+        of the job, a final one is POSTed to each (Retry: not all delivered yet, try again after the delay)."""
+        if isinstance(event, JobAccepted) and (event.request.callback_url or event.request.api_key_id):
             await self._record(event)
         elif isinstance(event, JobProgress):
             await self._deliver_progress(event)
@@ -131,34 +155,62 @@ class Webhooks:
         return None
 
     async def _record(self, event: JobAccepted) -> None:
-        row = WebhookRow(
-            job_id=event.job_id,
-            key_id=event.request.api_key_id or "",
-            url=event.request.callback_url,
-            created_at=time.time(),
-            progress=event.request.callback_progress,
-        )
-        await WebhookRow.insert(row).on_conflict(action="DO NOTHING")  # a re-delivered `accepted` event
+        """A delivery row per webhook of the job: its callback_url, and each webhook URL its key has now."""
+        request = event.request
+        key_id = request.api_key_id or ""
+        targets: dict[str, tuple[str, bool]] = {}  # url -> (source, progress); a URL named twice is POSTed once
+        if request.callback_url:
+            targets[request.callback_url] = ("callback", request.callback_progress)
+        if key_id:
+            urls, progress = await self._keys.key_webhooks(key_id)
+            for url in urls:
+                targets.setdefault(url, ("key", progress))
+        rows = [
+            WebhookRow(
+                delivery_id=delivery_id(event.job_id, source, url),
+                job_id=event.job_id,
+                key_id=key_id,
+                url=url,
+                source=source,
+                created_at=time.time(),
+                progress=progress,
+            )
+            for url, (source, progress) in targets.items()
+        ]
+        if rows:  # a re-delivered `accepted` event adds nothing
+            await WebhookRow.insert(*rows).on_conflict(action="DO NOTHING")
 
     async def _deliver_progress(self, event: JobProgress) -> None:
-        """POSTs a progress step once, if asked and nothing later (nor the final state) was sent: a lost step is
-        not retried, the next one (at least every second) says more."""
-        row = await WebhookRow.select().where(WebhookRow.job_id == event.job_id).first()
-        if row is None or not row["progress"] or row["attempts"] > 0 or event.seq <= row["last_seq"]:
-            return
+        """POSTs a progress step once to each webhook that asked for them, unless something later (or the final
+        state) was sent there: a lost step is not retried, the next one (at least every second) says more."""
+        rows = await WebhookRow.select().where(
+            (WebhookRow.job_id == event.job_id)
+            & (WebhookRow.progress == True)  # noqa: E712 (a piccolo column comparison, not a Python one)
+            & (WebhookRow.attempts == 0)
+            & (WebhookRow.last_seq < event.seq)
+        )
+        await asyncio.gather(*(self._deliver_progress_to(row, event) for row in rows))
+
+    async def _deliver_progress_to(self, row: dict[str, Any], event: JobProgress) -> None:
         secret = await self._keys.webhook_secret(row["key_id"])
         status, error = await self._post(row["url"], secret, event)
         if error:
-            self._log.info("webhook progress step not delivered", job_id=event.job_id, status=status, error=error)
+            self._log.info("webhook progress step not delivered", url=row["url"], status=status, error=error)
         await WebhookRow.update({WebhookRow.last_seq: event.seq}).where(
-            (WebhookRow.job_id == event.job_id) & (WebhookRow.attempts == 0)
+            (WebhookRow.delivery_id == row["delivery_id"]) & (WebhookRow.attempts == 0)
         )
 
     async def _deliver(self, event: Any) -> float | None:
-        """POSTs the final state; the delay before the next attempt, or None when done (delivered or given up)."""
-        row = await WebhookRow.select().where(WebhookRow.job_id == event.job_id).first()
-        if row is None or row["delivered_at"] is not None or row["gave_up_at"] is not None:
-            return None
+        """POSTs the final state to each webhook of the job not yet done with; the delay before the next attempt
+        at those that failed, or None when all are done (delivered or given up)."""
+        rows = await WebhookRow.select().where(
+            (WebhookRow.job_id == event.job_id) & WebhookRow.delivered_at.is_null() & WebhookRow.gave_up_at.is_null()
+        )
+        delays = await asyncio.gather(*(self._deliver_to(row, event) for row in rows))
+        waiting = [delay for delay in delays if delay is not None]
+        return min(waiting) if waiting else None
+
+    async def _deliver_to(self, row: dict[str, Any], event: Any) -> float | None:
         secret = await self._keys.webhook_secret(row["key_id"])
         status, error = await self._post(row["url"], secret, event)
         attempts = row["attempts"] + 1
@@ -172,10 +224,10 @@ class Webhooks:
             self.delivered += 1
         elif attempts >= len(RETRY_DELAYS_S):
             update[WebhookRow.gave_up_at] = now
-            self._log.warning("webhook given up", job_id=event.job_id, attempts=attempts, error=error)
+            self._log.warning("webhook given up", url=row["url"], attempts=attempts, error=error)
         else:
             delay = RETRY_DELAYS_S[attempts - 1]
-        await WebhookRow.update(update).where(WebhookRow.job_id == event.job_id)
+        await WebhookRow.update(update).where(WebhookRow.delivery_id == row["delivery_id"])
         return delay
 
     async def _post(self, raw_url: str, secret: str, event: Any) -> tuple[int | None, str]:
@@ -200,7 +252,10 @@ class Webhooks:
         return response.status_code, "" if ok else f"HTTP {response.status_code}"
 
 
-async def delivery_of(job_id: str) -> WebhookDelivery | None:
-    """The job's webhook delivery, or None when it named no callback_url (or its `accepted` event is not read yet)."""
-    row = await WebhookRow.select().where(WebhookRow.job_id == job_id).first()
-    return None if row is None else msgspec.convert(row, WebhookDelivery, strict=False)
+async def deliveries_of(job_id: str) -> list[WebhookDelivery]:
+    """The job's webhook deliveries (its callback_url first, then its key's URLs); none when it has no webhook (or
+    its `accepted` event is not read yet)."""
+    rows = (
+        await WebhookRow.select().where(WebhookRow.job_id == job_id).order_by(WebhookRow.source, WebhookRow.created_at)
+    )
+    return [msgspec.convert(row, WebhookDelivery, strict=False) for row in rows]

@@ -36,6 +36,9 @@ class ApiKey(Record):
     revoked_at: float | None = None
     scopes: list[str] = msgspec.field(default_factory=list)  # names from SCOPES
     limits: KeyLimits = msgspec.field(default_factory=KeyLimits)
+    # Every job of this key POSTs its final state to each of these (and each progress step with webhook_progress).
+    webhook_urls: list[str] = msgspec.field(default_factory=list)
+    webhook_progress: bool = False
 
 
 class ApiKeyList(Record):
@@ -85,10 +88,33 @@ class RevokeApiKey(Request):
     key_id: str
 
 
+# Most webhook URLs one key may have: each job of the key is POSTed to every one.
+MAX_KEY_WEBHOOK_URLS = 5
+WebhookUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class SetKeyWebhooks(Request):
+    """Set (replace) the webhook URLs of a key; an empty list stops them."""
+
+    key_id: str
+    urls: Annotated[list[WebhookUrl], msgspec.Meta(max_length=MAX_KEY_WEBHOOK_URLS)] = msgspec.field(
+        default_factory=list
+    )
+    progress: bool = False  # each progress step too, not only the final state
+
+
+class KeyWebhooks(Record):
+    key: ApiKey
+    webhook_secret: str = ""  # set only when this call made the key its first signing secret: shown once
+
+
 class WebhookDelivery(Record):
-    """How a job's webhook (its callback_url) went."""
+    """How one webhook of a job went: its callback_url, or one of its API key's webhook URLs."""
 
     url: str
+    source: Annotated[
+        str, msgspec.Meta(description="`callback` (the job's callback_url) or `key` (a webhook URL of its API key)")
+    ] = "callback"
     attempts: int = 0  # attempts at the final state
     last_status: Annotated[int | None, msgspec.Meta(description="The receiver's HTTP status; null: no answer")] = None
     last_error: str = ""
@@ -101,4 +127,4 @@ class GetWebhookDelivery(Request):
 
 
 class WebhookDeliveryReply(Record):
-    delivery: WebhookDelivery | None = None  # None: the job named no callback_url
+    deliveries: list[WebhookDelivery] = msgspec.field(default_factory=list)  # none: no webhook for this job

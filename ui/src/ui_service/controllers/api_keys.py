@@ -1,5 +1,5 @@
-"""The gateway's API keys: list, create (the secret shown once), revoke, and their limits: each key's, and the
-defaults a new key's form starts from."""
+"""The gateway's API keys: list, create (the secret shown once), revoke, their limits (each key's, and the
+defaults a new key's form starts from) and their webhook URLs."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from contracts.messages.keys import (
     RevokeApiKey,
     SetApiKeyLimits,
     SetKeyDefaults,
+    SetKeyWebhooks,
 )
-from ui_service.forms import form_of, limits_form, limits_from_form
+from ui_service.forms import form_of, limits_form, limits_from_form, lines
 from ui_service.hub_client import HubClient
 from ui_service.pages import Rejection, act_then_redirect, field_of, flash, named_or, page, require_admin
 
@@ -36,12 +37,14 @@ async def keys_page(request: Request, hub: HubClient, errors: dict | None = None
     # The new secret rides in the session for exactly one page view (post/redirect/get: a reload
     # neither creates a second key nor shows the secret again).
     created = request.session.pop("new_key", None) if request.session else None
+    new_webhook_secret = request.session.pop("new_webhook_secret", None) if request.session else None
     return page(
         "api_keys.html",
         request,
         keys=listed.keys if listed else [],
         load_error=error,
         created=created,
+        new_webhook_secret=new_webhook_secret,
         errors=errors or {},
         form=form,
     )
@@ -104,6 +107,20 @@ class ApiKeysController(Controller):
         with Rejection() as rejected:
             revoked = await hub.ask(endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=key_id))
         return act_then_redirect(request, "/api-keys", rejected, "" if rejected else f"Revoked the key {revoked.name}.")
+
+    @post("/webhooks")
+    async def set_key_webhooks(self, request: Request, hub: HubClient) -> Redirect:
+        form = await form_of(request)
+        urls = lines(form.get("webhook_urls", ""))
+        setting = SetKeyWebhooks(key_id=form.get("key_id", ""), urls=urls, progress="webhook_progress" in form)
+        with Rejection() as rejected:
+            saved = await hub.ask(endpoints.Gateway.KEYS_WEBHOOKS_SET, setting)
+        if rejected:
+            return act_then_redirect(request, "/api-keys", rejected, "")
+        if saved.webhook_secret:  # the key's first signing secret (a key made before webhooks): shown this once
+            request.session["new_webhook_secret"] = {"name": saved.key.name, "secret": saved.webhook_secret}
+        done = f"{saved.key.name}: {len(urls)} webhook URL{'s' if len(urls) != 1 else ''} set." if urls else ""
+        return act_then_redirect(request, "/api-keys", rejected, done or f"{saved.key.name}: webhooks stopped.")
 
     @get("/defaults")
     async def defaults(self, request: Request, hub: HubClient) -> Template:

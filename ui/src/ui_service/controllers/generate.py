@@ -131,7 +131,7 @@ class GenerateController(Controller):
             job=view,
             final=view.status in FINAL_STATUSES,
             now=time.time(),
-            webhook=webhook.delivery if webhook else None,
+            webhooks=webhook.deliveries if webhook else [],
             webhook_error=webhook_error if view.api_key_id else "",  # only API jobs can have a webhook
         )
 

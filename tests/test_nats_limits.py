@@ -19,6 +19,7 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import QueueViewRequest
 from contracts.runtime.bus import call
 from contracts.streams import EVENTS, EVENTS_STREAM, JOBS, JOBS_STREAM, StreamSpec, event_subject
+from dispatch_service.fair_share import KEY_CONSUMER_PREFIX, key_token
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -87,7 +88,10 @@ async def test_many_requests_leave_no_consumer_and_one_subject_per_job(gw: Gatew
 
         for start in range(0, 40, 8):
             await asyncio.gather(*(one(i) for i in range(start, start + 8)))
-    assert await consumers(gw) == before  # nothing per request: the durable ones and the buckets' watchers only
+    # Nothing per request: the durable ones and the buckets' watchers only, and the job consumer of the caller's key
+    # (one per API key, for fair share between keys).
+    key_consumer = KEY_CONSUMER_PREFIX + key_token(gw.key.key.key_id)
+    assert await consumers(gw) == {**before, JOBS_STREAM: sorted({*before[JOBS_STREAM], key_consumer})}
     added = (await event_subjects(gw)) - subjects_before
     assert added == {event_subject(job_id) for job_id in job_ids} and len(added) == 40
     for job_id in job_ids[:3]:

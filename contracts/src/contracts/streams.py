@@ -35,7 +35,14 @@ def job_of_event_subject(subject: str) -> str:
 
 
 def job_subject(job_id: str) -> str:
+    """A job without an API key (the admin UI's, a NATS client's)."""
     return f"hub.jobs.pending.{job_id}"
+
+
+def key_job_subject(key_token: str, job_id: str) -> str:
+    """`hub.jobs.key.<key token>.<job_id>`: a job of an API key. Each key's jobs have a consumer of their own, so the
+    dispatcher takes the next job of whichever key fair share picks (dispatch_service/fair_share.py)."""
+    return f"hub.jobs.key.{key_token}.{job_id}"
 
 
 class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,7 +3,8 @@
 Plain pull gives the next job to whichever instance frees first. Here this replica holds a small window of the
 next jobs of the stream (kept alive with `in_progress`, as a running job's message is), so that when a slot frees
 it can pick the job whose models that instance holds, and when a job could go to several free instances it can
-pick the one holding its models (see affinity.plan). Jobs leave the window oldest first among equals; a job no
+pick the one holding its models (see affinity.plan). The window fills, and jobs leave it, by fair share between
+API keys (fair_share.py), oldest first among equals within a key; a job no
 available instance can run goes back to the stream, as with pull, so it never blocks the window.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ from nats.aio.msg import Msg
 from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
+from dispatch_service.fair_share import fair_order
 from dispatch_service.jobs import is_final
 from dispatch_service.leases import Lease
 from dispatch_service.store import JobRecord
@@ -84,9 +87,13 @@ class AffinityQueue:
             if len(self.window) >= self._window_size() or not any(s.available for s in self._pool.states.values()):
                 await asyncio.sleep(0.05)
                 continue
-            await self._scheduler.fetch_and_handle(
-                0.5, self._hold, "could not take a job into the window; it will be delivered again"
-            )
+            # The window fills by fair share too: the key whose turn it is, counting the jobs it has here already.
+            held = Counter(h.row.api_key_id for h in self.window)
+            queues = self._scheduler.queues
+            if not await queues.take_next(
+                self._hold, "could not take a job into the window; it will be delivered again", held
+            ):
+                await queues.wait_for_jobs(self._pool.changed, timeout=0.5)
 
     async def _hold(self, msg: Msg) -> None:
         admitted = await self._scheduler.admit(msg)
@@ -117,6 +124,11 @@ class AffinityQueue:
         }
         # A job whose key is at its running limit stays in the window, out of this round's plan.
         eligible = [held for held in self.window if not await self._scheduler.key_at_running_limit(held.row)]
+        # Fair share: the keys take turns by their recent run time and weight; a key's jobs keep their order.
+        queues = self._scheduler.queues
+        by_key = {standing.api_key_id: standing for standing in await queues.standings()}
+        order = fair_order([held.row.api_key_id for held in eligible], by_key, fair=queues.fair)
+        eligible = [eligible[index] for index in order]
         jobs = [
             Waiting(
                 render_type=held.row.render_type,

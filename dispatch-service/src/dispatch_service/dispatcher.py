@@ -126,7 +126,7 @@ class Dispatcher:
             return msgspec.structs.replace(reply, status="failed", error=never)
         # Published in this order on one connection, so the stream holds `accepted` before `queued`.
         try:
-            await asyncio.gather(accepted, self.scheduler.enqueue(job_id))
+            await asyncio.gather(accepted, self.scheduler.enqueue(job_id, request.api_key_id))
         except HubError as exc:  # the queue is full: the job ends now, failed with the reason, and the caller hears it
             await self.scheduler.fail(await self.store.require(job_id), exc.info.message)
             raise
@@ -152,8 +152,8 @@ class Dispatcher:
             details={"limit": "max_waiting", "max": request.max_waiting, "retry_after_s": retry_after_s},
         )
 
-    async def _queue(self, job_id: str) -> None:
-        await self.scheduler.enqueue(job_id)
+    async def _queue(self, job_id: str, api_key_id: str | None) -> None:
+        await self.scheduler.enqueue(job_id, api_key_id)
         await self._mark_queued(job_id)
 
     async def _mark_queued(self, job_id: str) -> None:
@@ -173,12 +173,12 @@ class Dispatcher:
 
     async def requeue_unqueued(self) -> int:
         """Jobs recorded but not yet on the stream (the dispatcher died in between) are queued now."""
-        job_ids = await self.store.unqueued()
-        for job_id in job_ids:
-            await self._queue(job_id)
-        if job_ids:
-            log.info("re-queued jobs accepted before a restart", count=len(job_ids))
-        return len(job_ids)
+        unqueued = await self.store.unqueued()
+        for job_id, api_key_id in unqueued:
+            await self._queue(job_id, api_key_id)
+        if unqueued:
+            log.info("re-queued jobs accepted before a restart", count=len(unqueued))
+        return len(unqueued)
 
     async def get(self, job_id: str) -> JobView:
         row = await self.store.require(job_id)

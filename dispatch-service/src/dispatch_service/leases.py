@@ -95,6 +95,11 @@ class Lease:
             except (NoStreamResponseError, TimeoutError):
                 return True  # unreachable for a moment: try again at the next refresh, well before the TTL
 
+    async def name(self, note: LeaseNote) -> bool:
+        """Say which job holds the slot (a slot taken before its job was fetched); False if the lease was lost."""
+        self._value = msgspec.json.encode(note)
+        return await self.refresh()
+
     async def release(self) -> None:
         """Free the slot. Already expired or taken over: nothing of ours to release."""
         if self._nc is not None and not self._nc.is_connected:

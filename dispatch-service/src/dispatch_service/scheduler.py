@@ -22,7 +22,7 @@ import itertools
 import tempfile
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,8 +31,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, FetchTimeoutError
+from nats.js.errors import APIError
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import (
@@ -53,7 +52,7 @@ from contracts.runtime.config import Settings
 from contracts.runtime.images import image_size
 from contracts.runtime.logs import get_logger
 from contracts.runtime.storage import OutputStorage
-from contracts.streams import JOBS, JOBS_STREAM, job_subject
+from contracts.streams import JOBS, JOBS_STREAM
 from dispatch_service.affinity import Affinity, CostModel, ModelMemory
 from dispatch_service.affinity_queue import AffinityQueue
 from dispatch_service.comfyui import (
@@ -69,6 +68,7 @@ from dispatch_service.comfyui import (
     output_nodes_of,
 )
 from dispatch_service.events import EventPublisher, ProgressRelay
+from dispatch_service.fair_share import KeyQueues, subject_of
 from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
@@ -76,7 +76,6 @@ from dispatch_service.store import ACTIVE_STATUSES, RUNNING_STATUSES, WAITING_ST
 
 log = get_logger("scheduler")
 
-CONSUMER = "dispatch"
 RETRY_DELAY_S = 0.2
 HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of the jobs handed back
 PROGRESS_WRITE_EVERY_S = 0.5
@@ -182,9 +181,12 @@ class Scheduler:
         self.running: dict[str, _Running] = {}
         # API key id -> jobs this replica has started and not yet ended (counted before their row says running).
         self._started_of_key: dict[str, set[str]] = defaultdict(set)
+        # The stream's consumers, one per API key; which key's job comes next (fair share, see fair_share.py).
+        self.queues = KeyQueues(settings, nc, js, store, self._started_of_key)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._subscription: Any = None
         self._rotation = itertools.count()
+        self._lost_to_another_replica = False  # the last job fetched found its free slot taken by another replica
+        self._reserved: tuple[InstanceState, Lease] | None = None  # pull: the slot taken for the next job fetched
         self._bound: dict[str, deque[Msg]] = defaultdict(deque)  # round_robin: jobs waiting for their instance
         # Which models each instance holds (every strategy keeps it); pull_affinity places jobs by it.
         self.affinity = Affinity(
@@ -197,22 +199,7 @@ class Scheduler:
     # -- queue ------------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._subscription = await through_election(
-            lambda: self.js.pull_subscribe(
-                job_subject("*"),
-                durable=CONSUMER,
-                stream=JOBS_STREAM,
-                config=ConsumerConfig(
-                    durable_name=CONSUMER,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=self.settings.dispatch_takeover_s,
-                    max_deliver=-1,  # attempts are counted on the job, with their reasons
-                    max_ack_pending=10_000,
-                ),
-            ),
-            "creating the job consumer",
-        )
+        await self.queues.open()
         await self.affinity.memory.open()
         await self._hand_back_orphans()
 
@@ -227,8 +214,9 @@ class Scheduler:
                 adopted.append(note.job_id)
                 continue
             await lease.release()
-            await self.nc.publish(note.reply, b"-NAK")
-            handed_back.append(note.job_id)
+            if note.reply:  # "": a slot taken for a job not yet fetched
+                await self.nc.publish(note.reply, b"-NAK")
+                handed_back.append(note.job_id)
         if handed_back:
             await self.nc.flush()
             log.info("handed back the jobs of this replica before its restart", jobs=handed_back)
@@ -253,20 +241,20 @@ class Scheduler:
         if where == "unknown":
             return False  # it died before ComfyUI had the prompt: it runs again
         data = msgspec.json.encode(JobMessage(row.job_id))
-        msg = Msg(self.nc, subject=job_subject(row.job_id), reply=note.reply, data=data)
+        msg = Msg(self.nc, subject=subject_of(row.job_id, row.api_key_id), reply=note.reply, data=data)
         await msg.in_progress()  # ours now, before the take-over time would deliver it again
         state.running += 1
         self.affinity.begin(row.job_id, state, row)
         self._spawn(self._run_counted(msg, row, state, lease, adopted=True))
         return True
 
-    async def enqueue(self, job_id: str) -> None:
+    async def enqueue(self, job_id: str, api_key_id: str | None) -> None:
         """Put a job on the stream; a repeat within the de-duplication window is dropped by JetStream. A queue at
         its limit (streams.JOBS: discard new) refuses the job: UNAVAILABLE, saying so."""
         try:
             await publish_durably(
                 self.js,
-                job_subject(job_id),
+                subject_of(job_id, api_key_id),
                 msgspec.json.encode(JobMessage(job_id)),
                 headers={"Nats-Msg-Id": job_id},
             )
@@ -283,28 +271,9 @@ class Scheduler:
     def _has_free_slot(self) -> bool:
         return any(s.available and s.running < s.config.slots for s in self.pool.states.values())
 
-    async def fetch_and_handle(self, timeout: float, handle: Callable[[Msg], Awaitable[None]], failure: str) -> None:
-        """Fetch the next job message (waiting up to `timeout`) and hand it to `handle`; a message `handle` fails on
-        is NAKed, so it is delivered again (logged as `failure`)."""
-        try:
-            messages = await self._subscription.fetch(1, timeout=timeout)
-        except (FetchTimeoutError, TimeoutError):
-            return
-        except Exception as exc:  # NATS restarting or unreachable: keep trying, the jobs are safe in the stream
-            log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(0.5)
-            return
-        for msg in messages:
-            try:
-                await handle(msg)
-            except Exception:
-                log.exception(failure)
-                # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
-
     async def run(self) -> None:
-        """The fetch-and-place loop of this replica."""
+        """The fetch-and-place loop of this replica: whenever a slot may be free, the next job of the key whose turn
+        it is (see fair_share.py)."""
         if self.settings.dispatch_strategy == "pull_affinity":
             await self._affinity_queue.run()
             return
@@ -314,7 +283,40 @@ class Scheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=0.5)
                 continue
-            await self.fetch_and_handle(1.0, self._place, "could not place a job; it will be delivered again")
+            self.pool.changed.clear()
+            await self._place_next()
+
+    async def _place_next(self) -> None:
+        """One round of the loop: under `pull` a free slot is taken first and then the job for it fetched, so among
+        replicas only one that holds a slot takes a key's next job: each key's jobs start in their order."""
+        self._lost_to_another_replica = False
+        if self.settings.dispatch_strategy == "pull":
+            self._reserved = await self._reserve_slot()
+            if self._reserved is None:  # the slots this replica saw free are taken by other replicas
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.pool.changed.wait(), timeout=RETRY_DELAY_S)
+                return
+        try:
+            took = await self.queues.take_next(self._place, "could not place a job; it will be delivered again")
+        finally:
+            reserved, self._reserved = self._reserved, None
+            if reserved is not None:  # no job for it: free again
+                await reserved[1].release()
+        if not took:
+            await self.queues.wait_for_jobs(self.pool.changed, timeout=0.5)
+        elif self._lost_to_another_replica:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pool.changed.wait(), timeout=RETRY_DELAY_S)
+
+    async def _reserve_slot(self) -> tuple[InstanceState, Lease] | None:
+        """A slot of an instance free as far as this replica knows, taken before its job is fetched."""
+        unnamed = LeaseNote(replica=self.replica, job_id="", reply="")
+        states = [s for s in self.pool.states.values() if s.available and s.running < s.config.slots]
+        for state in sorted(states, key=lambda s: (s.running / s.config.slots, -s.config.weight)):
+            lease = await self.leases.try_take(state.config.name, state.config.slots, unnamed)
+            if lease is not None:
+                return state, lease
+        return None
 
     async def _place(self, msg: Msg) -> None:
         admitted = await self.admit(msg)
@@ -330,12 +332,26 @@ class Scheduler:
                 self._bind(chosen, msg)
                 return
         note = self._note(row.job_id, msg)
-        for state in self.pool.candidates(requirements):
+        candidates = self.pool.candidates(requirements)
+        reserved = self._reserved
+        if reserved is not None and any(state is reserved[0] for state in candidates):
+            self._reserved = None
+            if await reserved[1].name(note):
+                self._start(msg, row, *reserved)
+                return
+        for state in candidates:
             lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is not None:
                 self._start(msg, row, state, lease)
                 return
-        await msg.nak(delay=RETRY_DELAY_S)
+        if any(s.running < s.config.slots for s in candidates):
+            # A slot free as far as this replica knows was taken by another replica: the job goes back to the head
+            # of its key's queue at once (it stays the next to start, its key's order kept) and this replica waits
+            # a moment before fetching again, rather than pass over jobs while the others fill the slots.
+            self._lost_to_another_replica = True
+            await msg.nak()
+            return
+        await msg.nak(delay=RETRY_DELAY_S)  # no instance that can run it is free: the jobs behind it go first
 
     async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
@@ -471,6 +487,7 @@ class Scheduler:
         if pending:
             await asyncio.wait(pending, timeout=2)
         await self.affinity.memory.close()
+        await self.queues.close()
 
     async def _hand_back_bound(self) -> None:
         """round_robin: jobs bound to an instance but not started go back to the stream."""

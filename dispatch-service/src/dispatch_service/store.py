@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from piccolo.columns import Column
 from piccolo.custom_types import Combinable
-from piccolo.query.functions.aggregate import Count, Min
+from piccolo.query.functions.aggregate import Count, Max, Min
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import Instance
-from contracts.messages.jobs import GenerationRequest, OutputFile
+from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, OutputFile
 from contracts.messages.render_types import Requirements
 from contracts.runtime.database import write_transaction
 from dispatch_service.tables import InstanceRow, JobRow
@@ -86,6 +86,20 @@ class JobRecord(msgspec.Struct, kw_only=True):
 
 
 _EMPTY_WHEN_NULL = {"request": {}, "workflow": {}, "styles": [], "failures": [], "outputs": [], "progress_percent": 0.0}
+
+
+class WaitingKey(msgspec.Struct, frozen=True):
+    api_key_id: str | None
+    oldest_accepted_at: float
+    request: dict[str, Any]  # the key's newest waiting job's request: its weight and max_running
+
+
+class KeyRun(msgspec.Struct, frozen=True):
+    job_id: str
+    api_key_id: str | None
+    status: str
+    started_at: float
+    finished_at: float | None
 
 
 def _job(row: dict[str, Any]) -> JobRecord:
@@ -306,9 +320,46 @@ class JobStore:
         )
         return [_job(row) for row in rows]
 
-    async def unqueued(self) -> list[str]:
-        rows = await JobRow.select(JobRow.job_id).where(JobRow.status == "accepted").run()
-        return [row["job_id"] for row in rows]
+    async def unqueued(self) -> list[tuple[str, str | None]]:
+        """(job id, API key id) of the jobs recorded but not yet put on the job stream."""
+        rows = await JobRow.select(JobRow.job_id, JobRow.api_key_id).where(JobRow.status == "accepted").run()
+        return [(row["job_id"], row["api_key_id"]) for row in rows]
+
+    # -- fair share (see fair_share.py) --
+
+    async def waiting_keys(self) -> list[WaitingKey]:
+        """Per API key with jobs waiting (None: jobs without a key): when its oldest waiting job was accepted, and
+        the request of its newest one (which carries the key's current weight and running limit)."""
+        rows = (
+            await JobRow.select(
+                JobRow.api_key_id, Min(JobRow.accepted_at).as_alias("oldest"), Max(JobRow.id).as_alias("newest")
+            )
+            .where(JobRow.status.is_in(list(WAITING_STATUSES)))
+            .group_by(JobRow.api_key_id)
+            .run()
+        )
+        if not rows:
+            return []
+        newest = {int(row["newest"]) for row in rows}
+        requests = (
+            await JobRow.select(JobRow.id, JobRow.request).where(JobRow.id.is_in(list(newest))).output(load_json=True)
+        )
+        request_of = {int(row["id"]): row["request"] or {} for row in requests}
+        return [
+            WaitingKey(
+                api_key_id=row["api_key_id"],
+                oldest_accepted_at=float(row["oldest"]),
+                request=request_of.get(int(row["newest"]), {}),
+            )
+            for row in rows
+        ]
+
+    async def runs_since(self, since: float) -> list[KeyRun]:
+        """The runs (running or ended) that started at or after `since`, by API key: the service keys had."""
+        rows = await JobRow.select(
+            JobRow.job_id, JobRow.api_key_id, JobRow.status, JobRow.started_at, JobRow.finished_at
+        ).where((JobRow.started_at >= since) & JobRow.status.is_in([*RUNNING_STATUSES, *FINAL_STATUSES]))
+        return msgspec.convert(rows, list[KeyRun])
 
 
 # -- instances ---------------------------------------------------------------------------------------------

@@ -81,6 +81,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "10",
         "pull_affinity: seconds a model switch is assumed to take until measured per render type and instance",
     ),
+    "HUB_DISPATCH_FAIR_SHARE": (
+        "on",
+        "`on`: a free slot goes to the API key with the least recent run time (divided by its weight); `off`: to "
+        "the oldest waiting job, whatever its key",
+    ),
+    "HUB_DISPATCH_FAIR_SHARE_WINDOW_S": ("120", "Fair share: how far back a key's run time counts"),
     "HUB_DISPATCH_HEALTH_INTERVAL_S": ("5", "How often the dispatcher polls each ComfyUI instance"),
     "HUB_DISPATCH_STALL_TIMEOUT_S": ("60", "Silence from a running job after which its instance is probed for a hang"),
     "HUB_DISPATCH_JOB_TIMEOUT_S": ("3600", "Longest time one attempt of a job may run"),
@@ -149,6 +155,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     layout: Literal["single", "split"]
     dispatch_strategy: Literal["pull", "pull_affinity", "round_robin"]
     dispatch_model_switch_s: float
+    dispatch_fair_share: bool
+    dispatch_fair_share_window_s: float
     dispatch_health_interval_s: float
     dispatch_stall_timeout_s: float
     dispatch_job_timeout_s: float
@@ -328,6 +336,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         layout=_choice(env, "HUB_LAYOUT", ("single", "split")),
         dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),
         dispatch_model_switch_s=_number(env, "HUB_DISPATCH_MODEL_SWITCH_S", float, minimum=0),
+        dispatch_fair_share=_choice(env, "HUB_DISPATCH_FAIR_SHARE", ("on", "off")) == "on",
+        dispatch_fair_share_window_s=_number(env, "HUB_DISPATCH_FAIR_SHARE_WINDOW_S", float, minimum=1),
         dispatch_health_interval_s=_number(env, "HUB_DISPATCH_HEALTH_INTERVAL_S", float, minimum=0.05),
         dispatch_stall_timeout_s=_number(env, "HUB_DISPATCH_STALL_TIMEOUT_S", float, minimum=0.1),
         dispatch_job_timeout_s=_number(env, "HUB_DISPATCH_JOB_TIMEOUT_S", float, minimum=1),

@@ -1,0 +1,266 @@
+"""Fair share between API keys: a free slot goes to the key that has had the least run time recently, not to the
+oldest job overall.
+
+Each key's jobs are on a subject of their own in the job stream (`hub.jobs.key.<token>.<job_id>`, the token a hash
+of the key id) with a durable pull consumer of their own (`dispatch-key-<token>`), so a key's jobs leave the stream
+in the order they came, and the dispatcher can take the next job of any key. Jobs without a key (admin UI, NATS
+clients) keep the subject and consumer they always had (`hub.jobs.pending.<job_id>`, `dispatch`) and count as one
+more key.
+
+Which key comes next is decided from the job table, which every replica shares: for each key with jobs waiting,
+the run time its jobs had in the last `HUB_DISPATCH_FAIR_SHARE_WINDOW_S` seconds (an ended run counts what it
+took; a running one at least the mean measured run time, so jobs started a moment ago weigh at once), divided by
+the key's weight. The key with the least goes first, among equals the one whose oldest job waited longest. Keys
+at their running limit are passed over. Nothing lives in one process's memory beyond the jobs this replica has
+started and not yet recorded, so replicas and restarts see the same order. With `HUB_DISPATCH_FAIR_SHARE=off` keys
+are taken oldest waiting job first: one queue in order of arrival, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import FetchTimeoutError
+
+from contracts.runtime.bus import through_election
+from contracts.runtime.config import Settings
+from contracts.runtime.logs import get_logger
+from contracts.streams import JOBS_STREAM, JOBS_SUBJECTS, job_subject, key_job_subject
+from dispatch_service.store import RUNNING_STATUSES, JobStore, KeyRun, WaitingKey
+
+log = get_logger("fair_share")
+
+CONSUMER = "dispatch"  # jobs without an API key (and every job queued before fair share)
+KEY_CONSUMER_PREFIX = "dispatch-key-"
+KEY_CONSUMER_IDLE_S = 24 * 3600.0  # the server removes a key's consumer unused this long; made again when needed
+FETCH_TIMEOUT_S = 0.1  # a key whose waiting jobs are all held elsewhere costs this much of a round
+UNMEASURED_RUN_S = 1.0  # what a running job counts before any run was measured
+ESTIMATE_EVERY_S = 5.0  # the mean run time is read again this often
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+def key_token(api_key_id: str) -> str:
+    """A key id as a subject token: always valid and of fixed length, whatever the id holds."""
+    return hashlib.sha256(api_key_id.encode()).hexdigest()[:16]
+
+
+def subject_of(job_id: str, api_key_id: str | None) -> str:
+    return job_subject(job_id) if api_key_id is None else key_job_subject(key_token(api_key_id), job_id)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A key with jobs waiting, as fair share ranks it."""
+
+    api_key_id: str | None
+    served_s: float  # run time in the window, divided by the weight
+    unit_s: float  # what one more job of the key adds to `served_s` (the mean run time over the weight)
+    oldest_accepted_at: float
+    at_running_limit: bool
+
+
+def weight_of(request: Mapping[str, Any]) -> int:
+    weight = request.get("weight")
+    return int(weight) if isinstance(weight, int) and weight >= 1 else 1
+
+
+def _charge(run: KeyRun, now: float, mean_run_s: float) -> float:
+    if run.status in RUNNING_STATUSES or run.finished_at is None:
+        return max(now - run.started_at, mean_run_s)
+    return max(run.finished_at - run.started_at, 0.0)
+
+
+def standings(
+    waiting: list[WaitingKey],
+    runs: list[KeyRun],
+    started_here: Mapping[str, set[str]],
+    mean_run_s: float,
+    now: float,
+) -> list[Standing]:
+    """The keys with jobs waiting and their service, unsorted. `started_here` (key id or "" -> job ids): jobs this
+    replica has started whose rows may not say so yet; each counts one mean run time until its row does."""
+    served: dict[str | None, float] = {}
+    running: dict[str | None, set[str]] = {}
+    for run in runs:
+        served[run.api_key_id] = served.get(run.api_key_id, 0.0) + _charge(run, now, mean_run_s)
+        if run.status in RUNNING_STATUSES:
+            running.setdefault(run.api_key_id, set()).add(run.job_id)
+    result = []
+    for key in waiting:
+        weight = weight_of(key.request)
+        recorded = running.get(key.api_key_id, set())
+        unrecorded = started_here.get(key.api_key_id or "", set()) - recorded
+        limit = key.request.get("max_running")
+        busy = len(recorded) + len(unrecorded)
+        result.append(
+            Standing(
+                api_key_id=key.api_key_id,
+                served_s=(served.get(key.api_key_id, 0.0) + len(unrecorded) * mean_run_s) / weight,
+                unit_s=mean_run_s / weight,
+                oldest_accepted_at=key.oldest_accepted_at,
+                at_running_limit=key.api_key_id is not None and isinstance(limit, int) and busy >= limit,
+            )
+        )
+    return result
+
+
+def ranked(keys: list[Standing], held: Mapping[str | None, int], *, fair: bool) -> list[Standing]:
+    """The order in which keys get the next slot: least service first (counting `held`, jobs of the key this
+    replica already holds waiting), then the longest waiting; only by the longest waiting when not `fair`."""
+    if not fair:
+        return sorted(keys, key=lambda k: k.oldest_accepted_at)
+    return sorted(keys, key=lambda k: (k.served_s + held.get(k.api_key_id, 0) * k.unit_s, k.oldest_accepted_at))
+
+
+def fair_order(job_keys: list[str | None], by_key: Mapping[str | None, Standing], *, fair: bool) -> list[int]:
+    """The order in which held jobs (given by their keys, oldest first) should start: each job's tag is its key's
+    service plus one unit per job of the key before it, so keys take turns by weight and a key's jobs keep their
+    order. Indexes into `job_keys`."""
+    if not fair:
+        return list(range(len(job_keys)))
+    seen: dict[str | None, int] = {}
+    tags: list[tuple[float, int]] = []
+    for index, key in enumerate(job_keys):
+        standing = by_key.get(key)
+        before = seen.get(key, 0)
+        seen[key] = before + 1
+        tag = 0.0 if standing is None else standing.served_s + before * standing.unit_s
+        tags.append((tag, index))
+    return [index for _, index in sorted(tags)]
+
+
+class KeyQueues:
+    """The job stream's consumers, one per key, and the fair choice of the next one to take a job from."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        nc: NatsClient,
+        js: JetStreamContext,
+        store: JobStore,
+        started_of_key: Mapping[str, set[str]],
+    ) -> None:
+        self._settings = settings
+        self._nc = nc
+        self._js = js
+        self._store = store
+        self._started_of_key = started_of_key
+        self._subscriptions: dict[str | None, Any] = {}
+        self._arrived = asyncio.Event()
+        self._doorbell: Any = None
+        self._mean_run_s = UNMEASURED_RUN_S
+        self._mean_read_at = 0.0
+
+    async def open(self) -> None:
+        await self._subscription(None)
+
+        async def rang(_: Msg) -> None:
+            self._arrived.set()
+
+        # A plain subscription beside the stream: it rings when any replica queues a job, so an idle loop wakes.
+        self._doorbell = await self._nc.subscribe(JOBS_SUBJECTS, cb=rang)
+
+    async def close(self) -> None:
+        if self._doorbell is not None:
+            with contextlib.suppress(Exception):
+                await self._doorbell.unsubscribe()
+
+    async def _subscription(self, api_key_id: str | None) -> Any:
+        subscription = self._subscriptions.get(api_key_id)
+        if subscription is not None:
+            return subscription
+        if api_key_id is None:
+            durable, subject, idle = CONSUMER, job_subject("*"), None
+        else:
+            token = key_token(api_key_id)
+            durable, subject, idle = KEY_CONSUMER_PREFIX + token, key_job_subject(token, "*"), KEY_CONSUMER_IDLE_S
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._settings.dispatch_takeover_s,
+            max_deliver=-1,  # attempts are counted on the job, with their reasons
+            max_ack_pending=10_000,
+            inactive_threshold=idle,
+        )
+        subscription = await through_election(
+            lambda: self._js.pull_subscribe(subject, durable=durable, stream=JOBS_STREAM, config=config),
+            f"creating the job consumer {durable}",
+        )
+        self._subscriptions[api_key_id] = subscription
+        return subscription
+
+    async def _mean_run(self) -> float:
+        if time.monotonic() - self._mean_read_at > ESTIMATE_EVERY_S:
+            self._mean_read_at = time.monotonic()
+            self._mean_run_s = await self._store.recent_run_s() or UNMEASURED_RUN_S
+        return self._mean_run_s
+
+    async def standings(self) -> list[Standing]:
+        """The keys with jobs waiting now, with their service in the window (from the shared job table)."""
+        waiting = await self._store.waiting_keys()
+        if not waiting:
+            return []
+        now = time.time()
+        runs = await self._store.runs_since(now - self._settings.dispatch_fair_share_window_s)
+        return standings(waiting, runs, self._started_of_key, await self._mean_run(), now)
+
+    @property
+    def fair(self) -> bool:
+        return self._settings.dispatch_fair_share
+
+    async def take_next(self, handle: Handler, failure: str, held: Mapping[str | None, int] | None = None) -> bool:
+        """Fetch one job from the key whose turn it is (the next key when that one has none to give right now) and
+        hand it to `handle`; False when no key gave one. A message `handle` fails on is NAKed (logged as
+        `failure`), so it is delivered again."""
+        self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
+        keys = ranked(await self.standings(), held or {}, fair=self.fair)
+        for standing in keys:
+            if standing.at_running_limit:
+                continue
+            msg = await self._fetch(standing.api_key_id)
+            if msg is None:
+                continue
+            try:
+                await handle(msg)
+            except Exception:
+                log.exception(failure)
+                # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=1.0)
+            return True
+        return False
+
+    async def _fetch(self, api_key_id: str | None) -> Msg | None:
+        try:
+            subscription = await self._subscription(api_key_id)
+            messages = await subscription.fetch(1, timeout=FETCH_TIMEOUT_S)
+        except (FetchTimeoutError, TimeoutError):
+            return None
+        except Exception as exc:  # NATS restarting, or the key's consumer removed while idle: made again next time
+            log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__, key=api_key_id)
+            if api_key_id is not None:
+                self._subscriptions.pop(api_key_id, None)
+            await asyncio.sleep(0.2)
+            return None
+        return messages[0] if messages else None
+
+    async def wait_for_jobs(self, changed: asyncio.Event, timeout: float) -> None:
+        """Until a job is queued anywhere (since the last take_next), `changed` is set (a slot freed), or `timeout`."""
+        waiters = [asyncio.ensure_future(self._arrived.wait()), asyncio.ensure_future(changed.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

@@ -36,6 +36,7 @@ from hub_deploy.natsserver import NatsServer
 pytestmark = pytest.mark.slow
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "metrics" / "genimage-hub.json"
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -316,6 +317,30 @@ async def test_the_grafana_dashboard_uses_only_names_the_hub_exposes(gw: Gateway
     }
     assert len(used) >= 15
     assert used - exposed == set()
+
+
+def readme_metric_patterns() -> list[re.Pattern[str]]:
+    """The names the README's metrics table (Operating the hub) documents, as patterns: `genimage_<service>_...`
+    stands for every service, and `…_tail` in a row for a name of the row's service ending in `_tail`."""
+    table = README.read_text().split("| Metric | Labels | What |", 1)[1].split("\n\n", 1)[0]
+    patterns = []
+    for row in table.splitlines()[2:]:
+        names = re.findall(r"`((?:genimage|…)_[a-z_<>]+)`", row.split("|")[1])
+        service_prefix = "_".join(names[0].split("_")[:2])  # genimage_<service> or genimage_dispatch
+        for name in names:
+            if name.startswith("…"):
+                name = f"{service_prefix}_(?:[a-z_]+_)?{name.removeprefix('…_')}"
+            patterns.append(re.compile(name.replace("<service>", "[a-z]+").removesuffix("_total") + "(?:_total)?"))
+    return patterns
+
+
+async def test_the_readme_names_every_metric_the_hub_exposes(gw: GatewayHub) -> None:
+    text, _ = await scrape(gw.base_url)
+    patterns = readme_metric_patterns()
+    assert len(patterns) >= 25
+    exposed = {family.name for family in text_string_to_metric_families(text)}
+    undocumented = {name for name in exposed if not any(p.fullmatch(name) for p in patterns)}
+    assert undocumented == set(), "add these to the README's metrics table (Operating the hub)"
 
 
 async def test_a_nats_reconnect_is_counted_by_the_replica_that_made_it(tmp_path: Path) -> None:

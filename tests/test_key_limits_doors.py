@@ -106,3 +106,39 @@ async def test_more_images_than_the_key_may_ask_are_refused_at_every_door(gw: Ga
     for door, text in texts.items():
         assert "max_images_per_job" in text and "`count` is 2" in text, (door, text)
     assert await jobs_of(gw, key) == []
+
+
+async def test_concurrent_submissions_never_take_a_key_past_its_waiting_limit(gw: GatewayHub) -> None:
+    """Eight submissions of a key limited to two waiting jobs, all at once, while every slot is busy: exactly two are
+    accepted, the others get 429, however their checks interleave (the limit is checked again as the job is
+    recorded, in one write transaction)."""
+    key: CreatedApiKey = await call(
+        gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="burst", limits=KeyLimits(max_waiting=2))
+    )
+    filler: CreatedApiKey = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="filler"))
+    gw.comfy.work_seconds = 30.0
+    try:
+        async with (
+            httpx.AsyncClient(
+                base_url=gw.base_url, headers={"Authorization": f"Bearer {key.secret}"}, timeout=60
+            ) as api,
+            httpx.AsyncClient(
+                base_url=gw.base_url, headers={"Authorization": f"Bearer {filler.secret}"}, timeout=60
+            ) as other,
+        ):
+            for number in range(2):  # another key takes both slots, so the burst's jobs all wait
+                assert (await other.post("/api/v1/generations", json={"prompt": f"fill {number}"})).status_code == 202
+            deadline = time.monotonic() + 20
+            while sum(job.status == "running" for job in await jobs_of(gw, filler)) < 2:
+                assert time.monotonic() < deadline, await jobs_of(gw, filler)
+                await asyncio.sleep(0.1)
+            answers = await asyncio.gather(
+                *(api.post("/api/v1/generations", json={"prompt": f"burst {n}"}) for n in range(8))
+            )
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [202, 202] + [429] * 6, [answer.text for answer in answers]
+        assert len(await jobs_of(gw, key)) == 2
+    finally:
+        gw.comfy.work_seconds = 0.2
+        for job in [*await jobs_of(gw, key), *await jobs_of(gw, filler)]:
+            await call(gw.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job.job_id))

@@ -37,7 +37,7 @@ from dispatch_service.events import EventPublisher
 from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
-from dispatch_service.store import WAITING_STATUSES, JobRecord, JobStore
+from dispatch_service.store import WAITING_STATUSES, JobRecord, JobStore, WaitingLimitError
 
 log = get_logger("dispatcher")
 # When a key is at its waiting limit before any job has completed here, there is no run time to go by.
@@ -95,7 +95,11 @@ class Dispatcher:
         structlog.contextvars.bind_contextvars(job_id=job_id)  # the log lines of this request name the job
         tracing.tag(job_id=job_id, render_type=prepared.resolved.render_type)
         try:
-            await self.store.insert(prepared)
+            await self.store.insert(prepared, max_waiting=request.max_waiting)
+        except WaitingLimitError as reached:  # its key's other submissions of the same moment came first
+            if prepared.input_image_id is not None:
+                await self.storage.delete(prepared.input_image_id)
+            raise await self._waiting_limit_error(request, reached.waiting) from None
         except Exception:
             if request.job_id is None or (first := await self.store.get(job_id)) is None:
                 raise
@@ -137,15 +141,18 @@ class Dispatcher:
         return reply
 
     async def _check_waiting_limit(self, request: GenerationRequest) -> None:
-        """Refuse, before anything is recorded, a job whose key already has its `max_waiting` jobs waiting."""
+        """Refuse, before anything is recorded (or prepared), a job whose key already has its `max_waiting` jobs
+        waiting. Submissions at once may all pass this; the insert checks again (JobStore.insert)."""
         if request.api_key_id is None or request.max_waiting is None:
             return
         waiting = await self.store.waiting_of(request.api_key_id)
-        if waiting < request.max_waiting:
-            return
+        if waiting >= request.max_waiting:
+            raise await self._waiting_limit_error(request, waiting)
+
+    async def _waiting_limit_error(self, request: GenerationRequest, waiting: int) -> HubError:
         # One of the key's jobs starts about one run time from now (measured; a guess before any job ran).
         retry_after_s = max(1, math.ceil(await self.store.recent_run_s() or DEFAULT_RETRY_AFTER_S))
-        raise HubError(
+        return HubError(
             ErrorCode.LIMIT_EXCEEDED,
             f"this key already has {waiting} jobs waiting, its limit (max_waiting {request.max_waiting}); "
             f"retry in about {retry_after_s} s, when one of them has started",

@@ -121,10 +121,32 @@ def _request_for_record(request: GenerationRequest) -> dict[str, Any]:
     return raw
 
 
+class WaitingLimitError(Exception):
+    """The job's key has its `max_waiting` jobs waiting already: the job was not recorded."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} jobs of the key wait")
+        self.waiting = waiting
+
+
 class JobStore:
     """Job rows: the only place that reads or writes them."""
 
-    async def insert(self, job: PreparedJob) -> None:
+    async def insert(self, job: PreparedJob, *, max_waiting: int | None = None) -> None:
+        """Record an accepted job. With `max_waiting`, only while its key has fewer jobs waiting (counted and
+        inserted in one write transaction, so submissions at once, on any replica, never pass the limit together);
+        else WaitingLimitError, nothing recorded."""
+        key = job.request.api_key_id
+        if max_waiting is None or key is None:
+            await self._insert(job)
+            return
+        async with write_transaction(JobRow._meta.db):
+            waiting = await self.waiting_of(key)
+            if waiting >= max_waiting:
+                raise WaitingLimitError(waiting)
+            await self._insert(job)
+
+    async def _insert(self, job: PreparedJob) -> None:
         params = job.resolved.params
         await JobRow.insert(
             JobRow(

@@ -87,12 +87,14 @@ class Dispatcher:
             done.exception()  # seen: its callers have it, or have given up on it
 
     async def _accept(self, request: GenerationRequest) -> SubmitReply:
-        if request.job_id is not None and (first := await self.store.get(request.job_id)) is not None:
-            return _reply_of(first)  # a repeat of an idempotency key's submission: the job made the first time
+        if request.job_id is not None:  # fixed by the gateway: from here on this task's log lines name the job
+            structlog.contextvars.bind_contextvars(job_id=request.job_id)
+            if (first := await self.store.get(request.job_id)) is not None:
+                return _reply_of(first)  # a repeat of an idempotency key's submission: the job made the first time
         await self._check_waiting_limit(request)
         prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
         job_id = prepared.job_id
-        structlog.contextvars.bind_contextvars(job_id=job_id)  # the log lines of this request name the job
+        structlog.contextvars.bind_contextvars(job_id=job_id)  # (a job id made here, by prepare_job)
         tracing.tag(job_id=job_id, render_type=prepared.resolved.render_type)
         try:
             await self.store.insert(prepared, max_waiting=request.max_waiting)

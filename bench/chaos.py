@@ -9,7 +9,8 @@ registers them as instances over NATS and creates an API key. Then, per fault: a
 over REST (POST /api/v1/generations, `--concurrency` at a time; a refused POST is tried again with the same
 Idempotency-Key), the fault
 injected once a third of the burst is accepted, every job followed until it ends (at most `--settle-s`), and
-checked. Faults: kill -9 of each service and of nats-server (the launcher restarts them), kill -9 of a ComfyUI
+checked. Faults: kill -9 of each service (with `--layout single`: of the one process of every service) and of
+nats-server (the launcher restarts them), kill -9 of a ComfyUI
 double (restarted by the rehearsal after 1 s), and SIGTERM of the whole hub with jobs queued (the rehearsal
 starts it again, as a user would).
 
@@ -68,6 +69,8 @@ from hub_deploy.services import SERVICES, wait_healthy
 FINAL = ("completed", "failed", "cancelled")
 SERVICE_FAULTS = [name for name, _ in SERVICES]
 FAULTS = [*SERVICE_FAULTS, "nats-server", "comfyui", "hub-sigterm"]
+# HUB_LAYOUT=single runs every service in one process (`python -m hub_deploy.single`): one fault kills them all.
+SINGLE_FAULTS = ["hub", "nats-server", "comfyui", "hub-sigterm"]
 DOUBLES = ("chaos-a", "chaos-b", "chaos-c")
 JOB = {"prompt": "a lighthouse in a storm, chaos rehearsal", "width": 256, "height": 256, "steps": 1}
 
@@ -86,7 +89,7 @@ def wait_for_line(path: Path, text: str, process: subprocess.Popen[bytes], after
 
 def children_of(pid: int) -> dict[str, int]:
     """The launcher's children by name (service names as in SERVICES, and 'nats-server'), from /proc."""
-    modules = {module: name for name, module in SERVICES}
+    modules = {module: name for name, module in SERVICES} | {"hub_deploy.single": "hub"}
     found: dict[str, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
@@ -248,7 +251,7 @@ class Rehearsal:
             HUB_GATEWAY_PORT=str(gateway_port),
             HUB_UI_PORT=str(free_port()),
             HUB_LOG_FORMAT="json",
-            HUB_LAYOUT="split",  # each service in a process of its own: the faults kill one service at a time
+            HUB_LAYOUT=args.layout,
             PYTHONUNBUFFERED="1",
         )
         self.env = env
@@ -454,6 +457,7 @@ class Rehearsal:
 
 FAULT_LABELS = {
     **{name: f"kill -9 {name}" for name in SERVICE_FAULTS},
+    "hub": "kill -9 the hub (single layout)",
     "nats-server": "kill -9 nats-server",
     "comfyui": "kill -9 a ComfyUI double",
     "hub-sigterm": "SIGTERM the hub, jobs queued",
@@ -519,8 +523,18 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.3, help="seconds one job takes on a double (default 0.3)")
     parser.add_argument("--concurrency", type=int, default=6, help="REST calls at a time (default 6)")
     parser.add_argument("--settle-s", type=float, default=120.0, help="longest wait for a round's jobs to end")
-    parser.add_argument("--faults", nargs="+", choices=FAULTS, default=FAULTS, help="the faults, in order")
+    parser.add_argument(
+        "--layout",
+        choices=["split", "single"],
+        default="split",
+        help="HUB_LAYOUT of the hub: split (default) kills each service's own process, single the one process of all",
+    )
+    parser.add_argument("--faults", nargs="+", choices=[*FAULTS, "hub"], help="the faults, in order (default: all)")
     args = parser.parse_args()
+    layout_faults = SINGLE_FAULTS if args.layout == "single" else FAULTS
+    args.faults = args.faults or layout_faults
+    if set(args.faults) - set(layout_faults):
+        parser.error(f"--faults: with --layout {args.layout} choose among {', '.join(layout_faults)}")
     if args.quick:
         args.jobs, args.work, args.settle_s = 24, 0.2, 60.0
     raise SystemExit(asyncio.run(rehearse(args)))

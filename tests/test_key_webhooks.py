@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -189,3 +190,25 @@ async def test_a_key_url_to_the_hubs_own_network_is_refused_naming_the_field(gw:
     keys = await call(gw.nc, endpoints.Gateway.KEYS_LIST, ListApiKeys())
     (stored,) = [k for k in keys.keys if k.key_id == key.key.key_id]
     assert stored.webhook_urls == []  # nothing half-saved
+
+
+async def test_a_key_made_before_webhooks_gets_its_signing_secret_once_when_its_urls_are_set(
+    gw: GatewayHub, admin: Admin
+) -> None:
+    key = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="older"))
+    # As a key made before webhooks existed is stored: without a signing secret.
+    with sqlite3.connect(gw.hub.data_dir / "gateway.sqlite3") as db:
+        db.execute("UPDATE api_key SET webhook_secret = '' WHERE key_id = ?", (key.key.key_id,))
+    async with hooked() as hook:
+        page = await set_webhooks(admin, key, [hook.url], progress=False)
+        shown = re.search(r'<div class="flash" id="new-key-webhook-secret">.*?<pre>(whsec_[^<]+)</pre>', page, re.S)
+        assert shown is not None, page
+        assert "new-key-webhook-secret" not in await admin.get("/api-keys")  # shown once
+        auth = {"Authorization": f"Bearer {key.secret}"}
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=auth, timeout=30) as api:
+            submitted = await api.post("/api/v1/generations", json={"prompt": "a ferry"})
+            assert submitted.status_code == 202, submitted.text
+        await hook.wait_for_finals(1, timeout_s=60)
+    check_signed(msgspec.structs.replace(key, webhook_secret=shown.group(1)), hook)
+    # Setting them again keeps that secret (nothing new to show).
+    assert "new-key-webhook-secret" not in await set_webhooks(admin, key, [hook.url], progress=True)

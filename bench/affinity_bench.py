@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import sys
 import tempfile
 import time
@@ -27,15 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import msgspec
 import nats
-from dispatch_bench import Completions, register, unregister
+from dispatch_bench import Completions, finish_run, register
+from dispatch_support import save_render_types
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
 from contracts import endpoints
 from contracts.messages.jobs import GenerationRequest
-from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call
 from contracts.streams import EVENTS_SUBJECTS
 from hub_deploy.natsserver import NatsServer
@@ -74,21 +72,10 @@ async def start_services(nats_url: str, data: Path, strategy: str, scale: float)
     return processes
 
 
-async def save_render_types(nc: nats.NATS) -> None:
-    """The shipped sdxl render type (prompt and seed mapped) on a checkpoint of its own, once per checkpoint."""
-    sdxl = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
-    for name, ckpt in CHECKPOINTS.items():
-        workflow = copy.deepcopy(sdxl.workflow)
-        loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
-        loader["inputs"]["ckpt_name"] = ckpt
-        copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
-        await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))
-
-
 async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs: int, scale: float) -> Result:
     processes = await start_services(nats_url, data, strategy, scale)
     nc = await nats.connect(nats_url)
-    await save_render_types(nc)
+    await save_render_types(nc, CHECKPOINTS)
     doubles = {
         f"{data.name}-{i}": ComfyUIDouble(
             name=f"d{i}",
@@ -123,15 +110,7 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
         per_instance=[len(d.executed_prompt_ids) for d in doubles.values()],
         idle_s=idle_time([d.job_spans for d in doubles.values()]),
     )
-    failed = len(completions.failed)
-    await unregister(nc, doubles)
-    for double in doubles.values():
-        await double.stop()
-    await nc.close()
-    for process in processes:
-        await process.stop()
-    if failed:
-        raise SystemExit(f"{failed} jobs did not complete with {strategy}")
+    await finish_run(nc, doubles, processes, completions, strategy)
     return result
 
 

@@ -41,11 +41,9 @@ import json
 import urllib.request
 
 import httpx
-import httpx2
 import msgspec
+from _common import mcp_generate, run_concurrently
 from gateway_support import GatewayHub, gateway_hub
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
@@ -75,24 +73,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-async def run_path(jobs: int, concurrency: int, one: One) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(jobs):
-        queue.put_nowait(i)
-
-    async def worker() -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            started = time.perf_counter()
-            await one(i)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
 
 
 def start_profilers(label: str, pids: dict[str, int], folder: Path | None) -> list[subprocess.Popen[bytes]]:
@@ -132,11 +112,11 @@ def nats_messages(monitor_url: str) -> dict[str, int]:
 
 async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, one: One) -> None:
     jobs, concurrency = args.jobs, args.concurrency
-    await run_path(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
+    await run_concurrently(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
     profilers = start_profilers(label, pids, args.profile)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     messages_before = nats_messages(args.monitor_url)
-    elapsed, latencies = await run_path(jobs, concurrency, one)
+    elapsed, latencies = await run_concurrently(jobs, concurrency, one)
     messages_after = nats_messages(args.monitor_url)
     stop_profilers(profilers)
     spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
@@ -188,23 +168,7 @@ def rest_path(http: httpx.AsyncClient) -> One:
 
 async def mcp_path(stack: AsyncExitStack, gw: GatewayHub, concurrency: int) -> One:
     """One MCP session per client, each kept for the run (the SDK's transport is on httpx2)."""
-    http = await stack.enter_async_context(httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(30, read=120)))
-    free: asyncio.Queue[ClientSession] = asyncio.Queue()
-    for _ in range(concurrency):
-        read, write = await stack.enter_async_context(streamable_http_client(f"{gw.base_url}/mcp", http_client=http))
-        session = await stack.enter_async_context(ClientSession(read, write))
-        await session.initialize()
-        free.put_nowait(session)
-
-    async def one(i: int) -> None:
-        session = await free.get()
-        try:
-            result = await session.call_tool("generate_image", {"prompt": f"bench {i}", "steps": 1})
-            assert not result.is_error and result.structured_content["status"] == "completed", result
-        finally:
-            free.put_nowait(session)
-
-    return one
+    return await mcp_generate(stack, gw.base_url, gw.auth, concurrency, "bench")
 
 
 async def overhead(gw: GatewayHub, jobs: int) -> None:

@@ -89,6 +89,21 @@ async def unregister(nc, names) -> None:  # type: ignore[no-untyped-def]
         await call(nc, endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
 
 
+async def finish_run(  # type: ignore[no-untyped-def]
+    nc, doubles: dict[str, ComfyUIDouble], processes: list[ServiceProcess], completions: Completions, strategy: str
+) -> None:
+    """Unregister and stop the doubles, stop the hub; a run in which jobs failed ends the script saying so."""
+    failed = len(completions.failed)
+    await unregister(nc, doubles)
+    for double in doubles.values():
+        await double.stop()
+    await nc.close()
+    for process in processes:
+        await process.stop()
+    if failed:
+        raise SystemExit(f"{failed} jobs did not complete with {strategy}")
+
+
 class Completions:
     """Counts completed/failed events of jobs, from a plain subscription to the event subjects."""
 
@@ -155,15 +170,7 @@ async def makespan(
             f"first start {spans[0][0] - started:5.2f} s  last end {spans[-1][1] - started:6.2f} s  "
             f"gap median {statistics.median(gaps) * 1000 if gaps else 0:5.1f} ms  total gaps {sum(gaps):5.2f} s"
         )
-    failed = len(completions.failed)
-    await unregister(nc, doubles)
-    for double in doubles.values():
-        await double.stop()
-    await nc.close()
-    for process in processes:
-        await process.stop()
-    if failed:
-        raise SystemExit(f"{failed} jobs did not complete with {strategy}")
+    await finish_run(nc, doubles, processes, completions, strategy)
     return elapsed, ideal, per_instance
 
 

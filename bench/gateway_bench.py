@@ -16,18 +16,15 @@ import asyncio
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import httpx2
 import msgspec
+from _common import mcp_generate, run_concurrently
 from gateway_support import GatewayHub, gateway_hub
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
@@ -35,24 +32,6 @@ from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
 from contracts.runtime.bus import call
 from contracts.streams import event_subject
 from hub_deploy.natsserver import NatsServer
-
-
-async def run_path(jobs: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(jobs):
-        queue.put_nowait(i)
-
-    async def worker() -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            started = time.perf_counter()
-            await one(i)
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - started, latencies
 
 
 def report(label: str, jobs: int, elapsed: float, latencies: list[float]) -> None:
@@ -82,36 +61,13 @@ async def bench(gw: GatewayHub, jobs: int, concurrency: int) -> None:
         finally:
             await sub.unsubscribe()
 
-    http = httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(30, read=120))
-    sessions: list[ClientSession] = []
-    from contextlib import AsyncExitStack
-
     async with AsyncExitStack() as stack:
-        await stack.enter_async_context(http)
-        for _ in range(concurrency):
-            read, write = await stack.enter_async_context(
-                streamable_http_client(f"{gw.base_url}/mcp", http_client=http)
-            )
-            session = await stack.enter_async_context(ClientSession(read, write))
-            await session.initialize()
-            sessions.append(session)
-        free: asyncio.Queue[ClientSession] = asyncio.Queue()
-        for session in sessions:
-            free.put_nowait(session)
-
-        async def via_mcp(i: int) -> None:
-            session = await free.get()
-            try:
-                result = await session.call_tool("generate_image", {"prompt": f"bench {i}", "steps": 1})
-                assert not result.is_error and result.structured_content["status"] == "completed", result
-            finally:
-                free.put_nowait(session)
-
-        await run_path(concurrency, concurrency, via_nats)  # warm-up
-        await run_path(concurrency, concurrency, via_mcp)
-        elapsed, latencies = await run_path(jobs, concurrency, via_nats)
+        via_mcp = await mcp_generate(stack, gw.base_url, gw.auth, concurrency, "bench")
+        await run_concurrently(concurrency, concurrency, via_nats)  # warm-up
+        await run_concurrently(concurrency, concurrency, via_mcp)
+        elapsed, latencies = await run_concurrently(jobs, concurrency, via_nats)
         report("nats", jobs, elapsed, latencies)
-        elapsed, latencies = await run_path(jobs, concurrency, via_mcp)
+        elapsed, latencies = await run_concurrently(jobs, concurrency, via_mcp)
         report("mcp", jobs, elapsed, latencies)
 
 

@@ -29,10 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
-import httpx2
+from _common import mcp_generate
 from gateway_support import GatewayHub, gateway_hub
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 
 from hub_deploy.natsserver import NatsServer, free_port
 
@@ -86,26 +84,7 @@ def show(label: str, snap: dict[str, Any]) -> None:
 
 async def burst_mcp(gw: GatewayHub, jobs: int, concurrency: int) -> None:
     async with AsyncExitStack() as stack:
-        http = await stack.enter_async_context(
-            httpx2.AsyncClient(headers=gw.auth, timeout=httpx2.Timeout(60, read=120))
-        )
-        sessions: asyncio.Queue[ClientSession] = asyncio.Queue()
-        for _ in range(concurrency):
-            read, write = await stack.enter_async_context(
-                streamable_http_client(f"{gw.base_url}/mcp", http_client=http)
-            )
-            session = await stack.enter_async_context(ClientSession(read, write))
-            await session.initialize()
-            sessions.put_nowait(session)
-
-        async def one(i: int) -> None:
-            session = await sessions.get()
-            try:
-                result = await session.call_tool("generate_image", {"prompt": f"memory {i}", "steps": 1})
-                assert not result.is_error and result.structured_content["status"] == "completed", result
-            finally:
-                sessions.put_nowait(session)
-
+        one = await mcp_generate(stack, gw.base_url, gw.auth, concurrency, "memory", timeout_s=60)
         await run_all(jobs, concurrency, one)
 
 

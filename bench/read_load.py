@@ -22,7 +22,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
+from _common import run_concurrently
 from dispatch_support import events_of
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_hub, sse_events
 
 from contracts.runtime.storage import ObjectStoreOutputs
 from hub_deploy.natsserver import NatsServer
@@ -75,24 +75,9 @@ async def store_outputs(gw: GatewayHub, count: int) -> dict[str, str]:
 
 async def timed(phase: Phase, total: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
     """Run `one(i)` for i < total, `concurrency` at a time, recording latencies and errors in `phase`."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(total):
-        queue.put_nowait(i)
-
-    async def worker() -> None:
-        while not queue.empty():
-            i = queue.get_nowait()
-            started = time.perf_counter()
-            try:
-                await one(i)
-            except Exception as exc:  # counted, not fatal: the figures say how many
-                phase.errors.append(f"{type(exc).__name__}: {exc}")
-            phase.latencies.append(time.perf_counter() - started)
-            phase.requests += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    phase.elapsed = time.perf_counter() - started
+    phase.elapsed, latencies = await run_concurrently(total, concurrency, one, errors=phase.errors)
+    phase.latencies.extend(latencies)
+    phase.requests += total
 
 
 async def image_gets(gw: GatewayHub, digests: dict[str, str], total: int, concurrency: int, label: str) -> None:
@@ -113,23 +98,6 @@ async def image_gets(gw: GatewayHub, digests: dict[str, str], total: int, concur
     phase.report()
 
 
-async def follow(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:
-    """(event kind, event id) of every event the job's SSE stream sends, until it ends."""
-    seen: list[tuple[str, str]] = []
-    fields: dict[str, str] = {}
-    async with http.stream("GET", f"/api/v1/generations/{job_id}/events", headers=gw.auth) as stream:
-        if stream.status_code != 200:
-            raise AssertionError(f"HTTP {stream.status_code}")
-        async for line in stream.aiter_lines():
-            if line:
-                name, _, value = line.partition(":")
-                fields[name] = value.strip()
-            elif "id" in fields:  # a blank line ends one event
-                seen.append((fields.get("event", ""), fields["id"]))
-                fields = {}
-    return seen
-
-
 async def sse_followers(gw: GatewayHub, followers: int, jobs: int, work_s: float) -> None:
     gw.comfy.work_seconds = work_s
     phase = Phase(f"SSE followers x{followers}", unit="events")
@@ -142,7 +110,7 @@ async def sse_followers(gw: GatewayHub, followers: int, jobs: int, work_s: float
             job_ids.append(submitted.json()["job_id"])
 
         async def one(i: int) -> None:
-            results[i] = await follow(http, gw, job_ids[i % jobs])
+            results[i] = await sse_events(http, gw, job_ids[i % jobs])
 
         await timed(phase, followers, followers, one)
     delivered = 0

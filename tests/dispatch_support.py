@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
 from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
-from contracts.messages.render_types import GetRenderType
+from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.messages.stats import (
     GetGeneration,
     RetentionPolicy,
@@ -171,3 +172,15 @@ async def retention_removes_images_of(hub: Hub, job_id: str) -> RetentionReport:
     policy = RetentionPolicy(keep_images_days=30, keep_log_days=0, run_every_hours=168)
     await call(hub.nc, endpoints.Stats.RETENTION_SAVE, SaveRetention(policy=policy))
     return await call(hub.nc, endpoints.Stats.RETENTION_RUN, RunRetention())
+
+
+async def save_render_types(nc: NatsClient, checkpoints: dict[str, str]) -> None:
+    """The shipped sdxl render type (prompt and seed mapped, so every job differs) once per checkpoint: render type
+    name -> checkpoint file it loads."""
+    sdxl = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
+    for name, ckpt in checkpoints.items():
+        workflow = copy.deepcopy(sdxl.workflow)
+        loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
+        loader["inputs"]["ckpt_name"] = ckpt
+        copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
+        await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))

@@ -74,3 +74,20 @@ async def gateway_hub(  # type: ignore[no-untyped-def]
         if comfy is not None:
             await comfy.stop()
         await nc.close()
+
+
+async def sse_events(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:
+    """(event kind, event id) of every event the job's SSE stream sends, until it ends."""
+    seen: list[tuple[str, str]] = []
+    fields: dict[str, str] = {}
+    async with http.stream("GET", f"{gw.base_url}/api/v1/generations/{job_id}/events", headers=gw.auth) as stream:
+        if stream.status_code != 200:
+            raise AssertionError(f"the event stream answered HTTP {stream.status_code}")
+        async for line in stream.aiter_lines():
+            if line:
+                name, _, value = line.partition(":")
+                fields[name] = value.strip()
+            elif "id" in fields:  # a blank line ends one event
+                seen.append((fields.get("event", ""), fields["id"]))
+                fields = {}
+    return seen

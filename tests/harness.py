@@ -7,9 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nats
 from nats.aio.client import Client as NatsClient
 
 from contracts.runtime.config import Settings, load_settings
@@ -107,3 +110,18 @@ class ServiceProcess:
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None
+
+
+@asynccontextmanager
+async def service_running(name: str, nats_url: str, root: Path, **env: str) -> AsyncIterator[NatsClient]:
+    """A `name` service process (data in root/data, log in root/<name>.log), healthy on entry, with a NATS client
+    for the test; on exit the client is closed and the service stopped, which must exit cleanly (0)."""
+    proc = ServiceProcess(name=name, env=hub_env(nats_url, root / "data", **env), log_path=root / f"{name}.log")
+    proc.start()
+    nc = await nats.connect(nats_url)
+    try:
+        await proc.wait_healthy(nc)
+        yield nc
+    finally:
+        await nc.close()
+        assert await proc.stop() == 0, proc.log()

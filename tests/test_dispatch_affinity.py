@@ -14,7 +14,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from dispatch_support import Hub, add_instance, remove_instance, submit, wait_final, wait_for
+from dispatch_support import Hub, add_instance, remove_instance, save_render_types, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError, NoKeysError
@@ -22,7 +22,6 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from contracts import endpoints
 from contracts.errors import HubError
 from contracts.messages.instances import ListInstances
-from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.runtime.bus import call
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, ModelMemory, Server, Waiting, loader_nodes, plan
 from dispatch_service.leases import SLOTS_BUCKET, LeaseNote, SlotLeases, instance_key
@@ -41,17 +40,6 @@ def _workflow(ckpt: str) -> dict:
     return workflow
 
 
-async def save_render_types(nc: NatsClient) -> None:
-    """The shipped sdxl render type (prompt and seed mapped, so every job differs) on checkpoints of its own."""
-    sdxl = await call(nc, endpoints.Registry.GET, GetRenderType(name="sdxl"))
-    for name, ckpt in CHECKPOINTS.items():
-        workflow = copy.deepcopy(sdxl.workflow)
-        loader = next(node for node in workflow.values() if node["class_type"] == "CheckpointLoaderSimple")
-        loader["inputs"]["ckpt_name"] = ckpt
-        copy_of = msgspec.structs.replace(sdxl, name=name, workflow=workflow, version=0, is_default=False)
-        await call(nc, endpoints.Registry.SAVE, SaveRenderType(render_type=copy_of))
-
-
 async def start_hub(nats_url: str, data: Path, **env: str) -> Hub:
     import nats
 
@@ -60,7 +48,7 @@ async def start_hub(nats_url: str, data: Path, **env: str) -> Hub:
         running.start(name, **env)
     for name in ("registry", "prompt", "dispatch"):
         await running.processes[name].wait_healthy(running.nc)
-    await save_render_types(running.nc)
+    await save_render_types(running.nc, CHECKPOINTS)
     return running
 
 

@@ -30,7 +30,7 @@ import httpx2
 import nats
 import pytest
 from dispatch_support import Hub, events_of
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_hub, sse_events
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -77,22 +77,6 @@ async def submit_running(http: httpx.AsyncClient, gw: GatewayHub) -> str:
     return job_id
 
 
-async def follow(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:
-    """(event kind, event id) of every event the job's SSE stream sends, until it ends."""
-    seen: list[tuple[str, str]] = []
-    fields: dict[str, str] = {}
-    async with http.stream("GET", f"/api/v1/generations/{job_id}/events", headers=gw.auth) as stream:
-        assert stream.status_code == 200
-        async for line in stream.aiter_lines():
-            if line:
-                name, _, value = line.partition(":")
-                fields[name] = value.strip()
-            elif "id" in fields:  # a blank line ends one event
-                seen.append((fields.get("event", ""), fields["id"]))
-                fields = {}
-    return seen
-
-
 async def comfyui_finished(gw: GatewayHub, job_id: str) -> None:
     deadline = time.monotonic() + 20
     while f"{job_id}-1" not in gw.comfy.history:
@@ -137,7 +121,7 @@ async def test_a_job_finished_while_nats_is_down_keeps_its_output(tmp_path: Path
     ):
         gw.comfy.work_seconds = 1.5
         job_id = await submit_running(http, gw)
-        follower = asyncio.ensure_future(follow(http, gw, job_id))  # an SSE stream open across the outage
+        follower = asyncio.ensure_future(sse_events(http, gw, job_id))  # an SSE stream open across the outage
         await asyncio.sleep(0.5)
         server.stop()
         away_from = time.time() + 0.2  # the dispatcher has seen the connection drop

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from dispatch_support import events_of
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_hub, sse_events
 from nats.js import JetStreamContext
 
 from contracts.runtime.storage import OUTPUTS_STREAM, ObjectStoreOutputs
@@ -88,22 +88,6 @@ async def test_image_gets_far_past_the_consumer_limit_get_every_byte(gw: Gateway
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
 
 
-async def follow(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:
-    """(event kind, event id) of every event the job's SSE stream sends, until it ends."""
-    seen: list[tuple[str, str]] = []
-    fields: dict[str, str] = {}
-    async with http.stream("GET", f"{gw.base_url}/api/v1/generations/{job_id}/events", headers=gw.auth) as stream:
-        assert stream.status_code == 200
-        async for line in stream.aiter_lines():
-            if line:
-                name, _, value = line.partition(":")
-                fields[name] = value.strip()
-            elif "id" in fields:  # a blank line ends one event
-                seen.append((fields.get("event", ""), fields["id"]))
-                fields = {}
-    return seen
-
-
 async def test_sse_followers_far_past_the_consumer_limit_get_every_event(gw: GatewayHub) -> None:
     js = gw.nc.jetstream()
     gw.comfy.work_seconds = 1.0
@@ -121,8 +105,8 @@ async def test_sse_followers_far_past_the_consumer_limit_get_every_event(gw: Gat
                 assert submitted.status_code == 202, submitted.text
                 jobs.append(submitted.json()["job_id"])
             # 60 followers while the jobs run, then 20 that join after the end (replay only).
-            running = await asyncio.gather(*(follow(http, gw, jobs[i % 2]) for i in range(60)))
-            late = await asyncio.gather(*(follow(http, gw, jobs[i % 2]) for i in range(20)))
+            running = await asyncio.gather(*(sse_events(http, gw, jobs[i % 2]) for i in range(60)))
+            late = await asyncio.gather(*(sse_events(http, gw, jobs[i % 2]) for i in range(20)))
             assert (await js.stream_info(EVENTS_STREAM)).state.consumer_count <= CONSUMER_LIMIT
     finally:
         gw.comfy.work_seconds = 0.2

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-import nats
 import pytest
-from harness import ServiceProcess, hub_env
+from harness import service_running
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints, subjects
@@ -59,16 +58,8 @@ TINY_MAP = ParameterMap(
 @pytest.fixture(scope="module")
 async def registry(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsClient]:
     """One registry for the module's tests (each test uses render types of its own names where it writes)."""
-    root = tmp_path_factory.mktemp("registry")
-    proc = ServiceProcess(name="registry", env=hub_env(nats_server.url, root / "data"), log_path=root / "registry.log")
-    proc.start()
-    nc = await nats.connect(nats_server.url)
-    try:
-        await proc.wait_healthy(nc)
+    async with service_running("registry", nats_server.url, tmp_path_factory.mktemp("registry")) as nc:
         yield nc
-    finally:
-        await nc.close()
-        assert await proc.stop() == 0, proc.log()
 
 
 async def refused(nc: NatsClient, subject: str, message: msgspec.Struct | msgspec.Raw) -> ErrorInfo:

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import pytest
-from harness import ServiceProcess, hub_env
+from harness import service_running
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
@@ -38,16 +37,8 @@ SEED_DIR = Path(__file__).resolve().parent.parent / "registry-service/src/regist
 
 @pytest.fixture(scope="module")
 async def registry(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsClient]:
-    root = tmp_path_factory.mktemp("registry-workflows")
-    proc = ServiceProcess(name="registry", env=hub_env(nats_server.url, root / "data"), log_path=root / "registry.log")
-    proc.start()
-    nc = await nats.connect(nats_server.url)
-    try:
-        await proc.wait_healthy(nc)
+    async with service_running("registry", nats_server.url, tmp_path_factory.mktemp("registry-workflows")) as nc:
         yield nc
-    finally:
-        await nc.close()
-        assert await proc.stop() == 0, proc.log()
 
 
 @pytest.fixture(scope="module")

@@ -4,31 +4,7 @@ from __future__ import annotations
 
 from contracts import endpoints, topics
 from contracts.envelope import Empty
-from contracts.messages.instances import (
-    DeleteInstance,
-    GetInstance,
-    InstanceHealth,
-    InstanceList,
-    InstanceView,
-    ListInstances,
-    ProbeInstance,
-    SaveInstance,
-)
-from contracts.messages.jobs import (
-    CancelJob,
-    DeletedOutputs,
-    DeleteOutputs,
-    GenerationRequest,
-    GetJob,
-    GetSchedulingView,
-    JobPage,
-    JobView,
-    ListJobs,
-    QueueView,
-    QueueViewRequest,
-    SchedulingView,
-    SubmitReply,
-)
+from contracts.messages import instances, jobs
 from contracts.runtime.service import ServiceRuntime
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.instance_sync import reload_instances
@@ -41,42 +17,42 @@ class _Handlers:
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
-    async def submit(self, req: GenerationRequest) -> SubmitReply:
+    async def submit(self, req: jobs.GenerationRequest) -> jobs.SubmitReply:
         return await self.dispatcher.submit(req)
 
-    async def get_job(self, req: GetJob) -> JobView:
+    async def get_job(self, req: jobs.GetJob) -> jobs.JobView:
         return await self.dispatcher.get(req.job_id)
 
-    async def cancel_job(self, req: CancelJob) -> JobView:
+    async def cancel_job(self, req: jobs.CancelJob) -> jobs.JobView:
         return await self.dispatcher.cancel(req.job_id, req.reason)
 
-    async def list_jobs(self, req: ListJobs) -> JobPage:
+    async def list_jobs(self, req: jobs.ListJobs) -> jobs.JobPage:
         return await self.dispatcher.jobs_of(req.api_key_id, req.limit, req.after)
 
-    async def queue_view(self, req: QueueViewRequest) -> QueueView:
+    async def queue_view(self, req: jobs.QueueViewRequest) -> jobs.QueueView:
         return await self.dispatcher.queue_view(req.include_finished, req.limit)
 
-    async def scheduling_view(self, _req: GetSchedulingView) -> SchedulingView:
+    async def scheduling_view(self, _req: jobs.GetSchedulingView) -> jobs.SchedulingView:
         d = self.dispatcher
         return await scheduling_view(d.store, d.pool, d.scheduler.affinity.memory)
 
-    async def list_instances(self, _req: ListInstances) -> InstanceList:
+    async def list_instances(self, _req: instances.ListInstances) -> instances.InstanceList:
         return await self.dispatcher.list_instances()
 
-    async def get_instance(self, req: GetInstance) -> InstanceView:
+    async def get_instance(self, req: instances.GetInstance) -> instances.InstanceView:
         return await self.dispatcher.get_instance(req.name)
 
-    async def save_instance(self, req: SaveInstance) -> InstanceView:
+    async def save_instance(self, req: instances.SaveInstance) -> instances.InstanceView:
         return await self.dispatcher.save_instance(req.instance, req.original_name)
 
-    async def delete_instance(self, req: DeleteInstance) -> Empty:
+    async def delete_instance(self, req: instances.DeleteInstance) -> Empty:
         await self.dispatcher.delete_instance(req.name)
         return Empty()
 
-    async def test_instance(self, req: ProbeInstance) -> InstanceHealth:
+    async def test_instance(self, req: instances.ProbeInstance) -> instances.InstanceHealth:
         return await self.dispatcher.test_instance(req.base_url, req.auth_header)
 
-    async def delete_outputs(self, req: DeleteOutputs) -> DeletedOutputs:
+    async def delete_outputs(self, req: jobs.DeleteOutputs) -> jobs.DeletedOutputs:
         return await self.dispatcher.delete_outputs(req.output_ids, req.job_ids)
 
     async def cancel_running(self, job_id: str) -> None:

@@ -102,22 +102,18 @@ async def _buffered_body(receive: Any, send: Any) -> tuple[bytes, Any] | Any:
         if not message.get("more_body", False):
             break
     body = b"".join(chunks)
-    replayed = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
+    return body, _replay(body, receive)
 
 
 def _replaying(scope: dict[str, Any], body: bytes, receive: Any) -> Any:
     """A `receive` that gives the app `body` in place of the one sent (its Content-Length set to match)."""
     kept = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
     scope["headers"] = [*kept, (b"content-length", str(len(body)).encode())]
+    return _replay(body, receive)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    """A `receive` that gives `body` as the whole request body first, then whatever `receive` gives."""
     replayed = False
 
     async def replay() -> dict[str, Any]:

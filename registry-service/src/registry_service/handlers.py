@@ -5,23 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from contracts import endpoints
-from contracts.messages.render_types import (
-    AnalyzeWorkflow,
-    DeletedRenderType,
-    DeleteRenderType,
-    GetRenderType,
-    GetRenderTypeHistory,
-    ListRenderTypes,
-    RenderType,
-    RenderTypeHistory,
-    RenderTypeList,
-    ResolvedWorkflow,
-    ResolveRenderType,
-    RollbackRenderType,
-    SaveRenderType,
-    SetDefaultRenderType,
-    WorkflowAnalysis,
-)
+from contracts.messages import render_types
 from contracts.runtime.service import ServiceRuntime
 from registry_service.analysis import analyze_json
 from registry_service.definition import summary
@@ -41,44 +25,44 @@ class RegistryHandlers:
         self.resolver = resolver
         self.on_change = on_change  # told after every change, so other services can drop cached render types
 
-    async def list(self, request: ListRenderTypes) -> RenderTypeList:
-        render_types = await self.store.all(include_disabled=request.include_disabled)
-        return RenderTypeList(render_types=[summary(r) for r in render_types])
+    async def list(self, request: render_types.ListRenderTypes) -> render_types.RenderTypeList:
+        listed = await self.store.all(include_disabled=request.include_disabled)
+        return render_types.RenderTypeList(render_types=[summary(r) for r in listed])
 
-    async def get(self, request: GetRenderType) -> RenderType:
+    async def get(self, request: render_types.GetRenderType) -> render_types.RenderType:
         return await self.store.get(request.name)
 
-    async def save(self, request: SaveRenderType) -> RenderType:
+    async def save(self, request: render_types.SaveRenderType) -> render_types.RenderType:
         saved = await self.store.save(
             request.render_type, original_name=request.original_name, changed_by=request.changed_by, note=request.note
         )
         await self.on_change()
         return saved
 
-    async def delete(self, request: DeleteRenderType) -> DeletedRenderType:
+    async def delete(self, request: render_types.DeleteRenderType) -> render_types.DeletedRenderType:
         deleted = await self.store.delete(request.name, expected_version=request.expected_version)
         await self.on_change()
         return deleted
 
-    async def set_default(self, request: SetDefaultRenderType) -> RenderType:
+    async def set_default(self, request: render_types.SetDefaultRenderType) -> render_types.RenderType:
         changed = await self.store.set_default(request.name)
         await self.on_change()
         return changed
 
-    async def history(self, request: GetRenderTypeHistory) -> RenderTypeHistory:
+    async def history(self, request: render_types.GetRenderTypeHistory) -> render_types.RenderTypeHistory:
         return await self.store.history(request.name, include_snapshots=request.include_snapshots)
 
-    async def rollback(self, request: RollbackRenderType) -> RenderType:
+    async def rollback(self, request: render_types.RollbackRenderType) -> render_types.RenderType:
         rolled_back = await self.store.rollback(
             request.name, request.version, changed_by=request.changed_by, expected_version=request.expected_version
         )
         await self.on_change()
         return rolled_back
 
-    async def analyze(self, request: AnalyzeWorkflow) -> WorkflowAnalysis:
+    async def analyze(self, request: render_types.AnalyzeWorkflow) -> render_types.WorkflowAnalysis:
         return analyze_json(request.workflow_json, request.parameter_map)
 
-    async def resolve(self, request: ResolveRenderType) -> ResolvedWorkflow:
+    async def resolve(self, request: render_types.ResolveRenderType) -> render_types.ResolvedWorkflow:
         return await self.resolver.resolve(request)
 
     def register(self, runtime: ServiceRuntime) -> None:

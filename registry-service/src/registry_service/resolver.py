@@ -28,22 +28,20 @@ class Resolver:
         else:
             found = await self.store.find(request.render_type)
             if found is None:
-                valid = await self.store.names(enabled_only=True)
-                raise HubError(
-                    ErrorCode.NOT_FOUND,
-                    f"there is no render type named {request.render_type!r}; choose one of: "
-                    f"{', '.join(valid) if valid else 'none (no render type is enabled)'}",
-                    field="render_type",
-                    details={"valid": valid},
-                )
+                raise await self._refusal(ErrorCode.NOT_FOUND, f"there is no render type named {request.render_type!r}")
             render_type = found
         if not render_type.enabled:
-            valid = await self.store.names(enabled_only=True)
-            raise HubError(
-                ErrorCode.INVALID_REQUEST,
-                f"render type {render_type.name!r} is disabled by the admin; choose one of: "
-                f"{', '.join(valid) if valid else 'none (no render type is enabled)'}",
-                field="render_type",
-                details={"valid": valid},
+            raise await self._refusal(
+                ErrorCode.INVALID_REQUEST, f"render type {render_type.name!r} is disabled by the admin"
             )
         return resolve(render_type, request.params, self.rng)
+
+    async def _refusal(self, code: ErrorCode, problem: str) -> HubError:
+        """`problem`, naming the render types that may be chosen instead."""
+        valid = await self.store.names(enabled_only=True)
+        return HubError(
+            code,
+            f"{problem}; choose one of: {', '.join(valid) if valid else 'none (no render type is enabled)'}",
+            field="render_type",
+            details={"valid": valid},
+        )

@@ -5,21 +5,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
-from contracts.messages.stats import (
-    ExportLog,
-    Figures,
-    GenerationRecord,
-    GetGeneration,
-    GetRetention,
-    LogExport,
-    LogPage,
-    QueryFigures,
-    QueryLog,
-    RetentionPolicy,
-    RetentionReport,
-    RunRetention,
-    SaveRetention,
-)
+from contracts.messages import stats
 from contracts.runtime.service import ServiceRuntime
 from stats_service import export, queries, retention
 from stats_service.consumer import EVENT_LOG, EventLog
@@ -33,27 +19,27 @@ def export_budget(nc: NatsClient) -> int:
 
 
 def register(runtime: ServiceRuntime, scheduler: retention.RetentionScheduler, event_log: EventLog) -> None:
-    async def query_log(req: QueryLog) -> LogPage:
+    async def query_log(req: stats.QueryLog) -> stats.LogPage:
         return await queries.query_log(req)
 
-    async def get_generation(req: GetGeneration) -> GenerationRecord:
+    async def get_generation(req: stats.GetGeneration) -> stats.GenerationRecord:
         return await queries.get_generation(req)
 
-    async def query_figures(req: QueryFigures) -> Figures:
+    async def query_figures(req: stats.QueryFigures) -> stats.Figures:
         return await queries.query_figures(req)
 
-    async def export_log(req: ExportLog) -> LogExport:
+    async def export_log(req: stats.ExportLog) -> stats.LogExport:
         return await export.export_log(req, max_bytes=export_budget(runtime.nc))
 
-    async def get_retention(_req: GetRetention) -> RetentionPolicy:
+    async def get_retention(_req: stats.GetRetention) -> stats.RetentionPolicy:
         return await retention.get_policy()
 
-    async def save_retention(req: SaveRetention) -> RetentionPolicy:
+    async def save_retention(req: stats.SaveRetention) -> stats.RetentionPolicy:
         saved = await retention.save_policy(req.policy)
         scheduler.wake()
         return saved
 
-    async def run_retention(req: RunRetention) -> RetentionReport:
+    async def run_retention(req: stats.RunRetention) -> stats.RetentionReport:
         return await scheduler.run_now(dry_run=req.dry_run)
 
     runtime.endpoint(endpoints.Stats.LOG_QUERY, query_log)

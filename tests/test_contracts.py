@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
+import pkgutil
 import typing
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,23 @@ import contracts.messages as messages
 from contracts import endpoints, subjects
 from contracts.envelope import Empty, Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
-from contracts.messages.events import EVENT_VERSION, GenerationEvent
+from contracts.messages.base import Record, Request
+from contracts.messages.events import EVENT_VERSION, GenerationEvent, JobProgress
+from contracts.messages.jobs import GenerationRequest
+from contracts.messages.styles import BuiltPrompt
 
+MESSAGE_MODULES = [
+    importlib.import_module(f"contracts.messages.{module.name}") for module in pkgutil.iter_modules(messages.__path__)
+]
 ALL_STRUCTS = sorted(
     (
         obj
-        for name, obj in vars(messages).items()
+        for module in MESSAGE_MODULES
+        for name, obj in vars(module).items()
         if inspect.isclass(obj)
         and issubclass(obj, msgspec.Struct)
-        and obj not in (messages.Record, messages.Request)
+        and obj.__module__ == module.__name__
+        and obj not in (Record, Request)
         and not name.startswith("_")
     ),
     key=lambda cls: cls.__name__,
@@ -131,7 +141,7 @@ def test_events_are_a_tagged_union_with_a_version() -> None:
 def test_an_event_from_a_newer_sender_with_extra_fields_still_decodes() -> None:
     wire = b'{"kind":"progress","version":2,"job_id":"j1","seq":4,"at":1.0,"value":3,"max":9,"eta_s":12}'
     event = msgspec.json.decode(wire, type=GenerationEvent)
-    assert isinstance(event, messages.JobProgress)
+    assert isinstance(event, JobProgress)
     assert (event.version, event.value, event.max) == (2, 3, 9)
 
 
@@ -142,7 +152,7 @@ def test_the_error_envelope_round_trips_and_unwraps_into_hub_error() -> None:
         field="styles",
         details={"valid": ["photo", "none"]},
     )
-    wire = msgspec.json.encode(Reply[messages.BuiltPrompt](error=info))
+    wire = msgspec.json.encode(Reply[BuiltPrompt](error=info))
     assert msgspec.json.decode(wire) == {
         "error": {
             "code": "incompatible",
@@ -151,7 +161,7 @@ def test_the_error_envelope_round_trips_and_unwraps_into_hub_error() -> None:
             "details": {"valid": ["photo", "none"]},
         }
     }
-    reply = msgspec.json.decode(wire, type=Reply[messages.BuiltPrompt])
+    reply = msgspec.json.decode(wire, type=Reply[BuiltPrompt])
     with pytest.raises(HubError) as raised:
         reply.unwrap()
     assert raised.value.info == info
@@ -177,8 +187,8 @@ def test_a_reply_with_neither_result_nor_error_is_an_internal_error() -> None:
 )
 def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, words: str) -> None:
     with pytest.raises(msgspec.ValidationError) as raised:
-        msgspec.json.decode(body, type=messages.GenerationRequest)
-    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT, messages.GenerationRequest)
+        msgspec.json.decode(body, type=GenerationRequest)
+    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest)
     assert info.code is ErrorCode.INVALID_REQUEST
     assert info.field == field
     assert words in info.message
@@ -186,7 +196,7 @@ def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, w
 
 def test_malformed_json_is_reported_as_such() -> None:
     with pytest.raises(msgspec.DecodeError) as raised:
-        msgspec.json.decode(b"{nope", type=messages.GenerationRequest)
+        msgspec.json.decode(b"{nope", type=GenerationRequest)
     info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT)
     assert info.field is None
     assert "not valid JSON" in info.message

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 from test_stats_support import JobScript
 
-from contracts.messages import JobCompleted, JobProgress, JobQueued, JobStarted, OutputFile, OutputStored, Timings
+from contracts.messages.events import JobCompleted, JobProgress, JobQueued, JobStarted, OutputStored
+from contracts.messages.jobs import OutputFile, Timings
 from stats_service.figures import FigureInput, compute_figures, percentile
 from stats_service.merge import JobState, apply_event
 

@@ -14,14 +14,9 @@ import pytest
 from test_stats_support import Event, JobScript, StatsHub, publish, stats_hub, wait_recorded, wait_until
 
 from contracts import endpoints
-from contracts.messages import (
-    GetGeneration,
-    HealthRequest,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobStarted,
-)
+from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobStarted
+from contracts.messages.health import HealthRequest
+from contracts.messages.stats import GetGeneration
 from contracts.runtime.bus import call
 from contracts.streams import EVENTS_STREAM
 from stats_service.consumer import CONSUMER_NAME

@@ -13,7 +13,7 @@ from test_stats_support import DispatcherStandIn, JobScript, StatsHub, stats_hub
 
 from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
-from contracts.messages import (
+from contracts.messages.stats import (
     GetGeneration,
     GetRetention,
     RetentionPolicy,

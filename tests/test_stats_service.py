@@ -16,7 +16,7 @@ from test_stats_support import JobScript, StatsHub, stats_hub, wait_recorded, wa
 
 from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
-from contracts.messages import (
+from contracts.messages.stats import (
     ExportLog,
     FigureRow,
     Figures,
@@ -384,7 +384,7 @@ async def test_a_large_export_comes_in_parts_that_each_fit_a_reply(hub: StatsHub
 
 
 async def test_the_service_health_reports_the_consumer(hub: StatsHub) -> None:
-    from contracts.messages import HealthRequest
+    from contracts.messages.health import HealthRequest
 
     health = await call(hub.nc, endpoints.health("stats"), HealthRequest())
     events = next(c for c in health.checks if c.name == "events")

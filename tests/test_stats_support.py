@@ -21,10 +21,7 @@ from nats.js import JetStreamContext
 
 from contracts import endpoints, subjects
 from contracts.envelope import Reply
-from contracts.messages import (
-    DeletedOutputs,
-    DeleteOutputs,
-    GenerationRequest,
+from contracts.messages.events import (
     JobAccepted,
     JobCancelled,
     JobCompleted,
@@ -33,12 +30,10 @@ from contracts.messages import (
     JobQueued,
     JobRetrying,
     JobStarted,
-    LogPage,
-    OutputFile,
     OutputStored,
-    QueryLog,
-    Timings,
 )
+from contracts.messages.jobs import DeletedOutputs, DeleteOutputs, GenerationRequest, OutputFile, Timings
+from contracts.messages.stats import LogPage, QueryLog
 from contracts.runtime.bus import call, ensure_stream
 from contracts.streams import EVENTS, event_subject
 from hub_deploy.natsserver import NatsServer

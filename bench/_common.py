@@ -3,15 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test harness starts the hub
 
 import httpx2
+from gateway_support import GatewayHub, gateway_hub
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from hub_deploy.natsserver import NatsServer, free_port
+
 One = Callable[[int], Awaitable[None]]
+
+
+@asynccontextmanager
+async def hub_on_fresh_nats(
+    prefix: str, *, monitor: bool = False, **gateway_hub_args: Any
+) -> AsyncIterator[tuple[GatewayHub, NatsServer]]:
+    """A nats-server (with its monitoring port when `monitor`) and the whole hub with its gateway, in a temporary
+    folder named `prefix...`, all stopped and removed on exit. Services log warnings only."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        (root / "data").mkdir()
+        server = NatsServer(
+            root / "nats" / "jetstream", log_file=root / "nats.log", monitor_port=free_port() if monitor else 0
+        )
+        server.start()
+        try:
+            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning", **gateway_hub_args) as gw:
+                yield gw, server
+        finally:
+            server.stop()
 
 
 async def run_concurrently(

@@ -27,15 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import nats
-from dispatch_bench import Completions, finish_run, register
+from dispatch_bench import finish_run, register, submit_and_wait
 from dispatch_support import save_render_types
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess, hub_env
 
-from contracts import endpoints
 from contracts.messages.jobs import GenerationRequest
-from contracts.runtime.bus import call
-from contracts.streams import EVENTS_SUBJECTS
 from hub_deploy.natsserver import NatsServer
 
 INSTANCES = 4
@@ -88,21 +85,13 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
     for double in doubles.values():
         await double.start()
     await register(nc, doubles)
-    completions = Completions()
-    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
-    started = time.perf_counter()
-    replies = await asyncio.gather(
-        *(
-            call(
-                nc,
-                endpoints.Dispatch.JOBS_SUBMIT,
-                GenerationRequest(prompt=f"job {i}", seed=i, width=256, height=256, render_type=types[i % len(types)]),
-                timeout=60,
-            )
+    completions, started = await submit_and_wait(
+        nc,
+        [
+            GenerationRequest(prompt=f"job {i}", seed=i, width=256, height=256, render_type=types[i % len(types)])
             for i in range(jobs)
-        )
+        ],
     )
-    await completions.wait({r.job_id for r in replies})
     result = Result(
         makespan_s=time.perf_counter() - started,
         switch_s=sum(seconds for d in doubles.values() for _, seconds in d.model_loads),

@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -42,15 +41,14 @@ import urllib.request
 
 import httpx
 import msgspec
-from _common import mcp_generate, run_concurrently
-from gateway_support import GatewayHub, gateway_hub
+from _common import hub_on_fresh_nats, mcp_generate, run_concurrently
+from gateway_support import GatewayHub
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
 from contracts.runtime.bus import call
 from contracts.streams import event_subject
-from hub_deploy.natsserver import NatsServer, free_port
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 # The defaults of the settings the tests shorten (tests/dispatch_support.py DISPATCH_ENV), for the services.
@@ -266,20 +264,10 @@ async def main() -> None:
     parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log", monitor_port=free_port())
-        server.start()
+    async with hub_on_fresh_nats("cost-bench-", monitor=True, services_env=PRODUCTION_TIMINGS) as (gw, server):
         args.monitor_url = f"http://{server.host}:{server.monitor_port}"
-        try:
-            async with gateway_hub(
-                server.url, root / "data", services_env=PRODUCTION_TIMINGS, HUB_LOG_LEVEL="warning"
-            ) as gw:
-                assert server.process is not None
-                await bench(gw, server.process.pid, args)
-        finally:
-            server.stop()
+        assert server.process is not None
+        await bench(gw, server.process.pid, args)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,16 @@ async def unregister(nc, names) -> None:  # type: ignore[no-untyped-def]
         await call(nc, endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
 
 
+async def submit_and_wait(nc, requests: list[GenerationRequest]) -> tuple[Completions, float]:  # type: ignore[no-untyped-def]
+    """Submit every request at once, wait until each job ended: (their completions, when the submitting began)."""
+    completions = Completions()
+    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(call(nc, endpoints.Dispatch.JOBS_SUBMIT, r, timeout=60) for r in requests))
+    await completions.wait({r.job_id for r in replies})
+    return completions, started
+
+
 async def finish_run(  # type: ignore[no-untyped-def]
     nc, doubles: dict[str, ComfyUIDouble], processes: list[ServiceProcess], completions: Completions, strategy: str
 ) -> None:
@@ -142,21 +152,9 @@ async def makespan(
     for double in doubles.values():
         await double.start()
     await register(nc, doubles, slots)
-    completions = Completions()
-    await nc.subscribe(EVENTS_SUBJECTS, cb=completions.on_event)
-    started = time.perf_counter()
-    replies = await asyncio.gather(
-        *(
-            call(
-                nc,
-                endpoints.Dispatch.JOBS_SUBMIT,
-                GenerationRequest(prompt=f"job {i}", seed=i, width=size, height=size),
-                timeout=60,
-            )
-            for i in range(jobs)
-        )
+    completions, started = await submit_and_wait(
+        nc, [GenerationRequest(prompt=f"job {i}", seed=i, width=size, height=size) for i in range(jobs)]
     )
-    await completions.wait({r.job_id for r in replies})
     elapsed = time.perf_counter() - started
     ideal = jobs * work / sum(SPEEDS)
     per_instance = {name: len(d.executed_prompt_ids) for name, d in doubles.items()}

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -23,15 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import msgspec
-from _common import mcp_generate, run_concurrently
-from gateway_support import GatewayHub, gateway_hub
+from _common import hub_on_fresh_nats, mcp_generate, run_concurrently
+from gateway_support import GatewayHub
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
 from contracts.runtime.bus import call
 from contracts.streams import event_subject
-from hub_deploy.natsserver import NatsServer
 
 
 def report(label: str, jobs: int, elapsed: float, latencies: list[float]) -> None:
@@ -76,16 +74,8 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
-        server.start()
-        try:
-            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
-                await bench(gw, args.jobs, args.concurrency)
-        finally:
-            server.stop()
+    async with hub_on_fresh_nats("gateway-bench-") as (gw, _server):
+        await bench(gw, args.jobs, args.concurrency)
 
 
 if __name__ == "__main__":

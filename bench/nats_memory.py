@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import sys
-import tempfile
 import time
 import urllib.request
 from contextlib import AsyncExitStack
@@ -29,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
-from _common import mcp_generate
-from gateway_support import GatewayHub, gateway_hub
+from _common import hub_on_fresh_nats, mcp_generate
+from gateway_support import GatewayHub
 
-from hub_deploy.natsserver import NatsServer, free_port
+from hub_deploy.natsserver import NatsServer
 
 MiB = 1024 * 1024
 
@@ -156,16 +155,8 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="bursts of --jobs, RSS printed after each")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds of quiet before the last figures")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="nats-memory-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log", monitor_port=free_port())
-        server.start()
-        try:
-            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
-                await bench(server, gw, args)
-        finally:
-            server.stop()
+    async with hub_on_fresh_nats("nats-memory-", monitor=True) as (gw, server):
+        await bench(server, gw, args)
 
 
 if __name__ == "__main__":

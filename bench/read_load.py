@@ -21,7 +21,6 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
-from _common import run_concurrently
+from _common import hub_on_fresh_nats, run_concurrently
 from dispatch_support import events_of
-from gateway_support import GatewayHub, gateway_hub, sse_events
+from gateway_support import GatewayHub, sse_events
 
 from contracts.runtime.storage import ObjectStoreOutputs
-from hub_deploy.natsserver import NatsServer
 
 SIZES = [1, 1000, 40_000, 128 * 1024, 128 * 1024 + 1, 300_000, 700_001]
 
@@ -144,16 +142,8 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=4, help="generations the followers follow")
     parser.add_argument("--work-s", type=float, default=5.0, help="how long the ComfyUI double works on each job")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="read-load-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
-        server.start()
-        try:
-            async with gateway_hub(server.url, root / "data", HUB_LOG_LEVEL="warning") as gw:
-                await bench(gw, args)
-        finally:
-            server.stop()
+    async with hub_on_fresh_nats("read-load-") as (gw, _server):
+        await bench(gw, args)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,14 @@ class Lease:
         nc: NatsClient | None,
         *,
         ttl_s: float = 30.0,
+        js: JetStreamContext | None = None,
+        freed: dict[str, int] | None = None,
     ) -> None:
         self._kv = kv
         self._ttl_s = ttl_s
+        # A slot lease's release notes the revision of its delete marker in `freed` (see SlotLeases._freed).
+        self._js = js
+        self._freed = freed
         self._nc = nc
         self.key = key
         self.revision = revision
@@ -127,7 +132,17 @@ class Lease:
         async with self._lock:
             # The bucket unreachable (a leader is being elected): the lease expires by itself after its TTL.
             with contextlib.suppress(NatsError, TimeoutError):
-                await self._kv.delete(self.key, last=self.revision)
+                if self._js is None or self._freed is None:
+                    await self._kv.delete(self.key, last=self.revision)
+                    return
+                # kv.delete's marker, written here to learn its revision from the acknowledgement (KV subject and
+                # headers as NATS KV defines them, ADR-8): the next take of this slot names it, one request.
+                acknowledged = await self._js.publish(
+                    f"$KV.{SLOTS_BUCKET}.{self.key}",
+                    b"",
+                    headers={"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(self.revision)},
+                )
+                self._freed[self.key] = acknowledged.seq
 
 
 # Releases waiting for NATS to come back (referenced so they are not collected before they run).
@@ -141,6 +156,10 @@ class SlotLeases:
         self._ttl_s = ttl_s
         self._replicas = replicas
         self._kv: KeyValue | None = None
+        # Slot key -> the revision of the delete marker this replica wrote when it freed that slot. A hint: taking
+        # the slot again names it (one request) instead of kv.create's three for a key with a marker (the create is
+        # refused, the key read, then updated); a slot taken meanwhile by another replica refuses the hint.
+        self._freed: dict[str, int] = {}
 
     async def open(self) -> None:
         self._kv = await through_election(self._find_or_create, f"opening the {SLOTS_BUCKET} bucket")
@@ -170,14 +189,36 @@ class SlotLeases:
 
     async def _try_take(self, instance: str, slots: int, value: bytes) -> Lease | None:
         assert self._kv is not None
-        for slot in range(slots):
-            key = slot_key(instance, slot)
-            try:
-                revision = await self._kv.create(key, value)
-            except KeyWrongLastSequenceError:
-                continue
-            return Lease(self._kv, key, revision, instance, slot, value, self._nc, ttl_s=self._ttl_s)
+        keys = [slot_key(instance, slot) for slot in range(slots)]
+        for slot in sorted(range(slots), key=lambda n: keys[n] not in self._freed):  # slots freed here first
+            key = keys[slot]
+            revision = await self._create(key, value)
+            if revision is not None:
+                return Lease(
+                    self._kv,
+                    key,
+                    revision,
+                    instance,
+                    slot,
+                    value,
+                    self._nc,
+                    ttl_s=self._ttl_s,
+                    js=self._js,
+                    freed=self._freed,
+                )
         return None
+
+    async def _create(self, key: str, value: bytes) -> int | None:
+        """Write a lease at `key` if it is free: its revision, or None when it is held."""
+        assert self._kv is not None
+        marker = self._freed.pop(key, None)
+        if marker is not None:
+            with contextlib.suppress(KeyWrongLastSequenceError):  # taken (or expired) since: ask plainly
+                return await self._kv.update(key, value, last=marker)
+        try:
+            return await self._kv.create(key, value)
+        except KeyWrongLastSequenceError:
+            return None
 
     async def hold(self, note: LeaseNote) -> Lease | None:
         """Claim a job this replica fetched but has not started (pull_affinity's window): like a slot lease it

@@ -257,6 +257,7 @@ async def test_queue_depth_busy_slots_and_the_oldest_wait_follow_the_jobs(gw: Ga
     assert value(after, "genimage_dispatch_queue_oldest_wait_seconds") == 0
     # The instance's first job loaded its checkpoint: a model switch.
     assert value(after, "genimage_dispatch_instance_model_switches_total", **instance) >= 1
+    assert value(after, "genimage_dispatch_instance_model_switch_seconds_total", **instance) > 0  # what it took
 
 
 async def test_a_failed_attempt_counts_against_its_instance_and_the_generation_as_failed(gw: GatewayHub) -> None:

@@ -329,6 +329,7 @@ class Affinity:
         self.costs = costs
         self._runs: dict[str, _Run] = {}
         self.switches: dict[str, int] = {}  # per instance: jobs that loaded models it did not hold (the figures)
+        self.switch_seconds: dict[str, float] = {}  # per instance: what those loads took, as measured (the figures)
 
     def begin(self, job_id: str, state: InstanceState, row: JobRecord) -> None:
         """A job takes a slot of `state` (called as it does, so the next placement already counts with it)."""
@@ -362,15 +363,17 @@ class Affinity:
 
     def switch_s(self, job_id: str, cached_nodes: Iterable[str], node_seconds: Mapping[str, float]) -> float | None:
         """The seconds the job's model loads took on its instance (its loader nodes that ComfyUI ran rather than
-        took from its cache); None when it loaded nothing, its models were held. 0.0 when a load happened but its
-        time is not known (the result came from the history)."""
+        took from its cache), added to `switch_seconds`; None when it loaded nothing, its models were held. 0.0 when
+        a load happened but its time is not known (the result came from the history)."""
         run = self._runs.get(job_id)
         if run is None:
             return None
         ran = set(run.loaders) - set(cached_nodes)
         if not ran:
             return None
-        return sum(node_seconds.get(node, 0.0) for node in ran)
+        seconds = sum(node_seconds.get(node, 0.0) for node in ran)
+        self.switch_seconds[run.instance] = self.switch_seconds.get(run.instance, 0.0) + seconds
+        return seconds
 
     def ended(self, job_id: str) -> None:
         self._runs.pop(job_id, None)

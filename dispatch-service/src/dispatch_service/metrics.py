@@ -54,9 +54,16 @@ class DispatchMetrics:
         )
         for instance, count in sorted(self._scheduler.affinity.switches.items()):
             switches.add_metric([instance], count)
+        switch_time = CounterMetricFamily(
+            name("instance_model_switch_seconds"),
+            "Seconds jobs spent loading models their instance did not hold (ComfyUI's loader nodes, measured)",
+            labels=["instance"],
+        )
+        for instance, seconds in sorted(self._scheduler.affinity.switch_seconds.items()):
+            switch_time.add_metric([instance], seconds)
         failures = CounterMetricFamily(
             name("instance_failures"), "Attempts that failed on the instance, by kind", labels=["instance", "kind"]
         )
         for (instance, kind), count in sorted(self._scheduler.failures.items()):
             failures.add_metric([instance, kind], count)
-        return [up, slots, busy, switches, failures]
+        return [up, slots, busy, switches, switch_time, failures]

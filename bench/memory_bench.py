@@ -120,7 +120,7 @@ async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> None:
         assert (await http.get(f"http://127.0.0.1:{env['HUB_UI_PORT']}/login")).status_code == 200
 
 
-async def measure(layout: str, root: Path, comfy: ComfyUIDouble) -> list[Footprint]:
+async def measure(layout: str, root: Path, comfy: ComfyUIDouble, python: str) -> list[Footprint]:
     nats_port = free_port()
     env = hub_env(
         f"nats://127.0.0.1:{nats_port}",
@@ -133,7 +133,7 @@ async def measure(layout: str, root: Path, comfy: ComfyUIDouble) -> list[Footpri
     log_path = root / f"{layout}.log"
     with log_path.open("wb") as log_file:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [python, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
         await asyncio.to_thread(wait_for_banner, log_path, launcher)
@@ -159,6 +159,12 @@ def report(layout: str, sizes: list[Footprint]) -> tuple[float, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layouts", type=lambda s: s.split(","), default=["single", "split"])
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the Python that runs the hub (default: this one, with the dev tools); e.g. that of a venv made by "
+        "`uv sync --locked --no-dev`, as ./hub start makes one on a fresh machine",
+    )
     args = parser.parse_args()
     os.environ.pop("HUB_LAYOUT", None)
     totals: dict[str, tuple[float, float]] = {}
@@ -166,7 +172,7 @@ async def main() -> None:
         models = {"checkpoints": [SDXL_CHECKPOINT]}
         async with ComfyUIDouble(name="bench-comfy", models=models, work_seconds=0.0) as comfy:
             for layout in args.layouts:
-                totals[layout] = report(layout, await measure(layout, Path(tmp), comfy))
+                totals[layout] = report(layout, await measure(layout, Path(tmp), comfy, args.python))
     if len(totals) == 2:
         (a, (a_rss, a_pss)), (b, (b_rss, b_pss)) = totals.items()
         print(f"{a}/{b}: RSS {a_rss / b_rss:.2f}, PSS {a_pss / b_pss:.2f}   (goal: ≤ 250 MB RSS in all)")

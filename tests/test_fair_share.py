@@ -7,7 +7,9 @@ sends them."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from dispatch_support import Hub, add_instance, checkpoint_of, remove_instance, submit, wait_final, wait_for
@@ -21,25 +23,32 @@ pytestmark = pytest.mark.slow
 RUN_S = 0.2
 
 
-@pytest.fixture(scope="module")
-async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+@contextlib.asynccontextmanager
+async def two_replica_hub(nats_url: str, data: Path, strategy: str) -> AsyncIterator[Hub]:
+    """Registry, prompt and two dispatch replicas sharing one data folder (database), as a cluster runs them."""
     import nats
 
-    running = Hub(
-        nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("fair-share"), nc=await nats.connect(nats_server.url)
-    )
+    running = Hub(nats_url=nats_url, data_dir=data, nc=await nats.connect(nats_url))
     replicas: list[ServiceProcess] = []
-    for name in ("registry", "prompt", "dispatch"):
-        running.start(name, HUB_DISPATCH_STRATEGY="pull")
-    replicas.append(running.processes["dispatch"])
-    replicas.append(running.start("dispatch", HUB_DISPATCH_STRATEGY="pull"))  # a second replica, same database
-    for process in (running.processes["registry"], running.processes["prompt"], *replicas):
-        await process.wait_healthy(running.nc)
-    yield running
-    for process in replicas:
-        process.kill()
-    running.stop_all()
-    await running.nc.close()
+    try:
+        for name in ("registry", "prompt", "dispatch"):
+            running.start(name, HUB_DISPATCH_STRATEGY=strategy)
+        replicas.append(running.processes["dispatch"])
+        replicas.append(running.start("dispatch", HUB_DISPATCH_STRATEGY=strategy))
+        for process in (running.processes["registry"], running.processes["prompt"], *replicas):
+            await process.wait_healthy(running.nc)
+        yield running
+    finally:
+        for process in replicas:
+            process.kill()
+        running.stop_all()
+        await running.nc.close()
+
+
+@pytest.fixture(scope="module")
+async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
+    async with two_replica_hub(nats_server.url, tmp_path_factory.mktemp("fair-share"), "pull") as running:
+        yield running
 
 
 async def run_order(hub: Hub, name: str, batches: list[tuple[str, int, int]]) -> list[str]:

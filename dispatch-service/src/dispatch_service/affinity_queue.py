@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
-from dispatch_service.fair_share import fair_order
+from dispatch_service.fair_share import Standing, ahead_elsewhere, fair_order
 from dispatch_service.jobs import is_final
 from dispatch_service.leases import Lease
 from dispatch_service.store import JobRecord
@@ -36,6 +36,7 @@ MIN_WINDOW = 8
 WINDOW_PER_SLOT = 4  # jobs held per slot of the available instances: enough to find a warm one for each
 RETRY_DELAY_S = 0.2
 PLACE_EVERY_S = 0.25  # placement is looked at again this often (estimates change as jobs run)
+DEFER_S = 2 * PLACE_EVERY_S  # longest a free slot is left to another replica's job whose key's turn it is
 
 
 @dataclass
@@ -56,6 +57,7 @@ class AffinityQueue:
         self._scheduler = scheduler
         self._pool = scheduler.pool
         self.window: list[_Held] = []
+        self._deferring_since: float | None = None  # see _defer
 
     def _window_size(self) -> int:
         slots = sum(s.config.slots for s in self._pool.states.values() if s.available)
@@ -129,6 +131,8 @@ class AffinityQueue:
         by_key = {standing.api_key_id: standing for standing in await queues.standings()}
         order = fair_order([held.row.api_key_id for held in eligible], by_key, fair=queues.fair)
         eligible = [eligible[index] for index in order]
+        if self._defer(eligible, by_key, servers):
+            return
         jobs = [
             Waiting(
                 render_type=held.row.render_type,
@@ -147,6 +151,19 @@ class AffinityQueue:
                 await held.release()
             elif job.placed is not None and job.placed in states:
                 await self._start(held, job.placed)
+
+    def _defer(self, eligible: list[_Held], by_key: dict[str | None, Standing], servers: dict[str, Server]) -> bool:
+        """Fair share across replicas: while a slot is free and a key whose jobs this replica does not hold has had
+        less service than every key it holds, it leaves the slot to the replica holding that key's next job, for at
+        most DEFER_S (that replica places within its next round; should none hold it, the slot is not idle long)."""
+        free = any(server.free_slots > 0 for server in servers.values())
+        if not (self._scheduler.queues.fair and free and ahead_elsewhere({h.row.api_key_id for h in eligible}, by_key)):
+            self._deferring_since = None
+            return False
+        now = time.monotonic()
+        if self._deferring_since is None:
+            self._deferring_since = now
+        return now - self._deferring_since < DEFER_S
 
     async def _start(self, held: _Held, instance: str) -> None:
         state = self._pool.states[instance]

@@ -140,6 +140,20 @@ def fair_order(job_keys: list[str | None], by_key: Mapping[str | None, Standing]
     return [index for _, index in sorted(tags)]
 
 
+def ahead_elsewhere(held_keys: set[str | None], by_key: Mapping[str | None, Standing]) -> bool:
+    """Whether a key with no job among `held_keys` (those this replica holds) has had less service than every key
+    that has: its turn, and another replica may hold its next job."""
+    mine = [by_key[key].served_s for key in held_keys if key in by_key]
+    if not mine:
+        return False
+    best_here = min(mine)
+    return any(
+        standing.served_s < best_here
+        for key, standing in by_key.items()
+        if key not in held_keys and not standing.at_running_limit
+    )
+
+
 class KeyQueues:
     """The job stream's consumers, one per key, and the fair choice of the next one to take a job from."""
 
@@ -206,6 +220,11 @@ class KeyQueues:
             self._mean_read_at = time.monotonic()
             self._mean_run_s = await self._store.recent_run_s() or UNMEASURED_RUN_S
         return self._mean_run_s
+
+    async def any_waiting(self) -> bool:
+        """Whether any job waits (a job queued from here on wakes wait_for_jobs)."""
+        self._arrived.clear()
+        return await self._store.any_waiting()
 
     async def standings(self) -> list[Standing]:
         """The keys with jobs waiting now, with their service in the window (from the shared job table)."""

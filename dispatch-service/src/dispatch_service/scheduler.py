@@ -291,6 +291,9 @@ class Scheduler:
         replicas only one that holds a slot takes a key's next job: each key's jobs start in their order."""
         self._lost_to_another_replica = False
         if self.settings.dispatch_strategy == "pull":
+            if not await self.queues.any_waiting():  # no slot taken while nothing waits
+                await self.queues.wait_for_jobs(self.pool.changed, timeout=0.5)
+                return
             self._reserved = await self._reserve_slot()
             if self._reserved is None:  # the slots this replica saw free are taken by other replicas
                 with contextlib.suppress(TimeoutError):

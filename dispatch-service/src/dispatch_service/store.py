@@ -351,6 +351,9 @@ class JobStore:
 
     # -- fair share (see fair_share.py) --
 
+    async def any_waiting(self) -> bool:
+        return bool(await JobRow.exists().where(JobRow.status.is_in(list(WAITING_STATUSES))).run())
+
     async def waiting_keys(self) -> list[WaitingKey]:
         """Per API key with jobs waiting (None: jobs without a key): when its oldest waiting job was accepted, and
         the request of its newest one (which carries the key's current weight and running limit)."""

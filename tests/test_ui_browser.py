@@ -681,6 +681,7 @@ PAGES = (
     ("/generate", "generate"),
     ("/stats", "stats"),
     ("/api-keys", "api-keys"),
+    ("/api-keys/defaults", "api-key-defaults"),
     ("/maintenance", "maintenance"),
     ("/status", "services"),
 )

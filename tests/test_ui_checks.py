@@ -156,3 +156,10 @@ async def test_a_style_for_a_render_type_that_does_not_exist_is_refused_beside_t
     assert "no render type named 'sdxl-turbo'" in field_error(page.text, "render_types"), page.text
     assert value_of(page.text, "render_types") == "sdxl, sdxl-turbo"
     assert "turbo look" not in await admin.get("/styles?q=turbo")
+
+
+async def test_the_dashboard_says_when_the_gateway_does_not_answer(admin: Admin) -> None:
+    """No gateway runs in this module: the keys' card says so instead of "no API key yet"."""
+    page = await admin.get("/")
+    keys_card = page.split('id="keys-work"', 1)[1].split("</div>", 1)[0]
+    assert "The gateway did not answer" in keys_card and "No API key yet" not in keys_card, keys_card

@@ -64,7 +64,7 @@ class DashboardController(Controller):
             hub.try_ask(endpoints.Gateway.KEYS_LIST, ListApiKeys(include_revoked=True)),
         )
         (instances, instances_error), (queue, queue_error), health, (hour, _) = asked[:4]
-        (scheduling, scheduling_error), (listed, _) = asked[4:]
+        (scheduling, scheduling_error), (listed, keys_error) = asked[4:]
         views = instances.instances if instances else []
         jobs = queue.jobs if queue else []
         enabled = [v for v in views if v.instance.enabled]
@@ -86,6 +86,7 @@ class DashboardController(Controller):
             work={w.instance: w for w in scheduling.instances} if scheduling else {},
             scheduling_error=scheduling_error,
             key_rows=key_rows(scheduling, listed),
+            keys_error=keys_error,
         )
 
     @get("/ui-images/{output_id:str}")

@@ -8,8 +8,9 @@ double (2 slots) in this process. Two jobs of an hour take its slots, so every l
 Printed:
 - submits one at a time (Dispatch.JOBS_SUBMIT over NATS, and REST POST /api/v1/generations) median and p99 while
   the queue is short and once `--queued` wait; and the fill itself (16 at a time: its first and last 200);
-- the view of the last waiting job (Dispatch.JOBS_GET: its place in the whole queue and among its key's jobs, its
-  estimated start) and GET /api/v1/generations/{id}, median and p99 of 50 each, with 10 and with `--queued` waiting;
+- the view of a job near the front and of the last waiting job (Dispatch.JOBS_GET: the place in the whole queue and
+  among the key's jobs, the estimated start; and GET /api/v1/generations/{id}), median and p99 of 50 each,
+  interleaved, with ~100 and with `--queued` waiting;
 - the dispatcher's RSS before and after queueing;
 - `--mcp-calls` `tools/call generate_image` at once over raw Streamable HTTP (one MCP session), each held by the
   gateway's budgeted wait (`--budget` s, HUB_GATEWAY_TOOL_BUDGET_S) and answered with its job still waiting:
@@ -82,24 +83,32 @@ async def submit(gw: GatewayHub, i: int) -> str:
     return reply.job_id
 
 
-async def views(gw: GatewayHub, http: httpx.AsyncClient, job_id: str) -> tuple[str, str, int]:
-    """JOBS_GET and the REST job view of `job_id` (a job of the bench's API key), 50 times each, one at a time;
-    and its queue place."""
-    view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
-    assert view.status == "queued" and view.queue_position is not None, view
-    over_nats, _ = await timed(50, 1, lambda _: call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id)))
+async def views(gw: GatewayHub, http: httpx.AsyncClient, front: str, back: str) -> dict[str, str | int]:
+    """JOBS_GET and the REST job view of a job near the front of the queue and of the last one (jobs of the bench's
+    API key), 50 times each, interleaved so both meet the same load; and their queue places."""
+    places: dict[str, int] = {}
+    for job_id in (front, back):
+        view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
+        assert view.status == "queued" and view.queue_position is not None, view
+        places[job_id] = view.queue_position
+    seconds: dict[str, list[float]] = {"nats front": [], "nats back": [], "rest front": [], "rest back": []}
+    for _ in range(50):
+        for end, job_id in (("front", front), ("back", back)):
+            started = time.perf_counter()
+            await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
+            seconds[f"nats {end}"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            answer = await http.get(f"/api/v1/generations/{job_id}")
+            seconds[f"rest {end}"].append(time.perf_counter() - started)
+            assert answer.status_code == 200 and answer.json()["queue_position"] == places[job_id], answer.text
+    return {name: figures(values) for name, values in seconds.items()} | {
+        "front place": places[front],
+        "back place": places[back],
+    }
 
-    async def rest(_: int) -> None:
-        answer = await http.get(f"/api/v1/generations/{job_id}")
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["queue_position"] == view.queue_position, answer.text
 
-    over_rest, _ = await timed(50, 1, rest)
-    return figures(over_nats), figures(over_rest), view.queue_position
-
-
-async def rest_submits(http: httpx.AsyncClient, count: int) -> tuple[str, str]:
-    """`count` POSTs one at a time: their figures, and the last job's id."""
+async def rest_submits(http: httpx.AsyncClient, count: int) -> tuple[str, str, str]:
+    """`count` POSTs one at a time: their figures, and the first and the last job's id."""
 
     async def post(i: int) -> str:
         answer = await http.post("/api/v1/generations", json={"prompt": f"scale rest {i}", "steps": 1})
@@ -107,7 +116,7 @@ async def rest_submits(http: httpx.AsyncClient, count: int) -> tuple[str, str]:
         return str(answer.json()["job_id"])
 
     seconds, job_ids = await timed(count, 1, post)
-    return figures(seconds), job_ids[-1]
+    return figures(seconds), job_ids[0], job_ids[-1]
 
 
 async def wait_running(gw: GatewayHub, job_ids: list[str]) -> None:
@@ -124,11 +133,12 @@ async def queue_scale(gw: GatewayHub, http: httpx.AsyncClient, args: argparse.Na
     dispatch_pid = gw.hub.processes["dispatch"].process.pid  # type: ignore[union-attr]
     rss_before = rss_mb(dispatch_pid)
     one_at_a_time, _ = await timed(50, 1, lambda i: submit(gw, i))
-    short_post, last_rest = await rest_submits(http, 50)
-    short_nats, short_rest, short_place = await views(gw, http, last_rest)
+    short_post, first_rest, last_rest = await rest_submits(http, 50)
+    short = await views(gw, http, first_rest, last_rest)
     print(
-        f"queue of {short_place:>6}: JOBS_SUBMIT {figures(one_at_a_time)}   REST POST {short_post}   "
-        f"JOBS_GET {short_nats}   REST job view {short_rest}   (one at a time)"
+        f"queue of {short['back place']:>6}: JOBS_SUBMIT {figures(one_at_a_time)}   REST POST {short_post}   "
+        f"(one at a time)\n       job view of places {short['front place']} and {short['back place']}: "
+        f"JOBS_GET {short['nats front']} / {short['nats back']}   REST {short['rest front']} / {short['rest back']}"
     )
     started = time.perf_counter()
     seconds, _ = await timed(args.queued, 16, lambda i: submit(gw, 100 + i))
@@ -137,12 +147,15 @@ async def queue_scale(gw: GatewayHub, http: httpx.AsyncClient, args: argparse.Na
         f"submitted {args.queued} jobs over NATS in {elapsed:.0f} s ({args.queued / elapsed:.0f}/s, 16 at a time): "
         f"first 200 {figures(seconds[:200])}   last 200 {figures(seconds[-200:])}"
     )
+    await asyncio.sleep(5)  # the events of the fill recorded (stats, webhooks), the background writes settled
     one_at_a_time, _ = await timed(50, 1, lambda i: submit(gw, 20 + i))
-    long_post, last_rest = await rest_submits(http, 50)
-    long_nats, long_rest, long_place = await views(gw, http, last_rest)
+    long_post, _, last_rest = await rest_submits(http, 50)
+    long = await views(gw, http, first_rest, last_rest)
+    long_place = long["back place"]
     print(
         f"queue of {long_place:>6}: JOBS_SUBMIT {figures(one_at_a_time)}   REST POST {long_post}   "
-        f"JOBS_GET {long_nats}   REST job view {long_rest}   (one at a time)"
+        f"(one at a time)\n       job view of places {long['front place']} and {long_place}: "
+        f"JOBS_GET {long['nats front']} / {long['nats back']}   REST {long['rest front']} / {long['rest back']}"
     )
     await asyncio.sleep(2)  # the background writes after each answer settle
     rss_after = rss_mb(dispatch_pid)

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_hub
 from test_gateway_webhooks import Received, expected_signature
+from test_metrics import scrape, value
 from ui_support import ADMIN_PASSWORD, Admin, signed_in_admin
 
 from contracts import endpoints
@@ -136,6 +137,9 @@ async def test_every_job_of_the_key_is_delivered_to_each_url_across_a_gateway_re
             job_id = submitted.json()["job_id"]
             await failing.wait_for_finals(1, timeout_s=60)  # answered 503
             await asyncio.sleep(0.5)  # the gateway records the attempt and asks JetStream for a later re-delivery
+            _, figures = await scrape(gw.base_url)  # both attempts counted, by how they went
+            assert value(figures, "genimage_gateway_webhook_deliveries_total", source="key", outcome="retrying") == 1
+            assert value(figures, "genimage_gateway_webhook_deliveries_total", source="key", outcome="delivered") == 1
             gateway = gw.hub.processes["gateway"]
             gateway.kill()  # kill -9: the retry must come from JetStream, not from the dead process's memory
             await gateway.wait_exit()

@@ -107,7 +107,9 @@ class Webhooks:
         self._keys = keys
         self._allow = allow
         self._log = runtime.log.bind(consumer=CONSUMER_NAME)
-        self.delivered = 0
+        self._attempts = runtime.metrics.counter(
+            "webhook_deliveries_total", "Attempts at POSTing a job's final state to a webhook", ("source", "outcome")
+        )
 
     async def check_callback(self, generation: GenerationRequest) -> None:
         """Refuses a callback the hub would not deliver: no key to sign with, or an address not allowed."""
@@ -221,12 +223,15 @@ class Webhooks:
         delay: float | None = None
         if status is not None and 200 <= status < 300:
             update[WebhookRow.delivered_at] = now
-            self.delivered += 1
+            outcome = "delivered"
         elif attempts >= len(RETRY_DELAYS_S):
             update[WebhookRow.gave_up_at] = now
             self._log.warning("webhook given up", url=row["url"], attempts=attempts, error=error)
+            outcome = "given_up"
         else:
             delay = RETRY_DELAYS_S[attempts - 1]
+            outcome = "retrying"
+        self._attempts.labels(row["source"], outcome).inc()
         await WebhookRow.update(update).where(WebhookRow.delivery_id == row["delivery_id"])
         return delay
 

@@ -92,8 +92,9 @@ async def instance_figures(hub: Hub, instance: str, completed: int) -> FigureRow
         await asyncio.sleep(0.2)
 
 
-def text_of(html: str, element_id: str) -> str:
-    found = re.search(rf'id="{element_id}"[^>]*>(.*?)</(?:div|table|section)>', html, re.S)
+def text_of(html: str, element_id: str, tag: str = "div") -> str:
+    """The text of the element with this id, up to the first closing `tag` (its own when nothing nests)."""
+    found = re.search(rf'id="{element_id}"[^>]*>(.*?)</{tag}>', html, re.S)
     assert found, element_id
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", found.group(1))).split())
 
@@ -168,6 +169,8 @@ async def test_the_dashboard_shows_each_instances_work_and_each_keys_jobs_beside
         ]
         assert cells[:5] == ["views-busy", "up", "1 / 1", "views-a", "views-a.safetensors"], cells
         assert cells[5] == f"{round(busy.share * 100)}% ({busy.started_recently})", cells
+        policy = text_of(page, "scheduling-policy", "p")
+        assert "Scheduling: pull · fair share between keys on" in policy, policy  # the defaults
         keys_table = text_of(page, "keys-work")
         assert "views-key 1 / 1 2 / 5 2" in keys_table, keys_table
         assert "views-idle 0 / ∞ 0 / ∞ 1" in keys_table, keys_table  # an idle key shows its limits too

@@ -34,7 +34,7 @@ class _Handlers:
 
     async def scheduling_view(self, _req: jobs.GetSchedulingView) -> jobs.SchedulingView:
         d = self.dispatcher
-        return await scheduling_view(d.store, d.pool, d.scheduler.affinity.memory)
+        return await scheduling_view(d.scheduler.settings, d.store, d.pool, d.scheduler.affinity.memory)
 
     async def list_instances(self, _req: instances.ListInstances) -> instances.InstanceList:
         return await self.dispatcher.list_instances()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from contracts.messages.jobs import InstanceWork, KeyWork, RunningJob, SchedulingView
+from contracts.runtime.config import Settings
 from dispatch_service.affinity import ModelMemory
 from dispatch_service.pool import Pool
 from dispatch_service.store import JobStore
@@ -14,7 +15,7 @@ from dispatch_service.store import JobStore
 SHARE_WINDOW_S = 3600.0  # an instance's share of the work: of the jobs started within the last hour
 
 
-async def scheduling_view(store: JobStore, pool: Pool, memory: ModelMemory) -> SchedulingView:
+async def scheduling_view(settings: Settings, store: JobStore, pool: Pool, memory: ModelMemory) -> SchedulingView:
     running = await store.running_now()
     waiting = await store.waiting_by_key()
     started = await store.started_by_instance(time.time() - SHARE_WINDOW_S)
@@ -41,4 +42,10 @@ async def scheduling_view(store: JobStore, pool: Pool, memory: ModelMemory) -> S
         KeyWork(api_key_id=key, running=running_by_key.get(key, 0), waiting=waiting.get(key, 0))
         for key in sorted(set(running_by_key) | set(waiting), key=lambda k: (k is None, k or ""))
     ]
-    return SchedulingView(instances=instances, keys=keys, share_window_s=SHARE_WINDOW_S)
+    return SchedulingView(
+        instances=instances,
+        keys=keys,
+        share_window_s=SHARE_WINDOW_S,
+        strategy=settings.dispatch_strategy,
+        fair_share=settings.dispatch_fair_share,
+    )

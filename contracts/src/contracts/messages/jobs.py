@@ -233,6 +233,8 @@ class SchedulingView(Record):
     instances: list[InstanceWork]
     keys: list[KeyWork]  # the keys with jobs running or waiting
     share_window_s: float
+    strategy: str = ""  # HUB_DISPATCH_STRATEGY of the answering replica
+    fair_share: bool = False  # HUB_DISPATCH_FAIR_SHARE: a free slot goes to the key with the least recent service
 
 
 class DeleteOutputs(Request):

@@ -84,6 +84,7 @@ class DashboardController(Controller):
             hour=hour.total if hour else None,
             health=health,
             work={w.instance: w for w in scheduling.instances} if scheduling else {},
+            scheduling=scheduling,
             scheduling_error=scheduling_error,
             key_rows=key_rows(scheduling, listed),
             keys_error=keys_error,

@@ -75,3 +75,12 @@ def test_the_comfyui_probe_address_defaults_to_comfyuis_own_and_may_be_turned_of
         "http://10.0.0.5:8188"
     )
     assert load_settings("ui", {"HUB_UI_COMFYUI_PROBE_URL": ""}).ui_comfyui_probe_url == ""
+
+
+def test_tracing_is_on_only_with_an_otlp_endpoint_and_not_when_the_sdk_is_disabled() -> None:
+    assert load_settings("dispatch", {}).otlp_endpoint == ""
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}
+    assert load_settings("dispatch", on).otlp_endpoint == "http://collector:4318"
+    traces_only = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}
+    assert load_settings("dispatch", traces_only).otlp_endpoint == "http://collector:4318/v1/traces"
+    assert load_settings("dispatch", {**on, "OTEL_SDK_DISABLED": "true"}).otlp_endpoint == ""

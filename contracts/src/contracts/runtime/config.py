@@ -171,6 +171,15 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
 
+def _otlp_endpoint(env: Mapping[str, str]) -> str:
+    """Where traces go ("": tracing off): the standard variable, or the traces-only one; OTEL_SDK_DISABLED=true (the
+    SDK's own off switch) turns tracing off whatever they say."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return ""
+    general = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", ENV_VARS["OTEL_EXPORTER_OTLP_ENDPOINT"][0]).strip()
+    return general or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+
+
 def database_env_var(service: str) -> str:
     return f"HUB_{service.upper()}_DATABASE_URL"
 
@@ -346,5 +355,5 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         input_url_allow=_host_or_network_list(env, "HUB_INPUT_URL_ALLOW"),
         metrics_allow=_network_list(env, "HUB_METRICS_ALLOW"),
         # The standard variable (read again by the OTLP exporter); the traces-only one turns tracing on as well.
-        otlp_endpoint=text("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip(),
+        otlp_endpoint=_otlp_endpoint(env),
     )

@@ -27,10 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import nats
-from dispatch_bench import finish_run, register, submit_and_wait
+from dispatch_bench import finish_run, register, start_hub, submit_and_wait
 from dispatch_support import save_render_types
 from doubles.comfyui import ComfyUIDouble
-from harness import ServiceProcess, hub_env
 
 from contracts.messages.jobs import GenerationRequest
 from hub_deploy.natsserver import NatsServer
@@ -49,28 +48,13 @@ class Result:
     idle_s: float  # instance time spent neither running nor loading, between the first start and the last end
 
 
-async def start_services(nats_url: str, data: Path, strategy: str, scale: float) -> list[ServiceProcess]:
-    data.mkdir(parents=True, exist_ok=True)
-    env = {
-        "HUB_LOG_LEVEL": "warning",
-        "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.5",
-        "HUB_DISPATCH_STRATEGY": strategy,
-        "HUB_DISPATCH_MODEL_SWITCH_S": f"{DEFAULT_ASSUMED_SWITCH_S * scale:g}",
-    }
-    processes = []
-    for name in ("registry", "prompt", "dispatch"):
-        process = ServiceProcess(name=name, env=hub_env(nats_url, data, **env), log_path=data / f"{name}.log")
-        process.start()
-        processes.append(process)
-    nc = await nats.connect(nats_url)
-    for process in processes:
-        await process.wait_healthy(nc)
-    await nc.close()
-    return processes
-
-
 async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs: int, scale: float) -> Result:
-    processes = await start_services(nats_url, data, strategy, scale)
+    processes = await start_hub(
+        nats_url,
+        data,
+        HUB_DISPATCH_STRATEGY=strategy,
+        HUB_DISPATCH_MODEL_SWITCH_S=f"{DEFAULT_ASSUMED_SWITCH_S * scale:g}",
+    )
     nc = await nats.connect(nats_url)
     await save_render_types(nc, CHECKPOINTS)
     doubles = {
@@ -99,7 +83,7 @@ async def burst(nats_url: str, data: Path, strategy: str, types: list[str], jobs
         per_instance=[len(d.executed_prompt_ids) for d in doubles.values()],
         idle_s=idle_time([d.job_spans for d in doubles.values()]),
     )
-    await finish_run(nc, doubles, processes, completions, strategy)
+    await finish_run(nc, doubles, processes, len(completions.failed), strategy)
     return result
 
 

@@ -54,12 +54,13 @@ SPEEDS = (1.0, 1.0, 2.0, 4.0)
 ENV = {"HUB_LOG_LEVEL": "warning", "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.5"}
 
 
-async def start_services(nats_url: str, data: Path, strategy: str) -> list[ServiceProcess]:
+async def start_hub(nats_url: str, data: Path, log_suffix: str = "", **env: str) -> list[ServiceProcess]:
+    """The registry, prompt and dispatch services as processes on `data` (ENV and `env` set), healthy on return."""
     processes = []
     data.mkdir(parents=True, exist_ok=True)
     for name in ("registry", "prompt", "dispatch"):
-        env = hub_env(nats_url, data, **ENV, HUB_DISPATCH_STRATEGY=strategy)
-        process = ServiceProcess(name=name, env=env, log_path=data / f"{name}-{strategy}.log")
+        process_env = hub_env(nats_url, data, **{**ENV, **env})
+        process = ServiceProcess(name=name, env=process_env, log_path=data / f"{name}{log_suffix}.log")
         process.start()
         processes.append(process)
     nc = await nats.connect(nats_url)
@@ -100,10 +101,9 @@ async def submit_and_wait(nc, requests: list[GenerationRequest]) -> tuple[Comple
 
 
 async def finish_run(  # type: ignore[no-untyped-def]
-    nc, doubles: dict[str, ComfyUIDouble], processes: list[ServiceProcess], completions: Completions, strategy: str
+    nc, doubles: dict[str, ComfyUIDouble], processes: list[ServiceProcess], failed: int, what: str
 ) -> None:
     """Unregister and stop the doubles, stop the hub; a run in which jobs failed ends the script saying so."""
-    failed = len(completions.failed)
     await unregister(nc, doubles)
     for double in doubles.values():
         await double.stop()
@@ -111,7 +111,7 @@ async def finish_run(  # type: ignore[no-untyped-def]
     for process in processes:
         await process.stop()
     if failed:
-        raise SystemExit(f"{failed} jobs did not complete with {strategy}")
+        raise SystemExit(f"{failed} jobs did not complete with {what}")
 
 
 class Completions:
@@ -140,7 +140,7 @@ class Completions:
 async def makespan(
     nats_url: str, data: Path, strategy: str, jobs: int, work: float, size: int, slots: int
 ) -> tuple[float, float, dict]:
-    processes = await start_services(nats_url, data, strategy)
+    processes = await start_hub(nats_url, data, f"-{strategy}", HUB_DISPATCH_STRATEGY=strategy)
     nc = await nats.connect(nats_url)
     ckpt = await checkpoint(nc)
     doubles = {
@@ -168,12 +168,12 @@ async def makespan(
             f"first start {spans[0][0] - started:5.2f} s  last end {spans[-1][1] - started:6.2f} s  "
             f"gap median {statistics.median(gaps) * 1000 if gaps else 0:5.1f} ms  total gaps {sum(gaps):5.2f} s"
         )
-    await finish_run(nc, doubles, processes, completions, strategy)
+    await finish_run(nc, doubles, processes, len(completions.failed), strategy)
     return elapsed, ideal, per_instance
 
 
 async def overhead(nats_url: str, data: Path, jobs: int) -> tuple[list[float], list[float]]:
-    processes = await start_services(nats_url, data, "pull")
+    processes = await start_hub(nats_url, data, "-pull", HUB_DISPATCH_STRATEGY="pull")
     nc = await nats.connect(nats_url)
     ckpt = await checkpoint(nc)
     double = ComfyUIDouble(name="instant", work_seconds=0.0, models={"checkpoints": [ckpt]})

@@ -31,9 +31,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import msgspec
 import nats
-from dispatch_bench import checkpoint, register, unregister
+from dispatch_bench import checkpoint, finish_run, register, start_hub
 from doubles.comfyui import ComfyUIDouble
-from harness import ServiceProcess, hub_env
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
@@ -79,26 +78,6 @@ class Result:
     makespan: float  # job-times from A's submit until every job finished
 
 
-async def start_services(nats_url: str, data: Path, strategy: str, fair: str) -> list[ServiceProcess]:
-    data.mkdir(parents=True, exist_ok=True)
-    env = {
-        "HUB_LOG_LEVEL": "warning",
-        "HUB_DISPATCH_HEALTH_INTERVAL_S": "0.5",
-        "HUB_DISPATCH_STRATEGY": strategy,
-        "HUB_DISPATCH_FAIR_SHARE": fair,
-    }
-    processes = []
-    for name in ("registry", "prompt", "dispatch"):
-        process = ServiceProcess(name=name, env=hub_env(nats_url, data, **env), log_path=data / f"{name}.log")
-        process.start()
-        processes.append(process)
-    nc = await nats.connect(nats_url)
-    for process in processes:
-        await process.wait_healthy(nc)
-    await nc.close()
-    return processes
-
-
 async def submit_all(nc: nats.NATS, key: str, count: int) -> list[str]:
     replies = await asyncio.gather(
         *(
@@ -116,7 +95,7 @@ async def submit_all(nc: nats.NATS, key: str, count: int) -> list[str]:
 
 async def burst(nats_url: str, data: Path, strategy: str, fair: str, args: argparse.Namespace) -> Result:
     job_s = JOB_S * args.scale
-    processes = await start_services(nats_url, data, strategy, fair)
+    processes = await start_hub(nats_url, data, HUB_DISPATCH_STRATEGY=strategy, HUB_DISPATCH_FAIR_SHARE=fair)
     nc = await nats.connect(nats_url)
     ckpt = await checkpoint(nc)
     doubles = {
@@ -139,15 +118,7 @@ async def burst(nats_url: str, data: Path, strategy: str, fair: str, args: argpa
         b_done=(max(timeline.finished[j] for j in b_jobs) - b_submitted) / job_s,
         makespan=(max(timeline.finished.values()) - began) / job_s,
     )
-    failed = len(timeline.failed)
-    await unregister(nc, doubles)
-    for double in doubles.values():
-        await double.stop()
-    await nc.close()
-    for process in processes:
-        await process.stop()
-    if failed:
-        raise SystemExit(f"{failed} jobs did not complete with {strategy}, fair share {fair}")
+    await finish_run(nc, doubles, processes, len(timeline.failed), f"{strategy}, fair share {fair}")
     return result
 
 

@@ -5,14 +5,9 @@ loopback, allowed by HUB_INPUT_URL_ALLOW (the same rule as input image URLs)."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import hashlib
-import hmac
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from html import unescape
 
 import httpx
@@ -20,53 +15,11 @@ import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_hub
 from ui_support import ADMIN_PASSWORD, signed_in_admin
+from webhook_support import Receiver, expected_signature, receiving
 
 from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Received:
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Receiver:
-    """Answers each POST with the next status of `statuses` (then 200) and keeps what it got."""
-
-    statuses: list[int]
-    got: list[Received] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.got.append(Received(headers=headers, body=body, at=time.monotonic()))
-        status = self.statuses.pop(0) if self.statuses else 200
-        writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
-        self.arrived.set()
-
-    async def wait_for(self, count: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.got) < count:
-            self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
-
-
-@contextlib.asynccontextmanager
-async def receiving(statuses: list[int]) -> AsyncIterator[Receiver]:
-    hook = Receiver(statuses=statuses)
-    server = await asyncio.start_server(hook.serve, "127.0.0.1", 0)
-    hook.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield hook
 
 
 @pytest.fixture
@@ -81,13 +34,6 @@ async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) 
         nats_server.url, tmp_path_factory.mktemp("webhooks"), HUB_INPUT_URL_ALLOW="127.0.0.1"
     ) as hub:
         yield hub
-
-
-def expected_signature(secret: str, got: Received) -> str:
-    """The receiver's check, as README (Webhooks) shows it."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    signed = f"{got.headers['webhook-id']}.{got.headers['webhook-timestamp']}.".encode() + got.body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: GatewayHub, receiver: Receiver) -> None:

@@ -11,16 +11,16 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import unescape
 
 import httpx
 import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_hub
-from test_gateway_webhooks import Received, expected_signature
 from test_metrics import scrape, value
 from ui_support import ADMIN_PASSWORD, Admin, signed_in_admin
+from webhook_support import Received, Receiver, expected_signature, serving
 
 from contracts import endpoints
 from contracts.messages.keys import CreateApiKey, CreatedApiKey, ListApiKeys
@@ -33,49 +33,26 @@ COMPLETED = "generation.completed"
 
 
 @dataclass
-class Hook:
+class Hook(Receiver):
     """A receiver that answers 503 to the first `refuse_final` POSTs of a final state, 200 to everything else."""
 
     refuse_final: int = 0
-    got: list[Received] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    port: int = 0
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.got.append(Received(headers=headers, body=body, at=time.monotonic()))
-        status = 200
+    def status_for(self, body: bytes) -> int:
         if msgspec.json.decode(body)["type"] == COMPLETED and self.refuse_final > 0:
             self.refuse_final -= 1
-            status = 503
-        writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
-        self.arrived.set()
+            return 503
+        return 200
 
     def finals(self) -> list[Received]:
         return [got for got in self.got if msgspec.json.decode(got.body)["type"] == COMPLETED]
 
-    async def wait_for_finals(self, count: int, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.finals()) < count:
-            self.arrived.clear()
-            await asyncio.wait_for(self.arrived.wait(), max(0.01, deadline - time.monotonic()))
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+    def counted(self) -> list[Received]:
+        return self.finals()
 
 
-@contextlib.asynccontextmanager
-async def hooked(refuse_final: int = 0) -> AsyncIterator[Hook]:
-    hook = Hook(refuse_final=refuse_final)
-    server = await asyncio.start_server(hook.serve, "127.0.0.1", 0)
-    hook.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield hook
+def hooked(refuse_final: int = 0) -> contextlib.AbstractAsyncContextManager[Hook]:
+    return serving(Hook(refuse_final=refuse_final))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +112,7 @@ async def test_every_job_of_the_key_is_delivered_to_each_url_across_a_gateway_re
             submitted = await api.post("/api/v1/generations", json={"prompt": "a harbour", "steps": 20})
             assert submitted.status_code == 202, submitted.text
             job_id = submitted.json()["job_id"]
-            await failing.wait_for_finals(1, timeout_s=60)  # answered 503
+            await failing.wait_for(1, timeout_s=60)  # answered 503
             await asyncio.sleep(0.5)  # the gateway records the attempt and asks JetStream for a later re-delivery
             _, figures = await scrape(gw.base_url)  # both attempts counted, by how they went
             assert value(figures, "genimage_gateway_webhook_deliveries_total", source="key", outcome="retrying") == 1
@@ -145,7 +122,7 @@ async def test_every_job_of_the_key_is_delivered_to_each_url_across_a_gateway_re
             await gateway.wait_exit()
             restarted = gw.hub.start("gateway", **gateway.env)
             await restarted.wait_healthy(gw.nc)
-            await failing.wait_for_finals(2, timeout_s=60)
+            await failing.wait_for(2, timeout_s=60)
 
             deadline = time.monotonic() + 10
             while True:
@@ -171,7 +148,7 @@ async def test_every_job_of_the_key_is_delivered_to_each_url_across_a_gateway_re
         await set_webhooks(admin, key, [again.url], progress=False)
         asked = {"prompt": "a quay", "callback_url": again.url}
         job_id = (await api.post("/api/v1/generations", json=asked)).json()["job_id"]
-        await again.wait_for_finals(1, timeout_s=60)
+        await again.wait_for(1, timeout_s=60)
         await asyncio.sleep(1.0)  # nothing more comes
     assert [msgspec.json.decode(got.body)["type"] for got in again.got] == [COMPLETED]  # no progress: not asked
     check_signed(key, again)
@@ -212,7 +189,7 @@ async def test_a_key_made_before_webhooks_gets_its_signing_secret_once_when_its_
         async with httpx.AsyncClient(base_url=gw.base_url, headers=auth, timeout=30) as api:
             submitted = await api.post("/api/v1/generations", json={"prompt": "a ferry"})
             assert submitted.status_code == 202, submitted.text
-        await hook.wait_for_finals(1, timeout_s=60)
+        await hook.wait_for(1, timeout_s=60)
     check_signed(msgspec.structs.replace(key, webhook_secret=shown.group(1)), hook)
     # Setting them again keeps that secret (nothing new to show).
     assert "new-key-webhook-secret" not in await set_webhooks(admin, key, [hook.url], progress=True)

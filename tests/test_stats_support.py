@@ -21,17 +21,7 @@ from nats.js import JetStreamContext
 
 from contracts import endpoints, subjects
 from contracts.envelope import Reply
-from contracts.messages.events import (
-    JobAccepted,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobProgress,
-    JobQueued,
-    JobRetrying,
-    JobStarted,
-    OutputStored,
-)
+from contracts.messages import events as kinds  # the kinds of generation event
 from contracts.messages.jobs import DeletedOutputs, DeleteOutputs, GenerationRequest, OutputFile, Timings
 from contracts.messages.stats import LogPage, QueryLog
 from contracts.runtime.bus import call, ensure_stream
@@ -102,7 +92,7 @@ class JobScript:
         """Every event of the job in the order the dispatcher publishes them, with increasing seq."""
         seq = iter(range(1, 1000))
         out: list[Event] = [
-            JobAccepted(
+            kinds.JobAccepted(
                 job_id=self.job_id,
                 seq=next(seq),
                 at=self.accepted_at,
@@ -117,14 +107,14 @@ class JobScript:
                 width=512,
                 height=512,
             ),
-            JobQueued(job_id=self.job_id, seq=next(seq), at=self.accepted_at + 0.001, position=1),
+            kinds.JobQueued(job_id=self.job_id, seq=next(seq), at=self.accepted_at + 0.001, position=1),
         ]
         started = self.started_at
         if started is not None:
             attempt = 1
             if self.retry:
                 out.append(
-                    JobStarted(
+                    kinds.JobStarted(
                         job_id=self.job_id,
                         seq=next(seq),
                         at=started - 0.5,
@@ -134,7 +124,7 @@ class JobScript:
                     )
                 )
                 out.append(
-                    JobRetrying(
+                    kinds.JobRetrying(
                         job_id=self.job_id,
                         seq=next(seq),
                         at=started - 0.2,
@@ -145,7 +135,7 @@ class JobScript:
                 )
                 attempt = 2
             out.append(
-                JobStarted(
+                kinds.JobStarted(
                     job_id=self.job_id,
                     seq=next(seq),
                     at=started,
@@ -156,7 +146,7 @@ class JobScript:
             )
             for step in range(self.progress_steps):
                 out.append(
-                    JobProgress(
+                    kinds.JobProgress(
                         job_id=self.job_id,
                         seq=next(seq),
                         at=started + 0.01 * (step + 1),
@@ -167,7 +157,7 @@ class JobScript:
                 )
             for output in self.output_files():
                 out.append(
-                    OutputStored(
+                    kinds.OutputStored(
                         job_id=self.job_id,
                         seq=next(seq),
                         at=self.finished_at - 0.01,
@@ -182,16 +172,14 @@ class JobScript:
             queue_wait_ms=(self.queue_s * 1000 if self.queue_s is not None else None) if self.give_ms else None,
             run_ms=(self.run_s * 1000 if started is not None else None) if self.give_ms else None,
         )
-        final_instance = self.instance if started is not None else None
+        final = {"job_id": self.job_id, "seq": next(seq), "at": self.finished_at, "timings": timings}
+        final["instance"] = self.instance if started is not None else None
         if self.outcome == "completed":
-            out.append(JobCompleted(job_id=self.job_id, seq=next(seq), at=self.finished_at, instance=final_instance,
-                                    outputs=self.output_files(), timings=timings))  # fmt: skip
+            out.append(kinds.JobCompleted(**final, outputs=self.output_files()))
         elif self.outcome == "failed":
-            out.append(JobFailed(job_id=self.job_id, seq=next(seq), at=self.finished_at, instance=final_instance,
-                                 error="ComfyUI reported: out of memory", timings=timings))  # fmt: skip
+            out.append(kinds.JobFailed(**final, error="ComfyUI reported: out of memory"))
         else:
-            out.append(JobCancelled(job_id=self.job_id, seq=next(seq), at=self.finished_at, instance=final_instance,
-                                    reason="cancelled by the caller", timings=timings))  # fmt: skip
+            out.append(kinds.JobCancelled(**final, reason="cancelled by the caller"))
         return out
 
 

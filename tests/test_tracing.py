@@ -18,7 +18,7 @@ import httpx
 import pytest
 from gateway_support import GatewayHub, gateway_hub
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from test_gateway_webhooks import Receiver, receiving
+from webhook_support import Receiver, receiving
 
 from contracts.runtime import tracing
 from hub_deploy.natsserver import NatsServer

@@ -35,6 +35,7 @@ SUITE_ON_POSTGRES: dict[str, list[str]] = {
     "prompt": ["test_prompt_styles.py", "test_prompt_build.py"],
     "stats": ["test_stats_service.py", "test_stats_retention.py", "test_stats_restart.py"],
     "dispatch": ["test_dispatch_service.py", "test_dispatch_recovery.py"],
+    "dispatch_fair_share": ["test_fair_share.py"],  # two replicas on one database
     "gateway": ["test_gateway_mcp.py", "test_gateway_tasks.py"],
     "ui": ["test_ui_signin_throttle.py"],
 }

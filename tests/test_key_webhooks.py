@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_hub
-from test_metrics import scrape, value
+from metrics_support import scrape, value
 from ui_support import ADMIN_PASSWORD, Admin, signed_in_admin
 from webhook_support import Received, Receiver, expected_signature, serving
 

@@ -20,6 +20,7 @@ from gateway_support import GatewayHub, gateway_hub
 from harness import ServiceProcess, hub_env
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from metrics_support import Samples, parse_samples, scrape, value
 from nats.js.errors import KeyNotFoundError
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,36 +39,12 @@ pytestmark = pytest.mark.slow
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "metrics" / "genimage-hub.json"
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
 
 @pytest.fixture(scope="module")
 async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
     async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("metrics")) as running:
         await running.hub.start("stats").wait_healthy(running.nc)
         yield running
-
-
-async def scrape(base_url: str) -> tuple[str, Samples]:
-    """/metrics as text, and every sample by (name, labels without `replica`) summed over replicas."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
-        response = await http.get("/metrics")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    return response.text, parse_samples(response.text)
-
-
-def parse_samples(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "replica"))
-            samples[key] = samples.get(key, 0.0) + sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def replicas_of(samples: Samples, service: str) -> float:

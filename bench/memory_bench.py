@@ -1,6 +1,6 @@
 """Idle memory of the hub as `./hub start` runs it, after one generation, for each layout in one run.
 
-    .venv/bin/python bench/memory_bench.py [--layouts single,split]
+    .venv/bin/python bench/memory_bench.py [--layouts single,split] [--python PATH] [--jobs 200 --concurrency 16]
 
 For each layout: `python -m hub_deploy up` (what `./hub start` runs) with HUB_LAYOUT set, in a fresh data folder
 on free ports; once the banner is printed, a ComfyUI test double (in this process) is added as an instance, one
@@ -8,6 +8,10 @@ generation runs through the REST API, the admin UI's sign-in page is fetched, an
 process the launcher started (and of the launcher) is read from /proc: RSS (what `ps` shows; shared pages counted
 in each process), PSS (shared pages divided among the processes sharing them: the honest total) and USS (pages
 only that process holds: what stopping it frees). Issue 16's goal: ≤ 250 MB in all.
+
+With `--jobs`, each layout then also runs that many generations over REST (POST, then its server-sent events to
+the final one), `--concurrency` at a time, instant double: generations/s, median and p99 latency, and the CPU every
+process of the hub spent per generation (utime+stime from /proc), so the layouts' speed is compared in one run too.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,8 +101,8 @@ def wait_for_banner(log_path: Path, launcher: subprocess.Popen[bytes], timeout_s
         time.sleep(0.2)
 
 
-async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> None:
-    """An instance, an API key, one generation over REST to its end, and the UI's sign-in page."""
+async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> str:
+    """An instance, an API key, one generation over REST to its end, and the UI's sign-in page; the key's secret."""
     nc = await nats.connect(env["HUB_NATS_URL"])
     try:
         await add_instance(nc, comfy, "bench-comfy")
@@ -118,9 +123,59 @@ async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> None:
         assert image.status_code == 200, image.text
     async with httpx.AsyncClient(timeout=30) as http:
         assert (await http.get(f"http://127.0.0.1:{env['HUB_UI_PORT']}/login")).status_code == 200
+    return key.secret
 
 
-async def measure(layout: str, root: Path, comfy: ComfyUIDouble, python: str) -> list[Footprint]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(env: dict[str, str], secret: str, pids: dict[str, int], jobs: int, concurrency: int) -> None:
+    """`jobs` generations over REST, `concurrency` at a time: throughput, latency and CPU per generation."""
+    gateway = f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}"
+    headers = {"Authorization": f"Bearer {secret}"}
+    limits = httpx.Limits(max_connections=2 * concurrency)
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=120, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            started = time.perf_counter()
+            submitted = await http.post("/api/v1/generations", json={"prompt": f"bench {i}", "steps": 1})
+            assert submitted.status_code == 202, submitted.text
+            final = ""
+            async with http.stream("GET", f"{submitted.headers['location']}/events") as events:
+                async for line in events.aiter_lines():
+                    if line.startswith("event:"):
+                        final = line.split(":", 1)[1].strip()
+            assert final == "completed", final
+            latencies.append(time.perf_counter() - started)
+
+        async def worker(todo: list[int]) -> None:
+            while todo:
+                await one(todo.pop())
+
+        warm_up = list(range(concurrency))  # connections, caches, first imports
+        await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
+        latencies.clear()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        started = time.perf_counter()
+        todo = list(range(jobs))
+        await asyncio.gather(*(worker(todo) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    print(
+        f"        REST: {jobs / elapsed:5.1f} generations/s   median {statistics.median(ordered) * 1000:6.1f} ms"
+        f"   p99 {p99 * 1000:6.1f} ms   hub CPU {sum(spent.values()):5.1f} ms/generation ({jobs} jobs, "
+        f"{concurrency} at a time)"
+    )
+    print("        " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+
+
+async def measure(layout: str, root: Path, comfy: ComfyUIDouble, args: argparse.Namespace) -> tuple[float, float]:
     nats_port = free_port()
     env = hub_env(
         f"nats://127.0.0.1:{nats_port}",
@@ -133,13 +188,23 @@ async def measure(layout: str, root: Path, comfy: ComfyUIDouble, python: str) ->
     log_path = root / f"{layout}.log"
     with log_path.open("wb") as log_file:
         launcher = subprocess.Popen(
-            [python, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+            [args.python, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
         await asyncio.to_thread(wait_for_banner, log_path, launcher)
-        await one_generation(env, comfy)
+        secret = await one_generation(env, comfy)
         await asyncio.sleep(SETTLE_S)
-        return [footprint(pid) for pid in descendants(launcher.pid)]
+        sizes = [footprint(pid) for pid in descendants(launcher.pid)]
+        totals = report(layout, sizes)
+        if args.jobs:
+            await load(env, secret, {s.name: s.pid for s in sizes}, args.jobs, args.concurrency)
+            await asyncio.sleep(SETTLE_S)
+            after = [footprint(s.pid) for s in sizes]
+            print(
+                f"        idle after them: RSS {sum(s.rss_mb for s in after):5.0f} MB   "
+                + "  ".join(f"{s.name} {s.rss_mb:.0f}" for s in after)
+            )
+        return totals
     finally:
         launcher.send_signal(signal.SIGINT)
         try:
@@ -165,6 +230,8 @@ async def main() -> None:
         help="the Python that runs the hub (default: this one, with the dev tools); e.g. that of a venv made by "
         "`uv sync --locked --no-dev`, as ./hub start makes one on a fresh machine",
     )
+    parser.add_argument("--jobs", type=int, default=0, help="then this many generations per layout (default: none)")
+    parser.add_argument("--concurrency", type=int, default=16)
     args = parser.parse_args()
     os.environ.pop("HUB_LAYOUT", None)
     totals: dict[str, tuple[float, float]] = {}
@@ -172,7 +239,7 @@ async def main() -> None:
         models = {"checkpoints": [SDXL_CHECKPOINT]}
         async with ComfyUIDouble(name="bench-comfy", models=models, work_seconds=0.0) as comfy:
             for layout in args.layouts:
-                totals[layout] = report(layout, await measure(layout, Path(tmp), comfy, args.python))
+                totals[layout] = await measure(layout, Path(tmp), comfy, args)
     if len(totals) == 2:
         (a, (a_rss, a_pss)), (b, (b_rss, b_pss)) = totals.items()
         print(f"{a}/{b}: RSS {a_rss / b_rss:.2f}, PSS {a_pss / b_pss:.2f}   (goal: ≤ 250 MB RSS in all)")

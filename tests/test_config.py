@@ -18,6 +18,7 @@ def test_defaults_put_everything_under_one_data_folder(tmp_path: Path) -> None:
     assert settings.nats_servers == ["nats://127.0.0.1:4222"]
     assert (settings.gateway_port, settings.ui_port) == (8600, 8601)
     assert settings.jetstream_replicas == 1
+    assert settings.layout == "single"  # ./hub start runs every service in one process
 
 
 def test_overrides_and_a_per_service_database_url() -> None:
@@ -47,6 +48,7 @@ def test_overrides_and_a_per_service_database_url() -> None:
         ({"HUB_PROMPT_DATABASE_URL": "mysql://x"}, "HUB_PROMPT_DATABASE_URL"),
         ({"HUB_METRICS_ALLOW": "prometheus.internal"}, "HUB_METRICS_ALLOW"),
         ({"HUB_UI_COMFYUI_PROBE_URL": "localhost:8188"}, "HUB_UI_COMFYUI_PROBE_URL"),
+        ({"HUB_LAYOUT": "both"}, "HUB_LAYOUT"),
     ],
 )
 def test_a_bad_value_is_an_error_naming_the_variable(env: dict[str, str], named: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -27,7 +28,7 @@ from contracts.messages.health import HealthReply
 from contracts.messages.keys import CreateApiKey
 from contracts.runtime.bus import call
 from contracts.runtime.config import load_settings
-from hub_deploy.natsserver import free_port
+from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import SERVICES, health_of
 from hub_deploy.supervisor import RestartBudget, child_environment
 
@@ -278,3 +279,23 @@ def test_services_keep_their_bytecode_in_the_data_folder_where_none_may_be_writt
     assert "PYTHONDONTWRITEBYTECODE" not in env
     subprocess.run([sys.executable, "-c", "import dispatch_service.replica"], env=env, check=True, timeout=60)
     assert list((tmp_path / "pycache").rglob("replica*.pyc")), "the service's modules were not compiled there"
+
+
+def test_the_single_process_stops_every_service_and_exits_1_when_one_cannot_start(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # The launcher checks its ports first; here the gateway meets a port taken after that check. The process must
+    # not serve on without its gateway: the others stop and it exits 1, for the launcher to start it again.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        env = hub_env(nats_server.url, tmp_path / "data", HUB_GATEWAY_PORT=str(squatter.getsockname()[1]))
+        single = subprocess.run(
+            [sys.executable, "-m", "hub_deploy.single"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert single.returncode == 1, single.stderr
+    failures = [json.loads(line) for line in single.stderr.splitlines() if '"service could not start"' in line]
+    assert [f["service"] for f in failures] == ["gateway"], single.stderr
+    assert "could not listen" in failures[0]["error"]
+    stopped = {json.loads(line).get("service") for line in single.stderr.splitlines() if '"service stopped"' in line}
+    assert stopped == {name for name, _module in SERVICES}, single.stderr

@@ -31,9 +31,15 @@ def serve_http(runtime: ServiceRuntime, app: Any, *, host: str, port: int) -> No
     )
     serving: asyncio.Task[None] | None = None
 
+    async def listen() -> None:
+        # uvicorn ends the whole process (sys.exit) when it cannot listen; a SystemExit in a task leaves the event
+        # loop at once, so every service of the process would end without a word. Ended here, `start` reports it.
+        with contextlib.suppress(SystemExit):
+            await server.serve()
+
     async def start(_runtime: ServiceRuntime) -> None:
         nonlocal serving
-        serving = asyncio.ensure_future(server.serve())
+        serving = asyncio.ensure_future(listen())
         while not server.started:
             if serving.done():
                 raise HubError(

@@ -1,5 +1,6 @@
 """The gateway's storage, its API keys: creation (the secret is shown once), listing, revocation and checking a
-presented secret. The only module that reads or writes the gateway's tables; rows become `ApiKeyRecord` Structs.
+presented secret; and the webhook deliveries of jobs. The only module that reads or writes the gateway's tables;
+rows become `ApiKeyRecord` and `WebhookRecord` Structs.
 
 A secret is `ghub_` + 32 random URL-safe characters (192 bits); the database keeps only its SHA-256, so a
 leaked database gives no usable key. A fast hash is right here: the secret is random, not a password.
@@ -19,7 +20,7 @@ from piccolo.columns import Column
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyDefaults, KeyLimits, KeyWebhooks
 from contracts.runtime.database import write_transaction
-from gateway.tables import ApiKeyRow, KeyDefaultsRow
+from gateway.tables import ApiKeyRow, KeyDefaultsRow, WebhookRow
 
 SECRET_PREFIX = "ghub_"
 WEBHOOK_SECRET_PREFIX = "whsec_"
@@ -216,3 +217,77 @@ class ApiKeyStore:
             await ApiKeyRow.update({ApiKeyRow.last_used_at: now}).where(ApiKeyRow.key_id == record.key_id)
             record.last_used_at = now
         return _to_key(record)
+
+
+class WebhookRecord(msgspec.Struct, kw_only=True):
+    """One webhook of a job and how its delivery went (a row of webhook_deliveries, see tables.WebhookRow)."""
+
+    delivery_id: str
+    job_id: str
+    key_id: str
+    url: str
+    source: str  # "callback" or "key"
+    created_at: float
+    attempts: int = 0
+    last_status: int | None = None
+    last_error: str = ""
+    delivered_at: float | None = None
+    gave_up_at: float | None = None
+    progress: bool = False
+    last_seq: int = 0
+
+
+def _webhooks(rows: list[dict[str, Any]]) -> list[WebhookRecord]:
+    return [msgspec.convert(row, WebhookRecord, strict=False) for row in rows]
+
+
+class WebhookStore:
+    """The webhook deliveries of jobs: recorded when a job is accepted, updated at each attempt."""
+
+    async def add(self, deliveries: list[WebhookRecord]) -> None:
+        """Records the deliveries; one already recorded (a re-delivered `accepted` event) is left as it is."""
+        if deliveries:
+            rows = [WebhookRow(**msgspec.structs.asdict(delivery)) for delivery in deliveries]
+            await WebhookRow.insert(*rows).on_conflict(action="DO NOTHING")
+
+    async def of_job(self, job_id: str) -> list[WebhookRecord]:
+        """Its callback_url first, then its key's URLs, each in the order they were recorded."""
+        query = WebhookRow.select().where(WebhookRow.job_id == job_id)
+        return _webhooks(await query.order_by(WebhookRow.source, WebhookRow.created_at))
+
+    async def wanting_progress(self, job_id: str, seq: int) -> list[WebhookRecord]:
+        """The job's webhooks that asked for progress steps, have had no final state and no step from `seq` on."""
+        return _webhooks(
+            await WebhookRow.select().where(
+                (WebhookRow.job_id == job_id)
+                & (WebhookRow.progress == True)  # noqa: E712 (a piccolo column comparison, not a Python one)
+                & (WebhookRow.attempts == 0)
+                & (WebhookRow.last_seq < seq)
+            )
+        )
+
+    async def progress_sent(self, delivery_id: str, seq: int) -> None:
+        """A progress step was POSTed (unless the final state was, meanwhile)."""
+        await WebhookRow.update({WebhookRow.last_seq: seq}).where(
+            (WebhookRow.delivery_id == delivery_id) & (WebhookRow.attempts == 0)
+        )
+
+    async def undone(self, job_id: str) -> list[WebhookRecord]:
+        """The job's webhooks neither delivered nor given up."""
+        return _webhooks(
+            await WebhookRow.select().where(
+                (WebhookRow.job_id == job_id) & WebhookRow.delivered_at.is_null() & WebhookRow.gave_up_at.is_null()
+            )
+        )
+
+    async def attempted(self, delivery: WebhookRecord) -> None:
+        """Stores how an attempt at the final state went (attempts, status, error, seq, delivered or given up)."""
+        changed: dict[Column | str, Any] = {
+            WebhookRow.attempts: delivery.attempts,
+            WebhookRow.last_status: delivery.last_status,
+            WebhookRow.last_seq: delivery.last_seq,
+            WebhookRow.last_error: delivery.last_error,
+            WebhookRow.delivered_at: delivery.delivered_at,
+            WebhookRow.gave_up_at: delivery.gave_up_at,
+        }
+        await WebhookRow.update(changed).where(WebhookRow.delivery_id == delivery.delivery_id)

@@ -41,8 +41,7 @@ from contracts.runtime.consumers import Durable, Retry, message_headers
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import EVENTS, job_of_event_subject
-from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore
-from gateway.tables import WebhookRow
+from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore, WebhookRecord, WebhookStore
 
 FIELD = "callback_url"
 KEY_URLS_FIELD = "urls"  # of SetKeyWebhooks
@@ -105,6 +104,7 @@ class Webhooks:
 
     def __init__(self, runtime: ServiceRuntime, keys: ApiKeyStore, allow: UrlAllowlist) -> None:
         self._keys = keys
+        self._deliveries = WebhookStore()
         self._allow = allow
         self._log = runtime.log.bind(consumer=CONSUMER_NAME)
         self._attempts = runtime.metrics.counter(
@@ -167,8 +167,8 @@ class Webhooks:
             urls, progress = await self._keys.key_webhooks(key_id)
             for url in urls:
                 targets.setdefault(url, ("key", progress))
-        rows = [
-            WebhookRow(
+        deliveries = [
+            WebhookRecord(
                 delivery_id=delivery_id(event.job_id, source, url),
                 job_id=event.job_id,
                 key_id=key_id,
@@ -179,60 +179,49 @@ class Webhooks:
             )
             for url, (source, progress) in targets.items()
         ]
-        if rows:  # a re-delivered `accepted` event adds nothing
-            await WebhookRow.insert(*rows).on_conflict(action="DO NOTHING")
+        await self._deliveries.add(deliveries)  # a re-delivered `accepted` event adds nothing
 
     async def _deliver_progress(self, event: JobProgress) -> None:
         """POSTs a progress step once to each webhook that asked for them, unless something later (or the final
         state) was sent there: a lost step is not retried, the next one (at least every second) says more."""
-        rows = await WebhookRow.select().where(
-            (WebhookRow.job_id == event.job_id)
-            & (WebhookRow.progress == True)  # noqa: E712 (a piccolo column comparison, not a Python one)
-            & (WebhookRow.attempts == 0)
-            & (WebhookRow.last_seq < event.seq)
-        )
+        rows = await self._deliveries.wanting_progress(event.job_id, event.seq)
         await asyncio.gather(*(self._deliver_progress_to(row, event) for row in rows))
 
-    async def _deliver_progress_to(self, row: dict[str, Any], event: JobProgress) -> None:
-        secret = await self._keys.webhook_secret(row["key_id"])
-        status, error = await self._post(row["url"], secret, event)
+    async def _deliver_progress_to(self, row: WebhookRecord, event: JobProgress) -> None:
+        secret = await self._keys.webhook_secret(row.key_id)
+        status, error = await self._post(row.url, secret, event)
         if error:
-            self._log.info("webhook progress step not delivered", url=row["url"], status=status, error=error)
-        await WebhookRow.update({WebhookRow.last_seq: event.seq}).where(
-            (WebhookRow.delivery_id == row["delivery_id"]) & (WebhookRow.attempts == 0)
-        )
+            self._log.info("webhook progress step not delivered", url=row.url, status=status, error=error)
+        await self._deliveries.progress_sent(row.delivery_id, event.seq)
 
     async def _deliver(self, event: Any) -> float | None:
         """POSTs the final state to each webhook of the job not yet done with; the delay before the next attempt
         at those that failed, or None when all are done (delivered or given up)."""
-        rows = await WebhookRow.select().where(
-            (WebhookRow.job_id == event.job_id) & WebhookRow.delivered_at.is_null() & WebhookRow.gave_up_at.is_null()
-        )
+        rows = await self._deliveries.undone(event.job_id)
         delays = await asyncio.gather(*(self._deliver_to(row, event) for row in rows))
         waiting = [delay for delay in delays if delay is not None]
         return min(waiting) if waiting else None
 
-    async def _deliver_to(self, row: dict[str, Any], event: Any) -> float | None:
-        secret = await self._keys.webhook_secret(row["key_id"])
-        status, error = await self._post(row["url"], secret, event)
-        attempts = row["attempts"] + 1
+    async def _deliver_to(self, row: WebhookRecord, event: Any) -> float | None:
+        secret = await self._keys.webhook_secret(row.key_id)
+        status, error = await self._post(row.url, secret, event)
+        attempts = row.attempts + 1
         now = time.time()
-        update: dict[Any, Any] = {WebhookRow.attempts: attempts, WebhookRow.last_status: status}
-        update[WebhookRow.last_seq] = event.seq
-        update[WebhookRow.last_error] = error
+        attempt = msgspec.structs.replace(row, attempts=attempts, last_status=status, last_seq=event.seq)
+        attempt.last_error = error
         delay: float | None = None
         if status is not None and 200 <= status < 300:
-            update[WebhookRow.delivered_at] = now
+            attempt.delivered_at = now
             outcome = "delivered"
         elif attempts >= len(RETRY_DELAYS_S):
-            update[WebhookRow.gave_up_at] = now
-            self._log.warning("webhook given up", url=row["url"], attempts=attempts, error=error)
+            attempt.gave_up_at = now
+            self._log.warning("webhook given up", url=row.url, attempts=attempts, error=error)
             outcome = "given_up"
         else:
             delay = RETRY_DELAYS_S[attempts - 1]
             outcome = "retrying"
-        self._attempts.labels(row["source"], outcome).inc()
-        await WebhookRow.update(update).where(WebhookRow.delivery_id == row["delivery_id"])
+        self._attempts.labels(row.source, outcome).inc()
+        await self._deliveries.attempted(attempt)
         return delay
 
     async def _post(self, raw_url: str, secret: str, event: Any) -> tuple[int | None, str]:
@@ -260,7 +249,5 @@ class Webhooks:
 async def deliveries_of(job_id: str) -> list[WebhookDelivery]:
     """The job's webhook deliveries (its callback_url first, then its key's URLs); none when it has no webhook (or
     its `accepted` event is not read yet)."""
-    rows = (
-        await WebhookRow.select().where(WebhookRow.job_id == job_id).order_by(WebhookRow.source, WebhookRow.created_at)
-    )
-    return [msgspec.convert(row, WebhookDelivery, strict=False) for row in rows]
+    deliveries = await WebhookStore().of_job(job_id)
+    return [msgspec.convert(msgspec.structs.asdict(d), WebhookDelivery, strict=False) for d in deliveries]

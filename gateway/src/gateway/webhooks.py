@@ -26,14 +26,7 @@ import msgspec
 from nats.js.api import DeliverPolicy
 
 from contracts.errors import ErrorCode, HubError
-from contracts.messages.events import (
-    GenerationEvent,
-    JobAccepted,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobProgress,
-)
+from contracts.messages import events
 from contracts.messages.jobs import GenerationRequest
 from contracts.messages.keys import KeyWebhooks, SetKeyWebhooks, WebhookDelivery
 from contracts.runtime import tracing
@@ -47,15 +40,15 @@ FIELD = "callback_url"
 KEY_URLS_FIELD = "urls"  # of SetKeyWebhooks
 ALLOW_VARIABLE = "HUB_INPUT_URL_ALLOW"
 CONSUMER_NAME = "hub-gateway-webhooks"
-FINAL_EVENTS: tuple[type, ...] = (JobCompleted, JobFailed, JobCancelled)
+FINAL_EVENTS: tuple[type, ...] = (events.JobCompleted, events.JobFailed, events.JobCancelled)
 # Delay before attempt n+1 after n failed attempts; after the last one the delivery is given up (recorded).
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 5, 30, 120, 600, 1800, 3600)
 POST_TIMEOUT_S = 10.0
 
-DELIVERIES: Final = Durable[GenerationEvent](
+DELIVERIES: Final = Durable[events.GenerationEvent](
     name=CONSUMER_NAME,
     stream=EVENTS,
-    message=GenerationEvent,
+    message=events.GenerationEvent,
     description="gateway: POSTs the final state of jobs to their callback_url and their API key's webhook URLs",
     what="generation event",
     doing="delivering webhooks",
@@ -141,12 +134,12 @@ class Webhooks:
             await self._checked(url, KEY_URLS_FIELD)
         return await self._keys.set_webhooks(req.key_id, urls, req.progress)
 
-    async def handle(self, event: GenerationEvent) -> Retry | None:
+    async def handle(self, event: events.GenerationEvent) -> Retry | None:
         """One generation event (each job's in stream order): an `accepted` one records a delivery row per webhook
         of the job, a final one is POSTed to each (Retry: not all delivered yet, try again after the delay)."""
-        if isinstance(event, JobAccepted) and (event.request.callback_url or event.request.api_key_id):
+        if isinstance(event, events.JobAccepted) and (event.request.callback_url or event.request.api_key_id):
             await self._record(event)
-        elif isinstance(event, JobProgress):
+        elif isinstance(event, events.JobProgress):
             await self._deliver_progress(event)
         elif isinstance(event, FINAL_EVENTS):
             # Part of the job's trace: the final event carries its context.
@@ -156,7 +149,7 @@ class Webhooks:
                 return Retry(delay)
         return None
 
-    async def _record(self, event: JobAccepted) -> None:
+    async def _record(self, event: events.JobAccepted) -> None:
         """A delivery row per webhook of the job: its callback_url, and each webhook URL its key has now."""
         request = event.request
         key_id = request.api_key_id or ""
@@ -181,13 +174,13 @@ class Webhooks:
         ]
         await self._deliveries.add(deliveries)  # a re-delivered `accepted` event adds nothing
 
-    async def _deliver_progress(self, event: JobProgress) -> None:
+    async def _deliver_progress(self, event: events.JobProgress) -> None:
         """POSTs a progress step once to each webhook that asked for them, unless something later (or the final
         state) was sent there: a lost step is not retried, the next one (at least every second) says more."""
         rows = await self._deliveries.wanting_progress(event.job_id, event.seq)
         await asyncio.gather(*(self._deliver_progress_to(row, event) for row in rows))
 
-    async def _deliver_progress_to(self, row: WebhookRecord, event: JobProgress) -> None:
+    async def _deliver_progress_to(self, row: WebhookRecord, event: events.JobProgress) -> None:
         secret = await self._keys.webhook_secret(row.key_id)
         status, error = await self._post(row.url, secret, event)
         if error:

@@ -17,31 +17,20 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.messages.events import (
-    GenerationEvent,
-    JobAccepted,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobProgress,
-    JobQueued,
-    JobRetrying,
-    JobStarted,
-    OutputStored,
-)
+from contracts.messages import events
 from contracts.messages.jobs import FINAL_STATUSES, JobStatus, OutputFile, Timings
 
 # The status a job is in after each kind of event (a retried job goes back to the queue).
 STATUS_AFTER: dict[type, JobStatus] = {
-    JobAccepted: "accepted",
-    JobQueued: "queued",
-    JobStarted: "running",
-    JobProgress: "running",
-    OutputStored: "running",
-    JobRetrying: "queued",
-    JobCompleted: "completed",
-    JobFailed: "failed",
-    JobCancelled: "cancelled",
+    events.JobAccepted: "accepted",
+    events.JobQueued: "queued",
+    events.JobStarted: "running",
+    events.JobProgress: "running",
+    events.OutputStored: "running",
+    events.JobRetrying: "queued",
+    events.JobCompleted: "completed",
+    events.JobFailed: "failed",
+    events.JobCancelled: "cancelled",
 }
 
 
@@ -92,7 +81,7 @@ class JobState(msgspec.Struct, kw_only=True):
         return self.status in FINAL_STATUSES
 
 
-def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:
+def apply_event(state: JobState | None, event: events.GenerationEvent) -> JobState:
     """Merge one event into the state of its job (a new state when `state` is None); returns the state."""
     if state is None:
         state = JobState(job_id=event.job_id, status_seq=-1, logged_at=event.at)
@@ -104,7 +93,7 @@ def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:
     if status is not None and (status in FINAL_STATUSES, event.seq) > (state.is_final, state.status_seq):
         state.status = status
         state.status_seq = event.seq
-        if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+        if isinstance(event, (events.JobCompleted, events.JobFailed, events.JobCancelled)):
             state.final_timings = event.timings
             state.seen_finished_at = event.at
             state.error = _final_error(event)
@@ -113,32 +102,32 @@ def apply_event(state: JobState | None, event: GenerationEvent) -> JobState:
     return state
 
 
-def _apply_details(state: JobState, event: GenerationEvent) -> None:
+def _apply_details(state: JobState, event: events.GenerationEvent) -> None:
     """What an event of one kind adds beyond the status: the request, attempts, retry reasons, outputs."""
-    if isinstance(event, JobAccepted):
+    if isinstance(event, events.JobAccepted):
         _apply_request(state, event)
-    elif isinstance(event, JobStarted):
+    elif isinstance(event, events.JobStarted):
         state.attempts = max(state.attempts, event.attempt)
         if state.seen_started_at is None or event.seq > state.seen_started_seq:
             state.seen_started_at = event.at
             state.seen_started_seq = event.seq
-    elif isinstance(event, JobRetrying):
+    elif isinstance(event, events.JobRetrying):
         state.attempts = max(state.attempts, event.attempt)
         where = f" on {event.instance}" if event.instance else ""
         note = f"attempt {event.attempt}{where}: {event.reason}"
         if note not in state.retry_reasons:
             state.retry_reasons = sorted([*state.retry_reasons, note], key=_attempt_of)
-    elif isinstance(event, OutputStored):
+    elif isinstance(event, events.OutputStored):
         _add_outputs(state, [event.output], from_final=False)
-    elif isinstance(event, JobCompleted):
+    elif isinstance(event, events.JobCompleted):
         _add_outputs(state, event.outputs, from_final=True)
         state.model_switch_ms = event.model_switch_ms
 
 
-def _final_error(event: JobCompleted | JobFailed | JobCancelled) -> str | None:
-    if isinstance(event, JobFailed):
+def _final_error(event: events.JobCompleted | events.JobFailed | events.JobCancelled) -> str | None:
+    if isinstance(event, events.JobFailed):
         return event.error
-    if isinstance(event, JobCancelled):
+    if isinstance(event, events.JobCancelled):
         return event.reason
     return None
 
@@ -148,7 +137,7 @@ def _attempt_of(note: str) -> tuple[int, str]:
     return (int(number) if number.isdigit() else 0, note)
 
 
-def _apply_request(state: JobState, event: JobAccepted) -> None:
+def _apply_request(state: JobState, event: events.JobAccepted) -> None:
     request = event.request
     state.has_request = True
     state.seen_accepted_at = event.at

@@ -1,6 +1,6 @@
 """Fair share benchmark: how long a small key waits behind another key's burst, fair share against oldest-first.
 
-    .venv/bin/python bench/fair_share_bench.py [--a-jobs 300] [--b-jobs 10] [--scale 0.1]
+    .venv/bin/python bench/fair_share_bench.py [--a-jobs 300] [--b-jobs 10] [--scale 0.25]
 
 4 ComfyUI doubles of equal speed, one slot each. Key A submits `--a-jobs` jobs at once; once they are all accepted
 and half a job-time has passed ("one second later" at 2 s jobs), key B submits `--b-jobs`. A job works 2 s times
@@ -133,7 +133,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a-jobs", type=int, default=300)
     parser.add_argument("--b-jobs", type=int, default=10)
-    parser.add_argument("--scale", type=float, default=0.1, help="time scale of a job (1 = 2 s)")
+    parser.add_argument("--scale", type=float, default=0.25, help="time scale of a job (1 = 2 s)")
     args = parser.parse_args()
     fair_share = args.b_jobs / (INSTANCES / 2)
     with tempfile.TemporaryDirectory(prefix="hub-fair-share-bench-") as tmp:

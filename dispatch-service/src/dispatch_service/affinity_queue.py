@@ -58,6 +58,7 @@ class AffinityQueue:
         self._pool = scheduler.pool
         self.window: list[_Held] = []
         self._deferring_since: float | None = None  # see _defer
+        self._turn_missing = False  # the key whose turn it is has no job in the window: fetch it past the size
 
     def _window_size(self) -> int:
         slots = sum(s.config.slots for s in self._pool.states.values() if s.available)
@@ -86,7 +87,9 @@ class AffinityQueue:
             if time.monotonic() - kept_alive > every:
                 kept_alive = time.monotonic()
                 await self._keep_alive()
-            if len(self.window) >= self._window_size() or not any(s.available for s in self._pool.states.values()):
+            # A key whose turn it is with no job here may take a few places past the window's size.
+            size = self._window_size() + (MIN_WINDOW if self._turn_missing else 0)
+            if len(self.window) >= size or not any(s.available for s in self._pool.states.values()):
                 await asyncio.sleep(0.05)
                 continue
             # The window fills by fair share too: the key whose turn it is, counting the jobs it has here already.
@@ -155,9 +158,12 @@ class AffinityQueue:
     def _defer(self, eligible: list[_Held], by_key: dict[str | None, Standing], servers: dict[str, Server]) -> bool:
         """Fair share across replicas: while a slot is free and a key whose jobs this replica does not hold has had
         less service than every key it holds, it leaves the slot to the replica holding that key's next job, for at
-        most DEFER_S (that replica places within its next round; should none hold it, the slot is not idle long)."""
+        most DEFER_S (that replica places within its next round; should none hold it, the slot is not idle long).
+        Meanwhile the window fetches past its size, so this replica takes that key's next job itself."""
         free = any(server.free_slots > 0 for server in servers.values())
-        if not (self._scheduler.queues.fair and free and ahead_elsewhere({h.row.api_key_id for h in eligible}, by_key)):
+        held_keys = {held.row.api_key_id for held in eligible}
+        self._turn_missing = self._scheduler.queues.fair and ahead_elsewhere(held_keys, by_key)
+        if not (free and self._turn_missing):
             self._deferring_since = None
             return False
         now = time.monotonic()

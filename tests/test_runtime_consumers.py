@@ -14,9 +14,9 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from contracts.runtime.bus import publish
+from contracts.runtime.bus import ensure_stream, publish
 from contracts.runtime.config import load_settings
-from contracts.runtime.consumers import Durable, Retry
+from contracts.runtime.consumers import Durable, Retry, message_headers
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import StreamSpec
 from contracts.topics import Topic
@@ -186,3 +186,30 @@ async def test_long_work_is_kept_alive_so_no_other_replica_gets_it(nc: NatsClien
     await until(lambda: len(handled) >= 1, "the note was taken")
     await until_settled(nc, durable)
     assert handled == ["long"]
+
+
+async def test_one_key_in_order_different_keys_at_once_with_their_headers(nc: NatsClient, runtimes) -> None:
+    stream = a_stream()
+    # The key is the subject's last token: a job's messages one after the other, other jobs meanwhile.
+    durable = durable_on(stream, in_order_by=lambda subject: subject.rsplit(".", 1)[-1], context_key="job_id")
+    log: list[tuple[str, str]] = []
+
+    async def handle(note: Note) -> Retry | None:
+        headers = message_headers() or {}
+        log.append(("start", f"{note.text}:{headers.get('from', '')}"))
+        if note.text == "a1":
+            await asyncio.sleep(1.0)
+        log.append(("end", note.text))
+        return None
+
+    runtime = runtimes()
+    runtime.consume(durable, handle)
+    js = nc.jetstream()
+    await ensure_stream(js, stream, replicas=1)
+    prefix = stream.subjects[0].removesuffix(">")
+    for text in ("a1", "a2", "b1"):  # stored before the consumer starts: one batch holds all three
+        await js.publish(prefix + text[0], msgspec.json.encode(Note(text)), headers={"from": f"sender-{text}"})
+    await runtime.start()
+    await until(lambda: ("end", "a2") in log and ("end", "b1") in log, "every note handled")
+    assert log.index(("start", "a2:sender-a2")) > log.index(("end", "a1"))  # a's second waited for its first
+    assert log.index(("end", "b1")) < log.index(("end", "a1"))  # b did not wait for a

@@ -347,8 +347,8 @@ class HubMcp:
     async def _follow(self, ctx: ServerRequestContext[Any], job_id: str) -> None:
         """Relay progress until the job ends or the budget is spent (the caller then polls get_generation)."""
         sent: float | None = None
-        view = await self._hub.job(job_id)
-        if view.status in ("accepted", "queued"):  # a waiting caller hears its place and the expected start
+        view = await self._place_of(job_id)
+        if view is not None and view.status in ("accepted", "queued"):  # its place and the expected start
             await ctx.session.report_progress(0.0, 100.0, status_message(view))
             sent = 0.0
 
@@ -376,6 +376,18 @@ class HubMcp:
 
         with anyio.move_on_after(self._settings.tool_budget_s):
             await follow()
+
+    async def _place_of(self, job_id: str) -> JobView | None:
+        """The job's view for the first progress notification, or None when the dispatcher does not answer in time:
+        that notification only tells a waiting caller its place, and a burst of submissions (1,000 calls at once)
+        can keep the dispatcher busier than the request timeout; the call follows the job all the same."""
+        try:
+            return await self._hub.job(job_id)
+        except HubError as exc:
+            if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE):
+                raise
+            self._log.info("no queue place for the first progress notification", job_id=job_id, error=str(exc))
+            return None
 
     async def _generation_result(
         self, ctx: ServerRequestContext[Any], view: JobView, *, thumbnails: bool = True

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 from dispatch_support import Hub
-from playwright.async_api import Browser, Page, Playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from hub_deploy.natsserver import free_port
 
@@ -38,6 +38,30 @@ async def start_ui_hub(hub: Hub, **ui_env: str) -> str:
     for name in ("registry", "prompt", "dispatch", "stats", "ui"):
         await hub.processes[name].wait_healthy(hub.nc)
     return f"http://127.0.0.1:{port}"
+
+
+@contextlib.asynccontextmanager
+async def ui_hub(nats_url: str, data_dir: Path, **ui_env: str) -> AsyncIterator[Hub]:
+    """Every service the UI talks to plus the UI (its base URL in `hub.ui_url`), stopped on exit."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    running = Hub(nats_url=nats_url, data_dir=data_dir, nc=nc)
+    try:
+        running.ui_url = await start_ui_hub(running, **ui_env)  # type: ignore[attr-defined]
+        yield running
+    finally:
+        running.stop_all()
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """A headless chromium, closed on exit."""
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
 
 
 async def launch_chromium(playwright: Playwright) -> Browser:

@@ -27,15 +27,11 @@ class ThreeHopEngine(SharedConnectionSQLiteEngine):
     async def _run_in_new_connection(
         self, query: str, args: list[Any] | None = None, query_type: str = "generic", table: Any = None
     ) -> list[dict[str, Any]]:
-        if self._shared_lock is None:
-            self._shared_lock = asyncio.Lock()
-        async with self._shared_lock:
-            if self._shared is None:
-                self._shared = await self.get_connection()
-            async with self._shared.execute(query, args or []) as cursor:
+        async with self.shared_connection() as connection:
+            async with connection.execute(query, args or []) as cursor:
                 rows = await cursor.fetchall()
-            await self._shared.commit()
-            return rows
+            await connection.commit()
+            return rows  # type: ignore[return-value]  # piccolo's SQLite connections make each row a dict
 
 
 async def per_query(engine: SharedConnectionSQLiteEngine, queries: int, sql: str) -> tuple[float, float]:

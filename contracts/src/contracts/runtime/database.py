@@ -112,21 +112,27 @@ class SharedConnectionSQLiteEngine(SQLiteEngine):
         query_type: str = "generic",
         table: Any = None,
     ) -> list[dict[str, Any]]:
+        async with self.shared_connection() as connection:
+            try:
+                # One hop to the connection's thread per query (execute and fetch together). piccolo opens it in
+                # autocommit (isolation_level None), so a commit, another hop, is owed only if one is open.
+                rows = list(await connection.execute_fetchall(query, args or []))
+                if connection.in_transaction:
+                    await connection.commit()
+            except BaseException:
+                await connection.rollback()
+                raise
+            return rows  # type: ignore[return-value]  # piccolo's SQLite connections make each row a dict
+
+    @contextlib.asynccontextmanager
+    async def shared_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The one connection of the queries outside a transaction, for one query at a time (opened at first use)."""
         if self._shared_lock is None:
             self._shared_lock = asyncio.Lock()
         async with self._shared_lock:
             if self._shared is None:
                 self._shared = await self.get_connection()
-            try:
-                # One hop to the connection's thread per query (execute and fetch together). piccolo opens it in
-                # autocommit (isolation_level None), so a commit, another hop, is owed only if one is open.
-                rows = list(await self._shared.execute_fetchall(query, args or []))
-                if self._shared.in_transaction:
-                    await self._shared.commit()
-            except BaseException:
-                await self._shared.rollback()
-                raise
-            return rows  # type: ignore[return-value]  # piccolo's SQLite connections make each row a dict
+            yield self._shared
 
     async def close_shared(self) -> None:
         if self._shared is not None:

@@ -8,11 +8,11 @@ sends them."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from dispatch_support import Hub, add_instance, checkpoint_of, remove_instance, submit, wait_final, wait_for
+from dispatch_support import Hub, add_instance, checkpoint_of, job, remove_instance, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 from harness import ServiceProcess
 
@@ -51,9 +51,15 @@ async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory)
         yield running
 
 
-async def run_order(hub: Hub, name: str, batches: list[tuple[str, int, int]]) -> list[str]:
+async def run_order(
+    hub: Hub,
+    name: str,
+    batches: list[tuple[str, int, int]],
+    while_waiting: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+) -> list[str]:
     """Submit, while a blocker job holds the double's only slot, `count` jobs of each (key, count, weight) batch in
-    turn; returns the keys' job labels ("A3": key A's third) in the order the double started them."""
+    turn; returns the keys' job labels ("A3": key A's third) in the order the double started them. `while_waiting`
+    is given label -> job id while every job still waits."""
     double = ComfyUIDouble(name=name, models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=2.0)
     await double.start()
     try:
@@ -65,6 +71,8 @@ async def run_order(hub: Hub, name: str, batches: list[tuple[str, int, int]]) ->
             for index in range(1, count + 1):
                 reply = await submit(hub.nc, f"{key} job {index}", api_key_id=f"key_{name}_{key}", weight=weight)
                 label[reply.job_id] = f"{key}{index}"
+        if while_waiting is not None:
+            await while_waiting({text: job_id for job_id, text in label.items()})
         double.work_seconds = RUN_S
         for job_id in label:
             assert (await wait_final(hub.nc, job_id, timeout_s=120)).status == "completed"
@@ -83,7 +91,17 @@ def positions(order: list[str], key: str) -> list[int]:
 
 
 async def test_a_burst_of_one_key_does_not_starve_another_and_each_keys_jobs_keep_their_order(hub: Hub) -> None:
-    order = await run_order(hub, "fair-burst", [("A", 12, 1), ("B", 3, 1)])
+    places: dict[str, int | None] = {}
+
+    async def note_places(job_of: dict[str, str]) -> None:
+        for text in ("B3", "A12"):
+            view = await job(hub.nc, job_of[text])
+            assert view.status in ("accepted", "queued"), view
+            places[text] = view.queue_position
+
+    order = await run_order(hub, "fair-burst", [("A", 12, 1), ("B", 3, 1)], note_places)
+    # The job view tells the place fair share gives: B's last job is not behind all of A's.
+    assert places["B3"] is not None and places["B3"] <= 7 and places["A12"] == 15, places
     # Oldest first would start B's jobs after all twelve of A's; fair share takes turns between the keys.
     assert max(positions(order, "B")) < 7, order
     # Within each key, the jobs started in the order they were submitted.

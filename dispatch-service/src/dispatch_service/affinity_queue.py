@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
-from dispatch_service.fair_share import Standing, ahead_elsewhere, fair_order
+from dispatch_service.fair_share import Standing, ahead_elsewhere, fair_order, keys_owed_places
 from dispatch_service.jobs import is_final
 from dispatch_service.leases import Lease
 from dispatch_service.store import JobRecord
@@ -58,7 +58,8 @@ class AffinityQueue:
         self._pool = scheduler.pool
         self.window: list[_Held] = []
         self._deferring_since: float | None = None  # see _defer
-        self._turn_missing = False  # the key whose turn it is has no job in the window: fetch it past the size
+        # Keys whose next job comes before the window's last in fair order: fetched even when the window is full.
+        self._owed: set[str | None] = set()
 
     def _window_size(self) -> int:
         slots = sum(s.config.slots for s in self._pool.states.values() if s.available)
@@ -87,16 +88,21 @@ class AffinityQueue:
             if time.monotonic() - kept_alive > every:
                 kept_alive = time.monotonic()
                 await self._keep_alive()
-            # A key whose turn it is with no job here may take a few places past the window's size.
-            size = self._window_size() + (MIN_WINDOW if self._turn_missing else 0)
-            if len(self.window) >= size or not any(s.available for s in self._pool.states.values()):
+            size = self._window_size()
+            full = len(self.window) >= size
+            # Past its size only for keys owed a place (at most twice the size), so one key's burst held here
+            # does not keep another key's jobs out.
+            if (full and (not self._owed or len(self.window) >= 2 * size)) or not any(
+                s.available for s in self._pool.states.values()
+            ):
                 await asyncio.sleep(0.05)
                 continue
             # The window fills by fair share too: the key whose turn it is, counting the jobs it has here already.
             held = Counter(h.row.api_key_id for h in self.window)
             queues = self._scheduler.queues
+            only = self._owed if full else None
             if not await queues.take_next(
-                self._hold, "could not take a job into the window; it will be delivered again", held
+                self._hold, "could not take a job into the window; it will be delivered again", held, only
             ):
                 await queues.wait_for_jobs(self._pool.changed, timeout=0.5)
 
@@ -159,11 +165,13 @@ class AffinityQueue:
         """Fair share across replicas: while a slot is free and a key whose jobs this replica does not hold has had
         less service than every key it holds, it leaves the slot to the replica holding that key's next job, for at
         most DEFER_S (that replica places within its next round; should none hold it, the slot is not idle long).
-        Meanwhile the window fetches past its size, so this replica takes that key's next job itself."""
+        Meanwhile the window fetches past its size (see keys_owed_places), so this replica takes that key's next job
+        itself if it can."""
         free = any(server.free_slots > 0 for server in servers.values())
         held_keys = {held.row.api_key_id for held in eligible}
-        self._turn_missing = self._scheduler.queues.fair and ahead_elsewhere(held_keys, by_key)
-        if not (free and self._turn_missing):
+        fair = self._scheduler.queues.fair
+        self._owed = keys_owed_places([held.row.api_key_id for held in self.window], by_key) if fair else set()
+        if not (fair and free and ahead_elsewhere(held_keys, by_key)):
             self._deferring_since = None
             return False
         now = time.monotonic()

@@ -34,6 +34,7 @@ from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
+from dispatch_service.fair_share import fair_position
 from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
@@ -193,11 +194,22 @@ class Dispatcher:
         row = await self.store.require(job_id)
         if row.status not in WAITING_STATUSES:
             return job_view(row)
-        position = await self.store.queue_position(row)
+        in_key = await self.store.key_queue_position(row)
+        position = await self._queue_position(row, in_key)
         view = job_view(row, position)
-        view.key_queue_position = await self.store.key_queue_position(row)
+        view.key_queue_position = in_key
         view.estimated_start_at = self._estimated_start(position, await self.store.recent_run_s())
         return view
+
+    async def _queue_position(self, row: JobRecord, in_key: int) -> int:
+        """The job's place in the whole queue: the order fair share will start the waiting jobs in (the keys take
+        turns by service and weight), or the order of arrival when fair share is off."""
+        queues = self.scheduler.queues
+        if queues.fair:
+            position = fair_position(await queues.standings(), row.api_key_id, in_key)
+            if position is not None:
+                return position
+        return await self.store.queue_position(row)
 
     def _estimated_start(self, position: int, run_s: float | None) -> float | None:
         """When the job at `position` of the queue should start: the jobs ahead of it, and those running, leave the

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,7 @@ class Standing:
     unit_s: float  # what one more job of the key adds to `served_s` (the mean run time over the weight)
     oldest_accepted_at: float
     at_running_limit: bool
+    waiting: int = 0
 
 
 def weight_of(request: Mapping[str, Any]) -> int:
@@ -109,6 +112,7 @@ def standings(
                 served_s=(served.get(key.api_key_id, 0.0) + len(unrecorded) * mean_run_s) / weight,
                 unit_s=mean_run_s / weight,
                 oldest_accepted_at=key.oldest_accepted_at,
+                waiting=key.waiting,
                 at_running_limit=key.api_key_id is not None and isinstance(limit, int) and busy >= limit,
             )
         )
@@ -138,6 +142,45 @@ def fair_order(job_keys: list[str | None], by_key: Mapping[str | None, Standing]
         tag = 0.0 if standing is None else standing.served_s + before * standing.unit_s
         tags.append((tag, index))
     return [index for _, index in sorted(tags)]
+
+
+def fair_position(keys: list[Standing], api_key_id: str | None, place_in_key: int) -> int | None:
+    """Where the `place_in_key`-th waiting job of a key stands in the whole queue under fair share: 1 + the jobs that
+    start before it, its key's earlier ones and each other key's jobs whose turn (service plus one unit per job
+    before them) comes first. None when the key has no job waiting."""
+    mine = next((k for k in keys if k.api_key_id == api_key_id), None)
+    if mine is None:
+        return None
+    turn = mine.served_s + (place_in_key - 1) * mine.unit_s
+    ahead = place_in_key - 1
+    for other in keys:
+        if other is not mine and other.unit_s > 0:
+            ahead += min(other.waiting, max(0, math.ceil((turn - other.served_s) / other.unit_s)))
+    return ahead + 1
+
+
+def keys_owed_places(window_keys: list[str | None], by_key: Mapping[str | None, Standing]) -> set[str | None]:
+    """Keys whose next job not in the window (given by its jobs' keys) would start before the window's last job
+    in fair order: the window should take it even when full, or it fills with one key's burst."""
+    held: dict[str | None, int] = {}
+    for key in window_keys:
+        held[key] = held.get(key, 0) + 1
+    tags = [
+        by_key[key].served_s + index * by_key[key].unit_s
+        for key, count in held.items()
+        if key in by_key
+        for index in range(count)
+    ]
+    if not tags:
+        return set()
+    last = max(tags)
+    return {
+        key
+        for key, standing in by_key.items()
+        if not standing.at_running_limit
+        and standing.waiting > held.get(key, 0)
+        and standing.served_s + held.get(key, 0) * standing.unit_s < last
+    }
 
 
 def ahead_elsewhere(held_keys: set[str | None], by_key: Mapping[str | None, Standing]) -> bool:
@@ -239,14 +282,20 @@ class KeyQueues:
     def fair(self) -> bool:
         return self._settings.dispatch_fair_share
 
-    async def take_next(self, handle: Handler, failure: str, held: Mapping[str | None, int] | None = None) -> bool:
-        """Fetch one job from the key whose turn it is (the next key when that one has none to give right now) and
-        hand it to `handle`; False when no key gave one. A message `handle` fails on is NAKed (logged as
-        `failure`), so it is delivered again."""
+    async def take_next(
+        self,
+        handle: Handler,
+        failure: str,
+        held: Mapping[str | None, int] | None = None,
+        only: AbstractSet[str | None] | None = None,
+    ) -> bool:
+        """Fetch one job from the key whose turn it is (the next key when that one has none to give right now; only
+        keys in `only` when given) and hand it to `handle`; False when no key gave one. A message `handle` fails on
+        is NAKed (logged as `failure`), so it is delivered again."""
         self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
         keys = ranked(await self.standings(), held or {}, fair=self.fair)
         for standing in keys:
-            if standing.at_running_limit:
+            if standing.at_running_limit or (only is not None and standing.api_key_id not in only):
                 continue
             msg = await self._fetch(standing.api_key_id)
             if msg is None:

@@ -91,6 +91,7 @@ _EMPTY_WHEN_NULL = {"request": {}, "workflow": {}, "styles": [], "failures": [],
 class WaitingKey(msgspec.Struct, frozen=True):
     api_key_id: str | None
     oldest_accepted_at: float
+    waiting: int
     request: dict[str, Any]  # the key's newest waiting job's request: its weight and max_running
 
 
@@ -359,7 +360,10 @@ class JobStore:
         the request of its newest one (which carries the key's current weight and running limit)."""
         rows = (
             await JobRow.select(
-                JobRow.api_key_id, Min(JobRow.accepted_at).as_alias("oldest"), Max(JobRow.id).as_alias("newest")
+                JobRow.api_key_id,
+                Min(JobRow.accepted_at).as_alias("oldest"),
+                Max(JobRow.id).as_alias("newest"),
+                Count().as_alias("waiting"),
             )
             .where(JobRow.status.is_in(list(WAITING_STATUSES)))
             .group_by(JobRow.api_key_id)
@@ -376,6 +380,7 @@ class JobStore:
             WaitingKey(
                 api_key_id=row["api_key_id"],
                 oldest_accepted_at=float(row["oldest"]),
+                waiting=int(row["waiting"]),
                 request=request_of.get(int(row["newest"]), {}),
             )
             for row in rows

@@ -38,7 +38,7 @@ from contracts.runtime.bus import through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
 from contracts.streams import JOBS_STREAM, JOBS_SUBJECTS, job_subject, key_job_subject
-from dispatch_service.store import RUNNING_STATUSES, JobStore, KeyRun, WaitingKey
+from dispatch_service.store import JobStore, KeyRun, WaitingKey
 
 log = get_logger("fair_share")
 
@@ -78,27 +78,25 @@ def weight_of(request: Mapping[str, Any]) -> int:
     return int(weight) if isinstance(weight, int) and weight >= 1 else 1
 
 
-def _charge(run: KeyRun, now: float, mean_run_s: float) -> float:
-    if run.status in RUNNING_STATUSES or run.finished_at is None:
-        return max(now - run.started_at, mean_run_s)
-    return max(run.finished_at - run.started_at, 0.0)
-
-
 def standings(
     waiting: list[WaitingKey],
+    ended: Mapping[str | None, float],
     runs: list[KeyRun],
     started_here: Mapping[str, set[str]],
     mean_run_s: float,
     now: float,
+    window_s: float = float("inf"),
 ) -> list[Standing]:
-    """The keys with jobs waiting and their service, unsorted. `started_here` (key id or "" -> job ids): jobs this
-    replica has started whose rows may not say so yet; each counts one mean run time until its row does."""
-    served: dict[str | None, float] = {}
+    """The keys with jobs waiting and their service, unsorted. `ended`: per key, the run time of its jobs that
+    started in the window and ended; `runs`: the jobs running now, each counting at least `mean_run_s` and at most
+    the window.
+    `started_here` (key id or "" -> job ids): jobs this replica has started whose rows may not say so yet; each
+    counts one mean run time until its row does."""
+    served: dict[str | None, float] = dict(ended)
     running: dict[str | None, set[str]] = {}
     for run in runs:
-        served[run.api_key_id] = served.get(run.api_key_id, 0.0) + _charge(run, now, mean_run_s)
-        if run.status in RUNNING_STATUSES:
-            running.setdefault(run.api_key_id, set()).add(run.job_id)
+        served[run.api_key_id] = served.get(run.api_key_id, 0.0) + max(min(now - run.started_at, window_s), mean_run_s)
+        running.setdefault(run.api_key_id, set()).add(run.job_id)
     result = []
     for key in waiting:
         weight = weight_of(key.request)
@@ -275,8 +273,10 @@ class KeyQueues:
         if not waiting:
             return []
         now = time.time()
-        runs = await self._store.runs_since(now - self._settings.dispatch_fair_share_window_s)
-        return standings(waiting, runs, self._started_of_key, await self._mean_run(), now)
+        window_s = self._settings.dispatch_fair_share_window_s
+        ended = await self._store.run_time_since(now - window_s)
+        runs = await self._store.running_runs()
+        return standings(waiting, ended, runs, self._started_of_key, await self._mean_run(), now, window_s)
 
     @property
     def fair(self) -> bool:

@@ -386,11 +386,22 @@ class JobStore:
             for row in rows
         ]
 
-    async def runs_since(self, since: float) -> list[KeyRun]:
-        """The runs (running or ended) that started at or after `since`, by API key: the service keys had."""
+    async def run_time_since(self, since: float) -> dict[str | None, float]:
+        """Per API key, the run time of its jobs that started at or after `since` and have ended (summed in the
+        database: the window's rows are not loaded)."""
+        final = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+        rows = await JobRow.raw(
+            "SELECT api_key_id, SUM(finished_at - started_at) AS run_s FROM job "
+            f"WHERE started_at >= {{}} AND finished_at IS NOT NULL AND status IN ({final}) GROUP BY api_key_id",
+            since,
+        )
+        return {row["api_key_id"]: max(float(row["run_s"] or 0.0), 0.0) for row in rows}
+
+    async def running_runs(self) -> list[KeyRun]:
+        """The jobs on an instance now, by API key."""
         rows = await JobRow.select(
             JobRow.job_id, JobRow.api_key_id, JobRow.status, JobRow.started_at, JobRow.finished_at
-        ).where((JobRow.started_at >= since) & JobRow.status.is_in([*RUNNING_STATUSES, *FINAL_STATUSES]))
+        ).where(JobRow.status.is_in(list(RUNNING_STATUSES)) & JobRow.started_at.is_not_null())
         return msgspec.convert(rows, list[KeyRun])
 
 

@@ -202,6 +202,45 @@ async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_runni
         await hub.nc.close()
 
 
+async def test_a_replica_taking_over_from_a_dead_one_follows_its_job_on_comfyui(
+    private_nats: NatsServer, tmp_path: Path
+):
+    """A dispatcher dies and is not restarted; another replica takes its job over after the take-over time (3 s
+    here). ComfyUI still runs the prompt: the other replica follows it there instead of running the job again."""
+    data = tmp_path / "data"
+    data.mkdir()
+    hub = Hub(nats_url=private_nats.url, data_dir=data, nc=await nats.connect(private_nats.url))
+    for name in ("registry", "prompt", "dispatch"):
+        hub.start(name)
+    double: ComfyUIDouble | None = None
+    dying = hub.processes["dispatch"]
+    try:
+        for name in ("registry", "prompt", "dispatch"):
+            await hub.processes[name].wait_healthy(hub.nc)
+        double = ComfyUIDouble(name="only", models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=8)
+        await double.start()
+        await add_instance(hub.nc, double, "only")
+        await asyncio.sleep(0.5)
+        orphan = await submit(hub.nc, "its dispatcher dies", seed=1)
+        deadline = time.monotonic() + 30
+        while double.running != orphan.job_id + "-1":  # ComfyUI works on it, for 8 s
+            assert time.monotonic() < deadline, double.executed_prompt_ids
+            await asyncio.sleep(0.05)
+        other = hub.start("dispatch")  # a second replica (another identity): it never reclaims the first's leases
+        await other.wait_healthy(hub.nc)
+        dying.kill()
+
+        done = await wait_final(hub.nc, orphan.job_id, timeout_s=60)
+        assert (done.status, done.attempts, len(done.outputs)) == ("completed", 1, 1), (done, other.log())
+        assert double.executed_prompt_ids == [orphan.job_id + "-1"], other.log()  # ComfyUI ran it once
+    finally:
+        dying.kill()
+        if double is not None:
+            await double.stop()
+        hub.stop_all()
+        await hub.nc.close()
+
+
 def test_replicas_sharing_a_data_folder_get_distinct_identities_and_a_restart_gets_its_own_back(tmp_path: Path):
     first, second = take_identity(tmp_path), take_identity(tmp_path)
     assert first.name != second.name  # two live replicas never reclaim each other's leases

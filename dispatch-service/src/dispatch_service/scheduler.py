@@ -228,24 +228,38 @@ class Scheduler:
         followed here (the slot lease and the job's stream message are this replica's now)."""
         row = await self.store.get(note.job_id)
         state = self.pool.states.get(lease.instance)
-        if row is None or state is None or not state.available:
+        if row is None or state is None or row.instance != lease.instance or not await self._prompt_kept(state, row):
             return False
-        if row.status != "running" or row.instance != lease.instance:
-            return False  # it died before it claimed the job, or the job ended (cancelled meanwhile)
-        if any(node.get("class_type") in WEBSOCKET_OUTPUT_CLASSES for node in row.workflow.values()):
-            return False  # its images come over the predecessor's WebSocket, gone with it: it runs again
-        try:
-            where = await state.client.where_is(f"{row.job_id}-{row.attempts}")
-        except ComfyError:
-            return False
-        if where == "unknown":
-            return False  # it died before ComfyUI had the prompt: it runs again
         data = msgspec.json.encode(JobMessage(row.job_id))
         msg = Msg(self.nc, subject=subject_of(row.job_id, row.api_key_id), reply=note.reply, data=data)
         await msg.in_progress()  # ours now, before the take-over time would deliver it again
-        state.running += 1
-        self.affinity.begin(row.job_id, state, row)
-        self._spawn(self._run_counted(msg, row, state, lease, adopted=True))
+        self._start(msg, row, state, lease, adopted=True)
+        return True
+
+    async def _prompt_kept(self, state: InstanceState, row: JobRecord) -> bool:
+        """Whether the running attempt of `row`, whose dispatcher died, can be followed on `state` (its instance)
+        instead of run again: ComfyUI has its prompt (queued, running or finished)."""
+        if row.status != "running" or row.instance != state.config.name or not state.available:
+            return False  # it died before it claimed the job, or the job ended (cancelled meanwhile)
+        if any(node.get("class_type") in WEBSOCKET_OUTPUT_CLASSES for node in row.workflow.values()):
+            return False  # its images come over the dead dispatcher's WebSocket, gone with it: it runs again
+        try:
+            return await state.client.where_is(f"{row.job_id}-{row.attempts}") != "unknown"
+        except ComfyError:
+            return False  # it runs again, on whichever instance is free
+
+    async def _adopt_delivered_again(self, msg: Msg, row: JobRecord, note: LeaseNote) -> bool:
+        """A running job delivered again: the dispatcher running it died (elsewhere, or here while it stored the
+        job's outputs) and the take-over time passed. When its instance still has the prompt, it is followed there
+        to its end rather than run a second time: True once it is (or will be retried shortly, its slot busy)."""
+        state = self.pool.states.get(row.instance or "") if row.status == "running" else None
+        if state is None or not await self._prompt_kept(state, row):
+            return False
+        lease = await self.leases.try_take(state.config.name, state.config.slots, note)
+        if lease is None:
+            await msg.nak(delay=RETRY_DELAY_S)  # its instance is full for a moment: follow it once a slot frees
+            return True
+        self._start(msg, row, state, lease, adopted=True)
         return True
 
     async def enqueue(self, job_id: str, api_key_id: str | None) -> None:
@@ -326,15 +340,14 @@ class Scheduler:
         if admitted is None:
             return
         row, requirements = admitted
+        note = self._note(row.job_id, msg)
+        if await self._adopt_delivered_again(msg, row, note):
+            return
         if await self.key_at_running_limit(row):  # skipped for now, not failed: it keeps its place in the stream
             await msg.nak(delay=RETRY_DELAY_S)
             return
-        if self.settings.dispatch_strategy == "round_robin":
-            chosen = self._next_in_rotation(row)
-            if chosen is not None:
-                self._bind(chosen, msg)
-                return
-        note = self._note(row.job_id, msg)
+        if self.settings.dispatch_strategy == "round_robin" and self._bound_in_rotation(row, msg):
+            return
         candidates = self.pool.candidates(requirements)
         reserved = self._reserved
         if reserved is not None and any(state is reserved[0] for state in candidates):
@@ -394,15 +407,16 @@ class Scheduler:
         if row.api_key_id is None or limit is None:
             return False
         running = await self.store.running_of(row.api_key_id)
-        return len(running | self._started_of_key[row.api_key_id]) >= int(limit)
+        # Not counting the job itself: delivered again after its dispatcher died, its row still says running.
+        return len((running | self._started_of_key[row.api_key_id]) - {row.job_id}) >= int(limit)
 
     def _note(self, job_id: str, msg: Msg) -> LeaseNote:
         return LeaseNote(replica=self.replica, job_id=job_id, reply=msg.reply)
 
-    def _start(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease) -> None:
+    def _start(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool = False) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
         self.affinity.begin(row.job_id, state, row)
-        self._spawn(self._run_counted(msg, row, state, lease))
+        self._spawn(self._run_counted(msg, row, state, lease, adopted=adopted))
 
     async def _run_counted(
         self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool = False
@@ -425,6 +439,14 @@ class Scheduler:
                 await self._run(msg, row, state, lease, adopted=adopted)
         finally:
             started.discard(row.job_id)
+
+    def _bound_in_rotation(self, row: JobRecord, msg: Msg) -> bool:
+        """round_robin: bind the job to the next instance in turn that can run it; False when none can now."""
+        chosen = self._next_in_rotation(row)
+        if chosen is None:
+            return False
+        self._bind(chosen, msg)
+        return True
 
     def _next_in_rotation(self, row: JobRecord) -> InstanceState | None:
         """round_robin: the next instance in a fixed order that can run the job, busy or not."""

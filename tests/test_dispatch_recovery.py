@@ -217,20 +217,24 @@ async def test_a_replica_taking_over_from_a_dead_one_follows_its_job_on_comfyui(
     try:
         for name in ("registry", "prompt", "dispatch"):
             await hub.processes[name].wait_healthy(hub.nc)
-        double = ComfyUIDouble(name="only", models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=8)
+        double = ComfyUIDouble(name="only", models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=20)
         await double.start()
         await add_instance(hub.nc, double, "only")
         await asyncio.sleep(0.5)
         orphan = await submit(hub.nc, "its dispatcher dies", seed=1)
         deadline = time.monotonic() + 30
-        while double.running != orphan.job_id + "-1":  # ComfyUI works on it, for 8 s
+        while double.running != orphan.job_id + "-1":  # ComfyUI works on it, for 20 s
             assert time.monotonic() < deadline, double.executed_prompt_ids
             await asyncio.sleep(0.05)
         other = hub.start("dispatch")  # a second replica (another identity): it never reclaims the first's leases
         await other.wait_healthy(hub.nc)
         dying.kill()
+        assert double.running == orphan.job_id + "-1", "the job ended before its dispatcher died: nothing to take over"
 
-        done = await wait_final(hub.nc, orphan.job_id, timeout_s=60)
+        try:
+            done = await wait_final(hub.nc, orphan.job_id, timeout_s=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- the other replica's log ---\n{other.log()[-6000:]}") from None
         assert (done.status, done.attempts, len(done.outputs)) == ("completed", 1, 1), (done, other.log())
         assert double.executed_prompt_ids == [orphan.job_id + "-1"], other.log()  # ComfyUI ran it once
     finally:

@@ -216,6 +216,7 @@ class KeyQueues:
         self._doorbell: Any = None
         self._mean_run_s = UNMEASURED_RUN_S
         self._mean_read_at = 0.0
+        self._taken_over_check_at = 0.0  # when to look for jobs of dead dispatchers again (see _take_taken_over)
 
     async def open(self) -> None:
         await self._subscription(None)
@@ -263,9 +264,10 @@ class KeyQueues:
         return self._mean_run_s
 
     async def any_waiting(self) -> bool:
-        """Whether any job waits (a job queued from here on wakes wait_for_jobs)."""
+        """Whether any job waits (a job queued from here on wakes wait_for_jobs), or it is time to look for jobs of
+        dead dispatchers (see _take_taken_over)."""
         self._arrived.clear()
-        return await self._store.any_waiting()
+        return await self._store.any_waiting() or time.monotonic() >= self._taken_over_check_at
 
     async def standings(self) -> list[Standing]:
         """The keys with jobs waiting now, with their service in the window (from the shared job table)."""
@@ -300,14 +302,22 @@ class KeyQueues:
             msg = await self._fetch(standing.api_key_id)
             if msg is None:
                 continue
-            try:
-                await handle(msg)
-            except Exception:
-                log.exception(failure)
-                # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=1.0)
+            await _handled(msg, handle, failure)
             return True
+        return await self._take_taken_over(handle, failure)
+
+    async def _take_taken_over(self, handle: Handler, failure: str) -> bool:
+        """A job whose dispatcher died is delivered again after the take-over time with its row still `running`, so
+        its key may have no job waiting (no standing): the consumers of keys with running jobs are looked at too,
+        every half take-over time (one short fetch each), so such a job is followed or run again all the same."""
+        if time.monotonic() < self._taken_over_check_at:
+            return False
+        self._taken_over_check_at = time.monotonic() + self._settings.dispatch_takeover_s / 2
+        for api_key_id in await self._store.running_keys():
+            msg = await self._fetch(api_key_id)
+            if msg is not None:
+                await _handled(msg, handle, failure)
+                return True
         return False
 
     async def _fetch(self, api_key_id: str | None) -> Msg | None:
@@ -332,3 +342,14 @@ class KeyQueues:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+
+async def _handled(msg: Msg, handle: Handler, failure: str) -> None:
+    """`handle(msg)`; a message it fails on is NAKed (logged as `failure`), so it is delivered again."""
+    try:
+        await handle(msg)
+    except Exception:
+        log.exception(failure)
+        # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=1.0)

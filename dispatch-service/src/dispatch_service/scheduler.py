@@ -236,6 +236,16 @@ class Scheduler:
         self._start(msg, row, state, lease, adopted=True)
         return True
 
+    async def _slot_on(self, state: InstanceState, note: LeaseNote) -> Lease | None:
+        """A slot of `state` for the job `note` names: the one taken before the job was fetched (pull) when it is on
+        `state`, else any free one."""
+        reserved = self._reserved
+        if reserved is not None and reserved[0] is state:
+            self._reserved = None
+            if await reserved[1].name(note):
+                return reserved[1]
+        return await self.leases.try_take(state.config.name, state.config.slots, note)
+
     async def _prompt_kept(self, state: InstanceState, row: JobRecord) -> bool:
         """Whether the running attempt of `row`, whose dispatcher died, can be followed on `state` (its instance)
         instead of run again: ComfyUI has its prompt (queued, running or finished)."""
@@ -255,7 +265,7 @@ class Scheduler:
         state = self.pool.states.get(row.instance or "") if row.status == "running" else None
         if state is None or not await self._prompt_kept(state, row):
             return False
-        lease = await self.leases.try_take(state.config.name, state.config.slots, note)
+        lease = await self._slot_on(state, note)
         if lease is None:
             await msg.nak(delay=RETRY_DELAY_S)  # its instance is full for a moment: follow it once a slot frees
             return True

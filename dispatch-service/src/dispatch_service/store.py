@@ -355,6 +355,11 @@ class JobStore:
     async def any_waiting(self) -> bool:
         return bool(await JobRow.exists().where(JobRow.status.is_in(list(WAITING_STATUSES))).run())
 
+    async def running_keys(self) -> list[str | None]:
+        """The API keys with jobs running (None: jobs without a key)."""
+        rows = await JobRow.select(JobRow.api_key_id).where(JobRow.status.is_in(list(RUNNING_STATUSES))).distinct()
+        return [row["api_key_id"] for row in rows]
+
     async def waiting_keys(self) -> list[WaitingKey]:
         """Per API key with jobs waiting (None: jobs without a key): when its oldest waiting job was accepted, and
         the request of its newest one (which carries the key's current weight and running limit)."""

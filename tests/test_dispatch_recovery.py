@@ -13,6 +13,7 @@ import pytest
 from dispatch_support import Hub, add_instance, checkpoint_of, job, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 
+from contracts.errors import HubError
 from dispatch_service.replica import take_identity
 from hub_deploy.natsserver import NatsServer
 
@@ -96,6 +97,36 @@ async def test_queued_jobs_survive_a_restart_of_nats(private_nats: NatsServer, t
 
         views = [await wait_final(hub.nc, r.job_id, timeout_s=60) for r in replies]
         assert [v.status for v in views] == ["completed"] * 5, [(v.status, v.error) for v in views]
+    finally:
+        await double.stop()
+        hub.stop_all()
+        await hub.nc.close()
+
+
+async def test_an_idle_dispatcher_places_jobs_again_after_nats_was_away(private_nats: NatsServer, tmp_path: Path):
+    """NATS away while an instance is free: taking a slot fails meanwhile (the dispatcher looks for jobs of dead
+    dispatchers now and then, and takes a slot first); the placing loop rides that out (before: it crashed, and
+    no job ran again until the dispatcher was restarted)."""
+    hub = await start_hub(private_nats, tmp_path / "data")
+    ckpt = await checkpoint_of(hub.nc)
+    double = ComfyUIDouble(name="idle", models={"checkpoints": [ckpt]}, work_seconds=0.05)
+    try:
+        await double.start()
+        await add_instance(hub.nc, double, "idle")
+        await asyncio.sleep(1.0)
+        private_nats.stop()
+        await asyncio.sleep(6.0)  # several looks for taken-over jobs (every 1.5 s here) while NATS is away
+        private_nats.start()
+        deadline = time.monotonic() + 30
+        while True:  # until the dispatcher has reconnected and answers again
+            try:
+                reply = await submit(hub.nc, "after the outage", seed=1)
+                break
+            except HubError:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+        view = await wait_final(hub.nc, reply.job_id, timeout_s=60)
+        assert view.status == "completed", (view.status, view.error, hub.processes["dispatch"].log()[-3000:])
     finally:
         await double.stop()
         hub.stop_all()

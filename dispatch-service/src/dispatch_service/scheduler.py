@@ -308,7 +308,11 @@ class Scheduler:
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=0.5)
                 continue
             self.pool.changed.clear()
-            await self._place_next()
+            try:
+                await self._place_next()
+            except Exception as exc:  # NATS away or electing a leader: the jobs are safe in the stream; try again
+                log.warning("cannot place jobs right now; trying again", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(0.5)
 
     async def _place_next(self) -> None:
         """One round of the loop: under `pull` a free slot is taken first and then the job for it fetched, so among

@@ -238,7 +238,7 @@ def _on_postgres(server_url: str):  # type: ignore[no-untyped-def]
 
 
 def _stats_rows_on_postgres(server_url: str) -> None:
-    import test_stats_support
+    import stats_support
 
     def rows(hub, sql: str, *args):  # type: ignore[no-untyped-def]
         url = _database_for(server_url, hub.root / "data", "stats")
@@ -256,7 +256,7 @@ def _stats_rows_on_postgres(server_url: str) -> None:
 
         return _run_sync(fetch)
 
-    test_stats_support.StatsHub.rows = rows
+    stats_support.StatsHub.rows = rows
 
 
 def pytest_load_initial_conftests(early_config, parser, args) -> None:  # type: ignore[no-untyped-def]
@@ -269,5 +269,5 @@ def pytest_load_initial_conftests(early_config, parser, args) -> None:  # type: 
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:  # type: ignore[no-untyped-def]
-    if "test_stats_support" in sys.modules:
+    if "stats_support" in sys.modules:
         _stats_rows_on_postgres(config.stash[_server_url_key])

@@ -31,7 +31,7 @@ from doubles.workflows import TXT2IMG
 
 Frame = dict[str, Any]
 DoubleFactory = Callable[..., Awaitable[ComfyUIDouble]]
-DOUBLE_SCRIPT = Path(__file__).resolve().parent / "doubles" / "comfyui.py"
+DOUBLE_SCRIPT = Path(__file__).resolve().parents[1] / "doubles" / "comfyui.py"
 RED_PNG = encode_solid_png(2, 2, (255, 0, 0))
 GREEN_PNG = encode_solid_png(2, 2, (0, 255, 0))
 

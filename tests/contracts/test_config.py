@@ -8,7 +8,7 @@ import pytest
 
 from contracts.runtime.config import ENV_VARS, ConfigError, load_settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_put_everything_under_one_data_folder(tmp_path: Path) -> None:

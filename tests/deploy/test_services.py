@@ -21,7 +21,7 @@ from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import ping_all
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATION_FOLDERS = {
     "registry": "registry-service/src/registry_service/migrations",
     "prompt": "prompt-service/src/prompt_service/migrations",

@@ -9,7 +9,7 @@ import pytest
 
 from hub_deploy.natsserver import nats_server_binary
 
-CLUSTER_DIR = Path(__file__).resolve().parent.parent / "deploy" / "cluster"
+CLUSTER_DIR = Path(__file__).resolve().parents[2] / "deploy" / "cluster"
 CONFIGS = sorted(CLUSTER_DIR.glob("nats-*.conf"))
 
 

@@ -36,8 +36,8 @@ from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "metrics" / "genimage-hub.json"
-README = Path(__file__).resolve().parent.parent / "README.md"
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "metrics" / "genimage-hub.json"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,19 @@ from contracts.runtime.bus import call
 from contracts.runtime.config import database_env_var
 from hub_deploy.natsserver import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS = REPO_ROOT / "tests"
 
 # The suite's modules that exercise the services' tables, run again with every service on PostgreSQL, and the
 # tests left out of that run.
 SUITE_ON_POSTGRES: dict[str, list[str]] = {
-    "registry": ["test_registry_service.py", "test_registry_workflows.py"],
-    "prompt": ["test_prompt_styles.py", "test_prompt_build.py"],
-    "stats": ["test_stats_service.py", "test_stats_retention.py", "test_stats_restart.py"],
-    "dispatch": ["test_dispatch_service.py", "test_dispatch_recovery.py"],
-    "dispatch_fair_share": ["test_fair_share.py"],  # two replicas on one database
-    "gateway": ["test_gateway_mcp.py", "test_gateway_tasks.py"],
-    "ui": ["test_ui_signin_throttle.py"],
+    "registry": ["registry/test_registry_service.py", "registry/test_registry_workflows.py"],
+    "prompt": ["prompt/test_prompt_styles.py", "prompt/test_prompt_build.py"],
+    "stats": ["stats/test_stats_service.py", "stats/test_stats_retention.py", "stats/test_stats_restart.py"],
+    "dispatch": ["dispatch/test_dispatch_service.py", "dispatch/test_dispatch_recovery.py"],
+    "dispatch_fair_share": ["dispatch/test_fair_share.py"],  # two replicas on one database
+    "gateway": ["gateway/test_gateway_mcp.py", "gateway/test_gateway_tasks.py"],
+    "ui": ["ui/test_ui_signin_throttle.py"],
 }
 LEFT_OUT = [
     "test_a_database_outage_loses_no_event_and_shows_in_health",  # holds a SQLite write lock

@@ -16,7 +16,7 @@ from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
-CONFIG = Path(__file__).with_name("schemathesis.toml")
+CONFIG = Path(__file__).parents[1] / "schemathesis.toml"
 RUN_LIMIT_S = 150
 
 

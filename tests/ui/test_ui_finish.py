@@ -13,7 +13,7 @@ from html import unescape
 import pytest
 from dispatch_support import Hub, add_instance, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
-from test_stats_support import JobScript, publish
+from stats_support import JobScript, publish
 from ui_support import Admin, signed_in_admin, start_ui_hub
 
 from contracts import subjects

@@ -16,7 +16,7 @@ import pytest
 from contracts.runtime.config import ENV_VARS
 from hub_deploy.services import SERVICES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 SERVICE_NAMES = [name for name, _module in SERVICES]
 BUILD_TOOLS = ("gcc", "g++", "make", "build-essential", "uv ", "pip install", "cargo", "rustc")

@@ -28,7 +28,7 @@ TIMING_FIELDS = (
     "eval_count",
     "eval_duration",
 )
-DOUBLE_SCRIPT = Path(__file__).resolve().parent / "doubles" / "ollama.py"
+DOUBLE_SCRIPT = Path(__file__).resolve().parents[1] / "doubles" / "ollama.py"
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from contracts.messages.render_types import (
 from contracts.runtime.bus import call
 from hub_deploy.natsserver import NatsServer
 
-SEED_DIR = Path(__file__).resolve().parent.parent / "registry-service/src/registry_service/seed"
+SEED_DIR = Path(__file__).resolve().parents[2] / "registry-service/src/registry_service/seed"
 
 
 @pytest.fixture(scope="module")
@@ -767,7 +767,7 @@ async def test_a_workflow_without_a_text_encoder_is_offered_its_text_inputs_as_t
 
 
 async def test_a_workflow_without_any_text_input_says_it_takes_no_prompt(registry: NatsClient) -> None:
-    shipped = Path(__file__).parents[1] / "registry-service/src/registry_service/seed/upscale.json"
+    shipped = Path(__file__).parents[2] / "registry-service/src/registry_service/seed/upscale.json"
     analysis = await analyze(registry, shipped.read_text())
     assert "prompt" not in analysis.proposed_map.slots and analysis.prompt_candidates == []
     assert any("takes no prompt" in note for note in analysis.notes), analysis.notes

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from test_stats_support import JobScript, StatsHub, stats_hub, wait_recorded, wait_until
+from stats_support import JobScript, StatsHub, stats_hub, wait_recorded, wait_until
 
 from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
@@ -393,6 +393,6 @@ async def test_the_service_health_reports_the_consumer(hub: StatsHub) -> None:
 
 async def test_the_stats_database_migrations_all_ran(hub: StatsHub) -> None:
     ran = {name for (name,) in hub.rows("SELECT name FROM migration WHERE app_name = 'stats'")}
-    folder = Path(__file__).parent.parent / "stats-service" / "src" / "stats_service" / "migrations"
+    folder = Path(__file__).parents[2] / "stats-service" / "src" / "stats_service" / "migrations"
     files = {p.stem for p in folder.glob("stats_*.py")}
     assert "2026-11-24T14:00:00:000000" in ran and len(ran) == len(files) >= 2

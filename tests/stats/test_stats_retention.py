@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_stats_support import DispatcherStandIn, JobScript, StatsHub, stats_hub, wait_recorded, wait_until
+from stats_support import DispatcherStandIn, JobScript, StatsHub, stats_hub, wait_recorded, wait_until
 
 from contracts import endpoints
 from contracts.errors import ErrorCode, HubError

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from test_stats_support import Event, JobScript, StatsHub, publish, stats_hub, wait_recorded, wait_until
+from stats_support import Event, JobScript, StatsHub, publish, stats_hub, wait_recorded, wait_until
 
 from contracts import endpoints
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobStarted

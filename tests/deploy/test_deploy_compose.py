@@ -27,10 +27,10 @@ from contracts.runtime.host_guard import policy_of
 from hub_deploy.natsserver import free_port, nats_server_binary, wait_for_port
 from hub_deploy.services import SERVICES
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = REPO_ROOT / "compose.yaml"
 POSTGRES_OVERRIDE = REPO_ROOT / "deploy" / "compose.postgres.yaml"
-SCHEMA = json.loads((Path(__file__).parent / "data" / "compose-spec.json").read_text())
+SCHEMA = json.loads((Path(__file__).parents[1] / "data" / "compose-spec.json").read_text())
 METRICS_DIR = REPO_ROOT / "deploy" / "metrics"
 METRICS_VOLUMES = {"prometheus-data", "grafana-data"}
 SERVICE_NAMES = [name for name, _module in SERVICES]

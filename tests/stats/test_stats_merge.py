@@ -8,7 +8,7 @@ import statistics
 
 import msgspec
 import pytest
-from test_stats_support import JobScript
+from stats_support import JobScript
 
 from contracts.messages.events import JobCompleted, JobProgress, JobQueued, JobStarted, OutputStored
 from contracts.messages.jobs import OutputFile, Timings

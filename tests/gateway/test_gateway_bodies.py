@@ -5,33 +5,19 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from doubles.png import encode_solid_png
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub
 from PIL import Image
 
 from contracts.runtime.storage import ObjectStoreOutputs
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 DEEP_JSON = b"[" * 1000 + b"]" * 1000  # deeper than msgspec decodes: it raised RecursionError (a 500)
-
-
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-bodies")) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(gw: GatewayHub) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as client:
-        yield client
 
 
 def _b64(data: bytes) -> str:

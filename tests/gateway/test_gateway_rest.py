@@ -9,14 +9,13 @@ import io
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
 import pytest
 from dispatch_support import events_of
 from doubles.png import encode_solid_png, png_size
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub
 from openapi_spec_validator import validate
 
 from contracts import endpoints
@@ -33,21 +32,8 @@ from contracts.messages.stats import (
     QueryLog,
 )
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-rest")) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(gw: GatewayHub) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as client:
-        yield client
 
 
 async def test_openapi_document_is_valid_and_public(gw: GatewayHub) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub
 from test_gateway_mcp import ACCEPT, sse_or_json
 
 from contracts import endpoints
@@ -20,18 +20,11 @@ from contracts.messages.jobs import GetJob, JobView, ListJobs, QueueViewRequest
 from contracts.messages.keys import CreateApiKey
 from contracts.messages.styles import SaveStyle, Style
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 TASKS = "io.modelcontextprotocol/tasks"
 MODERN = "2026-07-28"
-
-
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-tasks")) as running:
-        yield running
 
 
 @pytest.fixture

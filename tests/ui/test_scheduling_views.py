@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from dispatch_support import Hub, add_instance, remove_instance, submit, wait_final
 from doubles.comfyui import ComfyUIDouble
-from ui_support import Admin, signed_in_admin, start_ui_hub
+from ui_support import Admin, ui_hub
 
 from contracts import endpoints
 from contracts.messages.instances import ListInstances
@@ -36,24 +36,11 @@ CHECKPOINTS = {"views-a": "views-a.safetensors", "views-b": "views-b.safetensors
 
 @pytest.fixture(scope="module")
 async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
-    import nats
-
-    running = Hub(
-        nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("views"), nc=await nats.connect(nats_server.url)
-    )
-    running.ui_url = await start_ui_hub(running)  # type: ignore[attr-defined]
-    gateway = running.start("gateway")
-    await gateway.wait_healthy(running.nc)
-    await save_render_types(running)
-    yield running
-    running.stop_all()
-    await running.nc.close()
-
-
-@pytest.fixture
-async def admin(hub: Hub) -> AsyncIterator[Admin]:
-    async with signed_in_admin(hub.ui_url) as signed_in:  # type: ignore[attr-defined]
-        yield signed_in
+    async with ui_hub(nats_server.url, tmp_path_factory.mktemp("views")) as running:
+        gateway = running.start("gateway")
+        await gateway.wait_healthy(running.nc)
+        await save_render_types(running)
+        yield running
 
 
 async def save_render_types(hub: Hub) -> None:

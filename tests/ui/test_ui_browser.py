@@ -8,36 +8,14 @@ from pathlib import Path
 import pytest
 from dispatch_support import Hub, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
-from ui_support import ADMIN_PASSWORD, launch_chromium, screenshot, sign_in
+from playwright.async_api import Browser, BrowserContext, Page
+from ui_support import ADMIN_PASSWORD, screenshot, sign_in
 
 from contracts import endpoints
 from contracts.messages.keys import KeyLimits, ListApiKeys
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
-    import nats
-    from ui_support import start_ui_hub
-
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui"), nc=nc)
-    running.ui_url = await start_ui_hub(running)  # type: ignore[attr-defined]
-    yield running
-    running.stop_all()
-    await nc.close()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

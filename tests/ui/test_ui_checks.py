@@ -6,37 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from html import unescape
 
 import pytest
 from dispatch_support import Hub
-from ui_support import Admin, field_error, signed_in_admin, start_ui_hub, value_of
+from ui_support import Admin, field_error, value_of
 
 from contracts import endpoints
 from contracts.messages.render_types import GetRenderType
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
-    import nats
-
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui-checks"), nc=nc)
-    running.ui_url = await start_ui_hub(running)  # type: ignore[attr-defined]
-    yield running
-    running.stop_all()
-    await nc.close()
-
-
-@pytest.fixture
-async def admin(hub: Hub) -> AsyncIterator[Admin]:
-    async with signed_in_admin(hub.ui_url) as signed_in:  # type: ignore[attr-defined]
-        yield signed_in
 
 
 async def analysed(admin: Admin, hub: Hub) -> dict[str, str]:

@@ -14,7 +14,7 @@ import pytest
 from dispatch_support import Hub, add_instance, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
 from stats_support import JobScript, publish
-from ui_support import Admin, signed_in_admin, start_ui_hub
+from ui_support import Admin, ui_hub
 
 from contracts import subjects
 from contracts.messages.instances import Instance, InstanceView, SaveInstance
@@ -27,20 +27,8 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
-    import nats
-
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui-finish"), nc=nc)
-    running.ui_url = await start_ui_hub(running, HUB_UI_COMFYUI_PROBE_URL="")  # type: ignore[attr-defined]
-    yield running
-    running.stop_all()
-    await nc.close()
-
-
-@pytest.fixture
-async def admin(hub: Hub) -> AsyncIterator[Admin]:
-    async with signed_in_admin(hub.ui_url) as signed_in:  # type: ignore[attr-defined]
-        yield signed_in
+    async with ui_hub(nats_server.url, tmp_path_factory.mktemp("ui-finish"), HUB_UI_COMFYUI_PROBE_URL="") as running:
+        yield running
 
 
 def text_of(html: str) -> str:

@@ -11,7 +11,7 @@ from html import unescape
 import pytest
 from dispatch_support import Hub, checkpoint_of, wait_for
 from doubles.comfyui import ComfyUIDouble
-from ui_support import signed_in_admin, start_ui_hub
+from ui_support import signed_in_admin, ui_hub
 
 from contracts import endpoints
 from contracts.messages.instances import ListInstances
@@ -29,15 +29,11 @@ async def probe_port() -> int:
 
 @pytest.fixture(scope="module")
 async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory, probe_port: int) -> AsyncIterator[Hub]:
-    import nats
-
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui-first-run"), nc=nc)
     probe = f"http://127.0.0.1:{probe_port}"
-    running.ui_url = await start_ui_hub(running, HUB_UI_COMFYUI_PROBE_URL=probe)  # type: ignore[attr-defined]
-    yield running
-    running.stop_all()
-    await nc.close()
+    async with ui_hub(
+        nats_server.url, tmp_path_factory.mktemp("ui-first-run"), HUB_UI_COMFYUI_PROBE_URL=probe
+    ) as running:
+        yield running
 
 
 def fits_of(dashboard: str) -> dict[str, str]:

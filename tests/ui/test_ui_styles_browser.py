@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from dispatch_support import Hub
-from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright
-from ui_support import launch_chromium, screenshot, sign_in
+from playwright.async_api import Browser, BrowserContext, Locator, Page
+from ui_support import screenshot, sign_in, ui_hub
 
 from contracts import endpoints
 from contracts.messages.render_types import ListRenderTypes
@@ -45,27 +45,14 @@ def library_csv(size: int) -> str:
 
 @pytest.fixture(scope="module")
 async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Hub]:
-    import nats
-    from ui_support import start_ui_hub
-
-    nc = await nats.connect(nats_server.url)
-    running = Hub(nats_url=nats_server.url, data_dir=tmp_path_factory.mktemp("ui-styles"), nc=nc)
-    running.ui_url = await start_ui_hub(running)  # type: ignore[attr-defined]
-    report = await call(
-        nc, endpoints.Prompt.STYLES_IMPORT, ImportStyles(format="a1111_csv", content=library_csv(LIBRARY_SIZE))
-    )
-    assert len(report.added) == LIBRARY_SIZE and report.separators == 10
-    yield running
-    running.stop_all()
-    await nc.close()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
+    async with ui_hub(nats_server.url, tmp_path_factory.mktemp("ui-styles")) as running:
+        report = await call(
+            running.nc,
+            endpoints.Prompt.STYLES_IMPORT,
+            ImportStyles(format="a1111_csv", content=library_csv(LIBRARY_SIZE)),
+        )
+        assert len(report.added) == LIBRARY_SIZE and report.separators == 10
+        yield running
 
 
 @pytest.fixture

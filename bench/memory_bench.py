@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
 import nats
+from cost_bench import rest_path
 from dispatch_support import add_instance
 from doubles.comfyui import ComfyUIDouble
 from harness import hub_env
@@ -139,17 +140,11 @@ async def load(env: dict[str, str], secret: str, pids: dict[str, int], jobs: int
     limits = httpx.Limits(max_connections=2 * concurrency)
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=120, limits=limits) as http:
+        generate = rest_path(http)  # one REST generation followed to its final event, as cost_bench sends it
 
         async def one(i: int) -> None:
             started = time.perf_counter()
-            submitted = await http.post("/api/v1/generations", json={"prompt": f"bench {i}", "steps": 1})
-            assert submitted.status_code == 202, submitted.text
-            final = ""
-            async with http.stream("GET", f"{submitted.headers['location']}/events") as events:
-                async for line in events.aiter_lines():
-                    if line.startswith("event:"):
-                        final = line.split(":", 1)[1].strip()
-            assert final == "completed", final
+            await generate(i)
             latencies.append(time.perf_counter() - started)
 
         async def worker(todo: list[int]) -> None:

@@ -27,16 +27,15 @@ import heapq
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
-from contracts.runtime.bus import through_election
+from contracts.runtime.bus import open_bucket
 from contracts.runtime.logs import get_logger
+from contracts.streams import BucketSpec
 from dispatch_service.leases import instance_key
 from dispatch_service.store import JobRecord
 
@@ -46,6 +45,11 @@ if TYPE_CHECKING:
 log = get_logger("affinity")
 
 MODELS_BUCKET = "hub-dispatch-models"
+MODELS: Final = BucketSpec(
+    name=MODELS_BUCKET,
+    ttl_s=0,
+    description="Which models each ComfyUI instance holds, as far as the dispatchers know",
+)
 EMA_WEIGHT = 0.3  # of the newest measurement: follows a change within a few jobs, smooths one odd run
 # Input names of ComfyUI's model loader nodes (CheckpointLoaderSimple, UNETLoader, VAELoader, CLIPLoader,
 # DualCLIPLoader, LoraLoader, UpscaleModelLoader, ControlNetLoader, ...); custom loaders mostly reuse them.
@@ -111,7 +115,7 @@ class ModelMemory:
         self._follower: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        self._kv = await through_election(self._find_or_create, f"opening the {MODELS_BUCKET} bucket")
+        self._kv = await open_bucket(self._js, MODELS, self._replicas)
         self._follower = asyncio.ensure_future(self._follow())
 
     async def close(self) -> None:
@@ -119,19 +123,6 @@ class ModelMemory:
             self._follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
-
-    async def _find_or_create(self) -> KeyValue:
-        try:
-            return await self._js.key_value(MODELS_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            return await self._js.create_key_value(
-                config=KeyValueConfig(
-                    bucket=MODELS_BUCKET,
-                    storage=StorageType.FILE,
-                    replicas=self._replicas,
-                    description="Which models each ComfyUI instance holds, as far as the dispatchers know",
-                )
-            )
 
     async def _follow(self) -> None:
         """Keep the local view in step with what other replicas write (and forget)."""

@@ -23,20 +23,18 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
     BadRequestError,
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
     NoStreamResponseError,
-    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
 from contracts.errors import HubError
-from contracts.runtime.bus import through_election
+from contracts.runtime.bus import open_bucket, through_election
+from contracts.streams import BucketSpec
 
 SLOTS_BUCKET = "hub-dispatch-slots"
 
@@ -162,21 +160,9 @@ class SlotLeases:
         self._freed: dict[str, int] = {}
 
     async def open(self) -> None:
-        self._kv = await through_election(self._find_or_create, f"opening the {SLOTS_BUCKET} bucket")
-
-    async def _find_or_create(self) -> KeyValue:
-        try:
-            return await self._js.key_value(SLOTS_BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            return await self._js.create_key_value(
-                config=KeyValueConfig(
-                    bucket=SLOTS_BUCKET,
-                    ttl=self._ttl_s,
-                    storage=StorageType.FILE,  # so a NATS restart keeps the leases of jobs still running
-                    replicas=self._replicas,
-                    description="Which dispatcher holds which ComfyUI slot",
-                )
-            )
+        # File storage: a NATS restart keeps the leases of jobs still running.
+        spec = BucketSpec(name=SLOTS_BUCKET, ttl_s=self._ttl_s, description="Which dispatcher holds which ComfyUI slot")
+        self._kv = await open_bucket(self._js, spec, self._replicas)
 
     async def try_take(self, instance: str, slots: int, note: LeaseNote) -> Lease | None:
         """Take any free slot of `instance`, or None when all are held."""

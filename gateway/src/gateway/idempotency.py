@@ -17,19 +17,23 @@ import contextlib
 import hashlib
 import re
 import uuid
+from typing import Final
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest
-from contracts.runtime.bus import through_election
+from contracts.runtime.bus import open_bucket
+from contracts.streams import BucketSpec
 
 BUCKET = "hub-idempotency"
 KEPT_S = 24 * 3600
+IDEMPOTENCY_KEYS: Final = BucketSpec(
+    name=BUCKET, ttl_s=KEPT_S, description="Idempotency keys of submissions: the job id each one was given"
+)
 UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 HEADER = "Idempotency-Key"
 
@@ -76,22 +80,8 @@ class IdempotencyKeys:
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await through_election(self._find_or_create, f"opening the {BUCKET} bucket")
+            self._kv = await open_bucket(self._js, IDEMPOTENCY_KEYS, self._replicas)
         return self._kv
-
-    async def _find_or_create(self) -> KeyValue:
-        try:
-            return await self._js.key_value(BUCKET)
-        except (BucketNotFoundError, NotFoundError):
-            return await self._js.create_key_value(
-                config=KeyValueConfig(
-                    bucket=BUCKET,
-                    ttl=KEPT_S,
-                    storage=StorageType.FILE,
-                    replicas=self._replicas,
-                    description="Idempotency keys of submissions: the job id each one was given",
-                )
-            )
 
     async def claim(self, request: GenerationRequest, key: str, field: str) -> Claim:
         """The job id to submit `request` under: the one the first submission with `key` got, or a new one."""

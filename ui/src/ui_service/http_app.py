@@ -20,12 +20,13 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from contracts.runtime.bus import open_bucket
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import UI_SECRETS, UI_SESSIONS
 from ui_service.controllers import CONTROLLERS
 from ui_service.hub_client import HubClient, provide_hub
 from ui_service.pages import EXCEPTION_HANDLERS, add_template_filters
-from ui_service.sessions import SESSION_COOKIE, KvSessionStore, SessionConfig, open_bucket, shared_secret
+from ui_service.sessions import SESSION_COOKIE, KvSessionStore, SessionConfig, shared_secret
 
 HERE = Path(__file__).parent
 

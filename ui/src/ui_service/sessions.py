@@ -19,20 +19,15 @@ from litestar.connection import ASGIConnection
 from litestar.middleware.session.server_side import ServerSideSessionBackend, ServerSideSessionConfig
 from litestar.stores.base import Store
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
-    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
 from contracts.runtime.bus import require_connection, through_election
-from contracts.streams import BucketSpec
 
 # Session ids are hex from litestar's backend; anything else in a cookie is not a key we could have made
 # (and KV keys allow few characters), so it is simply not found.
@@ -60,37 +55,6 @@ class RotatingSessionBackend(ServerSideSessionBackend):
 
 class SessionConfig(ServerSideSessionConfig):
     _backend_class = RotatingSessionBackend
-
-
-async def open_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
-    """Bind to the bucket, creating it on first use (another replica may create it at the same moment), riding
-    out a cluster without a JetStream leader for a moment."""
-    return await through_election(lambda: _find_or_create(js, spec, replicas), f"opening the {spec.name} bucket")
-
-
-async def _find_or_create(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(spec.name)
-    except (BucketNotFoundError, NotFoundError):
-        pass
-    try:
-        return await js.create_key_value(
-            config=KeyValueConfig(
-                bucket=spec.name,
-                description=spec.description,
-                ttl=spec.ttl_s or None,
-                history=1,
-                storage=StorageType.FILE,  # a NATS restart keeps the admins signed in
-                replicas=replicas,
-            )
-        )
-    except Exception as creation_error:
-        # Lost a creation race with another replica: the bucket exists now. Otherwise the creation's own
-        # error (e.g. more replicas asked for than NATS servers are up) is the one worth reading.
-        try:
-            return await js.key_value(spec.name)
-        except (BucketNotFoundError, NotFoundError):
-            raise creation_error from None
 
 
 async def shared_secret(kv: KeyValue, name: str) -> str:

@@ -14,8 +14,15 @@ from nats.aio.msg import Msg
 from nats.errors import ConnectionReconnectingError, NoRespondersError, NoServersError, OutboundBufferLimitError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import (
+    BadRequestError,
+    BucketNotFoundError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from nats.js.kv import KeyValue
 
 from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
@@ -24,7 +31,14 @@ from contracts.messages.events import GenerationEvent
 from contracts.runtime import tracing
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
-from contracts.streams import EVENTS_STREAM, EVENTS_SUBJECTS, StreamSpec, event_subject, job_of_event_subject
+from contracts.streams import (
+    EVENTS_STREAM,
+    EVENTS_SUBJECTS,
+    BucketSpec,
+    StreamSpec,
+    event_subject,
+    job_of_event_subject,
+)
 from contracts.topics import Topic
 
 T = TypeVar("T")
@@ -290,6 +304,37 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
 
     # A cluster that has just started (or lost a server) may have no meta leader for a few seconds.
     await through_election(create_or_update, f"creating the {spec.name} stream")
+
+
+async def open_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
+    """Bind to the key-value bucket, creating it on first use (another replica may create it at the same moment),
+    riding out a cluster without a JetStream leader for a moment. File storage: a NATS restart keeps what it holds."""
+    return await through_election(lambda: _find_or_create_bucket(js, spec, replicas), f"opening the {spec.name} bucket")
+
+
+async def _find_or_create_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(spec.name)
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    try:
+        return await js.create_key_value(
+            config=KeyValueConfig(
+                bucket=spec.name,
+                description=spec.description,
+                ttl=spec.ttl_s or None,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+            )
+        )
+    except Exception as creation_error:
+        # Lost a creation race with another replica: the bucket exists now. Otherwise the creation's own
+        # error (e.g. more replicas asked for than NATS servers are up) is the one worth reading.
+        try:
+            return await js.key_value(spec.name)
+        except (BucketNotFoundError, NotFoundError):
+            raise creation_error from None
 
 
 class _JobEventFanout:

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -102,15 +103,19 @@ class Relay:
         self._initialize_ids: set[types.RequestId] = set()
         self.negotiated: str | None = None
 
-    def to_hub(self, message: types.JSONRPCMessage) -> SessionMessage:
+    def to_hub(self, received: SessionMessage) -> SessionMessage:
+        message = received.message
         headers = self._headers(message)
         return SessionMessage(message, ClientMessageMetadata(headers=headers) if headers else None)
 
-    def from_hub(self, message: types.JSONRPCMessage) -> None:
+    def from_hub(self, received: SessionMessage) -> SessionMessage:
+        """Passed on as it came; the answer to `initialize` tells the version the session speaks."""
+        message = received.message
         if isinstance(message, types.JSONRPCResponse) and message.id in self._initialize_ids:
             self._initialize_ids.discard(message.id)
             version = (message.result or {}).get("protocolVersion")
             self.negotiated = version if isinstance(version, str) else None
+        return received
 
     def _headers(self, message: types.JSONRPCMessage) -> dict[str, str]:
         if not isinstance(message, types.JSONRPCRequest | types.JSONRPCNotification):
@@ -131,23 +136,15 @@ class Relay:
         return headers
 
 
-async def _to_hub(source: Any, sink: Any, relay: Relay) -> None:
+async def _pass_on(source: Any, sink: Any, side: str, forward: Callable[[SessionMessage], SessionMessage]) -> None:
+    """Send every message of `source` (coming from `side`) to `sink` as `forward` makes it; one that could not be
+    read is told on stderr and skipped."""
     async with sink:
         async for message in source:
             if isinstance(message, Exception):
-                print(f"gateway.stdio: from the client: {message}", file=sys.stderr, flush=True)
+                print(f"gateway.stdio: from the {side}: {message}", file=sys.stderr, flush=True)
                 continue
-            await sink.send(relay.to_hub(message.message))
-
-
-async def _to_client(source: Any, sink: Any, relay: Relay) -> None:
-    async with sink:
-        async for message in source:
-            if isinstance(message, Exception):
-                print(f"gateway.stdio: from the hub: {message}", file=sys.stderr, flush=True)
-                continue
-            relay.from_hub(message.message)
-            await sink.send(message)
+            await sink.send(forward(message))
 
 
 async def bridge(url: str, key: str) -> None:
@@ -164,8 +161,8 @@ async def bridge(url: str, key: str) -> None:
             stdio_server() as (local_read, local_write),
             anyio.create_task_group() as tasks,
         ):
-            tasks.start_soon(_to_hub, local_read, hub_write, relay)
-            await _to_client(hub_read, local_write, relay)
+            tasks.start_soon(_pass_on, local_read, hub_write, "client", relay.to_hub)
+            await _pass_on(hub_read, local_write, "hub", relay.from_hub)
             tasks.cancel_scope.cancel()
     except* anyio.ClosedResourceError:
         pass  # the client closed stdin while a request was in flight: nobody is left to answer

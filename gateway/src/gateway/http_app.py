@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from litestar import Litestar, Request, get
+from litestar import Controller, Litestar, Request, get
+from litestar.datastructures import State
 from litestar.exceptions import MethodNotAllowedException, NotFoundException
 from litestar.handlers import asgi
 from litestar.openapi import OpenAPIConfig
@@ -257,27 +258,33 @@ class GatewayGuard:
         await _send_json(send, status, answer, [])
 
 
-def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any, webhooks: Webhooks) -> Any:
-    state: dict[str, Any] = {}
+class HealthController(Controller):
+    """Liveness and readiness probes (no key, no Host check: orchestrators call them by IP)."""
 
-    @get("/healthz", sync_to_thread=False, include_in_schema=False)
-    def healthz() -> dict[str, object]:
+    include_in_schema = False
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz(self, request: Request[Any, Any, Any]) -> dict[str, object]:
         """Liveness: the process serves HTTP."""
+        runtime: ServiceRuntime = request.app.state.runtime
         return {"service": runtime.name, "version": runtime.version, "instance_id": runtime.instance_id}
 
-    @get("/readyz", sync_to_thread=False, include_in_schema=False)
-    def readyz() -> Response[dict[str, object]]:
+    @get("/readyz", sync_to_thread=False)
+    def readyz(self, request: Request[Any, Any, Any]) -> Response[dict[str, object]]:
         """Readiness: the gateway can reach the other services (NATS is connected)."""
-        ready = runtime.nc.is_connected
+        ready = request.app.state.runtime.nc.is_connected
         return Response({"ready": ready}, status_code=200 if ready else 503)
 
-    @asgi("/mcp", is_mount=True, copy_scope=False)
-    async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:
-        await state["mcp"].session_manager.handle_request(scope, receive, send)
 
-    @get("/images/{output_id:str}", include_in_schema=False)
-    async def image(request: Request[Any, Any, Any], output_id: str) -> Response[Any]:
-        hub: HubClient = state["hub"]
+class ImagesController(Controller):
+    """Stored outputs by id: the URL is the capability, so no key is asked."""
+
+    path = "/images"
+    include_in_schema = False
+
+    @get("/{output_id:str}")
+    async def image(self, request: Request[Any, Any, Any], output_id: str) -> Response[Any]:
+        hub: HubClient = request.app.state.hub
         await require_connection(hub.nc)  # 503 + Retry-After at once while NATS is away
         reply = await output_reply(
             hub.outputs,
@@ -291,11 +298,16 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
             return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
         return Stream(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
-    allow = MetricsAllow(runtime.settings.metrics_allow)
 
-    @get(METRICS_PATH, include_in_schema=False)
-    async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-        """Prometheus figures of every replica of every service (no key; HUB_METRICS_ALLOW decides who)."""
+class MetricsController(Controller):
+    """Prometheus figures of every replica of every service (no key; HUB_METRICS_ALLOW decides who)."""
+
+    include_in_schema = False
+
+    @get(METRICS_PATH)
+    async def metrics(self, request: Request[Any, Any, Any]) -> Response[bytes]:
+        runtime: ServiceRuntime = request.app.state.runtime
+        allow: MetricsAllow = request.app.state.metrics_allow
         if not allow.allows(request.scope.get("client")):
             client = (request.scope.get("client") or ("unknown",))[0]
             raise HubError(
@@ -307,8 +319,31 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
         await require_connection(runtime.nc)
         return Response(merge(await gather(runtime.nc)), media_type=METRICS_CONTENT_TYPE)
 
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="GenImage Hub API",
+        version=__version__,
+        # The document's own path, served at "/": litestar answers unknown paths under an OpenAPI path with
+        # an HTML page, which would shadow the API's JSON 404 for every unknown /api/v1/... path.
+        path=OPENAPI_PATH,
+        render_plugins=[ContractJsonRenderPlugin(path="/")],
+        components=Components(
+            security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="hub API key")}
+        ),
+        security=[{"apiKey": []}],
+    )
+
+
+def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any, webhooks: Webhooks) -> Any:
+    mcp_servers: list[HubMcp] = []
+
+    @asgi("/mcp", is_mount=True, copy_scope=False)
+    async def mcp_endpoint(scope: Any, receive: Any, send: Any) -> None:
+        await mcp_servers[0].session_manager.handle_request(scope, receive, send)
+
     @contextlib.asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # The HTTP server starts after NATS is connected (serve_http), so the hub client can be built here.
         hub = HubClient(
             runtime.nc,
@@ -317,25 +352,22 @@ def create_http_app(runtime: ServiceRuntime, keys: ApiKeyStore, mcp_factory: Any
             replicas=runtime.settings.jetstream_replicas,
         )
         mcp: HubMcp = mcp_factory(hub)
-        state["hub"], state["mcp"] = hub, mcp
+        mcp_servers.append(mcp)
         app.state.hub = hub
         async with mcp.session_manager.run():
             yield
 
     app = Litestar(
-        route_handlers=[healthz, readyz, metrics, mcp_endpoint, image, GenerationsController, CatalogController],
-        openapi_config=OpenAPIConfig(
-            title="GenImage Hub API",
-            version=__version__,
-            # The document's own path, served at "/": litestar answers unknown paths under an OpenAPI path with
-            # an HTML page, which would shadow the API's JSON 404 for every unknown /api/v1/... path.
-            path=OPENAPI_PATH,
-            render_plugins=[ContractJsonRenderPlugin(path="/")],
-            components=Components(
-                security_schemes={"apiKey": SecurityScheme(type="http", scheme="bearer", description="hub API key")}
-            ),
-            security=[{"apiKey": []}],
-        ),
+        route_handlers=[
+            HealthController,
+            MetricsController,
+            ImagesController,
+            mcp_endpoint,
+            GenerationsController,
+            CatalogController,
+        ],
+        state=State({"runtime": runtime, "metrics_allow": MetricsAllow(runtime.settings.metrics_allow)}),
+        openapi_config=openapi_config(),
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=before_api_request,
         logging_config=None,

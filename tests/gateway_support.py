@@ -8,11 +8,14 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
 from dispatch_support import Hub, add_instance, checkpoint_of
 from doubles.comfyui import ComfyUIDouble
+from harness import module_fixture
 
 from contracts import endpoints
 from contracts.messages.instances import ListInstances
@@ -74,6 +77,22 @@ async def gateway_hub(  # type: ignore[no-untyped-def]
         if comfy is not None:
             await comfy.stop()
         await nc.close()
+
+
+def gateway_fixture(
+    folder: str, *, also: tuple[str, ...] = (), services_env: dict[str, str] | None = None, **gateway_env: str
+) -> Any:
+    """A test module's `gw` fixture: `gateway_hub` with these settings, and the services `also` names (e.g. stats)
+    started and healthy beside it: `gw = gateway_fixture("webhooks", HUB_INPUT_URL_ALLOW="127.0.0.1")`."""
+
+    @contextlib.asynccontextmanager
+    async def opened(nats_url: str, data_dir: Path) -> AsyncIterator[GatewayHub]:
+        async with gateway_hub(nats_url, data_dir, services_env=services_env, **gateway_env) as running:
+            for service in also:
+                await running.hub.start(service).wait_healthy(running.nc)
+            yield running
+
+    return module_fixture("gw", folder, opened)
 
 
 async def sse_events(http: httpx.AsyncClient, gw: GatewayHub, job_id: str) -> list[tuple[str, str]]:

@@ -7,16 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats
+import pytest
 from nats.aio.client import Client as NatsClient
 
 from contracts.runtime.config import Settings, load_settings
-from hub_deploy.natsserver import free_port
+from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import SERVICES, ping_all, wait_healthy
 
 MODULES = dict(SERVICES)
@@ -125,3 +127,15 @@ async def service_running(name: str, nats_url: str, root: Path, **env: str) -> A
     finally:
         await nc.close()
         assert await proc.stop() == 0, proc.log()
+
+
+def module_fixture(name: str, folder: str, opened: Callable[[str, Path], AbstractAsyncContextManager[Any]]) -> Any:
+    """A test module's fixture `name`: what `opened(nats_url, data_dir)` runs against the session's nats-server in a
+    fresh temp folder named after `folder`, for all the tests of the module (`gw = module_fixture("gw", ...)`)."""
+
+    @pytest.fixture(scope="module", name=name)
+    async def running(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
+        async with opened(nats_server.url, tmp_path_factory.mktemp(folder)) as value:
+            yield value
+
+    return running

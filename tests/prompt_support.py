@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 import nats
 from aiohttp import web
 from doubles.ollama import OllamaDouble
-from harness import ServiceProcess, hub_env
+from harness import ServiceProcess, hub_env, module_fixture
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
@@ -53,6 +54,11 @@ async def prompt_service(nats_url: str, data_dir: Path, **env: str) -> AsyncIter
     finally:
         proc.kill()
         registry.kill()
+
+
+def prompt_fixture(folder: str, **env: str) -> Any:
+    """A test module's `service` fixture: `prompt_service` with these settings, for all the module's tests."""
+    return module_fixture("service", folder, partial(prompt_service, **env))
 
 
 async def failure(nc: NatsClient, endpoint: Endpoint[Any, Any], message: msgspec.Struct) -> HubError:

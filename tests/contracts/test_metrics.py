@@ -8,7 +8,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -16,7 +16,7 @@ import nats
 import pytest
 from dispatch_support import retention_removes_images_of, wait_final
 from doubles.ollama import OllamaDouble
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from harness import ServiceProcess, hub_env
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
@@ -40,11 +40,7 @@ DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "metrics" / "genima
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("metrics")) as running:
-        await running.hub.start("stats").wait_healthy(running.nc)
-        yield running
+gw = gateway_fixture("metrics", also=("stats",))
 
 
 def replicas_of(samples: Samples, service: str) -> float:

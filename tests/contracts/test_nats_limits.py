@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from dispatch_support import submit, wait_final, wait_for
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from nats.js.api import DiscardPolicy, RetentionPolicy, StreamInfo
 
 from contracts import endpoints
@@ -20,16 +19,11 @@ from contracts.messages.jobs import QueueViewRequest
 from contracts.runtime.bus import call
 from contracts.streams import EVENTS, EVENTS_STREAM, JOBS, JOBS_STREAM, StreamSpec, event_subject
 from dispatch_service.fair_share import KEY_CONSUMER_PREFIX, key_token
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("nats-limits")) as running:
-        await running.hub.start("stats").wait_healthy(running.nc)
-        yield running
+gw = gateway_fixture("nats-limits", also=("stats",))
 
 
 def assert_limits(info: StreamInfo, spec: StreamSpec) -> None:

@@ -7,15 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 
-from hub_deploy.natsserver import NatsServer
-
-
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway")) as running:
-        yield running
+gw = gateway_fixture("gateway")
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -23,22 +23,15 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GetJob
 from contracts.messages.keys import READ_ALL_JOBS, CreateApiKey, CreatedApiKey
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 PUBLIC_NAME = "hub.example.org"
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(
-        nats_server.url,
-        tmp_path_factory.mktemp("gateway-doors"),
-        HUB_GATEWAY_ALLOWED_HOSTS=PUBLIC_NAME,
-        HUB_GATEWAY_ALLOWED_ORIGINS="https://console.example.net",
-    ) as running:
-        yield running
+gw = gateway_fixture(
+    "gateway-doors", HUB_GATEWAY_ALLOWED_HOSTS=PUBLIC_NAME, HUB_GATEWAY_ALLOWED_ORIGINS="https://console.example.net"
+)
 
 
 async def new_key(gw: GatewayHub, name: str, scopes: list[str] | None = None) -> CreatedApiKey:

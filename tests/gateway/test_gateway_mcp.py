@@ -12,7 +12,6 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from dispatch_support import retention_removes_images_of
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
@@ -31,17 +30,11 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GetJob
 from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(
-        nats_server.url, tmp_path_factory.mktemp("gateway"), HUB_GATEWAY_TOOL_BUDGET_S="4"
-    ) as running:
-        yield running
+gw = gateway_fixture("gateway", HUB_GATEWAY_TOOL_BUDGET_S="4")
 
 
 def mcp_session(gw: GatewayHub, secret: str | None = None):  # type: ignore[no-untyped-def]

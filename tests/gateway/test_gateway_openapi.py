@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import GatewayHub, gateway_hub
-
-from hub_deploy.natsserver import NatsServer
+from gateway_support import GatewayHub, gateway_fixture
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +17,7 @@ CONFIG = Path(__file__).parents[1] / "schemathesis.toml"
 RUN_LIMIT_S = 150
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("gateway-openapi")) as running:
-        yield running
+gw = gateway_fixture("gateway-openapi")
 
 
 async def schemathesis_run(gw: GatewayHub, workdir: Path) -> tuple[int, str]:

@@ -13,11 +13,11 @@ from html import unescape
 import httpx
 import msgspec
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from ui_support import ADMIN_PASSWORD, signed_in_admin
 from webhook_support import Receiver, expected_signature, receiving
 
-from hub_deploy.natsserver import NatsServer, free_port
+from hub_deploy.natsserver import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,7 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield hook
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(
-        nats_server.url, tmp_path_factory.mktemp("webhooks"), HUB_INPUT_URL_ALLOW="127.0.0.1"
-    ) as hub:
-        yield hub
+gw = gateway_fixture("webhooks", HUB_INPUT_URL_ALLOW="127.0.0.1")
 
 
 async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: GatewayHub, receiver: Receiver) -> None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 import httpx2
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -19,18 +19,12 @@ from contracts import endpoints
 from contracts.messages.jobs import JobView, ListJobs
 from contracts.messages.keys import CreateApiKey, CreatedApiKey, KeyLimits
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    # A short tool budget: generate_image answers a waiting job after 3 s (its progress said where it stands).
-    async with gateway_hub(
-        nats_server.url, tmp_path_factory.mktemp("key-limits"), HUB_GATEWAY_TOOL_BUDGET_S="3"
-    ) as running:
-        yield running
+# A short tool budget: generate_image answers a waiting job after 3 s (its progress said where it stands).
+gw = gateway_fixture("key-limits", HUB_GATEWAY_TOOL_BUDGET_S="3")
 
 
 async def limited_key(gw: GatewayHub, name: str, limits: KeyLimits) -> CreatedApiKey:

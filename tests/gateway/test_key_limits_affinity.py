@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from test_key_limits import running_limit_holds
-
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    strategy = {"HUB_DISPATCH_STRATEGY": "pull_affinity"}
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("key-affinity"), services_env=strategy) as hub:
-        yield hub
+gw = gateway_fixture("key-affinity", services_env={"HUB_DISPATCH_STRATEGY": "pull_affinity"})
 
 
 async def test_the_running_limit_holds_with_model_affinity_placement(gw: GatewayHub) -> None:

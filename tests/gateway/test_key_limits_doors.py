@@ -6,28 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from test_gateway_tasks import Legacy, modern
 
 from contracts import endpoints
 from contracts.messages.jobs import CancelJob, JobView, ListJobs
 from contracts.messages.keys import CreateApiKey, CreatedApiKey, KeyLimits
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(nats_server.url, tmp_path_factory.mktemp("key-limit-doors")) as running:
-        yield running
+gw = gateway_fixture("key-limit-doors")
 
 
 async def jobs_of(gw: GatewayHub, key: CreatedApiKey) -> list[JobView]:

@@ -17,7 +17,7 @@ from html import unescape
 import httpx
 import msgspec
 import pytest
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub, gateway_fixture
 from metrics_support import scrape, value
 from ui_support import ADMIN_PASSWORD, Admin, signed_in_admin
 from webhook_support import Received, Receiver, expected_signature, serving
@@ -25,7 +25,7 @@ from webhook_support import Received, Receiver, expected_signature, serving
 from contracts import endpoints
 from contracts.messages.keys import CreateApiKey, CreatedApiKey, ListApiKeys
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer, free_port
+from hub_deploy.natsserver import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -55,12 +55,7 @@ def hooked(refuse_final: int = 0) -> contextlib.AbstractAsyncContextManager[Hook
     return serving(Hook(refuse_final=refuse_final))
 
 
-@pytest.fixture(scope="module")
-async def gw(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    async with gateway_hub(
-        nats_server.url, tmp_path_factory.mktemp("key-webhooks"), HUB_INPUT_URL_ALLOW="127.0.0.1"
-    ) as hub:
-        yield hub
+gw = gateway_fixture("key-webhooks", HUB_INPUT_URL_ALLOW="127.0.0.1")
 
 
 @pytest.fixture(scope="module")

@@ -3,22 +3,14 @@ styles that cannot be used."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, build, failure, prompt_service, replace_styles
+from prompt_support import P, build, failure, prompt_fixture, replace_styles
 
 from contracts.errors import ErrorCode
 from contracts.messages.styles import BuildPrompt, Style
-from hub_deploy.natsserver import NatsServer
 
-
-@pytest.fixture(scope="module")
-async def service(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    async with prompt_service(nats_server.url, tmp_path_factory.mktemp("prompt-build")) as proc:
-        yield proc
+service = prompt_fixture("prompt-build")
 
 
 def style(name: str, positive: str = "{prompt}", negative: str = "", **fields: object) -> Style:

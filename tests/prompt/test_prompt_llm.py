@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, RecordingOllama, build, failure, prompt_service, replace_styles, save_llm
+from prompt_support import P, RecordingOllama, build, failure, prompt_fixture, replace_styles, save_llm
 
 from contracts import endpoints
 from contracts.errors import ErrorCode
@@ -26,18 +26,12 @@ from contracts.messages.styles import (
     TryEnhancement as TryEnhance,
 )
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 FAST = 0.6  # the LLM timeout of the fallback tests, in seconds
 
 
-@pytest.fixture(scope="module")
-async def service(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    # Callers wait 3 s for a reply, so the service gives the LLM 1.5 s at most, whatever its settings say.
-    async with prompt_service(
-        nats_server.url, tmp_path_factory.mktemp("prompt-llm"), HUB_REQUEST_TIMEOUT_S="3"
-    ) as proc:
-        yield proc
+# Callers wait 3 s for a reply, so the service gives the LLM 1.5 s at most, whatever its settings say.
+service = prompt_fixture("prompt-llm", HUB_REQUEST_TIMEOUT_S="3")
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, build, failure, prompt_service, replace_styles, styles
+from prompt_support import P, build, failure, prompt_fixture, replace_styles, styles
 
 from contracts.errors import ErrorCode
 from contracts.messages.styles import (
@@ -26,13 +25,8 @@ from contracts.messages.styles import (
     Style,
 )
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
-
-@pytest.fixture(scope="module")
-async def service(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServiceProcess]:
-    async with prompt_service(nats_server.url, tmp_path_factory.mktemp("prompt-styles")) as proc:
-        yield proc
+service = prompt_fixture("prompt-styles")
 
 
 async def import_file(nc: NatsClient, format: str, content: str, **fields: object) -> ImportReport:

@@ -97,8 +97,11 @@ def children_of(pid: int) -> dict[str, int]:
             if parent != pid:
                 continue
             args = (stat.parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            forked = (stat.parent / "comm").read_text().strip().removeprefix("hub-")  # named by the fork server
             if args[0].endswith("nats-server"):
                 found["nats-server"] = int(stat.parent.name)
+            elif forked in modules.values():
+                found[forked] = int(stat.parent.name)
             elif "-m" in args and args[args.index("-m") + 1] in modules:
                 found[modules[args[args.index("-m") + 1]]] = int(stat.parent.name)
     return found

@@ -56,6 +56,25 @@ def nats_pid(data_dir: Path) -> int:
     raise AssertionError(f"no nats-server runs for {data_dir}")
 
 
+def fork_server_pid(launcher_pid: int) -> int:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"hub_deploy.forkserver" in cmdline.read_bytes() and parent_of(int(cmdline.parent.name)) == launcher_pid:
+                return int(cmdline.parent.name)
+    raise AssertionError("the launcher runs no fork server")
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def forked_by_the_fork_server(pid: int, launcher_pid: int, name: str) -> bool:
+    """`pid` runs the service `name`, forked by the fork server (its command line), adopted by the launcher."""
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    return b"hub_deploy.forkserver" in cmdline and comm == f"hub-{name}" and parent_of(pid) == launcher_pid
+
+
 def port_is_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -93,9 +112,12 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         assert f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}/mcp" in banner
 
-        # A service that dies is restarted by the launcher.
+        # A service that dies is restarted by the launcher, forked from its fork server (which imported the
+        # services' modules once, so a restart skips them), even when the fork server itself was killed first.
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         before = await health_of(nc, "stats")
+        assert forked_by_the_fork_server(before.pid, launcher.pid, "stats")
+        os.kill(fork_server_pid(launcher.pid), signal.SIGKILL)
         os.kill(before.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while True:
@@ -108,6 +130,7 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
             assert time.monotonic() < deadline, log_path.read_text()
             await asyncio.sleep(0.2)
         assert after.ok and after.pid != before.pid
+        assert forked_by_the_fork_server(after.pid, launcher.pid, "stats")
 
         # nats-server killed -9 is restarted on the same port and data folder: what JetStream held is still
         # there, and every service answers again through it.

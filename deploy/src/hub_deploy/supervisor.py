@@ -22,6 +22,7 @@ import msgspec
 from contracts.runtime.bus import connect
 from contracts.runtime.config import Settings
 from contracts.runtime.logs import get_logger
+from hub_deploy.forkserver import ForkedProcess, ForkServer
 from hub_deploy.natsserver import NatsServer
 from hub_deploy.services import SERVICES, wait_healthy
 
@@ -53,18 +54,23 @@ class RestartBudget:
 
 
 class ServiceProcess(RestartBudget):
-    """One service child process, restarted with back-off when it dies on its own."""
+    """One service child process, restarted with back-off when it dies on its own: forked from the fork server
+    where there is one (its modules already imported), else started with `python -m`."""
 
-    def __init__(self, name: str, module: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, module: str, env: dict[str, str], forks: ForkServer | None = None) -> None:
         super().__init__()
         self.name = name
         self.module = module
         self.env = env
-        self.process: asyncio.subprocess.Process | None = None
+        self.forks = forks
+        self.process: asyncio.subprocess.Process | ForkedProcess | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self.module, env=self.env)
-        log.info("service process started", target=self.name, pid=self.process.pid)
+        if self.forks is not None:
+            self.process = await self.forks.spawn(self.name, self.module)
+        else:
+            self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self.module, env=self.env)
+        log.info("service process started", target=self.name, pid=self.process.pid, forked=self.forks is not None)
 
     async def stop(self, timeout_s: float) -> int | None:
         if self.process is None or self.process.returncode is not None:
@@ -79,11 +85,11 @@ class ServiceProcess(RestartBudget):
             return await self.process.wait()
 
 
-def service_processes(settings: Settings, env: dict[str, str]) -> list[ServiceProcess]:
+def service_processes(settings: Settings, env: dict[str, str], forks: ForkServer | None) -> list[ServiceProcess]:
     """The processes that run the services, in start order, for the layout HUB_LAYOUT names."""
     if settings.layout == "single":
-        return [ServiceProcess("hub", "hub_deploy.single", env)]
-    return [ServiceProcess(name, module, env) for name, module in SERVICES]
+        return [ServiceProcess("hub", "hub_deploy.single", env, forks)]
+    return [ServiceProcess(name, module, env, forks) for name, module in SERVICES]
 
 
 def child_environment(settings: Settings, nats_url: str) -> dict[str, str]:
@@ -168,7 +174,8 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
     nats.start()
     log.info("nats-server started", url=nats.url, store=str(nats.store_dir), pid=nats.process and nats.process.pid)
     env = child_environment(settings, nats.url)
-    children = service_processes(settings, env)
+    forks = ForkServer.for_this_launcher(env)
+    children = service_processes(settings, env, forks)
     nc = None
     exit_code = 0
     try:
@@ -185,6 +192,8 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
         log.info("stopping the hub")
         # A dispatcher may take the shutdown timeout to let jobs finish, then a few seconds to hand the rest back.
         await asyncio.gather(*(child.stop(settings.shutdown_timeout_s + 15) for child in reversed(children)))
+        if forks is not None:
+            await forks.close()
         if nc is not None:
             with contextlib.suppress(Exception):
                 await nc.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -60,3 +60,16 @@ def start_service(nats_server: NatsServer, tmp_path: Path) -> Iterator:
     yield start
     for service in started:
         service.kill()
+
+
+@pytest.fixture
+def healthy_service(start_service, nc: NatsClient) -> Callable[..., Awaitable[ServiceProcess]]:
+    """`await healthy_service(name, **env)`: `start_service`'s process, once it answers its health check (a test that
+    starts a service again on the same data folder, tmp_path/data by default, sees what the first start left)."""
+
+    async def start(name: str, data_dir: Path | None = None, **env: str) -> ServiceProcess:
+        service = start_service(name, data_dir, **env)
+        await service.wait_healthy(nc)
+        return service
+
+    return start

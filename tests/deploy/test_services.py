@@ -34,10 +34,9 @@ MIGRATION_FOLDERS = {
 
 @pytest.mark.parametrize("service", list(MODULES))
 async def test_service_starts_migrates_answers_health_and_stops_cleanly(
-    service: str, start_service, nc: NatsClient, tmp_path: Path
+    service: str, healthy_service, nc: NatsClient, tmp_path: Path
 ) -> None:
-    proc = start_service(service, data_dir=tmp_path / "data")
-    await proc.wait_healthy(nc)
+    proc = await healthy_service(service)
 
     health = await call(nc, endpoints.health(service), HealthRequest())
     checks = {c.name: c for c in health.checks}
@@ -70,15 +69,12 @@ async def test_service_starts_migrates_answers_health_and_stops_cleanly(
 
 
 async def test_a_restarted_service_keeps_its_database_and_does_not_migrate_twice(
-    start_service, nc: NatsClient, tmp_path: Path
+    healthy_service, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    first = start_service("registry", data_dir=data)
-    await first.wait_healthy(nc)
+    first = await healthy_service("registry")
     assert await first.stop() == 0
-    second = start_service("registry", data_dir=data)
-    await second.wait_healthy(nc)
-    with sqlite3.connect(data / "registry.sqlite3") as db:
+    second = await healthy_service("registry")
+    with sqlite3.connect(tmp_path / "data" / "registry.sqlite3") as db:
         migrations = len(list((REPO_ROOT / MIGRATION_FOLDERS["registry"]).glob("registry_*.py")))
         assert db.execute("SELECT count(*) FROM migration").fetchone()[0] == migrations
     assert await second.stop() == 0

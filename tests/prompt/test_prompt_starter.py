@@ -12,11 +12,9 @@ from contracts.messages.styles import Style
 
 
 async def test_the_starter_styles_are_loaded_on_the_first_start_only(
-    start_service, nc: NatsClient, tmp_path: Path
+    healthy_service, nc: NatsClient, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    first = start_service("prompt", data_dir=data)
-    await first.wait_healthy(nc)
+    first = await healthy_service("prompt")
     library = await styles(nc)
     names = {s.name for s in library}
     assert 15 <= len(library) <= 25
@@ -31,9 +29,8 @@ async def test_the_starter_styles_are_loaded_on_the_first_start_only(
 
     await replace_styles(nc, [Style(name="mine")])  # the admin removes the starter set
     assert await first.stop() == 0
-    second = start_service("prompt", data_dir=data)
-    await second.wait_healthy(nc)
+    second = await healthy_service("prompt")
     assert [s.name for s in await styles(nc)] == ["mine"]
     assert await second.stop() == 0
-    with sqlite3.connect(data / "prompt.sqlite3") as db:
+    with sqlite3.connect(tmp_path / "data" / "prompt.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM setting WHERE key = 'starter_styles_loaded'").fetchone() == (1,)

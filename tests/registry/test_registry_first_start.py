@@ -19,11 +19,9 @@ R = subjects.Registry
 
 
 async def test_shipped_render_types_are_loaded_on_the_first_start_only(
-    start_service, nc: NatsClient, tmp_path: Path
+    healthy_service, nc: NatsClient, tmp_path: Path
 ) -> None:
-    data = tmp_path / "data"
-    first = start_service("registry", data_dir=data)
-    await first.wait_healthy(nc)
+    first = await healthy_service("registry")
     names = {s.name for s in (await listing(nc)).render_types}
     assert names == SHIPPED
     health = await call(nc, endpoints.health("registry"), HealthRequest())
@@ -35,8 +33,7 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
     edited = await save(nc, msgspec.structs.replace(await get(nc, "flux"), description="our flux"))
     assert await first.stop() == 0
 
-    second = start_service("registry", data_dir=data)
-    await second.wait_healthy(nc)
+    second = await healthy_service("registry")
     assert {s.name for s in (await listing(nc)).render_types} == SHIPPED - {"video", "upscale"}
     assert await get(nc, "flux") == edited
     # Even an emptied registry stays empty: the admin removed them on purpose.
@@ -44,8 +41,7 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
         await call(nc, endpoints.Registry.DELETE, DeleteRenderType(name=name))
     assert await second.stop() == 0
 
-    third = start_service("registry", data_dir=data)
-    await third.wait_healthy(nc)
+    third = await healthy_service("registry")
     assert (await listing(nc)).render_types == []
     error = await refused(nc, R.RESOLVE, ResolveRenderType())
     assert (error.code, error.field) == (ErrorCode.NOT_FOUND, "render_type") and "no default" in error.message
@@ -54,6 +50,6 @@ async def test_shipped_render_types_are_loaded_on_the_first_start_only(
     assert (await resolve(nc)).render_type == "only-one"
     assert await third.stop() == 0
 
-    with sqlite3.connect(data / "registry.sqlite3") as db:
+    with sqlite3.connect(tmp_path / "data" / "registry.sqlite3") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"render_type", "render_type_version", "registry_state"} <= tables

@@ -125,11 +125,11 @@ class _Slot:
         self._scheduler = scheduler
         self._state = state
         self._lease = lease
-        self._freed = False
+        self._freeing: asyncio.Future[None] | None = None
 
     @property
     def freed(self) -> bool:
-        return self._freed
+        return self._freeing is not None
 
     @property
     def instance(self) -> str:
@@ -138,13 +138,24 @@ class _Slot:
     async def refresh(self) -> bool:
         return await self._lease.refresh()
 
+    def free_soon(self) -> None:
+        """Start freeing the slot, beside what the job still does (its outputs are stored meanwhile)."""
+        if self._freeing is None:
+            self._freeing = asyncio.ensure_future(self._release())
+
     async def free(self) -> None:
-        if self._freed:
-            return
-        self._freed = True
-        self._state.running -= 1
-        self._scheduler.pool.notify()
-        await self._lease.release()
+        self.free_soon()
+        assert self._freeing is not None
+        await self._freeing
+
+    async def _release(self) -> None:
+        try:
+            await self._lease.release()
+        finally:
+            # Counted free once the lease is: the fetch loop then takes it again with the released revision (one
+            # request) instead of finding it still held.
+            self._state.running -= 1
+            self._scheduler.pool.notify()
 
 
 @dataclass
@@ -566,16 +577,20 @@ class Scheduler:
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s - (time.time() - started)
         stream_seq = msg.metadata.sequence.stream
-        claimed = await self._claim(row, stream_seq, state.config.name, attempt, started)
+        # Known as running here before the row says so: a cancel, which needs the row running, then finds it.
+        running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
+        try:
+            claimed = await self._claim(row, stream_seq, state.config.name, attempt, started)
+        except BaseException:
+            self.running.pop(job_id, None)
+            raise
         slot = _Slot(self, state, lease)
         if not claimed:  # cancelled between fetch and start
+            self.running.pop(job_id, None)
             self.affinity.ended(job_id)
             await slot.free()
             await msg.ack()
             return
-        running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
-        if (await self.store.require(job_id)).status == "cancelling":  # cancelled while it was being claimed
-            running.cancel.set()
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
         try:
@@ -583,7 +598,7 @@ class Scheduler:
             self.affinity.ran(job_id, result.cached_nodes)
             switch_s = self.affinity.switch_s(job_id, result.cached_nodes, result.node_seconds)
             # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
-            await slot.free()
+            slot.free_soon()
             await started_event
             with tracing.span("outputs.store", instance=state.config.name):
                 outputs = await self._store_outputs(job_id, state, result, limit_at)
@@ -797,7 +812,7 @@ class Scheduler:
         self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState, limit_at: float
     ) -> OutputFile:
         output = await self._save_output(spool, filename, content_type, job_id, limit_at)
-        size = await asyncio.to_thread(image_size, spool)
+        size = image_size(spool)  # a header read: some microseconds, less than a hop to a thread
         if size is not None:
             output = msgspec.structs.replace(output, width=size[0], height=size[1])
         # Not awaited for confirmation: `completed`, sent after it on the same connection, is.

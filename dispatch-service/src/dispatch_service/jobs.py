@@ -17,6 +17,7 @@ from typing import Protocol, cast
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import struct_from
 from contracts.messages.jobs import (
     FINAL_STATUSES,
     GenerationRequest,
@@ -173,14 +174,11 @@ async def prepare_job(
     resolved = await upstream.resolve(
         ResolveRenderType(
             render_type=render_type,
-            params=GenerationParams(
+            params=struct_from(  # seed, size, steps and cfg as asked
+                GenerationParams,
+                request,
                 prompt=built.positive,
                 negative_prompt=built.negative,
-                seed=request.seed,
-                width=request.width,
-                height=request.height,
-                steps=request.steps,
-                cfg=request.cfg,
                 batch_size=request.count if request.count > 1 else None,
                 input_image=input_name,
             ),

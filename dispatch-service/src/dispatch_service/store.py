@@ -18,6 +18,7 @@ from piccolo.custom_types import Combinable
 from piccolo.query.functions.aggregate import Count, Max, Min
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import struct_from
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, OutputFile
 from contracts.messages.render_types import Requirements
@@ -417,15 +418,7 @@ class JobStore:
 
 
 def _instance(row: dict[str, Any]) -> Instance:
-    return Instance(
-        name=row["name"],
-        base_url=row["base_url"],
-        enabled=row["enabled"],
-        slots=row["slots"],
-        weight=row["weight"],
-        auth_header=row["auth_header"],
-        tags=list(row["tags"] or []),
-    )
+    return struct_from(Instance, row, tags=list(row["tags"] or []))
 
 
 def instance_transaction() -> Any:

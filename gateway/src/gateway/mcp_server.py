@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from contracts.errors import ErrorCode, HubError, error_from_validation
+from contracts.messages.base import struct_from
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobProgress
 from contracts.messages.jobs import CANCELLED_BY_CALLER, GenerationRequest, JobView
 from contracts.messages.keys import ApiKey
@@ -315,9 +316,11 @@ class HubMcp:
 
     async def _submit(self, ctx: ServerRequestContext[Any], arguments: GenerateImage) -> str:
         key = _api_key(ctx)
-        fields = {f: getattr(arguments, f) for f in GenerationRequest.__struct_fields__}
-        generation = GenerationRequest(
-            **{**fields, "api_key_id": key.key_id if key else None, "client_name": f"mcp:{key.name}" if key else "mcp"}
+        generation = struct_from(
+            GenerationRequest,
+            arguments,
+            api_key_id=key.key_id if key else None,
+            client_name=f"mcp:{key.name}" if key else "mcp",
         )
         generation = with_key_limits(generation, key)
         return (await self._hub.submit(generation, arguments.idempotency_key, "idempotency_key")).job_id

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from contracts.messages.base import Record, Request
+from contracts.messages.base import Record, Request, struct_from
 from contracts.messages.jobs import JobStatus, JobView, OutputFile, Progress, Timings
 from contracts.messages.keys import WebhookDelivery
 
@@ -57,41 +57,17 @@ class Generation(Record):
 
 def image_link(output: OutputFile, base_url: str) -> ImageLink:
     removed = output.removed_at is not None
-    return ImageLink(
-        output_id=output.output_id,
-        url=None if removed else f"{base_url}/images/{output.output_id}",
-        content_type=output.content_type,
-        size=output.size,
-        filename=output.filename,
-        width=output.width,
-        height=output.height,
-        removed=removed,
-        removed_at=output.removed_at,
+    return struct_from(
+        ImageLink, output, url=None if removed else f"{base_url}/images/{output.output_id}", removed=removed
     )
 
 
 def generation_of(view: JobView, base_url: str) -> Generation:
-    return Generation(
-        job_id=view.job_id,
-        status=view.status,
+    return struct_from(
+        Generation,
+        view,
         done=view.status in ("completed", "failed", "cancelled"),
-        render_type=view.render_type,
-        prompt=view.prompt,
-        positive_prompt=view.positive_prompt,
-        negative_prompt=view.negative_prompt,
-        styles=view.styles,
-        seed=view.seed,
-        width=view.width,
-        height=view.height,
-        instance=view.instance,
-        queue_position=view.queue_position,
-        key_queue_position=view.key_queue_position,
-        estimated_start_at=view.estimated_start_at,
-        progress=view.progress,
         images=[image_link(o, base_url) for o in view.outputs],
-        timings=view.timings,
-        error=view.error,
-        enhancement_error=view.enhancement_error,
     )
 
 

@@ -18,6 +18,7 @@ import msgspec
 from piccolo.columns import Column
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import struct_from
 from contracts.messages.keys import SCOPES, ApiKey, ApiKeyList, CreatedApiKey, KeyDefaults, KeyLimits, KeyWebhooks
 from contracts.runtime.database import write_transaction
 from gateway.tables import ApiKeyRow, KeyDefaultsRow, WebhookRow
@@ -65,17 +66,12 @@ async def _find(*where: Any) -> ApiKeyRecord | None:
 
 
 def _to_key(record: ApiKeyRecord) -> ApiKey:
-    return ApiKey(
-        key_id=record.key_id,
-        name=record.name,
-        prefix=record.prefix,
-        created_at=record.created_at,
-        last_used_at=record.last_used_at,
-        revoked_at=record.revoked_at,
+    return struct_from(
+        ApiKey,
+        record,
         scopes=record.scopes.split(),
-        limits=KeyLimits(**{name: getattr(record, name) for name in KeyLimits.__struct_fields__}),
+        limits=struct_from(KeyLimits, record),
         webhook_urls=record.webhook_urls.split(),
-        webhook_progress=record.webhook_progress,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from contracts.messages.base import struct_from
 from contracts.messages.render_types import ParameterMap, RenderType, RenderTypeSummary
 from registry_service.analysis import check_outputs, requirements_of
 from registry_service.parameters import (
@@ -47,15 +48,10 @@ def same_definition(a: RenderType, b: RenderType) -> bool:
 
 def summary(render_type: RenderType) -> RenderTypeSummary:
     specs = parameter_specs(render_type)
-    return RenderTypeSummary(
-        name=render_type.name,
-        description=render_type.description,
-        output_kind=render_type.output_kind,
-        enabled=render_type.enabled,
-        is_default=render_type.is_default,
-        version=render_type.version,
+    return struct_from(
+        RenderTypeSummary,
+        render_type,
         parameters=[spec.name for spec in specs],
         defaults={spec.name: spec.default for spec in specs if spec.default is not None},
-        requirements=render_type.requirements,
         parameter_specs=specs,
     )

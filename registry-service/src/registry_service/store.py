@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import struct_from
 from contracts.messages.render_types import (
     DeletedRenderType,
     ParameterMap,
@@ -31,6 +32,9 @@ from registry_service.tables import RegistryStateRow, RenderTypeRow, RenderTypeV
 T = TypeVar("T")
 
 SEEDED_KEY = "seeded_render_types"
+# What a rollback takes from the old version: the definition. Name, flags and version stay those of today, and
+# the requirements are derived again from the restored workflow.
+ROLLED_BACK = ("description", "workflow", "parameter_map", "defaults", "limits", "output_kind")
 
 log = get_logger("registry.store")
 
@@ -46,20 +50,14 @@ def _decode(value: Any, kind: type[T]) -> T:
 
 
 def _render_type(row: dict[str, Any]) -> RenderType:
-    return RenderType(
-        name=row["name"],
-        description=row["description"],
+    return struct_from(
+        RenderType,
+        row,
         workflow=_decode(row["workflow"], dict[str, Any]),
         parameter_map=_decode(row["parameter_map"], ParameterMap),
         defaults=_decode(row["defaults"], RenderDefaults),
         limits=_decode(row["limits"], RenderLimits),
         requirements=_decode(row["requirements"], Requirements),
-        output_kind=row["output_kind"],
-        enabled=row["enabled"],
-        is_default=row["is_default"],
-        version=row["version"],
-        updated_at=row["updated_at"],
-        updated_by=row["updated_by"],
     )
 
 
@@ -229,15 +227,7 @@ class RenderTypeStore:
                     details={"valid": known},
                 )
             snapshot = _decode(old["snapshot"], RenderType)
-            restored = msgspec.structs.replace(
-                current,
-                description=snapshot.description,
-                workflow=snapshot.workflow,
-                parameter_map=snapshot.parameter_map,
-                defaults=snapshot.defaults,
-                limits=snapshot.limits,
-                output_kind=snapshot.output_kind,
-            )
+            restored = msgspec.structs.replace(current, **{name: getattr(snapshot, name) for name in ROLLED_BACK})
             try:
                 restored = prepare(restored)
             except HubError as exc:

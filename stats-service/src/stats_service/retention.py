@@ -18,6 +18,7 @@ from typing import Any, Literal
 import msgspec
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.base import struct_from
 from contracts.messages.jobs import DeletedOutputs, OutputFile
 from contracts.messages.stats import RetentionPolicy, RetentionReport
 from stats_service import store
@@ -68,14 +69,7 @@ def _next_run_at(stored: store.PolicyRecord) -> float:
 
 
 def _policy_of(stored: store.PolicyRecord) -> RetentionPolicy:
-    return RetentionPolicy(
-        keep_images_days=stored.keep_images_days,
-        keep_log_days=stored.keep_log_days,
-        run_every_hours=stored.run_every_hours,
-        updated_at=stored.updated_at,
-        last_run=stored.last_report,
-        next_run_at=_next_run_at(stored),
-    )
+    return struct_from(RetentionPolicy, stored, last_run=stored.last_report, next_run_at=_next_run_at(stored))
 
 
 async def get_policy() -> RetentionPolicy:

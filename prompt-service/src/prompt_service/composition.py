@@ -81,6 +81,16 @@ def name_list(names: list[str]) -> str:
     return shown or "(none)"
 
 
+def unknown_styles(unknown: list[str], field: str, hint: str, **details: object) -> HubError:
+    """NOT_FOUND naming the styles that do not exist; `hint` tells the caller what to do (or what was not done)."""
+    return HubError(
+        ErrorCode.NOT_FOUND,
+        f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; {hint}",
+        field=field,
+        details={"unknown": unknown, **details},
+    )
+
+
 def select_styles(requested: list[str] | None, library: list[Style], render_type: str | None) -> Selection:
     """The styles a build applies, in order, or a `HubError` naming every style that cannot be used."""
     ordered = sorted(library, key=listing_order)
@@ -129,13 +139,7 @@ class _Sorting:
     def refuse_the_unusable(self, render_type: str | None, valid: list[str]) -> None:
         unknown, disabled, incompatible = self.unknown, self.disabled, self.incompatible
         if unknown:
-            raise HubError(
-                ErrorCode.NOT_FOUND,
-                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; "
-                f"valid styles: {name_list(valid)}",
-                field="styles",
-                details={"unknown": unknown, "valid": valid},
-            )
+            raise unknown_styles(unknown, "styles", f"valid styles: {name_list(valid)}", valid=valid)
         if disabled:
             raise HubError(
                 ErrorCode.INVALID_REQUEST,

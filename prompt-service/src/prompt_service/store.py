@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.messages.base import struct_from
 from contracts.messages.styles import Style
 from contracts.runtime.database import write_transaction
 from prompt_service.composition import listing_order, name_key
@@ -39,16 +40,12 @@ def _now() -> datetime.datetime:
 
 
 def _style(row: dict[str, Any]) -> Style:
-    return Style(
-        name=row["name"],
-        positive=row["positive"],
-        negative=row["negative"],
-        category=row["category"],
+    return struct_from(
+        Style,
+        row,
         render_types=json.loads(row["render_types"] or "[]"),
         is_default=bool(row["is_default"]),
         enabled=bool(row["enabled"]),
-        sort_order=row["sort_order"],
-        description=row["description"],
     )
 
 

@@ -30,7 +30,7 @@ from contracts.messages.styles import (
     StyleExport,
 )
 from prompt_service import library, store
-from prompt_service.composition import SLOT, misspelt_slot, name_key, name_list, suits
+from prompt_service.composition import SLOT, misspelt_slot, name_key, name_list, suits, unknown_styles
 from prompt_service.store import all_styles, find, transaction
 
 STARTER_FLAG = "starter_styles_loaded"
@@ -155,12 +155,7 @@ async def bulk_styles(req: BulkStyles) -> BulkResult:
         found = {name_key(s.name): s.name for s in await store.styles_named(req.names)}
         unknown = [n for n in req.names if name_key(n) not in found]
         if unknown:
-            raise HubError(
-                ErrorCode.NOT_FOUND,
-                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; nothing was changed",
-                field="names",
-                details={"unknown": unknown},
-            )
+            raise unknown_styles(unknown, "names", "nothing was changed")
         if req.action == "delete":
             await store.delete_styles(req.names)
         elif req.action == "set_category":
@@ -255,13 +250,7 @@ async def export_styles(req: ExportStyles) -> StyleExport:
         unknown = [n for n in req.names if name_key(n) not in by_key]
         if unknown:
             valid = [s.name for s in styles]
-            raise HubError(
-                ErrorCode.NOT_FOUND,
-                f"unknown style{'s' if len(unknown) > 1 else ''} {name_list(unknown)}; existing styles: "
-                f"{name_list(valid)}",
-                field="names",
-                details={"unknown": unknown, "valid": valid},
-            )
+            raise unknown_styles(unknown, "names", f"existing styles: {name_list(valid)}", valid=valid)
         wanted = {name_key(n) for n in req.names}
         styles = [s for s in styles if name_key(s.name) in wanted]
     return StyleExport(

@@ -136,14 +136,20 @@ class Progress(Record):
     percent: float = 0.0
 
 
-class JobView(Record):
+class JobHeading(Record):
+    """The fields every account of a job starts with (the dispatcher's JobView, the stats service's
+    GenerationRecord): which job, how far, and what was asked for."""
+
     job_id: str
     status: JobStatus
-    render_type: str
-    prompt: str
-    positive_prompt: str = ""
+    render_type: str  # "" in a GenerationRecord until the job's `accepted` event has been recorded
+    prompt: str  # what the caller asked for
+    positive_prompt: str = ""  # the final prompts sent to ComfyUI (styles applied, maybe rewritten by the LLM)
     negative_prompt: str = ""
     styles: list[str] = []
+
+
+class JobView(JobHeading):
     seed: int | None = None
     width: int | None = None
     height: int | None = None

@@ -7,19 +7,12 @@ from typing import Annotated, Literal
 import msgspec
 
 from contracts.messages.base import Record, Request
-from contracts.messages.jobs import JobStatus, OutputFile
+from contracts.messages.jobs import JobHeading, JobStatus, OutputFile
 
 
-class GenerationRecord(Record):
+class GenerationRecord(JobHeading):
     """One generation as the stats service recorded it from the job's events (one row per job)."""
 
-    job_id: str
-    status: JobStatus
-    render_type: str  # "" until the job's `accepted` event has been recorded
-    prompt: str  # what the caller asked for
-    positive_prompt: str = ""  # the final prompts sent to ComfyUI (styles applied, maybe rewritten by the LLM)
-    negative_prompt: str = ""
-    styles: list[str] = []
     instance: str | None = None
     seed: int | None = None
     width: int | None = None

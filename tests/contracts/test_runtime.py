@@ -267,6 +267,64 @@ async def test_request_helper_reports_no_responders_and_timeouts(nc: NatsClient)
     await sub.unsubscribe()
 
 
+async def test_an_idempotent_request_held_by_a_replica_that_died_is_asked_again_of_the_one_that_answers(
+    nc: NatsClient,
+) -> None:
+    # A replica killed while it holds a request never answers: the caller asks again after ASK_AGAIN_S (then twice
+    # as long) instead of waiting out the whole timeout; a request not declared idempotent is never asked twice.
+    reads = Endpoint("hub.flaky.read", Say, Said, timeout_s=8, ask_again_s=0.3)
+    writes = Endpoint("hub.flaky.write", Say, Said, timeout_s=1.5)
+    received: Counter[str] = Counter()
+
+    async def dies_holding_the_first(msg) -> None:  # type: ignore[no-untyped-def]
+        received[msg.subject] += 1
+        if received[msg.subject] > 1:  # the restarted replica answers
+            await msg.respond(msgspec.json.encode(Reply(result=Said(text="again", replica="b"))))
+
+    subs = [await nc.subscribe(e.subject, queue="q", cb=dies_holding_the_first) for e in (reads, writes)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await call(nc, reads, Say(text="x"))).text == "again"
+    assert loop.time() - started < 2, "waited for the dead replica's answer"
+    assert received[reads.subject] == 2
+
+    with pytest.raises(HubError) as raised:
+        await call(nc, writes, Say(text="x"))
+    assert raised.value.code is ErrorCode.TIMEOUT and received[writes.subject] == 1
+    received.clear()
+    with pytest.raises(HubError):  # the caller may say this one request is not to be asked twice
+        await call(nc, reads, Say(text="x"), timeout=1, ask_again=False)
+    assert received[reads.subject] == 1
+    for sub in subs:
+        await sub.unsubscribe()
+
+
+async def test_a_request_asked_again_takes_the_first_answer_and_still_reports_nobody_listening(
+    nc: NatsClient,
+) -> None:
+    reads = Endpoint("hub.slow.read", Say, Said, timeout_s=5, ask_again_s=0.2)
+    answered: list[str] = []
+
+    async def slow_first(msg) -> None:  # type: ignore[no-untyped-def]
+        answered.append("asked")
+        if len(answered) == 1:  # the first ask is slow but alive: its answer is taken, whichever comes first
+            await asyncio.sleep(0.5)
+        await msg.respond(msgspec.json.encode(Reply(result=Said(text=f"answer {len(answered)}", replica="a"))))
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def each_in_a_task(msg) -> None:  # type: ignore[no-untyped-def]
+        tasks.append(asyncio.create_task(slow_first(msg)))
+
+    sub = await nc.subscribe(reads.subject, cb=each_in_a_task)
+    said = await call(nc, reads, Say(text="x"))
+    assert said.text.startswith("answer") and len(answered) >= 2
+    await sub.unsubscribe()
+    with pytest.raises(HubError) as raised:  # nobody at all: reported at once, as without asking again
+        await call(nc, Endpoint("hub.nobody.read", Say, Said, ask_again_s=0.2), Say(text="x"))
+    assert raised.value.code is ErrorCode.UNAVAILABLE
+
+
 async def test_streams_are_created_idempotently_on_file_storage(nc: NatsClient) -> None:
     js = nc.jetstream()
     await ensure_stream(js, EVENTS, replicas=1)

@@ -118,6 +118,8 @@ Req = TypeVar("Req", bound=msgspec.Struct)
 Res = TypeVar("Res")
 
 DEFAULT_TIMEOUT_S: Final = 10.0
+# An idempotent read unanswered this long is asked again (its replica may have died holding it; see `call`).
+ASK_AGAIN_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ class Endpoint(Generic[Req, Res]):
     request: type[Req]
     reply: type[Res]
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # Idempotent (a read: asking twice does no harm): unanswered after this, asked again, within `timeout_s`.
+    ask_again_s: float | None = None
 
     @property
     def service(self) -> str:
@@ -148,29 +152,29 @@ class Registry:
     """registry-service: render types and their ComfyUI workflows."""
 
     S = subjects.Registry
-    LIST: Final = Endpoint(S.LIST, ListRenderTypes, RenderTypeList)
-    GET: Final = Endpoint(S.GET, GetRenderType, RenderType)
+    LIST: Final = Endpoint(S.LIST, ListRenderTypes, RenderTypeList, ask_again_s=ASK_AGAIN_S)
+    GET: Final = Endpoint(S.GET, GetRenderType, RenderType, ask_again_s=ASK_AGAIN_S)
     SAVE: Final = Endpoint(S.SAVE, SaveRenderType, RenderType)
     DELETE: Final = Endpoint(S.DELETE, DeleteRenderType, DeletedRenderType)
     SET_DEFAULT: Final = Endpoint(S.SET_DEFAULT, SetDefaultRenderType, RenderType)
-    HISTORY: Final = Endpoint(S.HISTORY, GetRenderTypeHistory, RenderTypeHistory)
+    HISTORY: Final = Endpoint(S.HISTORY, GetRenderTypeHistory, RenderTypeHistory, ask_again_s=ASK_AGAIN_S)
     ROLLBACK: Final = Endpoint(S.ROLLBACK, RollbackRenderType, RenderType)
     ANALYZE: Final = Endpoint(S.ANALYZE, AnalyzeWorkflow, WorkflowAnalysis)
-    RESOLVE: Final = Endpoint(S.RESOLVE, ResolveRenderType, ResolvedWorkflow)
+    RESOLVE: Final = Endpoint(S.RESOLVE, ResolveRenderType, ResolvedWorkflow, ask_again_s=ASK_AGAIN_S)
 
 
 class Prompt:
     """prompt-service: styles, prompt building and LLM enhancement."""
 
     S = subjects.Prompt
-    STYLES_LIST: Final = Endpoint(S.STYLES_LIST, ListStyles, StyleList)
-    STYLES_GET: Final = Endpoint(S.STYLES_GET, GetStyle, Style)
+    STYLES_LIST: Final = Endpoint(S.STYLES_LIST, ListStyles, StyleList, ask_again_s=ASK_AGAIN_S)
+    STYLES_GET: Final = Endpoint(S.STYLES_GET, GetStyle, Style, ask_again_s=ASK_AGAIN_S)
     STYLES_SAVE: Final = Endpoint(S.STYLES_SAVE, SaveStyle, Style)
     STYLES_DELETE: Final = Endpoint(S.STYLES_DELETE, DeleteStyle, Empty)
     STYLES_IMPORT: Final = Endpoint(S.STYLES_IMPORT, ImportStyles, ImportReport)
     STYLES_EXPORT: Final = Endpoint(S.STYLES_EXPORT, ExportStyles, StyleExport)
     STYLES_BULK: Final = Endpoint(S.STYLES_BULK, BulkStyles, BulkResult)
-    BUILD: Final = Endpoint(S.BUILD, BuildPrompt, BuiltPrompt)
+    BUILD: Final = Endpoint(S.BUILD, BuildPrompt, BuiltPrompt, ask_again_s=ASK_AGAIN_S)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
     PREVIEW: Final = Endpoint(S.PREVIEW, BuildPrompt, BuiltPrompt)
     LLM_SETTINGS_GET: Final = Endpoint(S.LLM_SETTINGS_GET, GetLlmSettings, LlmSettings)

@@ -42,9 +42,13 @@ class NatsUpstream:
         return await self._call(endpoints.Registry.RESOLVE, req)
 
     async def build_prompt(self, req: BuildPrompt) -> BuiltPrompt:
-        # Enhancement may call a local LLM: allow it the LLM's own timeout on top of ours.
-        return await self._call(endpoints.Prompt.BUILD, req, extra_s=120 if req.enhance else 0)
+        # Enhancement may call a local LLM: allow it the LLM's own timeout on top of ours, and never ask twice.
+        if req.enhance:
+            return await self._call(endpoints.Prompt.BUILD, req, extra_s=120, ask_again=False)
+        return await self._call(endpoints.Prompt.BUILD, req)
 
-    async def _call(self, endpoint: Endpoint[Req, Res], message: Req, extra_s: float = 0) -> Res:
+    async def _call(
+        self, endpoint: Endpoint[Req, Res], message: Req, extra_s: float = 0, ask_again: bool = True
+    ) -> Res:
         timeout = self._runtime.settings.request_timeout_s + extra_s
-        return await call(self._runtime.nc, endpoint, message, timeout=timeout)
+        return await call(self._runtime.nc, endpoint, message, timeout=timeout, ask_again=ask_again)

@@ -163,6 +163,40 @@ async def _request_with_responders(nc: NatsClient, subject: str, payload: bytes,
     raise AssertionError("unreachable")
 
 
+async def _asked_again_while_unanswered(
+    nc: NatsClient, subject: str, payload: bytes, timeout: float, first_wait_s: float
+) -> Msg:
+    """An idempotent request, asked again while unanswered: after `first_wait_s`, then twice as long each time, of
+    whoever answers `subject` now, the earlier asks still awaited (the first answer wins), all within `timeout`.
+
+    A replica killed while it holds a request never answers it: without this the caller waits out the whole
+    timeout (10 s) although the restarted replica, or another one, would answer at once. An ask that finds nobody
+    listening (the replica is still restarting) ends quietly while an earlier ask is still open."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    next_ask, wait_s = loop.time(), first_wait_s
+    asks: set[asyncio.Future[Msg]] = set()
+    try:
+        while True:
+            if loop.time() >= next_ask:
+                asks.add(asyncio.ensure_future(_request_with_responders(nc, subject, payload, deadline - loop.time())))
+                next_ask, wait_s = loop.time() + wait_s, wait_s * 2
+            done, asks = await asyncio.wait(
+                asks, timeout=max(0.0, min(next_ask, deadline) - loop.time()), return_when=asyncio.FIRST_COMPLETED
+            )
+            for ask in done:
+                error = ask.exception()
+                if error is None:
+                    return ask.result()
+                if not (isinstance(error, NobodyListensError) and asks):
+                    raise error
+            if loop.time() >= deadline:
+                raise HubError(ErrorCode.TIMEOUT, f"{subject} did not answer within {timeout:g} s")
+    finally:
+        for ask in asks:
+            ask.cancel()
+
+
 async def request(
     nc: NatsClient,
     subject: str,
@@ -170,14 +204,20 @@ async def request(
     result_type: type[T],
     *,
     timeout: float = 10.0,
+    ask_again_s: float | None = None,
 ) -> T:
-    """Send `message` to the service answering `subject` and return its result decoded as `result_type`.
+    """Send `message` to the service answering `subject` and return its result decoded as `result_type`;
+    `ask_again_s` (idempotent requests only): asked again while unanswered, see `_asked_again_while_unanswered`.
 
     The untyped form under `call`: for a declared endpoint use `call`, which takes both types from it. The
     service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged to the caller's caller.
     """
+    payload = msgspec.json.encode(message)
     with tracing.span(subject, kind="client"):
-        msg = await _request_with_responders(nc, subject, msgspec.json.encode(message), timeout)
+        if ask_again_s is None:
+            msg = await _request_with_responders(nc, subject, payload, timeout)
+        else:
+            msg = await _asked_again_while_unanswered(nc, subject, payload, timeout, ask_again_s)
     try:
         # Reply is parametrised at run time with the caller's reply type; msgspec decodes and validates to it.
         reply = msgspec.json.decode(msg.data, type=Reply[result_type])  # type: ignore[valid-type]
@@ -186,11 +226,25 @@ async def request(
     return reply.unwrap()
 
 
-async def call(nc: NatsClient, endpoint: Endpoint[Req, Res], message: Req, *, timeout: float | None = None) -> Res:
+async def call(
+    nc: NatsClient,
+    endpoint: Endpoint[Req, Res],
+    message: Req,
+    *,
+    timeout: float | None = None,
+    ask_again: bool = True,
+) -> Res:
     """Ask the service answering `endpoint` and return its typed reply (within `timeout`, by default the
-    endpoint's own). The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged."""
+    endpoint's own). The service's `ErrorInfo` is raised as `HubError`, so it travels on unchanged.
+    An endpoint declared idempotent (`ask_again_s`) is asked again while unanswered, unless `ask_again` is False
+    (this request is not: e.g. a prompt build that runs an LLM)."""
     return await request(
-        nc, endpoint.subject, message, endpoint.reply, timeout=endpoint.timeout_s if timeout is None else timeout
+        nc,
+        endpoint.subject,
+        message,
+        endpoint.reply,
+        timeout=endpoint.timeout_s if timeout is None else timeout,
+        ask_again_s=endpoint.ask_again_s if ask_again else None,
     )
 
 

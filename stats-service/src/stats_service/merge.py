@@ -15,10 +15,9 @@ same events in any order, any number of times, gives the same row:
 
 from __future__ import annotations
 
-import msgspec
-
 from contracts.messages import events
 from contracts.messages.jobs import FINAL_STATUSES, JobStatus, OutputFile, Timings
+from contracts.messages.stats import GenerationRecord
 
 # The status a job is in after each kind of event (a retried job goes back to the queue).
 STATUS_AFTER: dict[type, JobStatus] = {
@@ -34,47 +33,24 @@ STATUS_AFTER: dict[type, JobStatus] = {
 }
 
 
-class JobState(msgspec.Struct, kw_only=True):
-    """The merged state of one job; mirrors the columns of `GenerationRow`."""
+class JobState(GenerationRecord):
+    """The merged state of one job, as its row holds it: the columns of the GenerationRecord the log shows, and
+    the bookkeeping that makes the merge idempotent and independent of order."""
 
-    job_id: str
+    # A state starts from its job id alone (its first event may be any); a record always has these.
     status: JobStatus = "accepted"
-    status_seq: int = 0
-    logged_at: float = 0.0
-    updated_at: float = 0.0
-    has_request: bool = False
     render_type: str = ""
     prompt: str = ""
-    positive_prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] = []
-    instance: str | None = None
+    status_seq: int = 0
+    updated_at: float = 0.0
+    has_request: bool = False
     instance_seq: int = 0
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    api_key_id: str | None = None
-    client_name: str | None = None
-    error: str | None = None
-    enhancement_error: str | None = None
-    attempts: int = 0
-    retry_reasons: list[str] = []
     seen_accepted_at: float | None = None
     seen_started_at: float | None = None
     seen_started_seq: int = 0
     seen_finished_at: float | None = None
     final_timings: Timings | None = None
-    accepted_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    queue_wait_ms: float | None = None
-    run_ms: float | None = None
-    outputs: list[OutputFile] = []
     output_count: int = 0
-    bytes_out: int = 0
-    images_removed: bool = False
-    images_removed_at: float | None = None
-    model_switch_ms: float | None = None
 
     @property
     def is_final(self) -> bool:

@@ -9,7 +9,9 @@ import contextlib
 import io
 import itertools
 import json
+import os
 import random
+import signal
 import time
 import uuid
 from typing import Any
@@ -104,6 +106,32 @@ async def test_api_keys_are_created_listed_and_revoked_over_nats(gw: GatewayHub)
     with pytest.raises(HubError) as raised:
         await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="   "))
     assert raised.value.info.field == "name"
+
+
+async def test_a_revoked_key_is_refused_at_once_by_every_gateway_replica(gw: GatewayHub) -> None:
+    """Each replica caches the keys it checked for a moment; revoking a key (answered by one replica) drops it on
+    every replica, so the next request is refused wherever it lands."""
+    first = gw.hub.processes["gateway"]
+    second = gw.hub.start("gateway")  # a second replica on the same database
+    gw.hub.processes["gateway"] = first
+    try:
+        await second.wait_healthy(gw.nc)
+        urls = [gw.base_url, f"http://127.0.0.1:{second.env['HUB_GATEWAY_PORT']}"]
+        created = await call(gw.nc, endpoints.Gateway.KEYS_CREATE, CreateApiKey(name="two replicas"))
+        auth = {"Authorization": f"Bearer {created.secret}"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            for url in urls:  # checked (and cached) on both
+                deadline = time.monotonic() + 15
+                while (answer := await http.get(f"{url}/api/v1/render-types", headers=auth)).status_code != 200:
+                    assert time.monotonic() < deadline, answer.text
+                    await asyncio.sleep(0.1)
+            await call(gw.nc, endpoints.Gateway.KEYS_REVOKE, RevokeApiKey(key_id=created.key.key_id))
+            await asyncio.sleep(0.1)  # the announcement travels
+            for url in urls:
+                assert (await http.get(f"{url}/api/v1/render-types", headers=auth)).status_code == 401, url
+    finally:
+        second.kill()
+        await second.wait_exit()
 
 
 # -- HTTP checks in front of /mcp -------------------------------------------------------------------
@@ -445,6 +473,42 @@ async def test_cancel_generation_tool_and_budget(gw: GatewayHub) -> None:
                 await asyncio.sleep(0.05)
             assert view.structured_content["status"] == "cancelled"
             assert view.structured_content["error"] == "cancelled by the caller"
+    finally:
+        gw.comfy.work_seconds = 0.2
+
+
+async def test_a_held_call_answers_with_its_job_when_the_dispatcher_stops_answering(gw: GatewayHub) -> None:
+    """The view asked after the budget does not come (the dispatcher is stopped, as a busy one answering 1,000
+    views one by one would be late): the call answers with the job as its events told, not with an error."""
+    gw.comfy.work_seconds = 20.0
+    dispatch = gw.hub.processes["dispatch"].process
+    assert dispatch is not None
+    try:
+        async with Mcp(gw) as session:
+            progress: list[str | None] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                progress.append(message)
+
+            call_tool = session.call_tool(
+                "generate_image", {"prompt": "a lighthouse held", "steps": 50}, progress_callback=on_progress
+            )
+            pending = asyncio.ensure_future(call_tool)
+            deadline = time.monotonic() + 10
+            while not any(m and "%" in m for m in progress):  # running: its progress arrives
+                assert time.monotonic() < deadline and not pending.done()
+                await asyncio.sleep(0.05)
+            os.kill(dispatch.pid, signal.SIGSTOP)
+            try:
+                result = await asyncio.wait_for(pending, 30)
+            finally:
+                os.kill(dispatch.pid, signal.SIGCONT)
+            assert not result.is_error, result.content
+            data = result.structured_content
+            assert data["status"] == "running" and data["done"] is False and data["instance"] == "gw-comfy"
+            assert "a lighthouse held" in data["positive_prompt"] and data["render_type"] == "sdxl"
+            cancelled = await session.call_tool("cancel_generation", {"job_id": data["job_id"]})
+            assert not cancelled.is_error, cancelled.content
     finally:
         gw.comfy.work_seconds = 0.2
 

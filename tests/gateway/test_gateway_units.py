@@ -1,15 +1,20 @@
-"""Pure parts of the gateway: Range parsing, thumbnails, tool schemas, JSON-RPC envelope check."""
+"""Pure parts of the gateway: Range parsing, thumbnails, tool schemas, JSON-RPC envelope check, a followed job's
+view."""
 
 from __future__ import annotations
 
 import io
 import os
 
+import msgspec
 import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
+from contracts.messages import events
+from contracts.messages.jobs import GenerationRequest, OutputFile, SubmitReply, Timings
 from contracts.runtime.output_http import parse_range
+from gateway.followed_job import FollowedJob
 from gateway.http_app import _is_json_rpc_message
 from gateway.mcp_server import TOOLS, _tool_definitions
 from gateway.thumbnails import webp_thumbnail
@@ -65,3 +70,42 @@ def test_tool_schemas_are_valid_json_schemas() -> None:
     generate = definitions[0].input_schema
     Draft202012Validator(generate).validate({"prompt": "a cat", "input_image": {"url": "https://x.example/a.png"}})
     assert not Draft202012Validator(generate).is_valid({"prompt": "a cat", "width": 10})
+
+
+def test_a_followed_job_is_viewed_as_its_events_tell() -> None:
+    """What a held MCP call answers when the dispatcher gives no view in time: the events folded in order."""
+    request = GenerationRequest(prompt="a fox", api_key_id="key_1")
+    followed = FollowedJob("job1", "a fox", SubmitReply(job_id="job1", status="accepted", render_type="sdxl", seed=7))
+    assert followed.view.status == "accepted" and followed.view.render_type == "sdxl" and followed.view.seed == 7
+    accepted = events.JobAccepted(
+        job_id="job1", seq=1, at=100.0, request=request, render_type="sdxl", positive_prompt="a fox, detailed",
+        negative_prompt="blurry", styles=["photo"], seed=7, width=512, height=512,
+    )  # fmt: skip
+    output = OutputFile(output_id="o1", content_type="image/png", size=10, filename="a.png")
+    timings = Timings(accepted_at=100.0, started_at=101.0, finished_at=103.0)
+    steps: list[events.GenerationEvent] = [
+        accepted,
+        events.JobQueued(job_id="job1", seq=2, at=100.1),
+        events.JobStarted(job_id="job1", seq=3, at=101.0, instance="a", attempt=1, comfy_prompt_id="p1"),
+        events.JobRetrying(job_id="job1", seq=4, at=101.5, instance="a", attempt=1, reason="lost"),
+        events.JobStarted(job_id="job1", seq=5, at=102.0, instance="b", attempt=2, comfy_prompt_id="p2"),
+        events.JobProgress(job_id="job1", seq=6, at=102.5, instance="b", value=5, max=20, percent=25.0),
+    ]
+    for event in steps:
+        followed.note(event)
+    running = followed.view
+    assert (running.status, running.instance, running.attempts, running.failures) == ("running", "b", 2, ["a: lost"])
+    assert running.progress.percent == 25.0 and running.positive_prompt == "a fox, detailed"
+    assert running.api_key_id == "key_1" and (running.width, running.height) == (512, 512)
+    followed.note(events.OutputStored(job_id="job1", seq=7, at=102.9, instance="b", output=output))
+    followed.note(events.OutputStored(job_id="job1", seq=7, at=102.9, instance="b", output=output))  # replayed
+    assert followed.view.outputs == [output]
+    followed.note(events.JobCompleted(job_id="job1", seq=8, at=103.0, instance="b", outputs=[output], timings=timings))
+    done = followed.view
+    assert done.status == "completed" and done.outputs == [output] and done.timings == timings
+    assert (done.progress.value, done.progress.max, done.progress.percent) == (20, 20, 100.0)
+    # Started from the dispatcher's view (its queue place), a replayed `queued` event changes nothing.
+    waiting = FollowedJob("job2", "", SubmitReply(job_id="job2", status="accepted", render_type="sdxl"))
+    waiting.start_from(msgspec.structs.replace(running, job_id="job2", status="queued", queue_position=3))
+    waiting.note(events.JobQueued(job_id="job2", seq=2, at=100.1))
+    assert waiting.view.status == "queued" and waiting.view.queue_position == 3

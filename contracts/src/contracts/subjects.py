@@ -117,6 +117,9 @@ class Gateway:
     KEYS_DEFAULTS_SET: Final = "hub.gateway.keys.defaults.set"
     KEYS_WEBHOOKS_SET: Final = "hub.gateway.keys.webhooks.set"
     WEBHOOK_GET: Final = "hub.gateway.webhooks.get"
+    # Published (no reply) with a key id after the key changed (revoked, new limits or webhooks): every replica drops
+    # what it cached of it.
+    KEYS_CHANGED: Final = "hub.gateway.keys.changed"
 
 
 class Ui:

@@ -55,6 +55,11 @@ class Prompt:
     STYLES_CHANGED: Final = Topic(subjects.Prompt.STYLES_CHANGED, Empty)
 
 
+class Gateway:
+    # An API key changed (its id): every replica forgets what it cached of the key.
+    KEYS_CHANGED: Final = Topic(subjects.Gateway.KEYS_CHANGED, str)
+
+
 class Dispatch:
     # A job to cancel (its id): the replica running it interrupts it.
     CANCEL: Final = Topic(subjects.Dispatch.CONTROL_CANCEL, str)

@@ -26,11 +26,12 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from contracts.errors import ErrorCode, HubError, error_from_validation
 from contracts.messages.base import struct_from
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobProgress
-from contracts.messages.jobs import CANCELLED_BY_CALLER, GenerationRequest, JobView
+from contracts.messages.jobs import CANCELLED_BY_CALLER, GenerationRequest, JobView, SubmitReply
 from contracts.messages.keys import ApiKey
 from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway import __version__
+from gateway.followed_job import FollowedJob
 from gateway.hub_client import HubClient
 from gateway.idempotency import UUID_PATTERN
 from gateway.job_access import cancel_own_job, cancellable_job, readable_job
@@ -89,6 +90,10 @@ HEADER_MISMATCH = -32020  # the code the SDK answers for a standard request whos
 PROGRESS_NUDGE = 0.001  # percent: how much a repeated progress notification is raised to stay increasing
 TASK_TOOLS = frozenset({"generate_image"})  # the tools that may run as a task
 TASKS_PAGE_SIZE = 50  # tasks per tasks/list page
+# A held generate_image asks the dispatcher for its job's view twice (its place at the start, its state when it
+# answers): it waits this long for each, with at most this many asked at a time over all calls (_view_within).
+VIEW_WAIT_S = 3.0
+VIEW_REQUESTS_AT_ONCE = 32
 
 
 class _Tool(msgspec.Struct, frozen=True):
@@ -240,6 +245,7 @@ class HubMcp:
         self._log = log
         self._tools = {tool.name: tool for tool in TOOLS}
         self._definitions = _tool_definitions()
+        self._view_slots = anyio.Semaphore(VIEW_REQUESTS_AT_ONCE)
         self.server: Server[Any] = _HubServer(
             "genimage-hub",
             version=__version__,
@@ -314,7 +320,7 @@ class HubMcp:
         view = await cancel_own_job(self._hub, _api_key(ctx), ref.job_id, CANCELLED_BY_CALLER)
         return await self._generation_result(ctx, view, thumbnails=False)
 
-    async def _submit(self, ctx: ServerRequestContext[Any], arguments: GenerateImage) -> str:
+    async def _submit(self, ctx: ServerRequestContext[Any], arguments: GenerateImage) -> SubmitReply:
         key = _api_key(ctx)
         generation = struct_from(
             GenerationRequest,
@@ -323,19 +329,21 @@ class HubMcp:
             client_name=f"mcp:{key.name}" if key else "mcp",
         )
         generation = with_key_limits(generation, key)
-        return (await self._hub.submit(generation, arguments.idempotency_key, "idempotency_key")).job_id
+        return await self._hub.submit(generation, arguments.idempotency_key, "idempotency_key")
 
     async def _tool_generate_image(
         self, ctx: ServerRequestContext[Any], generation: GenerateImage
     ) -> types.CallToolResult | dict[str, Any]:
-        job_id = await self._submit(ctx, generation)
+        reply = await self._submit(ctx, generation)
+        job_id = reply.job_id
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and declares_tasks_extension(ctx.params):
             # The client takes tasks: answer at once with the task; it polls tasks/get (the job is stored, so
             # tasks/get resolves on any gateway replica from now on).
             return {"resultType": "task", **modern_task(await self._hub.job(job_id))}
+        followed = FollowedJob(job_id, generation.prompt or "", reply)
         try:
-            await self._follow(ctx, job_id)
-            view = await self._hub.job(job_id)
+            await self._follow(ctx, followed)
+            view = await self._view_within(job_id) or followed.view
         except anyio.get_cancelled_exc_class():
             # The caller cancelled the request (notifications/cancelled, or closed the 2026-era response
             # stream): cancel the job too, so no GPU time is spent on an image nobody waits for.
@@ -347,13 +355,11 @@ class HubMcp:
             raise
         return await self._generation_result(ctx, view)
 
-    async def _follow(self, ctx: ServerRequestContext[Any], job_id: str) -> None:
-        """Relay progress until the job ends or the budget is spent (the caller then polls get_generation)."""
-        sent: float | None = None
-        view = await self._place_of(job_id)
-        if view is not None and view.status in ("accepted", "queued"):  # its place and the expected start
-            await ctx.session.report_progress(0.0, 100.0, status_message(view))
-            sent = 0.0
+    async def _follow(self, ctx: ServerRequestContext[Any], followed: FollowedJob) -> None:
+        """Relay progress until the job ends or the budget is spent (the caller then polls get_generation); every
+        event is noted in `followed`."""
+        job_id = followed.view.job_id
+        sent = await self._report_place(ctx, followed)
 
         async def report(percent: float, message: str, *, final: bool = False) -> None:
             nonlocal sent
@@ -369,6 +375,7 @@ class HubMcp:
 
         async def follow() -> None:
             async for event in self._hub.events(job_id):
+                followed.note(event)
                 if isinstance(event, JobProgress):
                     await report(min(event.percent, 100.0), progress_message(event))
                 elif isinstance(event, JobCompleted):
@@ -380,17 +387,36 @@ class HubMcp:
         with anyio.move_on_after(self._settings.tool_budget_s):
             await follow()
 
-    async def _place_of(self, job_id: str) -> JobView | None:
-        """The job's view for the first progress notification, or None when the dispatcher does not answer in time:
-        that notification only tells a waiting caller its place, and a burst of submissions (1,000 calls at once)
-        can keep the dispatcher busier than the request timeout; the call follows the job all the same."""
-        try:
-            return await self._hub.job(job_id)
-        except HubError as exc:
-            if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE):
-                raise
-            self._log.info("no queue place for the first progress notification", job_id=job_id, error=str(exc))
+    async def _report_place(self, ctx: ServerRequestContext[Any], followed: FollowedJob) -> float | None:
+        """The first progress notification, the place of a waiting job and its expected start (0.0: sent), from the
+        dispatcher's view, which `followed` starts from; None when the dispatcher gave none in time or the job
+        no longer waits."""
+        view = await self._view_within(followed.view.job_id)
+        if view is None:
             return None
+        followed.start_from(view)
+        if view.status not in ("accepted", "queued"):
+            return None
+        await ctx.session.report_progress(0.0, 100.0, status_message(view))
+        return 0.0
+
+    async def _view_within(self, job_id: str) -> JobView | None:
+        """The dispatcher's view of a held call's job, or None when it does not come within VIEW_WAIT_S: a burst of
+        calls (1,000 submitted at once, their budgets ending together) asks the one dispatcher for as many views at
+        once, more than it answers in a request timeout. The call then goes on with what it followed (FollowedJob):
+        it never fails because the hub is busy. At most VIEW_REQUESTS_AT_ONCE are asked at a time, so a burst does
+        not bury the dispatcher under views nobody waits for any more."""
+        with anyio.move_on_after(VIEW_WAIT_S):
+            try:
+                async with self._view_slots:
+                    return await self._hub.job(job_id)
+            except HubError as exc:
+                if exc.code not in (ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE):
+                    raise
+                self._log.info("the dispatcher gave no view of the job in time", job_id=job_id, error=str(exc))
+                return None
+        self._log.info("the dispatcher gave no view of the job in time", job_id=job_id, waited_s=VIEW_WAIT_S)
+        return None
 
     async def _generation_result(
         self, ctx: ServerRequestContext[Any], view: JobView, *, thumbnails: bool = True
@@ -437,7 +463,7 @@ class HubMcp:
             runnable = ", ".join(t.name for t in TOOLS if t.runs_as_task)
             raise MCPError(METHOD_NOT_FOUND, f"`{name}` cannot run as a task (tools that can: {runnable})")
         try:
-            job_id = await self._submit(ctx, self._arguments(tool, params.get("arguments")))
+            job_id = (await self._submit(ctx, self._arguments(tool, params.get("arguments")))).job_id
             view = await self._hub.job(job_id)
         except msgspec.ValidationError as exc:
             info = error_from_validation(exc, tool.name, tool.input_type)

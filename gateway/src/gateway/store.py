@@ -28,6 +28,11 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 DISPLAY_PREFIX_LENGTH = len(SECRET_PREFIX) + 6
 # last_used_at is written at most this often per key, so a busy key does not cost a write per call.
 LAST_USED_RESOLUTION_S = 60.0
+# A key read from the table is trusted this long without reading it again (a busy client costs no query per
+# request). A change to a key (revoked, new limits or webhooks) drops it at once on the replica that made the change
+# and, by the Gateway.KEYS_CHANGED announcement, on every other replica; this bound covers a lost announcement.
+KEY_CACHE_S = 2.0
+KEY_CACHE_SIZE = 10_000  # keys held at most (emptied when full: a flood of keys costs memory, not correctness)
 
 
 def new_webhook_secret() -> str:
@@ -91,10 +96,45 @@ def _checked_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
+class _KeyCache:
+    """Active keys read recently, by their secret's hash and by key id (see KEY_CACHE_S)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, ApiKeyRecord]] = {}  # hash or key id -> (read at, record)
+        self._changes = 0  # keys forgotten so far: a read that overlapped a change is not kept
+
+    def get(self, name: str) -> ApiKeyRecord | None:
+        entry = self._entries.get(name)
+        if entry is None or time.monotonic() - entry[0] >= KEY_CACHE_S:
+            return None
+        return entry[1]
+
+    def mark(self) -> int:
+        """Taken before a read: `keep` keeps what the read found only if no key changed meanwhile."""
+        return self._changes
+
+    def keep(self, names: tuple[str, ...], record: ApiKeyRecord, mark: int) -> None:
+        if mark != self._changes:
+            return
+        if len(self._entries) >= KEY_CACHE_SIZE:
+            self._entries.clear()
+        for name in names:
+            self._entries[name] = (time.monotonic(), record)
+
+    def forget(self, key_id: str) -> None:
+        self._changes += 1
+        self._entries = {name: entry for name, entry in self._entries.items() if entry[1].key_id != key_id}
+
+
 class ApiKeyStore:
     def __init__(self, *, clock: Any = time.time) -> None:
         self._clock = clock
         self._last_written: dict[str, float] = {}  # key_id -> last_used_at written by this replica
+        self._cache = _KeyCache()
+
+    def forget(self, key_id: str) -> None:
+        """Read the key from the table again at its next use: it changed (here or on another replica)."""
+        self._cache.forget(key_id)
 
     async def create(
         self, name: str, scopes: list[str] | None = None, limits: KeyLimits | None = None
@@ -130,12 +170,14 @@ class ApiKeyStore:
 
     async def key_webhooks(self, key_id: str) -> tuple[list[str], bool]:
         """The webhook URLs of a key and whether they get progress steps (none for an unknown key)."""
-        row = (
-            await ApiKeyRow.select(ApiKeyRow.webhook_urls, ApiKeyRow.webhook_progress)
-            .where(ApiKeyRow.key_id == key_id)
-            .first()
-        )
-        return ([], False) if row is None else (str(row["webhook_urls"]).split(), bool(row["webhook_progress"]))
+        record = self._cache.get(key_id)
+        if record is None:
+            mark = self._cache.mark()
+            record = await _find(ApiKeyRow.key_id == key_id)
+            if record is None:
+                return [], False
+            self._cache.keep((key_id,), record, mark)
+        return record.webhook_urls.split(), record.webhook_progress
 
     async def set_webhooks(self, key_id: str, urls: list[str], progress: bool) -> KeyWebhooks:
         """Replace the key's webhook URLs (checked by the caller). A key made before webhooks gets its first signing
@@ -151,6 +193,7 @@ class ApiKeyStore:
             if new_secret:
                 update[ApiKeyRow.webhook_secret] = new_secret
             await ApiKeyRow.update(update).where(ApiKeyRow.key_id == key_id)
+        self.forget(key_id)
         record.webhook_urls, record.webhook_progress = "\n".join(urls), progress
         return KeyWebhooks(key=_to_key(record), webhook_secret=new_secret)
 
@@ -168,6 +211,7 @@ class ApiKeyStore:
             if record.revoked_at is None:  # revoking twice keeps the first time
                 record.revoked_at = self._clock()
                 await ApiKeyRow.update({ApiKeyRow.revoked_at: record.revoked_at}).where(ApiKeyRow.key_id == key_id)
+        self.forget(key_id)
         return _to_key(record)
 
     async def set_limits(self, key_id: str, limits: KeyLimits) -> ApiKey:
@@ -180,6 +224,7 @@ class ApiKeyStore:
             if record is None:
                 raise _not_found(key_id)
             await ApiKeyRow.update(changes).where(ApiKeyRow.key_id == key_id)
+        self.forget(key_id)
         return _to_key(msgspec.structs.replace(record, **msgspec.structs.asdict(limits)))
 
     async def defaults(self) -> KeyDefaults:
@@ -203,9 +248,14 @@ class ApiKeyStore:
         """The active key whose secret this is, or None; records when it was used (throttled)."""
         if not secret.startswith(SECRET_PREFIX):
             return None
-        record = await _find(ApiKeyRow.secret_hash == hash_secret(secret))
-        if record is None or record.revoked_at is not None:
-            return None
+        digest = hash_secret(secret)
+        record = self._cache.get(digest)
+        if record is None:
+            mark = self._cache.mark()
+            record = await _find(ApiKeyRow.secret_hash == digest)
+            if record is None or record.revoked_at is not None:
+                return None
+            self._cache.keep((digest, record.key_id), record, mark)
         now = self._clock()
         last = max(record.last_used_at or 0.0, self._last_written.get(record.key_id, 0.0))
         if now - last >= LAST_USED_RESOLUTION_S:

@@ -511,6 +511,46 @@ async def test_run_keeps_the_images_a_savewebsocket_node_sends_and_not_sampler_p
         assert drawn.images == [] and [ref.node_id for ref in drawn.outputs] == ["9"]
 
 
+def _ws_save(width: int, height: int, batch: int) -> dict[str, Any]:
+    empty = {"width": width, "height": height, "batch_size": batch, "color": 0x3366CC}
+    return {"1": {"class_type": "EmptyImage", "inputs": empty}, "2": WS_SAVE["2"]}
+
+
+async def test_runs_at_once_share_the_instance_websocket_each_hearing_only_its_prompt(
+    make_double: DoubleFactory,
+) -> None:
+    """One WebSocket per instance: every prompt names its client id, its messages are routed by prompt id and its
+    binary images (which name no prompt) to the prompt running then. A socket that drops is opened again (a new
+    client id) for the next run, which is followed live again (its images come only over the socket)."""
+    comfy = await make_double(sampler_previews=True)
+    steps: dict[str, list[tuple[int, int]]] = {"t2i": [], "big": [], "small": []}
+
+    def noting(name: str) -> Callable[[ProgressUpdate], Awaitable[None]]:
+        async def on_progress(update: ProgressUpdate) -> None:
+            steps[name].append((update.value, update.max))
+
+        return on_progress
+
+    async with ComfyClient(comfy.url, timeout_s=2.0) as client:
+        drawn, big, small = await asyncio.gather(
+            client.run(TXT2IMG, prompt_id="shared-t2i", on_progress=noting("t2i")),
+            client.run(_ws_save(48, 32, 3), prompt_id="shared-big", on_progress=noting("big")),
+            client.run(_ws_save(16, 8, 1), prompt_id="shared-small", on_progress=noting("small")),
+        )
+        assert drawn.images == [] and [ref.node_id for ref in drawn.outputs] == ["9"]  # previews not kept
+        assert [png_size(image.data) for image in big.images] == [(48, 32)] * 3
+        assert [png_size(image.data) for image in small.images] == [(16, 8)]
+        assert [step for step in steps["t2i"] if step[1] == 4] == [(step, 4) for step in range(1, 5)]
+        assert all(step[1] != 4 for step in steps["big"] + steps["small"])  # the sampler's steps are t2i's
+        client_ids = {body["client_id"] for body in comfy.prompts_received}
+        assert len(client_ids) == 1
+
+        assert await client._drop_websockets_for_test() == 1
+        again = await client.run(_ws_save(8, 8, 2), prompt_id="shared-after-drop")
+        assert [png_size(image.data) for image in again.images] == [(8, 8)] * 2
+        assert comfy.prompts_received[-1]["client_id"] not in client_ids
+
+
 def test_binary_frames_parse_as_recorded_types() -> None:
     png = encode_solid_png(2, 2, (1, 2, 3))
     legacy = (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + png
@@ -552,7 +592,8 @@ async def test_run_reports_progress_and_streams_outputs(comfy: ComfyUIDouble, cl
     assert sorted(again.cached_nodes) == sorted(TXT2IMG)
     assert sorted(path.name for path in comfy.output_dir.iterdir()) == ["t2i_00001_.png"]
     client_ids = [body["client_id"] for body in comfy.prompts_received]
-    assert all(c.startswith("hub-") for c in client_ids) and len(set(client_ids)) == 2  # one id per run
+    # One WebSocket for the instance: both runs name its client id, their messages told apart by prompt id.
+    assert all(c.startswith("hub-") for c in client_ids) and len(set(client_ids)) == 1
     assert [body["prompt_id"] for body in comfy.prompts_received] == ["t2i-1", "t2i-2"]
 
 

@@ -1,4 +1,4 @@
-"""An asyncio client for one ComfyUI server: HTTP for everything, one WebSocket per run for live events.
+"""An asyncio client for one ComfyUI server: HTTP for everything, one WebSocket shared by its runs for live events.
 
 Follows the protocol recorded from a real ComfyUI 0.3.64 (`tests/data/comfyui-0.3.64/README.md`) and uses the
 newer `/api/jobs` routes (job status, cancel) when a server offers them. Every failure is mapped onto who is at
@@ -566,20 +566,17 @@ class ComfyClient:
         self._jobs_status_api: bool | None = None
         self._jobs_cancel_api: bool | None = None
         self._seen_version: str | None = None
-        self._run_sockets: set[ClientConnection] = set()
+        self._socket: _SharedSocket | None = None
+        self._socket_opening = asyncio.Lock()  # concurrent first runs wait for one handshake, not one each
         self._closing: set[asyncio.Future[None]] = set()
-        self._spare: _SpareSocket | None = None
 
     def __repr__(self) -> str:  # never shows the auth header
         return f"ComfyClient({self.base_url!r})"
 
     async def aclose(self) -> None:
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            await spare.discard()
-        for ws in list(self._run_sockets):
-            with contextlib.suppress(Exception):
-                await ws.close()
+        socket, self._socket = self._socket, None
+        if socket is not None:
+            await socket.close()
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=QUIET_CANCEL_TIMEOUT_S)
         await self._http.aclose()
@@ -795,31 +792,32 @@ class ComfyClient:
     ) -> RunResult:
         """Submit a workflow and follow it to its end; returns its outputs or raises why it has none.
 
-        Live events come over a WebSocket opened before the submit (with a client id of its own); when the
-        socket drops, `/history` is polled instead. Silence for `stall_timeout_s` triggers a probe: still
-        queued or running -> keep waiting; server silent or prompt gone -> ComfyUnavailable.
+        Live events come over the client's WebSocket (one per instance, its client id on every prompt, messages
+        routed by prompt id), followed before the submit; when the socket drops, `/history` is polled instead.
+        Silence for `stall_timeout_s` triggers a probe: still queued or running -> keep waiting; server silent or
+        prompt gone -> ComfyUnavailable.
         """
         _check_id("prompt_id", prompt_id)
         if not stall_timeout_s > 0 or not total_timeout_s > 0:
             raise ValueError("stall_timeout_s and total_timeout_s must be positive")
         if cancelled is not None and cancelled.is_set():
             raise ComfyInterrupted(f"prompt {prompt_id} was cancelled before it was sent to ComfyUI at {self.base_url}")
-        client_id, ws = await self._run_socket()
+        socket = await self._live_socket()
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        helpers: list[asyncio.Task[None]] = []
+        watcher = asyncio.create_task(_watch(cancelled, events)) if cancelled is not None else None
         server_id: str | None = None
         submitting = False
         settled = False  # the prompt reached an end (or was withdrawn): nothing to clean up on the server
+        if socket is not None:
+            socket.follow(prompt_id, events)  # before the submit: its first messages may come before the answer
         try:
-            if ws is not None:
-                helpers.append(asyncio.create_task(_pump(ws, events)))
-            if cancelled is not None:
-                helpers.append(asyncio.create_task(_watch(cancelled, events)))
             submitting = True  # from here on the prompt may be queued even if no answer comes back
+            client_id = socket.client_id if socket is not None else _new_client_id()
             server_id = await self.submit(workflow, client_id=client_id, prompt_id=prompt_id, extra_data=extra_data)
-            if ws is not None:
-                self._prepare_spare()
-            follower = _Follower(self, server_id, events, ws is not None, on_progress, cancelled, workflow)
+            # A server too old to take our prompt id names it itself, after its first messages may have gone by
+            # unrouted: that prompt is followed by polling.
+            live = socket is not None and server_id == prompt_id
+            follower = _Follower(self, server_id, events, live, on_progress, cancelled, workflow)
             try:
                 return await follower.follow(stall_timeout_s, total_timeout_s)
             finally:
@@ -828,15 +826,10 @@ class ComfyClient:
             settled = True
             raise
         finally:
-            for helper in helpers:
-                helper.cancel()
-            if ws is not None:
-                # Closed in the background: the caller frees the instance's slot for the next job without
-                # waiting for the close handshake (aclose still closes sockets whose close is under way).
-                self._run_sockets.discard(ws)
-                closing = asyncio.ensure_future(ws.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._socket_closed)
+            if watcher is not None:
+                watcher.cancel()
+            if socket is not None:
+                socket.forget(prompt_id)
             if submitting and not settled:
                 await asyncio.shield(self._cancel_quietly(server_id or prompt_id))
 
@@ -869,26 +862,27 @@ class ComfyClient:
             if not follower.settled:
                 await asyncio.shield(self._cancel_quietly(prompt_id))
 
-    async def _run_socket(self) -> tuple[str, ClientConnection | None]:
-        """A greeted WebSocket, with a client id of its own, for one run.
-
-        It is the spare opened in the background during the previous run when that one is still open, else a
-        new one; so back-to-back jobs do not each wait for a handshake.
-        """
-        spare, self._spare = self._spare, None
-        taken: tuple[str, ClientConnection | None] | None = await spare.take() if spare is not None else None
-        if taken is None:
+    async def _live_socket(self) -> _SharedSocket | None:
+        """The client's WebSocket, opened at the first run and again after it closed; None for a server that
+        refuses WebSockets (its prompts are followed by polling). Every prompt names its client id, so ComfyUI
+        sends all their messages on it: one handshake per instance, not one per job."""
+        async with self._socket_opening:
+            socket = self._socket
+            if socket is not None and socket.is_open:
+                return socket
+            self._socket = None
+            if socket is not None:  # closed by the server or the network: its close handshake in the background
+                closing = asyncio.ensure_future(socket.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._socket_closed)
+            # A new client id each time: ComfyUI unregisters a client id when its old socket closes, which would
+            # silence a new socket of the same id.
             client_id = _new_client_id()
-            taken = client_id, await self._open_run_socket(client_id)
-        if taken[1] is not None:
-            self._run_sockets.add(taken[1])
-        return taken
-
-    def _prepare_spare(self) -> None:
-        """Open the next run's socket now (once per accepted prompt, so a server that rejects prompts or has no
-        WebSocket route is not sent sockets it does not need)."""
-        if self._spare is None:
-            self._spare = _SpareSocket(self)
+            ws = await self._open_run_socket(client_id)
+            if ws is None:
+                return None
+            self._socket = _SharedSocket(client_id, ws)
+            return self._socket
 
     async def _open_run_socket(self, client_id: str) -> ClientConnection | None:
         """Connect `/ws?clientId=` and wait for the greeting (the server has registered us by then).
@@ -933,11 +927,14 @@ class ComfyClient:
         return ws
 
     async def _drop_websockets_for_test(self) -> int:
-        """Test hook: close the live run sockets as a network failure would; returns how many."""
-        sockets = list(self._run_sockets)
-        for ws in sockets:
-            ws.transport.abort()
-        return len(sockets)
+        """Test hook: close the live socket as a network failure would, once this client has seen it closed;
+        returns how many were cut (0 or 1)."""
+        socket = self._socket
+        if socket is None or not socket.is_open:
+            return 0
+        socket.ws.transport.abort()
+        await asyncio.wait([socket.reading], timeout=self.timeout_s)
+        return 1
 
     async def _locate(self, prompt_id: str, timeout_s: float) -> tuple[str, dict[str, Any] | None]:
         """Where a prompt is: ("running"|"pending", None), ("finished", history entry) or ("unknown", None)."""
@@ -1037,55 +1034,65 @@ def _new_client_id() -> str:
     return f"hub-{secrets.token_hex(8)}"
 
 
-class _SpareSocket:
-    """A run socket opened ahead of its run. Until it is taken, what the server broadcasts on it (queue
-    status) is read and dropped, so an idle spare never makes the server wait on a full connection."""
+class _SharedSocket:
+    """The WebSocket of one client, shared by every run on its instance. ComfyUI sends a prompt's messages to the
+    socket of the prompt's client id, each naming the prompt (`data.prompt_id`): they go to the queue of the run
+    that follows that prompt. Binary frames name no prompt (legacy previews, SaveImageWebsocket images): they go
+    to the prompt whose message came last, as ComfyUI runs one prompt at a time. What no run follows (`status`
+    broadcasts, other clients' prompts) is dropped, so an idle socket never makes the server wait."""
 
-    def __init__(self, client: ComfyClient) -> None:
-        self._client_id = _new_client_id()
-        self._drain: asyncio.Task[None] | None = None
-        self._opening = asyncio.ensure_future(self._open(client))
+    def __init__(self, client_id: str, ws: ClientConnection) -> None:
+        self.client_id = client_id
+        self.ws = ws
+        self._routes: dict[str, asyncio.Queue[tuple[str, Any]]] = {}
+        self._current: str | None = None  # the prompt ComfyUI runs now, as far as its messages tell
+        self.reading = asyncio.ensure_future(self._read())
 
-    async def _open(self, client: ComfyClient) -> ClientConnection | None:
-        ws = await client._open_run_socket(self._client_id)
-        if ws is not None:
-            self._drain = asyncio.ensure_future(_read_and_drop(ws))
-        return ws
+    @property
+    def is_open(self) -> bool:
+        return not self.reading.done() and self.ws.state is State.OPEN
 
-    async def _stop(self) -> ClientConnection | None:
-        await asyncio.wait([self._opening])  # never raises the opening's error: that is looked at below
-        if self._opening.cancelled() or self._opening.exception() is not None:
-            return None  # e.g. the server is down: the caller opens a socket itself and reports why that fails
-        ws = self._opening.result()
-        if self._drain is not None:
-            self._drain.cancel()  # cancelling a websockets recv() loses no message
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._drain
-        return ws
+    def follow(self, prompt_id: str, events: asyncio.Queue[tuple[str, Any]]) -> None:
+        self._routes[prompt_id] = events
+        if self.reading.done():  # closed meanwhile: the run polls from the start
+            events.put_nowait((_Event.CLOSED, "closed before the prompt was sent"))
 
-    async def take(self) -> tuple[str, ClientConnection] | None:
-        ws = await self._stop()
-        if ws is None:
-            return None
-        if ws.state is not State.OPEN:  # closed while it waited (server restarted, idle timeout of a proxy)
-            with contextlib.suppress(Exception):
-                await ws.close()
-            return None
-        return self._client_id, ws
+    def forget(self, prompt_id: str) -> None:
+        self._routes.pop(prompt_id, None)
 
-    async def discard(self) -> None:
-        if not self._opening.done():
-            self._opening.cancel()
-        ws = await self._stop()
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                await ws.close()
+    async def close(self) -> None:
+        self.reading.cancel()  # cancelling a websockets recv() loses no message
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.reading
+        with contextlib.suppress(Exception):
+            await self.ws.close()
 
+    async def _read(self) -> None:
+        """WebSocket -> the runs' queues, then one CLOSED to each run still following."""
+        reason: Any = "closed by the server"
+        try:
+            async for frame in self.ws:
+                self._route(frame)
+        except ConnectionClosed as exc:
+            reason = exc
+        for events in self._routes.values():
+            events.put_nowait((_Event.CLOSED, reason))
 
-async def _read_and_drop(ws: ClientConnection) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        async for _ in ws:
-            pass
+    def _route(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            events = self._routes.get(self._current) if self._current is not None else None
+            if events is not None:
+                events.put_nowait((_Event.BINARY, frame))
+            return
+        message = _decode_text(frame)
+        data = message.get("data") if isinstance(message, dict) else None
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if not isinstance(prompt_id, str):
+            return  # `status` and the like: no run's business
+        self._current = prompt_id
+        events = self._routes.get(prompt_id)
+        if events is not None:
+            events.put_nowait((_Event.MESSAGE, message))
 
 
 class _Follower:
@@ -1250,22 +1257,6 @@ class _Follower:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def _pump(ws: ClientConnection, events: asyncio.Queue[tuple[str, Any]]) -> None:
-    """WebSocket -> event queue: JSON messages and binary frames (images), then one CLOSED."""
-    reason: Any = "closed by the server"
-    try:
-        async for frame in ws:
-            if isinstance(frame, bytes):
-                events.put_nowait((_Event.BINARY, frame))
-                continue
-            message = _decode_text(frame)
-            if isinstance(message, dict):
-                events.put_nowait((_Event.MESSAGE, message))
-    except ConnectionClosed as exc:
-        reason = exc
-    events.put_nowait((_Event.CLOSED, reason))
 
 
 async def _watch(cancelled: asyncio.Event, events: asyncio.Queue[tuple[str, Any]]) -> None:

@@ -13,10 +13,12 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 from contracts.runtime.bus import ensure_stream, publish
 from contracts.runtime.config import load_settings
-from contracts.runtime.consumers import Durable, Retry, message_headers
+from contracts.runtime.consumers import Durable, DurableFamily, Retry, message_headers
+from contracts.runtime.logs import get_logger
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import StreamSpec
 from contracts.topics import Topic
@@ -213,3 +215,47 @@ async def test_one_key_in_order_different_keys_at_once_with_their_headers(nc: Na
     await until(lambda: ("end", "a2") in log and ("end", "b1") in log, "every note handled")
     assert log.index(("start", "a2:sender-a2")) > log.index(("end", "a1"))  # a's second waited for its first
     assert log.index(("end", "b1")) < log.index(("end", "a1"))  # b did not wait for a
+
+
+async def test_a_family_takes_from_the_chosen_key_and_its_handler_owns_the_ack(nc: NatsClient) -> None:
+    """One durable per key from a template (fair share's per-key consumers): a message is taken from the first
+    named key that has one; the handler acks it when its work ends (later), one it failed on comes back, and one
+    never acknowledged (its replica died) comes back after the ack wait."""
+    stream = a_stream()
+    js = nc.jetstream()
+    await ensure_stream(js, stream, replicas=1)
+    prefix = stream.subjects[0].removesuffix(">")
+
+    def durable_of(key: str) -> Durable[Note]:
+        return durable_on(
+            stream, name=f"family-{key}", filter_subject=f"{prefix}{key}.*", ack_wait_s=2.0, fetch_wait_s=0.2
+        )
+
+    family = DurableFamily(durable_of, lambda: js, 1, get_logger("test"))
+    for key, text in (("a", "first of a"), ("b", "first of b"), ("b", "second of b")):
+        await js.publish(f"{prefix}{key}.x", msgspec.json.encode(Note(text)))
+    owned: list[Msg] = []
+    failed_once: list[str] = []
+
+    async def own(msg: Msg) -> None:
+        text = msgspec.json.decode(msg.data, type=Note).text
+        if text == "second of b" and not failed_once:
+            failed_once.append(text)
+            raise RuntimeError("no room for it")
+        owned.append(msg)
+
+    assert await family.take(["c", "b", "a"], own)  # "c" has none: the next named key gives one
+    assert await family.take(["b"], own)  # fails: nakked, delivered again after nak_delay_s
+    await asyncio.sleep(0.5)
+    assert await family.take(["b"], own)
+    assert not await family.take(["b"], own)  # b's two are owned now, not acknowledged: not given again
+    assert [msgspec.json.decode(m.data, type=Note).text for m in owned] == ["first of b", "second of b"]
+    for msg in owned:
+        await msg.ack()  # the work ended
+    assert await family.take(["a"], own)  # owned, never acknowledged
+    await asyncio.sleep(2.5)  # past ack_wait_s
+    assert not await family.take(["b"], own)  # acknowledged: gone
+    assert await family.take(["a"], own)  # not acknowledged: delivered again
+    assert [msgspec.json.decode(m.data, type=Note).text for m in owned[2:]] == ["first of a", "first of a"]
+    info = await js.consumer_info(stream.name, "family-a")
+    assert info.config.filter_subject == f"{prefix}a.*"

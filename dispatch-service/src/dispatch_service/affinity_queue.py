@@ -101,9 +101,7 @@ class AffinityQueue:
             held = Counter(h.row.api_key_id for h in self.window)
             queues = self._scheduler.queues
             only = self._owed if full else None
-            if not await queues.take_next(
-                self._hold, "could not take a job into the window; it will be delivered again", held, only
-            ):
+            if not await queues.take_next(self._hold, held, only):
                 await queues.wait_for_jobs(self._pool.changed, timeout=0.5)
 
     async def _hold(self, msg: Msg) -> None:

@@ -23,21 +23,20 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import FetchTimeoutError
 
-from contracts.runtime.bus import through_election
 from contracts.runtime.config import Settings
+from contracts.runtime.consumers import Durable, DurableFamily, OwnedHandler
 from contracts.runtime.logs import get_logger
-from contracts.streams import JOBS_STREAM, JOBS_SUBJECTS, job_subject, key_job_subject
+from contracts.streams import JOBS, JOBS_SUBJECTS, job_subject, key_job_subject
 from dispatch_service.store import JobStore, KeyRun, WaitingKey
 
 log = get_logger("fair_share")
@@ -49,7 +48,11 @@ FETCH_TIMEOUT_S = 0.1  # a key whose waiting jobs are all held elsewhere costs t
 UNMEASURED_RUN_S = 1.0  # what a running job counts before any run was measured
 ESTIMATE_EVERY_S = 5.0  # the mean run time is read again this often
 
-Handler = Callable[[Msg], Awaitable[None]]
+
+class JobMessage(msgspec.Struct):
+    """A job's stream message: its row (the job table) says the rest."""
+
+    job_id: str
 
 
 def key_token(api_key_id: str) -> str:
@@ -208,10 +211,9 @@ class KeyQueues:
     ) -> None:
         self._settings = settings
         self._nc = nc
-        self._js = js
         self._store = store
         self._started_of_key = started_of_key
-        self._subscriptions: dict[str | None, Any] = {}
+        self._consumers = DurableFamily(self._durable, lambda: js, settings.jetstream_replicas, log)
         self._arrived = asyncio.Event()
         self._doorbell: Any = None
         self._mean_run_s = UNMEASURED_RUN_S
@@ -219,7 +221,7 @@ class KeyQueues:
         self._taken_over_check_at = 0.0  # when to look for jobs of dead dispatchers again (see _take_taken_over)
 
     async def open(self) -> None:
-        await self._subscription(None)
+        await self._consumers.open(None)
 
         async def rang(_: Msg) -> None:
             self._arrived.set()
@@ -232,30 +234,31 @@ class KeyQueues:
             with contextlib.suppress(Exception):
                 await self._doorbell.unsubscribe()
 
-    async def _subscription(self, api_key_id: str | None) -> Any:
-        subscription = self._subscriptions.get(api_key_id)
-        if subscription is not None:
-            return subscription
+    def _durable(self, api_key_id: str | None) -> Durable[JobMessage]:
+        """The consumer of a key's jobs (None: jobs without a key). The handler owns a job's ack: it is acked when
+        the job ends, kept in progress while it runs, and delivered again to any replica ack_wait after its
+        dispatcher died."""
         if api_key_id is None:
-            durable, subject, idle = CONSUMER, job_subject("*"), None
+            name, subject, idle = CONSUMER, job_subject("*"), None
         else:
             token = key_token(api_key_id)
-            durable, subject, idle = KEY_CONSUMER_PREFIX + token, key_job_subject(token, "*"), KEY_CONSUMER_IDLE_S
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self._settings.dispatch_takeover_s,
-            max_deliver=-1,  # attempts are counted on the job, with their reasons
+            name, subject, idle = KEY_CONSUMER_PREFIX + token, key_job_subject(token, "*"), KEY_CONSUMER_IDLE_S
+        return Durable(
+            name=name,
+            stream=JOBS,
+            message=JobMessage,
+            description="Jobs waiting for a ComfyUI slot" + ("" if api_key_id is None else " (one API key's)"),
+            what="job",
+            doing="placing jobs",
+            ack_wait_s=self._settings.dispatch_takeover_s,
             max_ack_pending=10_000,
-            inactive_threshold=idle,
+            batch=1,
+            fetch_wait_s=FETCH_TIMEOUT_S,
+            nak_delay_s=1.0,
+            retry_delays_s=(0.2,),
+            filter_subject=subject,
+            inactive_threshold_s=idle,
         )
-        subscription = await through_election(
-            lambda: self._js.pull_subscribe(subject, durable=durable, stream=JOBS_STREAM, config=config),
-            f"creating the job consumer {durable}",
-        )
-        self._subscriptions[api_key_id] = subscription
-        return subscription
 
     async def _mean_run(self) -> float:
         if time.monotonic() - self._mean_read_at > ESTIMATE_EVERY_S:
@@ -291,53 +294,30 @@ class KeyQueues:
 
     async def take_next(
         self,
-        handle: Handler,
-        failure: str,
+        handle: OwnedHandler,
         held: Mapping[str | None, int] | None = None,
         only: AbstractSet[str | None] | None = None,
     ) -> bool:
         """Fetch one job from the key whose turn it is (the next key when that one has none to give right now; only
-        keys in `only` when given) and hand it to `handle`; False when no key gave one. A message `handle` fails on
-        is NAKed (logged as `failure`), so it is delivered again."""
+        keys in `only` when given) and hand it over to `handle`, which owns its ack; False when no key gave one. A
+        message `handle` fails on is nakked, so it is delivered again."""
         self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
         keys = ranked(await self.standings(), held or {}, fair=self.fair)
-        for standing in keys:
-            if standing.at_running_limit or (only is not None and standing.api_key_id not in only):
-                continue
-            msg = await self._fetch(standing.api_key_id)
-            if msg is None:
-                continue
-            await _handled(msg, handle, failure)
-            return True
-        return await self._take_taken_over(handle, failure)
+        turns = (
+            standing.api_key_id
+            for standing in keys
+            if not standing.at_running_limit and (only is None or standing.api_key_id in only)
+        )
+        return await self._consumers.take(turns, handle) or await self._take_taken_over(handle)
 
-    async def _take_taken_over(self, handle: Handler, failure: str) -> bool:
+    async def _take_taken_over(self, handle: OwnedHandler) -> bool:
         """A job whose dispatcher died is delivered again after the take-over time with its row still `running`, so
         its key may have no job waiting (no standing): the consumers of keys with running jobs are looked at too,
         every half take-over time (one short fetch each), so such a job is followed or run again all the same."""
         if time.monotonic() < self._taken_over_check_at:
             return False
         self._taken_over_check_at = time.monotonic() + self._settings.dispatch_takeover_s / 2
-        for api_key_id in await self._store.running_keys():
-            msg = await self._fetch(api_key_id)
-            if msg is not None:
-                await _handled(msg, handle, failure)
-                return True
-        return False
-
-    async def _fetch(self, api_key_id: str | None) -> Msg | None:
-        try:
-            subscription = await self._subscription(api_key_id)
-            messages = await subscription.fetch(1, timeout=FETCH_TIMEOUT_S)
-        except (FetchTimeoutError, TimeoutError):
-            return None
-        except Exception as exc:  # NATS restarting, or the key's consumer removed while idle: made again next time
-            log.warning("cannot fetch jobs right now", error=str(exc) or type(exc).__name__, key=api_key_id)
-            if api_key_id is not None:
-                self._subscriptions.pop(api_key_id, None)
-            await asyncio.sleep(0.2)
-            return None
-        return messages[0] if messages else None
+        return await self._consumers.take(await self._store.running_keys(), handle)
 
     async def wait_for_jobs(self, changed: asyncio.Event, timeout: float) -> None:
         """Until a job is queued anywhere (since the last take_next), `changed` is set (a slot freed), or `timeout`."""
@@ -347,14 +327,3 @@ class KeyQueues:
         finally:
             for waiter in waiters:
                 waiter.cancel()
-
-
-async def _handled(msg: Msg, handle: Handler, failure: str) -> None:
-    """`handle(msg)`; a message it fails on is NAKed (logged as `failure`), so it is delivered again."""
-    try:
-        await handle(msg)
-    except Exception:
-        log.exception(failure)
-        # The NAK may fail too (NATS unreachable): the message is then redelivered after ack_wait.
-        with contextlib.suppress(Exception):
-            await msg.nak(delay=1.0)

@@ -68,7 +68,7 @@ from dispatch_service.comfyui import (
     output_nodes_of,
 )
 from dispatch_service.events import EventPublisher, ProgressRelay
-from dispatch_service.fair_share import KeyQueues, subject_of
+from dispatch_service.fair_share import JobMessage, KeyQueues, subject_of
 from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
@@ -112,10 +112,6 @@ def _no_outputs(workflow: dict[str, Any]) -> ComfyNoOutputs:
         f"the WebSocket by its output nodes {', '.join(output_nodes_of(workflow))} (a SaveImageWebsocket image is "
         "lost when the WebSocket drops; text-only nodes such as PreviewAny save nothing)"
     )
-
-
-class JobMessage(msgspec.Struct):
-    job_id: str
 
 
 class _Slot:
@@ -339,7 +335,7 @@ class Scheduler:
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=RETRY_DELAY_S)
                 return
         try:
-            took = await self.queues.take_next(self._place, "could not place a job; it will be delivered again")
+            took = await self.queues.take_next(self._place)
         finally:
             reserved, self._reserved = self._reserved, None
             if reserved is not None:  # no job for it: free again

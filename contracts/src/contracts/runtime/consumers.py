@@ -9,6 +9,11 @@ comes back, here or at another replica), terminate a message that will never dec
 handling keeps failing, create the consumer again if it was deleted, and keep long work alive (`in_progress`) so
 JetStream does not hand it to another replica meanwhile. The replicas of a service share the one durable consumer,
 so they split its messages like a queue; messages not acknowledged (the replica died) are delivered again.
+
+Work that must not be fetched before there is room for it, and that ends long after its handler returns (a job
+waiting for a ComfyUI slot, then running there for minutes), uses `DurableFamily`: durables made per key from one
+template (e.g. one per API key, for fair share), one message fetched at a time from the key the caller chooses for
+that round, and a handler that owns the ack (it acks, naks or keeps the message alive when the work really ends).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -27,12 +32,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import FetchTimeoutError, NotFoundError
 
-from contracts.runtime.bus import ensure_stream
+from contracts.runtime.bus import ensure_stream, through_election
 from contracts.streams import StreamSpec
 
 M = TypeVar("M")
+K = TypeVar("K", bound=Hashable | None)
 
 _headers: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("message_headers", default=None)
 
@@ -52,6 +58,8 @@ class Retry:
 
 MessageHandler = Callable[[M], Awaitable[Retry | None]]  # None: done (acknowledged)
 BatchHandler = Callable[[list[M]], Awaitable[None]]  # returns: all done; raises: all delivered again
+# Owns the message: acks, naks or keeps it in progress itself, when its work really ends; raises: delivered again.
+OwnedHandler = Callable[[Msg], Awaitable[None]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +90,10 @@ class Durable(Generic[M]):
     gather_s: float = 0.0
     # Work that may outlast ack_wait_s: tell JetStream this often that the message is still in progress.
     keep_alive_s: float | None = None
+    # The subjects it takes (default: the stream's first), e.g. those of one key of a family (see DurableFamily).
+    filter_subject: str | None = None
+    # The server removes the consumer unused this long (a family's member); None: never.
+    inactive_threshold_s: float | None = None
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -92,7 +104,8 @@ class Durable(Generic[M]):
             ack_wait=self.ack_wait_s,
             max_deliver=-1,  # never give up on a message: a database outage must not lose it
             max_ack_pending=self.max_ack_pending,
-            filter_subject=self.stream.subjects[0],
+            filter_subject=self.filter_subject or self.stream.subjects[0],
+            inactive_threshold=self.inactive_threshold_s,
         )
 
 
@@ -248,3 +261,65 @@ class DurableConsumer(Generic[M]):
             yield
         finally:
             task.cancel()
+
+    async def fetch_one(self) -> Msg | None:
+        """One message for a handler that owns its ack (see `hand_over`); None when none waits within fetch_wait_s,
+        or when fetching failed (logged, after a short wait; the consumer is made again at the next fetch, e.g. once
+        the server removed it unused or NATS is back)."""
+        try:
+            if self._sub is None:
+                await through_election(self.setup, f"creating the consumer {self.durable.name}")
+            assert self._sub is not None
+            messages = await self._sub.fetch(1, timeout=self.durable.fetch_wait_s)
+        except (FetchTimeoutError, TimeoutError, nats.errors.TimeoutError):
+            return None
+        except Exception as exc:
+            self.log.warning(f"cannot fetch {self.durable.what}s right now", error=str(exc) or type(exc).__name__)
+            self._sub = None
+            await asyncio.sleep(self.durable.retry_delays_s[0])
+            return None
+        return messages[0] if messages else None
+
+    async def hand_over(self, msg: Msg, handler: OwnedHandler) -> None:
+        """`handler(msg)`, which owns the ack from now on; a message it fails on is nakked with nak_delay_s."""
+        try:
+            await handler(msg)
+        except Exception:
+            self.log.exception(f"{self.durable.what} not handled; it will be delivered again", subject=msg.subject)
+            # The nak may fail too (NATS unreachable): the message is then delivered again after ack_wait_s.
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self.durable.nak_delay_s)
+
+
+@dataclass
+class DurableFamily(Generic[K, M]):
+    """Durable consumers made per key from one template, each on first use; one message at a time is taken from
+    the first of the keys the caller names (its choice for this round, e.g. fair share between API keys) that has
+    one, and handed to a handler that owns its ack."""
+
+    durable_of: Callable[[K], Durable[M]]
+    js_of: Callable[[], JetStreamContext]
+    replicas: int
+    log: structlog.stdlib.BoundLogger
+    _members: dict[K, DurableConsumer[M]] = field(default_factory=dict)
+
+    def member(self, key: K) -> DurableConsumer[M]:
+        consumer = self._members.get(key)
+        if consumer is None:
+            consumer = self._members[key] = DurableConsumer(self.durable_of(key), self.js_of, self.replicas, self.log)
+        return consumer
+
+    async def open(self, key: K) -> None:
+        """Create the key's consumer now (at start) rather than at its first fetch."""
+        await through_election(self.member(key).setup, f"creating the consumer {self.member(key).durable.name}")
+
+    async def take(self, keys: Iterable[K], handler: OwnedHandler) -> bool:
+        """Fetch one message from the first of `keys` that has one and hand it over to `handler`; False when none
+        had one."""
+        for key in keys:
+            consumer = self.member(key)
+            msg = await consumer.fetch_one()
+            if msg is not None:
+                await consumer.hand_over(msg, handler)
+                return True
+        return False

@@ -8,7 +8,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -90,15 +90,24 @@ async def test_gateway_routes_and_mcp_methods_are_counted_and_timed(gw: GatewayH
     assert moved("genimage_gateway_http_requests_total", route="/metrics", method="GET", status="200") >= 1
 
 
-async def test_every_replica_answers_and_families_are_merged(gw: GatewayHub) -> None:
-    second = ServiceProcess(
-        name="dispatch",
-        env=hub_env(gw.hub.nats_url, gw.hub.data_dir, HUB_DISPATCH_HEALTH_INTERVAL_S="0.2"),
-        log_path=gw.hub.data_dir / f"dispatch-second-{int(time.time() * 1000)}.log",
+@contextlib.asynccontextmanager
+async def one_more(gw: GatewayHub, name: str, label: str, **env: str) -> AsyncIterator[ServiceProcess]:
+    """Another `name` process beside the hub's (its log named with `label`), healthy on entry, stopped on exit."""
+    process = ServiceProcess(
+        name=name,
+        env=hub_env(gw.hub.nats_url, gw.hub.data_dir, **env),
+        log_path=gw.hub.data_dir / f"{name}-{label}-{int(time.time() * 1000)}.log",
     )
-    second.start()
+    process.start()
     try:
-        await second.wait_healthy(gw.nc)
+        await process.wait_healthy(gw.nc)
+        yield process
+    finally:
+        await process.stop()
+
+
+async def test_every_replica_answers_and_families_are_merged(gw: GatewayHub) -> None:
+    async with one_more(gw, "dispatch", "second", HUB_DISPATCH_HEALTH_INTERVAL_S="0.2"):
         text, samples = await scrape(gw.base_url)
         assert replicas_of(samples, "dispatch") == 2
         assert text.count("# TYPE genimage_dispatch_nats_reconnects_total counter") == 1
@@ -109,19 +118,10 @@ async def test_every_replica_answers_and_families_are_merged(gw: GatewayHub) -> 
             for s in f.samples
         }
         assert len(replicas) == 2
-    finally:
-        await second.stop()
 
 
 async def test_metrics_are_refused_to_clients_outside_the_allowlist(gw: GatewayHub) -> None:
-    gateway = ServiceProcess(
-        name="gateway",
-        env=hub_env(gw.hub.nats_url, gw.hub.data_dir, HUB_METRICS_ALLOW="10.0.0.0/8"),
-        log_path=gw.hub.data_dir / f"gateway-allow-{int(time.time() * 1000)}.log",
-    )
-    gateway.start()
-    try:
-        await gateway.wait_healthy(gw.nc)
+    async with one_more(gw, "gateway", "allow", HUB_METRICS_ALLOW="10.0.0.0/8") as gateway:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.env['HUB_GATEWAY_PORT']}") as http:
             deadline = time.monotonic() + 15
             while (await http.get("/readyz")).status_code != 200:
@@ -131,8 +131,6 @@ async def test_metrics_are_refused_to_clients_outside_the_allowlist(gw: GatewayH
         assert refused.status_code == 403
         error = refused.json()["error"]
         assert error["field"] == "HUB_METRICS_ALLOW" and "127.0.0.1" in error["message"]
-    finally:
-        await gateway.stop()
 
 
 async def scrape_until(base_url: str, moved: Callable[[Samples], bool], timeout_s: float = 15) -> Samples:

@@ -21,8 +21,22 @@ from contracts import endpoints
 from contracts.messages.instances import ListInstances
 from contracts.messages.keys import CreateApiKey, CreatedApiKey
 from contracts.runtime.bus import call
+from hub_deploy.natsserver import NatsServer
 
 UPSCALE_MODEL = "RealESRGAN_x4plus.pth"  # what the shipped `upscale` render type loads
+
+# What a raw MCP client sends with every POST to /mcp (JSON or an SSE stream back).
+MCP_ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def mcp_initialize(version: str, *, request_id: int = 1, client: str = "raw") -> dict[str, Any]:
+    """A raw JSON-RPC `initialize` request of this MCP protocol version, for tests that speak HTTP to /mcp."""
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": client, "version": "1"}},
+    }
 
 
 @dataclass
@@ -77,6 +91,20 @@ async def gateway_hub(  # type: ignore[no-untyped-def]
         if comfy is not None:
             await comfy.stop()
         await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def hub_on_own_nats(root: Path, **settings: Any) -> AsyncIterator[tuple[GatewayHub, NatsServer]]:
+    """`gateway_hub(**settings)` on a nats-server of its own (store in root/jetstream, data in root/data), for a test
+    that stops NATS or kills services where the other tests' hub must not feel it."""
+    server = NatsServer(root / "jetstream", log_file=root / "nats.log")
+    server.start()
+    (root / "data").mkdir()
+    try:
+        async with gateway_hub(server.url, root / "data", **settings) as running:
+            yield running, server
+    finally:
+        server.stop()
 
 
 def gateway_fixture(

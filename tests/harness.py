@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 import pytest
@@ -22,6 +23,8 @@ from hub_deploy.natsserver import NatsServer, free_port
 from hub_deploy.services import SERVICES, ping_all, wait_healthy
 
 MODULES = dict(SERVICES)
+
+T = TypeVar("T")
 
 
 def hub_env(nats_url: str, data_dir: Path, **overrides: str) -> dict[str, str]:
@@ -139,3 +142,15 @@ def module_fixture(name: str, folder: str, opened: Callable[[str, Path], Abstrac
             yield value
 
     return running
+
+
+async def polled(ask: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, within_s: float = 30) -> T:
+    """What `ask()` answers once `done` holds of it (asked every 0.1 s); the test fails with the last answer after
+    `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        answer = await ask()
+        if done(answer):
+            return answer
+        assert time.monotonic() < deadline, answer
+        await asyncio.sleep(0.1)

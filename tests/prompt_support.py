@@ -88,6 +88,12 @@ async def build(
     return await call(nc, endpoint, BuildPrompt(prompt=prompt, **fields))
 
 
+async def built_with(nc: NatsClient, library: list[Style], prompt: str, **fields: Any) -> BuiltPrompt:
+    """`prompt` built with every style of `library`, in its order, after the library became exactly `library`."""
+    await replace_styles(nc, library)
+    return await build(nc, prompt, styles=[style.name for style in library], **fields)
+
+
 async def save_llm(nc: NatsClient, **fields: Any) -> LlmSettings:
     return await call(nc, P.LLM_SETTINGS_SAVE, SaveLlmSettings(settings=LlmSettings(**fields)))
 

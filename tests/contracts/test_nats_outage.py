@@ -30,7 +30,7 @@ import httpx2
 import nats
 import pytest
 from dispatch_support import Hub, events_of
-from gateway_support import GatewayHub, gateway_hub, sse_events
+from gateway_support import GatewayHub, hub_on_own_nats, sse_events
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -40,18 +40,11 @@ from hub_deploy.natsserver import NatsServer, free_port
 pytestmark = pytest.mark.slow
 
 
-@contextlib.asynccontextmanager
-async def outage_hub(tmp_path: Path, job_timeout_s: int) -> AsyncIterator[tuple[GatewayHub, NatsServer]]:
+def outage_hub(
+    tmp_path: Path, job_timeout_s: int
+) -> contextlib.AbstractAsyncContextManager[tuple[GatewayHub, NatsServer]]:
     """A hub on its own nats-server (fixed port and store), which the test stops and starts again."""
-    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
-    server.start()
-    (tmp_path / "data").mkdir()
-    try:
-        env = {"HUB_DISPATCH_JOB_TIMEOUT_S": str(job_timeout_s)}
-        async with gateway_hub(server.url, tmp_path / "data", services_env=env) as gw:
-            yield gw, server
-    finally:
-        server.stop()
+    return hub_on_own_nats(tmp_path, services_env={"HUB_DISPATCH_JOB_TIMEOUT_S": str(job_timeout_s)})
 
 
 @contextlib.asynccontextmanager
@@ -212,35 +205,29 @@ async def test_slots_freed_while_nats_is_down_take_jobs_as_soon_as_it_is_back(tm
     """Both slots' jobs finish on ComfyUI while NATS is down: their leases are released once NATS is back, so the
     next job starts at once, not after the take-over time (before: the releases were dropped and every slot
     looked taken until the leases expired, 60 s here)."""
-    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
-    server.start()
-    (tmp_path / "data").mkdir()
     env = {"HUB_DISPATCH_TAKEOVER_S": "60"}
-    try:
-        async with (
-            gateway_hub(server.url, tmp_path / "data", services_env=env) as gw,
-            httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http,
-        ):
-            gw.comfy.work_seconds = 0.5
-            first = [await submit_running(http, gw), await submit_running(http, gw)]  # the instance's 2 slots
-            server.stop()
-            for job_id in first:
-                await comfyui_finished(gw, job_id)
-            server.start()
-            back, back_at = time.monotonic(), time.time()
-
-            while (submitted := await http.post("/api/v1/generations", json={"prompt": "next"}, headers=gw.auth)
-                   ).status_code == 503:  # fmt: skip
-                assert time.monotonic() - back < 10, submitted.text
-                await asyncio.sleep(0.1)
-            assert submitted.status_code == 202, submitted.text
-            view = await wait_final(http, gw, submitted.json()["job_id"], timeout_s=20)
-            assert view["status"] == "completed", view
-            assert view["timings"]["started_at"] - back_at < 5.0, view
-            for job_id in first:
-                assert (await wait_final(http, gw, job_id, timeout_s=20))["status"] == "completed"
-    finally:
+    async with (
+        hub_on_own_nats(tmp_path, services_env=env) as (gw, server),
+        httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http,
+    ):
+        gw.comfy.work_seconds = 0.5
+        first = [await submit_running(http, gw), await submit_running(http, gw)]  # the instance's 2 slots
         server.stop()
+        for job_id in first:
+            await comfyui_finished(gw, job_id)
+        server.start()
+        back, back_at = time.monotonic(), time.time()
+
+        while (submitted := await http.post("/api/v1/generations", json={"prompt": "next"}, headers=gw.auth)
+               ).status_code == 503:  # fmt: skip
+            assert time.monotonic() - back < 10, submitted.text
+            await asyncio.sleep(0.1)
+        assert submitted.status_code == 202, submitted.text
+        view = await wait_final(http, gw, submitted.json()["job_id"], timeout_s=20)
+        assert view["status"] == "completed", view
+        assert view["timings"]["started_at"] - back_at < 5.0, view
+        for job_id in first:
+            assert (await wait_final(http, gw, job_id, timeout_s=20))["status"] == "completed"
 
 
 async def test_a_submission_in_flight_when_nats_goes_away_is_answered_503_at_once(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import httpx2
 import pytest
-from gateway_support import GatewayHub, gateway_fixture
+from gateway_support import MCP_ACCEPT, GatewayHub, gateway_fixture, mcp_initialize
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -148,20 +148,14 @@ async def test_an_unknown_scope_is_refused_naming_the_field(gw: GatewayHub) -> N
 
 # -- Host and Origin (DNS rebinding) -------------------------------------------------------------------
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = mcp_initialize("2025-11-25")
 
 
 async def test_a_rebound_name_is_refused_on_mcp_and_rest_even_with_a_valid_key(gw: GatewayHub) -> None:
     port = gw.base_url.rsplit(":", 1)[1]
     rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
     async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as http:
-        mcp = await http.post("/mcp", json=INIT, headers={**ACCEPT, **rebound})
+        mcp = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, **rebound})
         assert mcp.status_code == 403
         error = mcp.json()["error"]  # a JSON-RPC error: MCP clients show its message
         assert "HUB_GATEWAY_ALLOWED_HOSTS=evil.example" in error["message"] and error["data"]["field"] == "Host"
@@ -177,7 +171,7 @@ async def test_a_rebound_name_is_refused_on_mcp_and_rest_even_with_a_valid_key(g
 async def test_a_foreign_origin_is_refused_under_an_allowed_host(gw: GatewayHub) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as http:
         for origin in ("https://evil.example", "null"):
-            refused = await http.post("/mcp", json=INIT, headers={**ACCEPT, "Origin": origin})
+            refused = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, "Origin": origin})
             assert refused.status_code == 403, origin
             assert "HUB_GATEWAY_ALLOWED_ORIGINS" in refused.json()["error"]["message"]
             assert (await http.get("/api/v1/styles", headers={"Origin": origin})).status_code == 403
@@ -194,7 +188,7 @@ async def test_loopback_names_and_the_listed_public_name_pass(gw: GatewayHub) ->
             (f"127.0.0.1:{port}", "http://localhost:5173"),
             (PUBLIC_NAME, f"https://{PUBLIC_NAME}"),
         ):
-            answer = await http.post("/mcp", json=INIT, headers={**ACCEPT, "Host": host, "Origin": origin})
+            answer = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, "Host": host, "Origin": origin})
             assert answer.status_code == 200, (host, answer.text)
             rest = await http.get("/api/v1/render-types", headers={"Host": host})
             assert rest.status_code == 200, (host, rest.text)

@@ -22,7 +22,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from dispatch_support import retention_removes_images_of
-from gateway_support import GatewayHub, gateway_fixture
+from gateway_support import MCP_ACCEPT, GatewayHub, gateway_fixture, mcp_initialize
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
@@ -136,13 +136,7 @@ async def test_a_revoked_key_is_refused_at_once_by_every_gateway_replica(gw: Gat
 
 # -- HTTP checks in front of /mcp -------------------------------------------------------------------
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-}
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = mcp_initialize("2025-06-18")
 
 
 @pytest.mark.parametrize(
@@ -155,7 +149,7 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 )
 async def test_mcp_refuses_missing_or_bad_keys(gw: GatewayHub, headers: dict[str, str], problem: str) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
-        response = await http.post("/mcp", json=INIT, headers={**ACCEPT, **headers})
+        response = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, **headers})
     assert response.status_code == 401
     # RFC 6750: the key is wrong (invalid_token), said in words; no resource_metadata pointing at an OAuth server.
     challenge = response.headers["www-authenticate"]
@@ -185,17 +179,19 @@ async def test_a_wrong_key_reads_as_an_invalid_api_key_in_the_sdk_client(gw: Gat
 
 async def test_mcp_refuses_foreign_origins_and_accepts_loopback(gw: GatewayHub) -> None:
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
-        foreign = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth, "Origin": "https://evil.example"})
+        foreign = await http.post(
+            "/mcp", json=INIT, headers={**MCP_ACCEPT, **gw.auth, "Origin": "https://evil.example"}
+        )
         assert foreign.status_code == 403
-        local = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth, "Origin": "http://localhost:5173"})
+        local = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, **gw.auth, "Origin": "http://localhost:5173"})
         assert local.status_code == 200, local.text
 
 
 async def raw_session(http: httpx.AsyncClient, gw: GatewayHub) -> dict[str, str]:
     """Initialize over raw HTTP; the headers the following requests need."""
-    response = await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth})
+    response = await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, **gw.auth})
     assert response.status_code == 200, response.text
-    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": "2025-06-18"}
+    headers = {**MCP_ACCEPT, **gw.auth, "MCP-Protocol-Version": "2025-06-18"}
     if "mcp-session-id" in response.headers:
         headers["Mcp-Session-Id"] = response.headers["mcp-session-id"]
     done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
@@ -240,8 +236,8 @@ async def test_malformed_json_rpc_gets_the_right_error_codes(gw: GatewayHub) -> 
         assert rpc_error(await http.post("/mcp", json=no_tool, headers=headers))["code"] == -32602
 
         for version in ("2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01", "2024-11-05", "2026-07-28"):
-            init = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
-            answer = await http.post("/mcp", json=init, headers={**ACCEPT, **gw.auth})
+            init = mcp_initialize(version)
+            answer = await http.post("/mcp", json=init, headers={**MCP_ACCEPT, **gw.auth})
             assert answer.status_code == 200
             agreed = sse_or_json(answer)["result"]["protocolVersion"]
             # A listed version is kept; any other is answered with the hub's own newest one (the spec's rule),
@@ -264,23 +260,23 @@ async def test_a_rejected_request_names_no_session_that_was_never_created(gw: Ga
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
         for body, headers, status in (
             (INIT, {**gw.auth, "Accept": "text/html", "Content-Type": "application/json"}, 406),
-            (listing, {**ACCEPT, **gw.auth}, 400),  # not initialize, and no session
-            (b"{not json", {**ACCEPT, **gw.auth}, 400),
+            (listing, {**MCP_ACCEPT, **gw.auth}, 400),  # not initialize, and no session
+            (b"{not json", {**MCP_ACCEPT, **gw.auth}, 400),
         ):
             sent = {"content": body} if isinstance(body, bytes) else {"json": body}
             answer = await http.post("/mcp", headers=headers, **sent)  # type: ignore[arg-type]
             assert answer.status_code == status, answer.text
             assert "mcp-session-id" not in answer.headers, (body, answer.headers)
         # An accepted initialize still gets its session.
-        assert "mcp-session-id" in (await http.post("/mcp", json=INIT, headers={**ACCEPT, **gw.auth})).headers
+        assert "mcp-session-id" in (await http.post("/mcp", json=INIT, headers={**MCP_ACCEPT, **gw.auth})).headers
 
 
 async def test_a_batch_on_a_2025_03_26_session_is_answered_as_that_revision_says(gw: GatewayHub) -> None:
-    old = {**INIT, "params": {**INIT["params"], "protocolVersion": "2025-03-26"}}  # type: ignore[dict-item]
+    old = mcp_initialize("2025-03-26")
     async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http:
-        started = await http.post("/mcp", json=old, headers={**ACCEPT, **gw.auth})
+        started = await http.post("/mcp", json=old, headers={**MCP_ACCEPT, **gw.auth})
         assert sse_or_json(started)["result"]["protocolVersion"] == "2025-03-26"
-        session = {**ACCEPT, **gw.auth, "Mcp-Session-Id": started.headers["mcp-session-id"]}
+        session = {**MCP_ACCEPT, **gw.auth, "Mcp-Session-Id": started.headers["mcp-session-id"]}
         initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
         assert (await http.post("/mcp", json=[initialized], headers=session)).status_code == 202
         batch = [
@@ -547,7 +543,7 @@ async def test_the_2026_era_works_without_a_handshake(gw: GatewayHub) -> None:
         "params": {"name": "list_render_types", "arguments": {}, "_meta": meta},
     }
     headers = {
-        **ACCEPT,
+        **MCP_ACCEPT,
         **gw.auth,
         "MCP-Protocol-Version": "2026-07-28",
         "Mcp-Method": "tools/call",
@@ -664,7 +660,7 @@ async def test_stdio_bridge_speaks_every_era_to_the_hub(gw: GatewayHub) -> None:
         assert "not found" in unknown_task["error"]["message"], unknown_task
     for version in ("2025-03-26", "2025-06-18", "2025-11-25"):
         async with StdioBridge(f"{gw.base_url}/mcp", gw.key.secret) as bridge:
-            init = {**INIT, "params": {**INIT["params"], "protocolVersion": version}}  # type: ignore[dict-item]
+            init = mcp_initialize(version)
             assert (await bridge.ask(init))["result"]["protocolVersion"] == version
             await bridge.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
             listed = await bridge.ask({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})

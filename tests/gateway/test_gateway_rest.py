@@ -9,6 +9,7 @@ import io
 import itertools
 import time
 import uuid
+from functools import partial
 
 import httpx
 import msgspec
@@ -16,6 +17,7 @@ import pytest
 from dispatch_support import events_of
 from doubles.png import encode_solid_png, png_size
 from gateway_support import GatewayHub
+from harness import polled
 from openapi_spec_validator import validate
 
 from contracts import endpoints
@@ -217,16 +219,11 @@ async def figures_of(gw: GatewayHub, render_type: str, jobs: int) -> FigureRow:
     """The stats service's figures of one render type, once it has recorded `jobs` finished jobs."""
     if "stats" not in gw.hub.processes:
         await gw.hub.start("stats").wait_healthy(gw.nc)
-    deadline = time.monotonic() + 20
-    while True:
-        figures = await call(
-            gw.nc, endpoints.Stats.FIGURES, QueryFigures(group_by="render_type", render_type=render_type)
-        )
-        total = figures.total
-        if total is not None and total.completed + total.failed >= jobs:
-            return total
-        assert time.monotonic() < deadline, figures
-        await asyncio.sleep(0.1)
+    ask = partial(call, gw.nc, endpoints.Stats.FIGURES, QueryFigures(group_by="render_type", render_type=render_type))
+    figures = await polled(
+        ask, lambda f: f.total is not None and f.total.completed + f.total.failed >= jobs, within_s=20
+    )
+    return figures.total
 
 
 async def test_images_sent_over_the_websocket_are_stored_and_a_job_that_loses_them_fails(

@@ -8,12 +8,14 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
 import pytest
-from gateway_support import GatewayHub
-from test_gateway_mcp import ACCEPT, sse_or_json
+from gateway_support import MCP_ACCEPT, GatewayHub, mcp_initialize
+from harness import polled
+from test_gateway_mcp import sse_or_json
 
 from contracts import endpoints
 from contracts.messages.jobs import GetJob, JobView, ListJobs, QueueViewRequest
@@ -44,21 +46,12 @@ class Legacy:
         self._id = 1
 
     async def start(self) -> Legacy:
-        init = {
-            "jsonrpc": "2.0",
-            "id": 0,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        }
-        answer = await self.http.post("/mcp", json=init, headers={**ACCEPT, **self.auth})
+        init = mcp_initialize("2025-11-25", request_id=0, client="t")
+        answer = await self.http.post("/mcp", json=init, headers={**MCP_ACCEPT, **self.auth})
         result = sse_or_json(answer)["result"]
         assert result["protocolVersion"] == "2025-11-25"
         self.capabilities = result["capabilities"]
-        self.headers = {**ACCEPT, **self.auth, "MCP-Protocol-Version": "2025-11-25"}
+        self.headers = {**MCP_ACCEPT, **self.auth, "MCP-Protocol-Version": "2025-11-25"}
         if "mcp-session-id" in answer.headers:
             self.headers["Mcp-Session-Id"] = answer.headers["mcp-session-id"]
         done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
@@ -90,7 +83,7 @@ async def modern(
         "io.modelcontextprotocol/clientCapabilities": capabilities,
     }
     message = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
-    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    headers = {**MCP_ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
     name = params.get("name") or params.get("taskId") if name is None else name
     if name:
         headers["Mcp-Name"] = name
@@ -100,13 +93,8 @@ async def modern(
 
 
 async def wait_status(gw: GatewayHub, job_id: str, *statuses: str, within_s: float = 30) -> JobView:
-    deadline = time.monotonic() + within_s
-    while True:
-        view = await call(gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
-        if view.status in statuses:
-            return view
-        assert time.monotonic() < deadline, view
-        await asyncio.sleep(0.1)
+    ask = partial(call, gw.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id))
+    return await polled(ask, lambda view: view.status in statuses, within_s=within_s)
 
 
 # -- 2025-11-25 ------------------------------------------------------------------------------------------
@@ -306,7 +294,7 @@ async def test_modern_requests_are_checked_against_their_headers_and_version(
         "io.modelcontextprotocol/clientCapabilities": {},
     }
     future = {"jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": meta}}
-    headers = {**ACCEPT, **gw.auth, "MCP-Protocol-Version": "2099-01-01", "Mcp-Method": "tools/list"}
+    headers = {**MCP_ACCEPT, **gw.auth, "MCP-Protocol-Version": "2099-01-01", "Mcp-Method": "tools/list"}
     answer = await http.post("/mcp", json=future, headers=headers)
     assert answer.status_code == 400
     error = sse_or_json(answer)["error"]
@@ -334,7 +322,7 @@ class ListenStream:
                 "method": "subscriptions/listen",
                 "params": {"notifications": notifications, "_meta": meta},
             },
-            headers={**ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"},
+            headers={**MCP_ACCEPT, **gw.auth, "MCP-Protocol-Version": MODERN, "Mcp-Method": "subscriptions/listen"},
         )
 
     async def __aenter__(self) -> ListenStream:

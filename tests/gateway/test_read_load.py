@@ -16,12 +16,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from dispatch_support import events_of
-from gateway_support import GatewayHub, gateway_hub, sse_events
+from gateway_support import GatewayHub, hub_on_own_nats, sse_events
 from nats.js import JetStreamContext
 
 from contracts.runtime.storage import OUTPUTS_STREAM, ObjectStoreOutputs
 from contracts.streams import EVENTS_STREAM
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +30,8 @@ SIZES = [1, 1000, 128 * 1024, 128 * 1024 + 1, 300_000, 700_001]
 
 @pytest.fixture(scope="module")
 async def gw(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayHub]:
-    root = tmp_path_factory.mktemp("read-load")
-    server = NatsServer(root / "jetstream", log_file=root / "nats-server.log")
-    server.start()
-    try:
-        (root / "data").mkdir()
-        async with gateway_hub(server.url, root / "data") as running:
-            yield running
-    finally:
-        server.stop()
+    async with hub_on_own_nats(tmp_path_factory.mktemp("read-load")) as (running, _):
+        yield running
 
 
 @contextlib.asynccontextmanager

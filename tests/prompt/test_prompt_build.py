@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, build, failure, prompt_fixture, replace_styles
+from prompt_support import P, build, built_with, failure, prompt_fixture, replace_styles
 
 from contracts.errors import ErrorCode
 from contracts.messages.styles import BuildPrompt, Style
@@ -20,14 +20,9 @@ def style(name: str, positive: str = "{prompt}", negative: str = "", **fields: o
 async def test_styles_apply_in_the_order_named_each_wrapping_the_result_of_the_previous(
     service: ServiceProcess, nc: NatsClient
 ) -> None:
-    await replace_styles(
-        nc,
-        [
-            style("frame", "framed picture of {prompt}, gold frame", "ugly frame"),
-            style("noir", "film noir still of {prompt}, black and white", "color"),
-        ],
-    )
-    built = await build(nc, "a cat on a roof", negative_prompt="dog", styles=["frame", "noir"])
+    frame = style("frame", "framed picture of {prompt}, gold frame", "ugly frame")
+    noir = style("noir", "film noir still of {prompt}, black and white", "color")
+    built = await built_with(nc, [frame, noir], "a cat on a roof", negative_prompt="dog")
     assert built.positive == "film noir still of framed picture of a cat on a roof, gold frame, black and white"
     assert built.negative == "dog, ugly frame, color"
     assert built.styles_applied == ["frame", "noir"]
@@ -43,14 +38,9 @@ async def test_styles_apply_in_the_order_named_each_wrapping_the_result_of_the_p
 async def test_a_template_without_a_slot_is_appended_and_a_negative_with_a_slot_wraps(
     service: ServiceProcess, nc: NatsClient
 ) -> None:
-    await replace_styles(
-        nc,
-        [
-            style("vivid", "vivid colors, high contrast", "dull"),
-            style("strict", "{prompt}", "({prompt}:1.2)"),
-        ],
-    )
-    built = await build(nc, "a lighthouse at dusk", negative_prompt="fog", styles=["vivid", "strict"])
+    vivid = style("vivid", "vivid colors, high contrast", "dull")
+    strict = style("strict", "{prompt}", "({prompt}:1.2)")
+    built = await built_with(nc, [vivid, strict], "a lighthouse at dusk", negative_prompt="fog")
     assert built.positive == "a lighthouse at dusk, vivid colors, high contrast"
     assert built.negative == "(fog, dull:1.2)"
     details = {t.style: t.detail for t in built.trace if t.step == "style"}
@@ -64,16 +54,9 @@ async def test_a_template_without_a_slot_is_appended_and_a_negative_with_a_slot_
 async def test_fragments_a_style_repeats_are_dropped_but_the_users_own_words_are_kept(
     service: ServiceProcess, nc: NatsClient
 ) -> None:
-    await replace_styles(
-        nc,
-        [
-            style("sharp", "{prompt}, Highly Detailed, sharp focus", "blurry, lowres"),
-            style("crisp", "{prompt}, sharp focus, 8k", "blurry, noise"),
-        ],
-    )
-    built = await build(
-        nc, "a fox, highly detailed, highly detailed", negative_prompt="Blurry", styles=["sharp", "crisp"]
-    )
+    sharp = style("sharp", "{prompt}, Highly Detailed, sharp focus", "blurry, lowres")
+    crisp = style("crisp", "{prompt}, sharp focus, 8k", "blurry, noise")
+    built = await built_with(nc, [sharp, crisp], "a fox, highly detailed, highly detailed", negative_prompt="Blurry")
     # The user's repetition stays (it may be deliberate emphasis); what the styles repeat goes.
     assert built.positive == "a fox, highly detailed, highly detailed, sharp focus, 8k"
     assert built.negative == "Blurry, lowres, noise"

@@ -352,6 +352,47 @@ async def test_a_load_image_workflow_takes_the_uploaded_file_name(registry: Nats
 # -- detection ---------------------------------------------------------------------------------------------------
 
 
+def sdxl_text(text: Any) -> dict[str, Any]:
+    """A CLIPTextEncodeSDXL node of the base pass: 1024 x 1024, the same text (or link) for both encoders."""
+    sizes = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
+    return {"class_type": "CLIPTextEncodeSDXL", "inputs": {"clip": ["3", 1], **sizes, "text_g": text, "text_l": text}}
+
+
+def refiner_text(ascore: float, text: str) -> dict[str, Any]:
+    """A CLIPTextEncodeSDXLRefiner node of the refiner pass, 1024 x 1024."""
+    inputs = {"clip": ["2", 1], "ascore": ascore, "width": 1024, "height": 1024, "text": text}
+    return {"class_type": "CLIPTextEncodeSDXLRefiner", "inputs": inputs}
+
+
+def advanced_sampler(
+    model: str,
+    add_noise: str,
+    cfg: float,
+    conditioning: tuple[list[Any], list[Any]],
+    latent: str,
+    steps: tuple[int, int],
+) -> dict[str, Any]:
+    """A KSamplerAdvanced pass (seed 7, 30 steps, euler/normal) over the steps `steps` (start, end); the leftover
+    noise is returned when noise is added (the base pass) and not otherwise (the refiner)."""
+    positive, negative = conditioning
+    inputs = {
+        "model": [model, 0],
+        "add_noise": add_noise,
+        "noise_seed": 7,
+        "steps": 30,
+        "cfg": cfg,
+        "sampler_name": "euler",
+        "scheduler": "normal",
+        "positive": positive,
+        "negative": negative,
+        "latent_image": [latent, 0],
+        "start_at_step": steps[0],
+        "end_at_step": steps[1],
+        "return_with_leftover_noise": add_noise,
+    }
+    return {"class_type": "KSamplerAdvanced", "inputs": inputs}
+
+
 def sdxl_refiner_workflow() -> dict[str, Any]:
     """SDXL base + refiner with a LoRA, a ControlNet on the positive/negative pair, and the prompt in a primitive."""
     return {
@@ -368,34 +409,8 @@ def sdxl_refiner_workflow() -> dict[str, Any]:
             },
         },
         "4": {"class_type": "PrimitiveString", "inputs": {"value": "a castle"}},
-        "5": {
-            "class_type": "CLIPTextEncodeSDXL",
-            "inputs": {
-                "clip": ["3", 1],
-                "width": 1024,
-                "height": 1024,
-                "crop_w": 0,
-                "crop_h": 0,
-                "target_width": 1024,
-                "target_height": 1024,
-                "text_g": ["4", 0],
-                "text_l": ["4", 0],
-            },
-        },
-        "6": {
-            "class_type": "CLIPTextEncodeSDXL",
-            "inputs": {
-                "clip": ["3", 1],
-                "width": 1024,
-                "height": 1024,
-                "crop_w": 0,
-                "crop_h": 0,
-                "target_width": 1024,
-                "target_height": 1024,
-                "text_g": "ugly",
-                "text_l": "ugly",
-            },
-        },
+        "5": sdxl_text(["4", 0]),
+        "6": sdxl_text("ugly"),
         "7": {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "canny_sdxl.safetensors"}},
         "8": {"class_type": "LoadImage", "inputs": {"image": "edges.png"}},
         "9": {
@@ -411,50 +426,10 @@ def sdxl_refiner_workflow() -> dict[str, Any]:
             },
         },
         "10": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
-        "11": {
-            "class_type": "KSamplerAdvanced",
-            "inputs": {
-                "model": ["3", 0],
-                "add_noise": "enable",
-                "noise_seed": 7,
-                "steps": 30,
-                "cfg": 7.5,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["9", 0],
-                "negative": ["9", 1],
-                "latent_image": ["10", 0],
-                "start_at_step": 0,
-                "end_at_step": 24,
-                "return_with_leftover_noise": "enable",
-            },
-        },
-        "12": {
-            "class_type": "CLIPTextEncodeSDXLRefiner",
-            "inputs": {"clip": ["2", 1], "ascore": 6.0, "width": 1024, "height": 1024, "text": "a castle"},
-        },
-        "13": {
-            "class_type": "CLIPTextEncodeSDXLRefiner",
-            "inputs": {"clip": ["2", 1], "ascore": 2.5, "width": 1024, "height": 1024, "text": "ugly"},
-        },
-        "14": {
-            "class_type": "KSamplerAdvanced",
-            "inputs": {
-                "model": ["2", 0],
-                "add_noise": "disable",
-                "noise_seed": 7,
-                "steps": 30,
-                "cfg": 5.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "positive": ["12", 0],
-                "negative": ["13", 0],
-                "latent_image": ["11", 0],
-                "start_at_step": 24,
-                "end_at_step": 10000,
-                "return_with_leftover_noise": "disable",
-            },
-        },
+        "11": advanced_sampler("3", "enable", 7.5, (["9", 0], ["9", 1]), "10", (0, 24)),
+        "12": refiner_text(6.0, "a castle"),
+        "13": refiner_text(2.5, "ugly"),
+        "14": advanced_sampler("2", "disable", 5.0, (["12", 0], ["13", 0]), "11", (24, 10000)),
         "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["2", 2]}},
         "16": {"class_type": "SaveImage", "inputs": {"images": ["15", 0], "filename_prefix": "castle"}},
     }

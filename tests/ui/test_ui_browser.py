@@ -34,6 +34,15 @@ def url(hub: Hub, path: str = "/") -> str:
     return f"{hub.ui_url}{path}"  # type: ignore[attr-defined]
 
 
+async def signed_in_page(hub: Hub, context: BrowserContext, path: str | None = None) -> Page:
+    """A new tab signed in as the admin, at `path` of the UI when one is given."""
+    page = await context.new_page()
+    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    if path is not None:
+        await page.goto(url(hub, path))
+    return page
+
+
 async def navigate_by_click(page: Page, selector: str) -> None:
     """Click something that loads another page, and wait until that page has loaded (a click alone does not wait,
     so the next assertion could read the page before)."""
@@ -65,8 +74,7 @@ async def test_pages_need_a_signed_in_admin(hub: Hub, context: BrowserContext, s
 
 
 async def test_a_form_post_without_its_csrf_token_is_refused(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    page = await signed_in_page(hub, context)
     # Same cookies as the signed-in page (session and CSRF cookie), but no token in the form.
     response = await context.request.post(url(hub, "/styles"), form={"name": "sneaky", "positive": "{prompt}"})
     assert response.status == 403
@@ -77,9 +85,7 @@ async def test_a_form_post_without_its_csrf_token_is_refused(hub: Hub, context: 
 
 
 async def test_a_style_name_with_markup_is_shown_as_text(hub: Hub, context: BrowserContext, shots: Path) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
+    page = await signed_in_page(hub, context, "/styles?new=1")  # the editor opens at the top
     hostile = "<script>window.pwned=1</script> noir"
     await page.fill("#f-name", hostile)
     await page.fill("#f-category", "test")
@@ -96,9 +102,7 @@ async def test_a_style_name_with_markup_is_shown_as_text(hub: Hub, context: Brow
 
 
 async def test_a_style_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
+    page = await signed_in_page(hub, context, "/styles?new=1")  # the editor opens at the top
     await page.fill("#f-name", "no placeholder")
     await page.fill("#f-positive", "x" * 5000)  # beyond the positive text's limit
     await page.click("#style-form button[type=submit]")
@@ -111,9 +115,7 @@ async def test_a_style_error_is_shown_beside_its_field(hub: Hub, context: Browse
 async def test_an_instance_is_tested_added_and_shown(hub: Hub, context: BrowserContext, shots: Path) -> None:
     checkpoint = await checkpoint_of(hub.nc)
     async with ComfyUIDouble(models={"checkpoints": [checkpoint]}) as comfy:
-        page = await context.new_page()
-        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-        await page.goto(url(hub, "/instances"))
+        page = await signed_in_page(hub, context, "/instances")
         await page.fill("#f-name", "gpu-test")
         await page.fill("#f-base_url", comfy.url)
         await page.fill("#f-slots", "2")
@@ -147,9 +149,7 @@ async def test_an_instance_is_tested_added_and_shown(hub: Hub, context: BrowserC
 
 
 async def test_a_bad_instance_url_is_named_beside_its_field(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/instances"))
+    page = await signed_in_page(hub, context, "/instances")
     await page.fill("#f-name", "broken")
     await page.fill("#f-base_url", "not a url")
     await page.click("#instance-form button:has-text('Save instance')")
@@ -159,8 +159,7 @@ async def test_a_bad_instance_url_is_named_beside_its_field(hub: Hub, context: B
 
 
 async def test_errors_show_a_friendly_page_without_a_stack_trace(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    page = await signed_in_page(hub, context)
     for path in ("/ui-images/no-such-image", "/no/such/page"):
         response = await page.goto(url(hub, path))
         assert response is not None and response.status == 404
@@ -193,9 +192,7 @@ async def test_a_test_generation_shows_live_progress_and_its_image(
         await add_instance(hub.nc, comfy, "gpu-gen")
         try:
             await context.add_init_script(RECORD_PROGRESS)
-            page = await context.new_page()
-            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-            await page.goto(url(hub, "/generate"))
+            page = await signed_in_page(hub, context, "/generate")
             await page.fill("#f-prompt", "a lighthouse at dusk")
             await page.fill("#f-seed", "1234")
             await page.select_option("#f-render_type", "sdxl")
@@ -235,9 +232,7 @@ async def test_the_job_page_says_when_retention_removed_its_images(hub: Hub, con
             assert report.images_removed == 1 and report.error is None, report
         finally:
             await remove_instance(hub.nc, "gpu-retention")
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, f"/jobs/{job_id}"))
+    page = await signed_in_page(hub, context, f"/jobs/{job_id}")
     removed = await page.inner_text("#outputs .removed-output")
     assert "removed by retention on 20" in removed and "UTC" in removed, removed
     assert await page.locator("#outputs img").count() == 0  # no broken image of a file that is gone
@@ -246,9 +241,7 @@ async def test_the_job_page_says_when_retention_removed_its_images(hub: Hub, con
 
 
 async def test_render_type_settings_show_only_what_the_workflow_has(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/render-types"))
+    page = await signed_in_page(hub, context, "/render-types")
 
     async def row(name: str) -> str:
         return await page.inner_text(f'#render-types tr:has(a[href="/render-types/{name}"]) td.settings')
@@ -263,9 +256,7 @@ async def test_render_type_settings_show_only_what_the_workflow_has(hub: Hub, co
 
 
 async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/generate"))
+    page = await signed_in_page(hub, context, "/generate")
     await page.fill("#f-prompt", "a cat")
     await page.fill("#f-width", "12")  # below the minimum
     await navigate_by_click(page, "#generate-form button[type=submit]")
@@ -277,9 +268,7 @@ async def test_a_generation_error_is_shown_beside_its_field(hub: Hub, context: B
 
 async def test_statistics_show_the_generation_and_its_image(hub: Hub, context: BrowserContext, shots: Path) -> None:
     # Runs after the test generation above (same module hub): the log holds at least that job.
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/stats"))
+    page = await signed_in_page(hub, context, "/stats")
     row = page.locator("#log tr", has_text="a lighthouse at dusk")
     await row.first.wait_for(timeout=10_000)
     assert "completed" in await row.first.inner_text()
@@ -293,9 +282,7 @@ async def test_statistics_show_the_generation_and_its_image(hub: Hub, context: B
 
 
 async def test_maintenance_saves_the_policy_and_exports_the_log(hub: Hub, context: BrowserContext, shots: Path) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/maintenance"))
+    page = await signed_in_page(hub, context, "/maintenance")
     await page.fill("#f-keep_images_days", "45")
     await page.click("#retention-form button")
     assert "Saved the retention policy" in await page.inner_text(".flash")
@@ -321,9 +308,7 @@ async def test_a_render_type_is_made_from_a_workflow_file(
     workflow_file = tmp_path / "portrait.json"
     workflow_file.write_text(json.dumps(sdxl.workflow))
 
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/render-types"))
+    page = await signed_in_page(hub, context, "/render-types")
     assert "sdxl" in await page.inner_text("#render-types")
     await page.click("text=New render type from a workflow")
     await page.set_input_files("#f-workflow_file", str(workflow_file))
@@ -355,9 +340,7 @@ async def test_a_render_type_is_made_from_a_workflow_file(
 
 
 async def test_a_broken_workflow_is_named_beside_its_field(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/render-types/new"))
+    page = await signed_in_page(hub, context, "/render-types/new")
     await page.fill("#f-workflow", "{not json")
     await page.click("#analyze-form button")
     assert (await page.inner_text("#error-workflow")).strip()
@@ -367,9 +350,7 @@ async def test_the_prompt_preview_and_the_llm_test_box(hub: Hub, context: Browse
     from doubles.ollama import OllamaDouble
 
     async with OllamaDouble(models=["tiny:1b", "writer:7b"], reply="a cat on a roof, golden hour, 35mm") as ollama:
-        page = await context.new_page()
-        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-        await page.goto(url(hub, "/prompt"))
+        page = await signed_in_page(hub, context, "/prompt")
         await page.fill("#f-preview_prompt", "a red bicycle")
         await page.click("#preview-form button")
         assert "a red bicycle" in await page.inner_text("#preview-positive")
@@ -390,8 +371,7 @@ async def test_the_prompt_preview_and_the_llm_test_box(hub: Hub, context: Browse
 
 
 async def test_styles_are_exported_and_imported(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+    page = await signed_in_page(hub, context)
     exported = await context.request.get(url(hub, "/styles/export?format=a1111_csv"))
     assert exported.status == 200 and "attachment" in exported.headers["content-disposition"]
     assert "name" in (await exported.text()).splitlines()[0]
@@ -407,9 +387,7 @@ async def test_styles_are_exported_and_imported(hub: Hub, context: BrowserContex
 
 
 async def test_a_style_is_edited_in_place(hub: Hub, context: BrowserContext) -> None:
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/styles?new=1"))  # the editor opens at the top
+    page = await signed_in_page(hub, context, "/styles?new=1")  # the editor opens at the top
     await page.fill("#f-name", "to-edit")
     await page.fill("#f-positive", "{prompt}, first version")
     await page.click("#style-form button[type=submit]")
@@ -429,9 +407,7 @@ async def test_api_keys_are_created_shown_once_and_revoked(hub: Hub, context: Br
     gateway = hub.start("gateway")  # the gateway owns the keys; started for this test only
     try:
         await gateway.wait_healthy(hub.nc)
-        page = await context.new_page()
-        await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-        await page.goto(url(hub, "/api-keys"))
+        page = await signed_in_page(hub, context, "/api-keys")
         await page.fill("#f-name", "claude-desktop")
         await page.click("button:has-text('Create key')")
         secret = (await page.inner_text("#new-secret pre >> nth=0")).strip()
@@ -490,9 +466,7 @@ async def test_an_img2img_generation_sends_the_uploaded_image(
     async with ComfyUIDouble(models={"checkpoints": [checkpoint]}, work_seconds=0.5) as comfy:
         await add_instance(hub.nc, comfy, "gpu-img2img")
         try:
-            page = await context.new_page()
-            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-            await page.goto(url(hub, "/generate"))
+            page = await signed_in_page(hub, context, "/generate")
             # The field shows only for render types that take an input image.
             await page.select_option("#f-render_type", "sdxl")
             assert not await page.is_visible("#input-image")
@@ -555,9 +529,7 @@ async def test_an_input_image_too_big_for_the_form_is_named_beside_its_field(
 
     big = tmp_path / "huge.png"
     big.write_bytes(encode_solid_png(8, 8, (0, 0, 0)) + b"\0" * (25 * 1024 * 1024 + 1))  # the hub's limit
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/generate"))
+    page = await signed_in_page(hub, context, "/generate")
     await page.select_option("#f-render_type", "img2img")
     await page.fill("#f-prompt", "x")
     await page.set_input_files("#f-input_image_file", str(big))
@@ -592,9 +564,7 @@ async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserCon
             render_type=RenderType(name="edit-me", workflow=sdxl.workflow, parameter_map=sdxl.parameter_map)
         ),
     )
-    page = await context.new_page()
-    await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
-    await page.goto(url(hub, "/render-types/edit-me"))
+    page = await signed_in_page(hub, context, "/render-types/edit-me")
     await navigate_by_click(page, "#edit-link")
     assert "prompt:" in await page.input_value("#f-parameter_map")
     assert '"class_type"' in await page.input_value("#f-workflow")
@@ -704,8 +674,7 @@ async def test_a_node_only_job_moves_the_live_bar_from_its_first_node(hub: Hub, 
         await add_instance(hub.nc, comfy, "gpu-nodes")
         try:
             await context.add_init_script(RECORD_PROGRESS)
-            page = await context.new_page()
-            await sign_in(page, hub.ui_url)  # type: ignore[attr-defined]
+            page = await signed_in_page(hub, context)
             job_id = (await submit(hub.nc, "", render_type="ui-image-nodes")).job_id
             await page.goto(url(hub, f"/jobs/{job_id}"))
             await page.wait_for_function("document.getElementById('job-step').textContent.includes(' of 4')")

@@ -18,8 +18,10 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
+from contracts.endpoints import Endpoint, Req
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.render_types import RenderType
+from ui_service.hub_client import HubClient
 
 SESSION_KEY = "admin"
 
@@ -167,6 +169,15 @@ def act_then_redirect(request: Request, target: str, rejected: Rejection, done: 
     else:
         flash(request, done)
     return Redirect(target)
+
+
+async def ask_then_redirect(
+    request: Request, hub: HubClient, endpoint: Endpoint[Req, Any], message: Req, *, target: str, done: str
+) -> Redirect:
+    """A button's one request: the admin returns to `target` with `done`, or with the service's error."""
+    with Rejection() as rejected:
+        await hub.ask(endpoint, message)
+    return act_then_redirect(request, target, rejected, done)
 
 
 # -- errors no page handled ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from contracts.messages.instances import (
 from ui_service.first_run import DETECTED_NAME
 from ui_service.forms import form_of, instance_from_form
 from ui_service.hub_client import HubClient
-from ui_service.pages import Rejection, act_then_redirect, flash, named_or, page, require_admin
+from ui_service.pages import Rejection, act_then_redirect, ask_then_redirect, flash, named_or, page, require_admin
 
 
 async def instances_page(
@@ -93,9 +93,11 @@ class InstancesController(Controller):
     @post("/delete")
     async def delete_instance(self, request: Request, hub: HubClient) -> Redirect:
         name = (await form_of(request)).get("name", "")
-        with Rejection() as rejected:
-            await hub.ask(endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
-        return act_then_redirect(request, "/instances", rejected, f"Removed instance {name}.")
+        deleting = DeleteInstance(name=name)
+        done = f"Removed instance {name}."
+        return await ask_then_redirect(
+            request, hub, endpoints.Dispatch.INSTANCES_DELETE, deleting, target="/instances", done=done
+        )
 
     @post("/test")
     async def test_instance(self, request: Request, hub: HubClient) -> Template:

@@ -48,6 +48,7 @@ from ui_service.pages import (
     Rejection,
     act_then_redirect,
     always,
+    ask_then_redirect,
     flash,
     mapped_defaults,
     named_or,
@@ -207,9 +208,11 @@ class RenderTypesController(Controller):
     @post("/default")
     async def set_default_render_type(self, request: Request, hub: HubClient) -> Redirect:
         name = (await form_of(request)).get("name", "")
-        with Rejection() as rejected:
-            await hub.ask(endpoints.Registry.SET_DEFAULT, SetDefaultRenderType(name=name))
-        return act_then_redirect(request, "/render-types", rejected, f"{name} is now the default render type.")
+        choosing = SetDefaultRenderType(name=name)
+        done = f"{name} is now the default render type."
+        return await ask_then_redirect(
+            request, hub, endpoints.Registry.SET_DEFAULT, choosing, target="/render-types", done=done
+        )
 
     @get("/new")
     async def new_render_type(self, request: Request) -> Template:

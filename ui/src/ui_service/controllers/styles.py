@@ -27,7 +27,7 @@ from contracts.messages.styles import (
 )
 from ui_service.forms import form_of, invalid, style_from_form, uploaded_text
 from ui_service.hub_client import HubClient
-from ui_service.pages import Rejection, act_then_redirect, always, flash, page, require_admin
+from ui_service.pages import Rejection, act_then_redirect, always, ask_then_redirect, flash, page, require_admin
 
 PAGE_SIZE = 50
 STATES = {"all": "All", "enabled": "Enabled", "disabled": "Disabled", "default": "Applied by default"}
@@ -200,9 +200,11 @@ class StylesController(Controller):
     async def delete_style(self, request: Request, hub: HubClient) -> Redirect:
         form = await form_of(request)
         name = form.get("name", "")
-        with Rejection() as rejected:
-            await hub.ask(endpoints.Prompt.STYLES_DELETE, DeleteStyle(name=name))
-        return act_then_redirect(request, safe_back(form.get("back", "/styles")), rejected, f"Deleted style {name}.")
+        back = safe_back(form.get("back", "/styles"))
+        deleting = DeleteStyle(name=name)
+        return await ask_then_redirect(
+            request, hub, endpoints.Prompt.STYLES_DELETE, deleting, target=back, done=f"Deleted style {name}."
+        )
 
     @post("/bulk")
     async def bulk(self, request: Request, hub: HubClient) -> Redirect:

@@ -6,6 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
@@ -45,29 +46,19 @@ log = get_logger("dispatcher")
 DEFAULT_RETRY_AFTER_S = 10.0
 
 
+@dataclass(kw_only=True, eq=False, repr=False)  # a service object: compared, hashed and shown as itself
 class Dispatcher:
-    def __init__(
-        self,
-        *,
-        nc: NatsClient,
-        pool: Pool,
-        scheduler: Scheduler,
-        store: JobStore,
-        events: EventPublisher,
-        storage: OutputStorage,
-        upstream: Upstream,
-        input_url_allow: UrlAllowlist = PUBLIC_ONLY,
-    ) -> None:
-        self.nc = nc
-        self.pool = pool
-        self.scheduler = scheduler
-        self.store = store
-        self.events = events
-        self.storage = storage
-        self.upstream = upstream
-        self.input_url_allow = input_url_allow
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._accepting: dict[str, asyncio.Future[SubmitReply]] = {}  # job id -> its submission being accepted
+    nc: NatsClient
+    pool: Pool
+    scheduler: Scheduler
+    store: JobStore
+    events: EventPublisher
+    storage: OutputStorage
+    upstream: Upstream
+    input_url_allow: UrlAllowlist = PUBLIC_ONLY
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    # job id -> its submission being accepted
+    _accepting: dict[str, asyncio.Future[SubmitReply]] = field(default_factory=dict, init=False)
 
     # -- jobs ---------------------------------------------------------------------------------------
 

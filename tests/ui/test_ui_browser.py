@@ -599,6 +599,10 @@ async def test_a_render_type_is_edited_and_deleted(hub: Hub, context: BrowserCon
     history = await call(hub.nc, endpoints.Registry.HISTORY, GetRenderTypeHistory(name="edit-me"))
     assert "narrower, off for now" in [v.note for v in history.versions]
     await screenshot(page, shots, "render-type-edited")
+    # Saved again as it is: no new version, and the page says so.
+    await page.goto(url(hub, "/render-types/edit-me/edit"))
+    await navigate_by_click(page, "#edit-form button[type=submit]")
+    assert "Nothing changed: edit-me stays at version 2." in await page.inner_text(".flash")
 
     # The default render type: the confirmation says so and the registry's refusal is shown.
     await page.goto(url(hub, "/render-types/sdxl/delete"))

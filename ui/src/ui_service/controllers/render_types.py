@@ -179,8 +179,13 @@ def dry_run_of(name: str, form: dict[str, str]) -> ResolveRenderType:
     )
 
 
-async def saved_flash(request: Request, hub: HubClient, saved: RenderType) -> None:
-    """Says the render type was saved, and warns when no instance has a model it needs (it could not run)."""
+async def saved_page(request: Request, hub: HubClient, saved: RenderType, *, changed: bool = True) -> Redirect:
+    """After a save: the render type's page, saying it was saved (or that nothing changed), with a warning when no
+    instance has a model it needs (it could not run)."""
+    its_page = Redirect(f"/render-types/{saved.name}")
+    if not changed:
+        flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
+        return its_page
     instances, _ = await hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances())
     missing = missing_everywhere(saved.requirements, instances.instances if instances else [])
     done = f"Saved render type {saved.name} (version {saved.version})."
@@ -188,6 +193,7 @@ async def saved_flash(request: Request, hub: HubClient, saved: RenderType) -> No
         flash(request, f"{done} No ComfyUI instance has {', '.join(missing)}: it cannot run until one has.", "warn")
     else:
         flash(request, done)
+    return its_page
 
 
 class RenderTypesController(Controller):
@@ -240,8 +246,7 @@ class RenderTypesController(Controller):
                 endpoints.Registry.ANALYZE, AnalyzeWorkflow(workflow_json=form.get("workflow", ""))
             )
             return new_render_type_page(request, form, rejected.errors, analysis)
-        await saved_flash(request, hub, saved)
-        return Redirect(f"/render-types/{saved.name}")
+        return await saved_page(request, hub, saved)
 
     @get("/{name:str}")
     async def render_type_detail(self, request: Request, hub: HubClient, name: str) -> Template:
@@ -259,11 +264,7 @@ class RenderTypesController(Controller):
             saved = await hub.ask(endpoints.Registry.SAVE, edited_render_type_of(form, name, current))
         if rejected:
             return await edit_render_type_page(request, hub, name, form, rejected.errors)
-        if saved.version == int(form.get("version") or 0):
-            flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
-        else:
-            await saved_flash(request, hub, saved)
-        return Redirect(f"/render-types/{saved.name}")
+        return await saved_page(request, hub, saved, changed=saved.version != int(form.get("version") or 0))
 
     @get("/{name:str}/delete")
     async def confirm_delete_render_type(self, request: Request, hub: HubClient, name: str) -> Template:

@@ -179,13 +179,8 @@ def dry_run_of(name: str, form: dict[str, str]) -> ResolveRenderType:
     )
 
 
-async def saved_page(request: Request, hub: HubClient, saved: RenderType, *, changed: bool = True) -> Redirect:
-    """After a save: the render type's page, saying it was saved (or that nothing changed), with a warning when no
-    instance has a model it needs (it could not run)."""
-    its_page = Redirect(f"/render-types/{saved.name}")
-    if not changed:
-        flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
-        return its_page
+async def saved_flash(request: Request, hub: HubClient, saved: RenderType) -> None:
+    """Says the render type was saved, and warns when no instance has a model it needs (it could not run)."""
     instances, _ = await hub.try_ask(endpoints.Dispatch.INSTANCES_LIST, ListInstances())
     missing = missing_everywhere(saved.requirements, instances.instances if instances else [])
     done = f"Saved render type {saved.name} (version {saved.version})."
@@ -193,7 +188,15 @@ async def saved_page(request: Request, hub: HubClient, saved: RenderType, *, cha
         flash(request, f"{done} No ComfyUI instance has {', '.join(missing)}: it cannot run until one has.", "warn")
     else:
         flash(request, done)
-    return its_page
+
+
+async def saved_page(request: Request, hub: HubClient, saved: RenderType, *, changed: bool = True) -> Redirect:
+    """After a save (new or edited): the render type's page, saying what the save did."""
+    if changed:
+        await saved_flash(request, hub, saved)
+    else:
+        flash(request, f"Nothing changed: {saved.name} stays at version {saved.version}.")
+    return Redirect(f"/render-types/{saved.name}")
 
 
 class RenderTypesController(Controller):

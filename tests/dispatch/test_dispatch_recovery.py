@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from aiohttp import web
 from dispatch_support import Hub, add_instance, checkpoint_of, job, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 
@@ -229,6 +230,60 @@ async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_runni
     finally:
         if double is not None:
             await double.stop()
+        hub.stop_all()
+        await hub.nc.close()
+
+
+class SlowToDescribe(ComfyUIDouble):
+    """A double whose /object_info takes `describe_s` (a real ComfyUI's is hundreds of kilobytes); it notes when it
+    answered that and when it received each prompt."""
+
+    describe_s = 0.0
+    described_at: list[float]
+    prompted_at: list[float]
+
+    async def _get_object_info(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.describe_s)
+        self.described_at.append(time.monotonic())
+        return await super()._get_object_info(request)
+
+    async def _post_prompt(self, request: web.Request) -> web.Response:
+        self.prompted_at.append(time.monotonic())
+        return await super()._post_prompt(request)
+
+
+async def test_a_restarted_dispatcher_places_jobs_on_what_its_predecessor_read_and_reads_it_again_after(
+    private_nats: NatsServer, tmp_path: Path
+):
+    """What an instance can run (its /object_info and model lists: a dozen requests, the slowest part of a restart)
+    is recalled from the KV bucket where the killed dispatcher stored it: the restarted one places a job before it
+    has read them itself, then reads them again in the background."""
+    hub = await start_hub(private_nats, tmp_path / "data")
+    double = SlowToDescribe(name="slow", models={"checkpoints": [await checkpoint_of(hub.nc)]}, work_seconds=0.1)
+    double.described_at, double.prompted_at = [], []
+    try:
+        await double.start()
+        await add_instance(hub.nc, double, "slow")
+        first = await submit(hub.nc, "before the crash", seed=1)
+        assert (await wait_final(hub.nc, first.job_id, timeout_s=30)).status == "completed"
+
+        hub.processes["dispatch"].kill()
+        double.describe_s = 2.0
+        restarted_at = time.monotonic()
+        restarted = hub.start("dispatch")
+        await restarted.wait_healthy(hub.nc)
+        after = await submit(hub.nc, "after the restart", seed=2)
+        assert (await wait_final(hub.nc, after.job_id, timeout_s=30)).status == "completed", restarted.log()
+        placed_at = double.prompted_at[-1]
+        described = [t for t in double.described_at if t > restarted_at]
+        # Placed before the restarted dispatcher's own reading came back (2 s): it did not wait for it.
+        assert not described or placed_at < described[0], (placed_at - restarted_at, described, restarted.log())
+        deadline = time.monotonic() + 15
+        while not [t for t in double.described_at if t > restarted_at]:  # read again, in the background
+            assert time.monotonic() < deadline, restarted.log()
+            await asyncio.sleep(0.1)
+    finally:
+        await double.stop()
         hub.stop_all()
         await hub.nc.close()
 

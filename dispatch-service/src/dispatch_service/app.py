@@ -11,6 +11,7 @@ from contracts.runtime.service import ServiceRuntime
 from contracts.runtime.storage import ObjectStoreOutputs
 from contracts.streams import EVENTS, JOBS
 from dispatch_service import __version__, piccolo_conf
+from dispatch_service.capabilities import CapabilityMemory
 from dispatch_service.dispatcher import Dispatcher
 from dispatch_service.events import EventPublisher
 from dispatch_service.handlers import register
@@ -38,7 +39,9 @@ def build(settings: Settings) -> ServiceRuntime:
         js = rt.nc.jetstream()
         for spec in (JOBS, EVENTS):
             await ensure_stream(js, spec, settings.jetstream_replicas)
-        pool = Pool(health_interval_s=settings.dispatch_health_interval_s)
+        memory = CapabilityMemory(js, replicas=settings.jetstream_replicas)
+        await memory.open()
+        pool = Pool(health_interval_s=settings.dispatch_health_interval_s, memory=memory)
         leases = SlotLeases(js, ttl_s=settings.dispatch_takeover_s, replicas=settings.jetstream_replicas, nc=rt.nc)
         await leases.open()
         storage = ObjectStoreOutputs(js, replicas=settings.jetstream_replicas)

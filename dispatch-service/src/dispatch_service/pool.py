@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from contracts.messages.instances import Instance, InstanceHealth
 from contracts.messages.render_types import ModelRef, Requirements
 from contracts.runtime.logs import get_logger
+from dispatch_service.capabilities import CAPABILITY_REFRESH_S, Capabilities, CapabilityMemory
 from dispatch_service.comfyui import ComfyClient, ComfyError
 
 log = get_logger("pool")
@@ -32,7 +33,6 @@ COMMON_MODEL_FOLDERS = (
     "clip_vision",
     "unet",
 )
-CAPABILITY_REFRESH_S = 300.0
 
 
 @dataclass
@@ -43,6 +43,7 @@ class InstanceState:
     node_classes: frozenset[str] = frozenset()
     models: dict[str, frozenset[str]] = field(default_factory=dict)
     capabilities_at: float = 0.0
+    recalled: bool = False  # the capabilities are another process's reading (capabilities.py), not yet read here
     running: int = 0  # jobs this replica runs on it now
 
     @property
@@ -71,9 +72,12 @@ class InstanceState:
 
 
 class Pool:
-    def __init__(self, *, health_interval_s: float, http_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, *, health_interval_s: float, http_timeout_s: float = 5.0, memory: CapabilityMemory | None = None
+    ) -> None:
         self.health_interval_s = health_interval_s
         self.http_timeout_s = http_timeout_s
+        self.memory = memory  # what the instances can run, as last read (by this replica's predecessor, another one)
         self.states: dict[str, InstanceState] = {}
         self.wanted_folders: set[str] = set(COMMON_MODEL_FOLDERS)
         # Set whenever something that could let a waiting job start changes (an instance up, a slot freed).
@@ -106,8 +110,19 @@ class Pool:
             if name not in fresh:
                 await old.client.aclose()
         self.states = fresh
-        await asyncio.gather(*(self.probe(state) for state in fresh.values() if state.config.enabled))
+        await asyncio.gather(*(self._first_probe(state) for state in fresh.values() if state.config.enabled))
         self.notify()
+
+    async def _first_probe(self, state: InstanceState) -> None:
+        """Up or down, asked now; what it can run recalled when another process read it lately (else read now)."""
+        if not state.capabilities_known and self.memory is not None:
+            recalled = await self.memory.recall(state.config.name, state.config.base_url)
+            if recalled is not None:
+                self.wanted_folders |= set(recalled.models)
+                state.node_classes = frozenset(recalled.node_classes)
+                state.models = {folder: frozenset(names) for folder, names in recalled.models.items()}
+                state.capabilities_at, state.recalled = recalled.read_at, True
+        await self.probe(state, recalled_will_do=True)
 
     async def close(self) -> None:
         for state in self.states.values():
@@ -120,8 +135,10 @@ class Pool:
             for state in self.states.values():
                 state.capabilities_at = 0.0 if state.health.up else state.capabilities_at
 
-    async def probe(self, state: InstanceState) -> None:
-        """One health check; capabilities are read when the instance comes up or they are stale."""
+    async def probe(self, state: InstanceState, *, recalled_will_do: bool = False) -> None:
+        """One health check; capabilities are read when the instance comes up, when they are stale or recalled (read
+        by another process), unless `recalled_will_do` (the first probe of a start: jobs are placed at once, the next
+        probe reads them)."""
         was_up = state.health.up
         seen_down = not was_up and state.health.checked_at is not None
         started = time.perf_counter()
@@ -129,7 +146,7 @@ class Pool:
             info = await state.client.system_stats()
             queue = await state.client.queue()
             latency_ms = (time.perf_counter() - started) * 1000
-            if not was_up or time.time() - state.capabilities_at > CAPABILITY_REFRESH_S:
+            if self._capabilities_due(state, was_up=was_up, recalled_will_do=recalled_will_do):
                 await self._read_capabilities(state)
         except ComfyError as exc:
             self.mark_down(state, str(exc))
@@ -152,13 +169,27 @@ class Pool:
                 await self.on_back_up(state.config.name)
             self.notify()
 
+    @staticmethod
+    def _capabilities_due(state: InstanceState, *, was_up: bool, recalled_will_do: bool) -> bool:
+        if state.recalled:
+            return not recalled_will_do
+        return not was_up or time.time() - state.capabilities_at > CAPABILITY_REFRESH_S
+
     async def _read_capabilities(self, state: InstanceState) -> None:
         object_info = await state.client.object_info()
         folders = sorted(self.wanted_folders)
         lists = await asyncio.gather(*(state.client.models(folder) for folder in folders))
         state.node_classes = frozenset(object_info)
         state.models = {folder: frozenset(names) for folder, names in zip(folders, lists, strict=True) if names}
-        state.capabilities_at = time.time()
+        state.capabilities_at, state.recalled = time.time(), False
+        if self.memory is not None:
+            reading = Capabilities(
+                base_url=state.config.base_url,
+                node_classes=sorted(state.node_classes),
+                models={folder: sorted(names) for folder, names in state.models.items()},
+                read_at=state.capabilities_at,
+            )
+            await self.memory.remember(state.config.name, reading)
 
     def mark_down(self, state: InstanceState, reason: str) -> None:
         if state.health.up:
@@ -193,8 +224,8 @@ class Pool:
         enabled = [s for s in self.states.values() if s.config.enabled]
         if not enabled:
             return "no ComfyUI instance is configured and enabled; add one in the admin UI (Instances)"
-        if any(not s.capabilities_known for s in enabled):
-            return None  # an instance we have not been able to read yet may have what it takes
+        if any(not s.capabilities_known or s.recalled for s in enabled):
+            return None  # an instance we have not been able to read yet (ourselves) may have what it takes
         lacking = {s.config.name: s.missing(requirements) for s in enabled}
         if all(lacking.values()):
             detail = "; ".join(f"{name} lacks {', '.join(what)}" for name, what in lacking.items())

@@ -1266,7 +1266,7 @@ async def _watch(cancelled: asyncio.Event, events: asyncio.Queue[tuple[str, Any]
 
 async def _next_event(events: asyncio.Queue[tuple[str, Any]], timeout: float) -> tuple[str | None, Any]:
     try:
-        if timeout <= 0:
+        if timeout <= 0 or not events.empty():  # a message already here: no task and timer for wait_for to make
             return events.get_nowait()
         return await asyncio.wait_for(events.get(), timeout)
     except (TimeoutError, asyncio.QueueEmpty):

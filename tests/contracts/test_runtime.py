@@ -299,6 +299,30 @@ async def test_an_idempotent_request_held_by_a_replica_that_died_is_asked_again_
         await sub.unsubscribe()
 
 
+async def test_a_request_held_by_a_dead_replica_is_answered_soon_after_the_service_is_back(nc: NatsClient) -> None:
+    # The replica dies holding the request and its restart takes 2 s: the asks meanwhile find nobody listening, so the
+    # next goes out NOBODY_PAUSE_S later (not after the doubled wait, at 3.5 s).
+    reads = Endpoint("hub.restarting.read", Say, Said, timeout_s=8, ask_again_s=0.5)
+
+    async def holds_it(_msg) -> None:  # type: ignore[no-untyped-def]
+        await held.unsubscribe()  # and dies
+
+    async def answers(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(msgspec.json.encode(Reply(result=Said(text="back", replica="b"))))
+
+    async def restart_after(delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        await nc.subscribe(reads.subject, cb=answers)
+
+    held = await nc.subscribe(reads.subject, cb=holds_it)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    restart = asyncio.ensure_future(restart_after(2.0))
+    assert (await call(nc, reads, Say(text="x"))).text == "back"
+    assert loop.time() - started < 2.8
+    await restart
+
+
 async def test_a_request_asked_again_takes_the_first_answer_and_still_reports_nobody_listening(
     nc: NatsClient,
 ) -> None:

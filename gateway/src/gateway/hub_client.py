@@ -16,6 +16,7 @@ from contracts.messages.jobs import CancelJob, GenerationRequest, GetJob, JobPag
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, ListStyles, StyleList
 from contracts.runtime.bus import (
+    NOBODY_PAUSE_S,  # no dispatcher listens: asked again this often until one is back
     RETRY_AFTER_S,
     NobodyListensError,
     call,
@@ -32,7 +33,6 @@ from gateway.idempotency import HEADER, REFUSALS, IdempotencyKeys
 # 30 s). A replica still working on it answers the repeat from that same work; a restarted one answers the job it
 # finds recorded, or makes it. So a repeat never makes a second job.
 SUBMIT_ASK_AGAIN_S = 2.0
-NOBODY_PAUSE_S = 0.2  # no dispatcher listens: asked again this often until one is back
 
 
 async def _checked_in_thread(data: bytes, field: str) -> str:

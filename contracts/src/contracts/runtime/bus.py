@@ -99,6 +99,8 @@ async def connect(settings: Settings, name: str, *, initial_wait_s: float = 30.0
 
 # A replica that restarts or subscribes a moment after the caller looked is not "down": ask again briefly.
 NO_RESPONDER_RETRIES_S = (0.05, 0.1, 0.2)
+# An idempotent request asked again found nobody listening while an earlier ask is open: asked again this soon.
+NOBODY_PAUSE_S = 0.2
 # A client of a cluster whose server died is back on another within this; a longer wait is an outage.
 RECONNECT_GRACE_S = 0.5
 DISCONNECT_POLL_S = 0.05  # how often a request in flight looks at its connection
@@ -170,31 +172,40 @@ async def _asked_again_while_unanswered(
     whoever answers `subject` now, the earlier asks still awaited (the first answer wins), all within `timeout`.
 
     A replica killed while it holds a request never answers it: without this the caller waits out the whole
-    timeout (10 s) although the restarted replica, or another one, would answer at once. An ask that finds nobody
-    listening (the replica is still restarting) ends quietly while an earlier ask is still open."""
+    timeout (10 s) although the restarted replica, or another one, would answer at once. A later ask that finds
+    nobody listening (the replica is still restarting) ends quietly, and the next one goes out NOBODY_PAUSE_S later;
+    the first finding nobody is reported at once, as without asking again."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    next_ask, wait_s = loop.time(), first_wait_s
-    asks: set[asyncio.Future[Msg]] = set()
+
+    def ask() -> asyncio.Future[Msg]:
+        return asyncio.ensure_future(_request_with_responders(nc, subject, payload, deadline - loop.time()))
+
+    first = ask()
+    asks = {first}  # the first stays in until it ends, and then this ends
+    wait_s = first_wait_s
+    next_ask = loop.time() + wait_s
     try:
         while True:
-            if loop.time() >= next_ask:
-                asks.add(asyncio.ensure_future(_request_with_responders(nc, subject, payload, deadline - loop.time())))
-                next_ask, wait_s = loop.time() + wait_s, wait_s * 2
             done, asks = await asyncio.wait(
                 asks, timeout=max(0.0, min(next_ask, deadline) - loop.time()), return_when=asyncio.FIRST_COMPLETED
             )
-            for ask in done:
-                error = ask.exception()
+            for finished in done:
+                error = finished.exception()
                 if error is None:
-                    return ask.result()
-                if not (isinstance(error, NobodyListensError) and asks):
+                    return finished.result()
+                if finished is first or not isinstance(error, NobodyListensError):
                     raise error
+                next_ask = min(next_ask, loop.time() + NOBODY_PAUSE_S)  # the restart is under way: ask soon
             if loop.time() >= deadline:
                 raise HubError(ErrorCode.TIMEOUT, f"{subject} did not answer within {timeout:g} s")
+            if loop.time() >= next_ask:
+                asks.add(ask())
+                wait_s *= 2
+                next_ask = loop.time() + wait_s
     finally:
-        for ask in asks:
-            ask.cancel()
+        for pending in asks:
+            pending.cancel()
 
 
 async def request(

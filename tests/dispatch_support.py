@@ -8,6 +8,7 @@ import contextlib
 import copy
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,14 @@ from nats.aio.client import Client as NatsClient
 from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import GenerationEvent
-from contracts.messages.instances import DeleteInstance, Instance, InstanceView, SaveInstance
+from contracts.messages.instances import (
+    DeleteInstance,
+    Instance,
+    InstanceList,
+    InstanceView,
+    ListInstances,
+    SaveInstance,
+)
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, GetJob, JobView, SubmitReply
 from contracts.messages.render_types import GetRenderType, SaveRenderType
 from contracts.messages.stats import (
@@ -87,6 +95,38 @@ async def add_instance(nc: NatsClient, double: ComfyUIDouble, name: str, *, slot
 
 async def remove_instance(nc: NatsClient, name: str) -> None:
     await call(nc, endpoints.Dispatch.INSTANCES_DELETE, DeleteInstance(name=name))
+
+
+async def wait_pool_up(
+    nc: NatsClient, names: list[str], *, probed: bool = False, timeout_s: float = 10
+) -> InstanceList:
+    """Until the named instances are up (and with `probed`, their models known)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listing = await call(nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
+        up = {v.instance.name for v in listing.instances if v.health.up and (v.health.models or not probed)}
+        if set(names) <= up:
+            return listing
+        assert time.monotonic() < deadline, listing
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def pool(
+    hub: Hub, *doubles: tuple[str, ComfyUIDouble], slots: int = 1, probed: bool = False
+) -> AsyncIterator[None]:
+    """Register the doubles as instances for the time of a test (once up: see wait_pool_up), then remove them."""
+    try:
+        for name, double in doubles:
+            await double.start()
+            await add_instance(hub.nc, double, name, slots=slots)
+        await wait_pool_up(hub.nc, [name for name, _ in doubles], probed=probed)
+        yield
+    finally:
+        for name, double in doubles:
+            with contextlib.suppress(HubError):
+                await remove_instance(hub.nc, name)
+            await double.stop()
 
 
 async def submit(nc: NatsClient, prompt: str = "a lighthouse at dusk", **fields: object) -> SubmitReply:

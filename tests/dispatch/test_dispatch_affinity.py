@@ -14,15 +14,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from dispatch_support import Hub, add_instance, remove_instance, save_render_types, submit, wait_final, wait_for
+from dispatch_support import Hub, pool, save_render_types, submit, wait_final, wait_for
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from contracts import endpoints
-from contracts.errors import HubError
-from contracts.messages.instances import ListInstances
-from contracts.runtime.bus import call
 from dispatch_service.affinity import MODELS_BUCKET, CostModel, ModelMemory, Server, Waiting, loader_nodes, plan
 from dispatch_service.leases import SLOTS_BUCKET, LeaseNote, SlotLeases, instance_key
 from hub_deploy.natsserver import NatsServer
@@ -44,10 +40,7 @@ async def start_hub(nats_url: str, data: Path, **env: str) -> Hub:
     import nats
 
     running = Hub(nats_url=nats_url, data_dir=data, nc=await nats.connect(nats_url))
-    for name in ("registry", "prompt", "dispatch"):
-        running.start(name, **env)
-    for name in ("registry", "prompt", "dispatch"):
-        await running.processes[name].wait_healthy(running.nc)
+    await running.start_all(**env)
     await save_render_types(running.nc, CHECKPOINTS)
     return running
 
@@ -69,32 +62,6 @@ def double(name: str, work_seconds: float, switch_s: float = 0.3) -> ComfyUIDoub
     )
 
 
-@contextlib.asynccontextmanager
-async def instances(hub: Hub, *doubles: tuple[str, ComfyUIDouble]) -> AsyncIterator[None]:
-    try:
-        await add(hub, *doubles)
-        yield
-    finally:
-        for name, comfy in doubles:
-            with contextlib.suppress(HubError):
-                await remove_instance(hub.nc, name)
-            await comfy.stop()
-
-
-async def add(hub: Hub, *doubles: tuple[str, ComfyUIDouble]) -> None:
-    for name, comfy in doubles:
-        await comfy.start()
-        await add_instance(hub.nc, comfy, name)
-    deadline = time.monotonic() + 10
-    names = {name for name, _ in doubles}
-    while True:
-        listing = await call(hub.nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
-        if names <= {v.instance.name for v in listing.instances if v.health.up and v.health.models}:
-            return
-        assert time.monotonic() < deadline, listing
-        await asyncio.sleep(0.1)
-
-
 async def run(nc: NatsClient, render_type: str) -> str:
     """One job, waited for: the instance that ran it."""
     view = await wait_final(nc, (await submit(nc, f"{render_type} job", render_type=render_type)).job_id)
@@ -108,7 +75,7 @@ def loads(comfy: ComfyUIDouble) -> list[str]:
 
 async def test_a_warm_instance_gets_the_job_when_free_and_is_waited_for_when_it_frees_sooner(hub: Hub) -> None:
     first, second = double("warm-1", 0.1), double("warm-2", 0.1)
-    async with instances(hub, ("warm-1", first), ("warm-2", second)):
+    async with pool(hub, ("warm-1", first), ("warm-2", second), probed=True):
         a, b = await asyncio.gather(
             submit(hub.nc, "a", render_type="aff-a"), submit(hub.nc, "b", render_type="aff-b")
         )  # both free and cold: one each
@@ -128,11 +95,10 @@ async def test_a_warm_instance_gets_the_job_when_free_and_is_waited_for_when_it_
 
 async def test_a_job_goes_to_a_cold_free_instance_when_no_warm_one_frees_sooner(hub: Hub) -> None:
     slow, other = double("slow", 2.5), double("other", 0.2)
-    async with instances(hub, ("slow", slow)):
+    async with pool(hub, ("slow", slow), probed=True):
         assert await run(hub.nc, "aff-a") == "slow"  # learns how long aff-a runs there: 2.5 s, more than a switch
         assert await run(hub.nc, "aff-a") == "slow"
-        await add(hub, ("other", other))
-        try:
+        async with pool(hub, ("other", other), probed=True):
             running = await submit(hub.nc, "warm", render_type="aff-a")
             assert (await wait_for(hub.nc, running.job_id, {"running"})).instance == "slow"
             waiting = await submit(hub.nc, "would wait 2.5 s for slow", render_type="aff-a")
@@ -141,10 +107,6 @@ async def test_a_job_goes_to_a_cold_free_instance_when_no_warm_one_frees_sooner(
             assert (await job_status(hub.nc, running.job_id)) == "running"  # it did not wait for the warm one
             assert (await wait_final(hub.nc, waiting.job_id)).status == "completed"
             await wait_final(hub.nc, running.job_id)
-        finally:
-            with contextlib.suppress(HubError):
-                await remove_instance(hub.nc, "other")
-            await other.stop()
 
 
 async def job_status(nc: NatsClient, job_id: str) -> str:
@@ -156,7 +118,7 @@ async def job_status(nc: NatsClient, job_id: str) -> str:
 async def test_the_loaded_models_are_shared_and_forgotten_when_the_instance_restarts(hub: Hub) -> None:
     comfy = double("restarting", 0.1)
     bucket = await hub.nc.jetstream().key_value(MODELS_BUCKET)
-    async with instances(hub, ("restarting", comfy)):
+    async with pool(hub, ("restarting", comfy), probed=True):
         await run(hub.nc, "aff-b")
         entry = await bucket.get(instance_key("restarting"))
         assert json.loads(entry.value or b"{}")["models"] == ["b.safetensors"]
@@ -183,7 +145,7 @@ async def test_jobs_held_by_a_killed_dispatcher_are_handed_back_when_it_restarts
     private = await start_hub(server.url, tmp_path / "data", **env)
     comfy = double("kept", 1.0)
     try:
-        async with instances(private, ("kept", comfy)):
+        async with pool(private, ("kept", comfy), probed=True):
             first = await submit(private.nc, "running at the kill", render_type="aff-a")
             await wait_for(private.nc, first.job_id, {"running"})
             held = [await submit(private.nc, f"held {i}", render_type="aff-a") for i in range(2)]

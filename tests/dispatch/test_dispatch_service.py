@@ -15,14 +15,14 @@ import msgspec
 import pytest
 from dispatch_support import (
     Hub,
-    add_instance,
     checkpoint_of,
     events_of,
     job,
-    remove_instance,
+    pool,
     submit,
     wait_final,
     wait_for,
+    wait_pool_up,
 )
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
@@ -31,8 +31,6 @@ from contracts import endpoints, subjects
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import (
     Instance,
-    InstanceList,
-    ListInstances,
     ProbeInstance,
     SaveInstance,
 )
@@ -61,33 +59,6 @@ async def hub(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 async def checkpoint(hub: Hub) -> str:
     return await checkpoint_of(hub.nc)
-
-
-@contextlib.asynccontextmanager
-async def pool(hub: Hub, *doubles: tuple[str, ComfyUIDouble], slots: int = 1) -> AsyncIterator[None]:
-    """Register the doubles as instances for the time of a test, then remove them."""
-    for name, double in doubles:
-        await double.start()
-        await add_instance(hub.nc, double, name, slots=slots)
-    try:
-        await wait_pool_up(hub.nc, [name for name, _ in doubles])
-        yield
-    finally:
-        for name, double in doubles:
-            with contextlib.suppress(HubError):
-                await remove_instance(hub.nc, name)
-            await double.stop()
-
-
-async def wait_pool_up(nc: NatsClient, names: list[str], timeout_s: float = 10) -> InstanceList:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        listing = await call(nc, endpoints.Dispatch.INSTANCES_LIST, ListInstances())
-        up = {v.instance.name for v in listing.instances if v.health.up}
-        if set(names) <= up:
-            return listing
-        assert time.monotonic() < deadline, listing
-        await asyncio.sleep(0.1)
 
 
 # -- instances --------------------------------------------------------------------------------------
@@ -284,17 +255,24 @@ async def test_a_render_type_no_instance_can_run_fails_at_once(hub: Hub, checkpo
 # -- failover -----------------------------------------------------------------------------------------
 
 
-async def test_a_job_fails_over_when_its_instance_dies_mid_job(hub: Hub, checkpoint: str) -> None:
+@contextlib.asynccontextmanager
+async def running_on_one_of(
+    hub: Hub, checkpoint: str, names: tuple[str, str], work_seconds: float, prompt: str
+) -> AsyncIterator[tuple[JobView, ComfyUIDouble]]:
+    """Two instances and a job running on one of them: the job's view and that instance, for the failover tests."""
     models = {"checkpoints": [checkpoint]}
-    first = ComfyUIDouble(name="first", models=models, work_seconds=3.0)
-    second = ComfyUIDouble(name="second", models=models, work_seconds=3.0)
-    async with pool(hub, ("first", first), ("second", second)):
-        reply = await submit(hub.nc, "failover")
+    doubles = {name: ComfyUIDouble(name=name, models=models, work_seconds=work_seconds) for name in names}
+    async with pool(hub, *doubles.items()):
+        reply = await submit(hub.nc, prompt)
         running = await wait_for(hub.nc, reply.job_id, {"running"})
-        victim = first if running.instance == "first" else second
+        yield running, doubles[running.instance or ""]
+
+
+async def test_a_job_fails_over_when_its_instance_dies_mid_job(hub: Hub, checkpoint: str) -> None:
+    async with running_on_one_of(hub, checkpoint, ("first", "second"), 3.0, "failover") as (running, victim):
         await asyncio.sleep(0.5)
         await victim.go_down()
-        done = await wait_final(hub.nc, reply.job_id, timeout_s=30)
+        done = await wait_final(hub.nc, running.job_id, timeout_s=30)
         assert done.status == "completed", done
         assert done.instance != running.instance and done.attempts == 2
         assert done.failures and done.failures[0].startswith(f"{running.instance}:")
@@ -302,15 +280,9 @@ async def test_a_job_fails_over_when_its_instance_dies_mid_job(hub: Hub, checkpo
 
 
 async def test_a_job_fails_over_when_its_instance_hangs(hub: Hub, checkpoint: str) -> None:
-    models = {"checkpoints": [checkpoint]}
-    first = ComfyUIDouble(name="hang-a", models=models, work_seconds=2.0)
-    second = ComfyUIDouble(name="hang-b", models=models, work_seconds=2.0)
-    async with pool(hub, ("hang-a", first), ("hang-b", second)):
-        reply = await submit(hub.nc, "hang")
-        running = await wait_for(hub.nc, reply.job_id, {"running"})
-        victim = first if running.instance == "hang-a" else second
+    async with running_on_one_of(hub, checkpoint, ("hang-a", "hang-b"), 2.0, "hang") as (running, victim):
         victim.hang()
-        done = await wait_final(hub.nc, reply.job_id, timeout_s=30)
+        done = await wait_final(hub.nc, running.job_id, timeout_s=30)
         victim.hang(False)
         assert done.status == "completed", done
         assert done.instance != running.instance and done.attempts == 2

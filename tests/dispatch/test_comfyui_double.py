@@ -384,6 +384,15 @@ def assert_same_envelope(reply: Reply, recorded: dict[str, Any]) -> None:
         assert reply.headers["Content-Length"] == "0" and reply.body == b""
 
 
+async def replayed_as_recorded(
+    session: aiohttp.ClientSession, double: ComfyUIDouble, recorded: dict[str, Any], **extra: Any
+) -> Reply:
+    """`replay`, its status and headers checked against the recording's (assert_same_envelope)."""
+    reply = await replay(session, double, recorded, **extra)
+    assert_same_envelope(reply, recorded)
+    return reply
+
+
 async def post_prompt(
     session: aiohttp.ClientSession, double: Target, prompt: dict[str, Any], client_id: str | None = None, **extra: Any
 ) -> str:
@@ -441,8 +450,7 @@ async def test_discovery_endpoint_answers_as_recorded(
     comfy: ComfyUIDouble, http: aiohttp.ClientSession, rec: Recordings, name: str
 ) -> None:
     recorded = rec.http(name)
-    reply = await replay(http, comfy, recorded)
-    assert_same_envelope(reply, recorded)
+    reply = await replayed_as_recorded(http, comfy, recorded)
     assert reply.json() == recorded["response"]["body"]
 
 
@@ -451,8 +459,7 @@ async def test_system_stats_has_the_recorded_shape_and_the_double_settings(
 ) -> None:
     recorded = rec.http("http-get-system_stats.json")
     cpu = await make_double(device_name="cpu", vram_total=8 * 1024**3)
-    reply = await replay(http, cpu, recorded)
-    assert_same_envelope(reply, recorded)
+    reply = await replayed_as_recorded(http, cpu, recorded)
     assert_same_shape(reply.json(), recorded["response"]["body"])
     device = reply.json()["devices"][0]
     assert (device["name"], device["type"], device["index"], device["vram_total"]) == ("cpu", "cpu", None, 8 * 1024**3)
@@ -468,8 +475,7 @@ async def test_model_lists_follow_the_double_models(
     bare = await make_double(models={})
     for name in ("http-get-models-checkpoints.json", "http-get-models-unknown-folder-404.json"):
         recorded = rec.http(name)
-        reply = await replay(http, bare, recorded)
-        assert_same_envelope(reply, recorded)
+        reply = await replayed_as_recorded(http, bare, recorded)
         if recorded["response"]["status"] == 200:
             assert reply.json() == recorded["response"]["body"]
     rich = await make_double(models={"checkpoints": ["a.safetensors"], "embeddings": ["bad.pt"]})
@@ -483,8 +489,7 @@ async def test_object_info_of_the_used_nodes_matches_recording(
     comfy: ComfyUIDouble, http: aiohttp.ClientSession, rec: Recordings
 ) -> None:
     recorded = rec.http("http-get-object_info-used-nodes.json")
-    reply = await replay(http, comfy, recorded)
-    assert_same_envelope(reply, recorded)
+    reply = await replayed_as_recorded(http, comfy, recorded)
     body = reply.json()
     assert len(body) == 478
     for class_type, info in recorded["response"]["body"].items():
@@ -496,12 +501,10 @@ async def test_unknown_routes_origin_check_and_api_prefix(
 ) -> None:
     for name in ("http-get-api-jobs-404.json", "http-get-jobs-404.json", "http-get-queue-foreign-origin-403.json"):
         recorded = rec.http(name)
-        reply = await replay(http, comfy, recorded, headers=recorded["request"].get("headers"))
-        assert_same_envelope(reply, recorded)
+        reply = await replayed_as_recorded(http, comfy, recorded, headers=recorded["request"].get("headers"))
         assert reply.body == b""
     same_origin = rec.http("http-get-queue-same-origin.json")
-    reply = await replay(http, comfy, same_origin, headers={"Origin": comfy.url})
-    assert_same_envelope(reply, same_origin)
+    reply = await replayed_as_recorded(http, comfy, same_origin, headers={"Origin": comfy.url})
     assert reply.json() == same_origin["response"]["body"]
     assert (await request(http, comfy, "GET", "/api/object_info/EmptyImage")).status == 200
 
@@ -547,8 +550,7 @@ async def test_validation_error_matches_recording(
     comfy: ComfyUIDouble, http: aiohttp.ClientSession, rec: Recordings, name: str
 ) -> None:
     recorded = rec.http(name)
-    reply = await replay(http, comfy, recorded)
-    assert_same_envelope(reply, recorded)
+    reply = await replayed_as_recorded(http, comfy, recorded)
     if "body_text" in recorded["response"]:
         assert reply.body.decode() == recorded["response"]["body_text"]
         return
@@ -597,8 +599,7 @@ async def test_missing_node_class_and_missing_model_look_like_the_real_errors(
 async def test_accepted_prompt_answers(comfy: ComfyUIDouble, http: aiohttp.ClientSession, rec: Recordings) -> None:
     for name in ("http-post-prompt-success-trivial.json", "http-post-prompt-success-basic.json"):
         recorded = rec.http(name)
-        reply = await replay(http, comfy, recorded)
-        assert_same_envelope(reply, recorded)
+        reply = await replayed_as_recorded(http, comfy, recorded)
         assert_same_shape(reply.json(), recorded["response"]["body"])
     own_id = rec.http("http-post-prompt-client-prompt_id.json")
     assert (await replay(http, comfy, own_id)).json()["prompt_id"] == own_id["response"]["body"]["prompt_id"]
@@ -850,8 +851,7 @@ async def _assert_queue_reply(
     pending: list[str],
 ) -> None:
     recorded = rec.http(name)
-    reply = await replay(http, comfy, recorded)
-    assert_same_envelope(reply, recorded)
+    reply = await replayed_as_recorded(http, comfy, recorded)
     assert_same_shape(reply.json(), recorded["response"]["body"])
     assert [item[1] for item in reply.json()["queue_running"]] == running
     assert [item[1] for item in reply.json()["queue_pending"]] == pending
@@ -980,8 +980,7 @@ async def test_view_answers_as_recorded(comfy: ComfyUIDouble, http: aiohttp.Clie
     await wait_history(http, comfy, prompt_id)
     for name in ("http-get-view-output.json", "http-get-view-channel-rgb.json"):
         recorded = rec.http(name)
-        reply = await replay(http, comfy, recorded)
-        assert_same_envelope(reply, recorded)
+        reply = await replayed_as_recorded(http, comfy, recorded)
         assert reply.headers["Content-Disposition"] == recorded["response"]["headers"]["Content-Disposition"]
         binary = recorded["response"]["body_binary"]
         assert png_size(reply.body) == (binary["image_width"], binary["image_height"])

@@ -29,7 +29,6 @@ import logging
 import os
 import random
 import shutil
-import signal
 import socket
 import struct
 import sys
@@ -48,8 +47,10 @@ from aiohttp import WSMsgType, web
 
 try:
     from doubles.png import encode_solid_png, looks_like_image, png_size
+    from doubles.served import Served, serve_until_signalled
 except ImportError:  # run as a script: tests/doubles itself is sys.path[0]
     from png import encode_solid_png, looks_like_image, png_size  # type: ignore[no-redef]
+    from served import Served, serve_until_signalled
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "data" / "comfyui-0.3.64"
 
@@ -775,7 +776,7 @@ async def _origin_only_middleware(
 # --------------------------------------------------------------------------- the double
 
 
-class ComfyUIDouble:
+class ComfyUIDouble(Served):
     """An in-process (or standalone) ComfyUI 0.3.64 look-alike on 127.0.0.1.
 
     Introspection for assertions: `prompts_received` (bodies of accepted POST /prompt, as sent),
@@ -872,13 +873,6 @@ class ComfyUIDouble:
                 await task
         self._tasks = []
         shutil.rmtree(self._root, ignore_errors=True)
-
-    async def __aenter__(self) -> ComfyUIDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def _listen(self, port: int) -> None:
         # a short shutdown timeout: hung requests must not delay go_down()/stop() by aiohttp's 60 s
@@ -1866,14 +1860,7 @@ async def _serve(args: argparse.Namespace) -> None:
         name=args.name,
         host=args.host,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await double.start(args.port)
-    print(f"ComfyUIDouble {args.name} listening on {double.url}", flush=True)  # readiness line for parents
-    await stop.wait()
-    await double.stop()
+    await serve_until_signalled(double, args.port, f"ComfyUIDouble {args.name}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import json
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
+
+try:
+    from doubles.served import Served, serve_until_signalled
+except ImportError:  # run as a script: tests/doubles itself is sys.path[0]
+    from served import Served, serve_until_signalled
 
 Mode = Literal["ok", "error", "garbage", "empty", "hang"]
 FaultScope = Literal["inference", "all"]
@@ -107,7 +111,7 @@ def default_reply(messages: list[Message]) -> str:
     return f"A detailed, cinematic rendering of {user_texts[-1]}, soft light, high detail"
 
 
-class OllamaDouble:
+class OllamaDouble(Served):
     """A fake Ollama on 127.0.0.1 whose failures are switched at run time through plain attributes."""
 
     def __init__(self, *, models: Sequence[str] | None = None, reply: str | ReplyFn | None = None) -> None:
@@ -158,13 +162,6 @@ class OllamaDouble:
         if self._runner is not None:
             return
         await self._listen(self.port)
-
-    async def __aenter__(self) -> OllamaDouble:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def _listen(self, port: int) -> None:
         self._released = asyncio.Event()
@@ -575,21 +572,17 @@ def _openai_model(name: str) -> dict[str, Any]:
 
 
 def _openai_completion(completion_id: str, model: str, text: str, usage: _Usage) -> dict[str, Any]:
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "fp_ollama",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": usage.openai(),
-    }
+    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    return {**_openai_chunk(completion_id, model, [choice], "chat.completion"), "usage": usage.openai()}
 
 
-def _openai_chunk(completion_id: str, model: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+def _openai_chunk(
+    completion_id: str, model: str, choices: list[dict[str, Any]], kind: str = "chat.completion.chunk"
+) -> dict[str, Any]:
+    """A chat completion (`kind` "chat.completion") or one chunk of a streamed one, as Ollama's OpenAI API sends it."""
     return {
         "id": completion_id,
-        "object": "chat.completion.chunk",
+        "object": kind,
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_ollama",
@@ -619,18 +612,7 @@ def _openai_stream(completion_id: str, model: str, pieces: list[str], usage: _Us
 
 
 async def _serve(port: int, models: list[str] | None) -> None:
-    double = OllamaDouble(models=models)
-    await double.start(port)
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    # The line a parent process waits for; it carries the port when --port 0 was asked.
-    print(f"ollama double listening on {double.url}", flush=True)
-    try:
-        await stopped.wait()
-    finally:
-        await double.stop()
+    await serve_until_signalled(OllamaDouble(models=models), port, "ollama double")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -91,14 +91,18 @@ class JobScript:
     def events(self) -> list[Event]:
         """Every event of the job in the order the dispatcher publishes them, with increasing seq."""
         seq = iter(range(1, 1000))
+
+        def event(kind: Callable[..., Event], at: float, **fields: Any) -> Event:
+            return kind(job_id=self.job_id, seq=next(seq), at=at, **fields)
+
+        request = GenerationRequest(
+            prompt=self.prompt, api_key_id=self.api_key_id, client_name=self.client_name, seed=self.seed
+        )
         out: list[Event] = [
-            kinds.JobAccepted(
-                job_id=self.job_id,
-                seq=next(seq),
-                at=self.accepted_at,
-                request=GenerationRequest(
-                    prompt=self.prompt, api_key_id=self.api_key_id, client_name=self.client_name, seed=self.seed
-                ),
+            event(
+                kinds.JobAccepted,
+                self.accepted_at,
+                request=request,
                 render_type=self.render_type,
                 positive_prompt=f"{self.prompt}, highly detailed",
                 negative_prompt="blurry",
@@ -107,64 +111,29 @@ class JobScript:
                 width=512,
                 height=512,
             ),
-            kinds.JobQueued(job_id=self.job_id, seq=next(seq), at=self.accepted_at + 0.001, position=1),
+            event(kinds.JobQueued, self.accepted_at + 0.001, position=1),
         ]
         started = self.started_at
         if started is not None:
             attempt = 1
             if self.retry:
                 out.append(
-                    kinds.JobStarted(
-                        job_id=self.job_id,
-                        seq=next(seq),
-                        at=started - 0.5,
-                        instance="comfy-0",
-                        attempt=1,
-                        comfy_prompt_id="p-first",
-                    )
+                    event(kinds.JobStarted, started - 0.5, instance="comfy-0", attempt=1, comfy_prompt_id="p-first")
                 )
-                out.append(
-                    kinds.JobRetrying(
-                        job_id=self.job_id,
-                        seq=next(seq),
-                        at=started - 0.2,
-                        instance="comfy-0",
-                        attempt=1,
-                        reason="instance stopped answering",
-                    )
-                )
+                reason = "instance stopped answering"
+                out.append(event(kinds.JobRetrying, started - 0.2, instance="comfy-0", attempt=1, reason=reason))
                 attempt = 2
+            prompt_id = f"p-{self.job_id}"
             out.append(
-                kinds.JobStarted(
-                    job_id=self.job_id,
-                    seq=next(seq),
-                    at=started,
-                    instance=self.instance,
-                    attempt=attempt,
-                    comfy_prompt_id=f"p-{self.job_id}",
-                )
+                event(kinds.JobStarted, started, instance=self.instance, attempt=attempt, comfy_prompt_id=prompt_id)
             )
             for step in range(self.progress_steps):
+                at = started + 0.01 * (step + 1)
                 out.append(
-                    kinds.JobProgress(
-                        job_id=self.job_id,
-                        seq=next(seq),
-                        at=started + 0.01 * (step + 1),
-                        instance=self.instance,
-                        value=step + 1,
-                        max=self.progress_steps,
-                    )
+                    event(kinds.JobProgress, at, instance=self.instance, value=step + 1, max=self.progress_steps)
                 )
             for output in self.output_files():
-                out.append(
-                    kinds.OutputStored(
-                        job_id=self.job_id,
-                        seq=next(seq),
-                        at=self.finished_at - 0.01,
-                        instance=self.instance,
-                        output=output,
-                    )
-                )
+                out.append(event(kinds.OutputStored, self.finished_at - 0.01, instance=self.instance, output=output))
         timings = Timings(
             accepted_at=self.accepted_at,
             started_at=started,
@@ -172,14 +141,13 @@ class JobScript:
             queue_wait_ms=(self.queue_s * 1000 if self.queue_s is not None else None) if self.give_ms else None,
             run_ms=(self.run_s * 1000 if started is not None else None) if self.give_ms else None,
         )
-        final = {"job_id": self.job_id, "seq": next(seq), "at": self.finished_at, "timings": timings}
-        final["instance"] = self.instance if started is not None else None
+        final = {"timings": timings, "instance": self.instance if started is not None else None}
         if self.outcome == "completed":
-            out.append(kinds.JobCompleted(**final, outputs=self.output_files()))
+            out.append(event(kinds.JobCompleted, self.finished_at, **final, outputs=self.output_files()))
         elif self.outcome == "failed":
-            out.append(kinds.JobFailed(**final, error="ComfyUI reported: out of memory"))
+            out.append(event(kinds.JobFailed, self.finished_at, **final, error="ComfyUI reported: out of memory"))
         else:
-            out.append(kinds.JobCancelled(**final, reason="cancelled by the caller"))
+            out.append(event(kinds.JobCancelled, self.finished_at, **final, reason="cancelled by the caller"))
         return out
 
 

@@ -108,6 +108,26 @@ def nats_messages(monitor_url: str) -> dict[str, int]:
     return counts
 
 
+def cpu_ms_per_job(pids: dict[str, int], before: dict[str, float], jobs: int) -> dict[str, float]:
+    """Each process's CPU time since `before` (its cpu_seconds then), in ms per job."""
+    return {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
+
+
+def print_figures(
+    label: str, concurrency: int, elapsed: float, latencies: list[float], spent: dict[str, float], indent: str = ""
+) -> None:
+    """A load's throughput, median and p99 latency, and the hub's CPU per generation, in all and per process."""
+    jobs = len(latencies)
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    print(
+        f"{indent}{label:5s}: {jobs / elapsed:6.1f} generations/s   median {statistics.median(ordered) * 1000:6.1f} ms"
+        f"   p99 {p99 * 1000:6.1f} ms   hub CPU {sum(spent.values()):5.1f} ms/generation"
+        f"   ({jobs} jobs, {concurrency} at a time)"
+    )
+    print(f"{indent}       " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+
+
 async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, one: One) -> None:
     jobs, concurrency = args.jobs, args.concurrency
     await run_concurrently(concurrency, concurrency, one)  # warm-up: connections, caches, first imports
@@ -117,16 +137,8 @@ async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, on
     elapsed, latencies = await run_concurrently(jobs, concurrency, one)
     messages_after = nats_messages(args.monitor_url)
     stop_profilers(profilers)
-    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
     messages = {name: (n - messages_before.get(name, 0)) / jobs for name, n in sorted(messages_after.items())}
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(
-        f"{label:5s}: {jobs / elapsed:6.1f} generations/s   median {statistics.median(ordered) * 1000:6.1f} ms"
-        f"   p99 {p99 * 1000:6.1f} ms   hub CPU {sum(spent.values()):5.1f} ms/generation"
-        f"   ({jobs} jobs, {concurrency} at a time)"
-    )
-    print("       " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+    print_figures(label, concurrency, elapsed, latencies, cpu_ms_per_job(pids, before, jobs))
     print(
         f"       NATS messages per generation {sum(messages.values()):.1f}: "
         + "  ".join(f"{name} {n:.1f}" for name, n in messages.items() if n)

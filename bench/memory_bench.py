@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
 import nats
-from cost_bench import rest_path
+from _common import run_concurrently
+from cost_bench import cpu_ms_per_job, cpu_seconds, print_figures, rest_path
 from dispatch_support import add_instance
 from doubles.comfyui import ComfyUIDouble
 from harness import hub_env
@@ -127,47 +127,17 @@ async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> str:
     return key.secret
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def load(env: dict[str, str], secret: str, pids: dict[str, int], jobs: int, concurrency: int) -> None:
     """`jobs` generations over REST, `concurrency` at a time: throughput, latency and CPU per generation."""
     gateway = f"http://127.0.0.1:{env['HUB_GATEWAY_PORT']}"
     headers = {"Authorization": f"Bearer {secret}"}
     limits = httpx.Limits(max_connections=2 * concurrency)
-    latencies: list[float] = []
     async with httpx.AsyncClient(base_url=gateway, headers=headers, timeout=120, limits=limits) as http:
         generate = rest_path(http)  # one REST generation followed to its final event, as cost_bench sends it
-
-        async def one(i: int) -> None:
-            started = time.perf_counter()
-            await generate(i)
-            latencies.append(time.perf_counter() - started)
-
-        async def worker(todo: list[int]) -> None:
-            while todo:
-                await one(todo.pop())
-
-        warm_up = list(range(concurrency))  # connections, caches, first imports
-        await asyncio.gather(*(worker(warm_up) for _ in range(concurrency)))
-        latencies.clear()
+        await run_concurrently(concurrency, concurrency, generate)  # warm-up: connections, caches, first imports
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        started = time.perf_counter()
-        todo = list(range(jobs))
-        await asyncio.gather(*(worker(todo) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    spent = {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(
-        f"        REST: {jobs / elapsed:5.1f} generations/s   median {statistics.median(ordered) * 1000:6.1f} ms"
-        f"   p99 {p99 * 1000:6.1f} ms   hub CPU {sum(spent.values()):5.1f} ms/generation ({jobs} jobs, "
-        f"{concurrency} at a time)"
-    )
-    print("        " + "  ".join(f"{name} {ms:.1f}" for name, ms in spent.items()))
+        elapsed, latencies = await run_concurrently(jobs, concurrency, generate)
+    print_figures("REST", concurrency, elapsed, latencies, cpu_ms_per_job(pids, before, jobs), indent="        ")
 
 
 async def measure(layout: str, root: Path, comfy: ComfyUIDouble, args: argparse.Namespace) -> tuple[float, float]:

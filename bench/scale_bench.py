@@ -26,7 +26,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -37,13 +36,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx
+from _common import hub_on_fresh_nats
 from cost_bench import PRODUCTION_TIMINGS, rss_mb
-from gateway_support import GatewayHub, gateway_hub
+from gateway_support import GatewayHub
 
 from contracts import endpoints
 from contracts.messages.jobs import GenerationRequest, GetJob
 from contracts.runtime.bus import call
-from hub_deploy.natsserver import NatsServer
 
 ACCEPT = {"Accept": "application/json, text/event-stream"}
 INIT = {
@@ -241,23 +240,10 @@ async def main() -> None:
     parser.add_argument("--mcp-calls", type=int, default=1000)
     parser.add_argument("--budget", type=float, default=15.0, help="HUB_GATEWAY_TOOL_BUDGET_S for the MCP calls")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        root = Path(tmp)
-        (root / "data").mkdir()
-        server = NatsServer(root / "nats" / "jetstream", log_file=root / "nats.log")
-        server.start()
-        try:
-            async with gateway_hub(
-                server.url,
-                root / "data",
-                services_env=PRODUCTION_TIMINGS,
-                HUB_LOG_LEVEL="warning",
-                HUB_GATEWAY_TOOL_BUDGET_S=str(args.budget),
-            ) as gw:
-                await gw.hub.start("stats").wait_healthy(gw.nc)
-                await bench(gw, args)
-        finally:
-            server.stop()
+    hub = hub_on_fresh_nats("scale-bench-", services_env=PRODUCTION_TIMINGS, HUB_GATEWAY_TOOL_BUDGET_S=str(args.budget))
+    async with hub as (gw, _server):
+        await gw.hub.start("stats").wait_healthy(gw.nc)
+        await bench(gw, args)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ ALL_STREAMS: Final = (EVENTS, JOBS)
 
 
 class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A JetStream key-value bucket; `replicas` comes from configuration, like the streams'."""
+    """A JetStream key-value bucket (or the outputs' object store, with ttl_s 0); `replicas` comes from
+    configuration, like the streams'."""
 
     name: str
     ttl_s: float  # every entry expires this long after its last write; 0 = never

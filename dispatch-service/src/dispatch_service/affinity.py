@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.kv import KeyValue
 
-from contracts.runtime.bus import open_bucket
+from contracts.runtime.bus import KvStore
 from contracts.runtime.logs import get_logger
 from contracts.streams import BucketSpec
 from dispatch_service.leases import instance_key
@@ -104,18 +103,18 @@ class LoadedModels(msgspec.Struct, frozen=True):
     since: float
 
 
-class ModelMemory:
+class ModelMemory(KvStore):
     """What each instance holds, shared between replicas through a KV bucket; the local view answers at once."""
 
+    bucket_spec = MODELS
+
     def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
+        super().__init__(js, replicas=replicas)
         self._loaded: dict[str, frozenset[str]] = {}  # by instance name
         self._follower: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        self._kv = await open_bucket(self._js, MODELS, self._replicas)
+        await super().open()
         self._follower = asyncio.ensure_future(self._follow())
 
     async def close(self) -> None:
@@ -126,10 +125,10 @@ class ModelMemory:
 
     async def _follow(self) -> None:
         """Keep the local view in step with what other replicas write (and forget)."""
-        assert self._kv is not None
+        assert self._opened is not None
         while True:
             try:
-                watcher = await self._kv.watchall()
+                watcher = await self._opened.watchall()
                 async for entry in watcher:
                     if entry is not None:
                         self._apply(entry.key, entry.value, deleted=entry.operation is not None)
@@ -170,10 +169,10 @@ class ModelMemory:
         await self._write(lambda kv: kv.delete(instance_key(instance)))
 
     async def _write(self, change: Any) -> None:
-        if self._kv is None:
+        if self._opened is None:
             return
         try:
-            await change(self._kv)
+            await change(self._opened)
         except Exception as exc:  # the local view is right; other replicas learn it at the next write
             log.warning("could not share the loaded models of an instance", error=str(exc) or repr(exc))
 

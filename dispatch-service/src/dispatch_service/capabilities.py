@@ -10,11 +10,9 @@ import time
 from typing import Final
 
 import msgspec
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
-from contracts.runtime.bus import open_bucket
+from contracts.runtime.bus import KvStore
 from contracts.runtime.logs import get_logger
 from contracts.streams import BucketSpec
 from dispatch_service.leases import instance_key
@@ -38,23 +36,17 @@ class Capabilities(msgspec.Struct, frozen=True):
     read_at: float  # wall clock
 
 
-class CapabilityMemory:
+class CapabilityMemory(KvStore):
     """The bucket above; a failure to read or write it only costs a fresh reading."""
 
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
-
-    async def open(self) -> None:
-        self._kv = await open_bucket(self._js, CAPABILITIES, self._replicas)
+    bucket_spec = CAPABILITIES
 
     async def recall(self, instance: str, base_url: str) -> Capabilities | None:
         """The last reading of `instance` at `base_url`, when fresh enough to place jobs on."""
-        if self._kv is None:
+        if self._opened is None:
             return None
         try:
-            entry = await self._kv.get(instance_key(instance))
+            entry = await self._opened.get(instance_key(instance))
             capabilities = msgspec.json.decode(entry.value or b"", type=Capabilities)
         except KeyNotFoundError:
             return None
@@ -65,9 +57,9 @@ class CapabilityMemory:
         return capabilities if fresh and capabilities.base_url == base_url else None
 
     async def remember(self, instance: str, capabilities: Capabilities) -> None:
-        if self._kv is None:
+        if self._opened is None:
             return
         try:
-            await self._kv.put(instance_key(instance), msgspec.json.encode(capabilities))
+            await self._opened.put(instance_key(instance), msgspec.json.encode(capabilities))
         except Exception as exc:
             log.warning("could not store what an instance can run", instance=instance, error=str(exc) or repr(exc))

@@ -20,13 +20,11 @@ import uuid
 from typing import Final
 
 import msgspec
-from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest
-from contracts.runtime.bus import open_bucket
+from contracts.runtime.bus import KvStore
 from contracts.streams import BucketSpec
 
 BUCKET = "hub-idempotency"
@@ -72,16 +70,8 @@ def _fingerprint(request: GenerationRequest) -> str:
     return hashlib.sha256(msgspec.json.encode(same)).hexdigest()
 
 
-class IdempotencyKeys:
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
-
-    async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await open_bucket(self._js, IDEMPOTENCY_KEYS, self._replicas)
-        return self._kv
+class IdempotencyKeys(KvStore):
+    bucket_spec = IDEMPOTENCY_KEYS  # opened on first use
 
     async def claim(self, request: GenerationRequest, key: str, field: str) -> Claim:
         """The job id to submit `request` under: the one the first submission with `key` got, or a new one."""

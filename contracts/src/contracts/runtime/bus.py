@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -45,6 +45,7 @@ T = TypeVar("T")
 M = TypeVar("M")
 Req = TypeVar("Req", bound=msgspec.Struct)
 Res = TypeVar("Res")
+B = TypeVar("B")  # what a BucketStore binds to: a KeyValue, an ObjectStore
 
 log = get_logger("bus")
 
@@ -400,6 +401,37 @@ async def _find_or_create_bucket(js: JetStreamContext, spec: BucketSpec, replica
             return await js.key_value(spec.name)
         except (BucketNotFoundError, NotFoundError):
             raise creation_error from None
+
+
+class BucketStore(Generic[B]):
+    """A store that keeps its state in one JetStream bucket (`bucket_spec`), shared by every replica. `open()` binds
+    to it at start and `_bucket()` on first use, creating it if none exists yet. `_opened` is None until then, so a
+    store that must not wait for NATS can do without the bucket instead."""
+
+    bucket_spec: ClassVar[BucketSpec]
+
+    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
+        self._js = js
+        self._replicas = replicas
+        self._opened: B | None = None
+
+    async def open(self) -> None:
+        await self._bucket()
+
+    async def _bucket(self) -> B:
+        if self._opened is None:
+            self._opened = await through_election(self._find_or_create, f"opening the {self.bucket_spec.name} bucket")
+        return self._opened
+
+    async def _find_or_create(self) -> B:
+        raise NotImplementedError
+
+
+class KvStore(BucketStore[KeyValue]):
+    """A BucketStore in a key-value bucket, as open_bucket makes it."""
+
+    async def _find_or_create(self) -> KeyValue:
+        return await _find_or_create_bucket(self._js, self.bucket_spec, self._replicas)
 
 
 class _JobEventFanout:

@@ -20,7 +20,6 @@ from typing import BinaryIO, Protocol
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext
 from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
@@ -28,8 +27,8 @@ from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE,
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
 from contracts.messages.render_types import OutputKind
-from contracts.runtime.bus import through_election
-from contracts.streams import OUTPUTS_BUCKET
+from contracts.runtime.bus import BucketStore
+from contracts.streams import OUTPUTS_BUCKET, BucketSpec
 
 CHUNK_SIZE = 128 * 1024
 _ROLLUP_SUBJECT = {"Nats-Rollup": "sub"}  # a meta message replaces the object's earlier ones (as nats-py writes it)
@@ -101,22 +100,10 @@ class _Headers(msgspec.Struct):
     job_id: str
 
 
-class ObjectStoreOutputs:
+class ObjectStoreOutputs(BucketStore[ObjectStore]):
     """Outputs in a JetStream Object Store bucket (file storage, `replicas` copies)."""
 
-    def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._store: ObjectStore | None = None
-
-    async def open(self) -> None:
-        """Find or create the bucket."""
-        await self._bucket()
-
-    async def _bucket(self) -> ObjectStore:
-        if self._store is None:
-            self._store = await through_election(self._find_or_create, f"opening the {OUTPUTS_BUCKET} bucket")
-        return self._store
+    bucket_spec = BucketSpec(name=OUTPUTS_BUCKET, ttl_s=0, description="Generated outputs")
 
     async def _find_or_create(self) -> ObjectStore:
         try:
@@ -127,7 +114,9 @@ class ObjectStoreOutputs:
         return store
 
     async def _create(self) -> ObjectStore:
-        config = ObjectStoreConfig(description="Generated outputs", storage=StorageType.FILE, replicas=self._replicas)
+        config = ObjectStoreConfig(
+            description=self.bucket_spec.description, storage=StorageType.FILE, replicas=self._replicas
+        )
         try:
             return await self._js.create_object_store(OUTPUTS_BUCKET, config=config)
         except BadRequestError:  # another replica created it meanwhile

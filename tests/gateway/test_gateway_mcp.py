@@ -389,6 +389,10 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
 
         again = await session.call_tool("get_generation", {"job_id": data["job_id"]})
         assert again.structured_content["images"] == data["images"]
+        # The answer was built from the job's events (no view asked after it completed): the same as the
+        # dispatcher's view, but for the steps of the last node, which the dispatcher records at most every 0.5 s.
+        assert {**again.structured_content, "progress": None} == {**data, "progress": None}
+        assert again.structured_content["progress"]["percent"] == data["progress"]["percent"] == 100
 
         blob = await session.read_resource(str(links[0].uri))
         contents = blob.contents[0]

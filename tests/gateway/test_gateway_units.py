@@ -99,10 +99,10 @@ def test_a_followed_job_is_viewed_as_its_events_tell() -> None:
     assert running.api_key_id == "key_1" and (running.width, running.height) == (512, 512)
     followed.note(events.OutputStored(job_id="job1", seq=7, at=102.9, instance="b", output=output))
     followed.note(events.OutputStored(job_id="job1", seq=7, at=102.9, instance="b", output=output))  # replayed
-    assert followed.view.outputs == [output]
+    assert followed.view.outputs == [output] and not followed.completed
     followed.note(events.JobCompleted(job_id="job1", seq=8, at=103.0, instance="b", outputs=[output], timings=timings))
     done = followed.view
-    assert done.status == "completed" and done.outputs == [output] and done.timings == timings
+    assert done.status == "completed" and done.outputs == [output] and done.timings == timings and followed.completed
     assert (done.progress.value, done.progress.max, done.progress.percent) == (20, 20, 100.0)
     # Started from the dispatcher's view (its queue place), a replayed `queued` event changes nothing.
     waiting = FollowedJob("job2", "", SubmitReply(job_id="job2", status="accepted", render_type="sdxl"))

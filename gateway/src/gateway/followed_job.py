@@ -1,8 +1,11 @@
 """A job's view as far as the gateway knows it from following the job: its submission, the view the dispatcher gave
 at the start (if any) and the job's events since.
 
-The dispatcher's view (Dispatch.JOBS_GET) stays the answer; this one stands in when the dispatcher does not answer
-in time, so a call held by the budgeted wait still gets its job back when the hub is busy (1,000 calls whose budgets
+A completed job's events carry its whole result (prompts and seed in `accepted`, outputs and timings in
+`completed`, recorded by the dispatcher before it published them), so the answer of a call that saw it complete is
+built from them, without asking the dispatcher again. For a job still under way, failed or cancelled the
+dispatcher's view (Dispatch.JOBS_GET) stays the answer; this one stands in when the dispatcher does not answer in
+time, so a call held by the budgeted wait still gets its job back when the hub is busy (1,000 calls whose budgets
 end together ask the one dispatcher for 1,000 views at once).
 """
 
@@ -29,10 +32,17 @@ class FollowedJob:
             seed=reply.seed,
             error=reply.error,
         )
+        self._accepted_seen = False
 
     @property
     def view(self) -> JobView:
         return self._view
+
+    @property
+    def completed(self) -> bool:
+        """Whether the job completed and every event of it was seen (they come in order, none skipped, from its
+        `accepted` event on): the view then holds its whole result."""
+        return self._accepted_seen and self._view.status == "completed"
 
     def start_from(self, view: JobView) -> None:
         """The dispatcher's view (its queue place, estimated start): the events after it are folded on top."""
@@ -42,6 +52,7 @@ class FollowedJob:
         """One event of the job (every event is replayed from the first: an older one changes no later state)."""
         view = self._view
         if isinstance(event, events.JobAccepted):
+            self._accepted_seen = True
             self._view = msgspec.structs.replace(
                 view,
                 render_type=event.render_type,

@@ -343,7 +343,8 @@ class HubMcp:
         followed = FollowedJob(job_id, generation.prompt or "", reply)
         try:
             await self._follow(ctx, followed)
-            view = await self._view_within(job_id) or followed.view
+            # A completed job's events hold its result (see FollowedJob): no view to ask the dispatcher for.
+            view = followed.view if followed.completed else await self._view_within(job_id) or followed.view
         except anyio.get_cancelled_exc_class():
             # The caller cancelled the request (notifications/cancelled, or closed the 2026-era response
             # stream): cancel the job too, so no GPU time is spent on an image nobody waits for.

@@ -373,7 +373,9 @@ async def test_waiting_jobs_know_their_place_in_the_queue(hub: Hub, checkpoint: 
     async with pool(hub, ("one-at-a-time", comfy)):
         running = await submit(hub.nc, "holds the only slot")
         await wait_for(hub.nc, running.job_id, {"running"})
-        waiting = [(await submit(hub.nc, f"waits, take {n}")).job_id for n in range(3)]
+        waiting = [(await submit(hub.nc, "waits, take 0")).job_id]
+        await asyncio.sleep(0.5)  # the later jobs are nearer the back of the key's jobs: placed by those after them
+        waiting += [(await submit(hub.nc, f"waits, take {n}")).job_id for n in range(1, 3)]
         assert (await job(hub.nc, running.job_id)).queue_position is None
         assert [(await job(hub.nc, job_id)).queue_position for job_id in waiting] == [1, 2, 3]
         await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=waiting[0]))

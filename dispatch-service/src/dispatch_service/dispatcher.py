@@ -35,7 +35,7 @@ from contracts.runtime.storage import OutputStorage
 from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
-from dispatch_service.fair_share import fair_position
+from dispatch_service.fair_share import Standing, fair_position
 from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
@@ -44,6 +44,16 @@ from dispatch_service.store import WAITING_STATUSES, JobRecord, JobStore, Waitin
 log = get_logger("dispatcher")
 # When a key is at its waiting limit before any job has completed here, there is no run time to go by.
 DEFAULT_RETRY_AFTER_S = 10.0
+# How long job views share fair share's standings at most when no job row is written here meanwhile (the bound on
+# what other replicas' writes take to show in a view).
+VIEW_STANDINGS_TTL_S = 1.0
+
+
+@dataclass(frozen=True)
+class _SharedStandings:
+    writes: int  # JobStore.writes when they were asked for
+    at: float  # monotonic
+    standings: asyncio.Future[list[Standing]]
 
 
 @dataclass(kw_only=True, eq=False, repr=False)  # a service object: compared, hashed and shown as itself
@@ -59,6 +69,7 @@ class Dispatcher:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     # job id -> its submission being accepted
     _accepting: dict[str, asyncio.Future[SubmitReply]] = field(default_factory=dict, init=False)
+    _view_standings: _SharedStandings | None = field(default=None, init=False)
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -185,22 +196,34 @@ class Dispatcher:
         row = await self.store.require(job_id)
         if row.status not in WAITING_STATUSES:
             return job_view(row)
-        in_key = await self.store.key_queue_position(row)
-        position = await self._queue_position(row, in_key)
+        standings = await self._standings_for_views() if self.scheduler.queues.fair else []
+        mine = next((s for s in standings if s.api_key_id == row.api_key_id), None)
+        # A job nearer the back of its key's jobs (by when it came) is placed by counting the jobs after it: the
+        # last of 10,000 counts none, not 9,999.
+        from_back = mine is not None and row.accepted_at - mine.oldest_accepted_at > time.time() - row.accepted_at
+        in_key = await self.store.key_queue_position(row, key_waiting=mine.waiting if from_back and mine else None)
+        position = fair_position(standings, row.api_key_id, in_key) if mine else None
+        if position is None:  # fair share off, or its standings do not have the key yet: the order of arrival
+            position = await self.store.queue_position(row)
         view = job_view(row, position)
         view.key_queue_position = in_key
         view.estimated_start_at = self._estimated_start(position, await self.store.recent_run_s())
         return view
 
-    async def _queue_position(self, row: JobRecord, in_key: int) -> int:
-        """The job's place in the whole queue: the order fair share will start the waiting jobs in (the keys take
-        turns by service and weight), or the order of arrival when fair share is off."""
-        queues = self.scheduler.queues
-        if queues.fair:
-            position = fair_position(await queues.standings(), row.api_key_id, in_key)
-            if position is not None:
-                return position
-        return await self.store.queue_position(row)
+    async def _standings_for_views(self) -> list[Standing]:
+        """Fair share's standings (the keys' turns: the order the waiting jobs start in), shared by the views of a
+        moment: each computation counts every waiting job, and 1,000 callers waiting on their jobs ask at once.
+        Asked again after any write of a job row here (so a view here is exact), else after VIEW_STANDINGS_TTL_S."""
+        shared = self._view_standings
+        if shared is None or shared.writes != self.store.writes or time.monotonic() - shared.at >= VIEW_STANDINGS_TTL_S:
+            asked = asyncio.ensure_future(self.scheduler.queues.standings())
+            shared = self._view_standings = _SharedStandings(self.store.writes, time.monotonic(), asked)
+        try:
+            return await asyncio.shield(shared.standings)
+        except Exception:
+            if self._view_standings is shared:  # not kept for the next views
+                self._view_standings = None
+            raise
 
     def _estimated_start(self, position: int, run_s: float | None) -> float | None:
         """When the job at `position` of the queue should start: the jobs ahead of it, and those running, leave the

@@ -137,8 +137,17 @@ def _ahead_of(job: JobRecord) -> Combinable:
     return (JobRow.accepted_at <= job.accepted_at) & ((JobRow.accepted_at < job.accepted_at) | (JobRow.id < job.id))
 
 
+def _behind(job: JobRecord) -> Combinable:
+    """Jobs accepted after `job` (at the same time: inserted after it); the mirror of `_ahead_of`."""
+    return (JobRow.accepted_at >= job.accepted_at) & ((JobRow.accepted_at > job.accepted_at) | (JobRow.id > job.id))
+
+
 class JobStore:
     """Job rows: the only place that reads or writes them."""
+
+    def __init__(self) -> None:
+        # Counts the writes of job rows made here: a reader sharing what it read of them compares it.
+        self.writes = 0
 
     async def insert(self, job: PreparedJob, *, max_waiting: int | None = None) -> None:
         """Record an accepted job. With `max_waiting`, only while its key has fewer jobs waiting (counted and
@@ -155,6 +164,7 @@ class JobStore:
             await self._insert(job)
 
     async def _insert(self, job: PreparedJob) -> None:
+        self.writes += 1
         params = job.resolved.params
         await JobRow.insert(
             JobRow(
@@ -192,6 +202,7 @@ class JobStore:
 
     async def transition(self, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
         """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
+        self.writes += 1
         updated = (
             await JobRow.update(_changes(values))
             .where((JobRow.job_id == job_id) & JobRow.status.is_in(list(from_statuses)))
@@ -203,6 +214,7 @@ class JobStore:
     async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
         """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
         runner died (the same message delivered again). A second message for the same job never claims it."""
+        self.writes += 1
         changes = _changes(values)
         changes[JobRow.stream_seq] = stream_seq
         waiting = JobRow.status.is_in(list(WAITING_STATUSES))
@@ -216,6 +228,7 @@ class JobStore:
         return bool(updated)
 
     async def set(self, job_id: str, **values: Any) -> None:
+        self.writes += 1
         await JobRow.update(_changes(values)).where(JobRow.job_id == job_id).run()
 
     async def mark_outputs_removed(self, job_ids: list[str], gone: AbstractSet[str], at: float) -> None:
@@ -263,10 +276,14 @@ class JobStore:
         waiting = JobRow.status.is_in(list(WAITING_STATUSES))
         return await JobRow.count().where(waiting & _ahead_of(job)).run() + 1
 
-    async def key_queue_position(self, job: JobRecord) -> int:
-        """Where a waiting job stands among the waiting jobs of its own API key (1: the key's next)."""
+    async def key_queue_position(self, job: JobRecord, *, key_waiting: int | None = None) -> int:
+        """Where a waiting job stands among the waiting jobs of its own API key (1: the key's next). Given how many
+        of the key's jobs wait (`key_waiting`), the jobs after it are counted instead of those before it."""
         same_key = JobRow.api_key_id.is_null() if job.api_key_id is None else JobRow.api_key_id == job.api_key_id
         waiting = JobRow.status.is_in(list(WAITING_STATUSES)) & same_key
+        if key_waiting is not None:
+            behind = await JobRow.count().where(waiting & _behind(job)).run()
+            return max(1, key_waiting - behind)
         return await JobRow.count().where(waiting & _ahead_of(job)).run() + 1
 
     # builtins.set: inside JobStore, `set` is the method of that name.

@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import msgspec
@@ -162,46 +162,43 @@ class _Running:
     hand_back: bool = False  # interrupted because this dispatcher stops: the job goes back to the stream
 
 
+@dataclass(eq=False, repr=False)  # a service object: compared, hashed and shown as itself
 class Scheduler:
-    def __init__(
-        self,
-        settings: Settings,
-        js: JetStreamContext,
-        pool: Pool,
-        leases: SlotLeases,
-        store: JobStore,
-        events: EventPublisher,
-        storage: OutputStorage,
-        *,
-        nc: NatsClient,
-        replica: str,
-    ) -> None:
-        self.settings = settings
-        self.nc = nc
-        self.js = js
-        self.pool = pool
-        self.leases = leases
-        self.store = store
-        self.events = events
-        self.storage = storage
-        self.replica = replica  # stable across a restart: see replica.py
-        self.running: dict[str, _Running] = {}
-        # API key id -> jobs this replica has started and not yet ended (counted before their row says running).
-        self._started_of_key: dict[str, set[str]] = defaultdict(set)
-        # The stream's consumers, one per API key; which key's job comes next (fair share, see fair_share.py).
-        self.queues = KeyQueues(settings, nc, js, store, self._started_of_key)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._rotation = itertools.count()
-        self._lost_to_another_replica = False  # the last job fetched found its free slot taken by another replica
-        self._reserved: tuple[InstanceState, Lease] | None = None  # pull: the slot taken for the next job fetched
-        self._bound: dict[str, deque[Msg]] = defaultdict(deque)  # round_robin: jobs waiting for their instance
-        # Which models each instance holds (every strategy keeps it); pull_affinity places jobs by it.
-        self.affinity = Affinity(
-            ModelMemory(js, replicas=settings.jetstream_replicas), CostModel(settings.dispatch_model_switch_s)
-        )
-        pool.on_back_up = self.affinity.memory.forget
+    settings: Settings
+    js: JetStreamContext
+    pool: Pool
+    leases: SlotLeases
+    store: JobStore
+    events: EventPublisher
+    storage: OutputStorage
+    _: KW_ONLY
+    nc: NatsClient
+    replica: str  # stable across a restart: see replica.py
+    running: dict[str, _Running] = field(default_factory=dict, init=False)
+    # API key id -> jobs this replica has started and not yet ended (counted before their row says running).
+    _started_of_key: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set), init=False)
+    # The stream's consumers, one per API key; which key's job comes next (fair share, see fair_share.py).
+    queues: KeyQueues = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _rotation: itertools.count[int] = field(default_factory=itertools.count, init=False)
+    # The last job fetched found its free slot taken by another replica.
+    _lost_to_another_replica: bool = field(default=False, init=False)
+    # pull: the slot taken for the next job fetched.
+    _reserved: tuple[InstanceState, Lease] | None = field(default=None, init=False)
+    # round_robin: jobs waiting for their instance.
+    _bound: dict[str, deque[Msg]] = field(default_factory=lambda: defaultdict(deque), init=False)
+    # Which models each instance holds (every strategy keeps it); pull_affinity places jobs by it.
+    affinity: Affinity = field(init=False)
+    _affinity_queue: AffinityQueue = field(init=False)
+    # (instance, kind) -> failed attempts (the figures)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.queues = KeyQueues(self.settings, self.nc, self.js, self.store, self._started_of_key)
+        memory = ModelMemory(self.js, replicas=self.settings.jetstream_replicas)
+        self.affinity = Affinity(memory, CostModel(self.settings.dispatch_model_switch_s))
+        self.pool.on_back_up = self.affinity.memory.forget
         self._affinity_queue = AffinityQueue(self)
-        self.failures: dict[tuple[str, str], int] = {}  # (instance, kind) -> failed attempts (the figures)
 
     # -- queue ------------------------------------------------------------------------------------------
 

@@ -459,11 +459,15 @@ class _JobEventFanout:
                 self._followers.pop(job_id, None)
 
     async def _subscribe(self) -> None:
+        """Once per connection (later followers wait for the first): whatever is published after this reaches us.
+        A follower that comes later asks the server nothing: the interest is there already, and an event handed to
+        `_deliver` after the follower's queue was registered goes to it (a round trip per follower cost the gateway
+        a PING/PONG per followed job)."""
         async with self._subscribing:
             if not self._subscribed:
                 await self._nc.subscribe(EVENTS_SUBJECTS, cb=self._deliver)
                 self._subscribed = True
-        await self._nc.flush()  # the server has the interest: whatever is published after this reaches us
+                await self._nc.flush()  # the server has the interest
 
     async def _deliver(self, message: Msg) -> None:
         for queue in self._followers.get(job_of_event_subject(message.subject), ()):

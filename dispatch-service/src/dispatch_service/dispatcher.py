@@ -50,10 +50,19 @@ VIEW_STANDINGS_TTL_S = 1.0
 
 
 @dataclass(frozen=True)
-class _SharedStandings:
-    writes: int  # JobStore.writes when they were asked for
+class _ViewBasis:
+    """What every job view of a moment reads alike: fair share's standings ([] when it is off) and the recent run
+    time (None before any job completed)."""
+
+    standings: list[Standing]
+    run_s: float | None
+
+
+@dataclass(frozen=True)
+class _SharedBasis:
+    writes: int  # JobStore.writes when it was asked for
     at: float  # monotonic
-    standings: asyncio.Future[list[Standing]]
+    basis: asyncio.Future[_ViewBasis]
 
 
 @dataclass(kw_only=True, eq=False, repr=False)  # a service object: compared, hashed and shown as itself
@@ -69,7 +78,7 @@ class Dispatcher:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     # job id -> its submission being accepted
     _accepting: dict[str, asyncio.Future[SubmitReply]] = field(default_factory=dict, init=False)
-    _view_standings: _SharedStandings | None = field(default=None, init=False)
+    _view_basis: _SharedBasis | None = field(default=None, init=False)
 
     # -- jobs ---------------------------------------------------------------------------------------
 
@@ -196,7 +205,8 @@ class Dispatcher:
         row = await self.store.require(job_id)
         if row.status not in WAITING_STATUSES:
             return job_view(row)
-        standings = await self._standings_for_views() if self.scheduler.queues.fair else []
+        basis = await self._shared_view_basis()
+        standings = basis.standings
         mine = next((s for s in standings if s.api_key_id == row.api_key_id), None)
         # A job nearer the back of its key's jobs (by when it came) is placed by counting the jobs after it: the
         # last of 10,000 counts none, not 9,999.
@@ -207,23 +217,27 @@ class Dispatcher:
             position = await self.store.queue_position(row)
         view = job_view(row, position)
         view.key_queue_position = in_key
-        view.estimated_start_at = self._estimated_start(position, await self.store.recent_run_s())
+        view.estimated_start_at = self._estimated_start(position, basis.run_s)
         return view
 
-    async def _standings_for_views(self) -> list[Standing]:
-        """Fair share's standings (the keys' turns: the order the waiting jobs start in), shared by the views of a
-        moment: each computation counts every waiting job, and 1,000 callers waiting on their jobs ask at once.
-        Asked again after any write of a job row here (so a view here is exact), else after VIEW_STANDINGS_TTL_S."""
-        shared = self._view_standings
+    async def _shared_view_basis(self) -> _ViewBasis:
+        """The views' basis, shared by the views of a moment: the standings count every waiting job, and 1,000
+        callers waiting on their jobs ask at once. Asked again after any write of a job row here (so a view here is
+        exact), else after VIEW_STANDINGS_TTL_S."""
+        shared = self._view_basis
         if shared is None or shared.writes != self.store.writes or time.monotonic() - shared.at >= VIEW_STANDINGS_TTL_S:
-            asked = asyncio.ensure_future(self.scheduler.queues.standings())
-            shared = self._view_standings = _SharedStandings(self.store.writes, time.monotonic(), asked)
+            asked = asyncio.ensure_future(self._view_basis_now())
+            shared = self._view_basis = _SharedBasis(self.store.writes, time.monotonic(), asked)
         try:
-            return await asyncio.shield(shared.standings)
+            return await asyncio.shield(shared.basis)
         except Exception:
-            if self._view_standings is shared:  # not kept for the next views
-                self._view_standings = None
+            if self._view_basis is shared:  # not kept for the next views
+                self._view_basis = None
             raise
+
+    async def _view_basis_now(self) -> _ViewBasis:
+        standings = await self.scheduler.queues.standings() if self.scheduler.queues.fair else []
+        return _ViewBasis(standings=standings, run_s=await self.store.recent_run_s())
 
     def _estimated_start(self, position: int, run_s: float | None) -> float | None:
         """When the job at `position` of the queue should start: the jobs ahead of it, and those running, leave the

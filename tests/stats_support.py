@@ -175,7 +175,7 @@ class DispatcherStandIn:
             await msg.respond(msgspec.json.encode(reply))
 
         self._sub = await self.nc.subscribe(
-            subjects.Dispatch.OUTPUTS_DELETE, queue=subjects.queue_group("dispatch"), cb=answer
+            endpoints.Dispatch.OUTPUTS_DELETE.subject, queue=subjects.queue_group("dispatch"), cb=answer
         )
         await self.nc.flush()
         return self

@@ -17,7 +17,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 import contracts.messages as messages
-from contracts import endpoints, subjects
+from contracts import endpoints, subjects, topics
 from contracts.envelope import Empty, Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
 from contracts.messages.base import Record, Request
@@ -188,7 +188,7 @@ def test_a_reply_with_neither_result_nor_error_is_an_internal_error() -> None:
 def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, words: str) -> None:
     with pytest.raises(msgspec.ValidationError) as raised:
         msgspec.json.decode(body, type=GenerationRequest)
-    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT, GenerationRequest)
+    info = error_from_validation(raised.value, endpoints.Dispatch.JOBS_SUBMIT.subject, GenerationRequest)
     assert info.code is ErrorCode.INVALID_REQUEST
     assert info.field == field
     assert words in info.message
@@ -197,7 +197,7 @@ def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, w
 def test_malformed_json_is_reported_as_such() -> None:
     with pytest.raises(msgspec.DecodeError) as raised:
         msgspec.json.decode(b"{nope", type=GenerationRequest)
-    info = error_from_validation(raised.value, subjects.Dispatch.JOBS_SUBMIT)
+    info = error_from_validation(raised.value, endpoints.Dispatch.JOBS_SUBMIT.subject)
     assert info.field is None
     assert "not valid JSON" in info.message
 
@@ -252,20 +252,20 @@ async def test_every_endpoint_has_one_handler_in_its_service_and_info_names_its_
 
 
 def test_subjects_are_unique_and_owned_by_their_service() -> None:
+    """Endpoints, topics and health subjects together: none is used twice, each lies under its service's name."""
+    owners = (*endpoints.OWNERS, topics.Registry, topics.Prompt, topics.Gateway, topics.Dispatch)
+    named = [
+        (owner.__name__.lower(), f"{owner.__module__}.{owner.__name__}.{attr}", value.subject)
+        for owner in owners
+        for attr, value in vars(owner).items()
+        if isinstance(value, endpoints.Endpoint | topics.Topic)
+    ]
+    named += [(service, f"health({service!r})", subjects.health(service)) for service in subjects.SERVICES]
     seen: dict[str, str] = {}
-    for owner in (
-        subjects.Registry,
-        subjects.Prompt,
-        subjects.Dispatch,
-        subjects.Stats,
-        subjects.Gateway,
-        subjects.Ui,
-    ):
-        for attr, value in vars(owner).items():
-            if attr.isupper() and attr != "SERVICE":
-                assert value.startswith(f"hub.{owner.SERVICE}."), (attr, value)
-                assert value not in seen, f"{value} used by {seen.get(value)} and {attr}"
-                seen[value] = attr
+    for service, name, subject in named:
+        assert subject.startswith(f"hub.{service}."), (name, subject)
+        assert subject not in seen, f"{subject} used by {seen.get(subject)} and {name}"
+        seen[subject] = name
 
 
 @pytest.mark.parametrize("name", ["portrait xl", "", "porträt", "x" * 65])
@@ -275,7 +275,7 @@ def test_a_name_against_its_rule_is_told_the_rule_in_words(name: str) -> None:
     body = msgspec.json.encode({"render_type": {"name": name}})
     with pytest.raises(msgspec.ValidationError) as raised:
         msgspec.json.decode(body, type=SaveRenderType)
-    info = error_from_validation(raised.value, subjects.Registry.SAVE, SaveRenderType)
+    info = error_from_validation(raised.value, endpoints.Registry.SAVE.subject, SaveRenderType)
     assert info.field == "render_type.name"
     assert "regex" not in info.message
     rule = msgspec.inspect.type_info(RenderType).fields[0].type.extra_json_schema["description"]

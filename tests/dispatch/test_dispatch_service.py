@@ -27,7 +27,7 @@ from dispatch_support import (
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.instances import (
     Instance,
@@ -395,7 +395,7 @@ async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
         await submit(hub.nc, "x", render_type="no-such-render-type")
     assert raised.value.code is ErrorCode.NOT_FOUND
     with pytest.raises(HubError) as raised:
-        await request(hub.nc, subjects.Dispatch.JOBS_SUBMIT, msgspec.Raw(b'{"prompt": ""}'), JobView)
+        await request(hub.nc, endpoints.Dispatch.JOBS_SUBMIT.subject, msgspec.Raw(b'{"prompt": ""}'), JobView)
     assert raised.value.info.field == "prompt"
 
 

@@ -9,13 +9,13 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from test_registry_service import SHIPPED, get, history, listing, refused, resolve, save, tiny
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode
 from contracts.messages.health import HealthRequest
 from contracts.messages.render_types import DeleteRenderType, ResolveRenderType
 from contracts.runtime.bus import call
 
-R = subjects.Registry
+R = endpoints.Registry
 
 
 async def test_shipped_render_types_are_loaded_on_the_first_start_only(

@@ -12,7 +12,8 @@ import pytest
 from harness import service_running
 from nats.aio.client import Client as NatsClient
 
-from contracts import endpoints, subjects
+from contracts import endpoints
+from contracts.endpoints import Endpoint
 from contracts.errors import ErrorCode, ErrorInfo, HubError
 from contracts.messages.render_types import (
     DeletedRenderType,
@@ -38,7 +39,7 @@ from contracts.messages.render_types import (
 from contracts.runtime.bus import call, request
 from hub_deploy.natsserver import NatsServer
 
-R = subjects.Registry
+R = endpoints.Registry
 SHIPPED = {"sdxl", "flux", "img2img", "upscale", "video"}
 
 # EmptyImage -> SaveImage: stock nodes only, as in the recorded ComfyUI exchanges.
@@ -62,9 +63,9 @@ async def registry(nats_server: NatsServer, tmp_path_factory: pytest.TempPathFac
         yield nc
 
 
-async def refused(nc: NatsClient, subject: str, message: msgspec.Struct | msgspec.Raw) -> ErrorInfo:
+async def refused(nc: NatsClient, endpoint: Endpoint[Any, Any], message: msgspec.Struct | msgspec.Raw) -> ErrorInfo:
     with pytest.raises(HubError) as raised:
-        await request(nc, subject, message, dict)
+        await request(nc, endpoint.subject, message, dict)
     return raised.value.info
 
 

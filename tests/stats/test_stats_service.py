@@ -14,7 +14,7 @@ import msgspec
 import pytest
 from stats_support import JobScript, StatsHub, stats_hub, wait_recorded, wait_until
 
-from contracts import endpoints, subjects
+from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.stats import (
     ExportLog,
@@ -161,13 +161,13 @@ async def test_the_log_pages_are_stable_and_complete(hub: StatsHub, log_data) ->
 @pytest.mark.parametrize(
     ("subject", "body", "field"),
     [
-        (subjects.Stats.LOG_QUERY, {"since": 10.0, "until": 5.0}, "until"),
-        (subjects.Stats.LOG_QUERY, {"limit": 0}, "limit"),
-        (subjects.Stats.LOG_QUERY, {"stauts": "failed"}, "stauts"),
-        (subjects.Stats.LOG_QUERY, {"status": "exploded"}, "status"),
-        (subjects.Stats.FIGURES, {"group_by": "week"}, "group_by"),
-        (subjects.Stats.FIGURES, {"group_by": "day", "since": 10.0, "until": 10.0}, "until"),
-        (subjects.Stats.EXPORT, {"format": "xlsx"}, "format"),
+        (endpoints.Stats.LOG_QUERY.subject, {"since": 10.0, "until": 5.0}, "until"),
+        (endpoints.Stats.LOG_QUERY.subject, {"limit": 0}, "limit"),
+        (endpoints.Stats.LOG_QUERY.subject, {"stauts": "failed"}, "stauts"),
+        (endpoints.Stats.LOG_QUERY.subject, {"status": "exploded"}, "status"),
+        (endpoints.Stats.FIGURES.subject, {"group_by": "week"}, "group_by"),
+        (endpoints.Stats.FIGURES.subject, {"group_by": "day", "since": 10.0, "until": 10.0}, "until"),
+        (endpoints.Stats.EXPORT.subject, {"format": "xlsx"}, "format"),
     ],
 )
 async def test_bad_queries_get_an_error_naming_the_field(hub: StatsHub, subject: str, body: dict, field: str) -> None:

@@ -16,7 +16,7 @@ from doubles.comfyui import ComfyUIDouble
 from stats_support import JobScript, publish
 from ui_support import Admin, ui_hub
 
-from contracts import subjects
+from contracts import endpoints
 from contracts.messages.instances import Instance, InstanceView, SaveInstance
 from contracts.messages.stats import LogPage, QueryLog
 from contracts.runtime.bus import request
@@ -46,7 +46,9 @@ async def test_disabled_instances_are_not_down_and_counts_read_as_english(hub: H
     async with ComfyUIDouble(models={"checkpoints": [checkpoint]}) as comfy:
         await add_instance(hub.nc, comfy, "one-model")
         switched_off = Instance(name="switched-off", base_url="http://127.0.0.1:9", enabled=False)
-        await request(hub.nc, subjects.Dispatch.INSTANCES_SAVE, SaveInstance(instance=switched_off), InstanceView)
+        await request(
+            hub.nc, endpoints.Dispatch.INSTANCES_SAVE.subject, SaveInstance(instance=switched_off), InstanceView
+        )
         for _ in range(50):
             dashboard = text_of(await admin.get("/"))
             if "1 of 1 up" in dashboard:
@@ -70,7 +72,7 @@ async def test_the_statistics_log_links_follows_the_period_and_finds_part_of_a_n
         for event in script.events():
             await publish(js, event)
     for _ in range(100):
-        logged = await request(hub.nc, subjects.Stats.LOG_QUERY, QueryLog(text="finish"), LogPage)
+        logged = await request(hub.nc, endpoints.Stats.LOG_QUERY.subject, QueryLog(text="finish"), LogPage)
         if len(logged.items) == 3 and all(i.status in ("completed", "cancelled") for i in logged.items):
             break
         await asyncio.sleep(0.2)

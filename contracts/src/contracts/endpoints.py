@@ -3,7 +3,7 @@
 A service answers one with `runtime.endpoint(endpoints.Registry.GET, handler)`, a caller asks it with
 `await call(nc, endpoints.Registry.GET, GetRenderType(name=...))`: both take the types from here, so a type
 checker sees the reply type at every call site and a handler that does not fit its endpoint.
-Subjects that are only published (change announcements, fan-out control messages) stay in `contracts.subjects`.
+Subjects that are only published (change announcements, fan-out control messages) are in `contracts.topics`.
 """
 
 from __future__ import annotations
@@ -151,81 +151,78 @@ def health(service: str) -> Endpoint[HealthRequest, HealthReply]:
 class Registry:
     """registry-service: render types and their ComfyUI workflows."""
 
-    S = subjects.Registry
-    LIST: Final = Endpoint(S.LIST, ListRenderTypes, RenderTypeList, ask_again_s=ASK_AGAIN_S)
-    GET: Final = Endpoint(S.GET, GetRenderType, RenderType, ask_again_s=ASK_AGAIN_S)
-    SAVE: Final = Endpoint(S.SAVE, SaveRenderType, RenderType)
-    DELETE: Final = Endpoint(S.DELETE, DeleteRenderType, DeletedRenderType)
-    SET_DEFAULT: Final = Endpoint(S.SET_DEFAULT, SetDefaultRenderType, RenderType)
-    HISTORY: Final = Endpoint(S.HISTORY, GetRenderTypeHistory, RenderTypeHistory, ask_again_s=ASK_AGAIN_S)
-    ROLLBACK: Final = Endpoint(S.ROLLBACK, RollbackRenderType, RenderType)
-    ANALYZE: Final = Endpoint(S.ANALYZE, AnalyzeWorkflow, WorkflowAnalysis)
-    RESOLVE: Final = Endpoint(S.RESOLVE, ResolveRenderType, ResolvedWorkflow, ask_again_s=ASK_AGAIN_S)
+    LIST: Final = Endpoint("hub.registry.render_types.list", ListRenderTypes, RenderTypeList, ask_again_s=ASK_AGAIN_S)
+    GET: Final = Endpoint("hub.registry.render_types.get", GetRenderType, RenderType, ask_again_s=ASK_AGAIN_S)
+    SAVE: Final = Endpoint("hub.registry.render_types.save", SaveRenderType, RenderType)
+    DELETE: Final = Endpoint("hub.registry.render_types.delete", DeleteRenderType, DeletedRenderType)
+    SET_DEFAULT: Final = Endpoint("hub.registry.render_types.set_default", SetDefaultRenderType, RenderType)
+    HISTORY: Final = Endpoint(
+        "hub.registry.render_types.history", GetRenderTypeHistory, RenderTypeHistory, ask_again_s=ASK_AGAIN_S
+    )
+    ROLLBACK: Final = Endpoint("hub.registry.render_types.rollback", RollbackRenderType, RenderType)
+    ANALYZE: Final = Endpoint("hub.registry.workflows.analyze", AnalyzeWorkflow, WorkflowAnalysis)
+    RESOLVE: Final = Endpoint("hub.registry.resolve", ResolveRenderType, ResolvedWorkflow, ask_again_s=ASK_AGAIN_S)
 
 
 class Prompt:
     """prompt-service: styles, prompt building and LLM enhancement."""
 
-    S = subjects.Prompt
-    STYLES_LIST: Final = Endpoint(S.STYLES_LIST, ListStyles, StyleList, ask_again_s=ASK_AGAIN_S)
-    STYLES_GET: Final = Endpoint(S.STYLES_GET, GetStyle, Style, ask_again_s=ASK_AGAIN_S)
-    STYLES_SAVE: Final = Endpoint(S.STYLES_SAVE, SaveStyle, Style)
-    STYLES_DELETE: Final = Endpoint(S.STYLES_DELETE, DeleteStyle, Empty)
-    STYLES_IMPORT: Final = Endpoint(S.STYLES_IMPORT, ImportStyles, ImportReport)
-    STYLES_EXPORT: Final = Endpoint(S.STYLES_EXPORT, ExportStyles, StyleExport)
-    STYLES_BULK: Final = Endpoint(S.STYLES_BULK, BulkStyles, BulkResult)
-    BUILD: Final = Endpoint(S.BUILD, BuildPrompt, BuiltPrompt, ask_again_s=ASK_AGAIN_S)
+    STYLES_LIST: Final = Endpoint("hub.prompt.styles.list", ListStyles, StyleList, ask_again_s=ASK_AGAIN_S)
+    STYLES_GET: Final = Endpoint("hub.prompt.styles.get", GetStyle, Style, ask_again_s=ASK_AGAIN_S)
+    STYLES_SAVE: Final = Endpoint("hub.prompt.styles.save", SaveStyle, Style)
+    STYLES_DELETE: Final = Endpoint("hub.prompt.styles.delete", DeleteStyle, Empty)
+    STYLES_IMPORT: Final = Endpoint("hub.prompt.styles.import", ImportStyles, ImportReport)
+    STYLES_EXPORT: Final = Endpoint("hub.prompt.styles.export", ExportStyles, StyleExport)
+    STYLES_BULK: Final = Endpoint("hub.prompt.styles.bulk", BulkStyles, BulkResult)
+    BUILD: Final = Endpoint("hub.prompt.build", BuildPrompt, BuiltPrompt, ask_again_s=ASK_AGAIN_S)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
-    PREVIEW: Final = Endpoint(S.PREVIEW, BuildPrompt, BuiltPrompt)
-    LLM_SETTINGS_GET: Final = Endpoint(S.LLM_SETTINGS_GET, GetLlmSettings, LlmSettings)
-    LLM_SETTINGS_SAVE: Final = Endpoint(S.LLM_SETTINGS_SAVE, SaveLlmSettings, LlmSettings)
-    LLM_MODELS: Final = Endpoint(S.LLM_MODELS, ListLlmModels, LlmModels)
-    LLM_TEST: Final = Endpoint(S.LLM_TEST, TryEnhancement, EnhanceResult)
+    PREVIEW: Final = Endpoint("hub.prompt.preview", BuildPrompt, BuiltPrompt)
+    LLM_SETTINGS_GET: Final = Endpoint("hub.prompt.llm.settings.get", GetLlmSettings, LlmSettings)
+    LLM_SETTINGS_SAVE: Final = Endpoint("hub.prompt.llm.settings.save", SaveLlmSettings, LlmSettings)
+    LLM_MODELS: Final = Endpoint("hub.prompt.llm.models", ListLlmModels, LlmModels)
+    LLM_TEST: Final = Endpoint("hub.prompt.llm.test", TryEnhancement, EnhanceResult)
 
 
 class Dispatch:
     """dispatch-service: ComfyUI instances, jobs, queue."""
 
-    S = subjects.Dispatch
-    INSTANCES_LIST: Final = Endpoint(S.INSTANCES_LIST, ListInstances, InstanceList)
-    INSTANCES_GET: Final = Endpoint(S.INSTANCES_GET, GetInstance, InstanceView)
-    INSTANCES_SAVE: Final = Endpoint(S.INSTANCES_SAVE, SaveInstance, InstanceView)
-    INSTANCES_DELETE: Final = Endpoint(S.INSTANCES_DELETE, DeleteInstance, Empty)
-    INSTANCES_TEST: Final = Endpoint(S.INSTANCES_TEST, ProbeInstance, InstanceHealth)
-    JOBS_SUBMIT: Final = Endpoint(S.JOBS_SUBMIT, GenerationRequest, SubmitReply)
-    JOBS_GET: Final = Endpoint(S.JOBS_GET, GetJob, JobView)
-    JOBS_CANCEL: Final = Endpoint(S.JOBS_CANCEL, CancelJob, JobView)
-    JOBS_LIST: Final = Endpoint(S.JOBS_LIST, ListJobs, JobPage)
-    QUEUE_VIEW: Final = Endpoint(S.QUEUE_VIEW, QueueViewRequest, QueueView)
-    SCHEDULING_VIEW: Final = Endpoint(S.SCHEDULING_VIEW, GetSchedulingView, SchedulingView)
-    OUTPUTS_DELETE: Final = Endpoint(S.OUTPUTS_DELETE, DeleteOutputs, DeletedOutputs)
+    INSTANCES_LIST: Final = Endpoint("hub.dispatch.instances.list", ListInstances, InstanceList)
+    INSTANCES_GET: Final = Endpoint("hub.dispatch.instances.get", GetInstance, InstanceView)
+    INSTANCES_SAVE: Final = Endpoint("hub.dispatch.instances.save", SaveInstance, InstanceView)
+    INSTANCES_DELETE: Final = Endpoint("hub.dispatch.instances.delete", DeleteInstance, Empty)
+    INSTANCES_TEST: Final = Endpoint("hub.dispatch.instances.test", ProbeInstance, InstanceHealth)
+    JOBS_SUBMIT: Final = Endpoint("hub.dispatch.jobs.submit", GenerationRequest, SubmitReply)
+    JOBS_GET: Final = Endpoint("hub.dispatch.jobs.get", GetJob, JobView)
+    JOBS_CANCEL: Final = Endpoint("hub.dispatch.jobs.cancel", CancelJob, JobView)
+    JOBS_LIST: Final = Endpoint("hub.dispatch.jobs.list", ListJobs, JobPage)
+    QUEUE_VIEW: Final = Endpoint("hub.dispatch.queue.view", QueueViewRequest, QueueView)
+    SCHEDULING_VIEW: Final = Endpoint("hub.dispatch.scheduling.view", GetSchedulingView, SchedulingView)
+    OUTPUTS_DELETE: Final = Endpoint("hub.dispatch.outputs.delete", DeleteOutputs, DeletedOutputs)
 
 
 class Stats:
     """stats-service: generation log, figures, retention."""
 
-    S = subjects.Stats
-    LOG_QUERY: Final = Endpoint(S.LOG_QUERY, QueryLog, LogPage)
-    LOG_GET: Final = Endpoint(S.LOG_GET, GetGeneration, GenerationRecord)
-    FIGURES: Final = Endpoint(S.FIGURES, QueryFigures, Figures)
-    EXPORT: Final = Endpoint(S.EXPORT, ExportLog, LogExport)
-    RETENTION_GET: Final = Endpoint(S.RETENTION_GET, GetRetention, RetentionPolicy)
-    RETENTION_SAVE: Final = Endpoint(S.RETENTION_SAVE, SaveRetention, RetentionPolicy)
-    RETENTION_RUN: Final = Endpoint(S.RETENTION_RUN, RunRetention, RetentionReport)
+    LOG_QUERY: Final = Endpoint("hub.stats.log.query", QueryLog, LogPage)
+    LOG_GET: Final = Endpoint("hub.stats.log.get", GetGeneration, GenerationRecord)
+    FIGURES: Final = Endpoint("hub.stats.figures", QueryFigures, Figures)
+    EXPORT: Final = Endpoint("hub.stats.export", ExportLog, LogExport)
+    RETENTION_GET: Final = Endpoint("hub.stats.retention.get", GetRetention, RetentionPolicy)
+    RETENTION_SAVE: Final = Endpoint("hub.stats.retention.save", SaveRetention, RetentionPolicy)
+    RETENTION_RUN: Final = Endpoint("hub.stats.retention.run", RunRetention, RetentionReport)
 
 
 class Gateway:
     """gateway: MCP and REST front door; owns API keys."""
 
-    S = subjects.Gateway
-    KEYS_LIST: Final = Endpoint(S.KEYS_LIST, ListApiKeys, ApiKeyList)
-    KEYS_CREATE: Final = Endpoint(S.KEYS_CREATE, CreateApiKey, CreatedApiKey)
-    KEYS_REVOKE: Final = Endpoint(S.KEYS_REVOKE, RevokeApiKey, ApiKey)
-    KEYS_SET_LIMITS: Final = Endpoint(S.KEYS_SET_LIMITS, SetApiKeyLimits, ApiKey)
-    KEYS_DEFAULTS_GET: Final = Endpoint(S.KEYS_DEFAULTS_GET, GetKeyDefaults, KeyDefaults)
-    KEYS_DEFAULTS_SET: Final = Endpoint(S.KEYS_DEFAULTS_SET, SetKeyDefaults, KeyDefaults)
-    KEYS_WEBHOOKS_SET: Final = Endpoint(S.KEYS_WEBHOOKS_SET, SetKeyWebhooks, KeyWebhooks)
-    WEBHOOK_GET: Final = Endpoint(S.WEBHOOK_GET, GetWebhookDelivery, WebhookDeliveryReply)
+    KEYS_LIST: Final = Endpoint("hub.gateway.keys.list", ListApiKeys, ApiKeyList)
+    KEYS_CREATE: Final = Endpoint("hub.gateway.keys.create", CreateApiKey, CreatedApiKey)
+    KEYS_REVOKE: Final = Endpoint("hub.gateway.keys.revoke", RevokeApiKey, ApiKey)
+    KEYS_SET_LIMITS: Final = Endpoint("hub.gateway.keys.set_limits", SetApiKeyLimits, ApiKey)
+    KEYS_DEFAULTS_GET: Final = Endpoint("hub.gateway.keys.defaults.get", GetKeyDefaults, KeyDefaults)
+    KEYS_DEFAULTS_SET: Final = Endpoint("hub.gateway.keys.defaults.set", SetKeyDefaults, KeyDefaults)
+    KEYS_WEBHOOKS_SET: Final = Endpoint("hub.gateway.keys.webhooks.set", SetKeyWebhooks, KeyWebhooks)
+    WEBHOOK_GET: Final = Endpoint("hub.gateway.webhooks.get", GetWebhookDelivery, WebhookDeliveryReply)
 
 
 OWNERS: Final = (Registry, Prompt, Dispatch, Stats, Gateway)

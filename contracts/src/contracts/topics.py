@@ -13,7 +13,6 @@ from typing import Final, Generic, TypeVar
 
 import msgspec
 
-from contracts import subjects
 from contracts.envelope import Empty
 
 M = TypeVar("M")
@@ -47,21 +46,21 @@ class Topic(Generic[M]):
 
 class Registry:
     # After every change to the render types, so others can drop what they cached.
-    CHANGED: Final = Topic(subjects.Registry.CHANGED, Empty)
+    CHANGED: Final = Topic("hub.registry.changed", Empty)
 
 
 class Prompt:
     # After every change to the styles (save, delete, import, bulk).
-    STYLES_CHANGED: Final = Topic(subjects.Prompt.STYLES_CHANGED, Empty)
+    STYLES_CHANGED: Final = Topic("hub.prompt.styles.changed", Empty)
 
 
 class Gateway:
     # An API key changed (its id): every replica forgets what it cached of the key.
-    KEYS_CHANGED: Final = Topic(subjects.Gateway.KEYS_CHANGED, str)
+    KEYS_CHANGED: Final = Topic("hub.gateway.keys.changed", str)
 
 
 class Dispatch:
     # A job to cancel (its id): the replica running it interrupts it.
-    CANCEL: Final = Topic(subjects.Dispatch.CONTROL_CANCEL, str)
+    CANCEL: Final = Topic("hub.dispatch.control.cancel", str)
     # The ComfyUI instances changed: every replica reloads its pool.
-    INSTANCES_CHANGED: Final = Topic(subjects.Dispatch.CONTROL_INSTANCES, Empty)
+    INSTANCES_CHANGED: Final = Topic("hub.dispatch.control.instances", Empty)

@@ -22,13 +22,16 @@ from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel
 
-from contracts import subjects
+from contracts import topics
 from contracts.messages.events import JobCancelled, JobCompleted, JobFailed, JobStarted
 from gateway.mcp_tasks import MISSING_REQUIRED_CLIENT_CAPABILITY, declares_tasks_extension, missing_capability_data
 
 RENDER_TYPES_URI = "hub://render-types"
 STYLES_URI = "hub://styles"
-WATCHED_RESOURCES = {RENDER_TYPES_URI: subjects.Registry.CHANGED, STYLES_URI: subjects.Prompt.STYLES_CHANGED}
+WATCHED_RESOURCES = {
+    RENDER_TYPES_URI: topics.Registry.CHANGED.subject,
+    STYLES_URI: topics.Prompt.STYLES_CHANGED.subject,
+}
 MAX_TASKS_PER_STREAM = 100
 STATUS_EVENTS = (JobStarted, JobCompleted, JobFailed, JobCancelled)
 

@@ -389,6 +389,7 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
 
         again = await session.call_tool("get_generation", {"job_id": data["job_id"]})
         assert again.structured_content["images"] == data["images"]
+        assert [c for c in again.content if isinstance(c, types.ImageContent)] == thumbs
         # The answer was built from the job's events (no view asked after it completed): the same as the
         # dispatcher's view, but for the steps of the last node, which the dispatcher records at most every 0.5 s.
         assert {**again.structured_content, "progress": None} == {**data, "progress": None}

@@ -94,6 +94,7 @@ TASKS_PAGE_SIZE = 50  # tasks per tasks/list page
 # answers): it waits this long for each, with at most this many asked at a time over all calls (_view_within).
 VIEW_WAIT_S = 3.0
 VIEW_REQUESTS_AT_ONCE = 32
+THUMBNAILS_KEPT = 64  # latest previews kept (at most 48 KiB each by default): see HubMcp._thumbnail
 
 
 class _Tool(msgspec.Struct, frozen=True):
@@ -246,6 +247,7 @@ class HubMcp:
         self._tools = {tool.name: tool for tool in TOOLS}
         self._definitions = _tool_definitions()
         self._view_slots = anyio.Semaphore(VIEW_REQUESTS_AT_ONCE)
+        self._thumbnails: dict[tuple[str, int], bytes | None] = {}  # (output id, size budget) -> preview
         self.server: Server[Any] = _HubServer(
             "genimage-hub",
             version=__version__,
@@ -440,13 +442,26 @@ class HubMcp:
             for image in kept:
                 if not image.content_type.startswith("image/"):
                     continue
-                data = await self._hub.outputs.read_all(image.output_id)
-                thumb = await asyncio.to_thread(webp_thumbnail, data, max_bytes=budget)
+                thumb = await self._thumbnail(image.output_id, budget)
                 if thumb is not None:
                     content.append(types.ImageContent(data=base64.b64encode(thumb).decode(), mime_type="image/webp"))
         return types.CallToolResult(
             content=content, structured_content=msgspec.to_builtins(result), is_error=view.status == "failed"
         )
+
+    async def _thumbnail(self, output_id: str, max_bytes: int) -> bytes | None:
+        """The preview of an output (None: not an image Pillow reads), kept for the THUMBNAILS_KEPT latest: a task
+        polled with tasks/get or a generation asked again with get_generation does not decode the image again."""
+        key = (output_id, max_bytes)
+        if key in self._thumbnails:
+            self._thumbnails[key] = self._thumbnails.pop(key)  # the latest used last
+            return self._thumbnails[key]
+        data = await self._hub.outputs.read_all(output_id)
+        thumb = await asyncio.to_thread(webp_thumbnail, data, max_bytes=max_bytes)
+        if len(self._thumbnails) >= THUMBNAILS_KEPT:
+            del self._thumbnails[next(iter(self._thumbnails))]
+        self._thumbnails[key] = thumb
+        return thumb
 
     # --- tasks (see gateway.mcp_tasks) ---
 

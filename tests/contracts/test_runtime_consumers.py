@@ -259,3 +259,34 @@ async def test_a_family_takes_from_the_chosen_key_and_its_handler_owns_the_ack(n
     assert [msgspec.json.decode(m.data, type=Note).text for m in owned[2:]] == ["first of a", "first of a"]
     info = await js.consumer_info(stream.name, "family-a")
     assert info.config.filter_subject == f"{prefix}a.*"
+
+
+async def test_a_message_whose_handler_is_cancelled_before_it_returns_is_handed_back_at_once(nc: NatsClient) -> None:
+    """A graceful stop cancels the fetch loop; a message taken but not yet owned (the handler had not returned) goes
+    back at once, for the next start or another replica, not after the ack wait (the take-over time: 30 s)."""
+    stream = a_stream()
+    js = nc.jetstream()
+    await ensure_stream(js, stream, replicas=1)
+    prefix = stream.subjects[0].removesuffix(">")
+    durable = durable_on(stream, name="stopping", filter_subject=f"{prefix}k.*", ack_wait_s=30.0, fetch_wait_s=0.2)
+    family = DurableFamily(lambda _key: durable, lambda: js, 1, get_logger("test"))
+    await js.publish(f"{prefix}k.x", msgspec.json.encode(Note("taken while stopping")))
+    handling = asyncio.Event()
+
+    async def never_returns(_msg: Msg) -> None:
+        handling.set()
+        await asyncio.Event().wait()
+
+    taking = asyncio.ensure_future(family.take(["k"], never_returns))
+    await asyncio.wait_for(handling.wait(), 10)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    owned: list[Msg] = []
+
+    async def own(msg: Msg) -> None:
+        owned.append(msg)
+
+    assert await family.take(["k"], own)
+    assert msgspec.json.decode(owned[0].data, type=Note).text == "taken while stopping"
+    await owned[0].ack()

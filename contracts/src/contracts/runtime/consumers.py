@@ -281,9 +281,15 @@ class DurableConsumer(Generic[M]):
         return messages[0] if messages else None
 
     async def hand_over(self, msg: Msg, handler: OwnedHandler) -> None:
-        """`handler(msg)`, which owns the ack from now on; a message it fails on is nakked with nak_delay_s."""
+        """`handler(msg)`, which owns the ack from now on; a message it fails on is nakked with nak_delay_s, one whose
+        handler is cancelled before it returns (the service stopping) at once, for the next start or another replica
+        (else it would wait out ack_wait_s: the take-over time)."""
         try:
             await handler(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(msg.nak())
+            raise
         except Exception:
             self.log.exception(f"{self.durable.what} not handled; it will be delivered again", subject=msg.subject)
             # The nak may fail too (NATS unreachable): the message is then delivered again after ack_wait_s.

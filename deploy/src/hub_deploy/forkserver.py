@@ -165,9 +165,11 @@ class ForkServer:
     def for_this_launcher(cls, env: dict[str, str]) -> ForkServer | None:
         """A fork server, where this is Linux with pidfds and this process could become the subreaper of what it
         starts; None elsewhere (each service is then started with `python -m` and imports its modules itself)."""
-        if hasattr(os, "pidfd_open") and prctl(PR_SET_CHILD_SUBREAPER, 1):
-            return cls(env)
-        return None
+        try:
+            os.close(os.pidfd_open(os.getpid()))  # Linux 5.3+, and not refused by a seccomp profile
+        except (AttributeError, OSError):
+            return None
+        return cls(env) if prctl(PR_SET_CHILD_SUBREAPER, 1) else None
 
     async def _start(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         ours, theirs = socket.socketpair()

@@ -86,3 +86,10 @@ def test_tracing_is_on_only_with_an_otlp_endpoint_and_not_when_the_sdk_is_disabl
     traces_only = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}
     assert load_settings("dispatch", traces_only).otlp_endpoint == "http://collector:4318/v1/traces"
     assert load_settings("dispatch", {**on, "OTEL_SDK_DISABLED": "true"}).otlp_endpoint == ""
+
+
+def test_the_fork_server_is_on_unless_turned_off() -> None:
+    assert load_settings("launcher", {}).fork_server
+    assert not load_settings("launcher", {"HUB_FORK_SERVER": "off"}).fork_server
+    with pytest.raises(ConfigError, match="HUB_FORK_SERVER='maybe' is not valid; use one of: on, off"):
+        load_settings("launcher", {"HUB_FORK_SERVER": "maybe"})

@@ -248,6 +248,32 @@ async def test_the_single_layout_runs_every_service_in_one_process_and_is_restar
             launcher.kill()
 
 
+async def test_without_the_fork_server_each_service_process_is_started_with_python_m(tmp_path: Path) -> None:
+    # HUB_FORK_SERVER=off saves the fork server's memory: the launcher runs `python -m hub_deploy.single` itself.
+    nats_port = free_port()
+    env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port))
+    env |= {"HUB_LAYOUT": "single", "HUB_FORK_SERVER": "off"}
+    log_path = tmp_path / "launcher.log"
+    with log_path.open("wb") as log_file:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
+        with pytest.raises(AssertionError, match="no fork server"):
+            fork_server_pid(launcher.pid)
+        children = [
+            p for p in Path("/proc").glob("[0-9]*") if p.name.isdigit() and parent_of(int(p.name)) == launcher.pid
+        ]
+        commands = [p.joinpath("cmdline").read_bytes().split(b"\0") for p in children]
+        assert [b"-m", b"hub_deploy.single"] in [c[1:3] for c in commands], commands
+        launcher.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(launcher.wait, 60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+
+
 def test_free_ports_are_never_handed_out_twice() -> None:
     # The kernel offers an unbound port again (a CI run gave the gateway the port just chosen for NATS); a few
     # hundred picks without the guard repeat some ports.

@@ -174,7 +174,7 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
     nats.start()
     log.info("nats-server started", url=nats.url, store=str(nats.store_dir), pid=nats.process and nats.process.pid)
     env = child_environment(settings, nats.url)
-    forks = ForkServer.for_this_launcher(env)
+    forks = ForkServer.for_this_launcher(env) if settings.fork_server else None
     children = service_processes(settings, env, forks)
     nc = None
     exit_code = 0

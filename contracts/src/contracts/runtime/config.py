@@ -117,6 +117,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "`./hub start` only: `single` runs every service in one process (least memory), `split` each service in a "
         "process of its own (as containers do); either way they talk over NATS",
     ),
+    "HUB_FORK_SERVER": (
+        "on",
+        "`./hub start` only, on Linux: `on` forks every service (start and restart after a crash) from a process "
+        "that imported them once, so a crashed service serves again ~0.1-0.9 s later instead of ~5 s; `off` saves "
+        "that process's memory (~33 MB PSS, ~95 MB RSS in `single`)",
+    ),
 }
 
 
@@ -153,6 +159,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     nats_port: int
     nats_monitor_port: int
     layout: Literal["single", "split"]
+    fork_server: bool
     dispatch_strategy: Literal["pull", "pull_affinity", "round_robin"]
     dispatch_model_switch_s: float
     dispatch_fair_share: bool
@@ -343,6 +350,7 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         nats_port=int(_number(env, "HUB_NATS_PORT", int, minimum=0)),
         nats_monitor_port=int(_number(env, "HUB_NATS_MONITOR_PORT", int, minimum=0)),
         layout=_choice(env, "HUB_LAYOUT", ("single", "split")),
+        fork_server=_choice(env, "HUB_FORK_SERVER", ("on", "off")) == "on",
         dispatch_strategy=_choice(env, "HUB_DISPATCH_STRATEGY", ("pull", "pull_affinity", "round_robin")),
         dispatch_model_switch_s=_number(env, "HUB_DISPATCH_MODEL_SWITCH_S", float, minimum=0),
         dispatch_fair_share=_choice(env, "HUB_DISPATCH_FAIR_SHARE", ("on", "off")) == "on",

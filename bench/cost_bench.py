@@ -1,21 +1,23 @@
 """Hub cost per generation: CPU of every hub process, latency and idle memory, for the NATS, REST and MCP paths.
 
-    .venv/bin/python bench/cost_bench.py [--jobs 400] [--concurrency 16] [--paths nats,rest,mcp]
+    .venv/bin/python bench/cost_bench.py [--layout single|split] [--jobs 400] [--concurrency 16]
+        [--paths nats,rest,mcp]
 
-Runs a nats-server and every service the launcher starts (registry, prompt, stats, dispatch, gateway, ui) as
-processes, with an instant ComfyUI test double in this process (its CPU is not the hub's). Each path runs `--jobs`
-generations, `--concurrency` at a time, after a warm-up:
+Runs the hub as `./hub start` does (`python -m hub_deploy up`: the launcher, its nats-server, its fork server and
+the services), in `--layout` (default: what `./hub start` runs, single: every service in one process; split: one
+process per service), in a fresh data folder on free ports, with an instant ComfyUI test double in this process
+(its CPU is not the hub's). Each path runs `--jobs` generations, `--concurrency` at a time, after a warm-up:
 - nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
 - rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
 - mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail.
 Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
-hub process spent per generation (utime+stime from /proc/<pid>/stat, all threads; 10 ms clock ticks, so use
-hundreds of jobs) and the NATS messages each hub connection sent and received per generation (nats-server's
-monitoring /connz: every request, reply, publish, JetStream ack and delivery counts one). The services run with the
-production defaults of the dispatcher's timings (the tests' 0.2 s health probes would cost ~1 ms per generation
-here). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms at
-16 clients, idle memory ≤ 250 MB. `--profile DIR` also samples each Python process with py-spy (install it in the
-venv) during each measured run; the sampler's own cost then shows in the CPU figures.
+hub process (every process below the launcher, and the launcher) spent per generation (utime+stime from
+/proc/<pid>/stat, all threads; 10 ms clock ticks, so use hundreds of jobs) and the NATS messages each hub
+connection sent and received per generation (nats-server's monitoring /connz: every request, reply, publish,
+JetStream ack and delivery counts one). The services run with the production defaults (timings, log level info
+unless `--log-level`). Goals of issue 16: CPU ≤ 15 ms per generation summed, MCP median ≤ 100 ms and p99 ≤ 250 ms
+at 16 clients, idle memory ≤ 250 MB. `--profile DIR` also samples each Python process with py-spy (install it in
+the venv) during each measured run; the sampler's own cost then shows in the CPU figures.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -41,17 +44,18 @@ import urllib.request
 
 import httpx
 import msgspec
-from _common import hub_on_fresh_nats, mcp_generate, run_concurrently
-from gateway_support import GatewayHub
+from _common import LaunchedHub, hub_processes, launched_hub, mcp_generate, run_concurrently
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest
 from contracts.runtime.bus import call
+from contracts.runtime.config import load_settings
 from contracts.streams import event_subject
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-# The defaults of the settings the tests shorten (tests/dispatch_support.py DISPATCH_ENV), for the services.
+# The defaults of the settings the tests shorten (tests/dispatch_support.py DISPATCH_ENV), for the services run by
+# the test harness (scale_bench); the launched hub of this bench has them already.
 PRODUCTION_TIMINGS = {
     "HUB_DISPATCH_HEALTH_INTERVAL_S": "5",
     "HUB_DISPATCH_STALL_TIMEOUT_S": "60",
@@ -108,6 +112,12 @@ def nats_messages(monitor_url: str) -> dict[str, int]:
     return counts
 
 
+def log_lines(path: Path) -> int:
+    """Lines the hub's processes have logged so far (the launcher's output file)."""
+    with path.open("rb") as log:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+
+
 def cpu_ms_per_job(pids: dict[str, int], before: dict[str, float], jobs: int) -> dict[str, float]:
     """Each process's CPU time since `before` (its cpu_seconds then), in ms per job."""
     return {name: (cpu_seconds(pid) - before[name]) * 1000 / jobs for name, pid in pids.items()}
@@ -134,8 +144,10 @@ async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, on
     profilers = start_profilers(label, pids, args.profile)
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     messages_before = nats_messages(args.monitor_url)
+    log_before = log_lines(args.log_path)
     elapsed, latencies = await run_concurrently(jobs, concurrency, one)
     messages_after = nats_messages(args.monitor_url)
+    logged = log_lines(args.log_path) - log_before
     stop_profilers(profilers)
     messages = {name: (n - messages_before.get(name, 0)) / jobs for name, n in sorted(messages_after.items())}
     print_figures(label, concurrency, elapsed, latencies, cpu_ms_per_job(pids, before, jobs))
@@ -143,9 +155,10 @@ async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, on
         f"       NATS messages per generation {sum(messages.values()):.1f}: "
         + "  ".join(f"{name} {n:.1f}" for name, n in messages.items() if n)
     )
+    print(f"       log lines per generation {logged / jobs:.1f} (HUB_LOG_LEVEL={args.log_level})")
 
 
-def nats_path(gw: GatewayHub) -> One:
+def nats_path(gw: LaunchedHub) -> One:
     async def one(i: int) -> None:
         reply = await call(
             gw.nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), timeout=30
@@ -176,12 +189,12 @@ def rest_path(http: httpx.AsyncClient) -> One:
     return one
 
 
-async def mcp_path(stack: AsyncExitStack, gw: GatewayHub, concurrency: int) -> One:
+async def mcp_path(stack: AsyncExitStack, gw: LaunchedHub, concurrency: int) -> One:
     """One MCP session per client, each kept for the run (the SDK's transport is on httpx2)."""
     return await mcp_generate(stack, gw.base_url, gw.auth, concurrency, "bench")
 
 
-async def overhead(gw: GatewayHub, jobs: int) -> None:
+async def overhead(gw: LaunchedHub, jobs: int) -> None:
     """Issue 16 goal 5: the time the hub adds to a job over ComfyUI's own execution, one job at a time over NATS:
     from the submit request to the final event (core NATS subscription made before the submit, so no consumer is
     created on the way) minus execution_start -> execution_success as the double reports them (ms timestamps)."""
@@ -239,7 +252,7 @@ async def overhead(gw: GatewayHub, jobs: int) -> None:
     print("       median ms after the submit: " + "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in milestones))
 
 
-async def idle_memory(gw: GatewayHub, pids: dict[str, int]) -> None:
+async def idle_memory(gw: LaunchedHub, pids: dict[str, int]) -> None:
     await nats_path(gw)(0)  # one generation, then idle
     await asyncio.sleep(2)
     sizes = {name: rss_mb(pid) for name, pid in pids.items()}
@@ -247,11 +260,9 @@ async def idle_memory(gw: GatewayHub, pids: dict[str, int]) -> None:
     print("       " + "  ".join(f"{name} {mb:.0f}" for name, mb in sizes.items()))
 
 
-async def bench(gw: GatewayHub, nats_pid: int, args: argparse.Namespace) -> None:
-    await gw.hub.start("stats").wait_healthy(gw.nc)
-    await gw.hub.start("ui", HUB_ADMIN_PASSWORD="bench-Pass-1234").wait_healthy(gw.nc)
-    pids = {"nats-server": nats_pid} | {name: p.process.pid for name, p in gw.hub.processes.items() if p.process}
-    gw.comfy.work_seconds = 0.0
+async def bench(gw: LaunchedHub, args: argparse.Namespace) -> None:
+    pids = hub_processes(gw.launcher_pid)
+    print(f"layout {args.layout}: {len(pids)} processes: " + "  ".join(f"{name} ({pid})" for name, pid in pids.items()))
     await idle_memory(gw, pids)
     if args.overhead_jobs:
         await overhead(gw, args.overhead_jobs)
@@ -270,16 +281,18 @@ async def bench(gw: GatewayHub, nats_pid: int, args: argparse.Namespace) -> None
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layout", choices=["single", "split"], default=load_settings("bench", {}).layout)
+    parser.add_argument("--log-level", default=load_settings("bench", {}).log_level, help="HUB_LOG_LEVEL")
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
     parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()
-    async with hub_on_fresh_nats("cost-bench-", monitor=True, services_env=PRODUCTION_TIMINGS) as (gw, server):
-        args.monitor_url = f"http://{server.host}:{server.monitor_port}"
-        assert server.process is not None
-        await bench(gw, server.process.pid, args)
+    with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
+        async with launched_hub(args.layout, Path(tmp), HUB_LOG_LEVEL=args.log_level) as gw:
+            args.monitor_url, args.log_path = gw.monitor_url, gw.log_path
+            await bench(gw, args)
 
 
 if __name__ == "__main__":

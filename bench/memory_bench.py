@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import httpx
 import nats
-from _common import run_concurrently
+from _common import descendants, hub_processes, process_name, run_concurrently, stop_launcher, wait_for_banner
 from cost_bench import cpu_ms_per_job, cpu_seconds, print_figures, rest_path
 from dispatch_support import add_instance
 from doubles.comfyui import ComfyUIDouble
@@ -64,42 +63,6 @@ def footprint(pid: int) -> Footprint:
         fields[key] = int(value.split()[0])
     uss = fields["Private_Clean"] + fields["Private_Dirty"]
     return Footprint(process_name(pid), pid, fields["Rss"] / 1024, fields["Pss"] / 1024, uss / 1024)
-
-
-def process_name(pid: int) -> str:
-    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    if args[0].endswith(b"nats-server"):
-        return "nats-server"
-    if b"-m" in args:
-        module = args[args.index(b"-m") + 1].decode()
-        return {"hub_deploy": "launcher"}.get(module, module)
-    return Path(args[0].decode()).name
-
-
-def descendants(root: int) -> list[int]:
-    """`root` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" ", 1)
-        except OSError:
-            continue
-        parent = int(rest.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(pid))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def wait_for_banner(log_path: Path, launcher: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while "GenImage Hub is running." not in log_path.read_text(errors="replace"):
-        if launcher.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the hub did not start:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.2)
 
 
 async def one_generation(env: dict[str, str], comfy: ComfyUIDouble) -> str:
@@ -162,7 +125,7 @@ async def measure(layout: str, root: Path, comfy: ComfyUIDouble, args: argparse.
         sizes = [footprint(pid) for pid in descendants(launcher.pid)]
         totals = report(layout, sizes)
         if args.jobs:
-            await load(env, secret, {s.name: s.pid for s in sizes}, args.jobs, args.concurrency)
+            await load(env, secret, hub_processes(launcher.pid), args.jobs, args.concurrency)
             await asyncio.sleep(SETTLE_S)
             after = [footprint(s.pid) for s in sizes]
             print(
@@ -171,11 +134,7 @@ async def measure(layout: str, root: Path, comfy: ComfyUIDouble, args: argparse.
             )
         return totals
     finally:
-        launcher.send_signal(signal.SIGINT)
-        try:
-            launcher.wait(90)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
+        stop_launcher(launcher)
 
 
 def report(layout: str, sizes: list[Footprint]) -> tuple[float, float]:

@@ -57,11 +57,22 @@ def nats_pid(data_dir: Path) -> int:
 
 
 def fork_server_pid(launcher_pid: int) -> int:
+    pid = fork_server_pid_or_none(launcher_pid)
+    if pid is None:
+        raise AssertionError("the launcher runs no fork server")
+    return pid
+
+
+def fork_server_pid_or_none(launcher_pid: int) -> int | None:
+    """The fork server: the launcher's child whose command is `python -m hub_deploy.forkserver` (its forked services
+    keep that command line but are named hub-<service>)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if b"hub_deploy.forkserver" in cmdline.read_bytes() and parent_of(int(cmdline.parent.name)) == launcher_pid:
-                return int(cmdline.parent.name)
-    raise AssertionError("the launcher runs no fork server")
+        with contextlib.suppress(OSError, IndexError):
+            pid = int(cmdline.parent.name)
+            forked = Path(f"/proc/{pid}/comm").read_text().startswith("hub-")
+            if b"hub_deploy.forkserver" in cmdline.read_bytes() and parent_of(pid) == launcher_pid and not forked:
+                return pid
+    return None
 
 
 def parent_of(pid: int) -> int:
@@ -117,7 +128,13 @@ async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) ->
         nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         before = await health_of(nc, "stats")
         assert forked_by_the_fork_server(before.pid, launcher.pid, "stats")
-        os.kill(fork_server_pid(launcher.pid), signal.SIGKILL)
+        killed = fork_server_pid(launcher.pid)
+        os.kill(killed, signal.SIGKILL)
+        await asyncio.to_thread(wait_for_text, log_path, "the fork server exited; starting it again", launcher, 30)
+        deadline = time.monotonic() + 30
+        while fork_server_pid_or_none(launcher.pid) in (None, killed):  # started again at once
+            assert time.monotonic() < deadline, log_path.read_text()
+            await asyncio.sleep(0.1)
         os.kill(before.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
         while True:

@@ -180,6 +180,15 @@ class ForkServer:
         self._stream = await asyncio.open_unix_connection(sock=ours)
         return self._stream
 
+    async def running(self) -> asyncio.subprocess.Process:
+        """The fork server's process, started first if it is not running."""
+        async with self._lock:
+            if self._stream is None or self.process is None or self.process.returncode is not None:
+                await self.close()
+                await self._start()
+            assert self.process is not None
+            return self.process
+
     async def spawn(self, name: str, module: str) -> ForkedProcess:
         """A new process running `python -m <module>`, forked from the preloaded server (started again first if
         it is not running)."""

@@ -184,7 +184,7 @@ async def run_hub(settings: Settings, *, start_timeout_s: float = 60.0) -> int:
             await child.start()
         await asyncio.gather(*(wait_healthy(nc, name, start_timeout_s) for name, _module in SERVICES))
         print(banner(settings, nats.url), file=sys.stderr, flush=True)
-        await asyncio.gather(_supervise(children, stop), _supervise_nats(nats, stop))
+        await asyncio.gather(_supervise(children, stop), _supervise_nats(nats, stop), _supervise_forks(forks, stop))
     except (TimeoutError, OSError) as exc:
         log.error("the hub could not start", error=str(exc))
         exit_code = 1
@@ -246,3 +246,27 @@ async def _supervise_nats(nats: NatsServer, stop: asyncio.Event) -> None:
             log.error("nats-server did not come back; trying again", error=str(exc))
             continue
         log.info("nats-server restarted", url=nats.url, store=str(nats.store_dir), pid=nats.process.pid)
+
+
+async def _supervise_forks(forks: ForkServer | None, stop: asyncio.Event) -> None:
+    """Start the fork server again when it dies (kill -9, the OOM killer), so the next service that crashes finds
+    its modules imported; the services it started run on. (A service start would also start it, importing then.)"""
+    if forks is None:
+        return
+    budget = RestartBudget()
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            process = await forks.running()
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait({stopping, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                exited.cancel()
+                return
+            log.error("the fork server exited; starting it again", code=process.returncode)
+            if not budget.may_restart():
+                log.error("the fork server keeps crashing; a service restart will start it again")
+                return
+            await asyncio.sleep(budget.pause_s)
+    finally:
+        stopping.cancel()

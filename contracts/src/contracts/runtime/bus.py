@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar, Generic, TypeVar
@@ -483,27 +484,96 @@ def _fanout(nc: NatsClient) -> _JobEventFanout:
     return _fanouts[nc]
 
 
-class _StoredEvents:
-    """A job's events as stored in the events stream, read by direct gets from a cursor (no consumer)."""
+# A stored-events read asks for this many at once (a job has a few dozen events at most: progress ticks each second).
+STORED_BATCH = 256
+DIRECT_GET_TIMEOUT_S = 5.0  # nats-py's JetStream default, which the one-by-one direct gets used
+_END_OF_BATCH, _NOT_FOUND, _NO_RESPONDERS = "204", "404", "503"
 
-    def __init__(self, js: JetStreamContext, job_id: str) -> None:
-        self._js = js
+
+class _DirectBatches:
+    """Batched direct gets (nats-server 2.11+): one request answered by every stored message from a sequence on and
+    an end-of-batch marker, instead of a request per message and one more to find there is none. The answers come to
+    one inbox subscription per connection (a token per read), as nats-py's own requests do."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox()
+        self._reads: dict[str, asyncio.Queue[Msg]] = {}
+        self._tokens = itertools.count()
+        self._subscribing = asyncio.Lock()
+        self._subscribed = False
+
+    async def read(self, stream: str, subject: str, seq: int) -> tuple[list[Msg], bool]:
+        """The messages on `subject` from `seq` on, and whether more may follow (a batch cut short by the server's
+        size limit, or a server that answers one message per request: ask again from the next sequence)."""
+        await self._subscribe()
+        token = str(next(self._tokens))
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._reads[token] = queue
+        try:
+            ask = msgspec.json.encode({"seq": seq, "next_by_subj": subject, "batch": STORED_BATCH})
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", ask, reply=f"{self._prefix}.{token}")
+            return await asyncio.wait_for(_batch_from(queue), DIRECT_GET_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise HubError(ErrorCode.UNAVAILABLE, f"the {stream} stream does not answer ({exc!r})") from exc
+        finally:
+            del self._reads[token]
+
+    async def _subscribe(self) -> None:
+        async with self._subscribing:
+            if not self._subscribed:  # published after on this connection, so the server has it before the asks
+                await self._nc.subscribe(f"{self._prefix}.*", cb=self._route)
+                self._subscribed = True
+
+    async def _route(self, message: Msg) -> None:
+        queue = self._reads.get(message.subject.rsplit(".", 1)[1])
+        if queue is not None:
+            queue.put_nowait(message)
+
+
+async def _batch_from(queue: asyncio.Queue[Msg]) -> tuple[list[Msg], bool]:
+    found: list[Msg] = []
+    while True:
+        message = await queue.get()
+        headers = message.headers or {}
+        status = headers.get("Status")
+        if status == _END_OF_BATCH:
+            return found, int(headers.get("Nats-Num-Pending", "0")) > 0
+        if status == _NOT_FOUND:
+            return found, False
+        if status is not None:
+            name = "no responders" if status == _NO_RESPONDERS else headers.get("Description", "")
+            raise HubError(ErrorCode.UNAVAILABLE, f"the events stream does not answer ({status} {name})")
+        found.append(message)
+        if "Nats-Num-Pending" not in headers:  # a server without batches: one message per request
+            return found, True
+
+
+_direct_batches: weakref.WeakKeyDictionary[NatsClient, _DirectBatches] = weakref.WeakKeyDictionary()
+
+
+def _batches(nc: NatsClient) -> _DirectBatches:
+    if nc not in _direct_batches:
+        _direct_batches[nc] = _DirectBatches(nc)
+    return _direct_batches[nc]
+
+
+class _StoredEvents:
+    """A job's events as stored in the events stream, read by batched direct gets from a cursor (no consumer)."""
+
+    def __init__(self, nc: NatsClient, job_id: str) -> None:
+        self._batches = _batches(nc)
         self._filter = event_subject(job_id)
         self._next_seq = 1
 
     async def newer(self) -> AsyncIterator[bytes]:
         """The payloads stored since the last call (from the job's first event on the first call)."""
-        while True:
-            try:
-                message = await self._js.get_msg(
-                    EVENTS_STREAM, seq=self._next_seq, subject=self._filter, next=True, direct=True
-                )
-            except NotFoundError:
-                return
-            except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
-                raise HubError(ErrorCode.UNAVAILABLE, f"the events stream does not answer ({exc!r})") from exc
-            self._next_seq = message.seq + 1  # type: ignore[operator]  # nats-py types seq optional; a direct get has one
-            yield message.data or b""
+        more = True
+        while more:
+            found, more = await self._batches.read(EVENTS_STREAM, self._filter, self._next_seq)
+            for message in found:
+                self._next_seq = int((message.headers or {})["Nats-Sequence"]) + 1
+                yield message.data or b""
 
 
 async def job_events(
@@ -515,7 +585,7 @@ async def job_events(
     With `idle_s`, None comes after that long without an event (an SSE stream sends a keep-alive then). An event
     of a newer version than this code knows is skipped.
     """
-    stored = _StoredEvents(nc.jetstream(), job_id)
+    stored = _StoredEvents(nc, job_id)
     last_seq = 0
     async with _fanout(nc).follow(job_id) as live:
         payload: bytes | None = None

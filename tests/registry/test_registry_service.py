@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from harness import service_running
+from harness import ServiceProcess, hub_env, service_running
 from nats.aio.client import Client as NatsClient
 
 from contracts import endpoints
@@ -500,3 +501,46 @@ async def test_delete_removes_the_render_type_and_its_history(registry: NatsClie
     # The name can be used again, starting a fresh history.
     again = await save(registry, tiny("short-lived"))
     assert again.version == 1 and len((await history(registry, "short-lived")).versions) == 1
+
+
+# -- resolving reads a cached render type: every change is seen at once -------------------------------------
+
+
+async def test_a_resolve_after_a_change_uses_the_changed_render_type(registry: NatsClient) -> None:
+    created = await save(registry, tiny("kept-for-resolve", defaults=RenderDefaults(width=256, height=256)))
+    assert (await resolve(registry, "kept-for-resolve")).workflow["1"]["inputs"]["width"] == 256  # now kept
+    edited = await save(registry, msgspec.structs.replace(created, defaults=RenderDefaults(width=320, height=320)))
+    assert (await resolve(registry, "kept-for-resolve")).workflow["1"]["inputs"]["width"] == 320
+    await call(registry, R.ROLLBACK, RollbackRenderType(name="kept-for-resolve", version=1))
+    assert (await resolve(registry, "kept-for-resolve")).workflow["1"]["inputs"]["width"] == 256
+    disabled = msgspec.structs.replace(edited, version=3, enabled=False)
+    await save(registry, disabled)
+    error = await refused(registry, R.RESOLVE, ResolveRenderType(render_type="kept-for-resolve"))
+    assert "disabled" in error.message
+    await call(registry, R.DELETE, DeleteRenderType(name="kept-for-resolve"))
+    error = await refused(registry, R.RESOLVE, ResolveRenderType(render_type="kept-for-resolve"))
+    assert error.code is ErrorCode.NOT_FOUND
+
+
+async def test_every_registry_replica_resolves_with_a_change_made_by_another(tmp_path: Path) -> None:
+    """Two registries on one database: the one that did not make the change hears of it (topics.Registry.CHANGED)
+    and drops the render type it kept for resolving, instead of resolving with the old one for a while."""
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    try:
+        async with service_running("registry", server.url, tmp_path) as nc:
+            second = ServiceProcess("registry", hub_env(server.url, tmp_path / "data"), tmp_path / "second.log")
+            second.start()
+            try:
+                await second.wait_healthy(nc)
+                created = await save(nc, tiny("shared", defaults=RenderDefaults(width=256, height=256)))
+                widths = [(await resolve(nc, "shared")).workflow["1"]["inputs"]["width"] for _ in range(30)]
+                assert set(widths) == {256}  # both replicas answered (queue group) and kept it
+                await save(nc, msgspec.structs.replace(created, defaults=RenderDefaults(width=320, height=320)))
+                await asyncio.sleep(0.2)  # the announcement reaches the other replica
+                widths = [(await resolve(nc, "shared")).workflow["1"]["inputs"]["width"] for _ in range(30)]
+                assert set(widths) == {320}
+            finally:
+                assert await second.stop() == 0, second.log()
+    finally:
+        server.stop()

@@ -39,4 +39,5 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime.health_check("render_types", describe_render_types)
 
     handlers.register(runtime)
+    runtime.subscribe(topics.Registry.CHANGED, store.forget_announced)  # another replica's change
     return runtime

@@ -17,7 +17,7 @@ class Resolver:
 
     async def resolve(self, request: ResolveRenderType) -> ResolvedWorkflow:
         if request.render_type is None:
-            render_type = await self.store.default()
+            render_type = await self.store.for_resolve(None)
             if render_type is None:
                 raise HubError(
                     ErrorCode.NOT_FOUND,
@@ -26,7 +26,7 @@ class Resolver:
                     details={"valid": await self.store.names(enabled_only=True)},
                 )
         else:
-            found = await self.store.find(request.render_type)
+            found = await self.store.for_resolve(request.render_type)
             if found is None:
                 raise await self._refusal(ErrorCode.NOT_FOUND, f"there is no render type named {request.render_type!r}")
             render_type = found

@@ -7,11 +7,13 @@ failing on a lock upgrade): the render type row and its new history row are stor
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import msgspec
 
+from contracts.envelope import Empty
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.base import struct_from
 from contracts.messages.render_types import (
@@ -37,6 +39,9 @@ SEEDED_KEY = "seeded_render_types"
 ROLLED_BACK = ("description", "workflow", "parameter_map", "defaults", "limits", "output_kind")
 
 log = get_logger("registry.store")
+# How long a render type read for resolving is kept at most: changes made here or announced by another replica
+# (topics.Registry.CHANGED) drop it at once; this bounds a missed announcement.
+RESOLVE_CACHE_TTL_S = 10.0
 
 
 def _encode(value: Any) -> str:
@@ -79,9 +84,40 @@ def _conflict(message: str, field: str | None = None, **details: object) -> HubE
 
 
 class RenderTypeStore:
-    """Reads and writes render types and their history; the only code that touches these tables."""
+    """Reads and writes render types and their history; the only code that touches these tables.
+
+    Resolving (one per job) reads its render type through a cache (`for_resolve`): a database query less per job.
+    Every write here drops it when its transaction ends, and so does `forget` (another replica's change)."""
+
+    def __init__(self) -> None:
+        self._resolvable: dict[str | None, RenderType] = {}  # by name; None: the default render type
+        self._changes = 0  # writes and forgets so far: a read that overlapped one is not kept
+        self._filled_at = 0.0
 
     # -- reads ----------------------------------------------------------------------------------------
+
+    async def for_resolve(self, name: str | None) -> RenderType | None:
+        """The render type `name` (None: the default), as `find`/`default` read it, kept until a change."""
+        if time.monotonic() - self._filled_at > RESOLVE_CACHE_TTL_S:
+            self._resolvable.clear()
+        if (kept := self._resolvable.get(name)) is not None:
+            return kept
+        changes, read_at = self._changes, time.monotonic()
+        found = await (self.default() if name is None else self.find(name))
+        if found is not None and changes == self._changes:  # a miss is not kept: any name may be asked
+            if not self._resolvable:
+                self._filled_at = read_at
+            self._resolvable[name] = found
+        return found
+
+    def forget(self) -> None:
+        """Drop the render types kept for resolving (a change here or announced by another replica)."""
+        self._changes += 1
+        self._resolvable.clear()
+
+    async def forget_announced(self, _changed: Empty) -> None:
+        """`topics.Registry.CHANGED` heard: a replica (maybe this one) changed render types."""
+        self.forget()
 
     async def all(self, *, include_disabled: bool = True) -> list[RenderType]:
         query = RenderTypeRow.select().order_by(RenderTypeRow.name)
@@ -155,7 +191,7 @@ class RenderTypeStore:
         """Create (version 0) or update (the version the editor started from) a render type."""
         prepared = prepare(render_type)
         source = original_name or prepared.name
-        async with write_transaction(RenderTypeRow._meta.db):
+        async with self._writing():
             row = await RenderTypeRow.select().where(RenderTypeRow.name == source).first().run()
             if row is None:
                 if original_name and original_name != prepared.name:
@@ -205,7 +241,7 @@ class RenderTypeStore:
 
     async def rollback(self, name: str, version: int, *, changed_by: str, expected_version: int | None) -> RenderType:
         """Make the definition of an earlier version current again, as a new version."""
-        async with write_transaction(RenderTypeRow._meta.db):
+        async with self._writing():
             row = await self._row(name, "name")
             current = _render_type(row)
             self._check_expected(current, expected_version)
@@ -242,7 +278,7 @@ class RenderTypeStore:
             )
 
     async def delete(self, name: str, *, expected_version: int | None) -> DeletedRenderType:
-        async with write_transaction(RenderTypeRow._meta.db):
+        async with self._writing():
             row = await self._row(name, "name")
             current = _render_type(row)
             self._check_expected(current, expected_version)
@@ -266,7 +302,7 @@ class RenderTypeStore:
         return DeletedRenderType(name=name, versions_removed=removed)
 
     async def set_default(self, name: str) -> RenderType:
-        async with write_transaction(RenderTypeRow._meta.db):
+        async with self._writing():
             row = await self._row(name, "name")
             if not row["enabled"]:
                 raise HubError(
@@ -281,7 +317,7 @@ class RenderTypeStore:
 
     async def seed(self, render_types: Sequence[RenderType], *, changed_by: str, note: str) -> list[str]:
         """Store the shipped render types once, on the first start of an empty registry; their names, or []."""
-        async with write_transaction(RenderTypeRow._meta.db):
+        async with self._writing():
             if await RegistryStateRow.exists().where(RegistryStateRow.key == SEEDED_KEY):
                 return []
             existing = await RenderTypeRow.count()
@@ -295,6 +331,15 @@ class RenderTypeStore:
             return loaded
 
     # -- helpers (inside a transaction) ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        """A write transaction; what `for_resolve` kept is dropped once it ends (committed or not)."""
+        try:
+            async with write_transaction(RenderTypeRow._meta.db):
+                yield
+        finally:
+            self.forget()
 
     @staticmethod
     def _check_expected(current: RenderType, expected_version: int | None) -> None:

@@ -690,6 +690,20 @@ async def test_dropped_websocket_falls_back_to_history(comfy: ComfyUIDouble, cli
     assert (comfy.output_dir / "hub" / "trivial_00001_.png").is_file()
 
 
+async def test_closing_the_client_ends_its_runs_at_once(make_double: DoubleFactory) -> None:
+    """An instance removed or moved while a job runs (the pool closes its client): the runs on its shared socket
+    hear it closed and end, not after the stall timeout."""
+    double = await make_double()
+    client = ComfyClient(double.url, timeout_s=2)
+    run = asyncio.create_task(client.run(trivial(7), prompt_id="closed-1", extra_data=slow(5), stall_timeout_s=30))
+    await wait_until(lambda: double.running == "closed-1")
+    await client.aclose()
+    started = time.monotonic()
+    with pytest.raises(Exception):  # noqa: B017 - how it fails is not the point: that it ends now
+        await asyncio.wait_for(run, 5)
+    assert time.monotonic() - started < 2
+
+
 async def test_server_going_down_is_unavailable_quickly(make_double: DoubleFactory) -> None:
     double = await make_double()
     async with ComfyClient(double.url, timeout_s=2) as client:

@@ -1068,15 +1068,17 @@ class _SharedSocket:
             await self.ws.close()
 
     async def _read(self) -> None:
-        """WebSocket -> the runs' queues, then one CLOSED to each run still following."""
-        reason: Any = "closed by the server"
+        """WebSocket -> the runs' queues, then one CLOSED to each run still following (also when the client is
+        closed under them: they poll, as they would after a drop)."""
+        reason: Any = "closed"
         try:
             async for frame in self.ws:
                 self._route(frame)
         except ConnectionClosed as exc:
             reason = exc
-        for events in self._routes.values():
-            events.put_nowait((_Event.CLOSED, reason))
+        finally:
+            for events in self._routes.values():
+                events.put_nowait((_Event.CLOSED, reason))
 
     def _route(self, frame: str | bytes) -> None:
         if isinstance(frame, bytes):

@@ -35,6 +35,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from contracts.messages.events import JobProgress
+from contracts.runtime.bus import through_election
 from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -252,3 +253,36 @@ async def test_a_submission_in_flight_when_nats_goes_away_is_answered_503_at_onc
             assert "lost its NATS connection" in answer.json()["error"]["message"], answer.text
         finally:
             os.kill(dispatch.pid, signal.SIGCONT)
+
+
+async def test_a_jetstream_call_in_flight_when_nats_dies_is_made_again_as_soon_as_it_is_back(tmp_path: Path) -> None:
+    """An attempt in flight when nats-server is killed never gets its answer: it is given up when the connection
+    drops and made again once NATS is back (before: it waited out its own timeout, 5 s for a JetStream publish, so
+    jobs flowed again only ~5 s after a restart of nats-server)."""
+    server = NatsServer(tmp_path / "jetstream", port=free_port(), log_file=tmp_path / "nats.log")
+    server.start()
+    options = {"max_reconnect_attempts": -1, "reconnect_time_wait": 0.1}
+    caller, responder = await nats.connect(server.url, **options), await nats.connect(server.url, **options)
+    try:
+        restarted = asyncio.Event()
+
+        async def answer_once_restarted(msg) -> None:  # type: ignore[no-untyped-def]
+            if restarted.is_set():  # before: the request is held (its answer would be lost with the server)
+                await msg.respond(b"stored")
+
+        await responder.subscribe("outage.call", cb=answer_once_restarted)
+        await responder.flush()
+        calling = asyncio.ensure_future(
+            through_election(lambda: caller.request("outage.call", b"", timeout=5), "the test call", nc=caller)
+        )
+        await asyncio.sleep(0.3)  # in flight
+        server.kill()
+        server.start()
+        restarted.set()
+        back = time.monotonic()
+        assert (await calling).data == b"stored"
+        assert time.monotonic() - back < 3.0  # not the 5 s of the lost attempt
+    finally:
+        await caller.close()
+        await responder.close()
+        server.stop()

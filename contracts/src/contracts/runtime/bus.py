@@ -309,7 +309,9 @@ async def through_election(
 
     With `nc`, also across an outage of NATS (a restart, a crash) up to `within_s`: each attempt waits until the
     connection is back (a call made while nats-py reconnects is only buffered, and a large one fills its buffer),
-    and the wait is logged, naming what waits."""
+    an attempt in flight when the connection drops is given up at once and made again once it is back (its answer
+    was lost with the connection: waiting for it took the call's whole timeout, 5 s, after a restart of
+    nats-server), and the wait is logged, naming what waits."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + within_s
@@ -322,7 +324,7 @@ async def through_election(
                     log.warning("NATS is away; waiting for it", to=what, at_most_s=round(deadline - loop.time(), 1))
                 waited = True
                 await require_connection(nc, grace_s=max(deadline - loop.time(), 0.0))
-            result = await call()
+            result = await (call() if nc is None else unless_disconnected(nc, call(), what))
             if waited:
                 log.info("NATS is back", done=what, waited_s=round(loop.time() - started, 1))
             return result

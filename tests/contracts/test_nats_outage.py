@@ -34,8 +34,11 @@ from gateway_support import GatewayHub, hub_on_own_nats, sse_events
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.events import JobProgress
+from contracts.messages.jobs import GenerationRequest
 from contracts.runtime.bus import through_election
+from gateway.hub_client import HubClient
 from hub_deploy.natsserver import NatsServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -285,4 +288,33 @@ async def test_a_jetstream_call_in_flight_when_nats_dies_is_made_again_as_soon_a
     finally:
         await caller.close()
         await responder.close()
+        server.stop()
+
+
+async def test_a_submission_whose_idempotency_key_claim_is_in_flight_when_nats_dies_is_answered_503_at_once(
+    tmp_path: Path,
+) -> None:
+    """The gateway claims an Idempotency-Key (a KV call) before it asks the dispatcher: a claim in flight when
+    nats-server dies is answered UNAVAILABLE (503 + Retry-After) at once, not after the KV call's 5 s timeout (the
+    chaos rehearsal's 'slowest POST s' 5.0 after a kill -9 of nats-server). The server is paused (SIGSTOP) first so
+    that the claim is surely in flight."""
+    server = NatsServer(tmp_path / "jetstream", port=free_port(), log_file=tmp_path / "nats.log")
+    server.start()
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    try:
+        hub = HubClient(nc, timeout_s=10)
+        await hub.idempotency.claim(GenerationRequest(prompt="warm-up"), str(uuid.uuid4()), "Idempotency-Key")
+        assert server.process is not None
+        os.kill(server.process.pid, signal.SIGSTOP)
+        submitting = asyncio.ensure_future(hub.submit(GenerationRequest(prompt="in flight"), str(uuid.uuid4())))
+        await asyncio.sleep(0.5)
+        assert not submitting.done()
+        server.kill()
+        killed = time.monotonic()
+        with pytest.raises(HubError) as refused:
+            await submitting
+        assert time.monotonic() - killed < 2.0
+        assert refused.value.code is ErrorCode.UNAVAILABLE and "Idempotency-Key" in refused.value.info.message
+    finally:
+        await nc.close()
         server.stop()

@@ -65,7 +65,9 @@ class HubClient:
         await require_connection(self.nc)  # before staging an input image, which would wait for NATS too
         if idempotency_key is None:  # the job id is fixed here all the same, so the submission can be asked again
             return await self._submit(msgspec.structs.replace(generation, job_id=uuid.uuid4().hex))
-        claim = await self.idempotency.claim(generation, idempotency_key, key_field)
+        # 503 at once if NATS goes away meanwhile (the claim's answer is lost; the same key finds its job again).
+        claiming = self.idempotency.claim(generation, idempotency_key, key_field)
+        claim = await unless_disconnected(self.nc, claiming, "claiming the Idempotency-Key")
         try:
             return await self._submit(msgspec.structs.replace(generation, job_id=claim.job_id))
         except HubError as exc:

@@ -505,17 +505,18 @@ class _DirectBatches:
         self._subscribing = asyncio.Lock()
         self._subscribed = False
 
-    async def read(self, stream: str, subject: str, seq: int) -> tuple[list[Msg], bool]:
-        """The messages on `subject` from `seq` on, and whether more may follow (a batch cut short by the server's
-        size limit, or a server that answers one message per request: ask again from the next sequence)."""
+    async def read(self, stream: str, subject: str, seq: int, batch: int) -> tuple[list[Msg], bool]:
+        """At most `batch` messages on `subject` from `seq` on, and whether more may follow (a batch cut short by
+        `batch` or the server's size limit, or a server that answers one message per request: ask again from the
+        next sequence)."""
         await self._subscribe()
         token = str(next(self._tokens))
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._reads[token] = queue
         try:
-            ask = msgspec.json.encode({"seq": seq, "next_by_subj": subject, "batch": STORED_BATCH})
+            ask = msgspec.json.encode({"seq": seq, "next_by_subj": subject, "batch": batch})
             await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", ask, reply=f"{self._prefix}.{token}")
-            return await asyncio.wait_for(_batch_from(queue), DIRECT_GET_TIMEOUT_S)
+            return await asyncio.wait_for(_batch_from(queue, stream), DIRECT_GET_TIMEOUT_S)
         except TimeoutError as exc:
             raise HubError(ErrorCode.UNAVAILABLE, f"the {stream} stream does not answer ({exc!r})") from exc
         finally:
@@ -533,7 +534,7 @@ class _DirectBatches:
             queue.put_nowait(message)
 
 
-async def _batch_from(queue: asyncio.Queue[Msg]) -> tuple[list[Msg], bool]:
+async def _batch_from(queue: asyncio.Queue[Msg], stream: str) -> tuple[list[Msg], bool]:
     found: list[Msg] = []
     while True:
         message = await queue.get()
@@ -545,7 +546,7 @@ async def _batch_from(queue: asyncio.Queue[Msg]) -> tuple[list[Msg], bool]:
             return found, False
         if status is not None:
             name = "no responders" if status == _NO_RESPONDERS else headers.get("Description", "")
-            raise HubError(ErrorCode.UNAVAILABLE, f"the events stream does not answer ({status} {name})")
+            raise HubError(ErrorCode.UNAVAILABLE, f"the {stream} stream does not answer ({status} {name})")
         found.append(message)
         if "Nats-Num-Pending" not in headers:  # a server without batches: one message per request
             return found, True
@@ -554,17 +555,20 @@ async def _batch_from(queue: asyncio.Queue[Msg]) -> tuple[list[Msg], bool]:
 _direct_batches: weakref.WeakKeyDictionary[NatsClient, _DirectBatches] = weakref.WeakKeyDictionary()
 
 
-def _batches(nc: NatsClient) -> _DirectBatches:
+async def direct_batch(nc: NatsClient, stream: str, subject: str, seq: int, batch: int) -> tuple[list[Msg], bool]:
+    """At most `batch` stored messages on `subject` from sequence `seq` on, by one batched direct get (no consumer;
+    any replica of the stream answers), and whether more may follow; their sequences are in the `Nats-Sequence`
+    header. UNAVAILABLE when the stream does not answer."""
     if nc not in _direct_batches:
         _direct_batches[nc] = _DirectBatches(nc)
-    return _direct_batches[nc]
+    return await _direct_batches[nc].read(stream, subject, seq, batch)
 
 
 class _StoredEvents:
     """A job's events as stored in the events stream, read by batched direct gets from a cursor (no consumer)."""
 
     def __init__(self, nc: NatsClient, job_id: str) -> None:
-        self._batches = _batches(nc)
+        self._nc = nc
         self._filter = event_subject(job_id)
         self._next_seq = 1
 
@@ -572,7 +576,7 @@ class _StoredEvents:
         """The payloads stored since the last call (from the job's first event on the first call)."""
         more = True
         while more:
-            found, more = await self._batches.read(EVENTS_STREAM, self._filter, self._next_seq)
+            found, more = await direct_batch(self._nc, EVENTS_STREAM, self._filter, self._next_seq, STORED_BATCH)
             for message in found:
                 self._next_seq = int((message.headers or {})["Nats-Sequence"]) + 1
                 yield message.data or b""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
 
 import msgspec
+from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
@@ -27,10 +28,11 @@ from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE,
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
 from contracts.messages.render_types import OutputKind
-from contracts.runtime.bus import BucketStore
+from contracts.runtime.bus import BucketStore, direct_batch
 from contracts.streams import OUTPUTS_BUCKET, BucketSpec
 
 CHUNK_SIZE = 128 * 1024
+CHUNKS_PER_ASK = 8  # a read asks for this many chunks at once (1 MiB)
 _ROLLUP_SUBJECT = {"Nats-Rollup": "sub"}  # a meta message replaces the object's earlier ones (as nats-py writes it)
 OUTPUTS_STREAM = OBJ_STREAM_TEMPLATE.format(bucket=OUTPUTS_BUCKET)
 
@@ -104,6 +106,12 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
     """Outputs in a JetStream Object Store bucket (file storage, `replicas` copies)."""
 
     bucket_spec = BucketSpec(name=OUTPUTS_BUCKET, ttl_s=0, description="Generated outputs")
+
+    @property
+    def _nc(self) -> NatsClient:
+        """The connection under the JetStream context (nats-py keeps it there), for batched direct gets."""
+        nc: NatsClient = self._js._nc
+        return nc
 
     async def _find_or_create(self) -> ObjectStore:
         try:
@@ -193,13 +201,15 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         if located is None:
             raise HubError(ErrorCode.NOT_FOUND, f"no output `{output_id}` (it may have been deleted)")
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=located.nuid)
-        seq = 1
-        for _ in range(int(located.chunks or 0)):
-            chunk = await self._direct_get(subject, seq)
-            if chunk is None:
+        seq, left = 1, int(located.chunks or 0)
+        while left > 0:
+            # A few chunks per ask (batched direct get): one request per CHUNKS_PER_ASK chunks, memory bounded.
+            chunks, _ = await direct_batch(self._nc, OUTPUTS_STREAM, subject, seq, min(left, CHUNKS_PER_ASK))
+            if not chunks:
                 raise HubError(ErrorCode.NOT_FOUND, f"output `{output_id}` was deleted while being read")
-            seq = chunk.seq + 1  # type: ignore[operator]  # nats-py types seq optional; a direct get always has one
-            yield chunk.data or b""
+            for chunk in chunks[:left]:
+                seq, left = int((chunk.headers or {})["Nats-Sequence"]) + 1, left - 1
+                yield chunk.data or b""
 
     async def _object_info(self, output_id: str) -> ObjectInfo | None:
         """The object's meta message (its last one), or None for an unknown or deleted output."""
@@ -210,14 +220,12 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         info = ObjectInfo.from_response(msgspec.json.decode(message.data or b"{}"))
         return None if info.deleted else info
 
-    async def _direct_get(self, subject: str, after_seq: int | None = None) -> RawStreamMsg | None:
-        """The last message on `subject`, or with `after_seq` the first at or after that sequence; None if none.
-        A direct get is answered by any replica of the stream, without a consumer."""
+    async def _direct_get(self, subject: str) -> RawStreamMsg | None:
+        """The last message on `subject`, or None if none. A direct get is answered by any replica of the stream,
+        without a consumer."""
         await self._bucket()
         try:
-            if after_seq is None:
-                return await self._js.get_last_msg(OUTPUTS_STREAM, subject, direct=True)
-            return await self._js.get_msg(OUTPUTS_STREAM, seq=after_seq, subject=subject, next=True, direct=True)
+            return await self._js.get_last_msg(OUTPUTS_STREAM, subject, direct=True)
         except NotFoundError:
             return None
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:

@@ -29,6 +29,7 @@ from contracts.messages.stats import (
 from contracts.runtime.bus import call
 from contracts.streams import EVENTS_STREAM, event_subject
 from stats_service.consumer import CONSUMER_NAME
+from stats_service.merge import JobState, apply_event
 
 
 def epoch(text: str) -> float:
@@ -195,6 +196,26 @@ async def test_an_undecodable_event_is_dropped_and_does_not_block_the_log(hub: S
     await wait_until(settled, what="the consumer to have nothing left")
     assert hub.rows("SELECT count(*) FROM generation WHERE job_id = 'poison-1'") == [(0,)]
     assert "undecodable generation event dropped" in hub.processes[0].log()
+
+
+async def test_a_job_whose_events_come_one_batch_at_a_time_gets_the_row_of_all_its_events(hub: StatsHub) -> None:
+    """Each event alone in its batch: the row is inserted, then updated once per event (only the columns that
+    changed are written); it must end as the merge of all its events says."""
+    script = JobScript("one-by-one", LOG_DAY + 7200, retry=True, outputs=2, styles=["photo"], queue_s=3.0, run_s=4.5)
+
+    async def settled() -> bool:
+        info = await hub.js.consumer_info(EVENTS_STREAM, CONSUMER_NAME)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    merged: JobState | None = None
+    for event in script.events():
+        merged = apply_event(merged, event)
+        await hub.publish_all([event])
+        await wait_until(settled, what="the event to be recorded")
+    await wait_recorded(hub, [script])
+    recorded = await call(hub.nc, endpoints.Stats.LOG_GET, GetGeneration(job_id="one-by-one"))
+    assert merged is not None and merged.finished_at is not None
+    assert recorded == msgspec.convert(msgspec.to_builtins(merged), GenerationRecord)
 
 
 # -- figures on a known data set ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:
         return BatchResult(events=0, jobs=0, inserted=0, updated=0)
     now = time.time()
     inserts: list[JobState] = []
-    updates: list[JobState] = []
+    updates: list[tuple[JobState, JobState]] = []  # (stored, merged)
     finished: list[JobState] = []
     async with store.write_transaction():
         existing = await store.load_states(list(grouped), lock=True)
@@ -56,7 +56,7 @@ async def record_events(events: Sequence[GenerationEvent]) -> BatchResult:
                 inserts.append(state)
             elif state != before:
                 state.updated_at = now
-                updates.append(state)
+                updates.append((before, state))
         await store.insert_states(inserts)
         await store.update_states(updates)
     return BatchResult(

@@ -188,10 +188,14 @@ async def insert_states(states: Sequence[JobState]) -> None:
         await GenerationRow.insert(*(GenerationRow(**_row_values(s)) for s in chunk))
 
 
-async def update_states(states: Sequence[JobState]) -> None:
-    for state in states:
-        values: dict[Column | str, Any] = {k: v for k, v in _row_values(state).items() if k != "job_id"}
-        await GenerationRow.update(values).where(GenerationRow.job_id == state.job_id)
+async def update_states(changes: Sequence[tuple[JobState, JobState]]) -> None:
+    """Each (stored, merged) pair: the row set to `merged`. Only the columns that differ are written (the stored
+    state was read in this write transaction): a smaller statement to build and to run than every column."""
+    for stored, merged in changes:
+        old, new = _row_values(stored), _row_values(merged)
+        values: dict[Column | str, Any] = {k: v for k, v in new.items() if old.get(k) != v}
+        if values:
+            await GenerationRow.update(values).where(GenerationRow.job_id == merged.job_id)
 
 
 # -- the generation log: retention -----------------------------------------------------------------------

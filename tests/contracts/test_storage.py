@@ -12,7 +12,9 @@ from contracts.runtime.storage import CHUNK_SIZE, ObjectStoreOutputs
 from contracts.streams import OUTPUTS_BUCKET
 
 
-@pytest.mark.parametrize("size", [0, 10, CHUNK_SIZE, 2 * CHUNK_SIZE + 5])
+# 2 * CHUNK_SIZE + 5: one batched ask; 8 * CHUNK_SIZE + 1 and 11 * CHUNK_SIZE: a full batch of CHUNKS_PER_ASK, then
+# the last chunk alone or a shorter batch.
+@pytest.mark.parametrize("size", [0, 10, CHUNK_SIZE, 2 * CHUNK_SIZE + 5, 8 * CHUNK_SIZE + 1, 11 * CHUNK_SIZE])
 async def test_a_saved_output_reads_back_here_and_through_nats_object_store(nc: NatsClient, size: int) -> None:
     js = nc.jetstream()
     storage = ObjectStoreOutputs(js)

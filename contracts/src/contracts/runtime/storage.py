@@ -19,6 +19,7 @@ from typing import BinaryIO, Protocol
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
@@ -94,6 +95,13 @@ class OutputStorage(Protocol):
     async def info(self, output_id: str) -> OutputFile | None: ...
     def read(self, output_id: str) -> AsyncIterator[bytes]: ...
     async def delete(self, output_id: str) -> bool: ...
+
+
+def _sequence(chunk: RawStreamMsg | Msg) -> int:
+    """The stream sequence of a chunk read by a plain direct get (`seq`) or a batched one (its header)."""
+    if isinstance(chunk, RawStreamMsg) and chunk.seq is not None:
+        return chunk.seq
+    return int((chunk.headers or {})["Nats-Sequence"])
 
 
 class _Headers(msgspec.Struct):
@@ -203,12 +211,19 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=located.nuid)
         seq, left = 1, int(located.chunks or 0)
         while left > 0:
-            # A few chunks per ask (batched direct get): one request per CHUNKS_PER_ASK chunks, memory bounded.
-            chunks, _ = await direct_batch(self._nc, OUTPUTS_STREAM, subject, seq, min(left, CHUNKS_PER_ASK))
+            # A few chunks per ask (batched direct get): one request per CHUNKS_PER_ASK chunks, memory bounded. The
+            # last one alone is a plain direct get: its answer needs no end-of-batch marker.
+            chunks: list[RawStreamMsg | Msg]
+            if left == 1:
+                last = await self._direct_get(subject, seq)
+                chunks = [] if last is None else [last]
+            else:
+                found, _ = await direct_batch(self._nc, OUTPUTS_STREAM, subject, seq, min(left, CHUNKS_PER_ASK))
+                chunks = list(found)
             if not chunks:
                 raise HubError(ErrorCode.NOT_FOUND, f"output `{output_id}` was deleted while being read")
             for chunk in chunks[:left]:
-                seq, left = int((chunk.headers or {})["Nats-Sequence"]) + 1, left - 1
+                seq, left = _sequence(chunk) + 1, left - 1
                 yield chunk.data or b""
 
     async def _object_info(self, output_id: str) -> ObjectInfo | None:
@@ -220,12 +235,14 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         info = ObjectInfo.from_response(msgspec.json.decode(message.data or b"{}"))
         return None if info.deleted else info
 
-    async def _direct_get(self, subject: str) -> RawStreamMsg | None:
-        """The last message on `subject`, or None if none. A direct get is answered by any replica of the stream,
-        without a consumer."""
+    async def _direct_get(self, subject: str, after_seq: int | None = None) -> RawStreamMsg | None:
+        """The last message on `subject`, or with `after_seq` the first at or after that sequence; None if none.
+        A direct get is answered by any replica of the stream, without a consumer."""
         await self._bucket()
         try:
-            return await self._js.get_last_msg(OUTPUTS_STREAM, subject, direct=True)
+            if after_seq is None:
+                return await self._js.get_last_msg(OUTPUTS_STREAM, subject, direct=True)
+            return await self._js.get_msg(OUTPUTS_STREAM, seq=after_seq, subject=subject, next=True, direct=True)
         except NotFoundError:
             return None
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:

@@ -3,12 +3,18 @@ styles that cannot be used."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import nats
 from harness import ServiceProcess
 from nats.aio.client import Client as NatsClient
-from prompt_support import P, build, built_with, failure, prompt_fixture, replace_styles
+from prompt_support import P, build, built_with, failure, prompt_fixture, prompt_service, replace_styles
 
 from contracts.errors import ErrorCode
-from contracts.messages.styles import BuildPrompt, Style
+from contracts.messages.styles import BuildPrompt, BulkStyles, DeleteStyle, SaveStyle, Style
+from contracts.runtime.bus import call
+from hub_deploy.natsserver import NatsServer
 
 service = prompt_fixture("prompt-build")
 
@@ -184,3 +190,50 @@ async def test_bad_build_requests_name_the_field(service: ServiceProcess, nc: Na
     assert empty.code == ErrorCode.INVALID_REQUEST and empty.info.field == "prompt"
     reply = await nc.request(P.BUILD.subject, b'{"prompt": "a cat", "style": ["anime"]}', timeout=5)
     assert b'"field":"style"' in reply.data and b"unknown field" in reply.data
+
+
+async def test_a_build_after_a_change_of_the_default_styles_uses_the_changed_ones(
+    service: ServiceProcess, nc: NatsClient
+) -> None:
+    await replace_styles(nc, [style("kept", "{prompt}, kept", is_default=True)])
+    assert (await build(nc, "a cat")).styles_applied == ["kept"]  # the defaults are now kept for builds
+    await call(
+        nc, P.STYLES_SAVE, SaveStyle(style=style("kept", "{prompt}, edited", is_default=True), original_name="kept")
+    )
+    assert (await build(nc, "a cat")).positive == "a cat, edited"
+    await call(nc, P.STYLES_BULK, BulkStyles(names=["kept"], action="disable"))
+    assert (await build(nc, "a cat")).styles_applied == []
+    await call(nc, P.STYLES_BULK, BulkStyles(names=["kept"], action="enable"))
+    assert (await build(nc, "a cat")).styles_applied == ["kept"]
+    await call(nc, P.STYLES_DELETE, DeleteStyle(name="kept"))
+    assert (await build(nc, "a cat")).styles_applied == []
+
+
+async def test_every_prompt_replica_builds_with_a_default_style_changed_by_another(tmp_path: Path) -> None:
+    """Two prompt services on one database: the one that did not make the change hears of it
+    (topics.Prompt.STYLES_CHANGED) and drops the default styles it kept, instead of building with the old ones."""
+    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
+    server.start()
+    try:
+        async with prompt_service(server.url, tmp_path / "data") as first:
+            second = ServiceProcess("prompt", dict(first.env), tmp_path / "second.log")
+            second.start()
+            nc = await nats.connect(server.url)
+            try:
+                await second.wait_healthy(nc)
+                await replace_styles(nc, [style("shared", "{prompt}, old", is_default=True)])
+                built = [(await build(nc, "a cat")).positive for _ in range(30)]
+                assert set(built) == {"a cat, old"}  # both replicas answered (queue group) and kept it
+                await call(
+                    nc,
+                    P.STYLES_SAVE,
+                    SaveStyle(style=style("shared", "{prompt}, new", is_default=True), original_name="shared"),
+                )
+                await asyncio.sleep(0.2)  # the announcement reaches the other replica
+                built = [(await build(nc, "a cat")).positive for _ in range(30)]
+                assert set(built) == {"a cat, new"}
+            finally:
+                await nc.close()
+                assert await second.stop() == 0, second.log()
+    finally:
+        server.stop()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import httpx
 
+from contracts import topics
 from contracts.errors import HubError
 from contracts.messages.styles import LlmSettings
 from contracts.runtime.config import Settings
 from contracts.runtime.database import attach, describe
 from contracts.runtime.service import ServiceRuntime
-from prompt_service import __version__, handlers, llm_settings, piccolo_conf, styles
+from prompt_service import __version__, handlers, llm_settings, piccolo_conf, store, styles
 from prompt_service.builder import EnhancementFigures, PromptBuilder
 from prompt_service.llm import list_models
 
@@ -59,4 +60,5 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime.on_shutdown(close_http)
     runtime.health_check("llm", llm_check, optional=True)
     handlers.register(runtime, builder)
+    runtime.subscribe(topics.Prompt.STYLES_CHANGED, store.forget_default_styles)  # another replica's change
     return runtime

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 
+from contracts.envelope import Empty
 from contracts.messages.base import struct_from
 from contracts.messages.styles import Style
 from contracts.runtime.database import write_transaction
@@ -21,6 +24,9 @@ from prompt_service.composition import listing_order, name_key
 from prompt_service.tables import SettingTable, StyleTable
 
 INSERT_BATCH = 200  # rows per INSERT statement
+# How long the default styles are kept at most: a write here or one announced by another replica
+# (topics.Prompt.STYLES_CHANGED) drops them at once; this bounds a missed announcement.
+DEFAULTS_TTL_S = 10.0
 
 
 class StyleRef(msgspec.Struct, frozen=True):
@@ -30,9 +36,37 @@ class StyleRef(msgspec.Struct, frozen=True):
     name: str
 
 
-def transaction() -> Any:
-    """A write transaction on this service's database (on SQLite it takes the write lock at once)."""
-    return write_transaction(StyleTable._meta.db)
+class _DefaultStyles:
+    """The default styles, which every build without named styles reads (one query less per job), kept until a
+    change; a read that overlapped a change is not kept."""
+
+    def __init__(self) -> None:
+        self.styles: list[Style] | None = None
+        self.read_at = 0.0
+        self.changes = 0
+
+    def forget(self) -> None:
+        self.changes += 1
+        self.styles = None
+
+
+_defaults = _DefaultStyles()
+
+
+@asynccontextmanager
+async def transaction() -> AsyncIterator[Any]:
+    """A write transaction on this service's database (on SQLite it takes the write lock at once); the default
+    styles kept for builds are dropped once it ends (committed or not)."""
+    try:
+        async with write_transaction(StyleTable._meta.db) as connection:
+            yield connection
+    finally:
+        _defaults.forget()
+
+
+async def forget_default_styles(_changed: Empty) -> None:
+    """`topics.Prompt.STYLES_CHANGED` heard: a replica (maybe this one) changed styles."""
+    _defaults.forget()
 
 
 def _now() -> datetime.datetime:
@@ -78,8 +112,15 @@ async def all_styles() -> list[Style]:
 
 
 async def default_styles() -> list[Style]:
+    kept = _defaults.styles
+    if kept is not None and time.monotonic() - _defaults.read_at <= DEFAULTS_TTL_S:
+        return list(kept)
+    changes, read_at = _defaults.changes, time.monotonic()
     rows = await StyleTable.select().where(StyleTable.is_default == True).run()  # noqa: E712
-    return [_style(r) for r in rows]
+    styles = [_style(r) for r in rows]
+    if changes == _defaults.changes:
+        _defaults.styles, _defaults.read_at = styles, read_at
+    return list(styles)
 
 
 async def styles_named(names: Sequence[str]) -> list[Style]:

@@ -194,6 +194,29 @@ async def test_a_restarted_dispatcher_runs_the_job_it_died_with_first_and_at_onc
     assert done.timings.total_ms == pytest.approx((done.timings.finished_at - done.timings.accepted_at) * 1000, abs=1)
 
 
+async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_once_after_its_restart(
+    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+):
+    """kill -9 after the dispatcher fetched a job and before it placed it (its row being read: held here by a test
+    pause): JetStream redelivers that message only after the take-over time, so the slot taken for it must name it
+    from the fetch on, for the restarted replica to hand it back at once (chaos: stalls of ~28 s before)."""
+    hub = await start_hub(**SLOW_TAKEOVER, HUB_TEST_PAUSE_BEFORE_ADMIT_S="600")
+    double = await comfyui(hub, "only", work_seconds=0.2)
+    await asyncio.sleep(0.5)
+    reply = await submit(hub.nc, "fetched, then the dispatcher died", seed=1)
+    await asyncio.sleep(2)  # fetched and paused before its row is read
+    assert not double.executed_prompt_ids
+
+    hub.processes["dispatch"].kill()
+    restarted = hub.start("dispatch", **SLOW_TAKEOVER)
+    await restarted.wait_healthy(hub.nc)
+    healthy_at = time.monotonic()
+    view = await wait_final(hub.nc, reply.job_id, timeout_s=60)
+    assert view.status == "completed", (view.status, view.error)
+    assert time.monotonic() - healthy_at < 10, restarted.log()
+    assert double.executed_prompt_ids == [reply.job_id + "-1"]
+
+
 async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_running_on_comfyui(
     start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
 ):

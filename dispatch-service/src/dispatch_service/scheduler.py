@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import io
 import itertools
+import os
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -79,6 +80,9 @@ log = get_logger("scheduler")
 
 RETRY_DELAY_S = 0.2
 HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of the jobs handed back
+# Tests only (tests/dispatch/test_dispatch_recovery.py): a fetched job waits this long before its row is read, so a
+# kill -9 lands between the fetch and the placing, as it can on a loaded machine. Never set in production.
+TEST_PAUSE_BEFORE_ADMIT_S = float(os.environ.get("HUB_TEST_PAUSE_BEFORE_ADMIT_S", "0"))
 PROGRESS_WRITE_EVERY_S = 0.5
 PROGRESS_EVENT_EVERY_S = 0.1
 OUTPUTS_AT_ONCE = 4  # a batch's outputs stored side by side; each holds up to 8 MiB in memory meanwhile
@@ -243,13 +247,12 @@ class Scheduler:
         return True
 
     async def _slot_on(self, state: InstanceState, note: LeaseNote) -> Lease | None:
-        """A slot of `state` for the job `note` names: the one taken before the job was fetched (pull) when it is on
-        `state`, else any free one."""
+        """A slot of `state` for the job `note` names: the one taken before the job was fetched (pull, named after
+        the job already) when it is on `state`, else any free one."""
         reserved = self._reserved
         if reserved is not None and reserved[0] is state:
             self._reserved = None
-            if await reserved[1].name(note):
-                return reserved[1]
+            return reserved[1]
         return await self.leases.try_take(state.config.name, state.config.slots, note)
 
     async def _prompt_kept(self, state: InstanceState, row: JobRecord) -> bool:
@@ -356,11 +359,14 @@ class Scheduler:
         return None
 
     async def _place(self, msg: Msg) -> None:
+        note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
+        await self._name_reserved(note)
+        if TEST_PAUSE_BEFORE_ADMIT_S:
+            await asyncio.sleep(TEST_PAUSE_BEFORE_ADMIT_S)
         admitted = await self.admit(msg)
         if admitted is None:
             return
         row, requirements = admitted
-        note = self._note(row.job_id, msg)
         if await self._adopt_delivered_again(msg, row, note):
             return
         if await self.key_at_running_limit(row):  # skipped for now, not failed: it keeps its place in the stream
@@ -372,9 +378,8 @@ class Scheduler:
         reserved = self._reserved
         if reserved is not None and any(state is reserved[0] for state in candidates):
             self._reserved = None
-            if await reserved[1].name(note):
-                self._start(msg, row, *reserved)
-                return
+            self._start(msg, row, *reserved)  # its lease names the job already (_name_reserved)
+            return
         for state in candidates:
             lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is not None:
@@ -388,6 +393,15 @@ class Scheduler:
             await msg.nak()
             return
         await msg.nak(delay=RETRY_DELAY_S)  # no instance that can run it is free: the jobs behind it go first
+
+    async def _name_reserved(self, note: LeaseNote) -> None:
+        """pull: the slot taken for this fetch names the job and its message's reply subject first, before anything
+        else is awaited: a kill -9 from here on leaves a lease from which the restarted replica hands the message
+        back at once (_hand_back_orphans). Named later (after the row was read), a kill in between left a delivered
+        message no lease named, redelivered only after the take-over time (issue 17, chaos: stalls of ~28 s)."""
+        reserved = self._reserved
+        if reserved is not None and not await reserved[1].name(note):
+            self._reserved = None  # lost (expired and taken by another replica): not ours to release
 
     async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with

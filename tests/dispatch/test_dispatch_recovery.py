@@ -244,6 +244,46 @@ async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_runni
     assert "adopted the jobs this replica's predecessor left running on ComfyUI" in restarted.log()
 
 
+class HeldOutput(ComfyUIDouble):
+    """A double that holds every /view request (an output download) until `serve` is set."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.viewed = asyncio.Event()
+        self.serve = asyncio.Event()
+
+    async def _get_view(self, request: web.Request) -> web.StreamResponse:
+        self.viewed.set()
+        await self.serve.wait()
+        return await super()._get_view(request)
+
+
+async def test_a_job_whose_outputs_a_killed_dispatcher_was_storing_completes_at_once_after_its_restart(
+    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+):
+    """kill -9 while a finished job's outputs are fetched and stored: its slot is free already (the next job
+    started there), yet its message is not acked; a claim names it, so the restarted replica hands it back at once
+    and it is followed on ComfyUI (finished there, not run again) instead of waiting out the take-over time."""
+    hub = await start_hub(**SLOW_TAKEOVER)
+    double = await comfyui(hub, "only", work_seconds=0.1, kind=HeldOutput)
+    assert isinstance(double, HeldOutput)
+    await asyncio.sleep(0.5)
+    reply = await submit(hub.nc, "stored when the dispatcher died", seed=1)
+    await asyncio.wait_for(double.viewed.wait(), timeout=30)
+    await asyncio.sleep(0.5)  # the slot freed, the claim written
+
+    hub.processes["dispatch"].kill()
+    double.serve.set()
+    restarted = hub.start("dispatch", **SLOW_TAKEOVER)
+    await restarted.wait_healthy(hub.nc)
+    healthy_at = time.monotonic()
+    view = await wait_final(hub.nc, reply.job_id, timeout_s=90)
+    assert view.status == "completed", (view.status, view.error)
+    assert time.monotonic() - healthy_at < 10, restarted.log()
+    assert double.executed_prompt_ids == [reply.job_id + "-1"]  # followed, not run again
+    assert len(view.outputs) == 1
+
+
 class SlowToDescribe(ComfyUIDouble):
     """A double whose /object_info takes `describe_s` (a real ComfyUI's is hundreds of kilobytes); it notes when it
     answered that and when it received each prompt."""

@@ -128,6 +128,9 @@ class _Slot:
         self._state = state
         self._lease = lease
         self._freeing: asyncio.Future[None] | None = None
+        # While the outputs of a job whose slot was freed are stored: a lease naming the job and its message's reply
+        # subject (SlotLeases.hold), for a restart after a kill -9 to hand the message back at once.
+        self._claim: asyncio.Future[Lease | None] | None = None
 
     @property
     def freed(self) -> bool:
@@ -138,17 +141,34 @@ class _Slot:
         return self._state.config.name
 
     async def refresh(self) -> bool:
-        return await self._lease.refresh()
+        """Keep the slot's lease alive, or once the slot is freed the job's claim; False if it was lost."""
+        if not self.freed:
+            return await self._lease.refresh()
+        claim = await self._claim if self._claim is not None else None
+        return claim is None or await claim.refresh()
 
-    def free_soon(self) -> None:
-        """Start freeing the slot, beside what the job still does (its outputs are stored meanwhile)."""
+    def free_soon(self, claim_for: LeaseNote | None = None) -> None:
+        """Start freeing the slot, beside what the job still does (its outputs are stored meanwhile); the job's
+        message stays claimed under `claim_for` until `free` (once it is acked)."""
         if self._freeing is None:
+            if claim_for is not None and self._scheduler.nc.is_connected:
+                self._claim = asyncio.ensure_future(self._claim_job(claim_for))
             self._freeing = asyncio.ensure_future(self._release())
 
     async def free(self) -> None:
         self.free_soon()
         assert self._freeing is not None
         await self._freeing
+        claim = await self._claim if self._claim is not None else None
+        if claim is not None:
+            await claim.release()
+
+    async def _claim_job(self, note: LeaseNote) -> Lease | None:
+        try:
+            return await self._scheduler.leases.hold(note)
+        except Exception as exc:  # NATS busy: the job goes on unclaimed (a kill -9 now waits the take-over time)
+            log.warning("could not claim a job while its outputs are stored", error=str(exc) or repr(exc))
+            return None
 
     async def _release(self) -> None:
         try:
@@ -606,8 +626,10 @@ class Scheduler:
             result, started_event = await self._execute(row, state, attempt, limit_at, running, adopted=adopted)
             self.affinity.ran(job_id, result.cached_nodes)
             switch_s = self.affinity.switch_s(job_id, result.cached_nodes, result.node_seconds)
-            # ComfyUI is done with it: the slot takes the next job while the outputs are fetched.
-            slot.free_soon()
+            # ComfyUI is done with it: the slot takes the next job while the outputs are fetched. Until the job's
+            # message is acked a claim names it: after a kill -9 meanwhile, the restart hands it back at once to be
+            # followed on ComfyUI (its prompt is finished there), not after the take-over time.
+            slot.free_soon(claim_for=self._note(job_id, msg))
             await started_event
             with tracing.span("outputs.store", instance=state.config.name):
                 outputs = await self._store_outputs(job_id, state, result, limit_at)
@@ -740,7 +762,7 @@ class Scheduler:
             await asyncio.sleep(every)
             try:
                 await msg.in_progress()
-                if not slot.freed and not await slot.refresh():
+                if not await slot.refresh():
                     log.warning("slot lease lost while a job ran", instance=slot.instance)
             except Exception as exc:  # NATS busy electing a leader or reconnecting: keep trying, well before the TTL
                 log.warning("could not keep a running job's claim alive; trying again", error=repr(exc))

@@ -194,27 +194,35 @@ async def test_a_restarted_dispatcher_runs_the_job_it_died_with_first_and_at_onc
     assert done.timings.total_ms == pytest.approx((done.timings.finished_at - done.timings.accepted_at) * 1000, abs=1)
 
 
+async def killed_and_restarted_then_run_once(hub: Hub, double: ComfyUIDouble, reply: SubmitReply, **env: str) -> None:
+    """kill -9 of the dispatcher, restarted: the job ends completed within 10 s of the restart, ComfyUI ran it once."""
+    hub.processes["dispatch"].kill()
+    restarted = hub.start("dispatch", **env)
+    await restarted.wait_healthy(hub.nc)
+    healthy_at = time.monotonic()
+    view = await wait_final(hub.nc, reply.job_id, timeout_s=90)
+    assert view.status == "completed", (view.status, view.error)
+    assert time.monotonic() - healthy_at < 10, restarted.log()
+    assert double.executed_prompt_ids == [reply.job_id + "-1"]
+    assert len(view.outputs) == 1
+
+
+@pytest.mark.parametrize("strategy", ["pull", "pull_affinity"])
 async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_once_after_its_restart(
-    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]], strategy: str
 ):
     """kill -9 after the dispatcher fetched a job and before it placed it (its row being read: held here by a test
-    pause): JetStream redelivers that message only after the take-over time, so the slot taken for it must name it
-    from the fetch on, for the restarted replica to hand it back at once (chaos: stalls of ~28 s before)."""
-    hub = await start_hub(**SLOW_TAKEOVER, HUB_TEST_PAUSE_BEFORE_ADMIT_S="600")
+    pause): JetStream redelivers that message only after the take-over time, so the lease taken for it (the slot
+    reserved for the fetch; pull_affinity: the job's claim) must name it from the fetch on, for the restarted
+    replica to hand it back at once (chaos: stalls of ~28 s before)."""
+    env = {**SLOW_TAKEOVER, "HUB_DISPATCH_STRATEGY": strategy}
+    hub = await start_hub(**env, HUB_TEST_PAUSE_BEFORE_ADMIT_S="600")
     double = await comfyui(hub, "only", work_seconds=0.2)
     await asyncio.sleep(0.5)
     reply = await submit(hub.nc, "fetched, then the dispatcher died", seed=1)
     await asyncio.sleep(2)  # fetched and paused before its row is read
     assert not double.executed_prompt_ids
-
-    hub.processes["dispatch"].kill()
-    restarted = hub.start("dispatch", **SLOW_TAKEOVER)
-    await restarted.wait_healthy(hub.nc)
-    healthy_at = time.monotonic()
-    view = await wait_final(hub.nc, reply.job_id, timeout_s=60)
-    assert view.status == "completed", (view.status, view.error)
-    assert time.monotonic() - healthy_at < 10, restarted.log()
-    assert double.executed_prompt_ids == [reply.job_id + "-1"]
+    await killed_and_restarted_then_run_once(hub, double, reply, **env)
 
 
 async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_running_on_comfyui(
@@ -245,16 +253,16 @@ async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_runni
 
 
 class HeldOutput(ComfyUIDouble):
-    """A double that holds every /view request (an output download) until `serve` is set."""
+    """A double that never answers the first /view request (an output download); the later ones as usual."""
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
         self.viewed = asyncio.Event()
-        self.serve = asyncio.Event()
 
     async def _get_view(self, request: web.Request) -> web.StreamResponse:
-        self.viewed.set()
-        await self.serve.wait()
+        if not self.viewed.is_set():
+            self.viewed.set()
+            await asyncio.Event().wait()  # until the dispatcher that asked dies (its connection closes)
         return await super()._get_view(request)
 
 
@@ -263,7 +271,8 @@ async def test_a_job_whose_outputs_a_killed_dispatcher_was_storing_completes_at_
 ):
     """kill -9 while a finished job's outputs are fetched and stored: its slot is free already (the next job
     started there), yet its message is not acked; a claim names it, so the restarted replica hands it back at once
-    and it is followed on ComfyUI (finished there, not run again) instead of waiting out the take-over time."""
+    and it is followed on ComfyUI (finished there, not run again: its one download is held, the kill comes first)
+    instead of waiting out the take-over time."""
     hub = await start_hub(**SLOW_TAKEOVER)
     double = await comfyui(hub, "only", work_seconds=0.1, kind=HeldOutput)
     assert isinstance(double, HeldOutput)
@@ -272,16 +281,7 @@ async def test_a_job_whose_outputs_a_killed_dispatcher_was_storing_completes_at_
     await asyncio.wait_for(double.viewed.wait(), timeout=30)
     await asyncio.sleep(0.5)  # the slot freed, the claim written
 
-    hub.processes["dispatch"].kill()
-    double.serve.set()
-    restarted = hub.start("dispatch", **SLOW_TAKEOVER)
-    await restarted.wait_healthy(hub.nc)
-    healthy_at = time.monotonic()
-    view = await wait_final(hub.nc, reply.job_id, timeout_s=90)
-    assert view.status == "completed", (view.status, view.error)
-    assert time.monotonic() - healthy_at < 10, restarted.log()
-    assert double.executed_prompt_ids == [reply.job_id + "-1"]  # followed, not run again
-    assert len(view.outputs) == 1
+    await killed_and_restarted_then_run_once(hub, double, reply, **SLOW_TAKEOVER)
 
 
 class SlowToDescribe(ComfyUIDouble):

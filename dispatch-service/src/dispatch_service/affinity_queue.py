@@ -17,12 +17,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import msgspec
 from nats.aio.msg import Msg
 
 from contracts.messages.render_types import Requirements
 from contracts.runtime.logs import get_logger
 from dispatch_service.affinity import Server, Waiting, loader_nodes, models_of, plan
-from dispatch_service.fair_share import Standing, ahead_elsewhere, fair_order, keys_owed_places
+from dispatch_service.fair_share import JobMessage, Standing, ahead_elsewhere, fair_order, keys_owed_places
 from dispatch_service.jobs import is_final
 from dispatch_service.leases import Lease
 from dispatch_service.store import JobRecord
@@ -105,15 +106,22 @@ class AffinityQueue:
                 await queues.wait_for_jobs(self._pool.changed, timeout=0.5)
 
     async def _hold(self, msg: Msg) -> None:
+        # Claimed first, before its row is read: a kill -9 from here on leaves a lease from which the restarted
+        # replica hands the message back at once (else it waited out the take-over time; see Scheduler._place).
+        job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
+        claim = await self._scheduler.leases.hold(self._scheduler._note(job_id, msg))
         admitted = await self._scheduler.admit(msg)
         if admitted is None:
+            if claim is not None:
+                await claim.release()
             return
         row, requirements = admitted
         if not self._pool.candidates(requirements):  # none up that can run it: back to the stream, as with pull
             await msg.nak(delay=RETRY_DELAY_S)
+            if claim is not None:
+                await claim.release()
             return
         known = frozenset().union(*(s.model_files for s in self._pool.states.values()))
-        claim = await self._scheduler.leases.hold(self._scheduler._note(row.job_id, msg))
         self.window.append(_Held(msg, row, requirements, models_of(loader_nodes(row.workflow, known)), claim))
         self._pool.notify()
 

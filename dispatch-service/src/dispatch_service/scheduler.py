@@ -381,8 +381,6 @@ class Scheduler:
     async def _place(self, msg: Msg) -> None:
         note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
         await self._name_reserved(note)
-        if TEST_PAUSE_BEFORE_ADMIT_S:
-            await asyncio.sleep(TEST_PAUSE_BEFORE_ADMIT_S)
         admitted = await self.admit(msg)
         if admitted is None:
             return
@@ -426,6 +424,8 @@ class Scheduler:
     async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
         here (no such job, already ended, running here, a cancel to finish, or no instance could ever run it)."""
+        if TEST_PAUSE_BEFORE_ADMIT_S:
+            await asyncio.sleep(TEST_PAUSE_BEFORE_ADMIT_S)
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
         row = await self.store.get(job_id)
         if row is None:

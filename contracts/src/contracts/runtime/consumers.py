@@ -37,6 +37,9 @@ from nats.js.errors import FetchTimeoutError, NotFoundError
 from contracts.runtime.bus import ensure_stream, through_election
 from contracts.streams import StreamSpec
 
+# A pull request's answer (the message, or the server's "408" at its expiry) is waited for this long past its expiry.
+LATE_ANSWER_S = 1.0
+
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable | None)
 
@@ -270,7 +273,13 @@ class DurableConsumer(Generic[M]):
             if self._sub is None:
                 await through_election(self.setup, f"creating the consumer {self.durable.name}")
             assert self._sub is not None
-            messages = await self._sub.fetch(1, timeout=self.durable.fetch_wait_s)
+            # The server holds the pull request fetch_wait_s and then answers "408 request timeout"; we wait for
+            # that answer (or the message) LATE_ANSWER_S longer. nats-py's fetch gives up 0.1 ms after the server's
+            # expiry: on a busy loop a message sent just before it then arrived after the fetch had given up,
+            # returned only by the next fetch of this key, and, if the process died first, held by nobody that knew
+            # it until ack_wait (the dispatcher's take-over time: chaos stalls of ~27 s).
+            wait = self.durable.fetch_wait_s
+            return await self._sub._fetch_one(int(wait * 1_000_000_000), wait + LATE_ANSWER_S)
         except (FetchTimeoutError, TimeoutError, nats.errors.TimeoutError):
             return None
         except Exception as exc:
@@ -278,7 +287,6 @@ class DurableConsumer(Generic[M]):
             self._sub = None
             await asyncio.sleep(self.durable.retry_delays_s[0])
             return None
-        return messages[0] if messages else None
 
     async def hand_over(self, msg: Msg, handler: OwnedHandler) -> None:
         """`handler(msg)`, which owns the ack from now on; a message it fails on is nakked with nak_delay_s, one whose

@@ -255,6 +255,7 @@ class Rehearsal:
             HUB_UI_PORT=str(free_port()),
             HUB_LOG_FORMAT="json",
             HUB_LAYOUT=args.layout,
+            HUB_FORK_SERVER=args.fork_server,
             PYTHONUNBUFFERED="1",
         )
         self.env = env
@@ -531,6 +532,12 @@ def main() -> None:
         choices=["split", "single"],
         default="split",
         help="HUB_LAYOUT of the hub: split (default) kills each service's own process, single the one process of all",
+    )
+    parser.add_argument(
+        "--fork-server",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="HUB_FORK_SERVER of the hub (the caller's HUB_* variables never reach it; default auto, as ./hub start)",
     )
     parser.add_argument("--faults", nargs="+", choices=[*FAULTS, "hub"], help="the faults, in order (default: all)")
     args = parser.parse_args()

@@ -122,7 +122,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "`./hub start` only, on Linux: `on` forks every service (start and restart after a crash) from a process "
         "that imported them once, so a crashed service serves again ~0.1-0.9 s later instead of ~1-5 s; `off` saves "
         "that process's memory (~33 MB PSS, ~95 MB RSS in `single`); `auto`: on in `split` (six processes share "
-        "its pages: less memory in all), off in `single` (one process to restart, which imports in ~1 s)",
+        "its pages: less memory in all), off in `single` (a crashed hub then serves again in ~2.5 s, not ~1 s)",
     ),
 }
 

@@ -91,14 +91,19 @@ def port_is_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def start_launcher(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`python -m hub_deploy up`, as `./hub start` runs it, its output in `log_path`."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+
+
 async def test_the_whole_hub_starts_heals_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     nats_port = free_port()
     env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port), HUB_LAYOUT="split")
     log_path = tmp_path / "launcher.log"
-    with log_path.open("wb") as log_file:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
+    launcher = start_launcher(env, log_path)
     try:
         await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
         banner = log_path.read_text()
@@ -219,10 +224,7 @@ async def test_the_single_layout_runs_every_service_in_one_process_and_is_restar
     data = tmp_path / "data"
     env = hub_env(f"nats://127.0.0.1:{nats_port}", data, HUB_NATS_PORT=str(nats_port), HUB_LAYOUT="single")
     log_path = tmp_path / "launcher.log"
-    with log_path.open("wb") as log_file:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
+    launcher = start_launcher(env, log_path)
     nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     try:
         await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
@@ -271,10 +273,7 @@ async def test_without_the_fork_server_each_service_process_is_started_with_pyth
     env = hub_env(f"nats://127.0.0.1:{nats_port}", tmp_path / "data", HUB_NATS_PORT=str(nats_port))
     env |= {"HUB_LAYOUT": "single", "HUB_FORK_SERVER": "off"}
     log_path = tmp_path / "launcher.log"
-    with log_path.open("wb") as log_file:
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "hub_deploy", "up"], env=env, stdout=log_file, stderr=subprocess.STDOUT
-        )
+    launcher = start_launcher(env, log_path)
     try:
         await asyncio.to_thread(wait_for_text, log_path, "GenImage Hub is running.", launcher, 90)
         with pytest.raises(AssertionError, match="no fork server"):

@@ -59,6 +59,17 @@ def test_thumbnails_stay_under_the_cap_even_for_noisy_images() -> None:
     assert webp_thumbnail(b"not an image") is None
 
 
+def test_previews_shrink_by_a_whole_factor_and_never_grow() -> None:
+    """A whole-factor box reduction (cheap, antialiased) to the largest size within 384 px: 512 px gives 256."""
+    for side, preview in ((512, 256), (1024, 342), (300, 300), (1536, 384)):
+        png = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 40, 90)).save(png, format="PNG")
+        thumb = webp_thumbnail(png.getvalue())
+        assert thumb is not None
+        with Image.open(io.BytesIO(thumb)) as image:
+            assert image.size == (preview, preview)
+
+
 def test_tool_schemas_are_valid_json_schemas() -> None:
     definitions = _tool_definitions()
     assert [d.name for d in definitions] == [t.name for t in TOOLS]

@@ -208,19 +208,24 @@ async def killed_and_restarted_then_run_once(hub: Hub, double: ComfyUIDouble, re
 
 
 @pytest.mark.parametrize("strategy", ["pull", "pull_affinity"])
+@pytest.mark.parametrize("pause", ["HUB_TEST_PAUSE_BEFORE_ADMIT_S", "HUB_TEST_PAUSE_AFTER_FETCH_S"])
 async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_once_after_its_restart(
-    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]], strategy: str
+    start_hub: Callable[..., Awaitable[Hub]],
+    comfyui: Callable[..., Awaitable[ComfyUIDouble]],
+    strategy: str,
+    pause: str,
 ):
-    """kill -9 after the dispatcher fetched a job and before it placed it (its row being read: held here by a test
-    pause): JetStream redelivers that message only after the take-over time, so the lease taken for it (the slot
-    reserved for the fetch; pull_affinity: the job's claim) must name it from the fetch on, for the restarted
-    replica to hand it back at once (chaos: stalls of ~28 s before)."""
+    """kill -9 after the dispatcher fetched a job and before it placed it (held there by a test pause): JetStream
+    redelivers that message only after the take-over time (chaos: stalls of ~28 s before). Paused before its row is
+    read, the lease taken for it (the slot reserved for the fetch; pull_affinity: the job's claim) names it, so the
+    restarted replica hands it back at once. Paused before any lease names it (between the fetch's answer and the
+    lease's write), the restarted replica finds it from the job table: waiting, delivered, named in no lease."""
     env = {**SLOW_TAKEOVER, "HUB_DISPATCH_STRATEGY": strategy}
-    hub = await start_hub(**env, HUB_TEST_PAUSE_BEFORE_ADMIT_S="600")
+    hub = await start_hub(**env, **{pause: "600"})
     double = await comfyui(hub, "only", work_seconds=0.2)
     await asyncio.sleep(0.5)
     reply = await submit(hub.nc, "fetched, then the dispatcher died", seed=1)
-    await asyncio.sleep(2)  # fetched and paused before its row is read
+    await asyncio.sleep(2)  # fetched and paused
     assert not double.executed_prompt_ids
     await killed_and_restarted_then_run_once(hub, double, reply, **env)
 

@@ -109,6 +109,7 @@ class AffinityQueue:
         # Claimed first, before its row is read: a kill -9 from here on leaves a lease from which the restarted
         # replica hands the message back at once (else it waited out the take-over time; see Scheduler._place).
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
+        await self._scheduler.test_pause_after_fetch()
         claim = await self._scheduler.leases.hold(self._scheduler._note(job_id, msg))
         admitted = await self._scheduler.admit(msg)
         if admitted is None:

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo
+from nats.js.errors import NotFoundError
 
 from contracts.runtime.config import Settings
 from contracts.runtime.consumers import Durable, DurableFamily, OwnedHandler
 from contracts.runtime.logs import get_logger
-from contracts.streams import JOBS, JOBS_SUBJECTS, job_subject, key_job_subject
+from contracts.streams import JOBS, JOBS_STREAM, JOBS_SUBJECTS, job_subject, key_job_subject
 from dispatch_service.store import JobStore, KeyRun, WaitingKey
 
 log = get_logger("fair_share")
@@ -47,6 +50,8 @@ KEY_CONSUMER_IDLE_S = 24 * 3600.0  # the server removes a key's consumer unused 
 FETCH_TIMEOUT_S = 0.1  # a key whose waiting jobs are all held elsewhere costs this much of a round
 UNMEASURED_RUN_S = 1.0  # what a running job counts before any run was measured
 ESTIMATE_EVERY_S = 5.0  # the mean run time is read again this often
+UNNAMED_LOOKED_AT = 1000  # waiting jobs looked up at most for messages held by no lease (unnamed_deliveries)
+CONSUMERS_PER_PAGE = 256  # the server's page of a consumer list
 
 
 class JobMessage(msgspec.Struct):
@@ -211,6 +216,7 @@ class KeyQueues:
     ) -> None:
         self._settings = settings
         self._nc = nc
+        self._js = js
         self._store = store
         self._started_of_key = started_of_key
         self._consumers = DurableFamily(self._durable, lambda: js, settings.jetstream_replicas, log)
@@ -318,6 +324,45 @@ class KeyQueues:
             return False
         self._taken_over_check_at = time.monotonic() + self._settings.dispatch_takeover_s / 2
         return await self._consumers.take(await self._store.running_keys(), handle)
+
+    async def unnamed_deliveries(self, named: AbstractSet[tuple[str, int]]) -> dict[int, str]:
+        """The waiting jobs whose messages are delivered and not yet acknowledged, but that no lease names (`named`:
+        the consumer and stream sequence of the messages leases name): stream sequence -> an ack subject that hands
+        the message back. Only the waiting jobs of consumers with such messages are looked up (one read each, the
+        oldest first, until their count is found), at most UNNAMED_LOOKED_AT."""
+        js = self._js
+        infos = {info.name: info for info in await self._consumer_infos() if info.num_ack_pending}
+        named_of = Counter(consumer for consumer, _ in named)
+        unnamed = {name: (info.num_ack_pending or 0) - named_of[name] for name, info in infos.items()}
+        found: dict[int, str] = {}
+        if not any(count > 0 for count in unnamed.values()):
+            return found
+        for job_id, api_key_id in await self._store.waiting_jobs(UNNAMED_LOOKED_AT):
+            name = self._durable(api_key_id).name
+            info = infos.get(name)
+            if info is None or unnamed[name] <= 0 or info.delivered is None or info.ack_floor is None:
+                continue
+            try:
+                seq = (await js.get_last_msg(JOBS_STREAM, subject_of(job_id, api_key_id))).seq or 0
+            except NotFoundError:  # accepted, not yet on the stream
+                continue
+            # Delivered (up to the last delivery) and not acknowledged (past the ack floor): a waiting job's message
+            # in that range is held by some dispatcher.
+            if (name, seq) not in named and info.ack_floor.stream_seq < seq <= info.delivered.stream_seq:
+                # The server reads the stream and consumer sequences of an ack subject (ADR-15's
+                # $JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>): a NAK is
+                # taken for a message it has pending, with any consumer sequence since the ack floor.
+                found[seq] = f"$JS.ACK.{JOBS_STREAM}.{name}.1.{seq}.{info.delivered.consumer_seq}.0.0"
+                unnamed[name] -= 1
+        return found
+
+    async def _consumer_infos(self) -> list[ConsumerInfo]:
+        infos: list[ConsumerInfo] = []
+        while page := await self._js.consumers_info(JOBS_STREAM, offset=len(infos)):
+            infos.extend(page)
+            if len(page) < CONSUMERS_PER_PAGE:
+                break
+        return infos
 
     async def wait_for_jobs(self, changed: asyncio.Event, timeout: float) -> None:
         """Until a job is queued anywhere (since the last take_next), `changed` is set (a slot freed), or `timeout`."""

@@ -21,7 +21,9 @@ from collections.abc import Iterable
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import NotJSMessageError
 from nats.js import JetStreamContext
 from nats.js.errors import (
     BadRequestError,
@@ -243,6 +245,23 @@ class SlotLeases:
                 lease = Lease(self._kv, key, entry.revision, instance, number, value, self._nc, ttl_s=self._ttl_s)
                 found.append((lease, note))
         return found
+
+    async def named_deliveries(self) -> set[tuple[str, int]]:
+        """The job messages (consumer, stream sequence) that some lease names, whichever replica holds it."""
+        assert self._kv is not None
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return set()
+        named: set[tuple[str, int]] = set()
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):
+                note = _note_of((await self._kv.get(key)).value)
+                if note is not None and note.reply:
+                    with contextlib.suppress(NotJSMessageError, ValueError):  # not an ack subject: names nothing
+                        metadata = Msg(self._nc, reply=note.reply).metadata  # type: ignore[arg-type]
+                        named.add((metadata.consumer, metadata.sequence.stream))
+        return named
 
     async def held(self, instance: str, slots: int) -> int:
         """How many slots of `instance` are held by any replica right now."""

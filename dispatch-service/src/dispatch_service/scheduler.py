@@ -83,6 +83,11 @@ HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of t
 # Tests only (tests/dispatch/test_dispatch_recovery.py): a fetched job waits this long before its row is read, so a
 # kill -9 lands between the fetch and the placing, as it can on a loaded machine. Never set in production.
 TEST_PAUSE_BEFORE_ADMIT_S = float(os.environ.get("HUB_TEST_PAUSE_BEFORE_ADMIT_S", "0"))
+# Tests only: a fetched job waits this long before any lease names it (the window _hand_back_unnamed closes).
+TEST_PAUSE_AFTER_FETCH_S = float(os.environ.get("HUB_TEST_PAUSE_AFTER_FETCH_S", "0"))
+# A delivered message of a waiting job that no lease names at two looks this far apart is handed back (see
+# _hand_back_unnamed): a live dispatcher names the job it fetched within milliseconds.
+UNNAMED_GRACE_S = 2.0
 PROGRESS_WRITE_EVERY_S = 0.5
 PROGRESS_EVENT_EVERY_S = 0.1
 OUTPUTS_AT_ONCE = 4  # a batch's outputs stored side by side; each holds up to 8 MiB in memory meanwhile
@@ -218,6 +223,7 @@ class Scheduler:
     _affinity_queue: AffinityQueue = field(init=False)
     # (instance, kind) -> failed attempts (the figures)
     failures: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+    _looking_for_unnamed: asyncio.Future[None] | None = field(default=None, init=False)  # see _hand_back_unnamed
 
     def __post_init__(self) -> None:
         self.queues = KeyQueues(self.settings, self.nc, self.js, self.store, self._started_of_key)
@@ -232,6 +238,8 @@ class Scheduler:
         await self.queues.open()
         await self.affinity.memory.open()
         await self._hand_back_orphans()
+        if self.settings.dispatch_strategy != "round_robin":  # its bound jobs wait, named nowhere, in memory
+            self._looking_for_unnamed = asyncio.ensure_future(self._hand_back_unnamed())
 
     async def _hand_back_orphans(self) -> None:
         """Jobs this replica's predecessor ran when it died (kill -9). One its ComfyUI instance still has (queued,
@@ -252,6 +260,31 @@ class Scheduler:
             log.info("handed back the jobs of this replica before its restart", jobs=handed_back)
         if adopted:
             log.info("adopted the jobs this replica's predecessor left running on ComfyUI", jobs=adopted)
+
+    async def _hand_back_unnamed(self) -> None:
+        """A job this replica's predecessor had fetched when it died (kill -9), before any lease named it (between
+        the fetch's answer and the lease's write): its message is delivered and not acknowledged, held by nobody
+        alive, and JetStream would deliver it again only after the take-over time (issue 17, chaos: stalls of
+        ~27 s). Such messages are found from the job table (waiting jobs whose messages are delivered but named in
+        no lease of any replica) and handed back at once, once they stay so for UNNAMED_GRACE_S: a live replica
+        names the job it fetched well within that."""
+        try:
+            first = await self._unnamed()
+            if not first:
+                return
+            await asyncio.sleep(UNNAMED_GRACE_S)
+            again = await self._unnamed()
+            handed_back = sorted(first.keys() & again.keys())
+            for seq in handed_back:
+                await self.nc.publish(again[seq], b"-NAK")
+            if handed_back:
+                await self.nc.flush()
+                log.info("handed back jobs its predecessor had fetched that no lease named", stream_seqs=handed_back)
+        except Exception as exc:  # NATS busy: they come back after the take-over time, as before
+            log.warning("could not look for jobs delivered and named nowhere", error=str(exc) or repr(exc))
+
+    async def _unnamed(self) -> dict[int, str]:
+        return await self.queues.unnamed_deliveries(await self.leases.named_deliveries())
 
     async def _adopt(self, lease: Lease, note: LeaseNote) -> bool:
         """Take over the attempt `note` names when its ComfyUI instance still has the prompt: True once it is
@@ -380,6 +413,7 @@ class Scheduler:
 
     async def _place(self, msg: Msg) -> None:
         note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
+        await self.test_pause_after_fetch()
         await self._name_reserved(note)
         admitted = await self.admit(msg)
         if admitted is None:
@@ -420,6 +454,11 @@ class Scheduler:
         reserved = self._reserved
         if reserved is not None and not await reserved[1].name(note):
             self._reserved = None  # lost (expired and taken by another replica): not ours to release
+
+    @staticmethod
+    async def test_pause_after_fetch() -> None:
+        if TEST_PAUSE_AFTER_FETCH_S:
+            await asyncio.sleep(TEST_PAUSE_AFTER_FETCH_S)
 
     async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
@@ -550,6 +589,8 @@ class Scheduler:
         `grace_s`; the others are interrupted on ComfyUI and handed back to the stream at once, so another replica
         or the next start runs them first, without waiting out the take-over time (nor ComfyUI running them twice).
         """
+        if self._looking_for_unnamed is not None:
+            self._looking_for_unnamed.cancel()
         await self._hand_back_bound()
         await self._affinity_queue.hand_back()
         pending = set(self._tasks)

@@ -388,6 +388,17 @@ class JobStore:
         rows = await JobRow.select(JobRow.job_id, JobRow.api_key_id).where(JobRow.status == "accepted").run()
         return [(row["job_id"], row["api_key_id"]) for row in rows]
 
+    async def waiting_jobs(self, limit: int) -> list[tuple[str, str | None]]:
+        """(job id, API key id) of the oldest `limit` waiting jobs, oldest first."""
+        rows = (
+            await JobRow.select(JobRow.job_id, JobRow.api_key_id)
+            .where(JobRow.status.is_in(list(WAITING_STATUSES)))
+            .order_by(JobRow.accepted_at)
+            .limit(limit)
+            .run()
+        )
+        return [(row["job_id"], row["api_key_id"]) for row in rows]
+
     # -- fair share (see fair_share.py) --
 
     async def any_waiting(self) -> bool:

@@ -422,6 +422,34 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
         assert (await http.get("/images/nope")).status_code == 404
 
 
+async def test_a_call_that_asks_no_progress_asks_the_dispatcher_for_no_view(gw: GatewayHub) -> None:
+    """The dispatcher's view of a held call's job gives the first progress notification (its place in the queue);
+    a completed job's answer comes from its events. A call without a progress token asks for no view: a request
+    to the dispatcher and two NATS messages fewer per generation."""
+    asked: list[str] = []
+
+    async def note(message: Any) -> None:
+        asked.append(json.loads(message.data).get("job_id"))
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        pass
+
+    views = await gw.nc.subscribe(endpoints.Dispatch.JOBS_GET.subject, cb=note)
+    try:
+        async with Mcp(gw) as session:
+            plain = await session.call_tool("generate_image", {"prompt": "a quiet harbour", "steps": 1})
+            followed = await session.call_tool(
+                "generate_image", {"prompt": "a busy harbour", "steps": 1}, progress_callback=on_progress
+            )
+        await gw.nc.flush()
+    finally:
+        await views.unsubscribe()
+    assert plain.structured_content["status"] == followed.structured_content["status"] == "completed"
+    assert plain.structured_content["positive_prompt"] and plain.structured_content["images"]
+    assert plain.structured_content["job_id"] not in asked
+    assert followed.structured_content["job_id"] in asked  # its place, for the first notification
+
+
 async def test_cancelling_the_request_cancels_the_job(gw: GatewayHub) -> None:
     gw.comfy.work_seconds = 20.0
     try:

@@ -21,6 +21,7 @@ from mcp.server import Server, ServerRequestContext
 from mcp.server.context import CallNext, HandlerResult
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from contracts.errors import ErrorCode, HubError, error_from_validation
@@ -392,8 +393,11 @@ class HubMcp:
 
     async def _report_place(self, ctx: ServerRequestContext[Any], followed: FollowedJob) -> float | None:
         """The first progress notification, the place of a waiting job and its expected start (0.0: sent), from the
-        dispatcher's view, which `followed` starts from; None when the dispatcher gave none in time or the job
-        no longer waits."""
+        dispatcher's view, which `followed` starts from; None when the caller asked for no progress (no view is
+        asked: a completed job's answer comes from its events, any other's from a view asked at the end), the
+        dispatcher gave none in time or the job no longer waits."""
+        if progress_token_from_params(ctx.params) is None:
+            return None
         view = await self._view_within(followed.view.job_id)
         if view is None:
             return None

@@ -325,6 +325,21 @@ async def test_tools_are_listed_with_schemas_from_the_contracts(gw: GatewayHub) 
     assert all(t.description and len(t.description) > 30 for t in tools.values())
 
 
+async def test_each_era_keeps_its_own_tool_listing(gw: GatewayHub) -> None:
+    """The gateway answers tools/list from the SDK's first answer for the same protocol version: a 2026-07-28
+    listing (resultType, cache hints, no `execution`) never goes to a handshake session, nor the other way."""
+    headers = {**MCP_ACCEPT, **gw.auth, "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/list"}
+    async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as http, Mcp(gw) as session:
+        for request_id in (1, 2):
+            answer = await http.post("/mcp", json=modern(request_id, "tools/list"), headers=headers)
+            modern_listing = sse_or_json(answer)
+            assert modern_listing["result"]["resultType"] == "complete" and "ttlMs" in modern_listing["result"]
+            assert all("execution" not in tool for tool in modern_listing["result"]["tools"])
+            handshake = {t.name: t for t in (await session.list_tools()).tools}
+            assert handshake["generate_image"].execution is not None
+            assert set(handshake) == {tool["name"] for tool in modern_listing["result"]["tools"]}
+
+
 async def test_catalog_tools_and_resources(gw: GatewayHub) -> None:
     async with Mcp(gw) as session:
         render_types = await session.call_tool("list_render_types", {})

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ KEY_CONSUMER_IDLE_S = 24 * 3600.0  # the server removes a key's consumer unused 
 FETCH_TIMEOUT_S = 0.1  # a key whose waiting jobs are all held elsewhere costs this much of a round
 UNMEASURED_RUN_S = 1.0  # what a running job counts before any run was measured
 ESTIMATE_EVERY_S = 5.0  # the mean run time is read again this often
-UNNAMED_LOOKED_AT = 1000  # waiting jobs looked up at most for messages held by no lease (unnamed_deliveries)
+UNNAMED_LOOKED_AT = 500  # waiting jobs looked up at most for messages held by no lease (unnamed_deliveries)
 CONSUMERS_PER_PAGE = 256  # the server's page of a consumer list
 
 
@@ -325,35 +324,31 @@ class KeyQueues:
         self._taken_over_check_at = time.monotonic() + self._settings.dispatch_takeover_s / 2
         return await self._consumers.take(await self._store.running_keys(), handle)
 
-    async def unnamed_deliveries(self, named: AbstractSet[tuple[str, int]]) -> dict[int, str]:
-        """The waiting jobs whose messages are delivered and not yet acknowledged, but that no lease names (`named`:
-        the consumer and stream sequence of the messages leases name): stream sequence -> an ack subject that hands
-        the message back. Only the waiting jobs of consumers with such messages are looked up (one read each, the
-        oldest first, until their count is found), at most UNNAMED_LOOKED_AT."""
+    async def delivered_waiting(self) -> dict[tuple[str, int], str]:
+        """The waiting jobs whose messages are delivered and not yet acknowledged, by consumer and stream sequence:
+        an ack subject that hands each back. Delivered (up to the consumer's last delivery) and not acknowledged
+        (past its ack floor): a waiting job's message in that range is held by some dispatcher, or nakked and not
+        yet delivered again. Only the waiting jobs of consumers with messages pending are looked up (one read each,
+        at most UNNAMED_LOOKED_AT, the oldest first)."""
         js = self._js
         infos = {info.name: info for info in await self._consumer_infos() if info.num_ack_pending}
-        named_of = Counter(consumer for consumer, _ in named)
-        unnamed = {name: (info.num_ack_pending or 0) - named_of[name] for name, info in infos.items()}
-        found: dict[int, str] = {}
-        if not any(count > 0 for count in unnamed.values()):
+        found: dict[tuple[str, int], str] = {}
+        if not infos:
             return found
         for job_id, api_key_id in await self._store.waiting_jobs(UNNAMED_LOOKED_AT):
             name = self._durable(api_key_id).name
             info = infos.get(name)
-            if info is None or unnamed[name] <= 0 or info.delivered is None or info.ack_floor is None:
+            if info is None or info.delivered is None or info.ack_floor is None:
                 continue
             try:
                 seq = (await js.get_last_msg(JOBS_STREAM, subject_of(job_id, api_key_id))).seq or 0
             except NotFoundError:  # accepted, not yet on the stream
                 continue
-            # Delivered (up to the last delivery) and not acknowledged (past the ack floor): a waiting job's message
-            # in that range is held by some dispatcher.
-            if (name, seq) not in named and info.ack_floor.stream_seq < seq <= info.delivered.stream_seq:
+            if info.ack_floor.stream_seq < seq <= info.delivered.stream_seq:
                 # The server reads the stream and consumer sequences of an ack subject (ADR-15's
                 # $JS.ACK.<stream>.<consumer>.<deliveries>.<stream seq>.<consumer seq>.<time>.<pending>): a NAK is
                 # taken for a message it has pending, with any consumer sequence since the ack floor.
-                found[seq] = f"$JS.ACK.{JOBS_STREAM}.{name}.1.{seq}.{info.delivered.consumer_seq}.0.0"
-                unnamed[name] -= 1
+                found[name, seq] = f"$JS.ACK.{JOBS_STREAM}.{name}.1.{seq}.{info.delivered.consumer_seq}.0.0"
         return found
 
     async def _consumer_infos(self) -> list[ConsumerInfo]:

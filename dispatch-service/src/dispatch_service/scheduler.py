@@ -272,6 +272,7 @@ class Scheduler:
             first = await self._unnamed()
             if not first:
                 return
+            log.info("jobs delivered and named in no lease; handed back if still so", stream_seqs=sorted(first))
             await asyncio.sleep(UNNAMED_GRACE_S)
             again = await self._unnamed()
             handed_back = sorted(first.keys() & again.keys())
@@ -284,7 +285,14 @@ class Scheduler:
             log.warning("could not look for jobs delivered and named nowhere", error=str(exc) or repr(exc))
 
     async def _unnamed(self) -> dict[int, str]:
-        return await self.queues.unnamed_deliveries(await self.leases.named_deliveries())
+        """Delivered messages of waiting jobs that no lease names: stream sequence -> an ack subject to hand each
+        back. The leases are read last: a job fetched meanwhile is named by then (read first, a job named while the
+        rest was read looked unnamed, and a job acked meanwhile hid another: the chaos stall seen once)."""
+        delivered = await self.queues.delivered_waiting()
+        if not delivered:
+            return {}
+        named = await self.leases.named_deliveries()
+        return {seq: reply for (consumer, seq), reply in delivered.items() if (consumer, seq) not in named}
 
     async def _adopt(self, lease: Lease, note: LeaseNote) -> bool:
         """Take over the attempt `note` names when its ComfyUI instance still has the prompt: True once it is

@@ -273,11 +273,13 @@ class DurableConsumer(Generic[M]):
             if self._sub is None:
                 await through_election(self.setup, f"creating the consumer {self.durable.name}")
             assert self._sub is not None
-            # The server holds the pull request fetch_wait_s and then answers "408 request timeout"; we wait for
-            # that answer (or the message) LATE_ANSWER_S longer. nats-py's fetch gives up 0.1 ms after the server's
-            # expiry: on a busy loop a message sent just before it then arrived after the fetch had given up,
-            # returned only by the next fetch of this key, and, if the process died first, held by nobody that knew
-            # it until ack_wait (the dispatcher's take-over time: chaos stalls of ~27 s).
+            # The server holds the pull request fetch_wait_s; its answer (the message) is waited for LATE_ANSWER_S
+            # longer. nats-py's fetch gives up 0.1 ms after the server's expiry: on a busy loop a message sent just
+            # before it then arrived after the fetch had given up, returned only by the next fetch of this key, and,
+            # if the process died first, held by nobody that knew it until ack_wait (the dispatcher's take-over
+            # time: chaos stalls of ~27 s). _fetch_one does not end at the server's "408" at the expiry (it raises
+            # its timeout inside the loop that catches it): a key with nothing to deliver costs the whole
+            # fetch_wait_s + LATE_ANSWER_S. Both guarded by tests/contracts/test_nats_fetch_one.py.
             wait = self.durable.fetch_wait_s
             return await self._sub._fetch_one(int(wait * 1_000_000_000), wait + LATE_ANSWER_S)
         except (FetchTimeoutError, TimeoutError, nats.errors.TimeoutError):

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import io
 import itertools
-import os
 import tempfile
 import time
 from collections import defaultdict, deque
@@ -80,11 +79,6 @@ log = get_logger("scheduler")
 
 RETRY_DELAY_S = 0.2
 HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of the jobs handed back
-# Tests only (tests/dispatch/test_dispatch_recovery.py): a fetched job waits this long before its row is read, so a
-# kill -9 lands between the fetch and the placing, as it can on a loaded machine. Never set in production.
-TEST_PAUSE_BEFORE_ADMIT_S = float(os.environ.get("HUB_TEST_PAUSE_BEFORE_ADMIT_S", "0"))
-# Tests only: a fetched job waits this long before any lease names it (the window _hand_back_unnamed closes).
-TEST_PAUSE_AFTER_FETCH_S = float(os.environ.get("HUB_TEST_PAUSE_AFTER_FETCH_S", "0"))
 # A delivered message of a waiting job that no lease names at two looks this far apart is handed back (see
 # _hand_back_unnamed): a live dispatcher names the job it fetched within milliseconds.
 UNNAMED_GRACE_S = 2.0
@@ -463,16 +457,17 @@ class Scheduler:
         if reserved is not None and not await reserved[1].name(note):
             self._reserved = None  # lost (expired and taken by another replica): not ours to release
 
-    @staticmethod
-    async def test_pause_after_fetch() -> None:
-        if TEST_PAUSE_AFTER_FETCH_S:
-            await asyncio.sleep(TEST_PAUSE_AFTER_FETCH_S)
+    async def test_pause_after_fetch(self) -> None:
+        """Tests only (HUB_TEST_PAUSE_AFTER_FETCH_S): a kill -9 lands before any lease names the fetched job, the
+        window _hand_back_unnamed closes."""
+        if self.settings.test_pause_after_fetch_s:
+            await asyncio.sleep(self.settings.test_pause_after_fetch_s)
 
     async def admit(self, msg: Msg) -> tuple[JobRecord, Requirements] | None:
         """A fetched job's row and requirements when it is to be placed; None when the message is dealt with
         here (no such job, already ended, running here, a cancel to finish, or no instance could ever run it)."""
-        if TEST_PAUSE_BEFORE_ADMIT_S:
-            await asyncio.sleep(TEST_PAUSE_BEFORE_ADMIT_S)
+        if self.settings.test_pause_before_admit_s:  # tests only: a kill -9 lands between the fetch and the placing
+            await asyncio.sleep(self.settings.test_pause_before_admit_s)
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
         row = await self.store.get(job_id)
         if row is None:

@@ -92,6 +92,16 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_DISPATCH_JOB_TIMEOUT_S": ("3600", "Longest time one attempt of a job may run"),
     "HUB_DISPATCH_MAX_ATTEMPTS": ("3", "Attempts of a job (on other instances) before it fails"),
     "HUB_DISPATCH_TAKEOVER_S": ("30", "After this long, the jobs and slots of a dispatcher that died are taken over"),
+    "HUB_TEST_PAUSE_AFTER_FETCH_S": (
+        "0",
+        "Tests only, never in production: seconds a dispatcher waits after fetching a job, before any lease names "
+        "it (a kill -9 test lands in that window)",
+    ),
+    "HUB_TEST_PAUSE_BEFORE_ADMIT_S": (
+        "0",
+        "Tests only, never in production: seconds a dispatcher waits after naming a fetched job, before reading "
+        "its row (a kill -9 test lands in that window)",
+    ),
     "HUB_INPUT_URL_ALLOW": (
         "",
         "Hosts and networks (comma-separated names, IPs or CIDRs) that `input_image.url` may fetch from although "
@@ -170,6 +180,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     dispatch_job_timeout_s: float
     dispatch_max_attempts: int
     dispatch_takeover_s: float
+    test_pause_after_fetch_s: float
+    test_pause_before_admit_s: float
     input_url_allow: tuple[str, ...]
     metrics_allow: tuple[str, ...]
     otlp_endpoint: str = ""  # tracing is on when set (contracts.runtime.tracing)
@@ -368,6 +380,8 @@ def load_settings(service: str, env: Mapping[str, str] | None = None) -> Setting
         dispatch_job_timeout_s=_number(env, "HUB_DISPATCH_JOB_TIMEOUT_S", float, minimum=1),
         dispatch_max_attempts=int(_number(env, "HUB_DISPATCH_MAX_ATTEMPTS", int, minimum=1)),
         dispatch_takeover_s=_number(env, "HUB_DISPATCH_TAKEOVER_S", float, minimum=1),
+        test_pause_after_fetch_s=_number(env, "HUB_TEST_PAUSE_AFTER_FETCH_S", float, minimum=0),
+        test_pause_before_admit_s=_number(env, "HUB_TEST_PAUSE_BEFORE_ADMIT_S", float, minimum=0),
         input_url_allow=_host_or_network_list(env, "HUB_INPUT_URL_ALLOW"),
         metrics_allow=_network_list(env, "HUB_METRICS_ALLOW"),
         # The standard variable (read again by the OTLP exporter); the traces-only one turns tracing on as well.

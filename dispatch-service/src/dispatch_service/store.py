@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 from piccolo.custom_types import Combinable
-from piccolo.query.functions.aggregate import Count, Max, Min
+from piccolo.query.functions.aggregate import Count, Min
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.base import struct_from
@@ -126,8 +126,8 @@ def _row_of(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
-    """`"a" = {}, "b" = {}` and its arguments, JSON columns as JSON text (as piccolo writes them)."""
+def _encoded(values: dict[str, Any]) -> list[Any]:
+    """The arguments of these column values, JSON columns as JSON text (as piccolo writes them)."""
     unknown = set(values) - set(_JOB_COLUMNS)
     if unknown:
         raise ValueError(f"not columns of the job table: {sorted(unknown)}")
@@ -135,11 +135,35 @@ def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
     for name, value in values.items():
         plain = msgspec.to_builtins(value)
         args.append(msgspec.json.encode(plain).decode() if name in _JSON_COLUMNS and plain is not None else plain)
-    return ", ".join(f'"{name}" = {{}}' for name in values), args
+    return args
+
+
+def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`"a" = {}, "b" = {}` and its arguments."""
+    return ", ".join(f'"{name}" = {{}}' for name in values), _encoded(values)
 
 
 def _marks(count: int) -> str:
     return ", ".join("{}" for _ in range(count))
+
+
+# A new row as piccolo's insert writes it: every column but the key, those not given at their defaults.
+_NEW_JOB: dict[str, Any] = {
+    column._meta.db_column_name: column.get_default_value()
+    for column in JobRow._meta.columns
+    if column is not JobRow._meta.primary_key
+}
+_NEW_JOB.update({name: msgspec.json.decode(_NEW_JOB[name]) for name in _JSON_COLUMNS})  # defaults given as text
+_INSERT_JOB = "INSERT INTO job (" + ", ".join(f'"{name}"' for name in _NEW_JOB) + f") VALUES ({_marks(len(_NEW_JOB))})"
+
+
+# The pull loop's statements, asked before each job is taken (see fair_share.py).
+_ANY_WAITING = f"SELECT 1 AS one FROM job WHERE status IN ({_marks(len(WAITING_STATUSES))}) LIMIT 1"
+_WAITING_KEYS = (
+    "SELECT waiting_key.api_key_id, oldest, waiting, job.request FROM (SELECT api_key_id, MIN(accepted_at) AS oldest, "
+    f"MAX(id) AS newest, COUNT(*) AS waiting FROM job WHERE status IN ({_marks(len(WAITING_STATUSES))}) "
+    "GROUP BY api_key_id) AS waiting_key JOIN job ON job.id = waiting_key.newest"
+)
 
 
 def _request_for_record(request: GenerationRequest) -> dict[str, Any]:
@@ -193,29 +217,29 @@ class JobStore:
     async def _insert(self, job: PreparedJob) -> None:
         self.writes += 1
         params = job.resolved.params
-        await JobRow.insert(
-            JobRow(
-                job_id=job.job_id,
-                status="accepted",
-                render_type=job.resolved.render_type,
-                render_type_version=job.resolved.version,
-                output_kind=job.resolved.output_kind,
-                request=_request_for_record(job.request),
-                workflow=job.resolved.workflow,
-                requirements=msgspec.to_builtins(job.resolved.requirements),
-                positive_prompt=job.built.positive,
-                negative_prompt=job.built.negative,
-                styles=job.built.styles_applied,
-                enhancement_error=job.built.enhancement_error,
-                seed=str(params.seed) if params.seed is not None else None,
-                width=params.width,
-                height=params.height,
-                input_image_id=job.input_image_id,
-                api_key_id=job.request.api_key_id,
-                client_name=job.request.client_name,
-                accepted_at=job.accepted_at,
-            )
-        ).run()
+        values = {
+            **_NEW_JOB,
+            "job_id": job.job_id,
+            "status": "accepted",
+            "render_type": job.resolved.render_type,
+            "render_type_version": job.resolved.version,
+            "output_kind": job.resolved.output_kind,
+            "request": _request_for_record(job.request),
+            "workflow": job.resolved.workflow,
+            "requirements": job.resolved.requirements,
+            "positive_prompt": job.built.positive,
+            "negative_prompt": job.built.negative,
+            "styles": job.built.styles_applied,
+            "enhancement_error": job.built.enhancement_error,
+            "seed": str(params.seed) if params.seed is not None else None,
+            "width": params.width,
+            "height": params.height,
+            "input_image_id": job.input_image_id,
+            "api_key_id": job.request.api_key_id,
+            "client_name": job.request.client_name,
+            "accepted_at": job.accepted_at,
+        }
+        await JobRow.raw(_INSERT_JOB, *_encoded(values)).run()
 
     async def get(self, job_id: str) -> JobRecord | None:
         rows = await JobRow.raw(_SELECT_JOB, job_id).run()
@@ -402,7 +426,7 @@ class JobStore:
     # -- fair share (see fair_share.py) --
 
     async def any_waiting(self) -> bool:
-        return bool(await JobRow.exists().where(JobRow.status.is_in(list(WAITING_STATUSES))).run())
+        return bool(await JobRow.raw(_ANY_WAITING, *WAITING_STATUSES).run())
 
     async def running_keys(self) -> list[str | None]:
         """The API keys with jobs running (None: jobs without a key)."""
@@ -412,30 +436,13 @@ class JobStore:
     async def waiting_keys(self) -> list[WaitingKey]:
         """Per API key with jobs waiting (None: jobs without a key): when its oldest waiting job was accepted, and
         the request of its newest one (which carries the key's current weight and running limit)."""
-        rows = (
-            await JobRow.select(
-                JobRow.api_key_id,
-                Min(JobRow.accepted_at).as_alias("oldest"),
-                Max(JobRow.id).as_alias("newest"),
-                Count().as_alias("waiting"),
-            )
-            .where(JobRow.status.is_in(list(WAITING_STATUSES)))
-            .group_by(JobRow.api_key_id)
-            .run()
-        )
-        if not rows:
-            return []
-        newest = {int(row["newest"]) for row in rows}
-        requests = (
-            await JobRow.select(JobRow.id, JobRow.request).where(JobRow.id.is_in(list(newest))).output(load_json=True)
-        )
-        request_of = {int(row["id"]): row["request"] or {} for row in requests}
+        rows = await JobRow.raw(_WAITING_KEYS, *WAITING_STATUSES).run()
         return [
             WaitingKey(
                 api_key_id=row["api_key_id"],
                 oldest_accepted_at=float(row["oldest"]),
                 waiting=int(row["waiting"]),
-                request=request_of.get(int(row["newest"]), {}),
+                request=_row_of(row)["request"] or {},
             )
             for row in rows
         ]

@@ -24,12 +24,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.protocol import State
 
+from dispatch_service.http11 import Http11Client, HttpConnectError, HttpError, HttpTimeoutError, Response
 from dispatch_service.progress import ProgressUpdate, PromptProgress
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class QueueState:
 class OutputStream:
     """An output file being downloaded: metadata from the headers, the body via `chunks()` (never buffered)."""
 
-    def __init__(self, response: httpx.Response, ref: OutputRef, instance: str) -> None:
+    def __init__(self, response: Response, ref: OutputRef, instance: str) -> None:
         self._response = response
         self._instance = instance
         self.filename = ref.filename
@@ -176,7 +176,7 @@ class OutputStream:
         try:
             async for chunk in self._response.aiter_bytes():
                 yield chunk
-        except httpx.HTTPError as exc:
+        except HttpError as exc:
             raise ComfyUnavailable(
                 f"ComfyUI at {self._instance}: the download of output {self.filename!r} broke off: {_cause(exc)}"
             ) from exc
@@ -552,12 +552,7 @@ class ComfyClient:
         if auth_header is not None:
             name, value = _parse_auth_header(auth_header)
             self._headers[name] = value
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url + "/",
-            headers=self._headers,
-            timeout=httpx.Timeout(self.timeout_s),
-            follow_redirects=False,
-        )
+        self._http = Http11Client(self.base_url, self._headers, self.timeout_s)
         split = urllib.parse.urlsplit(self.base_url)
         self._ws_base = urllib.parse.urlunsplit(
             ("wss" if split.scheme == "https" else "ws", split.netloc, split.path + "/ws", "", "")
@@ -641,9 +636,8 @@ class ComfyClient:
             raise ValueError(f"subfolder must be a relative folder inside the input folder, got {subfolder!r}")
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         fields = {"subfolder": subfolder, "type": "input", "overwrite": "true" if overwrite else "false"}
-        response = await self._send(
-            "POST", "/upload/image", files={"image": (filename, data, content_type)}, data=fields
-        )
+        body, form_type = _multipart(fields, "image", filename, data, content_type)
+        response = await self._send("POST", "/upload/image", content=body, content_type=form_type)
         if response.status_code in (400, 413):
             reason = "it is larger than the instance accepts" if response.status_code == 413 else "bad name or folder"
             raise ComfyError(
@@ -669,7 +663,7 @@ class ComfyClient:
             content = msgspec.json.encode(body)
         except (TypeError, msgspec.EncodeError) as exc:
             raise ComfyRejected(f"the workflow cannot be sent to ComfyUI: it is not JSON ({exc})") from exc
-        response = await self._send("POST", "/prompt", content=content, headers={"Content-Type": "application/json"})
+        response = await self._send("POST", "/prompt", content=content, content_type="application/json")
         if response.status_code == 400:
             answer = _decode_or_none(response)
             if not isinstance(answer, dict):
@@ -732,12 +726,12 @@ class ComfyClient:
         await self._legacy_cancel(prompt_id, timeout_s)
 
     async def _legacy_cancel(self, prompt_id: str, timeout_s: float | None) -> None:
-        response = await self._send("POST", "/queue", json={"delete": [prompt_id]}, timeout_s=timeout_s)
+        response = await self._send_json("POST", "/queue", {"delete": [prompt_id]}, timeout_s=timeout_s)
         if response.status_code != 200:
             raise self._unexpected(response, "POST /queue")
         # Servers before the targeted interrupt ignore the body and stop whatever runs: only interrupt ours.
         if prompt_id in (await self.queue(timeout_s=timeout_s)).running:
-            response = await self._send("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout_s=timeout_s)
+            response = await self._send_json("POST", "/interrupt", {"prompt_id": prompt_id}, timeout_s=timeout_s)
             if response.status_code != 200:
                 raise self._unexpected(response, "POST /interrupt")
 
@@ -756,26 +750,25 @@ class ComfyClient:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
         shown = f"{ref.subfolder}/{ref.filename}" if ref.subfolder else ref.filename
         try:
-            response = await self._http.send(self._http.build_request("GET", "/view", params=params), stream=True)
-        except httpx.HTTPError as exc:
+            async with self._http.stream("GET", "/view", params=params) as response:
+                await self._check_served(response, ref, shown)
+                yield OutputStream(response, ref, self.base_url)
+        except HttpError as exc:
             raise self._transport_error(exc, "GET /view", None) from exc
-        try:
-            if response.status_code == 404:
-                raise ComfyOutputMissing(
-                    f"output {shown} ({ref.type}) of node {ref.node_id} no longer exists on the instance "
-                    f"{self.base_url}"
-                )
-            if response.status_code in (400, 403):
-                raise ComfyError(
-                    f"ComfyUI at {self.base_url} refused to serve output {shown!r} (HTTP {response.status_code}): "
-                    "the reference points outside its folders"
-                )
-            if response.status_code != 200:
-                await response.aread()
-                raise self._unexpected(response, "GET /view")
-            yield OutputStream(response, ref, self.base_url)
-        finally:
-            await response.aclose()
+
+    async def _check_served(self, response: Response, ref: OutputRef, shown: str) -> None:
+        if response.status_code == 404:
+            raise ComfyOutputMissing(
+                f"output {shown} ({ref.type}) of node {ref.node_id} no longer exists on the instance {self.base_url}"
+            )
+        if response.status_code in (400, 403):
+            raise ComfyError(
+                f"ComfyUI at {self.base_url} refused to serve output {shown!r} (HTTP {response.status_code}): "
+                "the reference points outside its folders"
+            )
+        if response.status_code != 200:
+            await response.aread()
+            raise self._unexpected(response, "GET /view")
 
     # ---------------------------------------------------------------- running a prompt
 
@@ -979,18 +972,31 @@ class ComfyClient:
 
     # ---------------------------------------------------------------- HTTP plumbing
 
-    async def _send(self, method: str, path: str, *, timeout_s: float | None = None, **kwargs: Any) -> httpx.Response:
-        timeout = httpx.Timeout(timeout_s) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout_s: float | None = None,
+        content: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
         try:
-            return await self._http.request(method, path.lstrip("/"), timeout=timeout, **kwargs)
-        except httpx.HTTPError as exc:
+            return await self._http.request(
+                method, path, content=content, content_type=content_type, timeout_s=timeout_s
+            )
+        except HttpError as exc:
             raise self._transport_error(exc, f"{method} {path}", timeout_s) from exc
+
+    async def _send_json(self, method: str, path: str, body: Any, *, timeout_s: float | None) -> Response:
+        content = msgspec.json.encode(body)
+        return await self._send(method, path, content=content, content_type="application/json", timeout_s=timeout_s)
 
     async def _get_json(self, path: str, *, timeout_s: float | None = None) -> Any:
         response = await self._send("GET", path, timeout_s=timeout_s)
         return self._json_of(response, "GET " + path)
 
-    def _json_of(self, response: httpx.Response, what: str) -> Any:
+    def _json_of(self, response: Response, what: str) -> Any:
         if response.status_code != 200:
             raise self._unexpected(response, what)
         try:
@@ -999,25 +1005,22 @@ class ComfyClient:
             content_type = response.headers.get("content-type", "no content type")
             raise self._not_comfyui(what, f"the answer is not JSON ({content_type})") from exc
 
-    def _transport_error(self, exc: httpx.HTTPError, what: str, timeout_s: float | None) -> ComfyUnavailable:
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_error(self, exc: HttpError, what: str, timeout_s: float | None) -> ComfyUnavailable:
+        if isinstance(exc, HttpTimeoutError):
             seconds = timeout_s if timeout_s is not None else self.timeout_s
             return ComfyUnavailable(f"ComfyUI at {self.base_url} did not answer {what} within {seconds:g} s")
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, HttpConnectError):
             return ComfyUnavailable(f"cannot connect to ComfyUI at {self.base_url}: {_cause(exc)}")
         return ComfyUnavailable(f"ComfyUI at {self.base_url}: {what} failed: {_cause(exc)}")
 
-    def _unexpected(self, response: httpx.Response, what: str) -> ComfyUnavailable:
+    def _unexpected(self, response: Response, what: str) -> ComfyUnavailable:
         status = response.status_code
         if status in (401, 403, 407):
             return ComfyUnavailable(
                 f"ComfyUI at {self.base_url} refused {what} (HTTP {status}): check the instance's auth header"
             )
         if status >= 500:
-            try:
-                text = " ".join(response.text.split())[:200]
-            except httpx.ResponseNotRead:
-                text = ""
+            text = " ".join(response.text.split())[:200]  # "" for a streamed answer left unread
             detail = f": {text}" if text else ""
             return ComfyUnavailable(f"ComfyUI at {self.base_url} failed {what} with HTTP {status}{detail}")
         if 300 <= status < 400:
@@ -1284,7 +1287,7 @@ def _decode_text(frame: str | bytes) -> Any:
         return None
 
 
-def _decode_or_none(response: httpx.Response) -> Any:
+def _decode_or_none(response: Response) -> Any:
     try:
         return msgspec.json.decode(response.content)
     except msgspec.DecodeError:
@@ -1321,6 +1324,25 @@ def _parse_auth_header(auth_header: str) -> tuple[str, str]:
     if not separator or not _HEADER_NAME.match(name) or not value or "\n" in value or "\r" in value:
         raise ValueError("auth_header must look like 'Authorization: Bearer <token>' (a header name, ':', a value)")
     return name, value
+
+
+def _multipart(
+    fields: dict[str, str], file_field: str, filename: str, data: bytes, content_type: str
+) -> tuple[bytes, str]:
+    """A multipart/form-data body (the text fields, then the file) and its Content-Type."""
+    boundary = secrets.token_hex(16)
+    # Quotes and line breaks in a file name are escaped as browsers (and httpx) do: they would end the header.
+    quoted = filename.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{quoted}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+    )
+    parts += [data, f"\r\n--{boundary}--\r\n".encode()]
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _check_id(name: str, value: Any) -> None:

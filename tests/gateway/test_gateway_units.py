@@ -9,6 +9,7 @@ import os
 import msgspec
 import pytest
 from jsonschema import Draft202012Validator
+from nats.aio.client import Client as NatsClient
 from PIL import Image
 
 from contracts.messages import events
@@ -16,7 +17,8 @@ from contracts.messages.jobs import GenerationRequest, OutputFile, SubmitReply, 
 from contracts.runtime.output_http import parse_range
 from gateway.followed_job import FollowedJob
 from gateway.http_app import _is_json_rpc_message
-from gateway.mcp_server import TOOLS, _tool_definitions
+from gateway.hub_client import HubClient
+from gateway.mcp_server import TOOLS, HubMcp, McpSettings, _tool_definitions
 from gateway.thumbnails import webp_thumbnail
 
 
@@ -81,6 +83,18 @@ def test_tool_schemas_are_valid_json_schemas() -> None:
     generate = definitions[0].input_schema
     Draft202012Validator(generate).validate({"prompt": "a cat", "input_image": {"url": "https://x.example/a.png"}})
     assert not Draft202012Validator(generate).is_valid({"prompt": "a cat", "width": 10})
+
+
+def test_the_server_gives_the_sdk_each_tools_input_schema_without_a_listing() -> None:
+    """A 2026-07-28 tools/call with arguments has its Mcp-Param-* headers checked against the tool's input schema;
+    the server names it at once (else the SDK runs a whole tools/list for each such call). Built on a NATS client
+    that is never connected: nothing here talks to the hub."""
+    mcp = HubMcp(HubClient(NatsClient(), timeout_s=1.0), McpSettings(), log=None)
+    lookup = mcp.server.get_tool_input_schema
+    assert lookup is not None
+    for definition in _tool_definitions():
+        assert lookup(definition.name) == definition.input_schema
+    assert lookup("no_such_tool") is None
 
 
 def test_a_followed_job_is_viewed_as_its_events_tell() -> None:

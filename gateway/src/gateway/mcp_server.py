@@ -247,6 +247,7 @@ class HubMcp:
         self._log = log
         self._tools = {tool.name: tool for tool in TOOLS}
         self._definitions = _tool_definitions()
+        self._input_schemas = {tool.name: tool.input_schema for tool in self._definitions}
         self._view_slots = anyio.Semaphore(VIEW_REQUESTS_AT_ONCE)
         self._thumbnails: dict[tuple[str, int], bytes | None] = {}  # (output id, size budget) -> preview
         self.server: Server[Any] = _HubServer(
@@ -256,6 +257,10 @@ class HubMcp:
             instructions=INSTRUCTIONS,
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool,
+            # A 2026-07-28 tools/call with arguments has its Mcp-Param-* headers checked against the tool's input
+            # schema: without this lookup the SDK runs a whole tools/list (the pipeline, ~25 KB dumped and
+            # validated) for each such call to find that schema. The tools are the same for every caller.
+            get_tool_input_schema=self._input_schemas.get,
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,

@@ -5,6 +5,7 @@ messages dropped, batches, and keep-alive for work longer than the ack wait."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +18,7 @@ from nats.aio.msg import Msg
 
 from contracts.runtime.bus import ensure_stream, publish
 from contracts.runtime.config import load_settings
-from contracts.runtime.consumers import Durable, DurableFamily, Retry, message_headers
+from contracts.runtime.consumers import LATE_ANSWER_S, Durable, DurableConsumer, DurableFamily, Retry, message_headers
 from contracts.runtime.logs import get_logger
 from contracts.runtime.service import ServiceRuntime
 from contracts.streams import StreamSpec
@@ -231,7 +232,7 @@ async def test_a_family_takes_from_the_chosen_key_and_its_handler_owns_the_ack(n
             stream, name=f"family-{key}", filter_subject=f"{prefix}{key}.*", ack_wait_s=2.0, fetch_wait_s=0.2
         )
 
-    family = DurableFamily(durable_of, lambda: js, 1, get_logger("test"))
+    family = DurableFamily(durable_of, lambda: js, 1, get_logger("test"), lambda: nc)
     for key, text in (("a", "first of a"), ("b", "first of b"), ("b", "second of b")):
         await js.publish(f"{prefix}{key}.x", msgspec.json.encode(Note(text)))
     owned: list[Msg] = []
@@ -269,7 +270,7 @@ async def test_a_message_whose_handler_is_cancelled_before_it_returns_is_handed_
     await ensure_stream(js, stream, replicas=1)
     prefix = stream.subjects[0].removesuffix(">")
     durable = durable_on(stream, name="stopping", filter_subject=f"{prefix}k.*", ack_wait_s=30.0, fetch_wait_s=0.2)
-    family = DurableFamily(lambda _key: durable, lambda: js, 1, get_logger("test"))
+    family = DurableFamily(lambda _key: durable, lambda: js, 1, get_logger("test"), lambda: nc)
     await js.publish(f"{prefix}k.x", msgspec.json.encode(Note("taken while stopping")))
     handling = asyncio.Event()
 
@@ -290,3 +291,43 @@ async def test_a_message_whose_handler_is_cancelled_before_it_returns_is_handed_
     assert await family.take(["k"], own)
     assert msgspec.json.decode(owned[0].data, type=Note).text == "taken while stopping"
     await owned[0].ack()
+
+
+async def test_a_family_fetch_of_a_key_with_nothing_to_give_ends_at_the_servers_answer(nc: NatsClient) -> None:
+    """The server answers a pull request "408" at its expiry (fetch_wait_s): the fetch ends then, not LATE_ANSWER_S
+    later (nats-py's private _fetch_one ignored the 408: 1.1 s per empty key in the dispatcher instead of 0.1 s)."""
+    stream = a_stream()
+    js = nc.jetstream()
+    await ensure_stream(js, stream, replicas=1)
+    family = DurableFamily(lambda _key: durable_on(stream, fetch_wait_s=0.3), lambda: js, 1, get_logger("test"),
+                           lambda: nc)  # fmt: skip
+    await family.open(None)
+    asked = time.monotonic()
+    assert not await family.take([None], lambda _msg: asyncio.sleep(0))
+    assert time.monotonic() - asked < 0.3 + LATE_ANSWER_S / 2, time.monotonic() - asked
+
+
+async def test_a_pull_requests_message_that_comes_after_its_expiry_is_still_taken(nc: NatsClient) -> None:
+    """A message sent just before a pull request expires reaches a busy client after the expiry: it is waited for
+    LATE_ANSWER_S (else it was held by nobody that knew it until ack_wait). A plain responder stands in for the
+    server here: it first ends an earlier request (a "408" that must not end this one), then answers 0.6 s after a
+    request that expires at 0.1 s."""
+    stream = a_stream()  # no consumer on the server: the responder is the only one answering
+    consumer = DurableConsumer(durable_on(stream, fetch_wait_s=0.1), nc.jetstream, 1, get_logger("test"),
+                               nc_of=lambda: nc)  # fmt: skip
+    requests: list[bytes] = []
+
+    async def answer_late(request: Msg) -> None:
+        requests.append(request.data)
+        earlier = request.reply.rsplit(".", 1)[0] + ".0"
+        await nc.publish(earlier, b"", headers={"Status": "408", "Description": "Request Timeout"})
+        await asyncio.sleep(0.6)
+        await nc.publish(request.reply, msgspec.json.encode(Note("late")))
+
+    responder = await nc.subscribe(f"$JS.API.CONSUMER.MSG.NEXT.{stream.name}.test-consumer", cb=answer_late)
+    try:
+        msg = await consumer._pull_one()
+        assert msg is not None and msgspec.json.decode(msg.data, type=Note).text == "late"
+        assert [msgspec.json.decode(r) for r in requests] == [{"batch": 1, "expires": 100_000_000}]
+    finally:
+        await responder.unsubscribe()

@@ -46,7 +46,7 @@ log = get_logger("fair_share")
 CONSUMER = "dispatch"  # jobs without an API key (and every job queued before fair share)
 KEY_CONSUMER_PREFIX = "dispatch-key-"
 KEY_CONSUMER_IDLE_S = 24 * 3600.0  # the server removes a key's consumer unused this long; made again when needed
-FETCH_TIMEOUT_S = 0.1  # the server holds a pull request this long (a key with nothing to give costs LATE_ANSWER_S more)
+FETCH_TIMEOUT_S = 0.1  # a key whose waiting jobs are all held elsewhere costs this much of a round
 UNMEASURED_RUN_S = 1.0  # what a running job counts before any run was measured
 ESTIMATE_EVERY_S = 5.0  # the mean run time is read again this often
 UNNAMED_LOOKED_AT = 500  # waiting jobs looked up at most for messages held by no lease (unnamed_deliveries)
@@ -218,7 +218,7 @@ class KeyQueues:
         self._js = js
         self._store = store
         self._started_of_key = started_of_key
-        self._consumers = DurableFamily(self._durable, lambda: js, settings.jetstream_replicas, log)
+        self._consumers = DurableFamily(self._durable, lambda: js, settings.jetstream_replicas, log, lambda: nc)
         self._arrived = asyncio.Event()
         self._doorbell: Any = None
         self._mean_run_s = UNMEASURED_RUN_S

@@ -29,16 +29,19 @@ from typing import Any, Generic, TypeVar
 import msgspec
 import nats.errors
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from contracts.runtime.bus import ensure_stream, through_election
 from contracts.streams import StreamSpec
 
-# A pull request's answer (the message, or the server's "408" at its expiry) is waited for this long past its expiry.
+# A pull request's message is waited for this long past the request's expiry (see DurableConsumer._pull_one).
 LATE_ANSWER_S = 1.0
+PULL_PREFIX = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT"  # + .<stream>.<consumer>: where a pull request is sent
 
 M = TypeVar("M")
 K = TypeVar("K", bound=Hashable | None)
@@ -129,8 +132,13 @@ class DurableConsumer(Generic[M]):
     each: MessageHandler[M] | None = None
     batches: BatchHandler[M] | None = None
     failing: _Failing | None = None
+    # The connection fetch_one sends its pull requests on (a DurableFamily's member).
+    nc_of: Callable[[], NatsClient] | None = None
     _sub: JetStreamContext.PullSubscription | None = None
     _decoder: msgspec.json.Decoder[M] = field(init=False)
+    _answers: Subscription | None = None  # fetch_one's: the answers to its pull requests, on <_inbox>.<request>
+    _inbox: str = ""
+    _requests: int = 0
 
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(self.durable.message)
@@ -272,23 +280,44 @@ class DurableConsumer(Generic[M]):
         try:
             if self._sub is None:
                 await through_election(self.setup, f"creating the consumer {self.durable.name}")
-            assert self._sub is not None
-            # The server holds the pull request fetch_wait_s; its answer (the message) is waited for LATE_ANSWER_S
-            # longer. nats-py's fetch gives up 0.1 ms after the server's expiry: on a busy loop a message sent just
-            # before it then arrived after the fetch had given up, returned only by the next fetch of this key, and,
-            # if the process died first, held by nobody that knew it until ack_wait (the dispatcher's take-over
-            # time: chaos stalls of ~27 s). _fetch_one does not end at the server's "408" at the expiry (it raises
-            # its timeout inside the loop that catches it): a key with nothing to deliver costs the whole
-            # fetch_wait_s + LATE_ANSWER_S. Both guarded by tests/contracts/test_nats_fetch_one.py.
-            wait = self.durable.fetch_wait_s
-            return await self._sub._fetch_one(int(wait * 1_000_000_000), wait + LATE_ANSWER_S)
-        except (FetchTimeoutError, TimeoutError, nats.errors.TimeoutError):
+            return await self._pull_one()
+        except (TimeoutError, nats.errors.TimeoutError):
             return None
         except Exception as exc:
             self.log.warning(f"cannot fetch {self.durable.what}s right now", error=str(exc) or type(exc).__name__)
             self._sub = None
             await asyncio.sleep(self.durable.retry_delays_s[0])
             return None
+
+    async def _pull_one(self) -> Msg | None:
+        """One pull request for one message. The server holds it fetch_wait_s and answers with the message, or with
+        "408 Request Timeout" at its expiry: None at once then. A message is waited for LATE_ANSWER_S past the
+        expiry: sent just before it, on a busy loop it arrives after; given up on, it would be returned only by a
+        later fetch, and if the process died first, held by nobody that knew it until ack_wait (the dispatcher's
+        take-over time: chaos stalls of ~27 s). nats-py's fetch gives up 0.1 ms after the expiry, and its private
+        _fetch_one, used before, ignored the 408: a key with nothing to give cost fetch_wait_s + LATE_ANSWER_S."""
+        assert self.nc_of is not None, "fetch_one needs the connection: DurableConsumer(nc_of=...)"
+        nc = self.nc_of()
+        if self._answers is None:
+            self._inbox = nc.new_inbox()
+            self._answers = await nc.subscribe(f"{self._inbox}.*")
+        self._requests += 1
+        reply = f"{self._inbox}.{self._requests}"
+        wait = self.durable.fetch_wait_s
+        request = msgspec.json.encode({"batch": 1, "expires": int(wait * 1_000_000_000)})
+        await nc.publish(f"{PULL_PREFIX}.{self.durable.stream.name}.{self.durable.name}", request, reply=reply)
+        deadline = time.monotonic() + wait + LATE_ANSWER_S
+        while (left := deadline - time.monotonic()) > 0:
+            answer = await self._answers.next_msg(timeout=left)
+            status = (answer.headers or {}).get("Status")
+            if status is None:
+                return answer  # a message: this request's, or the late one of a request given up on
+            if answer.subject == reply and status != "100":  # not an earlier request's end, nor a heartbeat
+                if status in ("408", "404"):  # expired, or nothing to give
+                    return None
+                described = (answer.headers or {}).get("Description", "")
+                raise nats.errors.Error(f"the server answered a pull request with {status} {described}".strip())
+        return None
 
     async def hand_over(self, msg: Msg, handler: OwnedHandler) -> None:
         """`handler(msg)`, which owns the ack from now on; a message it fails on is nakked with nak_delay_s, one whose
@@ -317,12 +346,15 @@ class DurableFamily(Generic[K, M]):
     js_of: Callable[[], JetStreamContext]
     replicas: int
     log: structlog.stdlib.BoundLogger
+    nc_of: Callable[[], NatsClient]
     _members: dict[K, DurableConsumer[M]] = field(default_factory=dict)
 
     def member(self, key: K) -> DurableConsumer[M]:
         consumer = self._members.get(key)
         if consumer is None:
-            consumer = self._members[key] = DurableConsumer(self.durable_of(key), self.js_of, self.replicas, self.log)
+            consumer = self._members[key] = DurableConsumer(
+                self.durable_of(key), self.js_of, self.replicas, self.log, nc_of=self.nc_of
+            )
         return consumer
 
     async def open(self, key: K) -> None:

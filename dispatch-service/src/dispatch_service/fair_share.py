@@ -274,7 +274,12 @@ class KeyQueues:
     async def any_waiting(self) -> bool:
         """Whether any job waits (a job queued from here on wakes wait_for_jobs), or it is time to look for jobs of
         dead dispatchers (see _take_taken_over)."""
-        self._arrived.clear()
+        if self._arrived.is_set():
+            # The doorbell rang since the last look: a job was queued (this replica's submit, mostly), so one waits
+            # unless another replica took it meanwhile, which take_next finds out. The query it saves sat between
+            # the submit and the job's fetch.
+            self._arrived.clear()
+            return True
         return await self._store.any_waiting() or time.monotonic() >= self._taken_over_check_at
 
     async def standings(self) -> list[Standing]:

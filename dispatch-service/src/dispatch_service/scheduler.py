@@ -84,6 +84,7 @@ HAND_BACK_WITHIN_S = 5.0  # at a stop, for ComfyUI to confirm the interrupt of t
 UNNAMED_GRACE_S = 2.0
 PROGRESS_WRITE_EVERY_S = 0.5
 PROGRESS_EVENT_EVERY_S = 0.1
+CLAIM_WAIT_S = 1.0  # the fetch loop waits at most this long for the claims of the jobs it just started
 OUTPUTS_AT_ONCE = 4  # a batch's outputs stored side by side; each holds up to 8 MiB in memory meanwhile
 
 
@@ -109,6 +110,11 @@ def _failure_kind(exc: Exception) -> str:
 def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("could not record a job's progress", error=str(task.exception()))
+
+
+def _done(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def _no_outputs(workflow: dict[str, Any]) -> ComfyNoOutputs:
@@ -218,6 +224,8 @@ class Scheduler:
     # (instance, kind) -> failed attempts (the figures)
     failures: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
     _looking_for_unnamed: asyncio.Future[None] | None = field(default=None, init=False)  # see _hand_back_unnamed
+    # Jobs started here whose claim (row -> running) is not yet written: done when it is, or failed.
+    _claiming: dict[str, asyncio.Future[None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.queues = KeyQueues(self.settings, self.nc, self.js, self.store, self._started_of_key)
@@ -399,7 +407,13 @@ class Scheduler:
                 await reserved[1].release()
         if not took:
             await self.queues.wait_for_jobs(self.pool.changed, timeout=0.5)
-        elif self._lost_to_another_replica:
+            return
+        if self._claiming:
+            # The next round's look for waiting jobs comes after the claims of those started in this one: before,
+            # their rows still read waiting, so the round took a slot, read the standings and fetched for nothing,
+            # beside the job's start (2 KV writes and 2 queries in its way).
+            await asyncio.wait(list(self._claiming.values()), timeout=CLAIM_WAIT_S)
+        if self._lost_to_another_replica:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.pool.changed.wait(), timeout=RETRY_DELAY_S)
 
@@ -512,7 +526,12 @@ class Scheduler:
     def _start(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool = False) -> None:
         state.running += 1  # counted now, so the fetch loop does not pull a job for a slot just taken
         self.affinity.begin(row.job_id, state, row)
-        self._spawn(self._run_counted(msg, row, state, lease, adopted=adopted))
+        claimed = self._claiming[row.job_id] = asyncio.get_running_loop().create_future()
+        claimed.add_done_callback(
+            lambda _: self._claiming.get(row.job_id) is claimed and self._claiming.pop(row.job_id)
+        )
+        run = self._spawn(self._run_counted(msg, row, state, lease, adopted=adopted))
+        run.add_done_callback(lambda _: _done(claimed))  # ended, or cancelled, before its claim
 
     async def _run_counted(
         self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool = False
@@ -582,10 +601,11 @@ class Scheduler:
                 continue
             self._start(msg, row, state, lease)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def stop(self, grace_s: float) -> None:
         """A graceful stop, once the fetch loop has ended (no new job starts). Running jobs may finish within
@@ -657,6 +677,8 @@ class Scheduler:
         except BaseException:
             self.running.pop(job_id, None)
             raise
+        finally:
+            _done(self._claiming.get(job_id))
         slot = _Slot(self, state, lease)
         if not claimed:  # cancelled between fetch and start
             self.running.pop(job_id, None)

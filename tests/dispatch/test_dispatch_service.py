@@ -384,6 +384,28 @@ async def test_waiting_jobs_know_their_place_in_the_queue(hub: Hub, checkpoint: 
             await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id))
 
 
+async def test_a_repeated_submission_gets_its_first_job_whatever_its_own_preparation_finds(
+    hub: Hub, checkpoint: str
+) -> None:
+    comfy = ComfyUIDouble(name="repeats", models={"checkpoints": [checkpoint]}, work_seconds=5.0)
+    async with pool(hub, ("repeats", comfy)):
+        running = await submit(hub.nc, "holds the only slot")
+        await wait_for(hub.nc, running.job_id, {"running"})
+        limited = {"api_key_id": "repeats-key", "max_waiting": 1}
+        first = await submit(hub.nc, "waits", job_id=f"repeat-{time.time_ns()}", **limited)
+        with pytest.raises(HubError) as raised:  # the key is at its waiting limit: a new job is refused
+            await submit(hub.nc, "waits too", **limited)
+        assert raised.value.code is ErrorCode.LIMIT_EXCEEDED
+        # A repeat (same job id) is answered with the job its first submission made, though its own preparation
+        # fails (the waiting limit; a render type that does not exist), which runs beside the look for that job.
+        again = await submit(hub.nc, "waits", job_id=first.job_id, **limited)
+        odd = await submit(hub.nc, "waits", job_id=first.job_id, render_type="no-such-render-type")
+        assert again.job_id == odd.job_id == first.job_id and again.render_type == odd.render_type == first.render_type
+        assert (await job(hub.nc, first.job_id)).prompt == "waits"
+        for job_id in (running.job_id, first.job_id):
+            await call(hub.nc, endpoints.Dispatch.JOBS_CANCEL, CancelJob(job_id=job_id))
+
+
 async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
     with pytest.raises(HubError) as raised:
         await job(hub.nc, "no-such-job")

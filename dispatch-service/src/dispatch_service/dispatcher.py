@@ -36,7 +36,7 @@ from dispatch_service import instances
 from dispatch_service.comfyui import ComfyClient
 from dispatch_service.events import EventPublisher
 from dispatch_service.fair_share import Standing, fair_position
-from dispatch_service.jobs import Upstream, is_final, job_view, prepare_job
+from dispatch_service.jobs import PreparedJob, Upstream, is_final, job_view, prepare_job
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.scheduler import Scheduler
 from dispatch_service.store import WAITING_STATUSES, JobRecord, JobStore, WaitingLimitError
@@ -99,12 +99,14 @@ class Dispatcher:
             done.exception()  # seen: its callers have it, or have given up on it
 
     async def _accept(self, request: GenerationRequest) -> SubmitReply:
-        if request.job_id is not None:  # fixed by the gateway: from here on this task's log lines name the job
+        if request.job_id is None:
+            prepared = await self._prepare(request)
+        else:  # fixed by the gateway: from here on this task's log lines name the job
             structlog.contextvars.bind_contextvars(job_id=request.job_id)
-            if (first := await self.store.get(request.job_id)) is not None:
-                return _reply_of(first)  # a repeat of an idempotency key's submission: the job made the first time
-        await self._check_waiting_limit(request)
-        prepared = await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
+            found = await self._prepared_unless_repeat(request, request.job_id)
+            if isinstance(found, JobRecord):
+                return _reply_of(found)  # a repeat of an idempotency key's submission: the job made the first time
+            prepared = found
         job_id = prepared.job_id
         structlog.contextvars.bind_contextvars(job_id=job_id)  # (a job id made here, by prepare_job)
         tracing.tag(job_id=job_id, render_type=prepared.resolved.render_type)
@@ -153,6 +155,32 @@ class Dispatcher:
         # a job twice: see JobStore.claim).
         self._background(self._mark_queued(job_id))
         return reply
+
+    async def _prepare(self, request: GenerationRequest) -> PreparedJob:
+        await self._check_waiting_limit(request)
+        return await prepare_job(request, self.upstream, self.storage, self.input_url_allow)
+
+    async def _prepared_unless_repeat(self, request: GenerationRequest, job_id: str) -> PreparedJob | JobRecord:
+        """The job made by an earlier submission of `job_id`, or else this one prepared. The lookup runs beside the
+        preparation (a prompt build and a resolve, two NATS requests), which a repeat throws away; not beside an LLM
+        rewrite, too costly to make for nothing."""
+        if request.enhance_prompt:
+            return await self.store.get(job_id) or await self._prepare(request)
+        lookup = asyncio.ensure_future(self.store.get(job_id))
+        try:
+            prepared = await self._prepare(request)
+        except Exception:
+            if (first := await lookup) is not None:
+                return first  # a repeat gets its job, whatever this submission's preparation found wrong
+            raise
+        except BaseException:  # cancelled: the lookup too
+            lookup.cancel()
+            raise
+        if (first := await lookup) is not None:
+            if prepared.input_image_id is not None:
+                await self.storage.delete(prepared.input_image_id)
+            return first
+        return prepared
 
     async def _check_waiting_limit(self, request: GenerationRequest) -> None:
         """Refuse, before anything is recorded (or prepared), a job whose key already has its `max_waiting` jobs

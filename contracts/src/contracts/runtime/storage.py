@@ -7,6 +7,7 @@ shared disk. Output ids are unguessable (128 random bits).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -22,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, RawStreamMsg, StorageType
+from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, PubAck, RawStreamMsg, StorageType
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
@@ -152,19 +153,30 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         The object is written as nats-py's ObjectStore.put writes it (chunks on a subject of their own, then the
         meta message, rolled up), without its two costs that a new output does not need: a lookup of an earlier
         object of that name (an output id is new) and a thread hop per chunk read (the outputs come from memory or
-        a spooled temporary file). Chunks whose meta message could not be stored are purged."""
+        a spooled temporary file). The last chunk and the meta message are sent together and their acknowledgements
+        awaited together (an image is one chunk: one round trip instead of two); should either fail, the chunks and
+        the meta message are purged."""
         await self._bucket()
         output_id = new_output_id()
         nuid = secrets.token_hex(11)
         chunk_subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=nuid)
+        name = base64.urlsafe_b64encode(output_id.encode()).decode()
+        meta_subject = OBJ_META_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=name)
         digest = hashlib.sha256()
         size = chunks = 0
+        sent: list[asyncio.Future[PubAck]] = []
         try:
-            while chunk := source.read(CHUNK_SIZE):
+            chunk = source.read(CHUNK_SIZE)
+            while chunk:
                 digest.update(chunk)
-                await self._js.publish(chunk_subject, chunk)
                 size += len(chunk)
                 chunks += 1
+                following = source.read(CHUNK_SIZE)
+                if following:  # one chunk in flight at a time: a large output is never read into memory whole
+                    await self._js.publish(chunk_subject, chunk)
+                else:  # a task, so that it is sent before the meta message (tasks start in their order)
+                    sent.append(asyncio.ensure_future(self._js.publish(chunk_subject, chunk)))
+                chunk = following
             headers = _Headers(filename=filename, content_type=content_type, job_id=job_id)
             info = ObjectInfo(
                 name=output_id,
@@ -177,12 +189,17 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
                 mtime=datetime.now(UTC).isoformat(),
                 digest=f"SHA-256={base64.urlsafe_b64encode(digest.digest()).decode()}",
             )
-            name = base64.urlsafe_b64encode(output_id.encode()).decode()
-            meta_subject = OBJ_META_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=name)
-            await self._js.publish(meta_subject, msgspec.json.encode(info.as_dict()), headers=_ROLLUP_SUBJECT)
-        except Exception:
+            meta = msgspec.json.encode(info.as_dict())
+            sent.append(asyncio.ensure_future(self._js.publish(meta_subject, meta, headers=_ROLLUP_SUBJECT)))
+            for outcome in await asyncio.gather(*sent, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            for publish in sent:
+                publish.cancel()
             with contextlib.suppress(Exception):  # the error that matters is the one raised
                 await self._js.purge_stream(OUTPUTS_STREAM, subject=chunk_subject)
+                await self._js.purge_stream(OUTPUTS_STREAM, subject=meta_subject)
             raise
         return OutputFile(
             output_id=output_id, content_type=content_type, size=size, filename=filename, kind=output_kind(content_type)

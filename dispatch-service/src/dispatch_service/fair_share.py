@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
@@ -302,17 +302,25 @@ class KeyQueues:
     def fair(self) -> bool:
         return self._settings.dispatch_fair_share
 
+    def read_standings(self) -> asyncio.Future[list[Standing]]:
+        """The standings, read from now on beside what the caller does meanwhile, for its take_next to come."""
+        self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
+        return asyncio.ensure_future(self.standings())
+
     async def take_next(
         self,
         handle: OwnedHandler,
         held: Mapping[str | None, int] | None = None,
         only: AbstractSet[str | None] | None = None,
+        read: Awaitable[list[Standing]] | None = None,
     ) -> bool:
         """Fetch one job from the key whose turn it is (the next key when that one has none to give right now; only
         keys in `only` when given) and hand it over to `handle`, which owns its ack; False when no key gave one. A
-        message `handle` fails on is nakked, so it is delivered again."""
-        self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
-        keys = ranked(await self.standings(), held or {}, fair=self.fair)
+        message `handle` fails on is nakked, so it is delivered again. `read`: standings read_standings began."""
+        if read is None:
+            self._arrived.clear()  # a job queued from here on wakes wait_for_jobs
+            read = self.standings()
+        keys = ranked(await read, held or {}, fair=self.fair)
         turns = (
             standing.api_key_id
             for standing in keys

@@ -69,7 +69,7 @@ from dispatch_service.comfyui import (
     output_nodes_of,
 )
 from dispatch_service.events import EventPublisher, ProgressRelay
-from dispatch_service.fair_share import JobMessage, KeyQueues, subject_of
+from dispatch_service.fair_share import JobMessage, KeyQueues, Standing, subject_of
 from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
@@ -110,6 +110,12 @@ def _failure_kind(exc: Exception) -> str:
 def _log_progress_write_failure(task: asyncio.Task[bool]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("could not record a job's progress", error=str(task.exception()))
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    """A future no one awaits any more: its error, if any, is not reported as never retrieved."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _done(future: asyncio.Future[None] | None) -> None:
@@ -390,17 +396,24 @@ class Scheduler:
         """One round of the loop: under `pull` a free slot is taken first and then the job for it fetched, so among
         replicas only one that holds a slot takes a key's next job: each key's jobs start in their order."""
         self._lost_to_another_replica = False
+        read: asyncio.Future[list[Standing]] | None = None
         if self.settings.dispatch_strategy == "pull":
             if not await self.queues.any_waiting():  # no slot taken while nothing waits
                 await self.queues.wait_for_jobs(self.pool.changed, timeout=0.5)
                 return
-            self._reserved = await self._reserve_slot()
+            read = self.queues.read_standings()  # beside the slot's KV write, not after it (a job waits for both)
+            try:
+                self._reserved = await self._reserve_slot()
+            finally:
+                if self._reserved is None:
+                    read.cancel()
+                    read.add_done_callback(_seen)
             if self._reserved is None:  # the slots this replica saw free are taken by other replicas
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=RETRY_DELAY_S)
                 return
         try:
-            took = await self.queues.take_next(self._place)
+            took = await self.queues.take_next(self._place, read=read)
         finally:
             reserved, self._reserved = self._reserved, None
             if reserved is not None:  # no job for it: free again

@@ -359,6 +359,7 @@ class Scheduler:
                 subject_of(job_id, api_key_id),
                 msgspec.json.encode(JobMessage(job_id)),
                 headers={"Nats-Msg-Id": job_id},
+                nc=self.nc,  # a publish in flight when nats-server dies is made again once it is back, not in 5 s
             )
         except APIError as exc:
             if "maximum" not in (exc.description or ""):  # "maximum messages exceeded" / "... bytes exceeded"

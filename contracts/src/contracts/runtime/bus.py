@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import (
+    APIError,
     BadRequestError,
     BucketNotFoundError,
     NoStreamResponseError,
@@ -271,14 +272,15 @@ async def publish_durably(
     subject: str,
     payload: bytes,
     *,
+    nc: NatsClient,
     headers: dict[str, str] | None = None,
     within_s: float = 30.0,
-    nc: NatsClient | None = None,
 ) -> None:
     """Publish to a stream and wait for it to be stored, retrying while the stream has no leader (a NATS
-    server of a cluster just died: a new leader is elected within seconds), and with `nc` while NATS is away (see
-    through_election). With a `Nats-Msg-Id` header a retry of a publish that did land is dropped by JetStream, so
-    nothing is stored twice."""
+    server of a cluster just died: a new leader is elected within seconds) and while NATS is away (see
+    through_election). `nc` (js's connection) is watched, so a publish in flight when nats-server dies is made again
+    as soon as it is back, not after its 5 s timeout (the acknowledgement is lost with the server). With a
+    `Nats-Msg-Id` header a retry of a publish that did land is dropped by JetStream, so nothing is stored twice."""
     headers = tracing.inject(headers)  # the trace goes on with whoever consumes the message
     await through_election(lambda: js.publish(subject, payload, headers=headers), f"storing {subject}", within_s, nc=nc)
 
@@ -294,8 +296,15 @@ _NATS_AWAY_ERRORS = (
 )
 
 
+# A stream at its limits with discard "new" refusing a publish ("maximum messages exceeded", "... bytes exceeded"):
+# a 503 like a JetStream not ready yet, but the answer of one that is up, for the caller to report (streams.JOBS).
+_STORE_REFUSED = 10077  # JSStreamStoreFailedF
+
+
 def _worth_retrying(exc: Exception, *, watching: bool) -> bool:
     """Whether `exc` may pass with time: a stream without leader, or (`watching` the connection) NATS away."""
+    if isinstance(exc, APIError) and exc.err_code == _STORE_REFUSED:
+        return False
     if isinstance(exc, HubError):  # e.g. require_connection, or the output store finding NATS away
         return watching and exc.code == ErrorCode.UNAVAILABLE
     return isinstance(exc, _NATS_AWAY_ERRORS if watching else _NO_LEADER_ERRORS)

@@ -34,7 +34,8 @@ SUITE_ON_POSTGRES: dict[str, list[str]] = {
     "registry": ["registry/test_registry_service.py", "registry/test_registry_workflows.py"],
     "prompt": ["prompt/test_prompt_styles.py", "prompt/test_prompt_build.py"],
     "stats": ["stats/test_stats_service.py", "stats/test_stats_retention.py", "stats/test_stats_restart.py"],
-    "dispatch": ["dispatch/test_dispatch_service.py", "dispatch/test_dispatch_recovery.py"],
+    "dispatch": ["dispatch/test_dispatch_service.py"],
+    "dispatch_recovery": ["dispatch/test_dispatch_recovery.py"],  # its own child: its kill-and-restart cases are long
     "dispatch_fair_share": ["dispatch/test_fair_share.py"],  # two replicas on one database
     "gateway": ["gateway/test_gateway_mcp.py", "gateway/test_gateway_tasks.py"],
     "ui": ["ui/test_ui_signin_throttle.py"],

@@ -29,6 +29,7 @@ import httpx
 import httpx2
 import msgspec
 import nats
+import nats.js.errors
 import pytest
 from dispatch_support import Hub, events_of
 from gateway_support import GatewayHub, hub_on_own_nats, sse_events
@@ -384,3 +385,13 @@ async def test_a_job_being_queued_when_nats_dies_is_on_the_stream_as_soon_as_nat
     finally:
         await nc.close()
         server.stop()
+
+
+async def test_a_refusal_without_err_code_passes_through_a_watched_jetstream_call(nc: NatsClient) -> None:
+    """A KV create of a key that exists raises KeyWrongLastSequenceError, an APIError without `err_code`: the caller
+    gets it as it is (the admin UI's shared secret reads the existing one), not an AttributeError that stopped the
+    single-layout hub's restart (main e3ea747)."""
+    kv = await nc.jetstream().create_key_value(bucket=f"refusal-{uuid.uuid4().hex[:8]}")
+    await kv.create("secret", b"first")
+    with pytest.raises(nats.js.errors.KeyWrongLastSequenceError):
+        await through_election(lambda: kv.create("secret", b"second"), "creating the secret", nc=nc)

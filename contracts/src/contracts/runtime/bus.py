@@ -303,7 +303,8 @@ _STORE_REFUSED = 10077  # JSStreamStoreFailedF
 
 def _worth_retrying(exc: Exception, *, watching: bool) -> bool:
     """Whether `exc` may pass with time: a stream without leader, or (`watching` the connection) NATS away."""
-    if isinstance(exc, APIError) and exc.err_code == _STORE_REFUSED:
+    # getattr: some APIError subclasses (KeyWrongLastSequenceError, a KV create of a key that exists) have none
+    if isinstance(exc, APIError) and getattr(exc, "err_code", None) == _STORE_REFUSED:
         return False
     if isinstance(exc, HubError):  # e.g. require_connection, or the output store finding NATS away
         return watching and exc.code == ErrorCode.UNAVAILABLE

@@ -134,7 +134,8 @@ class DurableConsumer(Generic[M]):
     failing: _Failing | None = None
     # The connection fetch_one sends its pull requests on (a DurableFamily's member).
     nc_of: Callable[[], NatsClient] | None = None
-    _sub: JetStreamContext.PullSubscription | None = None
+    _sub: JetStreamContext.PullSubscription | None = None  # run's; fetch_one sends its own pull requests
+    _created: bool = False  # the stream and the consumer exist, as far as this consumer knows (fetch_one's)
     _decoder: msgspec.json.Decoder[M] = field(init=False)
     _answers: Subscription | None = None  # fetch_one's: the answers to its pull requests, on <_inbox>.<request>
     _inbox: str = ""
@@ -145,11 +146,18 @@ class DurableConsumer(Generic[M]):
         self.log = self.log.bind(consumer=self.durable.name)
 
     async def setup(self) -> None:
-        """Create the stream and the consumer if missing (idempotent: every replica does this at start)."""
+        """Create the stream and the consumer if missing (idempotent: every replica does this at start), and bind
+        the pull subscription `run` fetches with."""
+        await self.create()
+        self._sub = await self.js_of().pull_subscribe_bind(durable=self.durable.name, stream=self.durable.stream.name)
+
+    async def create(self) -> None:
+        """Create the stream and the consumer if missing (idempotent); all fetch_one needs: it binds no
+        subscription of nats-py's, whose inbox it would never read."""
         js = self.js_of()
         await ensure_stream(js, self.durable.stream, self.replicas)
         await js.add_consumer(self.durable.stream.name, self.durable.config())
-        self._sub = await js.pull_subscribe_bind(durable=self.durable.name, stream=self.durable.stream.name)
+        self._created = True
 
     async def info(self) -> ConsumerInfo:
         info: ConsumerInfo = await self.js_of().consumer_info(self.durable.stream.name, self.durable.name)
@@ -278,14 +286,14 @@ class DurableConsumer(Generic[M]):
         or when fetching failed (logged, after a short wait; the consumer is made again at the next fetch, e.g. once
         the server removed it unused or NATS is back)."""
         try:
-            if self._sub is None:
-                await through_election(self.setup, f"creating the consumer {self.durable.name}")
+            if not self._created:
+                await through_election(self.create, f"creating the consumer {self.durable.name}")
             return await self._pull_one()
         except (TimeoutError, nats.errors.TimeoutError):
             return None
         except Exception as exc:
             self.log.warning(f"cannot fetch {self.durable.what}s right now", error=str(exc) or type(exc).__name__)
-            self._sub = None
+            self._created = False
             await asyncio.sleep(self.durable.retry_delays_s[0])
             return None
 
@@ -359,7 +367,7 @@ class DurableFamily(Generic[K, M]):
 
     async def open(self, key: K) -> None:
         """Create the key's consumer now (at start) rather than at its first fetch."""
-        await through_election(self.member(key).setup, f"creating the consumer {self.member(key).durable.name}")
+        await through_election(self.member(key).create, f"creating the consumer {self.member(key).durable.name}")
 
     async def take(self, keys: Iterable[K], handler: OwnedHandler) -> bool:
         """Fetch one message from the first of `keys` that has one and hand it over to `handler`; False when none

@@ -497,7 +497,10 @@ class Scheduler:
         if self.settings.test_pause_before_admit_s:  # tests only: a kill -9 lands between the fetch and the placing
             await asyncio.sleep(self.settings.test_pause_before_admit_s)
         job_id = msgspec.json.decode(msg.data, type=JobMessage).job_id
-        row = await self.store.get(job_id)
+        fresh = self.store.take_fresh(job_id)
+        # Its first delivery, of a job inserted here: the row as inserted stands for it (no read). Delivered again,
+        # it may be running elsewhere or have failed an attempt: read.
+        row = fresh if fresh is not None and msg.metadata.num_delivered == 1 else await self.store.get(job_id)
         if row is None:
             log.error("job message without a job row; dropped", job_id=job_id)
             await msg.ack()

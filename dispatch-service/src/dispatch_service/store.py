@@ -21,7 +21,7 @@ from contracts.messages.base import struct_from
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, OutputFile
 from contracts.messages.render_types import Requirements
-from contracts.runtime.database import write_transaction
+from contracts.runtime.database import run_raw, write_transaction
 from dispatch_service.tables import InstanceRow, JobRow
 
 if TYPE_CHECKING:
@@ -126,16 +126,23 @@ def _row_of(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
+_json_encoder = msgspec.json.Encoder()
+
+
 def _encoded(values: dict[str, Any]) -> list[Any]:
     """The arguments of these column values, JSON columns as JSON text (as piccolo writes them)."""
     unknown = set(values) - set(_JOB_COLUMNS)
     if unknown:
         raise ValueError(f"not columns of the job table: {sorted(unknown)}")
-    args = []
-    for name, value in values.items():
-        plain = msgspec.to_builtins(value)
-        args.append(msgspec.json.encode(plain).decode() if name in _JSON_COLUMNS and plain is not None else plain)
-    return args
+    # A JSON column's value is encoded straight (Structs included), not copied into builtins first.
+    return [
+        (_json_text(value) if value is not None else None) if name in _JSON_COLUMNS else msgspec.to_builtins(value)
+        for name, value in values.items()
+    ]
+
+
+def _json_text(value: Any) -> str:
+    return _json_encoder.encode(value).decode()
 
 
 def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -154,7 +161,14 @@ _NEW_JOB: dict[str, Any] = {
     if column is not JobRow._meta.primary_key
 }
 _NEW_JOB.update({name: msgspec.json.decode(_NEW_JOB[name]) for name in _JSON_COLUMNS})  # defaults given as text
-_INSERT_JOB = "INSERT INTO job (" + ", ".join(f'"{name}"' for name in _NEW_JOB) + f") VALUES ({_marks(len(_NEW_JOB))})"
+_INSERT_JOB = (
+    "INSERT INTO job ("
+    + ", ".join(f'"{name}"' for name in _NEW_JOB)
+    + f") VALUES ({_marks(len(_NEW_JOB))}) RETURNING id"
+)
+# How many rows inserted here are kept for their job's first fetch (JobStore.take_fresh): enough for the jobs of a
+# burst, bounded for a deep queue (the oldest are dropped; their fetch reads the row as before).
+FRESH_KEPT = 256
 
 
 # The pull loop's statements, asked before each job is taken (see fair_share.py).
@@ -199,6 +213,8 @@ class JobStore:
     def __init__(self) -> None:
         # Counts the writes of job rows made here: a reader sharing what it read of them compares it.
         self.writes = 0
+        # The rows inserted here and not yet fetched, as written (their status kept by this store's transitions).
+        self._fresh: dict[str, JobRecord] = {}
 
     async def insert(self, job: PreparedJob, *, max_waiting: int | None = None) -> None:
         """Record an accepted job. With `max_waiting`, only while its key has fewer jobs waiting (counted and
@@ -239,10 +255,20 @@ class JobStore:
             "client_name": job.request.client_name,
             "accepted_at": job.accepted_at,
         }
-        await JobRow.raw(_INSERT_JOB, *_encoded(values)).run()
+        rows = await run_raw(JobRow, _INSERT_JOB, *_encoded(values))
+        self._fresh[job.job_id] = msgspec.convert({**values, "id": rows[0]["id"]}, JobRecord, strict=False)
+        if len(self._fresh) > FRESH_KEPT:
+            del self._fresh[next(iter(self._fresh))]
+
+    def take_fresh(self, job_id: str) -> JobRecord | None:
+        """The row of a job inserted here, as written then, once (None: not inserted here, written since by other
+        than a status change here, or dropped). Its status may be stale only by other replicas' writes, so it may
+        stand for the row at the job's first delivery: its claim (a conditional write) still decides whether it
+        runs; a job cancelled meanwhile is then not claimed."""
+        return self._fresh.pop(job_id, None)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        rows = await JobRow.raw(_SELECT_JOB, job_id).run()
+        rows = await run_raw(JobRow, _SELECT_JOB, job_id)
         return _job(_row_of(rows[0])) if rows else None
 
     async def require(self, job_id: str) -> JobRecord:
@@ -257,23 +283,29 @@ class JobStore:
         assignments, args = _assignments(values)
         statuses = _marks(len(from_statuses))
         sql = f"UPDATE job SET {assignments} WHERE job_id = {{}} AND status IN ({statuses}) RETURNING id"
-        return bool(await JobRow.raw(sql, *args, job_id, *from_statuses).run())
+        changed = bool(await run_raw(JobRow, sql, *args, job_id, *from_statuses))
+        fresh = self._fresh.pop(job_id, None)
+        if changed and fresh is not None and values.keys() == {"status"}:
+            self._fresh[job_id] = msgspec.structs.replace(fresh, status=values["status"])
+        return changed
 
     async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
         """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
         runner died (the same message delivered again). A second message for the same job never claims it."""
         self.writes += 1
+        self._fresh.pop(job_id, None)
         assignments, args = _assignments({**values, "stream_seq": stream_seq})
         sql = (
             f"UPDATE job SET {assignments} WHERE job_id = {{}} AND (status IN ({_marks(len(WAITING_STATUSES))}) "
             "OR (status = {} AND stream_seq = {})) RETURNING id"
         )
-        return bool(await JobRow.raw(sql, *args, job_id, *WAITING_STATUSES, "running", stream_seq).run())
+        return bool(await run_raw(JobRow, sql, *args, job_id, *WAITING_STATUSES, "running", stream_seq))
 
     async def set(self, job_id: str, **values: Any) -> None:
         self.writes += 1
+        self._fresh.pop(job_id, None)
         assignments, args = _assignments(values)
-        await JobRow.raw(f"UPDATE job SET {assignments} WHERE job_id = {{}}", *args, job_id).run()
+        await run_raw(JobRow, f"UPDATE job SET {assignments} WHERE job_id = {{}}", *args, job_id)
 
     async def mark_outputs_removed(self, job_ids: list[str], gone: AbstractSet[str], at: float) -> None:
         """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""
@@ -426,7 +458,7 @@ class JobStore:
     # -- fair share (see fair_share.py) --
 
     async def any_waiting(self) -> bool:
-        return bool(await JobRow.raw(_ANY_WAITING, *WAITING_STATUSES).run())
+        return bool(await run_raw(JobRow, _ANY_WAITING, *WAITING_STATUSES))
 
     async def running_keys(self) -> list[str | None]:
         """The API keys with jobs running (None: jobs without a key)."""
@@ -436,7 +468,7 @@ class JobStore:
     async def waiting_keys(self) -> list[WaitingKey]:
         """Per API key with jobs waiting (None: jobs without a key): when its oldest waiting job was accepted, and
         the request of its newest one (which carries the key's current weight and running limit)."""
-        rows = await JobRow.raw(_WAITING_KEYS, *WAITING_STATUSES).run()
+        rows = await run_raw(JobRow, _WAITING_KEYS, *WAITING_STATUSES)
         return [
             WaitingKey(
                 api_key_id=row["api_key_id"],

@@ -148,7 +148,12 @@ async def test_a_job_finished_while_nats_is_down_keeps_its_output(tmp_path: Path
         image = await http.get(view["images"][0]["url"])
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
         events = await events_of(gw.nc, job_id)
-        assert await asyncio.wait_for(follower, 20) == [(type(e).__struct_config__.tag, e.event_id) for e in events]
+        followed = await asyncio.wait_for(follower, 20)
+        stored = [(type(e).__struct_config__.tag, e.event_id) for e in events]
+        # A progress tick published (without confirmation: best effort) as nats-server stops can reach the live
+        # stream but not the stored one: the only difference allowed. Every stored event came, once, in order.
+        assert [f for f in followed if f in stored] == stored, (followed, stored)
+        assert all(tag == "progress" for tag, event_id in followed if (tag, event_id) not in stored), followed
         kinds = Counter(type(e).__struct_config__.tag for e in events)
         assert kinds["completed"] == 1 and kinds["output_stored"] == 1 and kinds["started"] == 1, kinds
         assert kinds["failed"] == 0 and kinds["retrying"] == 0, kinds

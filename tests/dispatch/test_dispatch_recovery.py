@@ -194,8 +194,11 @@ async def test_a_restarted_dispatcher_runs_the_job_it_died_with_first_and_at_onc
     assert done.timings.total_ms == pytest.approx((done.timings.finished_at - done.timings.accepted_at) * 1000, abs=1)
 
 
-async def killed_and_restarted_then_run_once(hub: Hub, double: ComfyUIDouble, reply: SubmitReply, **env: str) -> None:
-    """kill -9 of the dispatcher, restarted: the job ends completed within 10 s of the restart, ComfyUI ran it once."""
+async def killed_and_restarted_then_run_once(
+    hub: Hub, double: ComfyUIDouble, reply: SubmitReply, *, ran_before: tuple[str, ...] = (), **env: str
+) -> None:
+    """kill -9 of the dispatcher, restarted: the job ends completed within 10 s of the restart, ComfyUI ran it once
+    (after the prompts `ran_before`)."""
     hub.processes["dispatch"].kill()
     restarted = hub.start("dispatch", **env)
     await restarted.wait_healthy(hub.nc)
@@ -203,11 +206,11 @@ async def killed_and_restarted_then_run_once(hub: Hub, double: ComfyUIDouble, re
     view = await wait_final(hub.nc, reply.job_id, timeout_s=90)
     assert view.status == "completed", (view.status, view.error)
     assert time.monotonic() - healthy_at < 10, restarted.log()
-    assert double.executed_prompt_ids == [reply.job_id + "-1"]
+    assert double.executed_prompt_ids == [*ran_before, reply.job_id + "-1"]
     assert len(view.outputs) == 1
 
 
-@pytest.mark.parametrize("strategy", ["pull", "pull_affinity"])
+@pytest.mark.parametrize("strategy", ["pull", "pull_affinity", "round_robin"])
 @pytest.mark.parametrize("pause", ["HUB_TEST_PAUSE_BEFORE_ADMIT_S", "HUB_TEST_PAUSE_AFTER_FETCH_S"])
 async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_once_after_its_restart(
     start_hub: Callable[..., Awaitable[Hub]],
@@ -217,9 +220,10 @@ async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_o
 ):
     """kill -9 after the dispatcher fetched a job and before it placed it (held there by a test pause): JetStream
     redelivers that message only after the take-over time (chaos: stalls of ~28 s before). Paused before its row is
-    read, the lease taken for it (the slot reserved for the fetch; pull_affinity: the job's claim) names it, so the
-    restarted replica hands it back at once. Paused before any lease names it (between the fetch's answer and the
-    lease's write), the restarted replica finds it from the job table: waiting, delivered, named in no lease."""
+    read, the lease taken for it (the slot reserved for the fetch; pull_affinity, round_robin: the job's claim) names
+    it, so the restarted replica hands it back at once. Paused before any lease names it (between the fetch's answer
+    and the lease's write), the restarted replica finds it from the job table: waiting, delivered, named in no
+    lease."""
     env = {**SLOW_TAKEOVER, "HUB_DISPATCH_STRATEGY": strategy}
     hub = await start_hub(**env, **{pause: "600"})
     double = await comfyui(hub, "only", work_seconds=0.2)
@@ -228,6 +232,53 @@ async def test_a_job_fetched_but_not_yet_placed_by_a_killed_dispatcher_runs_at_o
     await asyncio.sleep(2)  # fetched and paused
     assert not double.executed_prompt_ids
     await killed_and_restarted_then_run_once(hub, double, reply, **env)
+
+
+ROUND_ROBIN = {**SLOW_TAKEOVER, "HUB_DISPATCH_STRATEGY": "round_robin"}
+
+
+async def bound_behind_a_running_job(
+    hub: Hub, comfyui: Callable[..., Awaitable[ComfyUIDouble]], work_seconds: float
+) -> tuple[ComfyUIDouble, SubmitReply, SubmitReply]:
+    """round_robin, one instance of one slot: a job running there and one fetched and bound to it, waiting for its
+    slot (in the dispatcher's memory, its message kept alive): the double, the running job and the bound one."""
+    double = await comfyui(hub, "only", work_seconds=work_seconds)
+    await asyncio.sleep(0.5)
+    first = await running(hub, "running on the only slot", seed=1)
+    bound = await submit(hub.nc, "bound behind it", seed=2)
+    await asyncio.sleep(1)  # fetched and bound to the busy instance
+    assert (await job(hub.nc, bound.job_id)).status == "queued", "the first job ended too soon: nothing was bound"
+    return double, first, bound
+
+
+async def test_a_round_robin_job_bound_to_its_busy_instance_runs_at_once_after_a_kill_and_restart(
+    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+):
+    """round_robin: a job bound to an instance whose slot is busy waits in the dispatcher's memory. kill -9: its claim
+    (a lease naming its message, as pull_affinity's window) lets the restarted replica hand it back at once, so it
+    runs after the running job (followed on ComfyUI), not after the take-over time (60 s)."""
+    hub = await start_hub(**ROUND_ROBIN)
+    double, first, bound = await bound_behind_a_running_job(hub, comfyui, work_seconds=3)
+    await killed_and_restarted_then_run_once(hub, double, bound, ran_before=(first.job_id + "-1",), **ROUND_ROBIN)
+
+
+async def test_a_live_round_robin_replica_keeps_its_bound_job_when_another_replica_starts(
+    start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+):
+    """A replica starting looks for delivered jobs that no lease names (a killed dispatcher's fetch) and hands them
+    back. A live round_robin replica's bound jobs are delivered and waiting too: their claims name them, so they are
+    not handed back (else they ran twice: once where bound, once elsewhere)."""
+    hub = await start_hub(**ROUND_ROBIN)
+    double, first, bound = await bound_behind_a_running_job(hub, comfyui, work_seconds=20)
+    other = hub.start("dispatch", **ROUND_ROBIN)  # a second replica (another identity)
+    await other.wait_healthy(hub.nc)
+    await asyncio.sleep(4)  # its two looks for jobs named nowhere, 2 s apart
+    assert (await job(hub.nc, bound.job_id)).status == "queued", "the first job ended too soon: nothing stayed bound"
+    assert "handed back jobs its predecessor had fetched" not in other.log(), other.log()
+
+    views = [await wait_final(hub.nc, r.job_id, timeout_s=60) for r in (first, bound)]
+    assert [(v.status, v.attempts) for v in views] == [("completed", 1)] * 2, views
+    assert double.executed_prompt_ids == [first.job_id + "-1", bound.job_id + "-1"], other.log()
 
 
 async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_running_on_comfyui(

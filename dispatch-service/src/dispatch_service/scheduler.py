@@ -131,6 +131,14 @@ def _no_outputs(workflow: dict[str, Any]) -> ComfyNoOutputs:
     )
 
 
+async def _keep_bound_alive(queue: deque[tuple[Msg, Lease | None]]) -> None:
+    """round_robin: the bound jobs' messages stay this replica's, and their claims with them."""
+    for msg, claim in list(queue):
+        await msg.in_progress()
+        if claim is not None:
+            await claim.refresh()
+
+
 class _Slot:
     """One taken slot of an instance; freeing it (once) lets the next job start there."""
 
@@ -222,8 +230,8 @@ class Scheduler:
     _lost_to_another_replica: bool = field(default=False, init=False)
     # pull: the slot taken for the next job fetched.
     _reserved: tuple[InstanceState, Lease] | None = field(default=None, init=False)
-    # round_robin: jobs waiting for their instance.
-    _bound: dict[str, deque[Msg]] = field(default_factory=lambda: defaultdict(deque), init=False)
+    # round_robin: jobs waiting for their instance, each with its claim (see _place_in_rotation).
+    _bound: dict[str, deque[tuple[Msg, Lease | None]]] = field(default_factory=lambda: defaultdict(deque), init=False)
     # Which models each instance holds (every strategy keeps it); pull_affinity places jobs by it.
     affinity: Affinity = field(init=False)
     _affinity_queue: AffinityQueue = field(init=False)
@@ -246,8 +254,7 @@ class Scheduler:
         await self.queues.open()
         await self.affinity.memory.open()
         await self._hand_back_orphans()
-        if self.settings.dispatch_strategy != "round_robin":  # its bound jobs wait, named nowhere, in memory
-            self._looking_for_unnamed = asyncio.ensure_future(self._hand_back_unnamed())
+        self._looking_for_unnamed = asyncio.ensure_future(self._hand_back_unnamed())
 
     async def _hand_back_orphans(self) -> None:
         """Jobs this replica's predecessor ran when it died (kill -9). One its ComfyUI instance still has (queued,
@@ -444,18 +451,14 @@ class Scheduler:
     async def _place(self, msg: Msg) -> None:
         note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
         await self.test_pause_after_fetch()
+        if self.settings.dispatch_strategy == "round_robin":
+            await self._place_in_rotation(msg, note)
+            return
         await self._name_reserved(note)
-        admitted = await self.admit(msg)
+        admitted = await self._to_place(msg, note)
         if admitted is None:
             return
         row, requirements = admitted
-        if await self._adopt_delivered_again(msg, row, note):
-            return
-        if await self.key_at_running_limit(row):  # skipped for now, not failed: it keeps its place in the stream
-            await msg.nak(delay=RETRY_DELAY_S)
-            return
-        if self.settings.dispatch_strategy == "round_robin" and self._bound_in_rotation(row, msg):
-            return
         candidates = self.pool.candidates(requirements)
         reserved = self._reserved
         if reserved is not None and any(state is reserved[0] for state in candidates):
@@ -475,6 +478,37 @@ class Scheduler:
             await msg.nak()
             return
         await msg.nak(delay=RETRY_DELAY_S)  # no instance that can run it is free: the jobs behind it go first
+
+    async def _to_place(self, msg: Msg, note: LeaseNote) -> tuple[JobRecord, Requirements] | None:
+        """`admit`, and None as well when the job is a running one delivered again and followed on ComfyUI, or its key
+        is at its running limit (skipped for now, not failed: it keeps its place in the stream)."""
+        admitted = await self.admit(msg)
+        if admitted is None or await self._adopt_delivered_again(msg, admitted[0], note):
+            return None
+        if await self.key_at_running_limit(admitted[0]):
+            await msg.nak(delay=RETRY_DELAY_S)
+            return None
+        return admitted
+
+    async def _place_in_rotation(self, msg: Msg, note: LeaseNote) -> None:
+        """round_robin: the fetched job is claimed first (SlotLeases.hold, as pull_affinity's window), before its row
+        is read, then bound to the next instance in turn; it stays claimed while it waits there (the claim kept alive
+        with its message) until the slot lease taken for it names it. A kill -9 from the claim on leaves a lease from
+        which the restarted replica hands the job back at once (_hand_back_orphans; before, named nowhere, it waited
+        out the take-over time), and a live replica's bound jobs are named, so another replica's start does not hand
+        them back (_hand_back_unnamed). No instance up can run it now: back to the stream shortly, as with pull."""
+        claim = await self.leases.hold(note)
+        try:
+            admitted = await self._to_place(msg, note)
+            chosen = self._next_in_rotation(admitted[0]) if admitted is not None else None
+            if chosen is not None:
+                self._bind(chosen, msg, claim)
+                claim = None  # the bound job's now, released when it starts
+            elif admitted is not None:
+                await msg.nak(delay=RETRY_DELAY_S)
+        finally:
+            if claim is not None:
+                await claim.release()
 
     async def _name_reserved(self, note: LeaseNote) -> None:
         """pull: the slot taken for this fetch names the job and its message's reply subject first, before anything
@@ -572,14 +606,6 @@ class Scheduler:
         finally:
             started.discard(row.job_id)
 
-    def _bound_in_rotation(self, row: JobRecord, msg: Msg) -> bool:
-        """round_robin: bind the job to the next instance in turn that can run it; False when none can now."""
-        chosen = self._next_in_rotation(row)
-        if chosen is None:
-            return False
-        self._bind(chosen, msg)
-        return True
-
     def _next_in_rotation(self, row: JobRecord) -> InstanceState | None:
         """round_robin: the next instance in a fixed order that can run the job, busy or not."""
         requirements = requirements_of(row)
@@ -588,9 +614,9 @@ class Scheduler:
             return None
         return able[next(self._rotation) % len(able)]
 
-    def _bind(self, state: InstanceState, msg: Msg) -> None:
+    def _bind(self, state: InstanceState, msg: Msg, claim: Lease | None) -> None:
         queue = self._bound[state.config.name]
-        queue.append(msg)
+        queue.append((msg, claim))
         if len(queue) == 1:  # no drainer is running for this instance yet
             self._spawn(self._drain_bound(state))
 
@@ -599,19 +625,21 @@ class Scheduler:
         queue = self._bound[state.config.name]
         kept_alive = time.monotonic()
         while queue:
-            note = self._note(msgspec.json.decode(queue[0].data, type=JobMessage).job_id, queue[0])
+            msg, claim = queue[0]
+            note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
             lease = await self.leases.try_take(state.config.name, state.config.slots, note)
             if lease is None:
                 if time.monotonic() - kept_alive > self.settings.dispatch_takeover_s / 4:
                     kept_alive = time.monotonic()
-                    for waiting in list(queue):
-                        await waiting.in_progress()
+                    await _keep_bound_alive(queue)
                 self.pool.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.pool.changed.wait(), timeout=0.05)
                 continue
-            msg = queue.popleft()
-            row = await self.store.get(msgspec.json.decode(msg.data, type=JobMessage).job_id)
+            queue.popleft()
+            if claim is not None:
+                await claim.release()  # the slot lease names the job from now on
+            row = await self.store.get(note.job_id)
             if row is None or is_final(row):
                 await lease.release()
                 await msg.ack()
@@ -653,8 +681,11 @@ class Scheduler:
         """round_robin: jobs bound to an instance but not started go back to the stream."""
         for queue in self._bound.values():
             while queue:
+                msg, claim = queue.popleft()
                 with contextlib.suppress(Exception):
-                    await queue.popleft().nak()
+                    await msg.nak()
+                    if claim is not None:
+                        await claim.release()
 
     # -- running one job ----------------------------------------------------------------------------
 

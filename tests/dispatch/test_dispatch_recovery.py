@@ -281,6 +281,25 @@ async def test_a_live_round_robin_replica_keeps_its_bound_job_when_another_repli
     assert double.executed_prompt_ids == [first.job_id + "-1", bound.job_id + "-1"], other.log()
 
 
+async def test_a_round_robin_job_bound_while_nats_restarts_runs_once_it_is_back(
+    private_nats: NatsServer, start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
+):
+    """round_robin: the task that starts an instance's bound jobs asks for a slot again and again while that one
+    is busy; NATS away meanwhile, it rides the errors out and starts the bound job once the slot frees."""
+    hub = await start_hub(**ROUND_ROBIN)
+    double, first, bound = await bound_behind_a_running_job(hub, comfyui, work_seconds=3)
+    private_nats.stop()
+    await asyncio.sleep(7.0)  # longer than a request's timeout (5 s): the slot's KV create fails
+    private_nats.start()
+
+    views = [await wait_final(hub.nc, r.job_id, timeout_s=90) for r in (first, bound)]
+    assert [v.status for v in views] == ["completed"] * 2, (
+        [(v.status, v.error) for v in views],
+        hub.processes["dispatch"].log()[-4000:],
+    )
+    assert double.executed_prompt_ids == [first.job_id + "-1", bound.job_id + "-1"]
+
+
 async def test_a_restarted_dispatcher_follows_the_job_its_predecessor_left_running_on_comfyui(
     start_hub: Callable[..., Awaitable[Hub]], comfyui: Callable[..., Awaitable[ComfyUIDouble]]
 ):

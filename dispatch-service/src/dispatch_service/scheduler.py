@@ -621,30 +621,44 @@ class Scheduler:
             self._spawn(self._drain_bound(state))
 
     async def _drain_bound(self, state: InstanceState) -> None:
-        """round_robin: run the jobs bound to `state` as its slots free up, keeping their messages alive."""
+        """round_robin: run the jobs bound to `state` as its slots free up, keeping their messages alive. NATS away or
+        electing a leader: the jobs stay bound and it tries again (before, the task ended on the error and the jobs
+        bound there never started, those delivered again after the take-over time bound behind them)."""
         queue = self._bound[state.config.name]
         kept_alive = time.monotonic()
         while queue:
-            msg, claim = queue[0]
-            note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
-            lease = await self.leases.try_take(state.config.name, state.config.slots, note)
-            if lease is None:
+            try:
+                if await self._start_bound(state, queue):
+                    continue
                 if time.monotonic() - kept_alive > self.settings.dispatch_takeover_s / 4:
                     kept_alive = time.monotonic()
                     await _keep_bound_alive(queue)
-                self.pool.changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.pool.changed.wait(), timeout=0.05)
+            except Exception as exc:
+                log.warning("cannot start bound jobs right now; trying again", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(0.5)
                 continue
-            queue.popleft()
-            if claim is not None:
-                await claim.release()  # the slot lease names the job from now on
-            row = await self.store.get(note.job_id)
-            if row is None or is_final(row):
-                await lease.release()
-                await msg.ack()
-                continue
+            self.pool.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.pool.changed.wait(), timeout=0.05)
+
+    async def _start_bound(self, state: InstanceState, queue: deque[tuple[Msg, Lease | None]]) -> bool:
+        """round_robin: the first job bound to `state` started (or dropped: it ended meanwhile) when a slot of
+        `state` is free; False when none is."""
+        msg, claim = queue[0]
+        note = self._note(msgspec.json.decode(msg.data, type=JobMessage).job_id, msg)
+        lease = await self.leases.try_take(state.config.name, state.config.slots, note)
+        if lease is None:
+            return False
+        queue.popleft()
+        if claim is not None:
+            await claim.release()  # the slot lease names the job from now on
+        row = await self.store.get(note.job_id)
+        if row is None or is_final(row):
+            await lease.release()
+            await msg.ack()
+        else:
             self._start(msg, row, state, lease)
+        return True
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)

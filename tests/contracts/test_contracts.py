@@ -268,6 +268,14 @@ def test_subjects_are_unique_and_owned_by_their_service() -> None:
         seen[subject] = name
 
 
+def test_every_read_is_asked_again_while_unanswered() -> None:
+    """A read held by a replica that dies (or a request routed to one in the instant it dies, before nats-server
+    drops its subscriptions) is asked again of the replicas alive (`call`), not waited for until its timeout."""
+    reads = ("get", "list", "view", "query", "history")
+    unasked = [e.subject for e in endpoints.declared() if e.subject.rsplit(".", 1)[1] in reads and not e.ask_again_s]
+    assert not unasked, f"declare these reads with ask_again_s=ASK_AGAIN_S: {unasked}"
+
+
 @pytest.mark.parametrize("name", ["portrait xl", "", "porträt", "x" * 65])
 def test_a_name_against_its_rule_is_told_the_rule_in_words(name: str) -> None:
     from contracts.messages.render_types import RenderType, SaveRenderType

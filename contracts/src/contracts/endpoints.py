@@ -177,7 +177,9 @@ class Prompt:
     BUILD: Final = Endpoint("hub.prompt.build", BuildPrompt, BuiltPrompt, ask_again_s=ASK_AGAIN_S)
     # A preview is a build that generates nothing: same styles, same LLM rewrite (the UI shows before/after).
     PREVIEW: Final = Endpoint("hub.prompt.preview", BuildPrompt, BuiltPrompt)
-    LLM_SETTINGS_GET: Final = Endpoint("hub.prompt.llm.settings.get", GetLlmSettings, LlmSettings)
+    LLM_SETTINGS_GET: Final = Endpoint(
+        "hub.prompt.llm.settings.get", GetLlmSettings, LlmSettings, ask_again_s=ASK_AGAIN_S
+    )
     LLM_SETTINGS_SAVE: Final = Endpoint("hub.prompt.llm.settings.save", SaveLlmSettings, LlmSettings)
     LLM_MODELS: Final = Endpoint("hub.prompt.llm.models", ListLlmModels, LlmModels)
     LLM_TEST: Final = Endpoint("hub.prompt.llm.test", TryEnhancement, EnhanceResult)
@@ -186,28 +188,32 @@ class Prompt:
 class Dispatch:
     """dispatch-service: ComfyUI instances, jobs, queue."""
 
-    INSTANCES_LIST: Final = Endpoint("hub.dispatch.instances.list", ListInstances, InstanceList)
-    INSTANCES_GET: Final = Endpoint("hub.dispatch.instances.get", GetInstance, InstanceView)
+    INSTANCES_LIST: Final = Endpoint(
+        "hub.dispatch.instances.list", ListInstances, InstanceList, ask_again_s=ASK_AGAIN_S
+    )
+    INSTANCES_GET: Final = Endpoint("hub.dispatch.instances.get", GetInstance, InstanceView, ask_again_s=ASK_AGAIN_S)
     INSTANCES_SAVE: Final = Endpoint("hub.dispatch.instances.save", SaveInstance, InstanceView)
     INSTANCES_DELETE: Final = Endpoint("hub.dispatch.instances.delete", DeleteInstance, Empty)
     INSTANCES_TEST: Final = Endpoint("hub.dispatch.instances.test", ProbeInstance, InstanceHealth)
     JOBS_SUBMIT: Final = Endpoint("hub.dispatch.jobs.submit", GenerationRequest, SubmitReply)
-    JOBS_GET: Final = Endpoint("hub.dispatch.jobs.get", GetJob, JobView)
+    JOBS_GET: Final = Endpoint("hub.dispatch.jobs.get", GetJob, JobView, ask_again_s=ASK_AGAIN_S)
     JOBS_CANCEL: Final = Endpoint("hub.dispatch.jobs.cancel", CancelJob, JobView)
-    JOBS_LIST: Final = Endpoint("hub.dispatch.jobs.list", ListJobs, JobPage)
-    QUEUE_VIEW: Final = Endpoint("hub.dispatch.queue.view", QueueViewRequest, QueueView)
-    SCHEDULING_VIEW: Final = Endpoint("hub.dispatch.scheduling.view", GetSchedulingView, SchedulingView)
+    JOBS_LIST: Final = Endpoint("hub.dispatch.jobs.list", ListJobs, JobPage, ask_again_s=ASK_AGAIN_S)
+    QUEUE_VIEW: Final = Endpoint("hub.dispatch.queue.view", QueueViewRequest, QueueView, ask_again_s=ASK_AGAIN_S)
+    SCHEDULING_VIEW: Final = Endpoint(
+        "hub.dispatch.scheduling.view", GetSchedulingView, SchedulingView, ask_again_s=ASK_AGAIN_S
+    )
     OUTPUTS_DELETE: Final = Endpoint("hub.dispatch.outputs.delete", DeleteOutputs, DeletedOutputs)
 
 
 class Stats:
     """stats-service: generation log, figures, retention."""
 
-    LOG_QUERY: Final = Endpoint("hub.stats.log.query", QueryLog, LogPage)
-    LOG_GET: Final = Endpoint("hub.stats.log.get", GetGeneration, GenerationRecord)
+    LOG_QUERY: Final = Endpoint("hub.stats.log.query", QueryLog, LogPage, ask_again_s=ASK_AGAIN_S)
+    LOG_GET: Final = Endpoint("hub.stats.log.get", GetGeneration, GenerationRecord, ask_again_s=ASK_AGAIN_S)
     FIGURES: Final = Endpoint("hub.stats.figures", QueryFigures, Figures)
     EXPORT: Final = Endpoint("hub.stats.export", ExportLog, LogExport)
-    RETENTION_GET: Final = Endpoint("hub.stats.retention.get", GetRetention, RetentionPolicy)
+    RETENTION_GET: Final = Endpoint("hub.stats.retention.get", GetRetention, RetentionPolicy, ask_again_s=ASK_AGAIN_S)
     RETENTION_SAVE: Final = Endpoint("hub.stats.retention.save", SaveRetention, RetentionPolicy)
     RETENTION_RUN: Final = Endpoint("hub.stats.retention.run", RunRetention, RetentionReport)
 
@@ -215,14 +221,18 @@ class Stats:
 class Gateway:
     """gateway: MCP and REST front door; owns API keys."""
 
-    KEYS_LIST: Final = Endpoint("hub.gateway.keys.list", ListApiKeys, ApiKeyList)
+    KEYS_LIST: Final = Endpoint("hub.gateway.keys.list", ListApiKeys, ApiKeyList, ask_again_s=ASK_AGAIN_S)
     KEYS_CREATE: Final = Endpoint("hub.gateway.keys.create", CreateApiKey, CreatedApiKey)
     KEYS_REVOKE: Final = Endpoint("hub.gateway.keys.revoke", RevokeApiKey, ApiKey)
     KEYS_SET_LIMITS: Final = Endpoint("hub.gateway.keys.set_limits", SetApiKeyLimits, ApiKey)
-    KEYS_DEFAULTS_GET: Final = Endpoint("hub.gateway.keys.defaults.get", GetKeyDefaults, KeyDefaults)
+    KEYS_DEFAULTS_GET: Final = Endpoint(
+        "hub.gateway.keys.defaults.get", GetKeyDefaults, KeyDefaults, ask_again_s=ASK_AGAIN_S
+    )
     KEYS_DEFAULTS_SET: Final = Endpoint("hub.gateway.keys.defaults.set", SetKeyDefaults, KeyDefaults)
     KEYS_WEBHOOKS_SET: Final = Endpoint("hub.gateway.keys.webhooks.set", SetKeyWebhooks, KeyWebhooks)
-    WEBHOOK_GET: Final = Endpoint("hub.gateway.webhooks.get", GetWebhookDelivery, WebhookDeliveryReply)
+    WEBHOOK_GET: Final = Endpoint(
+        "hub.gateway.webhooks.get", GetWebhookDelivery, WebhookDeliveryReply, ask_again_s=ASK_AGAIN_S
+    )
 
 
 OWNERS: Final = (Registry, Prompt, Dispatch, Stats, Gateway)

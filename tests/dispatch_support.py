@@ -65,6 +65,10 @@ class Hub:
             log_path=self.data_dir / f"{name}-{int(time.time() * 1000)}.log",
         )
         process.start()
+        running = self.processes.get(name)
+        if running is not None and running.process is not None and running.process.poll() is None:
+            # A second replica under the same name: the first keeps a name of its own, so stop_all still kills it.
+            self.processes[f"{name} (pid {running.process.pid})"] = running
         self.processes[name] = process
         return process
 

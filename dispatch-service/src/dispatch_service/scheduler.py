@@ -703,8 +703,11 @@ class Scheduler:
 
     # -- running one job ----------------------------------------------------------------------------
 
-    async def _claim(self, row: JobRecord, stream_seq: int, instance: str, attempt: int, started: float) -> bool:
-        """Take the job to run it (False: it was cancelled between fetch and start).
+    async def _claim(
+        self, row: JobRecord, msg: Msg, instance: str, attempt: int, started: float, adopted: bool
+    ) -> bool:
+        """Take the job to run it from `msg` (False: it was cancelled between fetch and start, or another delivery
+        of its message claimed it, see `_refused`).
 
         The submitting dispatcher records `queued` in the background after its answer; a job fetched before that
         is recorded queued here first, so its events still read accepted, queued, started (before: no `queued`)."""
@@ -712,7 +715,9 @@ class Scheduler:
             await self.events.publish(JobQueued, job_id=row.job_id)
         return await self.store.claim(
             row.job_id,
-            stream_seq,
+            msg.metadata.sequence.stream,
+            msg.metadata.num_delivered,
+            adopting=adopted,
             status="running",
             instance=instance,
             attempts=attempt,
@@ -721,6 +726,26 @@ class Scheduler:
             progress_max=0,
             progress_percent=0.0,
         )
+
+    async def _refused(self, msg: Msg, job_id: str) -> None:
+        """A claim refused. The job ended or is being cancelled (or another message of it runs it): its message is
+        acked, as before. But when a later delivery of this same message claimed it (this replica stalled between
+        fetch and claim, the job was handed back and runs elsewhere), the message is left alone: JetStream keeps one
+        pending entry per message, which an ack of any delivery removes, and that entry is the live run's own now
+        (acked, a death of that replica would no longer bring the job back)."""
+        row = await self.store.get(job_id)
+        stream_seq = msg.metadata.sequence.stream
+        if row is not None and row.status == "running" and row.stream_seq == stream_seq:
+            log.warning(
+                "job claimed meanwhile by a later delivery of its message: not run here",
+                job_id=job_id,
+                stream_seq=stream_seq,
+                delivery=msg.metadata.num_delivered,
+                claimed_by_delivery=row.delivery,
+                instance=row.instance,
+            )
+            return
+        await msg.ack()
 
     async def _run(self, msg: Msg, row: JobRecord, state: InstanceState, lease: Lease, *, adopted: bool) -> None:
         """Run one attempt of a job on `state`; `adopted`: the attempt this replica's predecessor submitted to ComfyUI
@@ -731,22 +756,22 @@ class Scheduler:
         started = (row.started_at or time.time()) if adopted else time.time()
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s - (time.time() - started)
-        stream_seq = msg.metadata.sequence.stream
         # Known as running here before the row says so: a cancel, which needs the row running, then finds it.
         running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
         try:
-            claimed = await self._claim(row, stream_seq, state.config.name, attempt, started)
+            claimed = await self._claim(row, msg, state.config.name, attempt, started, adopted)
         except BaseException:
             self.running.pop(job_id, None)
             raise
         finally:
             _done(self._claiming.get(job_id))
         slot = _Slot(self, state, lease)
-        if not claimed:  # cancelled between fetch and start
-            self.running.pop(job_id, None)
+        if not claimed:
+            if self.running.get(job_id) is running:  # not another run of it here, from a later delivery
+                self.running.pop(job_id)
             self.affinity.ended(job_id)
             await slot.free()
-            await msg.ack()
+            await self._refused(msg, job_id)
             return
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
         bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)

@@ -71,6 +71,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     input_image_id: str | None = None
     instance: str | None = None
     stream_seq: int | None = None
+    delivery: int = 0
     attempts: int = 0
     failures: list[JobFailure] = []
     progress_value: int = 0
@@ -289,17 +290,24 @@ class JobStore:
             self._fresh[job_id] = msgspec.structs.replace(fresh, status=values["status"])
         return changed
 
-    async def claim(self, job_id: str, stream_seq: int, **values: Any) -> bool:
-        """Take the job to run it from stream message `stream_seq`: a waiting job, or a running one whose
-        runner died (the same message delivered again). A second message for the same job never claims it."""
+    async def claim(
+        self, job_id: str, stream_seq: int, delivery: int, *, adopting: bool = False, **values: Any
+    ) -> bool:
+        """Take the job to run it from delivery `delivery` (JetStream's num_delivered) of stream message
+        `stream_seq`: a waiting job, or a running one whose runner died, from a later delivery of the same message
+        (`adopting`: the delivery that claimed it, followed on ComfyUI by the dead runner's successor). A second
+        message for the same job, or an earlier delivery (its replica stalled while the job was handed back and
+        delivered again), never claims it."""
         self.writes += 1
         self._fresh.pop(job_id, None)
-        assignments, args = _assignments({**values, "stream_seq": stream_seq})
+        assignments, args = _assignments({**values, "stream_seq": stream_seq, "delivery": delivery})
+        later = "<=" if adopting else "<"
         sql = (
             f"UPDATE job SET {assignments} WHERE job_id = {{}} AND (status IN ({_marks(len(WAITING_STATUSES))}) "
-            "OR (status = {} AND stream_seq = {})) RETURNING id"
+            f"OR (status = {{}} AND stream_seq = {{}} AND delivery {later} {{}})) RETURNING id"
         )
-        return bool(await run_raw(JobRow, sql, *args, job_id, *WAITING_STATUSES, "running", stream_seq))
+        running = ("running", stream_seq, delivery)
+        return bool(await run_raw(JobRow, sql, *args, job_id, *WAITING_STATUSES, *running))
 
     async def set(self, job_id: str, **values: Any) -> None:
         self.writes += 1

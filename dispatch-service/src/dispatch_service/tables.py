@@ -38,6 +38,9 @@ class JobRow(Table, tablename="job"):
     instance = Varchar(length=64, null=True, default=None)
     # The job stream message that runs the job: only a redelivery of that message may take over a running job.
     stream_seq = Integer(null=True, default=None)
+    # Which delivery of that message claimed the job (JetStream's num_delivered): only a later one takes it over,
+    # so a live replica that stalled past the hand-back of its fetched job cannot claim it after the next one did.
+    delivery = Integer(default=0)
     attempts = Integer(default=0)
     failures = JSON(default=[])  # why earlier attempts ended: [{"instance", "reason", "at"}]
     progress_value = Integer(default=0)

@@ -67,7 +67,7 @@ async def test_a_status_change_here_is_kept_any_other_write_drops_the_row(store:
     assert kept is not None and kept.status == "queued"
     assert await store.transition("cancelled", ("accepted",), status="cancelled", error="by the caller")
     await store.set("set", error="x")
-    assert await store.claim("claimed", 1, status="running")
+    assert await store.claim("claimed", 1, 1, status="running")
     assert not await store.transition("not-changed", ("running",), status="queued")
     assert [store.take_fresh(job_id) for job_id in ("cancelled", "set", "claimed", "not-changed")] == [None] * 4
 
@@ -78,7 +78,7 @@ async def test_a_stale_kept_row_never_claims_a_job_another_replica_cancelled(sto
     assert await other_replica.transition("job-b", ("accepted", "queued"), status="cancelled")
     kept = store.take_fresh("job-b")
     assert kept is not None and kept.status == "accepted"  # stale: written elsewhere
-    assert not await store.claim("job-b", 1, status="running")  # the claim reads the row: not run
+    assert not await store.claim("job-b", 1, 1, status="running")  # the claim reads the row: not run
     read = await store.get("job-b")
     assert read is not None and read.status == "cancelled"
 

@@ -84,10 +84,17 @@ async def run_concurrently(
 
 
 async def mcp_generate(
-    stack: AsyncExitStack, base_url: str, auth: dict[str, str], sessions: int, word: str, *, timeout_s: float = 30.0
+    stack: AsyncExitStack,
+    base_url: str,
+    auth: dict[str, str],
+    sessions: int,
+    word: str,
+    *,
+    timeout_s: float = 30.0,
+    arguments: dict[str, Any] | None = None,
 ) -> One:
-    """`one(i)`: a `generate_image` call (1 step, prompt "<word> i") that must complete, over a pool of `sessions`
-    initialised MCP sessions (closed with `stack`)."""
+    """`one(i)`: a `generate_image` call (1 step, prompt "<word> i", plus `arguments`) that must complete, over a
+    pool of `sessions` initialised MCP sessions (closed with `stack`)."""
     http = await stack.enter_async_context(
         httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(timeout_s, read=120))
     )
@@ -101,7 +108,8 @@ async def mcp_generate(
     async def one(i: int) -> None:
         session = await free.get()
         try:
-            result = await session.call_tool("generate_image", {"prompt": f"{word} {i}", "steps": 1})
+            call = {"prompt": f"{word} {i}", "steps": 1, **(arguments or {})}
+            result = await session.call_tool("generate_image", call)
             assert not result.is_error and result.structured_content["status"] == "completed", result
         finally:
             free.put_nowait(session)

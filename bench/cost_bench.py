@@ -1,12 +1,14 @@
 """Hub cost per generation: CPU of every hub process, latency and idle memory, for the NATS, REST and MCP paths.
 
     .venv/bin/python bench/cost_bench.py [--layout single|split] [--jobs 400] [--concurrency 16]
-        [--paths nats,rest,mcp]
+        [--paths nats,rest,mcp] [--size 512]
 
 Runs the hub as `./hub start` does (`python -m hub_deploy up`: the launcher, its nats-server, its fork server and
 the services), in `--layout` (default: what `./hub start` runs, single: every service in one process; split: one
 process per service), in a fresh data folder on free ports, with an instant ComfyUI test double in this process
-(its CPU is not the hub's). Each path runs `--jobs` generations, `--concurrency` at a time, after a warm-up:
+(its CPU is not the hub's). Every generation asks for `--size` x `--size` outputs (default 512x512, the size issue
+16's goals are stated for; the default render type's own size is 1024x1024). Each path runs `--jobs` generations,
+`--concurrency` at a time, after a warm-up:
 - nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
 - rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
 - mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail.
@@ -158,11 +160,10 @@ async def measure(label: str, pids: dict[str, int], args: argparse.Namespace, on
     print(f"       log lines per generation {logged / jobs:.1f} (HUB_LOG_LEVEL={args.log_level})")
 
 
-def nats_path(gw: LaunchedHub) -> One:
+def nats_path(gw: LaunchedHub, size: int) -> One:
     async def one(i: int) -> None:
-        reply = await call(
-            gw.nc, endpoints.Dispatch.JOBS_SUBMIT, GenerationRequest(prompt=f"bench {i}", steps=1), timeout=30
-        )
+        request = GenerationRequest(prompt=f"bench {i}", steps=1, width=size, height=size)
+        reply = await call(gw.nc, endpoints.Dispatch.JOBS_SUBMIT, request, timeout=30)
         sub = await gw.nc.jetstream().subscribe(event_subject(reply.job_id), ordered_consumer=True)
         try:
             while True:
@@ -175,9 +176,10 @@ def nats_path(gw: LaunchedHub) -> One:
     return one
 
 
-def rest_path(http: httpx.AsyncClient) -> One:
+def rest_path(http: httpx.AsyncClient, size: int) -> One:
     async def one(i: int) -> None:
-        submitted = await http.post("/api/v1/generations", json={"prompt": f"bench {i}", "steps": 1})
+        body = {"prompt": f"bench {i}", "steps": 1, "width": size, "height": size}
+        submitted = await http.post("/api/v1/generations", json=body)
         assert submitted.status_code == 202, submitted.text
         final = ""
         async with http.stream("GET", f"{submitted.headers['location']}/events") as events:
@@ -189,12 +191,14 @@ def rest_path(http: httpx.AsyncClient) -> One:
     return one
 
 
-async def mcp_path(stack: AsyncExitStack, gw: LaunchedHub, concurrency: int) -> One:
+async def mcp_path(stack: AsyncExitStack, gw: LaunchedHub, concurrency: int, size: int) -> One:
     """One MCP session per client, each kept for the run (the SDK's transport is on httpx2)."""
-    return await mcp_generate(stack, gw.base_url, gw.auth, concurrency, "bench")
+    return await mcp_generate(
+        stack, gw.base_url, gw.auth, concurrency, "bench", arguments={"width": size, "height": size}
+    )
 
 
-async def overhead(gw: LaunchedHub, jobs: int) -> None:
+async def overhead(gw: LaunchedHub, jobs: int, size: int) -> None:
     """Issue 16 goal 5: the time the hub adds to a job over ComfyUI's own execution, one job at a time over NATS:
     from the submit request to the final event (core NATS subscription made before the submit, so no consumer is
     created on the way) minus execution_start -> execution_success as the double reports them (ms timestamps)."""
@@ -229,7 +233,7 @@ async def overhead(gw: LaunchedHub, jobs: int) -> None:
             sub = await gw.nc.subscribe(event_subject(job_id), cb=on_event)
             submitted_at = time.time()
             started = time.perf_counter()
-            request = GenerationRequest(prompt=f"overhead {i}", steps=1, job_id=job_id)
+            request = GenerationRequest(prompt=f"overhead {i}", steps=1, job_id=job_id, width=size, height=size)
             await call(gw.nc, endpoints.Dispatch.JOBS_SUBMIT, request, timeout=30)
             stamps["answered"] = time.time()
             await asyncio.wait_for(final, 30)
@@ -252,8 +256,8 @@ async def overhead(gw: LaunchedHub, jobs: int) -> None:
     print("       median ms after the submit: " + "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in milestones))
 
 
-async def idle_memory(gw: LaunchedHub, pids: dict[str, int]) -> None:
-    await nats_path(gw)(0)  # one generation, then idle
+async def idle_memory(gw: LaunchedHub, pids: dict[str, int], size: int) -> None:
+    await nats_path(gw, size)(0)  # one generation, then idle
     await asyncio.sleep(2)
     sizes = {name: rss_mb(pid) for name, pid in pids.items()}
     print(f"idle RSS after one generation: {sum(sizes.values()):.0f} MB over {len(sizes)} processes")
@@ -262,19 +266,20 @@ async def idle_memory(gw: LaunchedHub, pids: dict[str, int]) -> None:
 
 async def bench(gw: LaunchedHub, args: argparse.Namespace) -> None:
     pids = hub_processes(gw.launcher_pid)
-    print(f"layout {args.layout}: {len(pids)} processes: " + "  ".join(f"{name} ({pid})" for name, pid in pids.items()))
-    await idle_memory(gw, pids)
+    listed = "  ".join(f"{name} ({pid})" for name, pid in pids.items())
+    print(f"layout {args.layout}, {args.size}x{args.size} outputs: {len(pids)} processes: {listed}")
+    await idle_memory(gw, pids, args.size)
     if args.overhead_jobs:
-        await overhead(gw, args.overhead_jobs)
+        await overhead(gw, args.overhead_jobs, args.size)
     timeout = httpx.Timeout(30, read=120)
     limits = httpx.Limits(max_connections=2 * args.concurrency)
     async with AsyncExitStack() as stack:
         http = await stack.enter_async_context(
             httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=timeout, limits=limits)
         )
-        paths = {"nats": nats_path(gw), "rest": rest_path(http)}
+        paths = {"nats": nats_path(gw, args.size), "rest": rest_path(http, args.size)}
         if "mcp" in args.paths:
-            paths["mcp"] = await mcp_path(stack, gw, args.concurrency)
+            paths["mcp"] = await mcp_path(stack, gw, args.concurrency, args.size)
         for label in args.paths:
             await measure(label, pids, args, paths[label])
 
@@ -286,6 +291,7 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
+    parser.add_argument("--size", type=int, default=512, help="width and height of every output (issue 16: 512)")
     parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()

@@ -343,6 +343,49 @@ async def test_a_node_only_job_reports_progress_from_its_first_node_and_every_se
         assert all(e.nodes_total == len(IMAGE_NODES_WORKFLOW) and e.max == 0 for e in progress)
 
 
+# An output saved early (node 2), then more work (nodes 3, 4) and a second output (node 5).
+TWO_OUTPUTS_WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 128}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "hub/early"}},
+    "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 4, "sigma": 1.0}},
+    "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
+    "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "hub/late"}},
+}
+
+
+async def test_an_output_is_downloaded_as_soon_as_its_node_reports_it(hub: Hub) -> None:
+    await save_render_type(hub.nc, "two-outputs", TWO_OUTPUTS_WORKFLOW)
+    comfy = ComfyUIDouble(name="early-outputs", work_seconds=1.6)  # 0.4 s a node
+    async with pool(hub, ("early-outputs", comfy)):
+        reply = await submit(hub.nc, "two outputs", render_type="two-outputs")
+        done = await wait_final(hub.nc, reply.job_id)
+        assert done.status == "completed" and done.attempts == 1, done
+        assert sorted(o.filename for o in done.outputs) == ["early_00001_.png", "late_00001_.png"]
+        # The early output was fetched while nodes 3-5 still ran (~1.2 s), not after the prompt's end.
+        (_, prompt_ended), *_ = comfy.job_spans
+        fetched = dict((name, at) for at, name in comfy.view_requests)
+        assert prompt_ended - fetched["early_00001_.png"] > 0.6, (prompt_ended, comfy.view_requests)
+        storage = ObjectStoreOutputs(hub.nc.jetstream())
+        for output in done.outputs:  # stored whole, as ComfyUI wrote them
+            assert await storage.read_all(output.output_id) == (comfy.output_dir / "hub" / output.filename).read_bytes()
+
+
+async def test_an_early_download_that_fails_is_made_again_at_the_end(hub: Hub) -> None:
+    await save_render_type(hub.nc, "two-outputs-hiccup", TWO_OUTPUTS_WORKFLOW)
+    comfy = ComfyUIDouble(name="view-hiccup", work_seconds=0.8)
+    comfy.failing_views = 1  # the early download of node 2's output gets a 500
+    async with pool(hub, ("view-hiccup", comfy)):
+        reply = await submit(hub.nc, "two outputs", render_type="two-outputs-hiccup")
+        done = await wait_final(hub.nc, reply.job_id)
+        # The same attempt completed (no retry elsewhere), the early output fetched twice.
+        assert done.status == "completed" and done.attempts == 1 and not done.failures, done
+        names = [name for _, name in comfy.view_requests]
+        assert names.count("early_00001_.png") == 2 and names.count("late_00001_.png") == 1, names
+        early = next(o for o in done.outputs if o.filename == "early_00001_.png")
+        stored = await ObjectStoreOutputs(hub.nc.jetstream()).read_all(early.output_id)
+        assert stored == (comfy.output_dir / "hub" / early.filename).read_bytes()
+
+
 async def test_cancel_answers_at_once_with_one_wording_for_a_queued_and_a_running_job(hub: Hub) -> None:
     await save_render_type(hub.nc, "image-nodes-cancel", IMAGE_NODES_WORKFLOW)
     comfy = ComfyUIDouble(name="cancel", work_seconds=8.0)  # 2 s a node; ComfyUI stops only between nodes

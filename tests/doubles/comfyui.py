@@ -824,6 +824,9 @@ class ComfyUIDouble(Served):
         self.executed_prompt_ids: list[str] = []
         # (start, end) of every job the worker ran, perf_counter seconds: benchmarks read idle gaps from it.
         self.job_spans: list[tuple[float, float]] = []
+        # (perf_counter, filename) of every GET /view, in order: when each output was fetched.
+        self.view_requests: list[tuple[float, str]] = []
+        self.failing_views = 0  # the next this many GET /view are answered 500 (a hiccup of the server)
         self.history: dict[str, dict[str, Any]] = {}
         self._number = 0
         self._seq = 0
@@ -1230,6 +1233,10 @@ class ComfyUIDouble(Served):
 
     async def _get_view(self, request: web.Request) -> web.StreamResponse:
         query = request.rel_url.query
+        self.view_requests.append((time.perf_counter(), query.get("filename", "")))
+        if self.failing_views > 0:
+            self.failing_views -= 1
+            return _empty(500)
         if "filename" not in query:
             return _empty(404)
         located = self._locate_view_file(query)

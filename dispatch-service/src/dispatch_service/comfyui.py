@@ -782,8 +782,10 @@ class ComfyClient:
         total_timeout_s: float = 3600.0,
         cancelled: asyncio.Event | None = None,
         extra_data: dict[str, Any] | None = None,
+        on_output: Callable[[OutputRef], None] | None = None,
     ) -> RunResult:
         """Submit a workflow and follow it to its end; returns its outputs or raises why it has none.
+        `on_output` hears each output file as soon as its node reports it (`executed`), before the prompt ends.
 
         Live events come over the client's WebSocket (one per instance, its client id on every prompt, messages
         routed by prompt id), followed before the submit; when the socket drops, `/history` is polled instead.
@@ -810,7 +812,7 @@ class ComfyClient:
             # A server too old to take our prompt id names it itself, after its first messages may have gone by
             # unrouted: that prompt is followed by polling.
             live = socket is not None and server_id == prompt_id
-            follower = _Follower(self, server_id, events, live, on_progress, cancelled, workflow)
+            follower = _Follower(self, server_id, events, live, on_progress, cancelled, workflow, on_output)
             try:
                 return await follower.follow(stall_timeout_s, total_timeout_s)
             finally:
@@ -1112,8 +1114,10 @@ class _Follower:
         on_progress: Callable[[ProgressUpdate], Awaitable[None]] | None,
         cancelled: asyncio.Event | None,
         workflow: dict[str, Any],
+        on_output: Callable[[OutputRef], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_output = on_output
         self.prompt_id = prompt_id
         self.events = events
         self.polling = not live
@@ -1194,6 +1198,9 @@ class _Follower:
             if self.cancel_sent and not isinstance(exc, ComfyInterrupted):
                 raise self._cancelled_error("it ended with an error first") from exc
             raise
+        if self.on_output is not None and message.get("type") == "executed":
+            for ref in self.tracker.outputs.get(str(message["data"].get("node")), ()):
+                self.on_output(ref)
         if self.tracker.finished:
             self.settled = True
             if self.cancel_sent:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import io
 import itertools
-import tempfile
 import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable
@@ -73,6 +72,7 @@ from dispatch_service.fair_share import JobMessage, KeyQueues, Standing, subject
 from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
+from dispatch_service.prefetch import OutputPrefetch, download
 from dispatch_service.store import ACTIVE_STATUSES, RUNNING_STATUSES, WAITING_STATUSES, JobFailure, JobRecord, JobStore
 
 log = get_logger("scheduler")
@@ -203,6 +203,7 @@ class _Slot:
 class _Running:
     job_id: str
     instance: str
+    prefetch: OutputPrefetch  # its outputs, downloaded as their nodes report them (see prefetch.py)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     hand_back: bool = False  # interrupted because this dispatcher stops: the job goes back to the stream
 
@@ -757,7 +758,9 @@ class Scheduler:
         # The attempt's time limit also bounds how long its results wait for NATS to come back (see _left).
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s - (time.time() - started)
         # Known as running here before the row says so: a cancel, which needs the row running, then finds it.
-        running = self.running[job_id] = _Running(job_id=job_id, instance=state.config.name)
+        running = self.running[job_id] = _Running(
+            job_id=job_id, instance=state.config.name, prefetch=OutputPrefetch(state.client, OUTPUTS_AT_ONCE)
+        )
         try:
             claimed = await self._claim(row, msg, state.config.name, attempt, started, adopted)
         except BaseException:
@@ -774,7 +777,6 @@ class Scheduler:
             await self._refused(msg, job_id)
             return
         keep_alive = asyncio.ensure_future(self._keep_alive(msg, slot))
-        bound_log = log.bind(job_id=job_id, instance=state.config.name, attempt=attempt)
         try:
             result, started_event = await self._execute(row, state, attempt, limit_at, running, adopted=adopted)
             self.affinity.ran(job_id, result.cached_nodes)
@@ -785,11 +787,11 @@ class Scheduler:
             slot.free_soon(claim_for=self._note(job_id, msg))
             await started_event
             with tracing.span("outputs.store", instance=state.config.name):
-                outputs = await self._store_outputs(job_id, state, result, limit_at)
+                outputs = await self._store_outputs(job_id, state, result, limit_at, running.prefetch)
             if not outputs:
                 raise _no_outputs(row.workflow)
             await self._complete(row, started, state.config.name, outputs, msg, limit_at, switch_s)
-            bound_log.info("job completed", outputs=len(outputs))
+            log.info("job completed", job_id=job_id, instance=state.config.name, attempt=attempt, outputs=len(outputs))
         except asyncio.CancelledError:
             raise  # this dispatcher is stopping: the message is not acked, the job runs again elsewhere
         except Exception as exc:
@@ -798,15 +800,22 @@ class Scheduler:
             else:
                 await self._run_failed(exc, msg, job_id, state, attempt, cancelled=running.cancel.is_set())
         finally:
+            running.prefetch.close()
             keep_alive.cancel()
             self.affinity.ended(job_id)
             self.running.pop(job_id, None)
             await asyncio.shield(slot.free())
 
     async def _run_on_comfyui(
-        self, job_id: str, state: InstanceState, workflow: dict[str, Any], prompt_id: str, cancel: asyncio.Event
+        self,
+        job_id: str,
+        state: InstanceState,
+        workflow: dict[str, Any],
+        prompt_id: str,
+        running: _Running,
     ) -> RunResult:
-        """One attempt on ComfyUI, its progress relayed as events until it ends."""
+        """One attempt on ComfyUI, its progress relayed as events until it ends, each saved output downloaded as
+        soon as its node reports it (see prefetch.py)."""
         relay = self._progress_relay(job_id, state.config.name, len(workflow))
         try:
             with tracing.span("comfyui.run", kind="client", instance=state.config.name, prompt_id=prompt_id):
@@ -816,13 +825,21 @@ class Scheduler:
                     on_progress=relay.update,
                     stall_timeout_s=self.settings.dispatch_stall_timeout_s,
                     total_timeout_s=self.settings.dispatch_job_timeout_s,
-                    cancelled=cancel,
+                    cancelled=running.cancel,
+                    on_output=running.prefetch.start,
                 )
         finally:
             relay.close()  # ComfyUI is done with it: no progress event after the job's final one
 
     async def _execute(
-        self, row: JobRecord, state: InstanceState, attempt: int, limit_at: float, running: _Running, *, adopted: bool
+        self,
+        row: JobRecord,
+        state: InstanceState,
+        attempt: int,
+        limit_at: float,
+        running: _Running,
+        *,
+        adopted: bool,
     ) -> tuple[RunResult, Awaitable[object]]:
         """ComfyUI's part of an attempt: its result, and the `started` event's publication (confirmed by JetStream
         while ComfyUI works; to be awaited before any later event)."""
@@ -855,7 +872,7 @@ class Scheduler:
         )
         log.info("job started", job_id=job_id, instance=instance, attempt=attempt)
         try:
-            result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running.cancel)
+            result = await self._run_on_comfyui(job_id, state, workflow, prompt_id, running)
         except BaseException:
             started_event.cancel()
             raise
@@ -971,7 +988,7 @@ class Scheduler:
         return ProgressRelay(send, every_s=PROGRESS_EVENT_EVERY_S, nodes_total=nodes_total)
 
     async def _store_outputs(
-        self, job_id: str, state: InstanceState, result: RunResult, limit_at: float
+        self, job_id: str, state: InstanceState, result: RunResult, limit_at: float, prefetch: OutputPrefetch
     ) -> list[OutputFile]:
         """Store the result's outputs in its order, up to OUTPUTS_AT_ONCE side by side: each waits for its download
         and two JetStream acknowledgements, so a batch of four took four times one before. A failed one fails the
@@ -986,7 +1003,7 @@ class Scheduler:
         # workflow saves nothing.
         saved = [ref for ref in result.outputs if ref.type == "output"]
         stores = [
-            self._fetch_output(ref, job_id, state, limit_at)
+            self._fetch_output(ref, job_id, state, limit_at, prefetch)
             for ref in saved or ([] if result.images else result.outputs)
         ]
         for index, image in enumerate(result.images, start=1):
@@ -1002,12 +1019,12 @@ class Scheduler:
             stored.append(outcome)
         return stored
 
-    async def _fetch_output(self, ref: OutputRef, job_id: str, state: InstanceState, limit_at: float) -> OutputFile:
-        async with state.client.open_output(ref) as stream:
-            with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
-                async for chunk in stream.chunks():
-                    spool.write(chunk)
-                return await self._keep_output(spool, ref.filename, stream.content_type, job_id, state, limit_at)
+    async def _fetch_output(
+        self, ref: OutputRef, job_id: str, state: InstanceState, limit_at: float, prefetch: OutputPrefetch
+    ) -> OutputFile:
+        downloaded = await prefetch.take(ref) or await download(state.client, ref)
+        with downloaded.spool as spool:
+            return await self._keep_output(spool, ref.filename, downloaded.content_type, job_id, state, limit_at)
 
     async def _keep_output(
         self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState, limit_at: float

@@ -216,6 +216,8 @@ class AffinityQueue:
         """This dispatcher stops: the held jobs go back to the stream at once."""
         while self.window:
             held = self.window.pop(0)
+            # Each on its own: a nak that fails (NATS away) does not keep the claim from being released.
             with contextlib.suppress(Exception):
                 await held.msg.nak()
+            with contextlib.suppress(Exception):
                 await held.release()

@@ -697,9 +697,11 @@ class Scheduler:
         for queue in self._bound.values():
             while queue:
                 msg, claim = queue.popleft()
+                # Each on its own: a nak that fails (NATS away) does not keep the claim from being released.
                 with contextlib.suppress(Exception):
                     await msg.nak()
-                    if claim is not None:
+                if claim is not None:
+                    with contextlib.suppress(Exception):
                         await claim.release()
 
     # -- running one job ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dispatch_support import events_of
 from doubles.png import encode_solid_png, png_size
 from gateway_support import GatewayHub
 from harness import polled
+from nats.aio.msg import Msg
 from openapi_spec_validator import validate
 
 from contracts import endpoints
@@ -102,6 +103,34 @@ async def test_generation_lifecycle_with_events(gw: GatewayHub, api: httpx.Async
 
     image = await api.get(result["images"][0]["url"])
     assert image.status_code == 200 and len(image.content) == result["images"][0]["size"]
+
+
+async def test_the_event_stream_checks_its_key_without_asking_the_dispatcher(
+    gw: GatewayHub, api: httpx.AsyncClient
+) -> None:
+    submitted = await api.post("/api/v1/generations", json={"prompt": "a quiet pier", "steps": 2})
+    job_id = submitted.json()["job_id"]
+    views: list[bytes] = []
+
+    async def heard(msg: Msg) -> None:
+        views.append(msg.data)
+
+    # A plain subscription hears every view asked of the dispatchers (they answer in a queue group).
+    listening = await gw.nc.subscribe(endpoints.Dispatch.JOBS_GET.subject, cb=heard)
+    await gw.nc.flush()
+    try:
+        async with api.stream("GET", f"/api/v1/generations/{job_id}/events") as stream:
+            assert stream.status_code == 200
+            kinds = [line.split(":", 1)[1].strip() async for line in stream.aiter_lines() if line.startswith("event:")]
+        assert kinds[0] == "accepted" and kinds[-1] == "completed", kinds
+        await gw.nc.flush()
+        # The key that made the job came from its stored `accepted` event, not from the job's view.
+        assert not [view for view in views if job_id.encode() in view], views
+    finally:
+        await listening.unsubscribe()
+    for wildcard in ("*", ">", "%3E"):  # never a pattern over every job's events: the not-found of an unknown id
+        refused = await api.get(f"/api/v1/generations/{wildcard}/events")
+        assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found", refused.text
 
 
 async def test_errors_are_json_with_the_right_status(gw: GatewayHub, api: httpx.AsyncClient) -> None:

@@ -20,6 +20,7 @@ from contracts.runtime.bus import (
     RETRY_AFTER_S,
     NobodyListensError,
     call,
+    first_job_event,
     job_events,
     require_connection,
     unless_disconnected,
@@ -113,6 +114,10 @@ class HubClient:
         finally:
             for task in asks:
                 task.cancel()
+
+    async def first_event(self, job_id: str) -> GenerationEvent | None:
+        """The job's first stored event (its `accepted`, which names the key that made it), from the events stream."""
+        return await first_job_event(self.nc, job_id)
 
     async def job(self, job_id: str) -> JobView:
         return await call(self.nc, endpoints.Dispatch.JOBS_GET, GetJob(job_id=job_id), timeout=self.timeout_s)

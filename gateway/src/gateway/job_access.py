@@ -9,6 +9,7 @@ cancels only its own; jobs made in the admin UI have no key and only such a key 
 from __future__ import annotations
 
 from contracts.errors import ErrorCode, HubError
+from contracts.messages.events import JobAccepted
 from contracts.messages.jobs import JobView
 from contracts.messages.keys import READ_ALL_JOBS, ApiKey
 from gateway.hub_client import HubClient
@@ -19,9 +20,14 @@ def job_not_found(job_id: str) -> HubError:
 
 
 def may_read(key: ApiKey | None, view: JobView) -> bool:
+    return _may_read_made_by(key, view.api_key_id)
+
+
+def _may_read_made_by(key: ApiKey | None, api_key_id: str | None) -> bool:
+    """Whether `key` may read a job made with `api_key_id` (None: made without a key, in the admin UI)."""
     if key is None:
         return False
-    return view.api_key_id == key.key_id or READ_ALL_JOBS in key.scopes
+    return api_key_id == key.key_id or READ_ALL_JOBS in key.scopes
 
 
 def may_cancel(key: ApiKey | None, view: JobView) -> bool:
@@ -43,6 +49,16 @@ async def readable_job(hub: HubClient, key: ApiKey | None, job_id: str) -> JobVi
     if not may_read(key, view):
         raise job_not_found(job_id)
     return view
+
+
+async def check_readable(hub: HubClient, key: ApiKey | None, job_id: str) -> None:
+    """As `readable_job`, for a door that needs no view (the event stream): the key that made the job is read from
+    its first stored event (a direct get from the events stream) instead of asking the dispatcher for the job's view
+    (its queue place, run time estimates); anything else (another key's job, an unknown id, an event no longer kept)
+    goes through `readable_job`, so every refusal is its one not-found error."""
+    first = await hub.first_event(job_id)
+    if not (isinstance(first, JobAccepted) and _may_read_made_by(key, first.request.api_key_id)):
+        await readable_job(hub, key, job_id)
 
 
 async def cancellable_job(hub: HubClient, key: ApiKey | None, job_id: str) -> JobView:

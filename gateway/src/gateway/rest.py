@@ -22,7 +22,7 @@ from contracts.messages.render_types import RenderTypeList
 from contracts.messages.styles import BuildPrompt, BuiltPrompt, StyleList
 from gateway.hub_client import HubClient
 from gateway.idempotency import HEADER, KEPT_S
-from gateway.job_access import cancel_own_job, readable_job
+from gateway.job_access import cancel_own_job, check_readable, readable_job
 from gateway.key_limits import with_key_limits
 from gateway.mcp_server import API_KEY_SCOPE_KEY, CALLER_FIELDS
 from gateway.results import Generation, generation_of
@@ -252,7 +252,7 @@ class GenerationsController(Controller):
     async def events(self, request: Request[Any, Any, Any], job_id: str) -> ServerSentEvent:
         """The job's events from the first, as server-sent events (`event` = kind), until the final one."""
         hub: HubClient = request.app.state.hub
-        await readable_job(hub, _key(request), job_id)  # 404 for an unknown or another key's job, before streaming
+        await check_readable(hub, _key(request), job_id)  # 404 for an unknown or another key's job, before streaming
 
         async def stream() -> AsyncIterator[ServerSentEventMessage]:
             async for event in hub.events(job_id):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar, Generic, TypeVar
@@ -590,6 +591,19 @@ class _StoredEvents:
             for message in found:
                 self._next_seq = int((message.headers or {})["Nats-Sequence"]) + 1
                 yield message.data or b""
+
+
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+async def first_job_event(nc: NatsClient, job_id: str) -> GenerationEvent | None:
+    """The first stored event of a job (its `accepted`, stored before the submit is answered), by one direct get;
+    None when none is stored (an unknown id, or one the stream's retention removed), and for an id that is not one
+    plain subject token: `*` or `a.>` would read the first event of any job."""
+    if not _PLAIN_TOKEN.fullmatch(job_id):
+        return None
+    found, _ = await direct_batch(nc, EVENTS_STREAM, event_subject(job_id), 1, 1)
+    return _decoded(found[0].data or b"") if found else None
 
 
 async def job_events(

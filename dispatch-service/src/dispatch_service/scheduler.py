@@ -809,12 +809,7 @@ class Scheduler:
             await asyncio.shield(slot.free())
 
     async def _run_on_comfyui(
-        self,
-        job_id: str,
-        state: InstanceState,
-        workflow: dict[str, Any],
-        prompt_id: str,
-        running: _Running,
+        self, job_id: str, state: InstanceState, workflow: dict[str, Any], prompt_id: str, running: _Running
     ) -> RunResult:
         """One attempt on ComfyUI, its progress relayed as events until it ends, each saved output downloaded as
         soon as its node reports it (see prefetch.py)."""
@@ -834,14 +829,7 @@ class Scheduler:
             relay.close()  # ComfyUI is done with it: no progress event after the job's final one
 
     async def _execute(
-        self,
-        row: JobRecord,
-        state: InstanceState,
-        attempt: int,
-        limit_at: float,
-        running: _Running,
-        *,
-        adopted: bool,
+        self, row: JobRecord, state: InstanceState, attempt: int, limit_at: float, running: _Running, *, adopted: bool
     ) -> tuple[RunResult, Awaitable[object]]:
         """ComfyUI's part of an attempt: its result, and the `started` event's publication (confirmed by JetStream
         while ComfyUI works; to be awaited before any later event)."""

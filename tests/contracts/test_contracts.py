@@ -7,6 +7,7 @@ import importlib
 import inspect
 import pkgutil
 import typing
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from contracts.messages.base import Record, Request
 from contracts.messages.events import EVENT_VERSION, GenerationEvent, JobProgress
 from contracts.messages.jobs import GenerationRequest
 from contracts.messages.styles import BuiltPrompt
+from contracts.streams import event_subject, is_job_id
 
 MESSAGE_MODULES = [
     importlib.import_module(f"contracts.messages.{module.name}") for module in pkgutil.iter_modules(messages.__path__)
@@ -183,6 +185,8 @@ def test_a_reply_with_neither_result_nor_error_is_an_internal_error() -> None:
         (b'{"prompt": 3}', "prompt", "Expected `str`"),
         (b'{"prompt": "a cat", "input_image": {"urll": "x"}}', "input_image.urll", "unknown field"),
         (b'{"prompt": "a cat", "styles": ["ok", 3]}', "styles[1]", "Expected `str`"),
+        (b'{"prompt": "a cat", "job_id": "a.*"}', "job_id", "letters, digits, `_` or `-`"),
+        (b'{"prompt": "a cat", "job_id": ">"}', "job_id", "letters, digits, `_` or `-`"),
     ],
 )
 def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, words: str) -> None:
@@ -192,6 +196,20 @@ def test_validation_errors_name_the_field_and_the_fix(body: bytes, field: str, w
     assert info.code is ErrorCode.INVALID_REQUEST
     assert info.field == field
     assert words in info.message
+
+
+@pytest.mark.parametrize("job_id", ["*", ">", "a.b", "a b", "", "x" * 129])
+def test_an_event_subject_is_made_only_of_a_job_id(job_id: str) -> None:
+    # A wildcard or a dot would widen the one job's subject to other jobs' events.
+    assert not is_job_id(job_id)
+    with pytest.raises(ValueError, match="not a job id"):
+        event_subject(job_id)
+
+
+def test_the_hubs_own_job_ids_make_event_subjects() -> None:
+    for job_id in (uuid.uuid4().hex, "overhead-3-1764800000", "A_b-9"):
+        assert is_job_id(job_id)
+        assert event_subject(job_id) == f"hub.events.generation.{job_id}"
 
 
 def test_malformed_json_is_reported_as_such() -> None:

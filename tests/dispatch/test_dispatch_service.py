@@ -459,6 +459,9 @@ async def test_unknown_jobs_and_bad_requests_get_clear_errors(hub: Hub) -> None:
     with pytest.raises(HubError) as raised:
         await submit(hub.nc, "x", render_type="no-such-render-type")
     assert raised.value.code is ErrorCode.NOT_FOUND
+    with pytest.raises(HubError) as raised:  # a job id must be one subject token (events, queue)
+        await submit(hub.nc, "x", job_id="mine.*")
+    assert raised.value.code is ErrorCode.INVALID_REQUEST and raised.value.info.field == "job_id"
     with pytest.raises(HubError) as raised:
         await request(hub.nc, endpoints.Dispatch.JOBS_SUBMIT.subject, msgspec.Raw(b'{"prompt": ""}'), JobView)
     assert raised.value.info.field == "prompt"

@@ -119,3 +119,11 @@ async def test_a_running_job_counts_its_time_and_a_video_without_a_file_says_so(
             assert done.status == "failed" and "left no output the hub can store" in page
         finally:
             await remove_instance(hub.nc, "video-box")
+
+
+async def test_the_event_stream_of_what_cannot_be_a_job_id_is_not_found(admin: Admin) -> None:
+    # `*` would otherwise be a subject filter over every job's events: the stream would replay them all.
+    for raw in ("*", "%3E", "a.b"):
+        answer = await admin.client.get(f"/jobs/{raw}/events", timeout=10)
+        assert answer.status_code == 404, (raw, answer.status_code)
+        assert "a job id is letters, digits" in text_of(answer.text)

@@ -6,9 +6,12 @@ live in one place. `replicas` comes from configuration: 1 on one machine, 3 on a
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
+
+from contracts.messages.jobs import JOB_ID_PATTERN
 
 # Generation events: every step of every job, for callers (progress), the stats service (log) and others.
 EVENTS_STREAM: Final = "HUB_EVENTS"
@@ -22,10 +25,24 @@ JOBS_SUBJECTS: Final = "hub.jobs.>"
 OUTPUTS_BUCKET: Final = "hub-outputs"
 
 
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+JOB_ID_MAX_LENGTH: Final = 128  # the longest a stored job id may be (the hub's own are 32 characters)
+
+
+def is_job_id(value: str) -> bool:
+    """Whether `value` can be a job id: one plain subject token (see JOB_ID_PATTERN), at most JOB_ID_MAX_LENGTH."""
+    return len(value) <= JOB_ID_MAX_LENGTH and _JOB_ID.match(value) is not None
+
+
 def event_subject(job_id: str) -> str:
     """`hub.events.generation.<job_id>`: every event of a job on one subject (the kind is in the payload), the
     filter to read or follow one job. One subject per job, not per event: nats-server keeps an in-memory index
-    entry for each subject a stream holds (~0.5 KiB of RSS each, measured by bench/nats_memory.py)."""
+    entry for each subject a stream holds (~0.5 KiB of RSS each, measured by bench/nats_memory.py).
+
+    Raises ValueError for an id that is not one (`*` would read or follow every job's events): a caller that got the
+    id from outside checks it first (`is_job_id`), as GenerationRequest's pattern does at the door."""
+    if not is_job_id(job_id):
+        raise ValueError(f"not a job id: {job_id[:80]!r} (letters, digits, `_` and `-` only)")
     return f"hub.events.generation.{job_id}"
 
 

@@ -12,6 +12,18 @@ from contracts.messages.base import Record, Request
 JobStatus = Literal["accepted", "queued", "running", "cancelling", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 CANCELLED_BY_CALLER = "cancelled by the caller"  # the one reason a caller's cancel records, whatever the job's state
+# A job id names the job's subjects (its events, its place in the queue), so it is one plain subject token: no `.`,
+# `*` or `>` that would widen a subject to other jobs' messages. The hub makes them (uuid hex); see streams.py.
+JOB_ID_PATTERN = "^[A-Za-z0-9_-]+$"
+GivenJobId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=40,
+        pattern=JOB_ID_PATTERN,
+        description="1 to 40 letters, digits, `_` or `-` (one subject token), e.g. a uuid4 hex",
+    ),
+]
 
 
 class InputImage(Request):
@@ -92,7 +104,7 @@ class GenerationRequest(Request):
     max_running: int | None = None  # the key's limit of jobs running at once, checked as the dispatcher starts one
     weight: int | None = None  # the key's fair-share weight (None: 1), used as the dispatcher picks the next job
     # The job id an idempotency key was given: a repeat answers the job made first (see gateway/idempotency.py).
-    job_id: Annotated[str, msgspec.Meta(min_length=1, max_length=40)] | None = None
+    job_id: GivenJobId | None = None
 
 
 class SubmitReply(Record):

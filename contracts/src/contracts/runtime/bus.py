@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ClassVar, Generic, TypeVar
@@ -40,6 +39,7 @@ from contracts.streams import (
     BucketSpec,
     StreamSpec,
     event_subject,
+    is_job_id,
     job_of_event_subject,
 )
 from contracts.topics import Topic
@@ -593,14 +593,11 @@ class _StoredEvents:
                 yield message.data or b""
 
 
-_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
 async def first_job_event(nc: NatsClient, job_id: str) -> GenerationEvent | None:
     """The first stored event of a job (its `accepted`, stored before the submit is answered), by one direct get;
     None when none is stored (an unknown id, or one the stream's retention removed), and for an id that is not one
     plain subject token: `*` or `a.>` would read the first event of any job."""
-    if not _PLAIN_TOKEN.fullmatch(job_id):
+    if not is_job_id(job_id):
         return None
     found, _ = await direct_batch(nc, EVENTS_STREAM, event_subject(job_id), 1, 1)
     return _decoded(found[0].data or b"") if found else None

@@ -13,12 +13,14 @@ from litestar.response import Redirect, ServerSentEvent, Template
 from litestar.response.sse import ServerSentEventMessage
 
 from contracts import endpoints
+from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import FINAL_STATUSES, CancelJob, GenerationRequest, GetJob
 from contracts.messages.keys import GetWebhookDelivery
 from contracts.messages.render_types import ListRenderTypes, RenderTypeList, RenderTypeSummary
 from contracts.messages.styles import ListStyles
 from contracts.runtime.bus import job_events
 from contracts.runtime.storage import input_image_staged
+from contracts.streams import is_job_id
 from ui_service.forms import (
     MAX_INPUT_IMAGE_BYTES,
     generation_field,
@@ -145,5 +147,7 @@ class GenerateController(Controller):
 
     @get("/jobs/{job_id:str}/events")
     async def job_event_stream(self, hub: HubClient, job_id: str) -> ServerSentEvent:
-        """The job's generation events as server-sent events."""
+        """The job's generation events as server-sent events (404 for what cannot be a job id, before streaming)."""
+        if not is_job_id(job_id):
+            raise HubError(ErrorCode.NOT_FOUND, f"no job {job_id[:80]!r}: a job id is letters, digits, `_` and `-`")
         return ServerSentEvent(event_messages(hub, job_id))

@@ -19,7 +19,7 @@ from gateway.followed_job import FollowedJob
 from gateway.http_app import _is_json_rpc_message
 from gateway.hub_client import HubClient
 from gateway.mcp_server import TOOLS, HubMcp, McpSettings, _tool_definitions
-from gateway.thumbnails import webp_thumbnail
+from gateway.thumbnails import preview
 
 
 @pytest.mark.parametrize(
@@ -50,26 +50,46 @@ def test_json_rpc_envelope_check() -> None:
     assert not _is_json_rpc_message([{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
 
 
-def test_thumbnails_stay_under_the_cap_even_for_noisy_images() -> None:
-    noise = Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3))
-    png = io.BytesIO()
-    noise.save(png, format="PNG")
-    thumb = webp_thumbnail(png.getvalue(), max_bytes=16 * 1024)
-    assert thumb is not None and len(thumb) <= 16 * 1024
-    with Image.open(io.BytesIO(thumb)) as image:
-        assert image.format == "WEBP" and max(image.size) <= 384
-    assert webp_thumbnail(b"not an image") is None
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA"])
+def test_thumbnails_stay_under_the_cap_even_for_noisy_images(mode: str) -> None:
+    noise = Image.frombytes(mode, (1024, 1024), os.urandom(1024 * 1024 * len(mode)))
+    thumb = preview(_png(noise), max_bytes=16 * 1024)
+    assert thumb is not None and len(thumb.data) <= 16 * 1024
+    with Image.open(io.BytesIO(thumb.data)) as image:
+        assert max(image.size) <= 384
+        assert image.format == ("JPEG" if mode == "RGB" else "WEBP")
+    assert preview(b"not an image") is None
+
+
+def test_a_preview_is_a_jpeg_unless_the_image_has_transparency() -> None:
+    """JPEG (cheap to encode, shown by every client) for opaque images, an RGBA one whose alpha is all opaque
+    included; WebP keeps the alpha channel of one that has transparency."""
+    opaque_rgba = Image.new("RGBA", (512, 512), (200, 40, 90, 255))
+    see_through = Image.new("RGBA", (512, 512), (200, 40, 90, 255))
+    see_through.paste((0, 0, 0, 0), (0, 0, 128, 128))
+    cases = ((Image.new("L", (512, 512), 90), "image/jpeg"), (opaque_rgba, "image/jpeg"), (see_through, "image/webp"))
+    for image, mime_type in cases:
+        thumb = preview(_png(image))
+        assert thumb is not None and thumb.mime_type == mime_type, (image.mode, thumb and thumb.mime_type)
+        with Image.open(io.BytesIO(thumb.data)) as shown:
+            assert shown.get_format_mimetype() == mime_type and shown.size == (256, 256)
+            if mime_type == "image/webp":
+                assert shown.convert("RGBA").getpixel((10, 10))[3] == 0  # the transparent corner stays so
 
 
 def test_previews_shrink_by_a_whole_factor_and_never_grow() -> None:
     """A whole-factor box reduction (cheap, antialiased) to the largest size within 384 px: 512 px gives 256."""
-    for side, preview in ((512, 256), (1024, 342), (300, 300), (1536, 384)):
-        png = io.BytesIO()
-        Image.new("RGB", (side, side), (200, 40, 90)).save(png, format="PNG")
-        thumb = webp_thumbnail(png.getvalue())
+    for side, shrunk in ((512, 256), (1024, 342), (300, 300), (1536, 384)):
+        thumb = preview(_png(Image.new("RGB", (side, side), (200, 40, 90))))
         assert thumb is not None
-        with Image.open(io.BytesIO(thumb)) as image:
-            assert image.size == (preview, preview)
+        with Image.open(io.BytesIO(thumb.data)) as image:
+            assert image.size == (shrunk, shrunk)
 
 
 def test_tool_schemas_are_valid_json_schemas() -> None:

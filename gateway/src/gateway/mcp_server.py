@@ -56,7 +56,7 @@ from gateway.mcp_tasks import (
 )
 from gateway.results import Generation, JobRef, NoArguments, StylesQuery, generation_of
 from gateway.schemas import object_schema
-from gateway.thumbnails import webp_thumbnail
+from gateway.thumbnails import Preview, preview
 
 # Set on the ASGI scope by the gateway's auth layer; the tools read the caller's key from it.
 API_KEY_SCOPE_KEY = "hub.api_key"
@@ -249,7 +249,7 @@ class HubMcp:
         self._definitions = _tool_definitions()
         self._input_schemas = {tool.name: tool.input_schema for tool in self._definitions}
         self._view_slots = anyio.Semaphore(VIEW_REQUESTS_AT_ONCE)
-        self._thumbnails: dict[tuple[str, int], bytes | None] = {}  # (output id, size budget) -> preview
+        self._thumbnails: dict[tuple[str, int], Preview | None] = {}  # (output id, size budget) -> preview
         self.server: Server[Any] = _HubServer(
             "genimage-hub",
             version=__version__,
@@ -473,12 +473,14 @@ class HubMcp:
                     continue
                 thumb = await self._thumbnail(image.output_id, budget)
                 if thumb is not None:
-                    content.append(types.ImageContent(data=base64.b64encode(thumb).decode(), mime_type="image/webp"))
+                    content.append(
+                        types.ImageContent(data=base64.b64encode(thumb.data).decode(), mime_type=thumb.mime_type)
+                    )
         return types.CallToolResult(
             content=content, structured_content=msgspec.to_builtins(result), is_error=view.status == "failed"
         )
 
-    async def _thumbnail(self, output_id: str, max_bytes: int) -> bytes | None:
+    async def _thumbnail(self, output_id: str, max_bytes: int) -> Preview | None:
         """The preview of an output (None: not an image Pillow reads), kept for the THUMBNAILS_KEPT latest: a task
         polled with tasks/get or a generation asked again with get_generation does not decode the image again."""
         key = (output_id, max_bytes)
@@ -486,7 +488,7 @@ class HubMcp:
             self._thumbnails[key] = self._thumbnails.pop(key)  # the latest used last
             return self._thumbnails[key]
         data = await self._hub.outputs.read_all(output_id)
-        thumb = await asyncio.to_thread(webp_thumbnail, data, max_bytes=max_bytes)
+        thumb = await asyncio.to_thread(preview, data, max_bytes=max_bytes)
         if len(self._thumbnails) >= THUMBNAILS_KEPT:
             del self._thumbnails[next(iter(self._thumbnails))]
         self._thumbnails[key] = thumb

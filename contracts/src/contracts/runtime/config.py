@@ -34,7 +34,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "HUB_GATEWAY_HOST": ("127.0.0.1", "Address the gateway (MCP, REST, images) listens on"),
     "HUB_GATEWAY_PORT": ("8600", "Port of the gateway"),
     "HUB_GATEWAY_TOOL_BUDGET_S": ("50", "Longest an MCP generate_image call is held before it returns the job id"),
-    "HUB_GATEWAY_THUMBNAIL_MAX_BYTES": ("49152", "Largest inline WebP preview in an MCP tool result, in bytes"),
+    "HUB_GATEWAY_THUMBNAIL_MAX_BYTES": (
+        "49152",
+        "Largest inline preview (JPEG; WebP for an image with transparency) in an MCP tool result, in bytes",
+    ),
     "HUB_GATEWAY_ALLOWED_HOSTS": (
         "",
         "Names (and addresses) clients reach the gateway under, beyond loopback and `HUB_GATEWAY_HOST`: other "

@@ -21,7 +21,7 @@ from contracts.messages.base import struct_from
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, OutputFile
 from contracts.messages.render_types import Requirements
-from contracts.runtime.database import run_raw, write_transaction
+from contracts.runtime.database import marks, run_raw, write_transaction
 from dispatch_service.tables import InstanceRow, JobRow
 
 if TYPE_CHECKING:
@@ -151,10 +151,6 @@ def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
     return ", ".join(f'"{name}" = {{}}' for name in values), _encoded(values)
 
 
-def _marks(count: int) -> str:
-    return ", ".join("{}" for _ in range(count))
-
-
 # A new row as piccolo's insert writes it: every column but the key, those not given at their defaults.
 _NEW_JOB: dict[str, Any] = {
     column._meta.db_column_name: column.get_default_value()
@@ -165,7 +161,7 @@ _NEW_JOB.update({name: msgspec.json.decode(_NEW_JOB[name]) for name in _JSON_COL
 _INSERT_JOB = (
     "INSERT INTO job ("
     + ", ".join(f'"{name}"' for name in _NEW_JOB)
-    + f") VALUES ({_marks(len(_NEW_JOB))}) RETURNING id"
+    + f") VALUES ({marks(len(_NEW_JOB))}) RETURNING id"
 )
 # How many rows inserted here are kept for their job's first fetch (JobStore.take_fresh): enough for the jobs of a
 # burst, bounded for a deep queue (the oldest are dropped; their fetch reads the row as before).
@@ -173,10 +169,10 @@ FRESH_KEPT = 256
 
 
 # The pull loop's statements, asked before each job is taken (see fair_share.py).
-_ANY_WAITING = f"SELECT 1 AS one FROM job WHERE status IN ({_marks(len(WAITING_STATUSES))}) LIMIT 1"
+_ANY_WAITING = f"SELECT 1 AS one FROM job WHERE status IN ({marks(len(WAITING_STATUSES))}) LIMIT 1"
 _WAITING_KEYS = (
     "SELECT waiting_key.api_key_id, oldest, waiting, job.request FROM (SELECT api_key_id, MIN(accepted_at) AS oldest, "
-    f"MAX(id) AS newest, COUNT(*) AS waiting FROM job WHERE status IN ({_marks(len(WAITING_STATUSES))}) "
+    f"MAX(id) AS newest, COUNT(*) AS waiting FROM job WHERE status IN ({marks(len(WAITING_STATUSES))}) "
     "GROUP BY api_key_id) AS waiting_key JOIN job ON job.id = waiting_key.newest"
 )
 
@@ -282,7 +278,7 @@ class JobStore:
         """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
         self.writes += 1
         assignments, args = _assignments(values)
-        statuses = _marks(len(from_statuses))
+        statuses = marks(len(from_statuses))
         sql = f"UPDATE job SET {assignments} WHERE job_id = {{}} AND status IN ({statuses}) RETURNING id"
         changed = bool(await run_raw(JobRow, sql, *args, job_id, *from_statuses))
         fresh = self._fresh.pop(job_id, None)
@@ -303,7 +299,7 @@ class JobStore:
         assignments, args = _assignments({**values, "stream_seq": stream_seq, "delivery": delivery})
         later = "<=" if adopting else "<"
         sql = (
-            f"UPDATE job SET {assignments} WHERE job_id = {{}} AND (status IN ({_marks(len(WAITING_STATUSES))}) "
+            f"UPDATE job SET {assignments} WHERE job_id = {{}} AND (status IN ({marks(len(WAITING_STATUSES))}) "
             f"OR (status = {{}} AND stream_seq = {{}} AND delivery {later} {{}})) RETURNING id"
         )
         running = ("running", stream_seq, delivery)

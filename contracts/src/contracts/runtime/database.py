@@ -126,6 +126,25 @@ class SharedConnectionSQLiteEngine(SQLiteEngine):
                 raise
             return rows  # type: ignore[return-value]  # piccolo's SQLite connections make each row a dict
 
+    async def _run_in_existing_connection(
+        self,
+        connection: aiosqlite.Connection,
+        query: str,
+        args: list[Any] | None = None,
+        query_type: str = "generic",
+        table: Any = None,
+    ) -> list[dict[str, Any]]:
+        """A statement inside a transaction, in one hop to the connection's thread (execute and fetch together).
+        piccolo's makes three: it sets `foreign_keys` again before each statement (get_connection set it when the
+        connection was opened, and it holds for the connection's life) and fetches apart."""
+        if query_type == "insert" and self.get_version_sync() < 3.35:  # no RETURNING: piccolo's way
+            return cast(
+                list[dict[str, Any]],
+                await super()._run_in_existing_connection(connection, query, args, query_type, table),
+            )
+        rows = await connection.execute_fetchall(query, args or [])
+        return cast(list[dict[str, Any]], list(rows))  # piccolo's SQLite connections make each row a dict
+
     @contextlib.asynccontextmanager
     async def shared_connection(self) -> AsyncIterator[aiosqlite.Connection]:
         """The one connection of the queries outside a transaction, for one query at a time (opened at first use)."""
@@ -153,13 +172,22 @@ def _with_question_marks(sql: str) -> str:
     return sql.replace("{}", "?")
 
 
+def marks(count: int) -> str:
+    """`{}, {}, ...`: the marks of `count` arguments in a `run_raw` statement."""
+    return ", ".join(["{}"] * count)
+
+
 async def run_raw(table: type[Table], sql: str, *args: Any) -> list[dict[str, Any]]:
-    """`table.raw(sql, *args).run()` (`{}` marks each argument), its rows as dicts. Outside a transaction on the shared
-    SQLite connection it goes there straight: piccolo's query object, its template parse and its compile of the
-    statement cost more CPU than SQLite takes to run a job's hot statements (dispatch makes ~6 per job)."""
+    """`table.raw(sql, *args).run()` (`{}` marks each argument), its rows as dicts. On SQLite it goes to the
+    connection straight (the shared one, or the current transaction's): piccolo's query object, its template parse
+    and its compile of the statement cost more CPU than SQLite takes to run a job's hot statements (dispatch makes
+    ~6 per job; the stats service writes each job's row in its batch's transaction)."""
     engine = table._meta.db
-    if isinstance(engine, SharedConnectionSQLiteEngine) and engine.current_transaction.get() is None:
-        return await engine._run_in_new_connection(_with_question_marks(sql), list(args))
+    if isinstance(engine, SharedConnectionSQLiteEngine):
+        transaction = engine.current_transaction.get()
+        if transaction is None:
+            return await engine._run_in_new_connection(_with_question_marks(sql), list(args))
+        return await engine._run_in_existing_connection(transaction.connection, _with_question_marks(sql), list(args))
     return cast(list[dict[str, Any]], await table.raw(sql, *args).run())
 
 

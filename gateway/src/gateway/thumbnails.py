@@ -14,11 +14,11 @@ _SIDES = (384, 256, 192, 128, 96, 64)
 _QUALITIES = (80, 60, 40)
 # Speed over the last few percent of size: a preview costs the gateway its CPU once per generation. The image is
 # shrunk by a whole factor only (Image.reduce: the average of each f x f box, antialiased), to the largest size
-# that fits the side: a 512 px output gives a 256 px preview, a 1024 px one 341 px. A resampling resize to exactly
+# that fits the side: a 512 px output gives a 256 px preview, a 1024 px one 342 px. A resampling resize to exactly
 # the side cost 6-9x the box reduction (512 -> 384 px bilinear: 1.6-2.2 ms against 0.25-0.3 ms to 256 px).
-# An opaque preview is a JPEG: on photo-like content libjpeg encodes a 256-341 px preview 10-17x faster than WebP
-# at method 1 (0.3-0.6 ms against 5.9-7.5 ms, measured by bench/preview_bench.py) for the same bytes at quality
-# 80, and every MCP client shows JPEG. Only an image with transparency keeps WebP (method 1: ~3x faster than the
+# An opaque preview is a JPEG: libjpeg-turbo encodes a 256-342 px preview of photo-like content 9-10x faster than
+# WebP at method 1 (0.3-0.5 ms against 2.6-5.3 ms at quality 80, bench/preview_bench.py) for 1.1-1.3x its bytes,
+# and every MCP client shows JPEG. Only an image with transparency keeps WebP (method 1: ~3x faster than the
 # default 4 for ~10-20 % more bytes, which the size budget still checks).
 _WEBP_METHOD = 1
 

@@ -181,6 +181,8 @@ _ROW_MARKS = f"({database.marks(len(_STATE_COLUMNS))})"
 
 async def load_states(job_ids: Sequence[str], *, lock: bool = False) -> dict[str, JobState]:
     """The stored states of `job_ids` (those logged); `lock`: inside a write transaction, FOR UPDATE."""
+    if not job_ids:
+        return {}
     sql = f"SELECT {_QUOTED_STATE_COLUMNS} FROM generation WHERE job_id IN ({database.marks(len(job_ids))})"
     if lock and not is_sqlite():
         sql += " FOR UPDATE"

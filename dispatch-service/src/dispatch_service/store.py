@@ -21,7 +21,7 @@ from contracts.messages.base import struct_from
 from contracts.messages.instances import Instance
 from contracts.messages.jobs import FINAL_STATUSES, GenerationRequest, OutputFile
 from contracts.messages.render_types import Requirements
-from contracts.runtime.database import marks, run_raw, write_transaction
+from contracts.runtime.database import assignments, marks, quoted_columns, run_raw, write_transaction
 from dispatch_service.tables import InstanceRow, JobRow
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def _job(row: dict[str, Any]) -> JobRecord:
 # PostgreSQL: piccolo builds a statement in ~0.3 ms, more than SQLite takes to run it, and a job makes several.
 _JOB_COLUMNS = [column._meta.db_column_name for column in JobRow._meta.columns]
 _JSON_COLUMNS = frozenset(column._meta.db_column_name for column in JobRow._meta.json_columns)
-_SELECT_JOB = "SELECT " + ", ".join(f'"{name}"' for name in _JOB_COLUMNS) + " FROM job WHERE job_id = {}"
+_SELECT_JOB = f"SELECT {quoted_columns(_JOB_COLUMNS)} FROM job WHERE job_id = {{}}"
 
 
 def _row_of(raw: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def _json_text(value: Any) -> str:
 
 def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
     """`"a" = {}, "b" = {}` and its arguments."""
-    return ", ".join(f'"{name}" = {{}}' for name in values), _encoded(values)
+    return assignments(values), _encoded(values)
 
 
 # A new row as piccolo's insert writes it: every column but the key, those not given at their defaults.
@@ -158,11 +158,7 @@ _NEW_JOB: dict[str, Any] = {
     if column is not JobRow._meta.primary_key
 }
 _NEW_JOB.update({name: msgspec.json.decode(_NEW_JOB[name]) for name in _JSON_COLUMNS})  # defaults given as text
-_INSERT_JOB = (
-    "INSERT INTO job ("
-    + ", ".join(f'"{name}"' for name in _NEW_JOB)
-    + f") VALUES ({marks(len(_NEW_JOB))}) RETURNING id"
-)
+_INSERT_JOB = "INSERT INTO job (" + quoted_columns(_NEW_JOB) + f") VALUES ({marks(len(_NEW_JOB))}) RETURNING id"
 # How many rows inserted here are kept for their job's first fetch (JobStore.take_fresh): enough for the jobs of a
 # burst, bounded for a deep queue (the oldest are dropped; their fetch reads the row as before).
 FRESH_KEPT = 256
@@ -277,9 +273,9 @@ class JobStore:
     async def transition(self, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
         """Update the job only if it is in one of `from_statuses`; False if it was not (e.g. cancelled)."""
         self.writes += 1
-        assignments, args = _assignments(values)
+        set_list, args = _assignments(values)
         statuses = marks(len(from_statuses))
-        sql = f"UPDATE job SET {assignments} WHERE job_id = {{}} AND status IN ({statuses}) RETURNING id"
+        sql = f"UPDATE job SET {set_list} WHERE job_id = {{}} AND status IN ({statuses}) RETURNING id"
         changed = bool(await run_raw(JobRow, sql, *args, job_id, *from_statuses))
         fresh = self._fresh.pop(job_id, None)
         if changed and fresh is not None and values.keys() == {"status"}:
@@ -296,10 +292,10 @@ class JobStore:
         delivered again), never claims it."""
         self.writes += 1
         self._fresh.pop(job_id, None)
-        assignments, args = _assignments({**values, "stream_seq": stream_seq, "delivery": delivery})
+        set_list, args = _assignments({**values, "stream_seq": stream_seq, "delivery": delivery})
         later = "<=" if adopting else "<"
         sql = (
-            f"UPDATE job SET {assignments} WHERE job_id = {{}} AND (status IN ({marks(len(WAITING_STATUSES))}) "
+            f"UPDATE job SET {set_list} WHERE job_id = {{}} AND (status IN ({marks(len(WAITING_STATUSES))}) "
             f"OR (status = {{}} AND stream_seq = {{}} AND delivery {later} {{}})) RETURNING id"
         )
         running = ("running", stream_seq, delivery)
@@ -308,8 +304,8 @@ class JobStore:
     async def set(self, job_id: str, **values: Any) -> None:
         self.writes += 1
         self._fresh.pop(job_id, None)
-        assignments, args = _assignments(values)
-        await run_raw(JobRow, f"UPDATE job SET {assignments} WHERE job_id = {{}}", *args, job_id)
+        set_list, args = _assignments(values)
+        await run_raw(JobRow, f"UPDATE job SET {set_list} WHERE job_id = {{}}", *args, job_id)
 
     async def mark_outputs_removed(self, job_ids: list[str], gone: AbstractSet[str], at: float) -> None:
         """Stamp `removed_at` on the outputs in `gone` of these jobs (a job's other outputs stay as they are)."""

@@ -175,7 +175,7 @@ def _row_values(state: JobState) -> dict[str, Any]:
 # The merge's statements go to the database as SQL (contracts.runtime.database.run_raw): piccolo's insert and update
 # built a query object per row and compiled it, ~90 % of the CPU the stats service spent writing the log.
 _STATE_COLUMNS = tuple(f.name for f in msgspec.structs.fields(JobState))  # every column but `id`
-_QUOTED_STATE_COLUMNS = ", ".join(f'"{name}"' for name in _STATE_COLUMNS)
+_QUOTED_STATE_COLUMNS = database.quoted_columns(_STATE_COLUMNS)
 _ROW_MARKS = f"({database.marks(len(_STATE_COLUMNS))})"
 
 
@@ -206,8 +206,7 @@ async def update_states(changes: Sequence[tuple[JobState, JobState]]) -> None:
         old, new = _row_values(stored), _row_values(merged)
         values = {name: value for name, value in new.items() if old.get(name) != value}
         if values:
-            assignments = ", ".join(f'"{name}" = {{}}' for name in values)
-            sql = f"UPDATE generation SET {assignments} WHERE job_id = {{}}"
+            sql = f"UPDATE generation SET {database.assignments(values)} WHERE job_id = {{}}"
             await database.run_raw(GenerationRow, sql, *values.values(), merged.job_id)
 
 

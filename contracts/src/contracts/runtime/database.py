@@ -14,7 +14,7 @@ import fcntl
 import functools
 import io
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -175,6 +175,16 @@ def _with_question_marks(sql: str) -> str:
 def marks(count: int) -> str:
     """`{}, {}, ...`: the marks of `count` arguments in a `run_raw` statement."""
     return ", ".join(["{}"] * count)
+
+
+def quoted_columns(names: Iterable[str]) -> str:
+    """`"a", "b"`: column names for a `run_raw` statement (quoted, so none is read as a keyword)."""
+    return ", ".join(f'"{name}"' for name in names)
+
+
+def assignments(names: Iterable[str]) -> str:
+    """`"a" = {}, "b" = {}`: the SET list of a `run_raw` UPDATE, one argument per column."""
+    return ", ".join(f'"{name}" = {{}}' for name in names)
 
 
 async def run_raw(table: type[Table], sql: str, *args: Any) -> list[dict[str, Any]]:

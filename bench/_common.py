@@ -83,18 +83,19 @@ async def run_concurrently(
     return time.perf_counter() - started, latencies
 
 
-async def mcp_generate(
+async def mcp_calls(
     stack: AsyncExitStack,
     base_url: str,
     auth: dict[str, str],
     sessions: int,
-    word: str,
+    tool: str,
+    arguments: Callable[[int], dict[str, Any]],
     *,
     timeout_s: float = 30.0,
-    arguments: dict[str, Any] | None = None,
+    check: Callable[[Any], bool] = lambda result: not result.is_error,
 ) -> One:
-    """`one(i)`: a `generate_image` call (1 step, prompt "<word> i", plus `arguments`) that must complete, over a
-    pool of `sessions` initialised MCP sessions (closed with `stack`)."""
+    """`one(i)`: a `tools/call` of `tool` with `arguments(i)`, whose result must pass `check`, over a pool of
+    `sessions` initialised MCP sessions (closed with `stack`)."""
     http = await stack.enter_async_context(
         httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(timeout_s, read=120))
     )
@@ -108,13 +109,40 @@ async def mcp_generate(
     async def one(i: int) -> None:
         session = await free.get()
         try:
-            call = {"prompt": f"{word} {i}", "steps": 1, **(arguments or {})}
-            result = await session.call_tool("generate_image", call)
-            assert not result.is_error and result.structured_content["status"] == "completed", result
+            result = await session.call_tool(tool, arguments(i))
+            assert check(result), result
         finally:
             free.put_nowait(session)
 
     return one
+
+
+async def mcp_generate(
+    stack: AsyncExitStack,
+    base_url: str,
+    auth: dict[str, str],
+    sessions: int,
+    word: str,
+    *,
+    timeout_s: float = 30.0,
+    arguments: dict[str, Any] | None = None,
+) -> One:
+    """`one(i)`: a `generate_image` call (1 step, prompt "<word> i", plus `arguments`) that must complete, over a
+    pool of `sessions` initialised MCP sessions (closed with `stack`)."""
+
+    def completed(result: Any) -> bool:
+        return not result.is_error and result.structured_content["status"] == "completed"
+
+    return await mcp_calls(
+        stack,
+        base_url,
+        auth,
+        sessions,
+        "generate_image",
+        lambda i: {"prompt": f"{word} {i}", "steps": 1, **(arguments or {})},
+        timeout_s=timeout_s,
+        check=completed,
+    )
 
 
 def process_name(pid: int) -> str:

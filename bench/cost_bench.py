@@ -11,7 +11,10 @@ process per service), in a fresh data folder on free ports, with an instant Comf
 `--concurrency` at a time, after a warm-up:
 - nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
 - rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
-- mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail.
+- mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail;
+- tool (not run unless named): `tools/call preview_prompt` over the same transport, a call that generates nothing
+  (one prompt-service hop): what the MCP SDK, the HTTP server and the gateway's doors cost per call, the part of
+  the mcp path's figure that is not the generation's (its "generations/s" are calls/s).
 Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
 hub process (every process below the launcher, and the launcher) spent per generation (utime+stime from
 /proc/<pid>/stat, all threads; 10 ms clock ticks, so use hundreds of jobs) and the NATS messages each hub
@@ -46,7 +49,7 @@ import urllib.request
 
 import httpx
 import msgspec
-from _common import LaunchedHub, hub_processes, launched_hub, mcp_generate, run_concurrently
+from _common import LaunchedHub, hub_processes, launched_hub, mcp_calls, mcp_generate, run_concurrently
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
@@ -280,6 +283,10 @@ async def bench(gw: LaunchedHub, args: argparse.Namespace) -> None:
         paths = {"nats": nats_path(gw, args.size), "rest": rest_path(http, args.size)}
         if "mcp" in args.paths:
             paths["mcp"] = await mcp_path(stack, gw, args.concurrency, args.size)
+        if "tool" in args.paths:
+            paths["tool"] = await mcp_calls(
+                stack, gw.base_url, gw.auth, args.concurrency, "preview_prompt", lambda i: {"prompt": f"bench {i}"}
+            )
         for label in args.paths:
             await measure(label, pids, args, paths[label])
 

@@ -661,9 +661,13 @@ async def _stored_since(stored: _StoredEvents, nc: NatsClient) -> tuple[list[byt
     return found, True
 
 
+# A union of Structs, so one decoder made once: `msgspec.json.decode(payload, type=GenerationEvent)` rebuilds the
+# union's decoding plan on every call (~17 us an event against ~0.5 us; msgspec caches plans for Structs only).
+_EVENT_DECODER: msgspec.json.Decoder[GenerationEvent] = msgspec.json.Decoder(GenerationEvent)
+
+
 def _decoded(payload: bytes) -> GenerationEvent | None:
     try:
-        event: GenerationEvent = msgspec.json.decode(payload, type=GenerationEvent)
-        return event
+        return _EVENT_DECODER.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None

@@ -1,14 +1,16 @@
 """Hub cost per generation: CPU of every hub process, latency and idle memory, for the NATS, REST and MCP paths.
 
     .venv/bin/python bench/cost_bench.py [--layout single|split] [--jobs 400] [--concurrency 16]
-        [--paths nats,rest,mcp] [--size 512]
+        [--paths nats,rest,mcp] [--size 512] [--content solid|photo]
 
 Runs the hub as `./hub start` does (`python -m hub_deploy up`: the launcher, its nats-server, its fork server and
 the services), in `--layout` (default: what `./hub start` runs, single: every service in one process; split: one
 process per service), in a fresh data folder on free ports, with an instant ComfyUI test double in this process
 (its CPU is not the hub's). Every generation asks for `--size` x `--size` outputs (default 512x512, the size issue
-16's goals are stated for; the default render type's own size is 1024x1024). Each path runs `--jobs` generations,
-`--concurrency` at a time, after a warm-up:
+16's goals are stated for; the default render type's own size is 1024x1024), of one colour (`--content solid`, the
+default, as in every earlier figure) or photo-like (`--content photo`: a PNG about as large as a photograph's, saved
+as ComfyUI saves it, whose decode for the MCP path's preview costs what a real output's does). Each path runs
+`--jobs` generations, `--concurrency` at a time, after a warm-up:
 - nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
 - rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
 - mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import signal
 import statistics
@@ -50,6 +53,8 @@ import urllib.request
 import httpx
 import msgspec
 from _common import LaunchedHub, hub_processes, launched_hub, mcp_calls, mcp_generate, run_concurrently
+from PIL.PngImagePlugin import PngInfo
+from preview_bench import photo_like
 
 from contracts import endpoints
 from contracts.messages.events import GenerationEvent
@@ -259,6 +264,29 @@ async def overhead(gw: LaunchedHub, jobs: int, size: int) -> None:
     print("       median ms after the submit: " + "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in milestones))
 
 
+PngMaker = Callable[[int, int, tuple[int, ...], dict[str, str] | None], bytes]
+
+
+def photo_png_maker() -> PngMaker:
+    """The ComfyUI double's maker of output files for `--content photo`: bench/preview_bench.py's photo-like image,
+    saved as ComfyUI's SaveImage saves (compress level 4, the prompt in tEXt chunks), made once per size (with the
+    first job's chunks: the hub does not read them) so the double's process spends no CPU on it per job."""
+    made: dict[tuple[int, int], bytes] = {}
+
+    def make(width: int, height: int, color: tuple[int, ...], text: dict[str, str] | None = None) -> bytes:
+        if (width, height) not in made:
+            info = PngInfo()
+            for key, value in (text or {}).items():
+                info.add_text(key, value)
+            out = io.BytesIO()
+            image = photo_like(max(width, height)).crop((0, 0, width, height))
+            image.save(out, format="PNG", compress_level=4, pnginfo=info)
+            made[(width, height)] = out.getvalue()
+        return made[(width, height)]
+
+    return make
+
+
 async def idle_memory(gw: LaunchedHub, pids: dict[str, int], size: int) -> None:
     await nats_path(gw, size)(0)  # one generation, then idle
     await asyncio.sleep(2)
@@ -270,7 +298,10 @@ async def idle_memory(gw: LaunchedHub, pids: dict[str, int], size: int) -> None:
 async def bench(gw: LaunchedHub, args: argparse.Namespace) -> None:
     pids = hub_processes(gw.launcher_pid)
     listed = "  ".join(f"{name} ({pid})" for name, pid in pids.items())
-    print(f"layout {args.layout}, {args.size}x{args.size} outputs: {len(pids)} processes: {listed}")
+    if args.content == "photo":
+        gw.comfy.png_maker = photo_png_maker()
+    outputs = f"{args.size}x{args.size} {'photo-like' if args.content == 'photo' else 'one-colour'} outputs"
+    print(f"layout {args.layout}, {outputs}: {len(pids)} processes: {listed}")
     await idle_memory(gw, pids, args.size)
     if args.overhead_jobs:
         await overhead(gw, args.overhead_jobs, args.size)
@@ -299,6 +330,9 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--paths", type=lambda s: s.split(","), default=["nats", "rest", "mcp"])
     parser.add_argument("--size", type=int, default=512, help="width and height of every output (issue 16: 512)")
+    parser.add_argument(
+        "--content", choices=["solid", "photo"], default="solid", help="what the outputs show: one colour, photo-like"
+    )
     parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()

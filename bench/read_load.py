@@ -33,9 +33,9 @@ from _common import hub_on_fresh_nats, run_concurrently
 from dispatch_support import events_of
 from gateway_support import GatewayHub, sse_events
 
-from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.runtime.storage import CHUNK_SIZE, ObjectStoreOutputs
 
-SIZES = [1, 1000, 40_000, 128 * 1024, 128 * 1024 + 1, 300_000, 700_001]
+SIZES = [1, 1000, 40_000, 300_000, CHUNK_SIZE, CHUNK_SIZE + 1, 700_001]  # up to one chunk (CHUNK_SIZE) and just over it
 
 
 @dataclass

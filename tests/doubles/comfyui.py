@@ -813,6 +813,9 @@ class ComfyUIDouble(Served):
         self.sampler_previews = sampler_previews
         # Every image a SaveImageWebsocket node sent (bytes after the frame header), in order: tests compare.
         self.websocket_images: list[bytes] = []
+        # What SaveImage/PreviewImage files hold: (width, height, colour, tEXt chunks) -> PNG bytes, one colour by
+        # default; a benchmark sets a maker of photo-like PNGs, whose decode costs what a real output's does.
+        self.png_maker: Callable[[int, int, tuple[int, ...], dict[str, str] | None], bytes] = encode_solid_png
         self.name = name
         self.host = host
         self.port = 0
@@ -1754,7 +1757,7 @@ class ComfyUIDouble(Served):
         folder, filename, counter, subfolder = _save_image_path(prefix, self._dirs[kind], spec.width, spec.height)
         text = {"prompt": json.dumps(job.item.prompt)}
         text.update({key: json.dumps(value) for key, value in job.item.extra_data.get("extra_pnginfo", {}).items()})
-        data = await asyncio.to_thread(encode_solid_png, spec.width, spec.height, spec.color, text)
+        data = await asyncio.to_thread(self.png_maker, spec.width, spec.height, spec.color, text)
         images = []
         for batch_number in range(spec.batch):
             name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"

@@ -19,13 +19,13 @@ from dispatch_support import events_of
 from gateway_support import GatewayHub, hub_on_own_nats, sse_events
 from nats.js import JetStreamContext
 
-from contracts.runtime.storage import OUTPUTS_STREAM, ObjectStoreOutputs
+from contracts.runtime.storage import CHUNK_SIZE, OUTPUTS_STREAM, ObjectStoreOutputs
 from contracts.streams import EVENTS_STREAM
 
 pytestmark = pytest.mark.slow
 
 CONSUMER_LIMIT = 8
-SIZES = [1, 1000, 128 * 1024, 128 * 1024 + 1, 300_000, 700_001]
+SIZES = [1, 1000, 300_000, CHUNK_SIZE, CHUNK_SIZE + 1, 700_001]  # up to one chunk (CHUNK_SIZE) and just over it
 
 
 @pytest.fixture(scope="module")

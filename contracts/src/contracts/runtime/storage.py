@@ -33,8 +33,12 @@ from contracts.messages.render_types import OutputKind
 from contracts.runtime.bus import BucketStore, direct_batch
 from contracts.streams import OUTPUTS_BUCKET, BucketSpec
 
-CHUNK_SIZE = 128 * 1024
-CHUNKS_PER_ASK = 8  # a read asks for this many chunks at once (1 MiB)
+# An output is stored in chunks of this size, each a JetStream publish (one in flight at a time, each acknowledged)
+# and a message a read gets: 512 KiB makes a 1024 px photograph-like PNG (~2.2 MiB) 5 chunks instead of the 18 of
+# nats-py's 128 KiB default. Half the server's default max_payload (1 MiB), so a chunk with the headers a read's answer
+# carries stays far inside it; a server whose max_payload is lower gets chunks of its max_payload (ObjectStoreOutputs).
+CHUNK_SIZE = 512 * 1024
+CHUNKS_PER_ASK = 2  # a read asks for this many chunks at once (1 MiB)
 _ROLLUP_SUBJECT = {"Nats-Rollup": "sub"}  # a meta message replaces the object's earlier ones (as nats-py writes it)
 OUTPUTS_STREAM = OBJ_STREAM_TEMPLATE.format(bucket=OUTPUTS_BUCKET)
 
@@ -157,6 +161,7 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         awaited together (an image is one chunk: one round trip instead of two); should either fail, the chunks and
         the meta message are purged."""
         await self._bucket()
+        chunk_size = min(CHUNK_SIZE, self._nc.max_payload)
         output_id = new_output_id()
         nuid = secrets.token_hex(11)
         chunk_subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=OUTPUTS_BUCKET, obj=nuid)
@@ -166,12 +171,12 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         size = chunks = 0
         sent: list[asyncio.Future[PubAck]] = []
         try:
-            chunk = source.read(CHUNK_SIZE)
+            chunk = source.read(chunk_size)
             while chunk:
                 digest.update(chunk)
                 size += len(chunk)
                 chunks += 1
-                following = source.read(CHUNK_SIZE)
+                following = source.read(chunk_size)
                 if following:  # one chunk in flight at a time: a large output is never read into memory whole
                     await self._js.publish(chunk_subject, chunk)
                 else:  # a task, so that it is sent before the meta message (tasks start in their order)
@@ -181,7 +186,7 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
             info = ObjectInfo(
                 name=output_id,
                 description=msgspec.json.encode(headers).decode(),
-                options=ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+                options=ObjectMetaOptions(max_chunk_size=chunk_size),
                 bucket=OUTPUTS_BUCKET,
                 nuid=nuid,
                 size=size,

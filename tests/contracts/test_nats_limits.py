@@ -17,7 +17,17 @@ from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import QueueViewRequest
 from contracts.runtime.bus import call
-from contracts.streams import EVENTS, EVENTS_STREAM, JOBS, JOBS_STREAM, StreamSpec, event_subject
+from contracts.streams import (
+    EVENTS,
+    EVENTS_STREAM,
+    JOBS,
+    JOBS_STREAM,
+    PREVIEWS_BUCKET,
+    PREVIEWS_KEPT_S,
+    PREVIEWS_MAX_BYTES,
+    StreamSpec,
+    event_subject,
+)
 from dispatch_service.fair_share import KEY_CONSUMER_PREFIX, key_token
 
 pytestmark = pytest.mark.slow
@@ -51,6 +61,9 @@ async def test_every_stream_and_bucket_the_hub_creates_is_bounded(gw: GatewayHub
     js = gw.nc.jetstream()
     assert_limits(await js.stream_info(EVENTS_STREAM), EVENTS)
     assert_limits(await js.stream_info(JOBS_STREAM), JOBS)
+    # The previews' renditions are large values: bounded by age and by bytes as well as by their keys.
+    previews = (await js.stream_info(f"KV_{PREVIEWS_BUCKET}")).config
+    assert (previews.max_bytes, previews.max_age) == (PREVIEWS_MAX_BYTES, pytest.approx(PREVIEWS_KEPT_S))
     for info in await js.streams_info():
         name = info.config.name
         if name.startswith("KV_"):  # a bucket keeps one value per key, so it is bounded by its keys

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import importlib.util
+import io
 import json
 import signal
 import socket
@@ -28,6 +29,7 @@ import pytest
 from doubles.comfyui import PROTOCOL_DIR, ComfyUIDouble
 from doubles.png import encode_solid_png, png_size, png_text
 from doubles.workflows import TXT2IMG
+from PIL import Image
 
 Frame = dict[str, Any]
 DoubleFactory = Callable[..., Awaitable[ComfyUIDouble]]
@@ -996,6 +998,27 @@ async def test_view_answers_as_recorded(comfy: ComfyUIDouble, http: aiohttp.Clie
         "http-get-view-subfolder-traversal-403.json",
     ):
         assert_same_envelope(await replay(http, comfy, rec.http(name)), rec.http(name))
+
+
+async def test_view_previews_are_reencoded_as_comfyui_does(
+    comfy: ComfyUIDouble, http: aiohttp.ClientSession, rec: Recordings
+) -> None:
+    """`preview=webp;50` as recorded (a WebP); `preview=jpeg;60` a JPEG (the dispatcher's renditions), unless the
+    channel asks for alpha (server.py makes a WebP then); each the output's size."""
+    prompt_id = await post_prompt(
+        http, comfy, rec.http("http-post-prompt-success-basic.json")["request"]["body"]["prompt"]
+    )
+    await wait_history(http, comfy, prompt_id)
+    recorded = rec.http("http-get-view-preview-webp.json")
+    reply = await replayed_as_recorded(http, comfy, recorded)
+    assert reply.body.hex().startswith(recorded["response"]["body_binary"]["image_magic"][:8])  # RIFF
+    output = rec.http("http-get-view-output.json")
+    size = (output["response"]["body_binary"]["image_width"], output["response"]["body_binary"]["image_height"])
+    for query, kind in (("preview=jpeg;60", "JPEG"), ("preview=jpeg;60&channel=rgba", "WEBP"), ("preview=png", "WEBP")):
+        reply = await request(http, comfy, "GET", f"{output['request']['path']}&{query}")
+        assert reply.status == 200 and reply.headers["Content-Type"] == f"image/{kind.lower()}", query
+        with Image.open(io.BytesIO(reply.body)) as image:
+            assert (image.format, image.size) == (kind, size), query
 
 
 async def test_empty_answers_of_free_and_history_posts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import itertools
 import statistics
 import time
@@ -26,6 +27,7 @@ from dispatch_support import (
 )
 from doubles.comfyui import ComfyUIDouble
 from nats.aio.client import Client as NatsClient
+from PIL import Image
 
 from contracts import endpoints
 from contracts.errors import ErrorCode, HubError
@@ -37,8 +39,9 @@ from contracts.messages.instances import (
 from contracts.messages.jobs import CancelJob, InputImage, JobView
 from contracts.messages.render_types import GetRenderType, RenderType, SaveRenderType
 from contracts.runtime.bus import call, request
-from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.runtime.storage import ObjectStoreOutputs, PreviewStore
 from contracts.streams import OUTPUTS_BUCKET
+from dispatch_service.renditions import RENDITION
 from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
@@ -351,6 +354,28 @@ TWO_OUTPUTS_WORKFLOW = {
     "4": {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}},
     "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "hub/late"}},
 }
+
+
+async def test_jobs_that_ask_get_a_jpeg_rendition_of_each_opaque_output(hub: Hub, checkpoint: str) -> None:
+    """inline_previews (the MCP door's jobs): ComfyUI's JPEG of the output is kept under its id before the job
+    completes; a job that did not ask gets none, and one whose rendition fails still completes, without one."""
+    comfy = ComfyUIDouble(name="renditions", models={"checkpoints": [checkpoint]})
+    previews = PreviewStore(hub.nc.jetstream())
+    async with pool(hub, ("renditions", comfy)):
+        asked = await wait_final(
+            hub.nc, (await submit(hub.nc, "a fox", width=512, height=384, inline_previews=True)).job_id
+        )
+        plain = await wait_final(hub.nc, (await submit(hub.nc, "a fox", width=512, height=384)).job_id)
+        comfy.failing_previews = 1
+        failed = await wait_final(hub.nc, (await submit(hub.nc, "an owl", inline_previews=True)).job_id)
+    assert [view.status for view in (asked, plain, failed)] == ["completed"] * 3, (asked, plain, failed)
+    assert comfy.preview_requests == [RENDITION, RENDITION]
+    rendition = await previews.load(asked.outputs[0].output_id)
+    assert rendition is not None
+    with Image.open(io.BytesIO(rendition)) as image:
+        assert (image.format, image.size) == ("JPEG", (512, 384))
+    assert await previews.load(plain.outputs[0].output_id) is None
+    assert await previews.load(failed.outputs[0].output_id) is None
 
 
 async def test_an_output_is_downloaded_as_soon_as_its_node_reports_it(hub: Hub) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import copy
 import hashlib
 import heapq
+import io
 import ipaddress
 import json
 import logging
@@ -830,6 +831,8 @@ class ComfyUIDouble(Served):
         # (perf_counter, filename) of every GET /view, in order: when each output was fetched.
         self.view_requests: list[tuple[float, str]] = []
         self.failing_views = 0  # the next this many GET /view are answered 500 (a hiccup of the server)
+        self.preview_requests: list[str] = []  # the `preview=` of every GET /view that asked for one, in order
+        self.failing_previews = 0  # the next this many GET /view with `preview=` are answered 500
         self.history: dict[str, dict[str, Any]] = {}
         self._number = 0
         self._seq = 0
@@ -1249,9 +1252,38 @@ class ComfyUIDouble(Served):
         if not located.is_file():
             return _empty(404)
         disposition = {"Content-Disposition": f'filename="{filename}"'}
-        if "preview" in query or query.get("channel", "rgba") != "rgba":
+        if "preview" in query:
+            return await self._view_preview(located, query["preview"], query.get("channel", ""), disposition)
+        if query.get("channel", "rgba") != "rgba":
             return await self._view_reencoded(located, query.get("channel", "rgba"), disposition)
         return web.FileResponse(located, headers=disposition)
+
+    async def _view_preview(self, path: Path, preview: str, channel: str, headers: dict[str, str]) -> web.Response:
+        """`preview=<format>;<quality>` as server.py answers it: a WebP unless `jpeg` is asked (and `channel` has
+        no `a`), quality 90 unless given, a JPEG (or `channel=rgb`) made of the image in RGB. Without Pillow the
+        PNG itself is served, as `channel=` answers are."""
+        self.preview_requests.append(preview)
+        if self.failing_previews > 0:
+            self.failing_previews -= 1
+            return _empty(500)
+        info = preview.split(";")
+        image_format = info[0] if info[0] in ("webp", "jpeg") and "a" not in channel else "webp"
+        quality = int(info[-1]) if info[-1].isdigit() else 90
+        try:
+            from PIL import Image
+        except ImportError:
+            return await self._view_reencoded(path, "rgba", headers)
+
+        def encoded() -> bytes:
+            with Image.open(path) as img:
+                shown = img.convert("RGB") if image_format == "jpeg" or channel == "rgb" else img
+                out = io.BytesIO()
+                shown.save(out, format=image_format, quality=quality)
+                return out.getvalue()
+
+        return web.Response(
+            body=await asyncio.to_thread(encoded), content_type=f"image/{image_format}", headers=headers
+        )
 
     def _locate_view_file(self, query: Any) -> Path | int:
         """The file /view?filename=&subfolder=&type= points at, or the status ComfyUI answers."""

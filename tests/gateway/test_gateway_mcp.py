@@ -32,6 +32,8 @@ from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GetJob
 from contracts.messages.keys import CreateApiKey, ListApiKeys, RevokeApiKey
 from contracts.runtime.bus import call
+from contracts.runtime.storage import PreviewStore
+from dispatch_service.renditions import RENDITION
 
 pytestmark = pytest.mark.slow
 
@@ -374,6 +376,7 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append((value, total))
 
+    renditions_before = len(gw.comfy.preview_requests)
     async with Mcp(gw) as session:
         result = await session.call_tool(
             "generate_image",
@@ -394,6 +397,9 @@ async def test_generate_image_reports_progress_and_returns_links_and_a_thumbnail
         thumb = base64.b64decode(thumbs[0].data)
         assert len(thumb) <= 48 * 1024
         assert Image.open(io.BytesIO(thumb)).format == "JPEG"
+        # The MCP door's jobs ask ComfyUI for a JPEG rendition of each output, kept for the preview to start from.
+        assert gw.comfy.preview_requests[renditions_before:] == [RENDITION]
+        assert await PreviewStore(gw.nc.jetstream()).load(data["images"][0]["output_id"]) is not None
 
         assert progress, "no notifications/progress arrived"
         values = [v for v, _ in progress]

@@ -92,6 +92,18 @@ def test_previews_shrink_by_a_whole_factor_and_never_grow() -> None:
             assert image.size == (shrunk, shrunk)
 
 
+def test_a_jpeg_is_decoded_at_a_fraction_of_its_size() -> None:
+    """A JPEG (ComfyUI's rendition of an output) is decoded by DCT scaling to no less than 384 px, then reduced: a
+    1024 px one is decoded at 512 px and gives 256 px (a PNG of that size, decoded whole, gives 342)."""
+    for side, shrunk in ((1024, 256), (512, 256), (2048, 256), (300, 300)):
+        source = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 40, 90)).save(source, format="JPEG", quality=60)
+        thumb = preview(source.getvalue())
+        assert thumb is not None and thumb.mime_type == "image/jpeg"
+        with Image.open(io.BytesIO(thumb.data)) as image:
+            assert image.size == (shrunk, shrunk), side
+
+
 def test_tool_schemas_are_valid_json_schemas() -> None:
     definitions = _tool_definitions()
     assert [d.name for d in definitions] == [t.name for t in TOOLS]

@@ -24,6 +24,13 @@ JOBS_SUBJECTS: Final = "hub.jobs.>"
 # Generated files (images, videos), addressed by unguessable ids.
 OUTPUTS_BUCKET: Final = "hub-outputs"
 
+# JPEG renditions of image outputs for inline previews (contracts.runtime.storage.PreviewStore): needed while a
+# caller waits for or polls its job, so kept an hour; a bounded cache (~3-6k renditions of 1024 px images), not a
+# record: past the bound a new one is refused and the gateway previews from the output itself.
+PREVIEWS_BUCKET: Final = "hub-previews"
+PREVIEWS_KEPT_S: Final = 3600.0
+PREVIEWS_MAX_BYTES: Final = 512 * 1024**2
+
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 JOB_ID_MAX_LENGTH: Final = 128  # the longest a stored job id may be (the hub's own are 32 characters)
@@ -116,6 +123,7 @@ class BucketSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     ttl_s: float  # every entry expires this long after its last write; 0 = never
     description: str
+    max_bytes: int = -1  # a key-value bucket refuses writes past this (its discard policy is "new"); -1 = no limit
 
 
 # Admin UI sessions, shared by every UI replica and kept across restarts. A session is rewritten on each

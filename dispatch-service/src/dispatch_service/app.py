@@ -8,7 +8,7 @@ from contracts.runtime.config import Settings
 from contracts.runtime.database import attach
 from contracts.runtime.outbound_url import UrlAllowlist
 from contracts.runtime.service import ServiceRuntime
-from contracts.runtime.storage import ObjectStoreOutputs
+from contracts.runtime.storage import ObjectStoreOutputs, PreviewStore
 from contracts.streams import EVENTS, JOBS
 from dispatch_service import __version__, piccolo_conf
 from dispatch_service.capabilities import CapabilityMemory
@@ -48,7 +48,11 @@ def build(settings: Settings) -> ServiceRuntime:
         await storage.open()  # now, while every NATS server is up, not at the first output
         events = EventPublisher(js, rt.nc)
         store = JobStore()
-        scheduler = Scheduler(settings, js, pool, leases, store, events, storage, nc=rt.nc, replica=identity.name)
+        previews = PreviewStore(js, replicas=settings.jetstream_replicas)
+        await previews.open()
+        scheduler = Scheduler(
+            settings, js, pool, leases, store, events, storage, nc=rt.nc, replica=identity.name, previews=previews
+        )
         DispatchMetrics(rt.metrics, store, pool, scheduler)
         dispatcher = Dispatcher(
             nc=rt.nc,

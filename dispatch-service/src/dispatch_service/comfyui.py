@@ -741,13 +741,17 @@ class ComfyClient:
 
     # ---------------------------------------------------------------- outputs
 
-    def open_output(self, ref: OutputRef) -> AbstractAsyncContextManager[OutputStream]:
-        """Stream one output file: `async with client.open_output(ref) as s: async for c in s.chunks(): ...`."""
-        return self._open_output(ref)
+    def open_output(self, ref: OutputRef, *, rendition: str | None = None) -> AbstractAsyncContextManager[OutputStream]:
+        """Stream one output file: `async with client.open_output(ref) as s: async for c in s.chunks(): ...`.
+        `rendition` ("jpeg;60"): ComfyUI's re-encoded copy instead (`/view`'s `preview`: see
+        dispatch_service.renditions)."""
+        return self._open_output(ref, rendition)
 
     @contextlib.asynccontextmanager
-    async def _open_output(self, ref: OutputRef) -> AsyncIterator[OutputStream]:
+    async def _open_output(self, ref: OutputRef, rendition: str | None = None) -> AsyncIterator[OutputStream]:
         params = {"filename": ref.filename, "subfolder": ref.subfolder, "type": ref.type}
+        if rendition is not None:
+            params["preview"] = rendition
         shown = f"{ref.subfolder}/{ref.filename}" if ref.subfolder else ref.filename
         try:
             async with self._http.stream("GET", "/view", params=params) as response:

@@ -50,7 +50,7 @@ from contracts.runtime.bus import publish_durably, through_election
 from contracts.runtime.config import Settings
 from contracts.runtime.images import image_size
 from contracts.runtime.logs import get_logger
-from contracts.runtime.storage import OutputStorage
+from contracts.runtime.storage import OutputStorage, PreviewStore
 from contracts.streams import JOBS, JOBS_STREAM
 from dispatch_service.affinity import Affinity, CostModel, ModelMemory
 from dispatch_service.affinity_queue import AffinityQueue
@@ -73,6 +73,7 @@ from dispatch_service.jobs import is_final, requirements_of, timings_of
 from dispatch_service.leases import Lease, LeaseNote, SlotLeases
 from dispatch_service.pool import InstanceState, Pool
 from dispatch_service.prefetch import OutputPrefetch, download
+from dispatch_service.renditions import fetch_rendition, keep_rendition, wants_rendition
 from dispatch_service.store import ACTIVE_STATUSES, RUNNING_STATUSES, WAITING_STATUSES, JobFailure, JobRecord, JobStore
 
 log = get_logger("scheduler")
@@ -220,6 +221,8 @@ class Scheduler:
     _: KW_ONLY
     nc: NatsClient
     replica: str  # stable across a restart: see replica.py
+    # Where the JPEG renditions of the outputs of jobs that ask for inline previews go (none: they get none).
+    previews: PreviewStore | None = None
     running: dict[str, _Running] = field(default_factory=dict, init=False)
     # API key id -> jobs this replica has started and not yet ended (counted before their row says running).
     _started_of_key: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set), init=False)
@@ -789,7 +792,8 @@ class Scheduler:
             slot.free_soon(claim_for=self._note(job_id, msg))
             await started_event
             with tracing.span("outputs.store", instance=state.config.name):
-                outputs = await self._store_outputs(job_id, state, result, limit_at, running.prefetch)
+                renditions = self.previews if row.request.get("inline_previews") is True else None
+                outputs = await self._store_outputs(job_id, state, result, limit_at, running.prefetch, renditions)
             if not outputs:
                 raise _no_outputs(row.workflow)
             await self._complete(row, started, state.config.name, outputs, msg, limit_at, switch_s)
@@ -978,7 +982,13 @@ class Scheduler:
         return ProgressRelay(send, every_s=PROGRESS_EVENT_EVERY_S, nodes_total=nodes_total)
 
     async def _store_outputs(
-        self, job_id: str, state: InstanceState, result: RunResult, limit_at: float, prefetch: OutputPrefetch
+        self,
+        job_id: str,
+        state: InstanceState,
+        result: RunResult,
+        limit_at: float,
+        prefetch: OutputPrefetch,
+        renditions: PreviewStore | None = None,
     ) -> list[OutputFile]:
         """Store the result's outputs in its order, up to OUTPUTS_AT_ONCE side by side: each waits for its download
         and two JetStream acknowledgements, so a batch of four took four times one before. A failed one fails the
@@ -993,7 +1003,7 @@ class Scheduler:
         # workflow saves nothing.
         saved = [ref for ref in result.outputs if ref.type == "output"]
         stores = [
-            self._fetch_output(ref, job_id, state, limit_at, prefetch)
+            self._fetch_output(ref, job_id, state, limit_at, prefetch, renditions)
             for ref in saved or ([] if result.images else result.outputs)
         ]
         for index, image in enumerate(result.images, start=1):
@@ -1010,11 +1020,31 @@ class Scheduler:
         return stored
 
     async def _fetch_output(
-        self, ref: OutputRef, job_id: str, state: InstanceState, limit_at: float, prefetch: OutputPrefetch
+        self,
+        ref: OutputRef,
+        job_id: str,
+        state: InstanceState,
+        limit_at: float,
+        prefetch: OutputPrefetch,
+        renditions: PreviewStore | None,
     ) -> OutputFile:
+        """Download and store one output; with `renditions`, ComfyUI's JPEG of an opaque PNG is fetched meanwhile
+        and kept under the output's id before the job completes (the gateway previews from it)."""
         downloaded = await prefetch.take(ref) or await download(state.client, ref)
         with downloaded.spool as spool:
-            return await self._keep_output(spool, ref.filename, downloaded.content_type, job_id, state, limit_at)
+            keep = self._keep_output(spool, ref.filename, downloaded.content_type, job_id, state, limit_at)
+            if renditions is None or not wants_rendition(spool, downloaded.content_type):
+                return await keep
+            fetching = asyncio.ensure_future(fetch_rendition(state.client, ref))
+            try:
+                output = await keep
+            except BaseException:
+                fetching.cancel()
+                raise
+            rendition = await fetching
+        if rendition is not None:
+            await keep_rendition(renditions, output.output_id, rendition)
+        return output
 
     async def _keep_output(
         self, spool: Any, filename: str, content_type: str, job_id: str, state: InstanceState, limit_at: float

@@ -26,7 +26,7 @@ from contracts.runtime.bus import (
     unless_disconnected,
 )
 from contracts.runtime.images import checked_image_type
-from contracts.runtime.storage import ObjectStoreOutputs, input_image_staged
+from contracts.runtime.storage import ObjectStoreOutputs, PreviewStore, input_image_staged
 from gateway.idempotency import HEADER, REFUSALS, IdempotencyKeys
 
 # A submission not answered within this is asked again, under the same job id: the dispatcher replica that took it
@@ -53,6 +53,7 @@ class HubClient:
         self._check_callback = check_callback  # refuses a callback_url that would never be delivered
         self.timeout_s = timeout_s
         self.outputs = ObjectStoreOutputs(nc.jetstream())
+        self.previews = PreviewStore(nc.jetstream(), replicas=replicas)  # JPEG renditions of outputs, if kept
         self.idempotency = IdempotencyKeys(nc.jetstream(), replicas=replicas)
 
     async def submit(

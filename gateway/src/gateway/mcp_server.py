@@ -23,6 +23,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from nats.errors import Error as NatsError
 
 from contracts.errors import ErrorCode, HubError, error_from_validation
 from contracts.messages.base import struct_from
@@ -69,6 +70,7 @@ CALLER_FIELDS = (
     "max_running",
     "weight",
     "job_id",
+    "inline_previews",
 )  # filled by the gateway, never by the caller
 
 INSTRUCTIONS = (
@@ -355,6 +357,7 @@ class HubMcp:
             arguments,
             api_key_id=key.key_id if key else None,
             client_name=f"mcp:{key.name}" if key else "mcp",
+            inline_previews=True,  # the result shows each image inline: ComfyUI makes the JPEG it starts from
         )
         generation = with_key_limits(generation, key)
         return await self._hub.submit(generation, arguments.idempotency_key, "idempotency_key")
@@ -487,12 +490,22 @@ class HubMcp:
         if key in self._thumbnails:
             self._thumbnails[key] = self._thumbnails.pop(key)  # the latest used last
             return self._thumbnails[key]
-        data = await self._hub.outputs.read_all(output_id)
+        data = await self._preview_source(output_id)
         thumb = await asyncio.to_thread(preview, data, max_bytes=max_bytes)
         if len(self._thumbnails) >= THUMBNAILS_KEPT:
             del self._thumbnails[next(iter(self._thumbnails))]
         self._thumbnails[key] = thumb
         return thumb
+
+    async def _preview_source(self, output_id: str) -> bytes:
+        """What a preview is made from: ComfyUI's JPEG rendition of the output when the dispatcher kept one (the MCP
+        door's jobs: it decodes at a fraction of the cost, see dispatch_service.renditions), else the output."""
+        try:
+            rendition = await self._hub.previews.load(output_id)
+        except (HubError, NatsError, TimeoutError) as exc:
+            self._log.info("no rendition to preview from", output_id=output_id, error=str(exc) or type(exc).__name__)
+            rendition = None
+        return rendition or await self._hub.outputs.read_all(output_id)
 
     # --- tasks (see gateway.mcp_tasks) ---
 

@@ -49,6 +49,8 @@ def _decoded(data: bytes) -> Image.Image | None:
     """The image in RGB, or RGBA where it may have transparency; converted only when its mode is another."""
     try:
         with Image.open(io.BytesIO(data)) as source:
+            if source.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 (DCT scaling), no smaller than the largest side
+                source.draft("RGB", (_SIDES[0], _SIDES[0]))
             source.load()
             mode = "RGBA" if source.mode in ("RGBA", "LA", "P") else "RGB"
             return source if source.mode == mode else source.convert(mode)

@@ -103,6 +103,8 @@ class GenerationRequest(Request):
     max_waiting: int | None = None  # the key's limit of queued jobs, checked by the dispatcher as it accepts
     max_running: int | None = None  # the key's limit of jobs running at once, checked as the dispatcher starts one
     weight: int | None = None  # the key's fair-share weight (None: 1), used as the dispatcher picks the next job
+    # Keep a JPEG rendition of each opaque image output (made by ComfyUI) for inline previews: the MCP door's jobs.
+    inline_previews: bool = False
     # The job id an idempotency key was given: a repeat answers the job made first (see gateway/idempotency.py).
     job_id: GivenJobId | None = None
 

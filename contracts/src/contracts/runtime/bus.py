@@ -403,6 +403,7 @@ async def _find_or_create_bucket(js: JetStreamContext, spec: BucketSpec, replica
                 bucket=spec.name,
                 description=spec.description,
                 ttl=spec.ttl_s or None,
+                max_bytes=spec.max_bytes,
                 history=1,
                 storage=StorageType.FILE,
                 replicas=replicas,

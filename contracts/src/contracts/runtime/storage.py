@@ -24,14 +24,14 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, PubAck, RawStreamMsg, StorageType
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE, ObjectStore
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages.jobs import GenerationRequest, InputImage, OutputFile
 from contracts.messages.render_types import OutputKind
-from contracts.runtime.bus import BucketStore, direct_batch
-from contracts.streams import OUTPUTS_BUCKET, BucketSpec
+from contracts.runtime.bus import BucketStore, KvStore, direct_batch
+from contracts.streams import OUTPUTS_BUCKET, PREVIEWS_BUCKET, PREVIEWS_KEPT_S, PREVIEWS_MAX_BYTES, BucketSpec
 
 # An output is stored in chunks of this size, each a JetStream publish (one in flight at a time, each acknowledged)
 # and a message a read gets: 512 KiB makes a 1024 px photograph-like PNG (~2.2 MiB) 5 chunks instead of the 18 of
@@ -280,3 +280,29 @@ class ObjectStoreOutputs(BucketStore[ObjectStore]):
         except (ObjectNotFoundError, NotFoundError):
             return False
         return True
+
+
+class PreviewStore(KvStore):
+    """Renditions of image outputs that ComfyUI re-encoded as JPEG (its `/view?preview=`), by output id: the
+    dispatcher keeps them for jobs that asked (`GenerationRequest.inline_previews`, set by the MCP door), the gateway
+    makes its inline previews from them: a JPEG decodes at a fraction of its size (DCT scaling), where the output's
+    PNG must be inflated whole (~17 ms for a 1024 px photograph on one core). Kept for PREVIEWS_KEPT_S and at most
+    PREVIEWS_MAX_BYTES in all: past either the gateway reads the output itself, as for an output without one."""
+
+    bucket_spec = BucketSpec(
+        name=PREVIEWS_BUCKET,
+        ttl_s=PREVIEWS_KEPT_S,
+        max_bytes=PREVIEWS_MAX_BYTES,
+        description="JPEG renditions of image outputs, for inline previews",
+    )
+
+    async def save(self, output_id: str, data: bytes) -> None:
+        await (await self._bucket()).put(output_id, data)
+
+    async def load(self, output_id: str) -> bytes | None:
+        """The rendition of an output; None when there is none (never made, expired, or NATS does not answer)."""
+        try:
+            entry = await (await self._bucket()).get(output_id)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        return entry.value or None

@@ -5,7 +5,9 @@
 In this process, no NATS: `gateway.thumbnails.preview` (decode, whole-factor reduction, encode) of PNG outputs at
 512 and 1024 px, for three contents: one colour (what the ComfyUI double saves, so what `cost_bench` measures),
 photo-like (smooth light, texture and grain, built here: its PNG is about as large as a photograph's) and the
-photo-like one with a transparent corner (an RGBA output). Then, on the reduced photo-like image, the encode alone
+photo-like one with a transparent corner (an RGBA output); for the opaque ones also the preview made from ComfyUI's
+JPEG rendition of the output (quality 60, what an MCP job's preview starts from: dispatch_service.renditions), decoded
+by DCT scaling. Then, on the reduced photo-like image, the encode alone
 as JPEG and as WebP (method 1, what previews used before 2026-12-03), at quality 80: time and bytes, and their
 ratio in this run. Medians over `--rounds` (thread CPU time, so other processes do not count).
 """
@@ -85,6 +87,22 @@ def print_previews(rounds: int, side: int) -> None:
             f"  {side:4} px {name:31} PNG {len(data) / 1024:7.0f} KiB -> {made.mime_type:10} "
             f"{len(made.data) / 1024:5.1f} KiB  {ms:6.2f} ms"
         )
+        if image.mode == "RGB":  # an opaque output of an MCP job: its preview starts from ComfyUI's JPEG rendition
+            source = rendition(image)
+            made = preview(source)
+            assert made is not None
+            ms = cpu_ms(rounds, partial(preview, source))
+            print(
+                f"  {side:4} px {name + ', rendition':31} JPEG{len(source) / 1024:7.0f} KiB -> {made.mime_type:10} "
+                f"{len(made.data) / 1024:5.1f} KiB  {ms:6.2f} ms"
+            )
+
+
+def rendition(image: Image.Image) -> bytes:
+    """What ComfyUI answers to `/view?...&preview=jpeg;60` (dispatch_service.renditions.RENDITION)."""
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=60)
+    return out.getvalue()
 
 
 def print_encoders(rounds: int, side: int) -> None:

@@ -21,6 +21,9 @@ _QUALITIES = (80, 60, 40)
 # and every MCP client shows JPEG. Only an image with transparency keeps WebP (method 1: ~3x faster than the
 # default 4 for ~10-20 % more bytes, which the size budget still checks).
 _WEBP_METHOD = 1
+# A JPEG (ComfyUI's rendition of an output) is decoded straight at the size the whole-factor reduction would give a
+# 512, 1024 or 2048 px image (256 px): no full-size decode, no reduction after (0.43 against 0.8 ms at 512 px).
+_DRAFT_SIDE = 256
 
 
 class Preview(NamedTuple):
@@ -49,8 +52,8 @@ def _decoded(data: bytes) -> Image.Image | None:
     """The image in RGB, or RGBA where it may have transparency; converted only when its mode is another."""
     try:
         with Image.open(io.BytesIO(data)) as source:
-            if source.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 (DCT scaling), no smaller than the largest side
-                source.draft("RGB", (_SIDES[0], _SIDES[0]))
+            if source.format == "JPEG":  # decoded at 1/2, 1/4 or 1/8 (DCT scaling), no smaller than _DRAFT_SIDE
+                source.draft("RGB", (_DRAFT_SIDE, _DRAFT_SIDE))
             source.load()
             mode = "RGBA" if source.mode in ("RGBA", "LA", "P") else "RGB"
             return source if source.mode == mode else source.convert(mode)

@@ -79,23 +79,18 @@ def print_previews(rounds: int, side: int) -> None:
         "photo-like, transparent corner": with_transparent_corner(photo),
     }
     for name, image in contents.items():
-        data = png(image)
-        made = preview(data)
-        assert made is not None
-        ms = cpu_ms(rounds, partial(preview, data))
-        print(
-            f"  {side:4} px {name:31} PNG {len(data) / 1024:7.0f} KiB -> {made.mime_type:10} "
-            f"{len(made.data) / 1024:5.1f} KiB  {ms:6.2f} ms"
-        )
+        print_preview(rounds, f"{side:4} px {name:31} PNG ", png(image))
         if image.mode == "RGB":  # an opaque output of an MCP job: its preview starts from ComfyUI's JPEG rendition
-            source = rendition(image)
-            made = preview(source)
-            assert made is not None
-            ms = cpu_ms(rounds, partial(preview, source))
-            print(
-                f"  {side:4} px {name + ', rendition':31} JPEG{len(source) / 1024:7.0f} KiB -> {made.mime_type:10} "
-                f"{len(made.data) / 1024:5.1f} KiB  {ms:6.2f} ms"
-            )
+            print_preview(rounds, f"{side:4} px {name + ', rendition':31} JPEG", rendition(image))
+
+
+def print_preview(rounds: int, label: str, source: bytes) -> None:
+    made = preview(source)
+    assert made is not None
+    ms = cpu_ms(rounds, partial(preview, source))
+    print(
+        f"  {label}{len(source) / 1024:7.0f} KiB -> {made.mime_type:10} {len(made.data) / 1024:5.1f} KiB  {ms:6.2f} ms"
+    )
 
 
 def rendition(image: Image.Image) -> bytes:

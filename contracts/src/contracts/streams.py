@@ -25,10 +25,11 @@ JOBS_SUBJECTS: Final = "hub.jobs.>"
 OUTPUTS_BUCKET: Final = "hub-outputs"
 
 # JPEG renditions of image outputs for inline previews (contracts.runtime.storage.PreviewStore): needed while a
-# caller waits for or polls its job, so kept an hour; a bounded cache (~3-6k renditions of 1024 px images), not a
-# record: past the bound a new one is refused and the gateway previews from the output itself.
+# caller waits for or polls its job, so kept ten minutes; a bounded cache (~3-6k renditions of 1024 px images, so
+# ~5-10 a second sustained), not a record: past the bound a new one is refused and the gateway previews from the
+# output itself.
 PREVIEWS_BUCKET: Final = "hub-previews"
-PREVIEWS_KEPT_S: Final = 3600.0
+PREVIEWS_KEPT_S: Final = 600.0
 PREVIEWS_MAX_BYTES: Final = 512 * 1024**2
 
 

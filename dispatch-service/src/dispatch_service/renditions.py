@@ -45,9 +45,8 @@ async def fetch_rendition(client: ComfyClient, ref: OutputRef) -> bytes | None:
     completion waits for it)."""
     try:
         async with asyncio.timeout(RENDITION_TIMEOUT_S), client.open_output(ref, rendition=RENDITION) as stream:
-            if (
-                stream.content_type.split(";")[0].strip() != "image/jpeg"
-            ):  # a ComfyUI without `preview=` serves the file as it is
+            served = stream.content_type.split(";")[0].strip()
+            if served != "image/jpeg":  # a ComfyUI without `preview=` serves the file as it is
                 log.info("no JPEG rendition of the output", output=ref.filename, content_type=stream.content_type)
                 return None
             data = bytearray()

@@ -300,7 +300,8 @@ class PreviewStore(KvStore):
         await (await self._bucket()).put(output_id, data)
 
     async def load(self, output_id: str) -> bytes | None:
-        """The rendition of an output; None when there is none (never made, expired, or NATS does not answer)."""
+        """The rendition of an output; None when there is none (never made, refused, expired). Raises what nats-py
+        raises when NATS does not answer (the caller previews from the output then)."""
         try:
             entry = await (await self._bucket()).get(output_id)
         except (KeyNotFoundError, NotFoundError):

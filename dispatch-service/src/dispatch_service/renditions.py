@@ -26,18 +26,25 @@ MAX_RENDITION_BYTES = 900 * 1024
 # ComfyUI decodes the PNG and encodes the JPEG as it answers (~30 ms for 1024 px on one core): a wait past this is not
 # worth the completion it holds back.
 RENDITION_TIMEOUT_S = 5.0
+# Past 2048 x 2048 px (an upscale's output) the JPEG is often over MAX_RENDITION_BYTES: ComfyUI is not asked for one
+# it would make for nothing.
+MAX_RENDITION_PIXELS = 2048 * 2048
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _OPAQUE_COLOUR_TYPES = (0, 2)  # greyscale, truecolour; 3 (palette) may carry transparency, 4 and 6 have alpha
 
 
 def wants_rendition(spool: IO[bytes], content_type: str) -> bool:
-    """Whether an output (its downloaded bytes, read from the start) is an opaque PNG: its IHDR's colour type."""
+    """Whether an output (its downloaded bytes, read from the start) is an opaque PNG of at most MAX_RENDITION_PIXELS:
+    its IHDR's colour type and size."""
     if content_type != "image/png":
         return False
     spool.seek(0)
     head = spool.read(26)  # signature, IHDR length and type, width, height, bit depth, colour type
     spool.seek(0)
-    return len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[25] in _OPAQUE_COLOUR_TYPES
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return head[25] in _OPAQUE_COLOUR_TYPES and width * height <= MAX_RENDITION_PIXELS
 
 
 async def fetch_rendition(client: ComfyClient, ref: OutputRef) -> bytes | None:

@@ -53,6 +53,7 @@ import urllib.request
 import httpx
 import msgspec
 from _common import LaunchedHub, hub_processes, launched_hub, mcp_calls, mcp_generate, run_concurrently
+from doubles.comfyui import PngMaker
 from PIL.PngImagePlugin import PngInfo
 from preview_bench import photo_like
 
@@ -262,9 +263,6 @@ async def overhead(gw: LaunchedHub, jobs: int, size: int) -> None:
     )
     milestones = sorted(offsets.items(), key=lambda item: statistics.median(item[1]))
     print("       median ms after the submit: " + "  ".join(f"{n} {statistics.median(v):.1f}" for n, v in milestones))
-
-
-PngMaker = Callable[[int, int, tuple[int, ...], dict[str, str] | None], bytes]
 
 
 def photo_png_maker() -> PngMaker:

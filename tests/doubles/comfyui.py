@@ -54,6 +54,8 @@ except ImportError:  # run as a script: tests/doubles itself is sys.path[0]
     from served import Served, serve_until_signalled
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[1] / "data" / "comfyui-0.3.64"
+# What makes the file of a SaveImage/PreviewImage output: (width, height, colour, tEXt chunks) -> PNG bytes.
+PngMaker = Callable[[int, int, tuple[int, ...], dict[str, str] | None], bytes]
 
 COMFYUI_VERSION = "0.3.64"
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
@@ -816,7 +818,7 @@ class ComfyUIDouble(Served):
         self.websocket_images: list[bytes] = []
         # What SaveImage/PreviewImage files hold: (width, height, colour, tEXt chunks) -> PNG bytes, one colour by
         # default; a benchmark sets a maker of photo-like PNGs, whose decode costs what a real output's does.
-        self.png_maker: Callable[[int, int, tuple[int, ...], dict[str, str] | None], bytes] = encode_solid_png
+        self.png_maker: PngMaker = encode_solid_png
         self.name = name
         self.host = host
         self.port = 0

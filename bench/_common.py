@@ -93,9 +93,11 @@ async def mcp_calls(
     *,
     timeout_s: float = 30.0,
     check: Callable[[Any], bool] = lambda result: not result.is_error,
+    era: str = "handshake",
 ) -> One:
     """`one(i)`: a `tools/call` of `tool` with `arguments(i)`, whose result must pass `check`, over a pool of
-    `sessions` initialised MCP sessions (closed with `stack`)."""
+    `sessions` MCP clients (closed with `stack`): `era` "handshake" (an initialised session, 2025-11-25, what most
+    clients speak) or "modern" (2026-07-28 after `server/discover`: each call a self-contained POST)."""
     http = await stack.enter_async_context(
         httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(timeout_s, read=120))
     )
@@ -103,7 +105,7 @@ async def mcp_calls(
     for _ in range(sessions):
         read, write = await stack.enter_async_context(streamable_http_client(f"{base_url}/mcp", http_client=http))
         session = await stack.enter_async_context(ClientSession(read, write))
-        await session.initialize()
+        await (session.discover() if era == "modern" else session.initialize())
         free.put_nowait(session)
 
     async def one(i: int) -> None:
@@ -126,6 +128,7 @@ async def mcp_generate(
     *,
     timeout_s: float = 30.0,
     arguments: dict[str, Any] | None = None,
+    era: str = "handshake",
 ) -> One:
     """`one(i)`: a `generate_image` call (1 step, prompt "<word> i", plus `arguments`) that must complete, over a
     pool of `sessions` initialised MCP sessions (closed with `stack`)."""
@@ -142,6 +145,7 @@ async def mcp_generate(
         lambda i: {"prompt": f"{word} {i}", "steps": 1, **(arguments or {})},
         timeout_s=timeout_s,
         check=completed,
+        era=era,
     )
 
 

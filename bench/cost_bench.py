@@ -13,10 +13,13 @@ as ComfyUI saves it, whose decode for the MCP path's preview costs what a real o
 `--jobs` generations, `--concurrency` at a time, after a warm-up:
 - nats: Dispatch.JOBS_SUBMIT, then the job's events on JetStream until the final one;
 - rest: POST /api/v1/generations, then its /events (server-sent events) until the final one;
-- mcp: `tools/call generate_image` over Streamable HTTP (official SDK client), which includes the thumbnail;
-- tool (not run unless named): `tools/call preview_prompt` over the same transport, a call that generates nothing
-  (one prompt-service hop): what the MCP SDK, the HTTP server and the gateway's doors cost per call, the part of
-  the mcp path's figure that is not the generation's (its "generations/s" are calls/s).
+- mcp: `tools/call generate_image` over Streamable HTTP (official SDK client, an initialised 2025-11-25 session:
+  the handshake era most clients speak), which includes the thumbnail;
+- mcp-modern (not run unless named): the same call as a self-contained 2026-07-28 request (the SDK client after
+  `server/discover`);
+- tool, tool-modern (not run unless named): `tools/call preview_prompt` over the same transports, a call that
+  generates nothing (one prompt-service hop): what the MCP SDK, the HTTP server and the gateway's doors cost per
+  call, the part of the mcp paths' figures that is not the generation's (its "generations/s" are calls/s).
 Printed: idle RSS per process after one generation; per path, generations/s, median/p99 latency and the CPU each
 hub process (every process below the launcher, and the launcher) spent per generation (utime+stime from
 /proc/<pid>/stat, all threads; 10 ms clock ticks, so use hundreds of jobs) and the NATS messages each hub
@@ -88,12 +91,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+
 def start_profilers(label: str, pids: dict[str, int], folder: Path | None) -> list[subprocess.Popen[bytes]]:
     """py-spy on each Python process of the hub, collapsed stacks to `<folder>/<path>-<process>.txt`."""
     if folder is None:
         return []
     folder.mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200"]
+    command = [str(PY_SPY), "record", "--format", "raw", "--rate", "200"]
     return [
         subprocess.Popen(
             [*command, "--pid", str(pid), "-o", str(folder / f"{label}-{name}.txt")],
@@ -200,10 +206,10 @@ def rest_path(http: httpx.AsyncClient, size: int) -> One:
     return one
 
 
-async def mcp_path(stack: AsyncExitStack, gw: LaunchedHub, concurrency: int, size: int) -> One:
-    """One MCP session per client, each kept for the run (the SDK's transport is on httpx2)."""
+async def mcp_path(stack: AsyncExitStack, gw: LaunchedHub, concurrency: int, size: int, era: str) -> One:
+    """One MCP client per concurrent caller, each kept for the run (the SDK's transport is on httpx2)."""
     return await mcp_generate(
-        stack, gw.base_url, gw.auth, concurrency, "bench", arguments={"width": size, "height": size}
+        stack, gw.base_url, gw.auth, concurrency, "bench", arguments={"width": size, "height": size}, era=era
     )
 
 
@@ -310,12 +316,20 @@ async def bench(gw: LaunchedHub, args: argparse.Namespace) -> None:
             httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=timeout, limits=limits)
         )
         paths = {"nats": nats_path(gw, args.size), "rest": rest_path(http, args.size)}
-        if "mcp" in args.paths:
-            paths["mcp"] = await mcp_path(stack, gw, args.concurrency, args.size)
-        if "tool" in args.paths:
-            paths["tool"] = await mcp_calls(
-                stack, gw.base_url, gw.auth, args.concurrency, "preview_prompt", lambda i: {"prompt": f"bench {i}"}
-            )
+        for label, era in (("mcp", "handshake"), ("mcp-modern", "modern")):
+            if label in args.paths:
+                paths[label] = await mcp_path(stack, gw, args.concurrency, args.size, era)
+        for label, era in (("tool", "handshake"), ("tool-modern", "modern")):
+            if label in args.paths:
+                paths[label] = await mcp_calls(
+                    stack,
+                    gw.base_url,
+                    gw.auth,
+                    args.concurrency,
+                    "preview_prompt",
+                    lambda i: {"prompt": f"bench {i}"},
+                    era=era,
+                )
         for label in args.paths:
             await measure(label, pids, args, paths[label])
 
@@ -334,6 +348,8 @@ async def main() -> None:
     parser.add_argument("--overhead-jobs", type=int, default=100, help="jobs one at a time for the added time")
     parser.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of each process")
     args = parser.parse_args()
+    if args.profile and not PY_SPY.exists():
+        parser.error(f"--profile needs py-spy at {PY_SPY}: python3 -m pip --python {sys.executable} install py-spy")
     with tempfile.TemporaryDirectory(prefix="cost-bench-") as tmp:
         async with launched_hub(args.layout, Path(tmp), HUB_LOG_LEVEL=args.log_level) as gw:
             args.monitor_url, args.log_path = gw.monitor_url, gw.log_path

@@ -40,7 +40,7 @@ from contracts.endpoints import Endpoint
 from contracts.envelope import Reply
 from contracts.errors import ErrorCode, ErrorInfo, HubError, error_from_validation
 from contracts.messages.health import CheckResult, HealthReply, HealthRequest
-from contracts.runtime import tracing
+from contracts.runtime import heap, tracing
 from contracts.runtime.bus import connect
 from contracts.runtime.config import ConfigError, Settings, load_settings
 from contracts.runtime.consumers import BatchHandler, Durable, DurableConsumer, MessageHandler
@@ -123,6 +123,8 @@ class ServiceRuntime:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._stop_requested = asyncio.Event()
+        # Set by the process entry points (run_main, run_together), not in a test's process: see heap.py.
+        self.settles_heap = False
         self._nc: NatsClient | None = None
         self._micro: Service | None = None
         self._meters: dict[str, _EndpointMeter] = {}
@@ -306,6 +308,8 @@ class ServiceRuntime:
                 return
             stopping.cancel()
             starting.result()  # a failed start raises here
+            if self.settles_heap:
+                heap.settle_soon()
             await self._stop_requested.wait()
             self.log.info("stop requested")
         finally:
@@ -450,6 +454,7 @@ def run_main(service: str, app_module: str) -> None:
     tracing.configure(settings)  # before the logging, whose lines then carry trace ids
     log = configure_logging(settings)
     runtime = _build(app_module, settings)
+    runtime.settles_heap = True
     try:
         uvloop.run(runtime.run())  # a faster event loop: every request, publish and query gains
     except HubError as exc:
@@ -471,6 +476,8 @@ def run_together(apps: Sequence[tuple[str, str]]) -> None:
     tracing.configure(process_settings)  # one tracer for the process (OTEL service name `hub-single`)
     log = configure_logging(process_settings)
     runtimes = [_build(app_module, service_settings) for service_settings, app_module in settings]
+    for runtime in runtimes:
+        runtime.settles_heap = True
     failed = uvloop.run(_serve_together(runtimes))
     for runtime, error in failed:
         log.error("service could not start", service=runtime.name, error=str(error), exc_info=error)

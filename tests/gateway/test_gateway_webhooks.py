@@ -14,9 +14,13 @@ import httpx
 import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_fixture
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
 from ui_support import ADMIN_PASSWORD, signed_in_admin
 from webhook_support import Receiver, expected_signature, receiving
 
+from contracts.streams import EVENTS_STREAM, webhook_event_subject
+from gateway.webhooks import CONSUMER_NAME, FORMER_CONSUMER_NAME
 from hub_deploy.natsserver import free_port
 
 pytestmark = pytest.mark.slow
@@ -44,7 +48,7 @@ async def test_final_state_is_signed_and_retried_across_a_gateway_restart(gw: Ga
         await gateway.wait_exit()
         restarted = gw.hub.start("gateway", **gateway.env)
         await restarted.wait_healthy(gw.nc)
-        consumer = await gw.nc.jetstream().consumer_info("HUB_EVENTS", "hub-gateway-webhooks")
+        consumer = await gw.nc.jetstream().consumer_info("HUB_EVENTS", CONSUMER_NAME)
         # Retries wait un-acknowledged: the server's default of 1000 would let a long outage stall every webhook.
         assert consumer.config.max_ack_pending >= 10_000, consumer.config
         await receiver.wait_for(2, timeout_s=60)
@@ -116,3 +120,54 @@ async def test_progress_steps_come_in_order_before_the_final_state(gw: GatewayHu
     assert percents == sorted(percents), percents
     for got in hook.got:
         assert got.headers["webhook-signature"] == expected_signature(gw.key.webhook_secret, got)
+
+
+async def test_only_the_jobs_with_webhooks_reach_the_webhook_consumer(gw: GatewayHub) -> None:
+    """The dispatcher copies the events webhooks need of a job with a callback (or a key with webhook URLs) for the
+    gateway's consumer, which reads those copies only: a job without webhooks costs it no delivery and no ack."""
+    js = gw.nc.jetstream()
+    async with receiving([]) as hook, httpx.AsyncClient(base_url=gw.base_url, headers=gw.auth, timeout=30) as api:
+        plain = await finished_job(api, {"prompt": "a quiet harbour"})
+        hooked = await finished_job(api, {"prompt": "a busy harbour", "callback_url": f"http://127.0.0.1:{hook.port}/"})
+        await hook.wait_for(1, timeout_s=60)
+    with pytest.raises(NotFoundError):  # the plain job has no copy
+        await js.get_msg(EVENTS_STREAM, subject=webhook_event_subject(plain), seq=1, next=True)
+    copies = []
+    seq = 1
+    while True:
+        try:
+            stored = await js.get_msg(EVENTS_STREAM, subject=webhook_event_subject(hooked), seq=seq, next=True)
+        except NotFoundError:
+            break
+        copies.append(msgspec.json.decode(stored.data or b"")["kind"])
+        seq = stored.seq + 1
+    assert copies[0] == "accepted" and copies[-1] == "completed", copies
+    assert set(copies) <= {"accepted", "progress", "completed"}, copies
+    consumer = await js.consumer_info(EVENTS_STREAM, CONSUMER_NAME)
+    assert consumer.config.filter_subject == "hub.events.webhook.>", consumer.config
+    assert consumer.delivered.consumer_seq >= len(copies)
+
+
+async def test_the_former_consumer_of_every_event_is_removed_at_start(gw: GatewayHub) -> None:
+    """A hub upgraded from before the copies has a durable consumer of every event nobody reads any more."""
+    js = gw.nc.jetstream()
+    former = ConsumerConfig(durable_name=FORMER_CONSUMER_NAME, ack_policy=AckPolicy.EXPLICIT)
+    await js.add_consumer(EVENTS_STREAM, former)
+    gateway = gw.hub.processes["gateway"]
+    gateway.kill()
+    await gateway.wait_exit()
+    restarted = gw.hub.start("gateway", **gateway.env)
+    await restarted.wait_healthy(gw.nc)
+    with pytest.raises(NotFoundError):
+        await js.consumer_info(EVENTS_STREAM, FORMER_CONSUMER_NAME)
+
+
+async def finished_job(api: httpx.AsyncClient, body: dict[str, object]) -> str:
+    submitted = await api.post("/api/v1/generations", json=body)
+    assert submitted.status_code == 202, submitted.text
+    job_id: str = submitted.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (await api.get(f"/api/v1/generations/{job_id}")).json()["status"] != "completed":
+        assert time.monotonic() < deadline, job_id
+        await asyncio.sleep(0.1)
+    return job_id

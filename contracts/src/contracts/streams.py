@@ -16,6 +16,10 @@ from contracts.messages.jobs import JOB_ID_PATTERN
 # Generation events: every step of every job, for callers (progress), the stats service (log) and others.
 EVENTS_STREAM: Final = "HUB_EVENTS"
 EVENTS_SUBJECTS: Final = "hub.events.generation.>"
+# Copies of the events webhooks need (accepted, progress, the final one) of the jobs that have webhooks (a
+# callback_url, or an API key with webhook URLs), in the same stream: the gateway's webhook consumer reads only
+# these, so a job without webhooks costs it nothing (it read, decoded and acknowledged every event of every job).
+WEBHOOK_EVENTS_SUBJECTS: Final = "hub.events.webhook.>"
 
 # Accepted jobs waiting for (or held by) a ComfyUI instance: a work queue, one message per job.
 JOBS_STREAM: Final = "HUB_JOBS"
@@ -54,8 +58,14 @@ def event_subject(job_id: str) -> str:
     return f"hub.events.generation.{job_id}"
 
 
+def webhook_event_subject(job_id: str) -> str:
+    """`hub.events.webhook.<job_id>`: the copies of a job's events for its webhooks (see WEBHOOK_EVENTS_SUBJECTS).
+    Raises ValueError for an id that is not one, as event_subject does."""
+    return event_subject(job_id).replace(".generation.", ".webhook.", 1)
+
+
 def job_of_event_subject(subject: str) -> str:
-    """The job id in `hub.events.generation.<job_id>`."""
+    """The job id in `hub.events.generation.<job_id>` (or its webhook copy's `hub.events.webhook.<job_id>`)."""
     return subject.split(".")[3]
 
 
@@ -88,7 +98,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 EVENTS: Final = StreamSpec(
     name=EVENTS_STREAM,
-    subjects=(EVENTS_SUBJECTS,),
+    subjects=(EVENTS_SUBJECTS, WEBHOOK_EVENTS_SUBJECTS),  # the first is what a consumer reads unless it says
     retention="limits",
     max_age_s=14 * 24 * 3600,  # consumers that were down for up to two weeks still catch up
     # ~6 events and ~3 KiB a job (bench/nats_memory.py): at least ~100k jobs, far more than two weeks hold at the

@@ -26,6 +26,7 @@ from contracts.messages.jobs import (
     JobView,
     QueueView,
     SubmitReply,
+    wants_webhooks,
 )
 from contracts.runtime import tracing
 from contracts.runtime.bus import publish
@@ -126,6 +127,7 @@ class Dispatcher:
         params = prepared.resolved.params
         accepted = self.events.publish(
             JobAccepted,
+            webhooks=wants_webhooks(prepared.request),
             job_id=job_id,
             request=prepared.request,
             render_type=prepared.resolved.render_type,

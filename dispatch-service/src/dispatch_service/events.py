@@ -15,7 +15,7 @@ from contracts.messages.events import GenerationEvent
 from contracts.runtime import tracing
 from contracts.runtime.bus import publish_durably
 from contracts.runtime.logs import get_logger
-from contracts.streams import event_subject
+from contracts.streams import event_subject, webhook_event_subject
 from dispatch_service.progress import ProgressUpdate
 
 log = get_logger("events")
@@ -44,29 +44,43 @@ class EventPublisher:
         event_type: type[GenerationEvent],
         *,
         within_s: float | None = None,
+        webhooks: bool = False,
         **fields: Any,
     ) -> GenerationEvent:
         """Publish and wait for JetStream to confirm the event is stored, waiting for NATS while it is away up to
-        `within_s` (default: the publisher's). Every retry sends the same event id, so it is stored once."""
+        `within_s` (default: the publisher's). Every retry sends the same event id, so it is stored once. With
+        `webhooks` (the job wants them: contracts.messages.jobs.wants_webhooks) its copy for the gateway's webhook
+        consumer is stored beside it, as durably."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
-        subject, payload, headers = self._message(event)
+        payload = _encoder.encode(event)
         kind = event_type.__struct_config__.tag
+        within_s = within_s or self._within_s
+        publishing = [
+            publish_durably(self._js, subject, payload, headers=headers, within_s=within_s, nc=self._nc)
+            for subject, headers in _destinations(event, webhooks)
+        ]
         with tracing.span("event.publish", kind="producer", job_id=event.job_id, event=kind):
-            await publish_durably(
-                self._js, subject, payload, headers=headers, within_s=within_s or self._within_s, nc=self._nc
-            )
+            await (publishing[0] if len(publishing) == 1 else asyncio.gather(*publishing))
         return event
 
-    async def publish_quietly(self, event_type: type[GenerationEvent], **fields: Any) -> None:
+    async def publish_quietly(
+        self, event_type: type[GenerationEvent], *, webhooks: bool = False, **fields: Any
+    ) -> None:
         """Publish without waiting for JetStream's confirmation: for progress ticks, where a lost one is
         harmless and waiting for each would slow the job down."""
         event = event_type(seq=self.next_seq(), at=time.time(), **fields)
-        subject, payload, headers = self._message(event)
-        await self._nc.publish(subject, payload, headers=tracing.inject(headers))
+        payload = _encoder.encode(event)
+        for subject, headers in _destinations(event, webhooks):
+            await self._nc.publish(subject, payload, headers=tracing.inject(headers))
 
-    @staticmethod
-    def _message(event: GenerationEvent) -> tuple[str, bytes, dict[str, str]]:
-        return event_subject(event.job_id), _encoder.encode(event), {"Nats-Msg-Id": event.event_id}
+
+def _destinations(event: GenerationEvent, webhooks: bool) -> list[tuple[str, dict[str, str]]]:
+    """The event's subject and de-duplication id, and with `webhooks` its copy's (an id of its own: JetStream
+    de-duplicates by id across the whole stream)."""
+    destinations = [(event_subject(event.job_id), {"Nats-Msg-Id": event.event_id})]
+    if webhooks:
+        destinations.append((webhook_event_subject(event.job_id), {"Nats-Msg-Id": f"{event.event_id}:webhook"}))
+    return destinations
 
 
 class ProgressRelay:

@@ -43,7 +43,7 @@ from contracts.messages.events import (
     JobStarted,
     OutputStored,
 )
-from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile
+from contracts.messages.jobs import CANCELLED_BY_CALLER, OutputFile, wants_webhooks
 from contracts.messages.render_types import Requirements
 from contracts.runtime import tracing
 from contracts.runtime.bus import publish_durably, through_election
@@ -205,6 +205,7 @@ class _Running:
     job_id: str
     instance: str
     prefetch: OutputPrefetch  # its outputs, downloaded as their nodes report them (see prefetch.py)
+    webhooks: bool = False  # its progress events are copied for its webhooks (wants_webhooks)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     hand_back: bool = False  # interrupted because this dispatcher stops: the job goes back to the stream
 
@@ -764,7 +765,10 @@ class Scheduler:
         limit_at = time.monotonic() + self.settings.dispatch_job_timeout_s - (time.time() - started)
         # Known as running here before the row says so: a cancel, which needs the row running, then finds it.
         running = self.running[job_id] = _Running(
-            job_id=job_id, instance=state.config.name, prefetch=OutputPrefetch(state.client, OUTPUTS_AT_ONCE)
+            job_id=job_id,
+            instance=state.config.name,
+            prefetch=OutputPrefetch(state.client, OUTPUTS_AT_ONCE),
+            webhooks=wants_webhooks(row.request),
         )
         try:
             claimed = await self._claim(row, msg, state.config.name, attempt, started, adopted)
@@ -817,7 +821,7 @@ class Scheduler:
     ) -> RunResult:
         """One attempt on ComfyUI, its progress relayed as events until it ends, each saved output downloaded as
         soon as its node reports it (see prefetch.py)."""
-        relay = self._progress_relay(job_id, state.config.name, len(workflow))
+        relay = self._progress_relay(job_id, state.config.name, len(workflow), webhooks=running.webhooks)
         try:
             with tracing.span("comfyui.run", kind="client", instance=state.config.name, prompt_id=prompt_id):
                 return await state.client.run(
@@ -941,7 +945,7 @@ class Scheduler:
             await state.client.upload_image(data, stored.filename, subfolder="hub", overwrite=True)
         return row.workflow
 
-    def _progress_relay(self, job_id: str, instance: str, nodes_total: int) -> ProgressRelay:
+    def _progress_relay(self, job_id: str, instance: str, nodes_total: int, *, webhooks: bool) -> ProgressRelay:
         # Counted from the start of the run: a job that ends within PROGRESS_WRITE_EVERY_S is not written a progress
         # only its end replaces (one database write per short job less; the progress events go out as before).
         last_write = time.monotonic()
@@ -954,6 +958,7 @@ class Scheduler:
             if self.nc.is_connected:
                 await self.events.publish_quietly(
                     JobProgress,
+                    webhooks=webhooks,
                     job_id=job_id,
                     instance=instance,
                     value=update.value,
@@ -1096,6 +1101,7 @@ class Scheduler:
         await self.events.publish(
             JobCompleted,
             within_s=_left(limit_at),
+            webhooks=wants_webhooks(row.request),
             job_id=job_id,
             instance=instance,
             outputs=outputs,
@@ -1111,7 +1117,12 @@ class Scheduler:
         await self.store.set(job_id, status="cancelled", finished_at=time.time(), error=reason)
         row = await self.store.require(job_id)
         await self.events.publish(
-            JobCancelled, job_id=job_id, instance=instance, reason=reason, timings=timings_of(row)
+            JobCancelled,
+            webhooks=wants_webhooks(row.request),
+            job_id=job_id,
+            instance=instance,
+            reason=reason,
+            timings=timings_of(row),
         )
         await self._drop_input_image(row)
 
@@ -1124,7 +1135,12 @@ class Scheduler:
             row = await self.store.require(job_id)
             log.warning("job failed", job_id=job_id, reason=reason)
             await self.events.publish(
-                JobFailed, job_id=job_id, instance=row.instance, error=reason, timings=timings_of(row)
+                JobFailed,
+                webhooks=wants_webhooks(row.request),
+                job_id=job_id,
+                instance=row.instance,
+                error=reason,
+                timings=timings_of(row),
             )
             await self._drop_input_image(row)
 
@@ -1166,7 +1182,12 @@ class Scheduler:
                                        finished_at=time.time()):  # fmt: skip
             fresh = await self.store.require(row.job_id)
             await self.events.publish(
-                JobCancelled, job_id=row.job_id, instance=None, reason=reason, timings=timings_of(fresh)
+                JobCancelled,
+                webhooks=wants_webhooks(fresh.request),
+                job_id=row.job_id,
+                instance=None,
+                reason=reason,
+                timings=timings_of(fresh),
             )
             await self._drop_input_image(fresh)
             return True

@@ -8,7 +8,7 @@ from contracts.messages import keys
 from contracts.runtime.bus import publish
 from contracts.runtime.service import ServiceRuntime
 from gateway.store import ApiKeyStore
-from gateway.webhooks import DELIVERIES, Webhooks, deliveries_of
+from gateway.webhooks import DELIVERIES, Webhooks, deliveries_of, remove_former_consumer
 
 
 class KeyHandlers:
@@ -69,3 +69,4 @@ def register(runtime: ServiceRuntime, key_store: ApiKeyStore, webhooks: Webhooks
     runtime.subscribe(topics.Gateway.KEYS_CHANGED, handlers.forget)
     runtime.endpoint(endpoints.Gateway.WEBHOOK_GET, webhook_delivery)
     runtime.consume(DELIVERIES, webhooks.handle)
+    runtime.on_startup(remove_former_consumer)

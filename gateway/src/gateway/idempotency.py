@@ -62,10 +62,17 @@ def check_key(key: str, field: str) -> None:
 
 
 def _fingerprint(request: GenerationRequest) -> str:
-    # The door (client_name, and the inline previews the MCP door asks for) and the key's limits at the time do not
-    # make a request different; the job id is what the key decides.
+    # The door (client_name, and the inline previews the MCP door asks for) and the key's limits and webhook URLs at
+    # the time do not make a request different; the job id is what the key decides.
     same = msgspec.structs.replace(
-        request, job_id=None, client_name=None, max_waiting=None, max_running=None, weight=None, inline_previews=False
+        request,
+        job_id=None,
+        client_name=None,
+        max_waiting=None,
+        max_running=None,
+        weight=None,
+        inline_previews=False,
+        key_webhooks=False,
     )
     return hashlib.sha256(msgspec.json.encode(same)).hexdigest()
 

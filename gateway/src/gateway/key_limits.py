@@ -11,7 +11,8 @@ from contracts.messages.keys import ApiKey
 
 
 def with_key_limits(generation: GenerationRequest, key: ApiKey | None) -> GenerationRequest:
-    """The request to submit for `key`, or HubError when it asks more images than the key may have per job."""
+    """The request to submit for `key` (its limits, and whether it has webhook URLs: the job's events are then copied
+    for the webhook consumer), or HubError when it asks more images than the key may have per job."""
     if key is None:
         return generation
     limits = key.limits
@@ -25,5 +26,9 @@ def with_key_limits(generation: GenerationRequest, key: ApiKey | None) -> Genera
             details={"limit": "max_images_per_job", "max": limits.max_images_per_job},
         )
     return msgspec.structs.replace(
-        generation, max_waiting=limits.max_waiting, max_running=limits.max_running, weight=limits.weight
+        generation,
+        max_waiting=limits.max_waiting,
+        max_running=limits.max_running,
+        weight=limits.weight,
+        key_webhooks=bool(key.webhook_urls),
     )

@@ -71,6 +71,7 @@ CALLER_FIELDS = (
     "weight",
     "job_id",
     "inline_previews",
+    "key_webhooks",
 )  # filled by the gateway, never by the caller
 
 INSTRUCTIONS = (

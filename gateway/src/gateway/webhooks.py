@@ -2,8 +2,10 @@
 admin UI), gets its final state POSTed there, signed with its API key's webhook secret (Standard Webhooks:
 `Webhook-Id`, `Webhook-Timestamp`, `Webhook-Signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`).
 
-Delivered by the gateway because it owns the API keys and so the signing secrets (no secret crosses NATS). A
-durable JetStream consumer on the generation events, shared by every gateway replica: an `accepted` event records
+Delivered by the gateway because it owns the API keys and so the signing secrets (no secret crosses NATS). The
+dispatcher copies the events webhooks need of the jobs that have any (a callback_url, or a key that had webhook URLs
+at submit: the gateway says so in `GenerationRequest.key_webhooks`) to `hub.events.webhook.<job_id>`. A durable
+JetStream consumer of those copies, shared by every gateway replica: an `accepted` event records
 a delivery row per webhook of the job (its callback, its key's URLs); its final event is POSTed to each,
 acknowledged only once every receiver answered 2xx (or got its last attempt), and otherwise re-delivered by
 JetStream after a growing delay (only the webhooks not yet delivered are POSTed again), so a restart or a receiver
@@ -24,6 +26,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from contracts.errors import ErrorCode, HubError
 from contracts.messages import events
@@ -33,13 +36,16 @@ from contracts.runtime import tracing
 from contracts.runtime.consumers import Durable, Retry, message_headers
 from contracts.runtime.outbound_url import UrlAllowlist, checked_address, pinned_request
 from contracts.runtime.service import ServiceRuntime
-from contracts.streams import EVENTS, job_of_event_subject
+from contracts.streams import EVENTS, EVENTS_STREAM, WEBHOOK_EVENTS_SUBJECTS, job_of_event_subject
 from gateway.store import WEBHOOK_SECRET_PREFIX, ApiKeyStore, WebhookRecord, WebhookStore
 
 FIELD = "callback_url"
 KEY_URLS_FIELD = "urls"  # of SetKeyWebhooks
 ALLOW_VARIABLE = "HUB_INPUT_URL_ALLOW"
-CONSUMER_NAME = "hub-gateway-webhooks"
+CONSUMER_NAME = "hub-gateway-webhook-deliveries"
+# The consumer of every generation event that fed webhooks before the copies (WEBHOOK_EVENTS_SUBJECTS): removed at
+# start, so the server does not keep it (and the events it would count as pending) for nobody.
+FORMER_CONSUMER_NAME = "hub-gateway-webhooks"
 FINAL_EVENTS: tuple[type, ...] = (events.JobCompleted, events.JobFailed, events.JobCancelled)
 # Delay before attempt n+1 after n failed attempts; after the last one the delivery is given up (recorded).
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 5, 30, 120, 600, 1800, 3600)
@@ -53,6 +59,8 @@ DELIVERIES: Final = Durable[events.GenerationEvent](
     stream=EVENTS,
     message=events.GenerationEvent,
     description="gateway: POSTs the final state of jobs to their callback_url and their API key's webhook URLs",
+    # Only the copies of the events of jobs with webhooks (accepted, progress, final: see wants_webhooks).
+    filter_subject=WEBHOOK_EVENTS_SUBJECTS,
     what="generation event",
     doing="delivering webhooks",
     deliver_policy=DeliverPolicy.NEW,  # webhooks start when the feature does, not with the stream's past
@@ -258,6 +266,18 @@ class Webhooks:
             return None, str(exc) or type(exc).__name__
         ok = 200 <= response.status_code < 300
         return response.status_code, "" if ok else f"HTTP {response.status_code}"
+
+
+async def remove_former_consumer(runtime: ServiceRuntime) -> None:
+    """At start: the consumer of every event that fed webhooks before their copies is removed if it is still there
+    (best effort: a server that cannot say now is asked again at the next start)."""
+    try:
+        await runtime.nc.jetstream().delete_consumer(EVENTS_STREAM, FORMER_CONSUMER_NAME)
+        runtime.log.info("removed the former webhook consumer", consumer=FORMER_CONSUMER_NAME)
+    except NotFoundError:
+        pass
+    except Exception as exc:
+        runtime.log.warning("could not remove the former webhook consumer", error=str(exc) or type(exc).__name__)
 
 
 async def deliveries_of(job_id: str) -> list[WebhookDelivery]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 import msgspec
@@ -105,8 +106,20 @@ class GenerationRequest(Request):
     weight: int | None = None  # the key's fair-share weight (None: 1), used as the dispatcher picks the next job
     # Keep a JPEG rendition of each opaque image output (made by ComfyUI) for inline previews: the MCP door's jobs.
     inline_previews: bool = False
+    # The key had webhook URLs when the job was submitted: its events are copied for the gateway's webhook consumer
+    # (a job with a callback_url has them copied anyway; see wants_webhooks).
+    key_webhooks: bool = False
     # The job id an idempotency key was given: a repeat answers the job made first (see gateway/idempotency.py).
     job_id: GivenJobId | None = None
+
+
+def wants_webhooks(request: GenerationRequest | Mapping[str, object]) -> bool:
+    """Whether a job's events are copied for its webhooks (contracts.streams.WEBHOOK_EVENTS_SUBJECTS): it has a
+    callback_url, or its key had webhook URLs when it was submitted. `request` as submitted, or as a job's row keeps
+    it (a dict)."""
+    if isinstance(request, GenerationRequest):
+        return request.callback_url is not None or request.key_webhooks
+    return request.get("callback_url") is not None or request.get("key_webhooks") is True
 
 
 class SubmitReply(Record):

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -130,6 +130,35 @@ async def service_running(name: str, nats_url: str, root: Path, **env: str) -> A
     finally:
         await nc.close()
         assert await proc.stop() == 0, proc.log()
+
+
+@contextmanager
+def service_script_started(root: Path, script: str, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`python -c script *args` (a service's entry point with something around it) against a nats-server of its
+    own, returned once its log says "service started", with its log's path; killed on exit if still running."""
+    server = NatsServer(root / "jetstream", log_file=root / "nats.log")
+    server.start()
+    log_path = root / "service.log"
+    try:
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-c", script, *args],
+                env=hub_env(server.url, root / "data"),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 90
+            while "service started" not in log_path.read_text(errors="replace"):
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
+                time.sleep(0.1)
+            yield process, log_path
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        server.stop()
 
 
 def module_fixture(name: str, folder: str, opened: Callable[[str, Path], AbstractAsyncContextManager[Any]]) -> Any:

@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import hub_env
+from harness import service_script_started
 
 from contracts.runtime import heap
-from hub_deploy.natsserver import NatsServer
 
 pytestmark = pytest.mark.slow
 
@@ -34,39 +33,19 @@ run_main("registry", "registry_service.app")
 
 
 def test_a_started_service_freezes_its_heap_and_spaces_out_young_collections(tmp_path: Path) -> None:
-    server = NatsServer(tmp_path / "jetstream", log_file=tmp_path / "nats.log")
-    server.start()
-    log_path, report = tmp_path / "registry.log", tmp_path / "gc.json"
-    try:
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-c", REPORTING, str(report)],
-                env=hub_env(server.url, tmp_path / "data"),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + 90
-            while "service started" not in log_path.read_text(errors="replace"):
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")
-                time.sleep(0.1)
-            state: dict[str, object] = {}
-            settled_by = time.monotonic() + heap.SETTLE_AFTER_S + 10
-            while time.monotonic() < settled_by:
-                state = json.loads(report.read_text()) if report.exists() else {}
-                if state.get("frozen"):
-                    break
-                time.sleep(0.2)
-            assert state.get("frozen", 0) > 10_000, state  # the modules, classes and schemas of the service
-            assert state["threshold"][0] == heap.GEN0_THRESHOLD, state  # type: ignore[index]
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=60) == 0, log_path.read_text(errors="replace")
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    finally:
-        server.stop()
+    report = tmp_path / "gc.json"
+    with service_script_started(tmp_path, REPORTING, str(report)) as (process, log_path):
+        state: dict[str, object] = {}
+        settled_by = time.monotonic() + heap.SETTLE_AFTER_S + 10
+        while time.monotonic() < settled_by:
+            state = json.loads(report.read_text()) if report.exists() else {}
+            if state.get("frozen"):
+                break
+            time.sleep(0.2)
+        assert state.get("frozen", 0) > 10_000, state  # the modules, classes and schemas of the service
+        assert state["threshold"][0] == heap.GEN0_THRESHOLD, state  # type: ignore[index]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text(errors="replace")
 
 
 # Several services starting one after the other in one process settle once, after the last start.

@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pytest
 from gateway_support import GatewayHub, gateway_fixture
+from harness import polled
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 from ui_support import ADMIN_PASSWORD, signed_in_admin
@@ -166,8 +167,9 @@ async def finished_job(api: httpx.AsyncClient, body: dict[str, object]) -> str:
     submitted = await api.post("/api/v1/generations", json=body)
     assert submitted.status_code == 202, submitted.text
     job_id: str = submitted.json()["job_id"]
-    deadline = time.monotonic() + 60
-    while (await api.get(f"/api/v1/generations/{job_id}")).json()["status"] != "completed":
-        assert time.monotonic() < deadline, job_id
-        await asyncio.sleep(0.1)
+    await polled(
+        lambda: api.get(f"/api/v1/generations/{job_id}"),
+        lambda answer: answer.json()["status"] == "completed",
+        within_s=60,
+    )
     return job_id

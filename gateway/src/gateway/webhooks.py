@@ -50,9 +50,6 @@ FINAL_EVENTS: tuple[type, ...] = (events.JobCompleted, events.JobFailed, events.
 # Delay before attempt n+1 after n failed attempts; after the last one the delivery is given up (recorded).
 RETRY_DELAYS_S: tuple[float, ...] = (1, 2, 5, 30, 120, 600, 1800, 3600)
 POST_TIMEOUT_S = 10.0
-# Jobs this replica saw accepted without a webhook, remembered so that their later events cost no query (the oldest
-# forgotten first past this many: a forgotten job's events are looked up in the table, as another replica's are).
-REMEMBERED_JOBS = 10_000
 
 DELIVERIES: Final = Durable[events.GenerationEvent](
     name=CONSUMER_NAME,
@@ -113,9 +110,6 @@ class Webhooks:
         self._keys = keys
         self._deliveries = WebhookStore()
         self._allow = allow
-        # Jobs whose `accepted` event this replica handled and that have no webhook: a job's webhooks are fixed
-        # then (its callback, its key's URLs at that moment), so its progress and final events need no lookup here.
-        self._without_webhooks: dict[str, None] = {}
         self._log = runtime.log.bind(consumer=CONSUMER_NAME)
         self._attempts = runtime.metrics.counter(
             "webhook_deliveries_total", "Attempts at POSTing a job's final state to a webhook", ("source", "outcome")
@@ -156,9 +150,6 @@ class Webhooks:
         of the job, a final one is POSTed to each (Retry: not all delivered yet, try again after the delay)."""
         if isinstance(event, events.JobAccepted):
             await self._record(event)
-        elif event.job_id in self._without_webhooks:
-            if isinstance(event, FINAL_EVENTS):
-                del self._without_webhooks[event.job_id]
         elif isinstance(event, events.JobProgress):
             await self._deliver_progress(event)
         elif isinstance(event, FINAL_EVENTS):
@@ -170,8 +161,8 @@ class Webhooks:
         return None
 
     async def _record(self, event: events.JobAccepted) -> None:
-        """A delivery row per webhook of the job: its callback_url, and each webhook URL its key has now; a job without
-        any is remembered instead."""
+        """A delivery row per webhook of the job: its callback_url, and each webhook URL its key has now (none when the
+        key's URLs were removed since the job was submitted: its later events then find no row)."""
         request = event.request
         key_id = request.api_key_id or ""
         targets: dict[str, tuple[str, bool]] = {}  # url -> (source, progress); a URL named twice is POSTed once
@@ -182,7 +173,6 @@ class Webhooks:
             for url in urls:
                 targets.setdefault(url, ("key", progress))
         if not targets:
-            self._remember_without_webhooks(event.job_id)
             return
         deliveries = [
             WebhookRecord(
@@ -197,11 +187,6 @@ class Webhooks:
             for url, (source, progress) in targets.items()
         ]
         await self._deliveries.add(deliveries)  # a re-delivered `accepted` event adds nothing
-
-    def _remember_without_webhooks(self, job_id: str) -> None:
-        if len(self._without_webhooks) >= REMEMBERED_JOBS:
-            del self._without_webhooks[next(iter(self._without_webhooks))]
-        self._without_webhooks[job_id] = None
 
     async def _deliver_progress(self, event: events.JobProgress) -> None:
         """POSTs a progress step once to each webhook that asked for them, unless something later (or the final
